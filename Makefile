@@ -1,0 +1,51 @@
+# gpucp: one entry point for building, running, testing and benchmarking.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Cargo.toml core_rs/Cargo.toml | cksum | cut -d' ' -f1)
+RUST_SRC := $(shell find core_rs/src -name '*.rs' 2>/dev/null)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-rust test-python lint proto proto-check bench clean
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml Cargo.toml core_rs/Cargo.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q 'maturin>=1.9.4,<2' -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+controlplane/_core.abi3.so: $(STAMP) $(RUST_SRC)
+	$(VENV)/bin/maturin develop --release --quiet --features python
+	touch $@
+
+install: controlplane/_core.abi3.so ## Create .venv with gpucp (editable) and its tools
+
+run: install ## Run the control plane with simulated agents and a sample workload, then print a summary
+	$(PY) -m controlplane.demo
+
+test: test-rust proto-check lint test-python ## Run every test (Rust, contract drift, stubs, Python)
+
+test-rust: ## Rust unit and property tests of the core
+	cargo test -p gpucp-core --quiet
+
+test-python: install ## Python tests over real gRPC on loopback
+	$(PY) -m pytest -q
+
+lint: install ## Check the native module against its hand-written stub
+	$(PY) -m mypy.stubtest controlplane._core
+
+proto: install ## Regenerate gpucp/v1 from proto/
+	PYTHON=$(PY) scripts/gen_proto.sh
+
+proto-check: install ## Fail when gpucp/v1 differs from what proto/ generates
+	PYTHON=$(PY) scripts/gen_proto.sh
+	git diff --exit-code --stat -- gpucp/v1 || (echo 'gpucp/v1 is out of date: run make proto and commit it' && exit 1)
+
+bench: install ## Core placement rate and end-to-end latency on loopback
+	$(PY) benches/bench_core.py
+	$(PY) benches/bench_e2e.py
+
+clean: ## Remove build output and the virtualenv
+	rm -rf target $(VENV) controlplane/_core*.so
