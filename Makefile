@@ -12,12 +12,12 @@ help: ## Show this help
 
 $(STAMP): pyproject.toml Cargo.toml core_rs/Cargo.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q 'maturin>=1.9.4,<2' -e '.[dev]'
+	$(PY) -m pip install -q --upgrade pip 'maturin>=1.9.4,<2'
 	rm -f $(VENV)/.installed-* && touch $@
 
+# One build of the extension, installed editable into .venv with the dev extras.
 controlplane/_core.abi3.so: $(STAMP) $(RUST_SRC)
-	$(VENV)/bin/maturin develop --release --quiet --features python
+	. $(VENV)/bin/activate && maturin develop --release --quiet -E dev
 	touch $@
 
 install: controlplane/_core.abi3.so ## Create .venv with gpucp (editable) and its tools

@@ -1,0 +1,276 @@
+"""Task handlers: the built-in kinds (noop, sleep, exec) and user handlers loaded by name."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import inspect
+import json
+import logging
+import math
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from gpucp.v1 import common_pb2
+
+__all__ = [
+    "BUILTIN_HANDLERS",
+    "ExecError",
+    "Handler",
+    "TaskContext",
+    "exec_handler",
+    "load_handler",
+    "noop_handler",
+    "sleep_handler",
+]
+
+log = logging.getLogger("gpucp.agent")
+
+# How much of each output stream an exec task keeps (the tail: that is where errors are).
+OUTPUT_TAIL_BYTES = 64 * 1024
+# How long a cancelled subprocess gets between SIGTERM and SIGKILL.
+KILL_GRACE_S = 5.0
+_ERROR_TAIL_CHARS = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskContext:
+    """What a handler knows about the attempt it runs, besides the task itself."""
+
+    task_id: str
+    attempt: int
+    worker_id: str
+    gpu_indices: tuple[int, ...]
+    # Variables for the task's processes: CUDA_VISIBLE_DEVICES and the GPUCP_* names.
+    env: Mapping[str, str]
+    progress: Callable[[float], None] = dataclasses.field(default=lambda fraction: None, repr=False)
+
+    @classmethod
+    def for_task(
+        cls,
+        task: common_pb2.Task,
+        worker_id: str,
+        progress: Callable[[float], None] | None = None,
+    ) -> TaskContext:
+        """Return the context of one attempt; CPU tasks (no GPU indices) see no GPU at all."""
+        indices = tuple(int(i) for i in task.gpu_indices)
+        env = {
+            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in indices),
+            "GPUCP_TASK_ID": task.id,
+            "GPUCP_ATTEMPT": str(task.attempt),
+            "GPUCP_WORKER_ID": worker_id,
+        }
+        if progress is None:
+            return cls(task.id, task.attempt, worker_id, indices, env)
+        return cls(task.id, task.attempt, worker_id, indices, env, progress)
+
+    def report_progress(self, fraction: float) -> None:
+        """Tell the control plane how far the task is (0.0-1.0); best effort, never raises."""
+        with contextlib.suppress(Exception):
+            self.progress(min(1.0, max(0.0, float(fraction))))
+
+
+Handler = Callable[[common_pb2.Task, TaskContext], Awaitable[bytes]]
+
+
+class ExecError(RuntimeError):
+    """An exec task's process exited with a non-zero code."""
+
+
+async def noop_handler(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+    """Return the payload unchanged."""
+    return bytes(task.spec.payload)
+
+
+async def sleep_handler(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+    """Sleep for the seconds the payload names ({"seconds": x} or a bare number)."""
+    seconds = _parse_seconds(task.spec.payload)
+    await asyncio.sleep(seconds)
+    return b""
+
+
+def _parse_seconds(payload: bytes) -> float:
+    expected = 'the sleep payload must be JSON {"seconds": <number>} or a bare number such as 1.5'
+    try:
+        value: Any = json.loads(payload.decode("utf-8")) if payload.strip() else None
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"{expected}; got {payload[:100]!r}.") from None
+    if isinstance(value, dict):
+        value = value.get("seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{expected} (a finite number of seconds >= 0); got {payload[:100]!r}.")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExecRequest:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    stdin: str | None
+
+
+def _parse_exec_payload(payload: bytes) -> _ExecRequest:
+    expected = (
+        'the exec payload must be a JSON object {"argv": ["program", "arg", ...], '
+        '"env": {"NAME": "value"} (optional), "cwd": "dir" (optional), "stdin": "text" (optional)}'
+    )
+    try:
+        value: Any = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"{expected}; got {payload[:100]!r}.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{expected}; got {payload[:100]!r}.")
+    argv = value.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ValueError(f"{expected}; argv must be a non-empty list of strings.")
+    env = value.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError(f"{expected}; env must map strings to strings.")
+    cwd = value.get("cwd")
+    stdin = value.get("stdin")
+    if cwd is not None and not isinstance(cwd, str):
+        raise ValueError(f"{expected}; cwd must be a string.")
+    if stdin is not None and not isinstance(stdin, str):
+        raise ValueError(f"{expected}; stdin must be a string.")
+    return _ExecRequest(argv, env, cwd, stdin)
+
+
+async def _read_tail(stream: asyncio.StreamReader | None, limit: int) -> bytes:
+    """Read a stream to its end, keeping only the last `limit` bytes."""
+    if stream is None:
+        return b""
+    tail = bytearray()
+    while chunk := await stream.read(64 * 1024):
+        tail += chunk
+        if len(tail) > limit:
+            del tail[: len(tail) - limit]
+    return bytes(tail)
+
+
+async def _feed_stdin(process: asyncio.subprocess.Process, data: bytes | None) -> None:
+    if process.stdin is None:
+        return
+    # The process may exit without reading its input; that is its business, not an error.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        if data:
+            process.stdin.write(data)
+            await process.stdin.drain()
+    process.stdin.close()
+
+
+def _signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
+    # The process leads its own session, so its children (sh -c ...) get the signal too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+async def _terminate(process: asyncio.subprocess.Process, grace_s: float) -> None:
+    """SIGTERM the process group, then SIGKILL it when it is still there after the grace."""
+    if process.returncode is None:
+        _signal_group(process, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(process.wait()), grace_s)
+        except TimeoutError:
+            log.warning("process %d ignored SIGTERM for %.1f s; sending SIGKILL", process.pid, grace_s)
+    # Also for an exited leader: children it left behind in its group must not outlive the task.
+    _signal_group(process, signal.SIGKILL)
+    await process.wait()
+
+
+async def exec_handler(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+    """Run a subprocess; return JSON {"exit_code", "stdout", "stderr"} (the last 64 KiB of each)."""
+    request = _parse_exec_payload(task.spec.payload)
+    env = {**os.environ, **ctx.env, **request.env}
+    process = await asyncio.create_subprocess_exec(
+        *request.argv,
+        stdin=asyncio.subprocess.PIPE if request.stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=request.cwd,
+        env=env,
+        start_new_session=True,
+    )
+    stdin_data = request.stdin.encode("utf-8") if request.stdin is not None else None
+    stdout_reader = asyncio.create_task(_read_tail(process.stdout, OUTPUT_TAIL_BYTES))
+    stderr_reader = asyncio.create_task(_read_tail(process.stderr, OUTPUT_TAIL_BYTES))
+    stdin_writer = asyncio.create_task(_feed_stdin(process, stdin_data))
+    io_tasks: list[asyncio.Task[Any]] = [stdout_reader, stderr_reader, stdin_writer]
+    try:
+        exit_code = await process.wait()
+        stdout, stderr = await stdout_reader, await stderr_reader
+        await stdin_writer
+    except BaseException:
+        # Cancelled (or failed): the process must not outlive the attempt.
+        # Shielded so that a second cancel cannot leave the process running.
+        await asyncio.shield(_terminate(process, KILL_GRACE_S))
+        for io_task in io_tasks:
+            io_task.cancel()
+        await asyncio.gather(*io_tasks, return_exceptions=True)
+        raise
+    stdout_text = stdout.decode("utf-8", errors="replace")
+    stderr_text = stderr.decode("utf-8", errors="replace")
+    if exit_code != 0:
+        tail = stderr_text[-_ERROR_TAIL_CHARS:].strip()
+        raise ExecError(f"exit code {exit_code}: {tail}" if tail else f"exit code {exit_code}")
+    return json.dumps({"exit_code": exit_code, "stdout": stdout_text, "stderr": stderr_text}).encode("utf-8")
+
+
+BUILTIN_HANDLERS: dict[str, Handler] = {
+    "noop": noop_handler,
+    "sleep": sleep_handler,
+    "exec": exec_handler,
+}
+
+
+def _as_bytes(value: object, name: str) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"handler {name} returned {type(value).__name__}; it must return bytes, str or None.")
+
+
+def load_handler(reference: str) -> Handler:
+    """Import "module:function" and adapt `fn(payload: bytes, ctx) -> bytes | str | None` to a Handler.
+
+    A sync function runs in a thread (asyncio.to_thread); an async one is awaited.
+    Raises ValueError saying what could not be found.
+    """
+    module_name, sep, attr_path = reference.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ValueError(f"handler reference {reference!r} must look like 'package.module:function'.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} for handler {reference!r}: {exc}") from exc
+    fn: Any = module
+    for part in attr_path.split("."):
+        try:
+            fn = getattr(fn, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {attr_path!r} (handler {reference!r}).") from None
+    if not callable(fn):
+        raise ValueError(f"handler {reference!r} is a {type(fn).__name__}, not a callable.")
+
+    if inspect.iscoroutinefunction(fn):
+
+        async def run_async(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+            return _as_bytes(await fn(bytes(task.spec.payload), ctx), reference)
+
+        return run_async
+
+    async def run_sync(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+        # A cancelled attempt cannot stop a thread; its result is simply dropped.
+        result = await asyncio.to_thread(fn, bytes(task.spec.payload), ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        return _as_bytes(result, reference)
+
+    return run_sync

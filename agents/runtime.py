@@ -1,0 +1,511 @@
+"""The agent runtime: one Workers.Connect stream, heartbeats, slots, cancellation, reconnects, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import grpc
+
+from agents.handlers import BUILTIN_HANDLERS, Handler, TaskContext
+from agents.inventory import simulated_gpu_stats
+from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
+
+__all__ = ["CHANNEL_OPTIONS", "Agent", "default_worker_id"]
+
+log = logging.getLogger("gpucp.agent")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+# A result must fit in one message with room for the envelope.
+MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+MAX_ERROR_BYTES = 4096
+_DEFAULT_HEARTBEAT_MS = 5_000
+_MIN_HEARTBEAT_MS = 10
+# A final update written on a stream counts as delivered once that stream stayed up this long
+# afterwards: long enough for keepalive (10 s + 5 s) to have noticed a dead peer.
+_DELIVERY_CONFIRM_S = 15.0
+
+GpuStatsSource = Callable[[Sequence[common_pb2.Gpu], Iterable[int]], list[common_pb2.GpuStats]]
+TaskKey = tuple[str, int]
+
+
+def default_worker_id() -> str:
+    """Return "<hostname>-<pid>", unique enough for one agent process per host and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def format_error(exc: BaseException) -> str:
+    """Return "<ExceptionType>: <message>", cut to at most 4 KiB of UTF-8."""
+    message = str(exc)
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    encoded = text.encode("utf-8")
+    if len(encoded) <= MAX_ERROR_BYTES:
+        return text
+    return encoded[: MAX_ERROR_BYTES - 3].decode("utf-8", errors="ignore") + "..."
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """One attempt accepted by this agent and not finished yet."""
+
+    task: common_pb2.Task
+    runner: asyncio.Task[None] | None = None
+    # True while the handler holds a slot (as opposed to waiting for one).
+    executing: bool = False
+
+
+@dataclasses.dataclass
+class _Outgoing:
+    """A final update that must reach the control plane, whatever happens to the stream."""
+
+    message: workers_pb2.AgentMessage
+    written_on: int | None = None
+    written_at: float = 0.0
+
+
+_CLOSE = object()
+
+
+class _Stream:
+    """The live, registered stream: a generation number and the queue its writer drains."""
+
+    def __init__(self, generation: int, heartbeat_s: float) -> None:
+        self.generation = generation
+        self.heartbeat_s = heartbeat_s
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.closed_cleanly = False
+
+
+@dataclasses.dataclass
+class Agent:
+    """A worker agent: registers its capabilities and runs the tasks the control plane assigns."""
+
+    server: str = "127.0.0.1:50051"
+    worker_id: str = dataclasses.field(default_factory=default_worker_id)
+    provider: str = "local"
+    slots: int = 1
+    gpus: list[common_pb2.Gpu] = dataclasses.field(default_factory=list)
+    backend: str = "cpu"
+    labels: list[str] = dataclasses.field(default_factory=list)
+    # Kinds announced to the control plane; None announces every handler.
+    kinds: list[str] | None = None
+    cost_per_hour: float = 0.0
+    handlers: dict[str, Handler] = dataclasses.field(default_factory=lambda: dict(BUILTIN_HANDLERS))
+    reconnect_base_s: float = 0.1
+    reconnect_cap_s: float = 5.0
+    drain_timeout_s: float = 60.0
+    # How long a stopping agent tries to deliver final updates it still holds.
+    flush_timeout_s: float = 10.0
+    # How long the server may take to answer Register before the agent tries again.
+    register_timeout_s: float = 30.0
+    install_signal_handlers: bool = True
+    gpu_stats: GpuStatsSource = simulated_gpu_stats
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"slots must be at least 1, got {self.slots}.")
+        if self.kinds is None:
+            self.kinds = sorted(self.handlers)
+        missing = [kind for kind in self.kinds if kind not in self.handlers]
+        if missing:
+            raise ValueError(f"no handler for kinds {missing}; handlers exist for {sorted(self.handlers)}.")
+        self._attempts: dict[TaskKey, _Attempt] = {}
+        self._outbox: dict[TaskKey, _Outgoing] = {}
+        self._slot_gate = asyncio.Semaphore(self.slots)
+        self._stream: _Stream | None = None
+        self._generation = 0
+        self._draining = False
+        self._closing = False
+        self._stop_requested: asyncio.Event | None = None
+        self._force_stop: asyncio.Event | None = None
+        self._progress_made: asyncio.Event | None = None
+
+    # ----- public -----------------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        """True once the agent was told to drain (Drain message, SIGTERM or request_stop)."""
+        return self._draining
+
+    @property
+    def active(self) -> int:
+        """Attempts accepted and not finished, including those waiting for a slot."""
+        return len(self._attempts)
+
+    def request_stop(self) -> None:
+        """Drain and exit, as SIGTERM does; a second call cancels running tasks at once."""
+        if self._stop_requested is None or self._force_stop is None:
+            return
+        if self._stop_requested.is_set() and self._attempts:
+            log.warning("second stop request: cancelling %d running task(s)", len(self._attempts))
+            self._force_stop.set()
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        """Serve until stopped: hold the stream (reconnecting as needed), then drain and return."""
+        self._stop_requested = asyncio.Event()
+        self._force_stop = asyncio.Event()
+        self._progress_made = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if self.install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(signum, self.request_stop)
+                    installed.append(signum)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    log.debug("cannot handle signal %s here", signum)
+        connection = asyncio.create_task(self._connection_loop(), name=f"gpucp-agent-{self.worker_id}")
+        try:
+            stopping = asyncio.create_task(self._stop_requested.wait())
+            await asyncio.wait({connection, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if connection.done():
+                connection.result()  # the loop only ends by raising; surface it
+            await self._shutdown(connection)
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            connection.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connection
+            await self._cancel_attempts(list(self._attempts.values()))
+
+    # ----- shutdown ---------------------------------------------------------------------------
+
+    async def _shutdown(self, connection: asyncio.Task[None]) -> None:
+        assert self._force_stop is not None
+        log.info("draining: %d task(s) running, waiting up to %.0f s", len(self._attempts), self.drain_timeout_s)
+        self._set_draining()
+        deadline = time.monotonic() + self.drain_timeout_s
+        force = asyncio.create_task(self._force_stop.wait())
+        try:
+            # Tasks assigned while draining (before the server saw it) run too, so look again each time.
+            while self._attempts and not force.done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                runners = {a.runner for a in self._attempts.values() if a.runner is not None}
+                await asyncio.wait({*runners, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            force.cancel()
+        if self._attempts:
+            log.warning("drain ended with %d task(s) still running; cancelling them", len(self._attempts))
+            await self._cancel_attempts(list(self._attempts.values()))
+        await self._flush_outbox()
+        self._closing = True
+        stream = self._stream
+        if stream is not None:
+            stream.queue.put_nowait(_CLOSE)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(connection), 5.0)
+            if stream.closed_cleanly:
+                self._outbox.clear()
+        if self._outbox:
+            log.error(
+                "exiting with %d final update(s) the control plane may not have received: %s",
+                len(self._outbox),
+                ", ".join(f"{task_id}#{attempt}" for task_id, attempt in self._outbox),
+            )
+
+    async def _flush_outbox(self) -> None:
+        """Wait until every final update was written on the live stream, or the flush timeout passes."""
+        assert self._progress_made is not None
+        deadline = time.monotonic() + self.flush_timeout_s
+        while not self._outbox_written():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("could not deliver %d final update(s) within %.0f s", len(self._outbox), self.flush_timeout_s)
+                return
+            self._progress_made.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress_made.wait(), remaining)
+
+    def _outbox_written(self) -> bool:
+        stream = self._stream
+        if stream is None:
+            return not self._outbox
+        return all(item.written_on == stream.generation for item in self._outbox.values())
+
+    async def _cancel_attempts(self, attempts: list[_Attempt]) -> None:
+        runners = [a.runner for a in attempts if a.runner is not None and not a.runner.done()]
+        for runner in runners:
+            runner.cancel()
+        if runners:
+            await asyncio.gather(*runners, return_exceptions=True)
+
+    # ----- connection -------------------------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        failures = 0
+        while not self._closing:
+            registered = False
+            try:
+                registered = await self._session()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning("stream to %s failed: %s %s", self.server, exc.code().name, exc.details())
+            except TimeoutError:
+                log.warning("%s did not answer Register within %.0f s", self.server, self.register_timeout_s)
+            except Exception:
+                log.exception("stream to %s failed", self.server)
+            if self._closing:
+                return
+            failures = 0 if registered else failures
+            # Full jitter: a restarted control plane is not hit by every agent at once.
+            delay = random.uniform(0.0, min(self.reconnect_cap_s, self.reconnect_base_s * 2**failures))
+            failures = min(failures + 1, 32)
+            log.info("reconnecting to %s in %.2f s", self.server, delay)
+            await asyncio.sleep(delay)
+
+    def _register_message(self) -> workers_pb2.AgentMessage:
+        return workers_pb2.AgentMessage(
+            register=workers_pb2.Register(
+                worker_id=self.worker_id,
+                provider=self.provider,
+                slots=self.slots,
+                gpus=self.gpus,
+                backend=self.backend,
+                labels=self.labels,
+                kinds=self.kinds,
+                cost_per_hour=self.cost_per_hour,
+                running=[
+                    workers_pb2.RunningTask(task_id=task_id, attempt=attempt) for task_id, attempt in self._attempts
+                ],
+            )
+        )
+
+    async def _session(self) -> bool:
+        """Hold one stream until it ends; return whether it got as far as `registered`."""
+        async with grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS) as channel:
+            call = workers_pb2_grpc.WorkersStub(channel).Connect()
+            try:
+                return await self._converse(call)
+            finally:
+                self._stream = None
+                call.cancel()
+
+    async def _converse(self, call: grpc.aio.StreamStreamCall) -> bool:
+        await call.write(self._register_message())
+        first = await asyncio.wait_for(call.read(), self.register_timeout_s)
+        if first is grpc.aio.EOF:
+            log.warning("control plane at %s closed the stream before registering", self.server)
+            return False
+        if first.WhichOneof("msg") != "registered":
+            log.warning("expected `registered` first, got %r; reconnecting", first.WhichOneof("msg"))
+            return False
+        self._generation += 1
+        stream = _Stream(self._generation, self._heartbeat_seconds(first.registered.heartbeat_interval_ms))
+        log.info(
+            "registered with %s as %s (%d running, %d final update(s) to resend)",
+            self.server,
+            first.registered.worker_id or self.worker_id,
+            len(self._attempts),
+            len(self._outbox),
+        )
+        self._stream = stream
+        # Everything final that may not have arrived goes again; the control plane ignores repeats.
+        for item in self._outbox.values():
+            stream.queue.put_nowait(item)
+        stream.queue.put_nowait(self._heartbeat_message())
+        self._notify_progress()
+        workers = [
+            asyncio.create_task(self._read_loop(call, stream)),
+            asyncio.create_task(self._write_loop(call, stream)),
+            asyncio.create_task(self._heartbeat_loop(stream)),
+        ]
+        try:
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                finished.result()  # raise what broke the stream
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        return True
+
+    @staticmethod
+    def _heartbeat_seconds(interval_ms: int) -> float:
+        if interval_ms <= 0:
+            return _DEFAULT_HEARTBEAT_MS / 1000
+        return max(interval_ms, _MIN_HEARTBEAT_MS) / 1000
+
+    async def _read_loop(self, call: grpc.aio.StreamStreamCall, stream: _Stream) -> None:
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                if self._closing:
+                    stream.closed_cleanly = True
+                else:
+                    log.warning("control plane at %s ended the stream", self.server)
+                return
+            try:
+                self._dispatch(message, stream)
+            except Exception:
+                log.exception("ignoring control message that could not be handled: %s", message)
+
+    async def _write_loop(self, call: grpc.aio.StreamStreamCall, stream: _Stream) -> None:
+        while True:
+            item = await stream.queue.get()
+            if item is _CLOSE:
+                await call.done_writing()
+                # Keep the session alive until the server ends the stream (the reader sees EOF).
+                await asyncio.Future()
+            if isinstance(item, _Outgoing):
+                if item.written_on == stream.generation:
+                    continue  # queued twice (produced while registering); once is enough
+                await call.write(item.message)
+                item.written_on = stream.generation
+                item.written_at = time.monotonic()
+                self._notify_progress()
+            elif isinstance(item, workers_pb2.AgentMessage):
+                await call.write(item)
+                if item.WhichOneof("msg") == "heartbeat":
+                    self._forget_delivered(stream)
+
+    async def _heartbeat_loop(self, stream: _Stream) -> None:
+        while True:
+            await asyncio.sleep(stream.heartbeat_s)
+            stream.queue.put_nowait(self._heartbeat_message())
+
+    def _forget_delivered(self, stream: _Stream) -> None:
+        confirm_after = max(_DELIVERY_CONFIRM_S, 2 * stream.heartbeat_s)
+        cutoff = time.monotonic() - confirm_after
+        for key, item in list(self._outbox.items()):
+            if item.written_on == stream.generation and item.written_at <= cutoff:
+                del self._outbox[key]
+
+    def _notify_progress(self) -> None:
+        if self._progress_made is not None:
+            self._progress_made.set()
+
+    def _heartbeat_message(self) -> workers_pb2.AgentMessage:
+        busy = {index for a in self._attempts.values() if a.executing for index in a.task.gpu_indices}
+        try:
+            stats = self.gpu_stats(self.gpus, busy) if self.gpus else []
+        except Exception:
+            log.exception("cannot read GPU stats; sending the heartbeat without them")
+            stats = []
+        return workers_pb2.AgentMessage(
+            heartbeat=workers_pb2.Heartbeat(gpus=stats, active=len(self._attempts), draining=self._draining)
+        )
+
+    def _send(self, message: workers_pb2.AgentMessage) -> None:
+        """Send a non-final message on the live stream; without one it is dropped (Register covers it)."""
+        if self._stream is not None:
+            self._stream.queue.put_nowait(message)
+
+    def _set_draining(self) -> None:
+        if not self._draining:
+            self._draining = True
+        self._send(self._heartbeat_message())
+
+    # ----- control messages -------------------------------------------------------------------
+
+    def _dispatch(self, message: workers_pb2.ControlMessage, stream: _Stream) -> None:
+        kind = message.WhichOneof("msg")
+        if kind == "assign":
+            self._on_assign(message.assign)
+        elif kind == "cancel":
+            self._on_cancel(message.cancel)
+        elif kind == "drain":
+            log.info("control plane asked this agent to drain")
+            self._set_draining()
+        elif kind == "registered":
+            stream.heartbeat_s = self._heartbeat_seconds(message.registered.heartbeat_interval_ms)
+        else:
+            log.warning("ignoring control message with no known content: %s", message)
+
+    def _on_assign(self, assignment: workers_pb2.Assignment) -> None:
+        task = assignment.task
+        if not task.id:
+            log.warning("ignoring assignment without a task id: %s", assignment)
+            return
+        key = (task.id, task.attempt)
+        if key in self._attempts:
+            log.info("task %s attempt %d is already running here; ignoring the repeat", task.id, task.attempt)
+            return
+        # A newer attempt of the same task fences the older ones: their results would be ignored.
+        for old_key, old in list(self._attempts.items()):
+            if old_key[0] == task.id and old_key[1] < task.attempt and old.runner is not None:
+                log.info("task %s attempt %d superseded by attempt %d; cancelling it", task.id, old_key[1], task.attempt)
+                old.runner.cancel()
+        attempt = _Attempt(task=task)
+        self._attempts[key] = attempt
+        self._send(self._update(key, common_pb2.TASK_STATE_RUNNING))
+        attempt.runner = asyncio.create_task(self._execute(key, attempt), name=f"task-{task.id}#{task.attempt}")
+        attempt.runner.add_done_callback(lambda _: self._forget_attempt(key, attempt))
+
+    def _on_cancel(self, cancel: workers_pb2.CancelAssignment) -> None:
+        attempt = self._attempts.get((cancel.task_id, cancel.attempt))
+        if attempt is None or attempt.runner is None:
+            log.debug("ignoring cancel of %s attempt %d: not running here", cancel.task_id, cancel.attempt)
+            return
+        log.info("cancelling task %s attempt %d", cancel.task_id, cancel.attempt)
+        attempt.runner.cancel()
+
+    def _forget_attempt(self, key: TaskKey, attempt: _Attempt) -> None:
+        if self._attempts.get(key) is attempt:
+            del self._attempts[key]
+
+    # ----- execution --------------------------------------------------------------------------
+
+    @staticmethod
+    def _update(key: TaskKey, state: int, **fields: object) -> workers_pb2.AgentMessage:
+        return workers_pb2.AgentMessage(
+            update=workers_pb2.TaskUpdate(task_id=key[0], attempt=key[1], state=state, **fields)  # type: ignore[arg-type]
+        )
+
+    async def _execute(self, key: TaskKey, attempt: _Attempt) -> None:
+        task = attempt.task
+        final: workers_pb2.AgentMessage
+        try:
+            handler = self.handlers.get(task.spec.kind)
+            if handler is None:
+                raise LookupError(f"this worker has no handler for kind {task.spec.kind!r} (it runs {self.kinds})")
+            ctx = TaskContext.for_task(task, self.worker_id, progress=lambda p: self._report_progress(key, p))
+            async with self._slot_gate:
+                attempt.executing = True
+                try:
+                    result = await handler(task, ctx)
+                finally:
+                    attempt.executing = False
+            if not isinstance(result, (bytes, bytearray, memoryview)):
+                raise TypeError(f"handler for {task.spec.kind!r} returned {type(result).__name__}, not bytes")
+            if len(result) > MAX_RESULT_BYTES:
+                raise ValueError(f"result of {len(result)} bytes is over the {MAX_RESULT_BYTES}-byte limit")
+            final = self._update(key, common_pb2.TASK_STATE_SUCCEEDED, result=bytes(result))
+            log.info("task %s attempt %d succeeded", *key)
+        except asyncio.CancelledError:
+            log.info("task %s attempt %d cancelled", *key)
+            raise
+        except Exception as exc:
+            log.info("task %s attempt %d failed: %s", key[0], key[1], exc)
+            final = self._update(key, common_pb2.TASK_STATE_FAILED, error=format_error(exc))
+        # No await from here on: the attempt leaves `running` and enters the outbox at once.
+        self._forget_attempt(key, attempt)
+        outgoing = _Outgoing(final)
+        self._outbox[key] = outgoing
+        if self._stream is not None:
+            self._stream.queue.put_nowait(outgoing)
+
+    def _report_progress(self, key: TaskKey, fraction: float) -> None:
+        if key in self._attempts:
+            self._send(self._update(key, common_pb2.TASK_STATE_RUNNING, progress=fraction))

@@ -1,0 +1,809 @@
+"""Task lifecycle and dispatch: the state machine between the gRPC services, the store and the core.
+
+All of it runs on the server's one event loop. The Rust core decides (which task goes where, which
+worker or task is overdue); this module carries the decisions out: it persists them, tells agents,
+and wakes waiters. Dispatch is event-driven: a task arriving, a slot freeing or a worker joining
+sets `_wake`; one pump coroutine places, persists and sends. Timers exist only for deadlines and
+retry backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from controlplane._core import CoreError, Scheduler
+from controlplane.config import ServerConfig
+from controlplane.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from controlplane.store import Store, StoreError, TaskRecord
+from controlplane.validation import validate_spec
+from gpucp.v1 import admin_pb2, common_pb2, scheduler_pb2, workers_pb2
+
+log = logging.getLogger("gpucp.controlplane")
+
+PENDING = common_pb2.TASK_STATE_PENDING
+ASSIGNED = common_pb2.TASK_STATE_ASSIGNED
+RUNNING = common_pb2.TASK_STATE_RUNNING
+SUCCEEDED = common_pb2.TASK_STATE_SUCCEEDED
+FAILED = common_pb2.TASK_STATE_FAILED
+CANCELLED = common_pb2.TASK_STATE_CANCELLED
+TIMED_OUT = common_pb2.TASK_STATE_TIMED_OUT
+
+MAX_SLOTS = 4096
+MAX_WORKER_GPUS = 64
+MAX_BATCH = 10_000
+RECENT_TERMINAL = 50_000
+WATCH_BUFFER = 10_000
+PLACE_BATCH = 4096
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def mono_ms() -> int:
+    """The clock the core's deadlines run on: never jumps with the wall clock."""
+    return int(time.monotonic() * 1000)
+
+
+def core_priority(priority: int) -> int:
+    """Proto Priority (UNSPECIFIED=NORMAL, LOW..URGENT = 1..4) to the core's classes 0..3."""
+    return 1 if priority == common_pb2.PRIORITY_UNSPECIFIED else priority - 1
+
+
+@dataclass(eq=False)
+class WorkerConn:
+    """One connected agent stream."""
+
+    worker_id: str
+    handle: int
+    register: workers_pb2.Register
+    connected_at_ms: int
+    outbox: asyncio.Queue[workers_pb2.ControlMessage | None] = field(
+        default_factory=asyncio.Queue
+    )
+    last_heartbeat_ms: int = 0
+    gpu_stats: Sequence[common_pb2.GpuStats] = ()
+    draining: bool = False
+    lost_reason: str = ""
+
+    def send(self, msg: workers_pb2.ControlMessage) -> None:
+        self.outbox.put_nowait(msg)
+
+    def close(self, reason: str) -> None:
+        self.lost_reason = reason
+        self.outbox.put_nowait(None)
+
+
+@dataclass(eq=False)
+class Watcher:
+    task_ids: frozenset[str]
+    tenant: str
+    queue: asyncio.Queue[scheduler_pb2.TaskEvent | None] = field(
+        default_factory=lambda: asyncio.Queue(WATCH_BUFFER)
+    )
+    overflowed: bool = False
+
+    async def events(self) -> AsyncIterator[scheduler_pb2.TaskEvent]:
+        while True:
+            event = await self.queue.get()
+            if event is None:
+                if self.overflowed:
+                    raise ResourceExhausted(
+                        f"this watcher fell more than {WATCH_BUFFER} events behind; watch again"
+                    )
+                return
+            yield event
+
+    def wants(self, rec: TaskRecord) -> bool:
+        if self.task_ids and rec.id not in self.task_ids:
+            return False
+        return not self.tenant or rec.tenant == self.tenant
+
+
+class ControlPlane:
+    def __init__(self, config: ServerConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.core = Scheduler(
+            heartbeat_timeout_ms=int(config.heartbeat_timeout_s * 1000),
+            w_availability=config.w_availability,
+            w_success=config.w_success,
+            w_speed=config.w_speed,
+        )
+        self.tasks: dict[str, TaskRecord] = {}  # every unfinished task and the recent finished
+        self.live: dict[int, TaskRecord] = {}  # unfinished tasks by core handle
+        self._recent_terminal: collections.deque[str] = collections.deque()
+        self._idempotency: dict[tuple[str, str], str] = {}
+        self._shapes: dict[tuple[object, ...], int] = {}
+        self.workers: dict[str, WorkerConn] = {}
+        self._worker_by_handle: dict[int, WorkerConn] = {}
+        self._retry_timers: dict[int, asyncio.TimerHandle] = {}
+        self._orphans: dict[int, TaskRecord] = {}  # running before a restart, agent not back yet
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._watchers: set[Watcher] = set()
+        self.state_counts: collections.Counter[int] = collections.Counter()
+        self.stale_updates = 0
+        self._placements: collections.deque[tuple[float, int]] = collections.deque()
+        self._next_handle = 1
+        self._wake = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = 0
+        self.accepting = True
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reload every unfinished task from the store and start dispatching."""
+        self._next_handle = self.store.max_handle() + 1
+        self.state_counts.update(self.store.count_by_state())
+        loop = asyncio.get_running_loop()
+        pending: list[TaskRecord] = []
+        for rec in self.store.load_unfinished():
+            self._track(rec)
+            if rec.state == PENDING:
+                pending.append(rec)
+            else:
+                self._orphans[rec.handle] = rec
+        self._push(pending)
+        if self._orphans:
+            log.info(
+                "%d tasks were running before the restart; waiting %.1f s for their agents",
+                len(self._orphans),
+                self.config.heartbeat_timeout_s,
+            )
+            loop.call_later(self.config.heartbeat_timeout_s, self._requeue_orphans)
+        self._pump_task = asyncio.create_task(self._pump(), name="gpucp-dispatch")
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self.accepting = False
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            try:
+                await self._pump_task
+            except asyncio.CancelledError:
+                pass
+        for timer in (*self._retry_timers.values(), self._deadline_timer):
+            if timer is not None:
+                timer.cancel()
+        for conn in list(self.workers.values()):
+            conn.close("the control plane is shutting down")
+        for watcher in self._watchers:
+            watcher.queue.put_nowait(None)
+        await self.store.flush()
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _track(self, rec: TaskRecord) -> None:
+        self.tasks[rec.id] = rec
+        if not rec.terminal:
+            self.live[rec.handle] = rec
+        if rec.spec.idempotency_key:
+            self._idempotency[(rec.tenant, rec.spec.idempotency_key)] = rec.id
+
+    def _set_state(self, rec: TaskRecord, state: int) -> None:
+        self.state_counts[rec.state] -= 1
+        self.state_counts[state] += 1
+        rec.state = state
+        self._emit(rec)
+
+    def _shape(self, spec: common_pb2.TaskSpec) -> int:
+        req = spec.requirements
+        key = (
+            spec.kind,
+            req.gpus,
+            req.min_gpu_memory_mb,
+            tuple(req.gpu_models),
+            req.backend,
+            tuple(req.labels),
+            req.min_compute_capability,
+        )
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self.core.shape(
+                spec.kind,
+                req.gpus,
+                req.min_gpu_memory_mb,
+                list(req.gpu_models),
+                req.backend,
+                list(req.labels),
+                req.min_compute_capability,
+            )
+            self._shapes[key] = shape
+        return shape
+
+    def _timeout_ms(self, rec: TaskRecord) -> int:
+        return rec.spec.timeout_ms or self.config.default_timeout_ms
+
+    def _push(self, recs: Sequence[TaskRecord]) -> None:
+        if not recs:
+            return
+        self.core.push_many(
+            [r.handle for r in recs],
+            [self._shape(r.spec) for r in recs],
+            [core_priority(r.spec.priority) for r in recs],
+            [r.handle for r in recs],  # FIFO by arrival; a retried task keeps its place
+            [self._timeout_ms(r) for r in recs],
+        )
+        self._wake.set()
+
+    def _emit(self, rec: TaskRecord) -> None:
+        if not self._watchers:
+            return
+        event = scheduler_pb2.TaskEvent(
+            task_id=rec.id,
+            state=rec.state,  # type: ignore[arg-type]
+            attempt=rec.attempt,
+            worker_id=rec.worker_id,
+            at_ms=wall_ms(),
+        )
+        for watcher in self._watchers:
+            if watcher.overflowed or not watcher.wants(rec):
+                continue
+            try:
+                watcher.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                watcher.overflowed = True
+                watcher.queue.get_nowait()
+                watcher.queue.put_nowait(None)
+
+    def _finish(self, rec: TaskRecord, state: int) -> None:
+        """Make `rec` terminal: persist it, then wake whoever waits for it."""
+        rec.finished_at_ms = wall_ms()
+        self._set_state(rec, state)
+        self.live.pop(rec.handle, None)
+        self._recent_terminal.append(rec.id)
+        while len(self._recent_terminal) > RECENT_TERMINAL:
+            old = self.tasks.pop(self._recent_terminal.popleft(), None)
+            if old is not None and old.spec.idempotency_key:
+                self._idempotency.pop((old.tenant, old.spec.idempotency_key), None)
+        # Waiters hear of the outcome only once it is durable.
+        waiters = self._waiters.pop(rec.id, [])
+        self.store.save([rec]).add_done_callback(lambda fut: _settled(fut, waiters))
+
+    # -- submission ---------------------------------------------------------------------------
+
+    async def submit(self, specs: Sequence[common_pb2.TaskSpec]) -> list[tuple[str, bool]]:
+        """Store new tasks (all or none); returns (task_id, duplicate) per spec."""
+        if not self.accepting:
+            raise Unavailable("the control plane is shutting down; submit to another replica")
+        if not specs:
+            raise InvalidArgument("specs is empty: send at least one TaskSpec")
+        if len(specs) > MAX_BATCH:
+            raise InvalidArgument(f"{len(specs)} specs in one batch; the limit is {MAX_BATCH}")
+        for i, spec in enumerate(specs):
+            try:
+                validate_spec(spec, max_payload_bytes=self.config.max_payload_bytes)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"specs[{i}]: {exc}" if len(specs) > 1 else str(exc)) from None
+        queued = self.state_counts[PENDING]
+        if queued + len(specs) > self.config.max_queue:
+            raise ResourceExhausted(
+                f"the queue is full ({queued} tasks pending, limit {self.config.max_queue}): "
+                "retry later, or raise --max-queue"
+            )
+        known = await self._find_idempotent(specs)
+        out: list[tuple[str, bool]] = []
+        new: list[TaskRecord] = []
+        now = wall_ms()
+        for spec in specs:
+            tenant = spec.tenant or "default"
+            key = (tenant, spec.idempotency_key)
+            existing = self._idempotency.get(key) or known.get(key)
+            if spec.idempotency_key and existing:
+                out.append((existing, True))
+                continue
+            rec = TaskRecord(
+                handle=self._next_handle,
+                id=uuid.uuid4().hex,
+                tenant=tenant,
+                spec=spec,
+                created_at_ms=now,
+            )
+            self._next_handle += 1
+            if spec.idempotency_key:
+                self._idempotency[key] = rec.id
+            new.append(rec)
+            out.append((rec.id, False))
+        if not new:
+            return out
+        try:
+            await self.store.insert(new)
+        except StoreError as exc:
+            for rec in new:
+                if rec.spec.idempotency_key:
+                    self._idempotency.pop((rec.tenant, rec.spec.idempotency_key), None)
+            raise Unavailable(f"the task could not be stored, nothing was accepted: {exc}") from None
+        for rec in new:
+            self._track(rec)
+            self.state_counts[PENDING] += 1
+            self._emit(rec)
+        self._push(new)
+        return out
+
+    async def _find_idempotent(
+        self, specs: Sequence[common_pb2.TaskSpec]
+    ) -> dict[tuple[str, str], str]:
+        """Earlier tasks with the specs' idempotency keys that are no longer held in memory."""
+        found: dict[tuple[str, str], str] = {}
+        for spec in specs:
+            key = (spec.tenant or "default", spec.idempotency_key)
+            if spec.idempotency_key and key not in self._idempotency and key not in found:
+                task_id = await self.store.find_idempotent(*key)
+                if task_id is not None:
+                    found[key] = task_id
+        return found
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._dispatch()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch failed; it runs again on the next event")
+
+    async def _dispatch(self) -> None:
+        while True:
+            placements = self.core.place(mono_ms(), PLACE_BATCH)
+            if not placements:
+                return
+            self._arm_deadline()
+            now = wall_ms()
+            assigned: list[tuple[TaskRecord, WorkerConn, int]] = []
+            for task, worker, gpus in placements:
+                rec = self.live[task]
+                conn = self._worker_by_handle[worker]
+                rec.attempt += 1
+                rec.worker_id = conn.worker_id
+                rec.gpu_indices = gpus
+                rec.started_at_ms = now
+                rec.error = ""
+                self._set_state(rec, ASSIGNED)
+                assigned.append((rec, conn, rec.attempt))
+            self._count_placements(len(assigned))
+            # The assignment is durable before any agent hears of it, so after a restart no
+            # attempt number can be handed out twice.
+            try:
+                await self.store.save([rec for rec, _, _ in assigned])
+            except StoreError:
+                log.exception("could not persist %d assignments; requeueing them", len(assigned))
+                for rec, _, attempt in assigned:
+                    if rec.state == ASSIGNED and rec.attempt == attempt:
+                        self.core.release(rec.handle)
+                        rec.attempt -= 1
+                        self._set_state(rec, PENDING)
+                        self._push([rec])
+                continue
+            for rec, conn, attempt in assigned:
+                # While the write was in flight the task may have been cancelled or its worker lost.
+                if rec.state == ASSIGNED and rec.attempt == attempt and not conn.lost_reason:
+                    conn.send(workers_pb2.ControlMessage(assign=workers_pb2.Assignment(task=rec.to_proto())))
+
+    def _count_placements(self, n: int) -> None:
+        now = time.monotonic()
+        self._placements.append((now, n))
+        while self._placements and self._placements[0][0] < now - 10:
+            self._placements.popleft()
+
+    def placements_per_second(self) -> float:
+        now = time.monotonic()
+        return sum(n for t, n in self._placements if t >= now - 10) / 10.0
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def _arm_deadline(self) -> None:
+        nxt = self.core.next_deadline_ms()
+        if nxt is None:
+            return
+        if self._deadline_timer is not None and self._deadline_at <= nxt:
+            return
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        delay = max(0.0, (nxt - mono_ms()) / 1000)
+        self._deadline_at = nxt
+        self._deadline_timer = asyncio.get_running_loop().call_later(delay, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline_timer = None
+        workers, tasks = self.core.expired(mono_ms())
+        for handle in workers:
+            conn = self._worker_by_handle.get(handle)
+            if conn is not None:
+                timeout = self.config.heartbeat_timeout_s
+                self.worker_lost(conn, f"no heartbeat for {timeout:g} s")
+        for handle in tasks:
+            rec = self.live.get(handle)
+            if rec is None:
+                continue
+            self._stop_on_worker(rec)
+            self.core.release(handle)
+            self._attempt_failed(rec, f"timed out after {self._timeout_ms(rec)} ms", TIMED_OUT)
+        self._arm_deadline()
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    def _stop_on_worker(self, rec: TaskRecord) -> None:
+        conn = self.workers.get(rec.worker_id)
+        if conn is not None:
+            conn.send(
+                workers_pb2.ControlMessage(
+                    cancel=workers_pb2.CancelAssignment(task_id=rec.id, attempt=rec.attempt)
+                )
+            )
+
+    def _retries_allowed(self, rec: TaskRecord) -> int:
+        spec = rec.spec
+        return spec.max_retries if spec.HasField("max_retries") else self.config.default_max_retries
+
+    def _attempt_failed(self, rec: TaskRecord, error: str, final_state: int) -> None:
+        """An attempt failed or timed out: retry with backoff while the budget lasts."""
+        rec.error = error
+        rec.errors.append(f"attempt {rec.attempt} on {rec.worker_id}: {error}")
+        failures = rec.attempt - rec.lost_count
+        if failures > self._retries_allowed(rec):
+            self._finish(rec, final_state)
+            self._wake.set()
+            return
+        self._set_state(rec, PENDING)
+        self.store.save_nowait([rec])
+        delay = min(self.config.retry_cap_s, self.config.retry_base_s * 2 ** (failures - 1))
+        delay *= random.uniform(0.5, 1.0)  # jitter: failures of a burst do not retry in lockstep
+        self._retry_timers[rec.handle] = asyncio.get_running_loop().call_later(
+            delay, self._retry, rec
+        )
+        self._wake.set()
+
+    def _retry(self, rec: TaskRecord) -> None:
+        del self._retry_timers[rec.handle]
+        self._push([rec])
+
+    def _requeue_lost(self, rec: TaskRecord, reason: str) -> None:
+        rec.lost_count += 1
+        rec.error = reason
+        rec.errors.append(f"attempt {rec.attempt} on {rec.worker_id}: {reason}")
+        if rec.lost_count > self.config.max_worker_losses:
+            rec.error = (
+                f"lost its worker {rec.lost_count} times; the task may be what crashes its "
+                f"workers (last: {reason})"
+            )
+            self._finish(rec, FAILED)
+            return
+        self._set_state(rec, PENDING)
+        self.store.save_nowait([rec])
+        self._push([rec])
+
+    def _requeue_orphans(self) -> None:
+        for rec in list(self._orphans.values()):
+            del self._orphans[rec.handle]
+            self._requeue_lost(rec, "its worker did not come back after a control-plane restart")
+
+    # -- agents -------------------------------------------------------------------------------
+
+    def register(self, reg: workers_pb2.Register) -> WorkerConn:
+        """Admit an agent: validate what it says it has, then re-attach its running tasks."""
+        if not reg.worker_id or len(reg.worker_id) > 128:
+            raise InvalidArgument("register.worker_id must be 1-128 characters")
+        if not 1 <= reg.slots <= MAX_SLOTS:
+            raise InvalidArgument(f"register.slots is {reg.slots}; it must be 1-{MAX_SLOTS}")
+        if len(reg.gpus) > MAX_WORKER_GPUS:
+            raise InvalidArgument(f"register lists {len(reg.gpus)} GPUs; the limit is {MAX_WORKER_GPUS}")
+        if sorted(g.index for g in reg.gpus) != list(range(len(reg.gpus))):
+            raise InvalidArgument("register.gpus must be indexed 0..n-1, each index once")
+        if not self.accepting:
+            raise Unavailable("the control plane is shutting down")
+        old = self.workers.get(reg.worker_id)
+        if old is not None:
+            self.worker_lost(old, "replaced by a new connection from the same worker")
+        gpus = sorted(reg.gpus, key=lambda g: g.index)
+        handle = self.core.add_worker(
+            reg.slots,
+            [(g.memory_total_mb, g.compute_capability, g.name) for g in gpus],
+            reg.backend,
+            list(reg.labels),
+            list(reg.kinds),
+            mono_ms(),
+        )
+        conn = WorkerConn(reg.worker_id, handle, reg, connected_at_ms=wall_ms())
+        conn.last_heartbeat_ms = conn.connected_at_ms
+        self.workers[reg.worker_id] = conn
+        self._worker_by_handle[handle] = conn
+        conn.send(
+            workers_pb2.ControlMessage(
+                registered=workers_pb2.Registered(
+                    worker_id=reg.worker_id,
+                    heartbeat_interval_ms=self.config.heartbeat_interval_ms,
+                )
+            )
+        )
+        for running in reg.running:
+            self._reattach(conn, running.task_id, running.attempt)
+        self._arm_deadline()
+        self._wake.set()
+        log.info("worker %s joined: %d slots, %d GPUs", reg.worker_id, reg.slots, len(gpus))
+        return conn
+
+    def _reattach(self, conn: WorkerConn, task_id: str, attempt: int) -> None:
+        rec = self.tasks.get(task_id)
+        current = (
+            rec is not None
+            and not rec.terminal
+            and rec.attempt == attempt
+            and rec.worker_id == conn.worker_id
+            and (rec.state == PENDING or rec.handle in self._orphans)
+        )
+        if not current or rec is None:
+            self.stale_updates += 1
+            conn.send(
+                workers_pb2.ControlMessage(
+                    cancel=workers_pb2.CancelAssignment(task_id=task_id, attempt=attempt)
+                )
+            )
+            return
+        timer = self._retry_timers.pop(rec.handle, None)
+        if timer is not None:
+            timer.cancel()
+        try:
+            self.core.attach(
+                rec.handle,
+                conn.handle,
+                rec.gpu_indices,
+                self._shape(rec.spec),
+                self._timeout_ms(rec),
+                mono_ms(),
+            )
+        except CoreError as exc:
+            log.warning("cannot re-attach %s to %s: %s", task_id, conn.worker_id, exc)
+            if timer is not None:
+                self._push([rec])
+            conn.send(
+                workers_pb2.ControlMessage(
+                    cancel=workers_pb2.CancelAssignment(task_id=task_id, attempt=attempt)
+                )
+            )
+            return
+        self._orphans.pop(rec.handle, None)
+        if rec.state == PENDING and rec.lost_count > 0 and rec.errors:
+            # The loss that requeued it did not happen after all: the same attempt runs on.
+            rec.lost_count -= 1
+            rec.errors.pop()
+        rec.error = ""
+        self._set_state(rec, RUNNING)
+        self.store.save_nowait([rec])
+
+    def heartbeat(self, conn: WorkerConn, hb: workers_pb2.Heartbeat) -> None:
+        if conn.lost_reason:
+            return
+        conn.last_heartbeat_ms = wall_ms()
+        conn.gpu_stats = list(hb.gpus)
+        self.core.heartbeat(conn.handle, mono_ms())
+        if hb.draining and not conn.draining:
+            conn.draining = True
+            self.core.set_draining(conn.handle, True)
+            log.info("worker %s is draining", conn.worker_id)
+
+    def update(self, conn: WorkerConn, upd: workers_pb2.TaskUpdate) -> None:
+        """Apply an agent's report about one attempt; reports about other attempts are stale."""
+        rec = self.tasks.get(upd.task_id)
+        if (
+            rec is None
+            or rec.terminal
+            or rec.attempt != upd.attempt
+            or rec.worker_id != conn.worker_id
+            or conn.lost_reason
+            or rec.handle in self._orphans
+        ):
+            self.stale_updates += 1
+            return
+        if upd.state == RUNNING:
+            if rec.state == ASSIGNED:
+                self._set_state(rec, RUNNING)
+                self.store.save_nowait([rec])
+            return
+        if upd.state not in (SUCCEEDED, FAILED):
+            self.stale_updates += 1
+            log.warning("worker %s sent an update with state %d", conn.worker_id, upd.state)
+            return
+        if rec.state == PENDING:
+            # The agent finished while it was disconnected and its task was waiting to rerun.
+            timer = self._retry_timers.pop(rec.handle, None)
+            if timer is not None:
+                timer.cancel()
+            else:
+                self.core.remove(rec.handle)
+        else:
+            runtime = max(0, wall_ms() - rec.started_at_ms)
+            self.core.finish(rec.handle, upd.state == SUCCEEDED, runtime)
+        self._wake.set()
+        if upd.state == SUCCEEDED:
+            rec.result = upd.result
+            rec.error = ""
+            self._finish(rec, SUCCEEDED)
+        else:
+            self._attempt_failed(rec, upd.error or "the handler failed without a message", FAILED)
+
+    def worker_lost(self, conn: WorkerConn, reason: str) -> None:
+        """Drop a worker; every task it held is requeued at once."""
+        if self.workers.get(conn.worker_id) is not conn:
+            return
+        del self.workers[conn.worker_id]
+        del self._worker_by_handle[conn.handle]
+        conn.close(reason)
+        if not self.accepting:
+            # Shutting down: its tasks stay assigned in the store and re-attach after the restart.
+            return
+        log.warning("worker %s lost: %s", conn.worker_id, reason)
+        for handle in self.core.remove_worker(conn.handle):
+            rec = self.live.get(handle)
+            if rec is not None:
+                self._requeue_lost(rec, f"worker {conn.worker_id} was lost ({reason})")
+        self._wake.set()
+
+    # -- queries and commands -----------------------------------------------------------------
+
+    async def get(self, task_id: str) -> TaskRecord:
+        if not task_id:
+            raise InvalidArgument("task_id is empty")
+        rec = self.tasks.get(task_id) or await self.store.get(task_id)
+        if rec is None:
+            raise NotFound(f"no task has id {task_id!r}")
+        return rec
+
+    def pending_reason(self, rec: TaskRecord) -> str:
+        if rec.state != PENDING:
+            return ""
+        if rec.handle in self._retry_timers:
+            return f"waiting to retry after attempt {rec.attempt} failed: {rec.error}"
+        return self.core.explain(self._shape(rec.spec), core_priority(rec.spec.priority))
+
+    def describe(self, rec: TaskRecord) -> common_pb2.Task:
+        if rec.handle in self._orphans:
+            reason = f"waiting for worker {rec.worker_id} to re-attach after a control-plane restart"
+            return rec.to_proto(reason)
+        return rec.to_proto(self.pending_reason(rec) if rec.id in self.tasks else "")
+
+    async def wait(self, task_id: str, timeout_ms: int) -> TaskRecord:
+        rec = await self.get(task_id)
+        if rec.terminal:
+            return rec
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout_ms / 1000 if timeout_ms else None)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._waiters.get(task_id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[task_id]
+        return self.tasks.get(task_id, rec)
+
+    async def cancel(self, task_id: str) -> int:
+        rec = await self.get(task_id)
+        if rec.terminal:
+            name = common_pb2.TaskState.Name(rec.state).removeprefix("TASK_STATE_").lower()
+            raise FailedPrecondition(
+                f"task {task_id} is already {name}; only unfinished tasks can be cancelled"
+            )
+        if rec.state == PENDING:
+            timer = self._retry_timers.pop(rec.handle, None)
+            if timer is not None:
+                timer.cancel()
+            else:
+                self.core.remove(rec.handle)
+        elif self._orphans.pop(rec.handle, None) is None:
+            self._stop_on_worker(rec)
+            self.core.release(rec.handle)
+            self._wake.set()
+        rec.error = "cancelled"
+        self._finish(rec, CANCELLED)
+        await self.store.flush()
+        return CANCELLED
+
+    async def list(
+        self, state: int, tenant: str, limit: int, page_token: str
+    ) -> tuple[list[TaskRecord], str]:
+        if state not in common_pb2.TaskState.values():
+            raise InvalidArgument(f"state {state} is not a TaskState")
+        try:
+            after = int(page_token) if page_token else 0
+        except ValueError:
+            raise InvalidArgument(
+                f"page_token {page_token[:40]!r} is not one this server issued"
+            ) from None
+        limit = min(limit or 100, 1000)
+        await self.store.flush()  # the page reflects every transition made so far
+        rows = await self.store.page(state, tenant, after, limit)
+        recs = [self.tasks.get(r.id, r) for r in rows]
+        token = str(rows[-1].handle) if len(rows) == limit else ""
+        return recs, token
+
+    def watch(self, task_ids: Sequence[str], tenant: str) -> Watcher:
+        """Start recording events for a watcher; call unwatch() when done with it."""
+        watcher = Watcher(frozenset(task_ids), tenant)
+        self._watchers.add(watcher)
+        return watcher
+
+    def unwatch(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+
+    def drain(self, worker_id: str) -> None:
+        conn = self.workers.get(worker_id)
+        if conn is None:
+            raise NotFound(f"no connected worker has id {worker_id!r}")
+        conn.draining = True
+        self.core.set_draining(conn.handle, True)
+        conn.send(workers_pb2.ControlMessage(drain=workers_pb2.Drain()))
+
+    def cluster_stats(self) -> admin_pb2.ClusterStats:
+        total, free = self.core.slots()
+        by_prio = self.core.pending_by_priority()
+        return admin_pb2.ClusterStats(
+            workers=len(self.workers),
+            slots_total=total,
+            slots_free=free,
+            tasks_by_state={
+                common_pb2.TaskState.Name(s): n for s, n in self.state_counts.items() if n > 0
+            },
+            queue_depth_by_priority={
+                common_pb2.Priority.Name(i + 1): n for i, n in enumerate(by_prio)
+            },
+            placements_per_second=self.placements_per_second(),
+            stale_updates=self.stale_updates,
+        )
+
+    def worker_infos(self) -> list[admin_pb2.WorkerInfo]:
+        out = []
+        for conn in self.workers.values():
+            slots, free, success, speed, ok, failed = self.core.worker_stats(conn.handle)
+            reg = conn.register
+            out.append(
+                admin_pb2.WorkerInfo(
+                    worker_id=conn.worker_id,
+                    provider=reg.provider,
+                    slots=slots,
+                    slots_free=free,
+                    gpus=reg.gpus,
+                    backend=reg.backend,
+                    labels=reg.labels,
+                    kinds=reg.kinds,
+                    cost_per_hour=reg.cost_per_hour,
+                    health="draining" if conn.draining else "healthy",
+                    success_rate=success,
+                    speed=speed,
+                    tasks_succeeded=ok,
+                    tasks_failed=failed,
+                    connected_at_ms=conn.connected_at_ms,
+                    last_heartbeat_ms=conn.last_heartbeat_ms,
+                    gpu_stats=conn.gpu_stats,
+                )
+            )
+        return out
+
+
+def _settled(fut: asyncio.Future[None], waiters: list[asyncio.Future[None]]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("a task outcome could not be stored: %s", fut.exception())
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)

@@ -1,0 +1,102 @@
+"""The control-plane process: gRPC server, health, reflection, and an orderly shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane.config import ServerConfig
+from controlplane.control import ControlPlane
+from controlplane.services import AdminService, SchedulerService, WorkersService
+from controlplane.store import Store
+from gpucp.v1 import admin_pb2, admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
+
+log = logging.getLogger("gpucp.controlplane")
+
+SERVICES = (
+    scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name,
+    workers_pb2.DESCRIPTOR.services_by_name["Workers"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+# Keepalive must agree with the agents' (they ping every 10 s): a server that refuses their pings
+# would close healthy streams with GOAWAY "too_many_pings".
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    # Thousands of agents reconnect at once after a restart; do not refuse them.
+    ("grpc.max_concurrent_streams", 100_000),
+]
+
+
+@dataclass
+class Running:
+    """A started control plane: its server, the port it got, and how to stop it."""
+
+    server: grpc.aio.Server
+    port: int
+    control: ControlPlane
+    health: health.aio.HealthServicer
+    store: Store
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Refuse new work, tell health checkers, finish in-flight calls, persist everything."""
+        self.control.accepting = False
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.control.stop()
+        await self.server.stop(grace_s)
+        self.store.close()
+
+
+async def start(config: ServerConfig) -> Running:
+    store = Store(config.db, synchronous=config.db_synchronous)
+    control = ControlPlane(config, store)
+    await control.start()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(control), server)
+    workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(control), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(control), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        store.close()
+        raise OSError(f"cannot listen on {config.listen}: {exc}") from None
+    await server.start()
+    for name in ("", *SERVICES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("gpucp control plane listening on port %d (db %s)", port, config.db)
+    return Running(server, port, control, health_servicer, store)
+
+
+async def serve(config: ServerConfig, *, ready_file: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down without losing anything accepted."""
+    running = await start(config)
+    if ready_file:
+        with open(ready_file, "w") as f:
+            f.write(str(running.port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"gpucp control plane listening on {config.listen} (port {running.port}), db {config.db}", flush=True)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop()

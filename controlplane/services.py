@@ -1,0 +1,157 @@
+"""The gRPC services: protobuf in, ControlPlane calls, protobuf out. No decisions live here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import grpc
+
+from controlplane.control import ControlPlane, WorkerConn
+from controlplane.errors import ControlError
+from gpucp.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
+)
+
+log = logging.getLogger("gpucp.controlplane")
+
+REGISTER_TIMEOUT_S = 30.0
+T = TypeVar("T")
+
+
+async def answer(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+    """Await `call`, turning a ControlError into the gRPC status it stands for."""
+    try:
+        return await call
+    except ControlError as exc:
+        await context.abort(exc.code, str(exc))
+        raise AssertionError("abort() returned") from None
+
+
+class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+
+    async def SubmitTask(self, request, context):  # noqa: N802
+        [(task_id, duplicate)] = await answer(context, self.cp.submit([request.spec]))
+        return scheduler_pb2.SubmitTaskResponse(task_id=task_id, duplicate=duplicate)
+
+    async def SubmitTasks(self, request, context):  # noqa: N802
+        results = await answer(context, self.cp.submit(list(request.specs)))
+        return scheduler_pb2.SubmitTasksResponse(task_ids=[task_id for task_id, _ in results])
+
+    async def GetTask(self, request, context):  # noqa: N802
+        rec = await answer(context, self.cp.get(request.task_id))
+        return self.cp.describe(rec)
+
+    async def WaitTask(self, request, context):  # noqa: N802
+        rec = await answer(context, self.cp.wait(request.task_id, request.timeout_ms))
+        return self.cp.describe(rec)
+
+    async def CancelTask(self, request, context):  # noqa: N802
+        state = await answer(context, self.cp.cancel(request.task_id))
+        return scheduler_pb2.CancelTaskResponse(state=state)
+
+    async def ListTasks(self, request, context):  # noqa: N802
+        recs, token = await answer(
+            context,
+            self.cp.list(request.state, request.tenant, request.limit, request.page_token),
+        )
+        return scheduler_pb2.ListTasksResponse(
+            tasks=[self.cp.describe(r) for r in recs], next_page_token=token
+        )
+
+    async def WatchTasks(self, request, context):  # noqa: N802
+        watcher = self.cp.watch(list(request.task_ids), request.tenant)
+        try:
+            # Headers go out once the watcher is recording: a client that waits for them
+            # misses no event of what it submits next.
+            await context.send_initial_metadata(())
+            async for event in watcher.events():
+                yield event
+        except ControlError as exc:
+            await context.abort(exc.code, str(exc))
+        finally:
+            self.cp.unwatch(watcher)
+
+
+class WorkersService(workers_pb2_grpc.WorkersServicer):
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+
+    async def Connect(self, request_iterator, context):  # noqa: N802
+        requests = aiter(request_iterator)
+        try:
+            first = await asyncio.wait_for(anext(requests), REGISTER_TIMEOUT_S)
+        except (StopAsyncIteration, TimeoutError):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"send register as the first message within {REGISTER_TIMEOUT_S:g} s",
+            )
+        if first.WhichOneof("msg") != "register":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message on Connect must be register, "
+                f"not {first.WhichOneof('msg') or 'an empty message'}",
+            )
+        conn = await answer(context, self._register(first.register))
+        reader = asyncio.create_task(self._read(conn, requests))
+        try:
+            while True:
+                msg = await conn.outbox.get()
+                if msg is None:
+                    break
+                yield msg
+        finally:
+            reader.cancel()
+            self.cp.worker_lost(conn, conn.lost_reason or "its stream closed")
+
+    async def _register(self, reg: workers_pb2.Register) -> WorkerConn:
+        # async only so that answer() can map its ControlError like any other call's
+        return self.cp.register(reg)
+
+    async def _read(self, conn: WorkerConn, requests: AsyncIterator[workers_pb2.AgentMessage]) -> None:
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("msg")
+                try:
+                    if kind == "heartbeat":
+                        self.cp.heartbeat(conn, msg.heartbeat)
+                    elif kind == "update":
+                        self.cp.update(conn, msg.update)
+                    else:
+                        log.warning("worker %s sent %s after registering; ignored", conn.worker_id, kind)
+                except Exception:
+                    # One bad message must not take the worker (or the server) down.
+                    log.exception("message from worker %s could not be applied", conn.worker_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.cp.worker_lost(conn, f"its stream failed: {exc}")
+            return
+        self.cp.worker_lost(conn, "the agent closed its stream")
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+
+    async def GetClusterStats(self, request, context):  # noqa: N802
+        return self.cp.cluster_stats()
+
+    async def ListWorkers(self, request, context):  # noqa: N802
+        return admin_pb2.ListWorkersResponse(workers=self.cp.worker_infos())
+
+    async def DrainWorker(self, request, context):  # noqa: N802
+        await answer(context, self._drain(request.worker_id))
+        return admin_pb2.DrainWorkerResponse()
+
+    async def _drain(self, worker_id: str) -> None:
+        self.cp.drain(worker_id)

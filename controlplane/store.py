@@ -1,0 +1,317 @@
+"""Durable task storage on SQLite (WAL) with group commit.
+
+One writer thread owns the write connection. Callers enqueue writes and may await the commit that
+contains them; the writer drains everything queued so far into one transaction, so a burst of
+submissions costs one commit, not one per task. Reads use their own connection (WAL lets them run
+beside the writer) and are made off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from gpucp.v1 import common_pb2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    handle INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    state INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    gpu_indices TEXT NOT NULL,
+    result BLOB NOT NULL,
+    error TEXT NOT NULL,
+    errors TEXT NOT NULL,
+    lost_count INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    finished_at_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency
+    ON tasks (tenant, idempotency_key) WHERE idempotency_key != '';
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, handle);
+CREATE INDEX IF NOT EXISTS tasks_tenant ON tasks (tenant, handle);
+"""
+
+COLUMNS = (
+    "handle, id, tenant, idempotency_key, spec, state, attempt, worker_id, gpu_indices, result, "
+    "error, errors, lost_count, created_at_ms, started_at_ms, finished_at_ms"
+)
+
+TERMINAL_STATES = frozenset(
+    {
+        common_pb2.TASK_STATE_SUCCEEDED,
+        common_pb2.TASK_STATE_FAILED,
+        common_pb2.TASK_STATE_CANCELLED,
+        common_pb2.TASK_STATE_TIMED_OUT,
+    }
+)
+
+
+@dataclass(slots=True, eq=False)
+class TaskRecord:
+    """A task as the control plane tracks it; the row it is stored as mirrors these fields."""
+
+    handle: int
+    id: str
+    tenant: str
+    spec: common_pb2.TaskSpec
+    state: int = common_pb2.TASK_STATE_PENDING
+    attempt: int = 0
+    worker_id: str = ""
+    gpu_indices: list[int] = field(default_factory=list)
+    result: bytes = b""
+    error: str = ""
+    errors: list[str] = field(default_factory=list)
+    lost_count: int = 0
+    created_at_ms: int = 0
+    started_at_ms: int = 0
+    finished_at_ms: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def to_proto(self, pending_reason: str = "") -> common_pb2.Task:
+        return common_pb2.Task(
+            id=self.id,
+            spec=self.spec,
+            state=self.state,  # type: ignore[arg-type]
+            attempt=self.attempt,
+            worker_id=self.worker_id,
+            result=self.result,
+            error=self.error,
+            pending_reason=pending_reason,
+            created_at_ms=self.created_at_ms,
+            started_at_ms=self.started_at_ms,
+            finished_at_ms=self.finished_at_ms,
+            gpu_indices=self.gpu_indices,
+        )
+
+    def row(self) -> tuple[object, ...]:
+        return (
+            self.handle,
+            self.id,
+            self.tenant,
+            self.spec.idempotency_key,
+            self.spec.SerializeToString(),
+            self.state,
+            self.attempt,
+            self.worker_id,
+            json.dumps(self.gpu_indices),
+            self.result,
+            self.error,
+            json.dumps(self.errors),
+            self.lost_count,
+            self.created_at_ms,
+            self.started_at_ms,
+            self.finished_at_ms,
+        )
+
+
+def record_from_row(row: Sequence[object]) -> TaskRecord:
+    spec = common_pb2.TaskSpec()
+    spec.ParseFromString(row[4])  # type: ignore[arg-type]
+    return TaskRecord(
+        handle=row[0],  # type: ignore[arg-type]
+        id=row[1],  # type: ignore[arg-type]
+        tenant=row[2],  # type: ignore[arg-type]
+        spec=spec,
+        state=row[5],  # type: ignore[arg-type]
+        attempt=row[6],  # type: ignore[arg-type]
+        worker_id=row[7],  # type: ignore[arg-type]
+        gpu_indices=json.loads(row[8]),  # type: ignore[arg-type]
+        result=row[9],  # type: ignore[arg-type]
+        error=row[10],  # type: ignore[arg-type]
+        errors=json.loads(row[11]),  # type: ignore[arg-type]
+        lost_count=row[12],  # type: ignore[arg-type]
+        created_at_ms=row[13],  # type: ignore[arg-type]
+        started_at_ms=row[14],  # type: ignore[arg-type]
+        finished_at_ms=row[15],  # type: ignore[arg-type]
+    )
+
+
+class StoreError(Exception):
+    """The database refused a write; nothing in the failed batch was stored."""
+
+
+_INSERT = f"INSERT INTO tasks ({COLUMNS}) VALUES ({', '.join('?' * 16)})"
+_UPSERT = _INSERT.replace("INSERT", "INSERT OR REPLACE", 1)
+
+
+class Store:
+    """SQLite task store. `path` is a file path; ":memory:" is refused (nothing would be durable)."""
+
+    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+        if path in ("", ":memory:"):
+            raise ValueError("the store needs a file path: an in-memory database keeps nothing")
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        self.path = path
+        self._write = self._connect(synchronous)
+        self._write.executescript(SCHEMA)
+        self._read = self._connect(synchronous)
+        self._read_lock = threading.Lock()
+        self._pending: list[tuple[str, Sequence[object], asyncio.Future[None] | None]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self.commits = 0
+        self._thread = threading.Thread(target=self._writer, name="gpucp-store", daemon=True)
+        self._thread.start()
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a crash of this process (the failure we are built for);
+        # FULL also survives power loss at the price of an fsync per group commit.
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def _enqueue(self, sql: str, rows: Sequence[object], wait: bool) -> asyncio.Future[None] | None:
+        fut: asyncio.Future[None] | None = None
+        if wait:
+            fut = asyncio.get_running_loop().create_future()
+        with self._cond:
+            if self._closed:
+                raise StoreError("the store is closed")
+            self._pending.append((sql, rows, fut))
+            self._cond.notify()
+        return fut
+
+    async def insert(self, records: Iterable[TaskRecord]) -> None:
+        """Store new tasks; returns once they are committed."""
+        fut = self._enqueue(_INSERT, [r.row() for r in records], wait=True)
+        assert fut is not None
+        await fut
+
+    def save(self, records: Iterable[TaskRecord]) -> asyncio.Future[None]:
+        """Write the current state of tasks; the returned future resolves at commit."""
+        fut = self._enqueue(_UPSERT, [r.row() for r in records], wait=True)
+        assert fut is not None
+        return fut
+
+    def save_nowait(self, records: Iterable[TaskRecord]) -> None:
+        """Write the current state of tasks in the next group commit, without waiting for it."""
+        self._enqueue(_UPSERT, [r.row() for r in records], wait=False)
+
+    def _writer(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                batch, self._pending = self._pending, []
+                closing = self._closed
+            if batch:
+                self._commit(batch)
+            if closing and not batch:
+                return
+
+    def _commit(self, batch: list[tuple[str, Sequence[object], asyncio.Future[None] | None]]) -> None:
+        error: BaseException | None = None
+        try:
+            self._write.execute("BEGIN IMMEDIATE")
+            for sql, rows, _ in batch:
+                if rows:
+                    self._write.executemany(sql, rows)  # type: ignore[arg-type]
+            self._write.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            if self._write.in_transaction:
+                self._write.execute("ROLLBACK")
+            error = exc
+        if error is not None and len(batch) > 1:
+            # One bad write must not fail the others that shared its commit: retry one by one.
+            for item in batch:
+                self._commit([item])
+            return
+        for _, _, fut in batch:
+            if fut is not None:
+                fut.get_loop().call_soon_threadsafe(_settle, fut, error)
+
+    async def flush(self) -> None:
+        """Wait until everything enqueued so far is committed."""
+        fut = self._enqueue("", [], wait=True)  # no rows: a marker that commits with the rest
+        assert fut is not None
+        await fut
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the writer and close both connections."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        self._write.close()
+        self._read.close()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _query(self, sql: str, args: Sequence[object]) -> list[tuple[object, ...]]:
+        with self._read_lock:
+            return self._read.execute(sql, args).fetchall()
+
+    async def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        return await asyncio.to_thread(self._query, sql, args)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        rows = await self.query(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (task_id,))
+        return record_from_row(rows[0]) if rows else None
+
+    async def find_idempotent(self, tenant: str, key: str) -> str | None:
+        rows = await self.query(
+            "SELECT id FROM tasks WHERE tenant = ? AND idempotency_key = ?", (tenant, key)
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def page(
+        self, state: int, tenant: str, after_handle: int, limit: int
+    ) -> list[TaskRecord]:
+        where = ["handle > ?"]
+        args: list[object] = [after_handle]
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if tenant:
+            where.append("tenant = ?")
+            args.append(tenant)
+        rows = await self.query(
+            f"SELECT {COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY handle LIMIT ?",
+            (*args, limit),
+        )
+        return [record_from_row(r) for r in rows]
+
+    def load_unfinished(self) -> list[TaskRecord]:
+        """Every task not yet terminal, oldest first (used once at start-up)."""
+        terminal = ",".join(str(s) for s in TERMINAL_STATES)
+        rows = self._query(
+            f"SELECT {COLUMNS} FROM tasks WHERE state NOT IN ({terminal}) ORDER BY handle", ()
+        )
+        return [record_from_row(r) for r in rows]
+
+    def count_by_state(self) -> dict[int, int]:
+        rows = self._query("SELECT state, COUNT(*) FROM tasks GROUP BY state", ())
+        return {int(s): int(n) for s, n in rows}  # type: ignore[call-overload]
+
+    def max_handle(self) -> int:
+        rows = self._query("SELECT COALESCE(MAX(handle), 0) FROM tasks", ())
+        return int(rows[0][0])  # type: ignore[call-overload]
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(StoreError(f"the database refused the write: {error}"))

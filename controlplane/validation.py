@@ -1,0 +1,87 @@
+"""Checks a submitted TaskSpec and says, in one sentence, what is wrong with it."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from controlplane.errors import InvalidArgument
+from gpucp.v1 import common_pb2
+
+BACKENDS = ("", "cuda", "rocm", "cpu")
+MAX_GPUS = 64
+MAX_GPU_MEMORY_MB = 4 * 1024 * 1024  # 4 TiB: far above any GPU, below any typo in bytes
+MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+MAX_RETRIES = 100
+MAX_TEXT = 256
+MAX_LABELS = 64
+_KIND = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> None:
+    """Raise InvalidArgument naming the first problem with `spec`, if any."""
+    if not spec.kind:
+        raise InvalidArgument("kind is empty: name the handler that should run the task, e.g. 'exec'")
+    if not _KIND.match(spec.kind):
+        raise InvalidArgument(
+            f"kind {spec.kind[:140]!r} is not a handler name: use 1-128 letters, digits, '_.:-'"
+        )
+    if len(spec.payload) > max_payload_bytes:
+        raise InvalidArgument(
+            f"payload is {len(spec.payload)} bytes, over the limit of {max_payload_bytes} bytes: "
+            "store large inputs elsewhere and pass a reference"
+        )
+    if spec.priority not in common_pb2.Priority.values():
+        names = ", ".join(common_pb2.Priority.keys())
+        raise InvalidArgument(f"priority {spec.priority} is not one of {names}")
+    for name, value in (
+        ("tenant", spec.tenant),
+        ("idempotency_key", spec.idempotency_key),
+        ("affinity_key", spec.affinity_key),
+    ):
+        if len(value) > MAX_TEXT:
+            raise InvalidArgument(f"{name} is {len(value)} characters; the limit is {MAX_TEXT}")
+    if len(spec.labels) > MAX_LABELS:
+        raise InvalidArgument(f"{len(spec.labels)} labels given; the limit is {MAX_LABELS}")
+    if spec.timeout_ms > MAX_TIMEOUT_MS:
+        raise InvalidArgument(
+            f"timeout_ms {spec.timeout_ms} is over the limit of {MAX_TIMEOUT_MS} (7 days)"
+        )
+    if spec.HasField("max_retries") and spec.max_retries > MAX_RETRIES:
+        raise InvalidArgument(f"max_retries {spec.max_retries} is over the limit of {MAX_RETRIES}")
+    _validate_requirements(spec.requirements)
+
+
+def _validate_requirements(req: common_pb2.Requirements) -> None:
+    if req.gpus > MAX_GPUS:
+        raise InvalidArgument(f"requirements.gpus is {req.gpus}; no worker has more than {MAX_GPUS} GPUs")
+    if req.min_gpu_memory_mb > MAX_GPU_MEMORY_MB:
+        raise InvalidArgument(
+            f"requirements.min_gpu_memory_mb is {req.min_gpu_memory_mb}: that is more than any GPU "
+            "has (the unit is MiB, not bytes)"
+        )
+    cc = req.min_compute_capability
+    if math.isnan(cc) or cc < 0 or cc > 100:
+        raise InvalidArgument(
+            f"requirements.min_compute_capability {cc} is not a compute capability such as 8.0"
+        )
+    backend = req.backend.lower()
+    if backend not in BACKENDS:
+        raise InvalidArgument(
+            f"requirements.backend {req.backend[:40]!r} is not one of 'cuda', 'rocm', 'cpu' or empty"
+        )
+    asks_gpu = req.min_gpu_memory_mb > 0 or len(req.gpu_models) > 0 or cc > 0
+    if req.gpus == 0 and asks_gpu:
+        raise InvalidArgument(
+            "requirements describe GPUs (memory, model or compute capability) but gpus is 0: "
+            "set gpus to how many the task needs"
+        )
+    if backend == "cpu" and req.gpus > 0:
+        raise InvalidArgument(f"requirements ask for {req.gpus} GPUs on the 'cpu' backend, which has none")
+    if len(req.labels) > MAX_LABELS or len(req.gpu_models) > MAX_LABELS:
+        raise InvalidArgument(f"requirements list more than {MAX_LABELS} labels or GPU models")
+    for text in (*req.labels, *req.gpu_models):
+        if not text or len(text) > MAX_TEXT:
+            raise InvalidArgument(
+                f"requirements labels and gpu_models must be 1-{MAX_TEXT} characters, got {text[:40]!r}"
+            )

@@ -1,0 +1,5 @@
+import sys
+
+from gpucp.cli import main
+
+sys.exit(main())

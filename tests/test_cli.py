@@ -1,0 +1,48 @@
+"""The `gpucp` command as an operator types it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from cluster import ROOT
+
+
+def gpucp(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpucp", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+def test_submit_wait_and_status(controlplane, start_agent):
+    start_agent("cli-box", "--gpus", "2xL4-24GB", "--slots", "2")
+    one = gpucp("submit", "noop", "hello", "--gpus", "1", "--wait", "--server", controlplane.address)
+    assert one.returncode == 0, one.stderr
+    assert "succeeded" in one.stdout and one.stdout.rstrip().endswith("hello")
+
+    many = gpucp("submit", "noop", "--count", "50", "--priority", "high", "--wait", "--server", controlplane.address)
+    assert many.returncode == 0, many.stderr
+    assert "50/50" in many.stderr and "succeeded 50" in many.stderr
+
+    status = gpucp("status", "--server", controlplane.address)
+    assert status.returncode == 0, status.stderr
+    assert "succeeded 51" in status.stdout
+    row = next(line for line in status.stdout.splitlines() if line.startswith("cli-box"))
+    assert "2x NVIDIA L4" in row and "healthy" in row
+
+
+def test_failed_tasks_make_submit_exit_nonzero(controlplane, start_agent):
+    start_agent("cli-box", "--slots", "1")
+    failing = gpucp("submit", "exec", '{"argv": ["false"]}', "--max-retries", "0", "--wait",
+                    "--server", controlplane.address)
+    assert failing.returncode == 1
+    assert "failed" in failing.stderr and "exit code 1" in failing.stderr
+
+
+def test_bad_input_is_explained_without_a_traceback(controlplane):
+    bad = gpucp("submit", "noop", "--priority", "asap", "--server", controlplane.address)
+    assert bad.returncode == 1
+    assert "priority 'asap' is not one of low, normal, high, urgent" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    refused = gpucp("submit", "noop", "--gpus", "1000", "--server", controlplane.address)
+    assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
