@@ -141,16 +141,20 @@ def run_workload(client: Client, n: int, rng: random.Random) -> int:
     for i in range(0, n, 100):
         ids.extend(client.submit_many([spec for _, spec in workload[i : i + 100]]))
     print(f"submitted {n} tasks in {time.monotonic() - t0:.2f} s (each durably stored before the reply)")
-    while len([t for t in ids if t in done]) < n:
-        finished = sum(1 for t in ids if t in done)
-        bar = "#" * (40 * finished // n)
-        print(f"\r  [{bar:<40}] {finished}/{n}", end="", flush=True)
+    tty = sys.stdout.isatty()
+    start, end = ("\r", "") if tty else ("", "\n")
+    shown = -1
+    while (finished := sum(1 for t in ids if t in done)) < n:
+        if tty or finished * 4 // n != shown:  # a redrawn bar, or a line per quarter in a log
+            shown = finished * 4 // n
+            bar = "#" * (40 * finished // n)
+            print(f"{start}  [{bar:<40}] {finished}/{n}", end=end, flush=True)
         if time.monotonic() - t0 > 300:
             print("\nthe workload did not finish within 300 s")
             return 1
         time.sleep(0.1)
     elapsed = time.monotonic() - t0
-    print(f"\r  [{'#' * 40}] {n}/{n}")
+    print(f"{start}  [{'#' * 40}] {n}/{n}")
     tasks = {t.id: t for t in (client.get(task_id) for task_id in ids)}
     return summarize(tasks, [what for what, _ in workload], ids, elapsed)
 

@@ -1,0 +1,356 @@
+//! The PyO3 glue: the `controlplane._core` module. The only file that touches Python.
+//!
+//! The engine sits in a `Mutex` inside a frozen class, so it is sound whether or not the GIL is
+//! held: long calls (place, push_many) release the GIL and lock inside `py.detach`; short ones
+//! lock directly (nothing holding the lock ever waits for the GIL, so this cannot deadlock).
+
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+use crate::error::CoreError as EngineError;
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::shapes::ShapeSpec;
+use crate::workers::GpuSpec;
+use crate::{ShapeId, TaskId, WorkerId};
+
+create_exception!(
+    controlplane._core,
+    CoreError,
+    PyException,
+    "Base class of every error the core raises."
+);
+create_exception!(
+    controlplane._core,
+    UnknownHandle,
+    CoreError,
+    "A task or worker handle the core does not know."
+);
+create_exception!(
+    controlplane._core,
+    InvalidArgument,
+    CoreError,
+    "An argument outside its range (e.g. a priority above 3, a weight below 0)."
+);
+
+impl From<EngineError> for PyErr {
+    fn from(err: EngineError) -> PyErr {
+        match err {
+            EngineError::UnknownHandle(msg) => UnknownHandle::new_err(msg),
+            EngineError::InvalidArgument(msg) => InvalidArgument::new_err(msg),
+        }
+    }
+}
+
+/// Python ints arrive as i64 so that a negative or oversized value is our InvalidArgument,
+/// with a sentence naming the argument, rather than a bare OverflowError.
+fn in_range<T: TryFrom<i64>>(name: &str, value: i64) -> Result<T, EngineError> {
+    T::try_from(value)
+        .map_err(|_| EngineError::InvalidArgument(format!("{name} out of range: {value}")))
+}
+
+#[pyclass(name = "Scheduler", module = "controlplane._core", frozen)]
+pub struct PyScheduler {
+    engine: Mutex<Scheduler>,
+}
+
+impl PyScheduler {
+    fn engine(&self) -> PyResult<MutexGuard<'_, Scheduler>> {
+        // A poisoned lock means a panic mid-update: the state may be inconsistent, so refuse.
+        self.engine
+            .lock()
+            .map_err(|_| CoreError::new_err("the scheduler is unusable after an internal panic"))
+    }
+
+    /// Run a long engine call with the GIL released.
+    fn detached<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Scheduler) -> Result<T, EngineError> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            let mut engine = self.engine.lock().map_err(|_| {
+                CoreError::new_err("the scheduler is unusable after an internal panic")
+            })?;
+            f(&mut engine).map_err(PyErr::from)
+        })
+    }
+}
+
+#[pymethods]
+impl PyScheduler {
+    #[new]
+    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2))]
+    fn new(
+        heartbeat_timeout_ms: i64,
+        w_availability: f64,
+        w_success: f64,
+        w_speed: f64,
+    ) -> PyResult<Self> {
+        let config = SchedulerConfig {
+            heartbeat_timeout_ms: in_range("heartbeat_timeout_ms", heartbeat_timeout_ms)?,
+            w_availability,
+            w_success,
+            w_speed,
+        };
+        Ok(PyScheduler {
+            engine: Mutex::new(Scheduler::new(config)?),
+        })
+    }
+
+    /// All the work is done in `__new__`; this exists so the class exposes the keyword-only
+    /// signature on `__init__`, where the stub (and a Python reader) looks for it.
+    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2))]
+    fn __init__(
+        &self,
+        heartbeat_timeout_ms: i64,
+        w_availability: f64,
+        w_success: f64,
+        w_speed: f64,
+    ) {
+        let _ = (heartbeat_timeout_ms, w_availability, w_success, w_speed);
+    }
+
+    /// Intern a requirement shape and return its id (the same inputs give the same id).
+    #[allow(clippy::too_many_arguments)]
+    fn shape(
+        &self,
+        kind: String,
+        gpus: i64,
+        min_gpu_memory_mb: i64,
+        gpu_models: Vec<String>,
+        backend: String,
+        labels: Vec<String>,
+        min_compute_capability: f64,
+    ) -> PyResult<ShapeId> {
+        let spec = ShapeSpec {
+            kind,
+            gpus: in_range("gpus", gpus)?,
+            min_gpu_memory_mb: in_range("min_gpu_memory_mb", min_gpu_memory_mb)?,
+            gpu_models,
+            backend,
+            labels,
+            min_compute_capability,
+        };
+        Ok(self.engine()?.shape(spec)?)
+    }
+
+    /// Queue a task. Order: higher priority first, then lower seq. timeout_ms 0 = none.
+    fn push(
+        &self,
+        task: TaskId,
+        shape: ShapeId,
+        priority: i64,
+        seq: u64,
+        timeout_ms: i64,
+    ) -> PyResult<()> {
+        let priority = in_range("priority", priority)?;
+        let timeout_ms = in_range("timeout_ms", timeout_ms)?;
+        Ok(self
+            .engine()?
+            .push(task, shape, priority, seq, timeout_ms)?)
+    }
+
+    /// push() for many tasks in one call.
+    fn push_many(
+        &self,
+        py: Python<'_>,
+        tasks: Vec<TaskId>,
+        shapes: Vec<ShapeId>,
+        priorities: Vec<i64>,
+        seqs: Vec<u64>,
+        timeouts_ms: Vec<i64>,
+    ) -> PyResult<()> {
+        let n = tasks.len();
+        if [
+            shapes.len(),
+            priorities.len(),
+            seqs.len(),
+            timeouts_ms.len(),
+        ]
+        .iter()
+        .any(|&l| l != n)
+        {
+            return Err(InvalidArgument::new_err(
+                "push_many needs lists of one length",
+            ));
+        }
+        let mut batch = Vec::with_capacity(n);
+        for i in 0..n {
+            batch.push((
+                tasks[i],
+                shapes[i],
+                in_range("priority", priorities[i])?,
+                seqs[i],
+                in_range("timeout_ms", timeouts_ms[i])?,
+            ));
+        }
+        self.detached(py, move |engine| engine.push_many(&batch))
+    }
+
+    /// Drop a pending task from the queue; False if it was not pending.
+    fn remove(&self, task: TaskId) -> PyResult<bool> {
+        Ok(self.engine()?.remove(task))
+    }
+
+    fn pending(&self) -> PyResult<usize> {
+        Ok(self.engine()?.pending())
+    }
+
+    /// Queue depth for LOW, NORMAL, HIGH, URGENT.
+    fn pending_by_priority(&self) -> PyResult<Vec<u64>> {
+        Ok(self.engine()?.pending_by_priority().to_vec())
+    }
+
+    /// Register a worker; gpus are (memory_total_mb, compute_capability, name) by index.
+    fn add_worker(
+        &self,
+        slots: i64,
+        gpus: Vec<(i64, f64, String)>,
+        backend: String,
+        labels: Vec<String>,
+        kinds: Vec<String>,
+        now_ms: u64,
+    ) -> PyResult<WorkerId> {
+        let slots = in_range("slots", slots)?;
+        let gpus = gpus
+            .into_iter()
+            .map(|(mb, cc, name)| {
+                Ok(GpuSpec {
+                    memory_total_mb: in_range("memory_total_mb", mb)?,
+                    compute_capability: cc,
+                    name,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        Ok(self
+            .engine()?
+            .add_worker(slots, gpus, &backend, labels, kinds, now_ms)?)
+    }
+
+    /// Forget a worker; returns the tasks that were placed on it (no longer tracked).
+    fn remove_worker(&self, worker: WorkerId) -> PyResult<Vec<TaskId>> {
+        Ok(self.engine()?.remove_worker(worker)?)
+    }
+
+    /// Push the worker's liveness deadline to now_ms + heartbeat_timeout_ms.
+    fn heartbeat(&self, worker: WorkerId, now_ms: u64) -> PyResult<()> {
+        Ok(self.engine()?.heartbeat(worker, now_ms)?)
+    }
+
+    /// A draining worker keeps its tasks but receives no new ones.
+    fn set_draining(&self, worker: WorkerId, draining: bool) -> PyResult<()> {
+        Ok(self.engine()?.set_draining(worker, draining)?)
+    }
+
+    /// (slots, free_slots, success_rate, speed, succeeded, failed).
+    fn worker_stats(&self, worker: WorkerId) -> PyResult<(u32, u32, f64, f64, u64, u64)> {
+        let s = self.engine()?.worker_stats(worker)?;
+        Ok((
+            s.slots,
+            s.free_slots,
+            s.success_rate,
+            s.speed,
+            s.succeeded,
+            s.failed,
+        ))
+    }
+
+    fn workers(&self) -> PyResult<usize> {
+        Ok(self.engine()?.workers())
+    }
+
+    /// (total, free) over live, non-draining workers.
+    fn slots(&self) -> PyResult<(u64, u64)> {
+        Ok(self.engine()?.slots())
+    }
+
+    /// Place up to max_tasks queued tasks: [(task, worker, gpu_indices)]. Releases the GIL.
+    fn place(
+        &self,
+        py: Python<'_>,
+        now_ms: u64,
+        max_tasks: i64,
+    ) -> PyResult<Vec<(TaskId, WorkerId, Vec<u32>)>> {
+        // A negative max places nothing, like max_tasks=0.
+        let max_tasks = usize::try_from(max_tasks).unwrap_or(0);
+        self.detached(py, move |engine| {
+            Ok(engine
+                .place(now_ms, max_tasks)
+                .into_iter()
+                .map(|p| (p.task, p.worker, p.gpus))
+                .collect())
+        })
+    }
+
+    /// Record a task already running on a worker (re-attached after a reconnect or restart).
+    #[allow(clippy::too_many_arguments)]
+    fn attach(
+        &self,
+        task: TaskId,
+        worker: WorkerId,
+        gpu_indices: Vec<i64>,
+        shape: ShapeId,
+        timeout_ms: i64,
+        now_ms: u64,
+    ) -> PyResult<()> {
+        let gpus = gpu_indices
+            .into_iter()
+            .map(|g| in_range("gpu index", g))
+            .collect::<Result<Vec<u32>, EngineError>>()?;
+        let timeout_ms = in_range("timeout_ms", timeout_ms)?;
+        Ok(self
+            .engine()?
+            .attach(task, worker, &gpus, shape, timeout_ms, now_ms)?)
+    }
+
+    /// A placed task ended: free its slot and GPUs, learn from it; returns its worker.
+    fn finish(&self, task: TaskId, succeeded: bool, runtime_ms: i64) -> PyResult<WorkerId> {
+        // A clock step can make a measured runtime negative: treat it as unknown (no sample).
+        let runtime_ms = u64::try_from(runtime_ms).unwrap_or(0);
+        Ok(self.engine()?.finish(task, succeeded, runtime_ms)?)
+    }
+
+    /// A placed task left its worker without an outcome (cancelled, lost); returns the worker.
+    fn release(&self, task: TaskId) -> PyResult<WorkerId> {
+        Ok(self.engine()?.release(task)?)
+    }
+
+    /// Why a pending task of this shape and priority is not running, in words.
+    fn explain(&self, shape: ShapeId, priority: i64) -> PyResult<String> {
+        let priority = in_range("priority", priority)?;
+        Ok(self.engine()?.explain(shape, priority)?)
+    }
+
+    /// The earliest heartbeat or task deadline, or None when nothing is tracked.
+    fn next_deadline_ms(&self) -> PyResult<Option<u64>> {
+        Ok(self.engine()?.next_deadline_ms())
+    }
+
+    /// (workers whose heartbeats stopped, placed tasks past their timeout) as of now_ms.
+    fn expired(&self, now_ms: u64) -> PyResult<(Vec<WorkerId>, Vec<TaskId>)> {
+        Ok(self.engine()?.expired(now_ms))
+    }
+}
+
+/// Placement core of gpucp (Rust, PyO3): the queue, the worker table, placement and deadlines.
+#[pymodule]
+mod _core {
+    #[pymodule_export]
+    use super::{CoreError, InvalidArgument, PyScheduler, UnknownHandle};
+
+    use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.setattr("__version__", env!("CARGO_PKG_VERSION"))?;
+        // PyO3 fills in `__all__`; the hand-written stub is the module's declared surface (a
+        // private module, imported by name), so drop it rather than keep two lists in sync.
+        if m.hasattr("__all__")? {
+            m.delattr("__all__")?;
+        }
+        Ok(())
+    }
+}

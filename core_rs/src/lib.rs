@@ -1,0 +1,33 @@
+//! Placement core of gpucp: the pending queue, the worker table, placement and deadlines.
+//!
+//! Everything here is pure Rust and makes decisions only (no I/O, no clock of its own); the
+//! PyO3 glue lives in `bindings` behind the `python` feature so `cargo test` and the criterion
+//! benches build without Python.
+
+pub mod deadlines;
+pub mod error;
+mod explain;
+mod id_hash;
+pub mod placement;
+pub mod queue;
+pub mod scheduler;
+pub mod shapes;
+pub mod workers;
+
+#[cfg(feature = "python")]
+mod bindings;
+
+pub use error::CoreError;
+pub use scheduler::{Scheduler, SchedulerConfig};
+pub use shapes::ShapeSpec;
+pub use workers::GpuSpec;
+
+/// Caller-chosen task handle.
+pub type TaskId = u64;
+/// Core-assigned worker handle, never reused within one `Scheduler`.
+pub type WorkerId = u64;
+/// Interned requirement shape.
+pub type ShapeId = u64;
+
+/// Number of priority classes: 0 = LOW, 1 = NORMAL, 2 = HIGH, 3 = URGENT.
+pub const PRIORITY_CLASSES: usize = 4;
