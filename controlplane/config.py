@@ -24,8 +24,23 @@ class ServerConfig:
     w_availability: float = 0.5
     w_success: float = 0.3
     w_speed: float = 0.2
+    # An autoscaler config file (TOML or JSON): RunPod pools scaled from the queue; "" = none.
+    autoscale: str = ""
+
+    # A worker whose stream closed keeps its tasks this long, waiting for it to reconnect;
+    # None means one heartbeat interval, so its tasks run elsewhere within two intervals.
+    reconnect_grace_s: float | None = None
+    # A pending task that no connected worker could ever run fails after this long.
+    queue_timeout_s: float = 3600.0
 
     @property
     def heartbeat_interval_ms(self) -> int:
-        # Three heartbeats per timeout: one lost packet never kills a worker.
-        return max(50, int(self.heartbeat_timeout_s * 1000 / 3))
+        # Two heartbeats per timeout: heartbeats ride a reliable stream, so they stop only
+        # when the agent or its network does, and a silent agent is found within two intervals.
+        return max(50, int(self.heartbeat_timeout_s * 1000 / 2))
+
+    @property
+    def grace_s(self) -> float:
+        if self.reconnect_grace_s is None:
+            return self.heartbeat_interval_ms / 1000
+        return self.reconnect_grace_s

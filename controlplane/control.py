@@ -78,6 +78,7 @@ class WorkerConn:
     gpu_stats: Sequence[common_pb2.GpuStats] = ()
     draining: bool = False
     lost_reason: str = ""
+    grace_timer: asyncio.TimerHandle | None = None
 
     def send(self, msg: workers_pb2.ControlMessage) -> None:
         self.outbox.put_nowait(msg)
@@ -132,6 +133,7 @@ class ControlPlane:
         self._worker_by_handle: dict[int, WorkerConn] = {}
         self._retry_timers: dict[int, asyncio.TimerHandle] = {}
         self._orphans: dict[int, TaskRecord] = {}  # running before a restart, agent not back yet
+        self._attached_now: set[int] = set()  # scratch of register(): tasks its agent kept
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._watchers: set[Watcher] = set()
         self.state_counts: collections.Counter[int] = collections.Counter()
@@ -195,11 +197,12 @@ class ControlPlane:
         if rec.spec.idempotency_key:
             self._idempotency[(rec.tenant, rec.spec.idempotency_key)] = rec.id
 
-    def _set_state(self, rec: TaskRecord, state: int) -> None:
+    def _set_state(self, rec: TaskRecord, state: int, *, emit: bool = True) -> None:
         self.state_counts[rec.state] -= 1
         self.state_counts[state] += 1
         rec.state = state
-        self._emit(rec)
+        if emit:
+            self._emit(rec)
 
     def _shape(self, spec: common_pb2.TaskSpec) -> int:
         req = spec.requirements
@@ -264,16 +267,25 @@ class ControlPlane:
     def _finish(self, rec: TaskRecord, state: int) -> None:
         """Make `rec` terminal: persist it, then wake whoever waits for it."""
         rec.finished_at_ms = wall_ms()
-        self._set_state(rec, state)
+        self._set_state(rec, state, emit=False)
         self.live.pop(rec.handle, None)
         self._recent_terminal.append(rec.id)
         while len(self._recent_terminal) > RECENT_TERMINAL:
             old = self.tasks.pop(self._recent_terminal.popleft(), None)
             if old is not None and old.spec.idempotency_key:
                 self._idempotency.pop((old.tenant, old.spec.idempotency_key), None)
-        # Waiters hear of the outcome only once it is durable.
+        # Waiters and watchers hear of an outcome only once it is durable: one a crash could
+        # still undo must not be seen.
         waiters = self._waiters.pop(rec.id, [])
-        self.store.save([rec]).add_done_callback(lambda fut: _settled(fut, waiters))
+        self.store.save([rec]).add_done_callback(lambda fut: self._settled(fut, rec, waiters))
+
+    def _settled(self, fut: asyncio.Future[None], rec: TaskRecord, waiters: list[asyncio.Future[None]]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("the outcome of task %s could not be stored: %s", rec.id, fut.exception())
+        self._emit(rec)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # -- submission ---------------------------------------------------------------------------
 
@@ -491,10 +503,12 @@ class ControlPlane:
         self.store.save_nowait([rec])
         self._push([rec])
 
-    def _requeue_orphans(self) -> None:
-        for rec in list(self._orphans.values()):
-            del self._orphans[rec.handle]
-            self._requeue_lost(rec, "its worker did not come back after a control-plane restart")
+    def _requeue_orphans(self, handles: Sequence[int] | None = None) -> None:
+        """Requeue tasks that were running before a restart and whose agent did not re-attach them."""
+        for handle in list(self._orphans) if handles is None else handles:
+            rec = self._orphans.pop(handle, None)
+            if rec is not None:
+                self._requeue_lost(rec, "its worker did not re-attach it after a control-plane restart")
 
     # -- agents -------------------------------------------------------------------------------
 
@@ -511,8 +525,8 @@ class ControlPlane:
         if not self.accepting:
             raise Unavailable("the control plane is shutting down")
         old = self.workers.get(reg.worker_id)
-        if old is not None:
-            self.worker_lost(old, "replaced by a new connection from the same worker")
+        # The tasks of the connection this one replaces: re-attached if the agent still runs them.
+        carried = set(self._retire(old, "replaced by a new connection")) if old is not None else set()
         gpus = sorted(reg.gpus, key=lambda g: g.index)
         handle = self.core.add_worker(
             reg.slots,
@@ -535,20 +549,32 @@ class ControlPlane:
             )
         )
         for running in reg.running:
-            self._reattach(conn, running.task_id, running.attempt)
+            self._reattach(conn, running.task_id, running.attempt, carried)
+        for handle in carried:
+            rec = self.live.get(handle)
+            if rec is not None and rec.handle not in self._attached_now:
+                self._requeue_lost(rec, f"worker {reg.worker_id} came back without it")
+        left = [h for h, r in self._orphans.items() if r.worker_id == reg.worker_id and h not in self._attached_now]
+        if left:
+            # It came back without these; give the outcomes it resends on reconnect a moment first.
+            asyncio.get_running_loop().call_later(
+                self.config.heartbeat_interval_ms / 1000, self._requeue_orphans, left
+            )
+        self._attached_now.clear()
         self._arm_deadline()
         self._wake.set()
         log.info("worker %s joined: %d slots, %d GPUs", reg.worker_id, reg.slots, len(gpus))
         return conn
 
-    def _reattach(self, conn: WorkerConn, task_id: str, attempt: int) -> None:
+    def _reattach(self, conn: WorkerConn, task_id: str, attempt: int, carried: set[int]) -> None:
+        """Keep a task the agent still runs, if that attempt is still the task's current one."""
         rec = self.tasks.get(task_id)
         current = (
             rec is not None
             and not rec.terminal
             and rec.attempt == attempt
             and rec.worker_id == conn.worker_id
-            and (rec.state == PENDING or rec.handle in self._orphans)
+            and (rec.state == PENDING or rec.handle in self._orphans or rec.handle in carried)
         )
         if not current or rec is None:
             self.stale_updates += 1
@@ -581,6 +607,7 @@ class ControlPlane:
             )
             return
         self._orphans.pop(rec.handle, None)
+        self._attached_now.add(rec.handle)
         if rec.state == PENDING and rec.lost_count > 0 and rec.errors:
             # The loss that requeued it did not happen after all: the same attempt runs on.
             rec.lost_count -= 1
@@ -609,12 +636,11 @@ class ControlPlane:
             or rec.attempt != upd.attempt
             or rec.worker_id != conn.worker_id
             or conn.lost_reason
-            or rec.handle in self._orphans
         ):
             self.stale_updates += 1
             return
         if upd.state == RUNNING:
-            if rec.state == ASSIGNED:
+            if rec.state == ASSIGNED and rec.handle not in self._orphans:
                 self._set_state(rec, RUNNING)
                 self.store.save_nowait([rec])
             return
@@ -622,7 +648,9 @@ class ControlPlane:
             self.stale_updates += 1
             log.warning("worker %s sent an update with state %d", conn.worker_id, upd.state)
             return
-        if rec.state == PENDING:
+        if self._orphans.pop(rec.handle, None) is not None:
+            pass  # finished while the control plane was down; the outcome was resent on reconnect
+        elif rec.state == PENDING:
             # The agent finished while it was disconnected and its task was waiting to rerun.
             timer = self._retry_timers.pop(rec.handle, None)
             if timer is not None:
@@ -640,18 +668,39 @@ class ControlPlane:
         else:
             self._attempt_failed(rec, upd.error or "the handler failed without a message", FAILED)
 
+    def _retire(self, conn: WorkerConn, reason: str) -> list[int]:
+        """Forget a connection; returns the handles of the tasks it held (not yet requeued)."""
+        del self.workers[conn.worker_id]
+        del self._worker_by_handle[conn.handle]
+        if conn.grace_timer is not None:
+            conn.grace_timer.cancel()
+        conn.close(reason)
+        return self.core.remove_worker(conn.handle)
+
+    def disconnected(self, conn: WorkerConn, reason: str) -> None:
+        """A stream ended: give the agent the reconnect grace before its tasks move elsewhere."""
+        if self.workers.get(conn.worker_id) is not conn or conn.grace_timer is not None:
+            return
+        if not self.accepting or conn.draining or self.config.grace_s <= 0:
+            # Shutting down, or a draining agent that left on purpose: nobody to wait for.
+            self.worker_lost(conn, reason)
+            return
+        conn.lost_reason = reason
+        self.core.set_draining(conn.handle, True)  # no new work while it is away
+        conn.grace_timer = asyncio.get_running_loop().call_later(
+            self.config.grace_s, self.worker_lost, conn, f"{reason}, and it did not reconnect"
+        )
+
     def worker_lost(self, conn: WorkerConn, reason: str) -> None:
         """Drop a worker; every task it held is requeued at once."""
         if self.workers.get(conn.worker_id) is not conn:
             return
-        del self.workers[conn.worker_id]
-        del self._worker_by_handle[conn.handle]
-        conn.close(reason)
+        handles = self._retire(conn, reason)
         if not self.accepting:
             # Shutting down: its tasks stay assigned in the store and re-attach after the restart.
             return
         log.warning("worker %s lost: %s", conn.worker_id, reason)
-        for handle in self.core.remove_worker(conn.handle):
+        for handle in handles:
             rec = self.live.get(handle)
             if rec is not None:
                 self._requeue_lost(rec, f"worker {conn.worker_id} was lost ({reason})")
@@ -799,11 +848,3 @@ class ControlPlane:
                 )
             )
         return out
-
-
-def _settled(fut: asyncio.Future[None], waiters: list[asyncio.Future[None]]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("a task outcome could not be stored: %s", fut.exception())
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -19,6 +19,9 @@ from gpucp.v1 import (
     workers_pb2,
     workers_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from controlplane.autoscaler import Autoscaler
 
 log = logging.getLogger("gpucp.controlplane")
 
@@ -111,7 +114,7 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
                 yield msg
         finally:
             reader.cancel()
-            self.cp.worker_lost(conn, conn.lost_reason or "its stream closed")
+            self.cp.disconnected(conn, conn.lost_reason or "its stream closed")
 
     async def _register(self, reg: workers_pb2.Register) -> WorkerConn:
         # async only so that answer() can map its ControlError like any other call's
@@ -134,12 +137,17 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.cp.worker_lost(conn, f"its stream failed: {exc}")
+            self.cp.disconnected(conn, f"its stream failed: {exc}")
             return
-        self.cp.worker_lost(conn, "the agent closed its stream")
+        # The end of a stream looks the same whether the agent left or died; disconnected()
+        # tells them apart by whether it announced a drain.
+        self.cp.disconnected(conn, "its stream closed")
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
+    # Set by the server when it runs with --autoscale.
+    autoscaler: Autoscaler | None = None
+
     def __init__(self, cp: ControlPlane) -> None:
         self.cp = cp
 
@@ -155,3 +163,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def _drain(self, worker_id: str) -> None:
         self.cp.drain(worker_id)
+
+    async def GetCosts(self, request, context):  # noqa: N802
+        if self.autoscaler is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "costs are tracked by the autoscaler, which is off: start gpucp serve with --autoscale CONFIG",
+            )
+        return self.autoscaler.cost_report()
+
+    async def ListScalingEvents(self, request, context):  # noqa: N802
+        if self.autoscaler is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the autoscaler is off: start gpucp serve with --autoscale CONFIG",
+            )
+        events = self.autoscaler.scaling_events(request.limit, request.pool)
+        return admin_pb2.ListScalingEventsResponse(events=events)

@@ -95,6 +95,7 @@ class TaskRecord:
             started_at_ms=self.started_at_ms,
             finished_at_ms=self.finished_at_ms,
             gpu_indices=self.gpu_indices,
+            attempt_errors=self.errors,
         )
 
     def row(self) -> tuple[object, ...]:

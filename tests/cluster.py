@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -29,9 +29,13 @@ def eventually(check: Callable[[], T], timeout_s: float = 20.0, what: str = "con
         time.sleep(0.05)
 
 
+# Rows of the fault-injection report, printed at the end of the test session.
+FAULT_REPORT: list[dict[str, object]] = []
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join((str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -100,15 +104,17 @@ class ControlPlaneProcess:
 
 
 class AgentProcess:
-    """`python -m agents` with a simulated GPU inventory."""
+    """`python -m agents` with a simulated GPU inventory; `env` adds variables to its environment."""
 
-    def __init__(self, workdir: Path, server: str, worker_id: str, *args: str) -> None:
+    def __init__(
+        self, workdir: Path, server: str, worker_id: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> None:
         self.worker_id = worker_id
         self.log_path = workdir / f"agent-{worker_id}.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agents", "--server", server, "--worker-id", worker_id, *args],
-                stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=workdir,
+                stdout=log, stderr=subprocess.STDOUT, env={**_env(), **(env or {})}, cwd=workdir,
             )
 
     def log(self) -> str:

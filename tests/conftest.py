@@ -43,3 +43,21 @@ def start_agent(tmp_path: Path, controlplane: ControlPlaneProcess) -> Iterator[A
     yield start
     for agent in agents:
         agent.stop()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    """Print the fault-injection figures (trials, tasks, lost, duplicated, requeue times)."""
+    from cluster import FAULT_REPORT
+
+    if not FAULT_REPORT:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write(f"{'fault trial':<34}{'trials':>7}{'tasks':>7}{'lost':>6}{'dup':>5}{'re-run':>8}{'requeue p50':>13}{'p99':>9}")
+    for row in FAULT_REPORT:
+        p50, p99 = row.get("requeue_p50_ms"), row.get("requeue_p99_ms")
+        write(
+            f"{row['trial']:<34}{row['trials']:>7}{row['tasks']:>7}{row['lost']:>6}{row['duplicated']:>5}"
+            f"{row.get('rerun', '-')!s:>8}{(f'{p50:.0f} ms' if p50 is not None else '-'):>13}"
+            f"{(f'{p99:.0f} ms' if p99 is not None else '-'):>9}"
+        )

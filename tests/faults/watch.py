@@ -1,0 +1,55 @@
+"""Records every task event from WatchTasks in a background thread."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from gpucp import Client, GpucpError
+from gpucp.v1 import common_pb2, scheduler_pb2
+
+TERMINAL = {
+    common_pb2.TASK_STATE_SUCCEEDED,
+    common_pb2.TASK_STATE_FAILED,
+    common_pb2.TASK_STATE_CANCELLED,
+    common_pb2.TASK_STATE_TIMED_OUT,
+}
+
+
+class EventLog:
+    """All events seen, and terminal events per task. Reconnects when the control plane restarts."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.events: list[scheduler_pb2.TaskEvent] = []
+        self.terminal: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        threading.Thread(target=self._follow, daemon=True).start()
+        self._ready.wait(10)
+
+    def _follow(self) -> None:
+        while True:
+            try:
+                with Client(self.address) as client:
+                    events = client.watch()
+                    self._ready.set()
+                    for event in events:
+                        with self._lock:
+                            self.events.append(event)
+                            if event.state in TERMINAL:
+                                self.terminal[event.task_id] += 1
+            except GpucpError:
+                time.sleep(0.05)  # the control plane went away; watch again once it is back
+
+    def snapshot(self) -> list[scheduler_pb2.TaskEvent]:
+        with self._lock:
+            return list(self.events)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
