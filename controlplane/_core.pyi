@@ -28,7 +28,41 @@ class Scheduler:
         w_availability: float = 0.5,
         w_success: float = 0.3,
         w_speed: float = 0.2,
-    ) -> None: ...
+        w_affinity: float = 0.3,
+        w_fit: float = 0.2,
+        w_cost: float = 0.1,
+        policy: str = "composite",
+        priority_weights: list[float] | None = None,
+        aging_ms: int = 60_000,
+        prefetch_depth: int = 0,
+        warmup_successes: int = 0,
+        affinity_memory: int = 4,
+        explain_memory: int = 4096,
+    ) -> None:
+        """A scheduler. Every keyword is optional; the defaults are a sensible server.
+
+        Queue order (see push): tenants share by weight (set_tenant_weight), priority classes
+        share by priority_weights (LOW, NORMAL, HIGH, URGENT; default [1, 2, 3, 4]: URGENT gets
+        4 placements for every LOW one while both wait; near-zero weights give strict order),
+        FIFO by seq inside one tenant, class and shape. A task waiting aging_ms moves up one
+        class per aging_ms (0 = never), which bounds a LOW task's wait.
+
+        policy (default for every kind; set_kind_policy overrides per kind): "round_robin" (the
+        worker that got work least recently), "least_loaded" (largest share of capacity free),
+        "performance" (fastest learned speed at the task's kind), "affinity" (a worker where the
+        task's affinity key is warm, else least loaded), "cost" (cheapest expected $ per task:
+        cost_per_hour x predicted runtime), "composite" (weighted sum of availability w_*,
+        success rate, speed at the kind, best fit, cheapness and a warm-affinity bonus).
+        Best fit (w_fit) steers small tasks to workers with the least spare GPUs and GPU memory
+        so big-memory workers stay free for big tasks.
+
+        prefetch_depth: a worker may hold up to slots + prefetch_depth placed tasks; those
+        beyond its slots are prefetched (queued by the agent) and may be stolen (see
+        steal_candidates). warmup_successes: a new worker, or one leaving quarantine, gets 1
+        slot, one more per success until full after this many successes (a failure while warming
+        halves the progress); 0 = full slots at once. affinity_memory: affinity keys each worker
+        remembers (its last tasks'). explain_memory: placements explain_placement remembers.
+        """
 
     # -- shapes: a task's requirements plus its kind, interned once and reused by many tasks
     def shape(
@@ -44,8 +78,33 @@ class Scheduler:
         """Intern a requirement shape and return its id (the same inputs give the same id)."""
 
     # -- the queue
-    def push(self, task: int, shape: int, priority: int, seq: int, timeout_ms: int) -> None:
-        """Queue a task. Order: higher priority first, then lower seq. timeout_ms 0 = none."""
+    def push(
+        self,
+        task: int,
+        shape: int,
+        priority: int,
+        seq: int,
+        timeout_ms: int,
+        *,
+        avoid_worker: int = -1,
+        tenant: int = 0,
+        affinity: int = 0,
+        hard_affinity: bool = False,
+        now_ms: int = -1,
+    ) -> None:
+        """Queue a task. timeout_ms 0 = none.
+
+        Order: weighted fair share between tenants, then between priority classes (shares, see
+        the constructor), FIFO by seq within one tenant, class and shape; aging lifts long waits.
+
+        avoid_worker (-1 = none): the task is not placed on that worker while any other worker in
+        the fleet passes the task's static filters (it waits for one of them); if the avoided
+        worker is the only one that could ever run it, it may be used. For retries.
+        tenant: interned tenant handle (0 = default). affinity: interned affinity key, e.g. a
+        model (0 = none); soft by default (a bonus in composite, the rule in the affinity
+        policy); hard_affinity=True: only workers where the key is warm while any such worker
+        exists (else any). now_ms: enqueue time for aging (-1 = the latest clock the core saw).
+        """
     def push_many(
         self,
         tasks: list[int],
@@ -53,8 +112,14 @@ class Scheduler:
         priorities: list[int],
         seqs: list[int],
         timeouts_ms: list[int],
+        *,
+        avoid_workers: list[int] | None = None,
+        tenants: list[int] | None = None,
+        affinities: list[int] | None = None,
+        hard_affinities: list[bool] | None = None,
+        now_ms: int = -1,
     ) -> None:
-        """push() for many tasks in one call."""
+        """push() for many tasks in one call; all or nothing. Optional lists match `tasks`."""
     def remove(self, task: int) -> bool:
         """Drop a pending task from the queue; False if it was not pending."""
     def pending(self) -> int: ...
@@ -70,19 +135,47 @@ class Scheduler:
         labels: list[str],
         kinds: list[str],
         now_ms: int,
+        *,
+        cost_per_hour: float = 0.0,
     ) -> int:
-        """Register a worker; gpus are (memory_total_mb, compute_capability, name) by index."""
+        """Register a worker; gpus are (memory_total_mb, compute_capability, name) by index.
+
+        Its first GPU's name is its GPU model for runtime prediction ("cpu" without GPUs).
+        """
     def remove_worker(self, worker: int) -> list[int]:
         """Forget a worker; returns the tasks that were placed on it (no longer tracked)."""
     def heartbeat(self, worker: int, now_ms: int) -> None:
         """Push the worker's liveness deadline to now_ms + heartbeat_timeout_ms."""
     def set_draining(self, worker: int, draining: bool) -> None:
         """A draining worker keeps its tasks but receives no new ones."""
+    def set_quarantined(self, worker: int, quarantined: bool) -> None:
+        """Like draining (no new work, running tasks stay) but a separate flag.
+
+        An operator's drain and the reputation quarantine never undo each other: the worker takes
+        work again only when both are clear. A quarantined worker's slots leave slots().
+        """
+    def set_gpu_healthy(self, worker: int, gpu_index: int, healthy: bool) -> None:
+        """Mark one GPU healthy or not. An unhealthy GPU is never given to a task (tasks already
+        on it keep running); a worker whose GPUs are all unhealthy still runs CPU tasks."""
     def worker_stats(self, worker: int) -> tuple[int, int, float, float, int, int]:
         """(slots, free_slots, success_rate, speed, succeeded, failed)."""
+    def worker_info(self, worker: int) -> dict[str, float]:
+        """Everything the core knows about a worker; flags are 0.0/1.0.
+
+        Keys: slots, free_slots, success_rate, speed, succeeded, failed, draining, quarantined,
+        unhealthy_gpus, held (placed tasks), started, prefetched (held, not started),
+        effective_slots (fewer than slots while warming), cost_per_hour.
+        """
+    def set_tenant_weight(self, tenant: int, weight: float) -> None:
+        """A tenant's share relative to other tenants (default 1; must be > 0)."""
+    def set_kind_policy(self, kind: str, policy: str) -> None:
+        """Place tasks of `kind` by `policy` (a constructor policy name) from now on."""
+    def predict_runtime_ms(self, shape: int, worker: int) -> float | None:
+        """Predicted runtime of a task of `shape` on `worker`: the EWMA for (kind, the worker's
+        GPU model), else the kind's fleet EWMA over the worker's speed; None before any run."""
     def workers(self) -> int: ...
     def slots(self) -> tuple[int, int]:
-        """(total, free) over live, non-draining workers."""
+        """(total, free) over live workers that take work (not draining, not quarantined)."""
 
     # -- placement
     def place(self, now_ms: int, max_tasks: int) -> list[tuple[int, int, list[int]]]:
@@ -92,9 +185,31 @@ class Scheduler:
     def finish(self, task: int, succeeded: bool, runtime_ms: int) -> int:
         """A placed task ended: free its slot and GPUs, learn from it; returns its worker."""
     def release(self, task: int) -> int:
-        """A placed task left its worker without an outcome (cancelled, lost); returns the worker."""
+        """A placed task left its worker without an outcome (cancelled, lost, stolen); returns
+        the worker."""
+    def mark_started(self, task: int) -> None:
+        """The agent started a placed task (its RUNNING update); a repeat is a no-op.
+
+        A worker never has more started tasks than slots: InvalidArgument if it would.
+        Placed tasks not yet started are prefetched and may be stolen.
+        """
+    def steal_candidates(self, max: int) -> list[tuple[int, int, int]]:
+        """(task, from_worker, to_worker) moves that let idle workers run prefetched work.
+
+        For each worker holding more tasks than slots (most backlogged first), its not-started
+        tasks, most recently placed first, each matched with a different worker that takes work,
+        has a free slot and nothing queued, passes the task's filters and has its GPUs free.
+        Never a started task; no task or to_worker twice. The core moves nothing: revoke the
+        task from the agent (two-phase), then release(task) and push/attach it again.
+        """
     def explain(self, shape: int, priority: int) -> str:
-        """Why a pending task of this shape and priority is not running, in words."""
+        """Why a pending task of this shape and priority is not running, in words (with an ETA
+        once runtimes of its kind are known)."""
+    def explain_placement(self, task: int) -> str:
+        """Why a placed task went where it went: the policy, the winner's score terms and the
+        runner-up, e.g. "placed on worker 3 by composite: availability 0.50, ... = 1.00; next
+        best worker 7 at 0.91". UnknownHandle for tasks not placed by place() or older than
+        the last explain_memory placements."""
 
     # -- deadlines
     def next_deadline_ms(self) -> int | None:

@@ -1,20 +1,23 @@
-//! Criterion benches of the core: the pending queue, and batch placement with full filtering and
-//! scoring over mixed fleets of 1,000 and 10,000 workers.
+//! Criterion benches of the core: the fair pending queue at 100,000 tasks, and batch placement
+//! with full filtering and composite scoring over mixed fleets of 1,000, 10,000 and 100,000
+//! workers with 100,000 tasks queued.
 //!
-//! Placement is measured in steady state: each iteration queues a batch of mixed tasks
-//! (untimed), places it (timed), then finishes every placed task (untimed) so the fleet is back
-//! to idle, with the learned success/speed EWMAs drifting as they would in production.
+//! Placement is measured in steady state: the queue holds 100,000 mixed tasks (4 tenants, 4
+//! classes, 4 shapes, 16 affinity keys); each iteration places a batch (timed), then finishes
+//! every placed task and queues as many new ones (untimed), so the backlog stays at 100,000 and
+//! the learned success/speed EWMAs drift as they would in production.
 
-use std::cmp::Reverse;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gpucp_core::queue::{PendingQueue, PendingTask};
-use gpucp_core::{GpuSpec, Scheduler, SchedulerConfig, ShapeId, ShapeSpec};
+use gpucp_core::queue::{Fairness, PendingQueue, PendingTask, Round};
+use gpucp_core::{GpuSpec, Scheduler, SchedulerConfig, ShapeId, ShapeSpec, TaskOptions};
 
-/// Tasks queued and placed per iteration.
+/// Tasks placed per iteration.
 const BATCH: u64 = 1_000;
+/// Tasks kept queued.
+const BACKLOG: u64 = 100_000;
 
 /// A small deterministic generator, so every run benches the same workload.
 struct Lcg(u64);
@@ -104,54 +107,75 @@ fn shapes(s: &mut Scheduler) -> Vec<ShapeId> {
     ]
 }
 
+fn queued(rng: &mut Lcg, task: u64) -> PendingTask {
+    let mut p = PendingTask::basic(rng.next() % 4, (rng.next() % 4) as u8, task, 0);
+    p.tenant = (rng.next() % 4) as u32;
+    p.affinity = 1 + rng.next() % 16;
+    p
+}
+
 fn bench_queue(c: &mut Criterion) {
     let mut group = c.benchmark_group("queue");
-    group.throughput(Throughput::Elements(10_000));
-    group.bench_function("push_pop_10k", |b| {
+    group.throughput(Throughput::Elements(BACKLOG));
+    group.bench_function("push_100k", |b| {
         let mut rng = Lcg(7);
         b.iter(|| {
-            let mut q = PendingQueue::default();
-            for task in 0..10_000u64 {
-                let pending = PendingTask {
-                    shape: rng.next() % 4,
-                    priority: (rng.next() % 4) as u8,
-                    seq: task,
-                    timeout_ms: 0,
-                };
-                q.push(task, pending).unwrap();
+            let mut q = PendingQueue::new(Fairness::default()).unwrap();
+            for task in 0..BACKLOG {
+                q.push(task, queued(&mut rng, task)).unwrap();
             }
-            for shape in 0..4 {
-                while let Some((Reverse(_), _, task)) = q.head(shape) {
-                    black_box(q.remove(task));
-                }
+            q
+        });
+    });
+    group.bench_function("push_then_take_100k_in_fair_order", |b| {
+        let mut rng = Lcg(7);
+        b.iter(|| {
+            let mut q = PendingQueue::new(Fairness::default()).unwrap();
+            for task in 0..BACKLOG {
+                q.push(task, queued(&mut rng, task)).unwrap();
             }
+            let mut round = Round::default();
+            while let Some((task, _)) = q.next(&mut round) {
+                q.charge(task);
+                black_box(q.remove(task));
+            }
+            q.end_round(round);
             q
         });
     });
     group.finish();
 }
 
+fn push_one(s: &mut Scheduler, rng: &mut Lcg, shapes: &[ShapeId], task: u64) {
+    let shape = shapes[(rng.next() % shapes.len() as u64) as usize];
+    let options = TaskOptions {
+        tenant: (rng.next() % 4) as u32,
+        affinity: 1 + rng.next() % 16,
+        ..TaskOptions::default()
+    };
+    s.push_with(task, shape, (rng.next() % 4) as u8, task, 0, options)
+        .unwrap();
+}
+
 fn bench_place(c: &mut Criterion) {
     let mut group = c.benchmark_group("place");
     group.throughput(Throughput::Elements(BATCH));
-    for workers in [1_000usize, 10_000] {
+    for workers in [1_000usize, 10_000, 100_000] {
         let mut s = fleet(workers);
         let shapes = shapes(&mut s);
         let mut rng = Lcg(42);
         let mut next_task = 0u64;
+        for _ in 0..BACKLOG {
+            push_one(&mut s, &mut rng, &shapes, next_task);
+            next_task += 1;
+        }
         group.bench_with_input(
-            BenchmarkId::new("batch_1000_tasks", workers),
+            BenchmarkId::new("batch_1000_of_100k_queued", workers),
             &workers,
             |b, _| {
                 b.iter_custom(|iters| {
                     let mut timed = Duration::ZERO;
                     for _ in 0..iters {
-                        for _ in 0..BATCH {
-                            let shape = shapes[(rng.next() % shapes.len() as u64) as usize];
-                            s.push(next_task, shape, (rng.next() % 4) as u8, next_task, 0)
-                                .unwrap();
-                            next_task += 1;
-                        }
                         let start = Instant::now();
                         let placed = black_box(s.place(0, BATCH as usize));
                         timed += start.elapsed();
@@ -167,6 +191,8 @@ fn bench_place(c: &mut Criterion) {
                                 50 + rng.next() % 200,
                             )
                             .unwrap();
+                            push_one(&mut s, &mut rng, &shapes, next_task);
+                            next_task += 1;
                         }
                     }
                     timed
@@ -181,7 +207,7 @@ criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
+        .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
     targets = bench_queue, bench_place
 }

@@ -11,7 +11,8 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
 use crate::error::CoreError as EngineError;
-use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::policy::Policy;
+use crate::scheduler::{Scheduler, SchedulerConfig, TaskOptions};
 use crate::shapes::ShapeSpec;
 use crate::workers::GpuSpec;
 use crate::{ShapeId, TaskId, WorkerId};
@@ -82,18 +83,49 @@ impl PyScheduler {
 #[pymethods]
 impl PyScheduler {
     #[new]
-    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2))]
+    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2, w_affinity = 0.3, w_fit = 0.2, w_cost = 0.1, policy = "composite", priority_weights = None, aging_ms = 60_000, prefetch_depth = 0, warmup_successes = 0, affinity_memory = 4, explain_memory = 4096))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         heartbeat_timeout_ms: i64,
         w_availability: f64,
         w_success: f64,
         w_speed: f64,
+        w_affinity: f64,
+        w_fit: f64,
+        w_cost: f64,
+        policy: &str,
+        priority_weights: Option<Vec<f64>>,
+        aging_ms: i64,
+        prefetch_depth: i64,
+        warmup_successes: i64,
+        affinity_memory: i64,
+        explain_memory: i64,
     ) -> PyResult<Self> {
+        let defaults = SchedulerConfig::default();
+        let priority_weights = match priority_weights {
+            None => defaults.priority_weights,
+            Some(w) => <[f64; 4]>::try_from(w.as_slice()).map_err(|_| {
+                InvalidArgument::new_err(format!(
+                    "priority_weights needs 4 numbers (LOW, NORMAL, HIGH, URGENT), got {}",
+                    w.len()
+                ))
+            })?,
+        };
         let config = SchedulerConfig {
             heartbeat_timeout_ms: in_range("heartbeat_timeout_ms", heartbeat_timeout_ms)?,
             w_availability,
             w_success,
             w_speed,
+            w_affinity,
+            w_fit,
+            w_cost,
+            policy: policy.parse::<Policy>()?,
+            priority_weights,
+            aging_ms: in_range("aging_ms", aging_ms)?,
+            prefetch_depth: in_range("prefetch_depth", prefetch_depth)?,
+            warmup_successes: in_range("warmup_successes", warmup_successes)?,
+            affinity_memory: in_range("affinity_memory", affinity_memory)?,
+            explain_memory: in_range("explain_memory", explain_memory)?,
         };
         Ok(PyScheduler {
             engine: Mutex::new(Scheduler::new(config)?),
@@ -102,15 +134,41 @@ impl PyScheduler {
 
     /// All the work is done in `__new__`; this exists so the class exposes the keyword-only
     /// signature on `__init__`, where the stub (and a Python reader) looks for it.
-    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2))]
+    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2, w_affinity = 0.3, w_fit = 0.2, w_cost = 0.1, policy = "composite", priority_weights = None, aging_ms = 60_000, prefetch_depth = 0, warmup_successes = 0, affinity_memory = 4, explain_memory = 4096))]
+    #[allow(clippy::too_many_arguments)]
     fn __init__(
         &self,
         heartbeat_timeout_ms: i64,
         w_availability: f64,
         w_success: f64,
         w_speed: f64,
+        w_affinity: f64,
+        w_fit: f64,
+        w_cost: f64,
+        policy: &str,
+        priority_weights: Option<Vec<f64>>,
+        aging_ms: i64,
+        prefetch_depth: i64,
+        warmup_successes: i64,
+        affinity_memory: i64,
+        explain_memory: i64,
     ) {
-        let _ = (heartbeat_timeout_ms, w_availability, w_success, w_speed);
+        let _ = (
+            heartbeat_timeout_ms,
+            w_availability,
+            w_success,
+            w_speed,
+            w_affinity,
+            w_fit,
+            w_cost,
+            policy,
+            priority_weights,
+            aging_ms,
+            prefetch_depth,
+            warmup_successes,
+            affinity_memory,
+            explain_memory,
+        );
     }
 
     /// Intern a requirement shape and return its id (the same inputs give the same id).
@@ -137,7 +195,12 @@ impl PyScheduler {
         Ok(self.engine()?.shape(spec)?)
     }
 
-    /// Queue a task. Order: higher priority first, then lower seq. timeout_ms 0 = none.
+    /// Queue a task. Order: see the stub. timeout_ms 0 = none.
+    #[pyo3(
+        signature = (task, shape, priority, seq, timeout_ms, *, avoid_worker = -1, tenant = 0, affinity = 0, hard_affinity = false, now_ms = -1),
+        text_signature = "(self, /, task, shape, priority, seq, timeout_ms, *, avoid_worker=-1, tenant=0, affinity=0, hard_affinity=False, now_ms=-1)"
+    )]
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &self,
         task: TaskId,
@@ -145,15 +208,32 @@ impl PyScheduler {
         priority: i64,
         seq: u64,
         timeout_ms: i64,
+        avoid_worker: i64,
+        tenant: i64,
+        affinity: i64,
+        hard_affinity: bool,
+        now_ms: i64,
     ) -> PyResult<()> {
         let priority = in_range("priority", priority)?;
         let timeout_ms = in_range("timeout_ms", timeout_ms)?;
+        let options = TaskOptions {
+            avoid_worker: optional_worker(avoid_worker),
+            tenant: in_range("tenant", tenant)?,
+            affinity: in_range("affinity", affinity)?,
+            hard_affinity,
+            enqueued_ms: u64::try_from(now_ms).ok(),
+        };
         Ok(self
             .engine()?
-            .push(task, shape, priority, seq, timeout_ms)?)
+            .push_with(task, shape, priority, seq, timeout_ms, options)?)
     }
 
     /// push() for many tasks in one call.
+    #[pyo3(
+        signature = (tasks, shapes, priorities, seqs, timeouts_ms, *, avoid_workers = None, tenants = None, affinities = None, hard_affinities = None, now_ms = -1),
+        text_signature = "(self, /, tasks, shapes, priorities, seqs, timeouts_ms, *, avoid_workers=None, tenants=None, affinities=None, hard_affinities=None, now_ms=-1)"
+    )]
+    #[allow(clippy::too_many_arguments)]
     fn push_many(
         &self,
         py: Python<'_>,
@@ -162,8 +242,19 @@ impl PyScheduler {
         priorities: Vec<i64>,
         seqs: Vec<u64>,
         timeouts_ms: Vec<i64>,
+        avoid_workers: Option<Vec<i64>>,
+        tenants: Option<Vec<i64>>,
+        affinities: Option<Vec<i64>>,
+        hard_affinities: Option<Vec<bool>>,
+        now_ms: i64,
     ) -> PyResult<()> {
         let n = tasks.len();
+        let optional = [
+            avoid_workers.as_ref().map(Vec::len),
+            tenants.as_ref().map(Vec::len),
+            affinities.as_ref().map(Vec::len),
+            hard_affinities.as_ref().map(Vec::len),
+        ];
         if [
             shapes.len(),
             priorities.len(),
@@ -171,23 +262,34 @@ impl PyScheduler {
             timeouts_ms.len(),
         ]
         .iter()
+        .chain(optional.iter().flatten())
         .any(|&l| l != n)
         {
             return Err(InvalidArgument::new_err(
                 "push_many needs lists of one length",
             ));
         }
+        let at =
+            |v: &Option<Vec<i64>>, i: usize, default: i64| v.as_ref().map_or(default, |v| v[i]);
         let mut batch = Vec::with_capacity(n);
         for i in 0..n {
+            let options = TaskOptions {
+                avoid_worker: optional_worker(at(&avoid_workers, i, -1)),
+                tenant: in_range("tenant", at(&tenants, i, 0))?,
+                affinity: in_range("affinity", at(&affinities, i, 0))?,
+                hard_affinity: hard_affinities.as_ref().is_some_and(|h| h[i]),
+                enqueued_ms: u64::try_from(now_ms).ok(),
+            };
             batch.push((
                 tasks[i],
                 shapes[i],
                 in_range("priority", priorities[i])?,
                 seqs[i],
                 in_range("timeout_ms", timeouts_ms[i])?,
+                options,
             ));
         }
-        self.detached(py, move |engine| engine.push_many(&batch))
+        self.detached(py, move |engine| engine.push_many_with(&batch))
     }
 
     /// Drop a pending task from the queue; False if it was not pending.
@@ -205,6 +307,8 @@ impl PyScheduler {
     }
 
     /// Register a worker; gpus are (memory_total_mb, compute_capability, name) by index.
+    #[pyo3(signature = (slots, gpus, backend, labels, kinds, now_ms, *, cost_per_hour = 0.0))]
+    #[allow(clippy::too_many_arguments)]
     fn add_worker(
         &self,
         slots: i64,
@@ -213,6 +317,7 @@ impl PyScheduler {
         labels: Vec<String>,
         kinds: Vec<String>,
         now_ms: u64,
+        cost_per_hour: f64,
     ) -> PyResult<WorkerId> {
         let slots = in_range("slots", slots)?;
         let gpus = gpus
@@ -225,9 +330,15 @@ impl PyScheduler {
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
-        Ok(self
-            .engine()?
-            .add_worker(slots, gpus, &backend, labels, kinds, now_ms)?)
+        Ok(self.engine()?.add_worker_with(
+            slots,
+            gpus,
+            &backend,
+            labels,
+            kinds,
+            now_ms,
+            cost_per_hour,
+        )?)
     }
 
     /// Forget a worker; returns the tasks that were placed on it (no longer tracked).
@@ -243,6 +354,58 @@ impl PyScheduler {
     /// A draining worker keeps its tasks but receives no new ones.
     fn set_draining(&self, worker: WorkerId, draining: bool) -> PyResult<()> {
         Ok(self.engine()?.set_draining(worker, draining)?)
+    }
+
+    /// Like draining, but a separate flag (reputation quarantine); clear both to take work.
+    fn set_quarantined(&self, worker: WorkerId, quarantined: bool) -> PyResult<()> {
+        Ok(self.engine()?.set_quarantined(worker, quarantined)?)
+    }
+
+    /// Mark one GPU healthy or not; an unhealthy GPU is never given to a task.
+    fn set_gpu_healthy(&self, worker: WorkerId, gpu_index: i64, healthy: bool) -> PyResult<()> {
+        let gpu = in_range("gpu_index", gpu_index)?;
+        Ok(self.engine()?.set_gpu_healthy(worker, gpu, healthy)?)
+    }
+
+    /// Everything the core knows about a worker, by name (see the stub for the keys).
+    fn worker_info(&self, worker: WorkerId) -> PyResult<std::collections::HashMap<String, f64>> {
+        let s = self.engine()?.worker_stats(worker)?;
+        Ok(s.to_map())
+    }
+
+    /// A tenant's share relative to other tenants (default 1).
+    fn set_tenant_weight(&self, tenant: i64, weight: f64) -> PyResult<()> {
+        let tenant = in_range("tenant", tenant)?;
+        Ok(self.engine()?.set_tenant_weight(tenant, weight)?)
+    }
+
+    /// Place tasks of `kind` by `policy` (overrides the constructor's policy).
+    fn set_kind_policy(&self, kind: &str, policy: &str) -> PyResult<()> {
+        let policy = policy.parse::<Policy>()?;
+        self.engine()?.set_kind_policy(kind, policy);
+        Ok(())
+    }
+
+    /// Predicted runtime of a task of `shape` on `worker`, or None before any run of the kind.
+    fn predict_runtime_ms(&self, shape: ShapeId, worker: WorkerId) -> PyResult<Option<f64>> {
+        Ok(self.engine()?.predict_runtime_ms(shape, worker)?)
+    }
+
+    /// The agent started a placed task (its RUNNING update).
+    fn mark_started(&self, task: TaskId) -> PyResult<()> {
+        Ok(self.engine()?.mark_started(task)?)
+    }
+
+    /// (task, from_worker, to_worker) moves that let idle workers run prefetched work.
+    #[pyo3(name = "steal_candidates", signature = (max))]
+    fn steal_candidates(&self, max: i64) -> PyResult<Vec<(TaskId, WorkerId, WorkerId)>> {
+        let max = usize::try_from(max).unwrap_or(0);
+        Ok(self.engine()?.steal_candidates(max))
+    }
+
+    /// Why a placed task went where it went, in words.
+    fn explain_placement(&self, task: TaskId) -> PyResult<String> {
+        Ok(self.engine()?.explain_placement(task)?)
     }
 
     /// (slots, free_slots, success_rate, speed, succeeded, failed).
@@ -333,6 +496,11 @@ impl PyScheduler {
     fn expired(&self, now_ms: u64) -> PyResult<(Vec<WorkerId>, Vec<TaskId>)> {
         Ok(self.engine()?.expired(now_ms))
     }
+}
+
+/// A negative worker handle means "none".
+fn optional_worker(worker: i64) -> Option<WorkerId> {
+    WorkerId::try_from(worker).ok()
 }
 
 /// Placement core of gpucp (Rust, PyO3): the queue, the worker table, placement and deadlines.

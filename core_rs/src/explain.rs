@@ -30,27 +30,75 @@ pub fn no_fit(shape: &Shape, workers: &WorkerTable) -> String {
     format!("no connected worker meets all of: {}", requirements(shape))
 }
 
+/// Why the workers that could run a shape are unavailable, counted once each in this order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unavailable {
+    pub draining: usize,
+    pub quarantined: usize,
+    /// Too few healthy qualifying GPUs even when idle.
+    pub unhealthy: usize,
+}
+
+impl Unavailable {
+    fn total(&self) -> usize {
+        self.draining + self.quarantined + self.unhealthy
+    }
+
+    fn parts(&self) -> Vec<String> {
+        let mut parts = Vec::new();
+        if self.draining > 0 {
+            parts.push(format!("{} draining", self.draining));
+        }
+        if self.quarantined > 0 {
+            parts.push(format!("{} quarantined", self.quarantined));
+        }
+        if self.unhealthy > 0 {
+            parts.push(format!("{} with too few healthy GPUs", self.unhealthy));
+        }
+        parts
+    }
+}
+
 /// Some workers could run the shape but none can take it now.
-pub fn busy(eligible: usize, draining: usize, queued_above: u64) -> String {
+pub fn busy(eligible: usize, unavailable: Unavailable, queued_above: u64) -> String {
     let subject = if eligible == 1 {
         "the 1 worker that can run it is".to_owned()
     } else {
         format!("all {eligible} workers that can run it are")
     };
-    if draining == eligible {
+    if unavailable.draining == eligible {
         return format!("{subject} draining");
     }
-    let drain_note = if draining > 0 {
-        format!(" ({draining} of them draining)")
-    } else {
-        String::new()
-    };
+    if unavailable.quarantined == eligible {
+        return format!("{subject} quarantined");
+    }
+    if unavailable.unhealthy == eligible {
+        let what = if eligible == 1 { "it has" } else { "they have" };
+        return format!(
+            "{} can run it, but {what} too few healthy GPUs (unhealthy GPUs are not used)",
+            if eligible == 1 {
+                "1 worker".to_owned()
+            } else {
+                format!("{eligible} workers")
+            }
+        );
+    }
+    if unavailable.total() == eligible {
+        return format!("{subject} unavailable: {}", unavailable.parts().join(", "));
+    }
+    // "(1 of them draining, 2 quarantined)"
+    let note = unavailable
+        .parts()
+        .join(", ")
+        .split_once(' ')
+        .map(|(n, rest)| format!(" ({n} of them {rest})"))
+        .unwrap_or_default();
     let queue = match queued_above {
         0 => "no task of higher priority is queued".to_owned(),
         1 => "1 task of higher priority is queued".to_owned(),
         n => format!("{n} tasks of higher priority are queued"),
     };
-    format!("{subject} busy{drain_note}; {queue}")
+    format!("{subject} busy{note}; {queue}")
 }
 
 fn requirements(shape: &Shape) -> String {
@@ -99,4 +147,26 @@ fn plural(n: u64, one: &str, many: &str) -> String {
 fn py_list(items: &[String]) -> String {
     let quoted: Vec<String> = items.iter().map(|s| format!("'{s}'")).collect();
     format!("[{}]", quoted.join(", "))
+}
+
+/// "; tasks of kind 'k' take about 1.2 s here, so it should start in about 3.6 s": the wait is
+/// the tasks ahead of it spread over the slots that could run it, one runtime per wave.
+pub fn eta(kind: &str, runtime_ms: f64, ahead: u64, slots: u64) -> String {
+    let waves = ahead / slots.max(1) + 1;
+    format!(
+        "; tasks of kind '{kind}' take about {} here, so it should start in about {}",
+        duration(runtime_ms),
+        duration(runtime_ms * waves as f64)
+    )
+}
+
+/// A duration for a person: "850 ms", "3.6 s", "12 min".
+pub fn duration(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else if ms < 120_000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else {
+        format!("{:.0} min", ms / 60_000.0)
+    }
 }

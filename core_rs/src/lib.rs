@@ -4,11 +4,15 @@
 //! PyO3 glue lives in `bindings` behind the `python` feature so `cargo test` and the criterion
 //! benches build without Python.
 
+mod affinity;
 pub mod deadlines;
+mod decisions;
 pub mod error;
 mod explain;
 mod id_hash;
+pub mod learning;
 pub mod placement;
+pub mod policy;
 pub mod queue;
 pub mod scheduler;
 pub mod shapes;
@@ -18,7 +22,8 @@ pub mod workers;
 mod bindings;
 
 pub use error::CoreError;
-pub use scheduler::{Scheduler, SchedulerConfig};
+pub use policy::Policy;
+pub use scheduler::{Scheduler, SchedulerConfig, TaskOptions};
 pub use shapes::ShapeSpec;
 pub use workers::GpuSpec;
 

@@ -1,73 +1,42 @@
-//! Matching tasks to workers: the hard filters, the score, GPU choice and the per-shape index.
+//! Matching tasks to workers: the hard filters, GPU choice and the per-shape index.
 //!
 //! Cost model. The filters split into a static part (kind, backend, labels, which GPUs qualify
 //! by memory/model/compute capability) that only changes when workers join or leave, and a
-//! dynamic part (free slots, which qualifying GPUs are free). Each shape gets a [`ShapeIndex`],
-//! built lazily on first use in O(W) and then kept up to date incrementally: a joining worker
-//! is checked against every built index (O(S) static checks), a leaving one is dropped from the
-//! indexes that list it. The index keeps the statically eligible workers that can take a task
-//! now (alive, not draining, a free slot) in a `BTreeSet` ordered by score, so finding the best
-//! worker for a shape is O(log W) plus the workers skipped because their qualifying GPUs are
-//! taken (none for CPU shapes), instead of a scan of the fleet. The price is paid when a
-//! worker's score changes (a placement, a finish, a drain): O(S_w log W) to move it in the
-//! S_w indexes that list it.
+//! dynamic part (capacity, which qualifying healthy GPUs are free). Each shape gets a
+//! [`ShapeIndex`], built lazily on first use in O(W) and then kept up to date incrementally: a
+//! joining worker is checked against every built index (O(S) static checks), a leaving one is
+//! dropped from the indexes that list it. The index keeps the statically eligible workers that
+//! can take a task now (accepting work, capacity left) in a `BTreeSet` ordered by the shape's
+//! policy rank (see `policy`), so finding the best worker for a task is O(log W) plus the
+//! workers skipped because their qualifying GPUs are taken (none for CPU shapes), instead of a
+//! scan of the fleet. Affinity looks at most `WARM_SCAN` entries of the warm index. The price is
+//! paid when a worker's rank changes (a placement, a finish, a drain): O(S_w log W) to move it in
+//! the S_w indexes that list it.
+//!
+//! Ranks that depend on what the fleet learned (a GPU model's runtime for a kind) are refreshed
+//! when the worker itself changes, so they may lag the fleet's learning by one event per worker.
 
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
-use crate::error::{invalid, CoreResult};
+use crate::affinity::WarmIndex;
+use crate::error::CoreResult;
 use crate::id_hash::IdHashMap;
+use crate::learning::{KindId, Learning};
+use crate::policy::{fit, score_of, Context, Policy, Weights};
 use crate::shapes::{Shape, ShapeTable};
 use crate::workers::{Gpu, Worker, WorkerTable};
 use crate::{ShapeId, WorkerId};
 
-/// Position in a ready set: best score first (score bits order like the non-negative scores
-/// themselves), ties to the lowest worker handle so placement is deterministic.
+/// Position in a ready set: best rank first, ties to the lowest worker handle so placement is
+/// deterministic.
 pub type ReadyKey = (Reverse<u64>, WorkerId);
 
-/// Weights of the score's terms.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Weights {
-    pub availability: f64,
-    pub success: f64,
-    pub speed: f64,
-}
-
-/// Speeds above this earn no more score: a worker twice as fast as the fleet is fast enough.
-const SPEED_CAP: f64 = 2.0;
-
-impl Weights {
-    pub fn new(availability: f64, success: f64, speed: f64) -> CoreResult<Weights> {
-        for (name, w) in [
-            ("w_availability", availability),
-            ("w_success", success),
-            ("w_speed", speed),
-        ] {
-            if !w.is_finite() || w < 0.0 {
-                return Err(invalid(format!(
-                    "{name} must be a finite number >= 0, got {w}"
-                )));
-            }
-        }
-        Ok(Weights {
-            availability,
-            success,
-            speed,
-        })
-    }
-
-    /// Higher is better; always finite and >= 0.
-    pub fn score(&self, w: &Worker) -> f64 {
-        let availability = f64::from(w.free_slots) / f64::from(w.slots);
-        let speed = w.speed.min(SPEED_CAP) / SPEED_CAP;
-        // +0.0 folds a -0.0 into 0.0 so the bit pattern orders correctly.
-        self.availability * availability + self.success * w.success_rate + self.speed * speed + 0.0
-    }
-
-    fn ready_key(&self, id: WorkerId, w: &Worker) -> Option<ReadyKey> {
-        w.is_ready().then(|| (Reverse(self.score(w).to_bits()), id))
-    }
-}
+/// Warm workers looked at per task with an affinity key (most available first; the first that
+/// can take the task wins).
+const WARM_SCAN: usize = 16;
+/// Workers looked at beyond the winner to name a runner-up for `explain_placement`.
+const RUNNER_UP_SCAN: usize = 8;
 
 /// Does this GPU meet the shape's per-GPU requirements?
 pub fn gpu_qualifies(shape: &Shape, gpu: &Gpu) -> bool {
@@ -104,15 +73,22 @@ pub fn static_fit(shape: &Shape, w: &Worker) -> Option<Box<[u32]>> {
     Some(qualifying.into_boxed_slice())
 }
 
-/// Pick `n` free GPUs from `qualifying` (ordered smallest memory first); sorted indices, or
-/// None if fewer than `n` are free.
+/// Pick `n` healthy GPUs from `qualifying` (ordered smallest memory first): free ones first,
+/// then, with prefetch, ones held by fewer than 1 + depth tasks (least held first); sorted
+/// indices, or None if fewer than `n` can be had. Without prefetch: only free GPUs.
 pub fn choose_gpus(w: &Worker, qualifying: &[u32], n: u32) -> Option<Vec<u32>> {
-    let mut chosen: Vec<u32> = qualifying
-        .iter()
-        .copied()
-        .filter(|&i| !w.gpus[i as usize].busy)
-        .take(n as usize)
-        .collect();
+    let mut chosen: Vec<u32> = Vec::with_capacity(n as usize);
+    for level in 0..=w.prefetch_depth {
+        for &i in qualifying {
+            if chosen.len() == n as usize {
+                break;
+            }
+            let gpu = &w.gpus[i as usize];
+            if gpu.healthy && gpu.holders == level {
+                chosen.push(i);
+            }
+        }
+    }
     if chosen.len() < n as usize {
         return None;
     }
@@ -120,45 +96,311 @@ pub fn choose_gpus(w: &Worker, qualifying: &[u32], n: u32) -> Option<Vec<u32>> {
     Some(chosen)
 }
 
+/// choose_gpus().is_some() without building the list.
+pub fn has_gpus(w: &Worker, qualifying: &[u32], n: u32) -> bool {
+    let limit = 1 + w.prefetch_depth;
+    qualifying
+        .iter()
+        .filter(|&&i| {
+            let gpu = &w.gpus[i as usize];
+            gpu.healthy && gpu.holders < limit
+        })
+        .take(n as usize)
+        .count()
+        == n as usize
+}
+
+/// What one task asks of placement beyond its shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Need {
+    pub avoid: Option<WorkerId>,
+    pub affinity: u64,
+    pub hard_affinity: bool,
+}
+
+/// A worker chosen for a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    pub worker: WorkerId,
+    pub gpus: Vec<u32>,
+    /// The task's affinity key is warm there.
+    pub warm: bool,
+    /// The next best worker that could have taken it, if one was seen.
+    pub runner_up: Option<WorkerId>,
+}
+
+/// The outcome of looking for a worker for one task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pick {
+    Worker(Choice),
+    /// No worker can take any task of this shape now.
+    NoneForShape,
+    /// Some worker could take the shape, but not this task (it avoids that worker, or waits
+    /// for a warm one).
+    NoneForTask,
+}
+
+/// One statically eligible worker of a shape.
+#[derive(Debug)]
+pub struct Member {
+    /// Qualifying GPUs, smallest memory first.
+    pub gpus: Box<[u32]>,
+    /// Static best-fit measure, see `policy::fit`.
+    pub fit: f64,
+    /// Its key in the ready set (None = not ready).
+    key: Option<ReadyKey>,
+}
+
 /// The workers that statically fit one shape, and the ones among them ready for a task now.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ShapeIndex {
-    /// Statically eligible live workers (draining and full ones too) -> qualifying GPUs.
-    pub members: IdHashMap<WorkerId, Box<[u32]>>,
-    /// Members that are not draining and have a free slot, best score first.
+    pub kind: KindId,
+    pub policy: Policy,
+    /// Statically eligible live workers (draining and full ones too).
+    pub members: IdHashMap<WorkerId, Member>,
+    /// Members that accept work and have capacity left, best rank first.
     ready: BTreeSet<ReadyKey>,
 }
 
 impl ShapeIndex {
-    /// The best worker that can take a task of `shape` right now, with the GPUs it would use.
+    /// The best worker for any task of the shape (no avoid, no affinity).
     pub fn best(&self, shape: &Shape, workers: &WorkerTable) -> Option<(WorkerId, Vec<u32>)> {
-        if shape.gpus == 0 {
-            return self.ready.first().map(|&(_, id)| (id, Vec::new()));
+        let warm = WarmIndex::new(0);
+        match self.best_for(shape, workers, &warm, &Weights::default(), Need::default()) {
+            Pick::Worker(c) => Some((c.worker, c.gpus)),
+            Pick::NoneForShape | Pick::NoneForTask => None,
         }
-        self.ready.iter().find_map(|&(_, id)| {
-            let worker = workers.get(id).ok()?;
-            choose_gpus(worker, &self.members[&id], shape.gpus).map(|g| (id, g))
-        })
+    }
+
+    /// The GPUs a member would use for a task of `shape`, if it has them free now.
+    fn fits_now(&self, shape: &Shape, workers: &WorkerTable, id: WorkerId) -> Option<Vec<u32>> {
+        if shape.gpus == 0 {
+            return Some(Vec::new());
+        }
+        let worker = workers.get(id).ok()?;
+        choose_gpus(worker, &self.members.get(&id)?.gpus, shape.gpus)
+    }
+
+    /// fits_now() without building the GPU list.
+    fn can_fit(&self, shape: &Shape, workers: &WorkerTable, id: WorkerId) -> bool {
+        if shape.gpus == 0 {
+            return true;
+        }
+        let (Ok(w), Some(m)) = (workers.get(id), self.members.get(&id)) else {
+            return false;
+        };
+        has_gpus(w, &m.gpus, shape.gpus)
+    }
+
+    /// The best worker for one task. An avoided worker is skipped unless it is the only member
+    /// (the only worker in the fleet that could ever run the shape). Hard affinity waits for a
+    /// warm member while one exists; soft affinity (policies affinity and composite) prefers
+    /// one.
+    pub fn best_for(
+        &self,
+        shape: &Shape,
+        workers: &WorkerTable,
+        warm: &WarmIndex,
+        weights: &Weights,
+        need: Need,
+    ) -> Pick {
+        let avoid = need
+            .avoid
+            .filter(|a| self.members.len() > 1 && self.members.contains_key(a));
+        let soft = match self.policy {
+            Policy::Affinity => true,
+            Policy::Composite => weights.affinity > 0.0,
+            _ => false,
+        };
+        let mut warm_best: Option<(u64, WorkerId, Vec<u32>)> = None;
+        if need.affinity != 0 && (need.hard_affinity || soft) {
+            for id in warm.ready(need.affinity).take(WARM_SCAN) {
+                let Some(Member {
+                    key: Some((Reverse(rank), _)),
+                    ..
+                }) = self.members.get(&id)
+                else {
+                    continue;
+                };
+                if Some(id) == avoid {
+                    continue;
+                }
+                if let Some(gpus) = self.fits_now(shape, workers, id) {
+                    warm_best = Some((*rank, id, gpus));
+                    break;
+                }
+            }
+            if need.hard_affinity {
+                if let Some((_, id, gpus)) = warm_best {
+                    return Pick::Worker(Choice {
+                        worker: id,
+                        gpus,
+                        warm: true,
+                        runner_up: None,
+                    });
+                }
+                let waits = warm
+                    .all(need.affinity)
+                    .any(|id| Some(id) != avoid && self.members.contains_key(&id));
+                if waits {
+                    return Pick::NoneForTask;
+                }
+            }
+        }
+        let mut first: Option<(u64, WorkerId, Vec<u32>)> = None;
+        let mut runner_up = None;
+        let mut skipped = false;
+        let mut looked_past = 0;
+        for &(Reverse(rank), id) in &self.ready {
+            if Some(id) == avoid {
+                skipped = true;
+                continue;
+            }
+            if first.is_some() {
+                looked_past += 1;
+                if self.can_fit(shape, workers, id) {
+                    runner_up = Some(id);
+                    break;
+                }
+                if looked_past >= RUNNER_UP_SCAN {
+                    break;
+                }
+            } else if let Some(gpus) = self.fits_now(shape, workers, id) {
+                first = Some((rank, id, gpus));
+            }
+        }
+        let is_warm = |id: WorkerId| {
+            need.affinity != 0
+                && workers
+                    .get(id)
+                    .is_ok_and(|w| w.warm.contains(&need.affinity))
+        };
+        let choice = |(_, id, gpus): (u64, WorkerId, Vec<u32>), runner_up| {
+            Pick::Worker(Choice {
+                worker: id,
+                warm: is_warm(id),
+                gpus,
+                runner_up,
+            })
+        };
+        match (first, warm_best) {
+            (Some(f), Some(w)) if f.1 != w.1 => {
+                let warm_wins = match self.policy {
+                    Policy::Composite => {
+                        let bonus = |id| if is_warm(id) { weights.affinity } else { 0.0 };
+                        score_of(w.0) + weights.affinity >= score_of(f.0) + bonus(f.1)
+                    }
+                    _ => true,
+                };
+                if warm_wins {
+                    let other = f.1;
+                    choice(w, Some(other))
+                } else {
+                    let other = w.1;
+                    choice(f, Some(other))
+                }
+            }
+            (Some(f), _) => choice(f, runner_up),
+            (None, Some(w)) => choice(w, None),
+            (None, None) => match avoid {
+                Some(a) if skipped && self.fits_now(shape, workers, a).is_some() => {
+                    Pick::NoneForTask
+                }
+                _ => Pick::NoneForShape,
+            },
+        }
+    }
+
+    fn rekey(&mut self, id: WorkerId, worker: &Worker, ctx: &Context<'_>) {
+        let policy = self.policy;
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        let key = worker
+            .is_ready()
+            .then(|| (Reverse(ctx.rank(policy, worker, member.fit)), id));
+        if key == member.key {
+            return;
+        }
+        if let Some(old) = member.key {
+            self.ready.remove(&old);
+        }
+        if let Some(new) = key {
+            self.ready.insert(new);
+        }
+        member.key = key;
     }
 }
 
-/// The score weights and one lazily built [`ShapeIndex`] per shape.
+/// The weights, the policies and one lazily built [`ShapeIndex`] per shape.
 #[derive(Debug)]
 pub struct PlacementIndex {
     weights: Weights,
+    policy: Policy,
+    kind_policies: HashMap<String, Policy>,
     shapes: Vec<Option<ShapeIndex>>,
+    pub warm: WarmIndex,
 }
 
 impl PlacementIndex {
-    pub fn new(weights: Weights) -> PlacementIndex {
-        PlacementIndex {
+    pub fn new(weights: Weights, policy: Policy, affinity_memory: usize) -> CoreResult<Self> {
+        weights.check()?;
+        Ok(PlacementIndex {
             weights,
+            policy,
+            kind_policies: HashMap::new(),
             shapes: Vec::new(),
-        }
+            warm: WarmIndex::new(affinity_memory),
+        })
     }
 
     pub fn weights(&self) -> Weights {
         self.weights
+    }
+
+    /// The policy tasks of `kind` are placed by.
+    pub fn policy_for(&self, kind: &str) -> Policy {
+        self.kind_policies.get(kind).copied().unwrap_or(self.policy)
+    }
+
+    /// Place tasks of `kind` by `policy` from now on; re-ranks that kind's built indexes (O(W)
+    /// each).
+    pub fn set_kind_policy(
+        &mut self,
+        kind: &str,
+        policy: Policy,
+        shapes: &ShapeTable,
+        workers: &WorkerTable,
+    ) {
+        self.kind_policies.insert(kind.to_owned(), policy);
+        for (sid, index) in self.shapes.iter_mut().enumerate() {
+            let Some(index) = index else { continue };
+            let shape = shapes.get(sid as ShapeId).expect("indexed shapes exist");
+            if shape.kind != kind || index.policy == policy {
+                continue;
+            }
+            index.policy = policy;
+            index.ready.clear();
+            let ctx = Context {
+                weights: &self.weights,
+                learning: &workers.learning,
+                kind: index.kind,
+            };
+            let ids: Vec<WorkerId> = index.members.keys().copied().collect();
+            for id in ids {
+                if let Some(m) = index.members.get_mut(&id) {
+                    m.key = None;
+                }
+                if let Ok(w) = workers.get(id) {
+                    index.rekey(id, w, &ctx);
+                }
+            }
+        }
+    }
+
+    /// The index of a shape, if built.
+    pub fn built(&self, id: ShapeId) -> Option<&ShapeIndex> {
+        self.shapes.get(slot(id)).and_then(Option::as_ref)
     }
 
     /// The index of a shape, building it (O(W)) on first use.
@@ -167,34 +409,72 @@ impl PlacementIndex {
         if self.shapes.len() <= i {
             self.shapes.resize_with(i + 1, || None);
         }
-        self.shapes[i].get_or_insert_with(|| {
-            let mut index = ShapeIndex::default();
-            for (wid, worker) in workers.iter_mut() {
+        if self.shapes[i].is_none() {
+            let kind = workers.learning.kind_id(&shape.kind);
+            let mut index = ShapeIndex {
+                kind,
+                policy: self.policy_for(&shape.kind),
+                members: IdHashMap::default(),
+                ready: BTreeSet::new(),
+            };
+            let mut listed = Vec::new();
+            for (wid, worker) in workers.iter() {
                 if let Some(gpus) = static_fit(shape, worker) {
-                    index.members.insert(wid, gpus);
-                    worker.shapes.push(id);
-                    if let Some(key) = worker.ready_key {
-                        index.ready.insert(key);
-                    }
+                    let fit = fit(shape, worker, &gpus);
+                    index.members.insert(
+                        wid,
+                        Member {
+                            gpus,
+                            fit,
+                            key: None,
+                        },
+                    );
+                    listed.push(wid);
                 }
             }
-            index
-        })
+            let ctx = Context {
+                weights: &self.weights,
+                learning: &workers.learning,
+                kind,
+            };
+            for &wid in &listed {
+                let w = workers.get(wid).expect("listed workers are live");
+                index.rekey(wid, w, &ctx);
+            }
+            for wid in listed {
+                workers
+                    .get_mut(wid)
+                    .expect("listed workers are live")
+                    .shapes
+                    .push(id);
+            }
+            self.shapes[i] = Some(index);
+        }
+        self.shapes[i].as_ref().expect("just built")
     }
 
     /// A worker joined: list it in every built index it fits, then rank it.
-    pub fn worker_added(&mut self, id: WorkerId, worker: &mut Worker, shapes: &ShapeTable) {
+    pub fn worker_added(&mut self, id: WorkerId, workers: &mut WorkerTable, shapes: &ShapeTable) {
+        let worker = workers.get_mut(id).expect("a new worker is live");
         for (sid, index) in self.shapes.iter_mut().enumerate() {
             let Some(index) = index else { continue };
             let shape = shapes
                 .get(sid as ShapeId)
                 .expect("indexes exist only for interned shapes");
             if let Some(gpus) = static_fit(shape, worker) {
-                index.members.insert(id, gpus);
+                let fit = fit(shape, worker, &gpus);
+                index.members.insert(
+                    id,
+                    Member {
+                        gpus,
+                        fit,
+                        key: None,
+                    },
+                );
                 worker.shapes.push(sid as ShapeId);
             }
         }
-        self.refresh(id, worker);
+        self.refresh(id, workers);
     }
 
     /// A worker left: drop it from the indexes that list it.
@@ -203,31 +483,41 @@ impl PlacementIndex {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
-            index.members.remove(&id);
-            if let Some(key) = worker.ready_key {
+            if let Some(Member { key: Some(key), .. }) = index.members.remove(&id) {
                 index.ready.remove(&key);
             }
         }
+        self.warm.worker_removed(id, worker);
     }
 
-    /// The worker's score or readiness may have changed: move it in its indexes' ready sets.
-    pub fn refresh(&mut self, id: WorkerId, worker: &mut Worker) {
-        let key = self.weights.ready_key(id, worker);
-        if key == worker.ready_key {
-            return;
-        }
+    /// The worker's rank or readiness may have changed: move it in its indexes' ready sets and
+    /// in the warm index.
+    pub fn refresh(&mut self, id: WorkerId, workers: &mut WorkerTable) {
+        let (worker, learning) = match workers.get_with_learning(id) {
+            Ok(x) => x,
+            Err(_) => return,
+        };
         for &sid in &worker.shapes {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
-            if let Some(old) = worker.ready_key {
-                index.ready.remove(&old);
-            }
-            if let Some(new) = key {
-                index.ready.insert(new);
-            }
+            let ctx = Context {
+                weights: &self.weights,
+                learning,
+                kind: index.kind,
+            };
+            index.rekey(id, worker, &ctx);
         }
-        worker.ready_key = key;
+        self.warm.refresh(id, worker);
+    }
+
+    /// Score terms of a worker for a shape (composite weights), for explanations.
+    pub fn context<'a>(&'a self, index: &ShapeIndex, learning: &'a Learning) -> Context<'a> {
+        Context {
+            weights: &self.weights,
+            learning,
+            kind: index.kind,
+        }
     }
 }
 
@@ -310,7 +600,7 @@ mod tests {
             vec![],
         )
         .unwrap();
-        w.gpus[0].busy = true;
+        w.gpus[0].holders = 1;
         assert_eq!(choose_gpus(&w, &[0, 1], 1), Some(vec![1]));
         assert_eq!(choose_gpus(&w, &[0, 1], 2), None);
     }
@@ -357,10 +647,26 @@ mod tests {
     }
 
     #[test]
-    fn weights_must_be_finite_and_non_negative() {
-        assert!(Weights::new(0.5, 0.3, 0.2).is_ok());
-        assert!(Weights::new(-0.1, 0.3, 0.2).is_err());
-        assert!(Weights::new(0.5, f64::NAN, 0.2).is_err());
-        assert!(Weights::new(0.5, 0.3, f64::INFINITY).is_err());
+    fn small_tasks_fit_small_workers_better() {
+        let small = Worker::new(1, vec![gpu(16384, 8.0, "T4")], "", vec![], vec![]).unwrap();
+        let big = Worker::new(1, vec![gpu(81920, 9.0, "H100")], "", vec![], vec![]).unwrap();
+        let eight = Worker::new(8, vec![gpu(16384, 8.0, "T4"); 8], "", vec![], vec![]).unwrap();
+        let cpu = Worker::new(8, vec![], "", vec![], vec![]).unwrap();
+        let one = shape(ShapeSpec {
+            gpus: 1,
+            min_gpu_memory_mb: 12000,
+            ..ShapeSpec::default()
+        });
+        let f = |w: &Worker| fit(&one, w, &static_fit(&one, w).unwrap());
+        assert!(f(&small) > f(&big), "16 GB GPU fits a 12 GB task better");
+        assert!(
+            f(&small) > f(&eight),
+            "a 1-GPU box fits a 1-GPU task better"
+        );
+        let etl = shape(ShapeSpec::default());
+        assert!(
+            fit(&etl, &cpu, &[]) > fit(&etl, &small, &[]),
+            "CPU work off GPU boxes"
+        );
     }
 }

@@ -1,43 +1,204 @@
-//! The pending queue: priority classes, FIFO (by caller-given `seq`) within a class.
+//! The pending queue: weighted fair sharing between tenants, priority classes as shares within a
+//! tenant, strict FIFO (by the caller's `seq`) within one tenant, class and shape, and aging.
 //!
-//! Tasks are kept grouped per shape so placement can look at one head per shape and skip a whole
-//! shape that no worker can take, without touching its other tasks. Every operation is
-//! O(log n) in the shape's queue length (plus O(1) hash lookups).
+//! Order. Weighted fair queuing, twice: each tenant has a virtual time (work placed / tenant
+//! weight) and the active tenant whose next unit of work would finish first in virtual time
+//! (vt + 1/weight) goes next; inside it, each priority class has a virtual time (work placed /
+//! class weight) and is chosen the same way (URGENT first on a tie). Finish tags, not start
+//! tags, so that near-zero weights give strict order. A tenant or class that becomes active again starts at the current
+//! virtual time, so an idle period earns no credit to burst with later. A task's work is its GPU
+//! count (at least 1). Aging moves a waiting task up one class per `aging_ms` of waiting, so a
+//! LOW task's wait is bounded even when LOW's share is tiny.
+//!
+//! Structure. A flow is one (tenant, class); inside it tasks are kept per shape, so placement
+//! can skip a shape no worker can take without touching its tasks. Sets are `BTreeSet`s of
+//! small keys: the active tenants by virtual time, each tenant's active classes by virtual time,
+//! each flow's per-shape heads by seq, each (flow, shape) queue by seq; aging deadlines sit in
+//! one min-heap with lazy deletion. Push, remove, take and promote are O(log n) each (plus O(1) hash lookups).
+//!
+//! A placement round walks the queue with [`Round`]: `next` returns the best task whose shape
+//! is not marked dead; a dead shape's heads (and flows or tenants left with nothing but dead
+//! shapes) are set aside for the round and restored by `end_round`, O(log n) each.
 
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, BinaryHeap};
 
 use crate::error::{invalid, CoreResult};
-use crate::id_hash::IdHashMap;
-use crate::{ShapeId, TaskId, PRIORITY_CLASSES};
+use crate::id_hash::{IdHashMap, IdHashSet};
+use crate::{ShapeId, TaskId, WorkerId, PRIORITY_CLASSES};
+
+/// Tenant handle (the control plane interns tenant names).
+pub type TenantId = u32;
 
 /// A queued task's placement-relevant facts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PendingTask {
     pub shape: ShapeId,
+    /// As submitted: 0 = LOW .. 3 = URGENT.
     pub priority: u8,
     pub seq: u64,
     pub timeout_ms: u64,
+    /// Not placed on this worker while another worker could ever run the shape.
+    pub avoid: Option<WorkerId>,
+    pub tenant: TenantId,
+    /// Interned affinity key; 0 = none.
+    pub affinity: u64,
+    pub hard_affinity: bool,
+    /// When it was queued, on the caller's clock (for aging).
+    pub enqueued_ms: u64,
+    /// Work charged to its tenant and class when placed (its GPU count, at least 1).
+    pub work: u32,
 }
 
-/// Order within a shape: higher priority first, then lower seq, then lower task handle (so equal
-/// seqs still have one deterministic order).
-pub type QueueKey = (Reverse<u8>, u64, TaskId);
+impl PendingTask {
+    /// A task with only the basic facts (tenant 0, no affinity, nothing avoided).
+    pub fn basic(shape: ShapeId, priority: u8, seq: u64, timeout_ms: u64) -> PendingTask {
+        PendingTask {
+            shape,
+            priority,
+            seq,
+            timeout_ms,
+            avoid: None,
+            tenant: 0,
+            affinity: 0,
+            hard_affinity: false,
+            enqueued_ms: 0,
+            work: 1,
+        }
+    }
+}
+
+/// How the queue orders tasks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fairness {
+    /// Shares of LOW, NORMAL, HIGH, URGENT.
+    pub class_weights: [f64; PRIORITY_CLASSES],
+    /// 0 = no aging.
+    pub aging_ms: u64,
+}
+
+impl Default for Fairness {
+    fn default() -> Self {
+        Fairness {
+            class_weights: [1.0, 2.0, 3.0, 4.0],
+            aging_ms: 60_000,
+        }
+    }
+}
+
+impl Fairness {
+    pub fn check(&self) -> CoreResult<()> {
+        for w in self.class_weights {
+            check_weight("priority weight", w)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn check_weight(name: &str, w: f64) -> CoreResult<()> {
+    if !w.is_finite() || w <= 0.0 {
+        return Err(invalid(format!(
+            "{name} must be a finite number > 0, got {w}"
+        )));
+    }
+    Ok(())
+}
+
+/// A flow is one (tenant, class).
+type FlowKey = (TenantId, u8);
+/// A flow's per-shape head: (seq, task, shape).
+type HeadKey = (u64, TaskId, ShapeId);
+/// A tenant's active classes: (finish tag bits, URGENT first on a tie).
+type ClassKey = (u64, Reverse<u8>);
+
+#[derive(Debug, Default)]
+struct Flow {
+    len: usize,
+    heads: BTreeSet<HeadKey>,
+    /// Work placed / class weight: the start tag of its next task.
+    vt: f64,
+    /// Its position among its tenant's classes: the finish tag of one unit of work.
+    key: u64,
+}
+
+#[derive(Debug)]
+struct Tenant {
+    weight: f64,
+    /// Pending tasks; the tenant is active while this is > 0.
+    len: usize,
+    vt: f64,
+    /// Its position among the active tenants: the finish tag of one unit of work.
+    key: u64,
+    /// Virtual time of the last class served, where a newly active class starts.
+    class_clock: f64,
+    classes: BTreeSet<ClassKey>,
+}
+
+impl Default for Tenant {
+    fn default() -> Self {
+        Tenant {
+            weight: 1.0,
+            len: 0,
+            vt: 0.0,
+            key: 0,
+            class_clock: 0.0,
+            classes: BTreeSet::new(),
+        }
+    }
+}
+
+/// What a placement round has set aside, to restore at its end.
+#[derive(Debug, Default)]
+pub struct Round {
+    dead: IdHashSet<ShapeId>,
+    heads: Vec<(FlowKey, HeadKey)>,
+    classes: Vec<(TenantId, ClassKey)>,
+    tenants: Vec<(u64, TenantId)>,
+    /// Set aside with the class aging had given them.
+    tasks: Vec<(TaskId, PendingTask, u8)>,
+}
 
 #[derive(Debug, Default)]
 pub struct PendingQueue {
-    tasks: IdHashMap<TaskId, PendingTask>,
-    per_shape: Vec<BTreeSet<QueueKey>>,
-    /// Shapes with at least one pending task, so a placement round never scans idle shapes.
-    active: BTreeSet<ShapeId>,
+    fairness: Fairness,
+    tasks: IdHashMap<TaskId, (PendingTask, u8)>,
+    flows: IdHashMap<FlowKey, Flow>,
+    per_shape: IdHashMap<(FlowKey, ShapeId), BTreeSet<(u64, TaskId)>>,
+    tenants: IdHashMap<TenantId, Tenant>,
+    /// Active tenants: (finish tag bits, tenant).
+    active: BTreeSet<(u64, TenantId)>,
+    /// Virtual time of the last tenant served, where a newly active tenant starts.
+    clock: f64,
+    /// (when the task moves up a class, task, the class it moves from): a min-heap with lazy
+    /// deletion, cheaper than a search tree on the push/take path; an entry is current only if
+    /// the task is still pending in that class with that promotion time.
+    aging: BinaryHeap<Reverse<(u64, TaskId, u8)>>,
     by_priority: [u64; PRIORITY_CLASSES],
 }
 
-fn key(task: TaskId, p: &PendingTask) -> QueueKey {
-    (Reverse(p.priority), p.seq, task)
+fn promotion_at(fairness: &Fairness, p: &PendingTask, class: u8) -> Option<u64> {
+    let aging = fairness.aging_ms;
+    if aging == 0 || usize::from(class) + 1 >= PRIORITY_CLASSES {
+        return None;
+    }
+    let steps = u64::from(class - p.priority) + 1;
+    Some(p.enqueued_ms.saturating_add(aging.saturating_mul(steps)))
+}
+
+/// Virtual times are finite and >= 0, so their bits order like the numbers.
+fn bits(vt: f64) -> u64 {
+    (vt + 0.0).to_bits()
 }
 
 impl PendingQueue {
+    pub fn new(fairness: Fairness) -> CoreResult<PendingQueue> {
+        fairness.check()?;
+        Ok(PendingQueue {
+            fairness,
+            ..PendingQueue::default()
+        })
+    }
+
     /// Check a priority is one of the four classes.
     pub fn check_priority(priority: u8) -> CoreResult<()> {
         if usize::from(priority) >= PRIORITY_CLASSES {
@@ -48,53 +209,248 @@ impl PendingQueue {
         Ok(())
     }
 
+    /// Set a tenant's share (default 1). Takes effect for work placed from now on.
+    pub fn set_tenant_weight(&mut self, tenant: TenantId, weight: f64) -> CoreResult<()> {
+        check_weight("tenant weight", weight)?;
+        let t = self.tenants.entry(tenant).or_default();
+        let active = self.active.remove(&(t.key, tenant));
+        t.weight = weight;
+        t.key = bits(t.vt + 1.0 / weight);
+        if active {
+            self.active.insert((t.key, tenant));
+        }
+        Ok(())
+    }
+
     /// Queue a task. The caller has checked the shape exists and the task is not placed.
     pub fn push(&mut self, task: TaskId, pending: PendingTask) -> CoreResult<()> {
         Self::check_priority(pending.priority)?;
         if self.tasks.contains_key(&task) {
             return Err(invalid(format!("task {task} is already pending")));
         }
-        let shape_idx = shape_index(pending.shape);
-        if self.per_shape.len() <= shape_idx {
-            self.per_shape.resize_with(shape_idx + 1, BTreeSet::new);
-        }
-        self.per_shape[shape_idx].insert(key(task, &pending));
-        self.active.insert(pending.shape);
         self.by_priority[usize::from(pending.priority)] += 1;
-        self.tasks.insert(task, pending);
+        self.insert(task, pending, pending.priority, false);
         Ok(())
+    }
+
+    /// Put a task into its flow at `class`; `restore` keeps virtual times as they were (a task
+    /// set aside for a round coming back is not a newly active flow).
+    fn insert(&mut self, task: TaskId, p: PendingTask, class: u8, restore: bool) {
+        let fk = (p.tenant, class);
+        let queue = self.per_shape.entry((fk, p.shape)).or_default();
+        let old_head = queue.first().copied();
+        queue.insert((p.seq, task));
+        let new_head = queue.first().copied();
+        let flow = self.flows.entry(fk).or_default();
+        if old_head != new_head {
+            if let Some((seq, t)) = old_head {
+                flow.heads.remove(&(seq, t, p.shape));
+            }
+            flow.heads.insert((p.seq, task, p.shape));
+        }
+        flow.len += 1;
+        let tenant = self.tenants.entry(p.tenant).or_default();
+        if flow.len == 1 {
+            if !restore {
+                flow.vt = flow.vt.max(tenant.class_clock);
+            }
+            flow.key = bits(flow.vt + 1.0 / self.fairness.class_weights[usize::from(class)]);
+            tenant.classes.insert((flow.key, Reverse(class)));
+        }
+        tenant.len += 1;
+        if tenant.len == 1 {
+            if !restore {
+                tenant.vt = tenant.vt.max(self.clock);
+            }
+            tenant.key = bits(tenant.vt + 1.0 / tenant.weight);
+            self.active.insert((tenant.key, p.tenant));
+        }
+        if let Some(at) = self.promotion_at(&p, class) {
+            self.aging.push(Reverse((at, task, class)));
+        }
+        self.tasks.insert(task, (p, class));
+    }
+
+    /// When a task waiting in `class` moves up one, or None at the top (or without aging).
+    fn promotion_at(&self, p: &PendingTask, class: u8) -> Option<u64> {
+        promotion_at(&self.fairness, p, class)
+    }
+
+    /// Take a task out of its flow; the inverse of `insert`.
+    fn detach(&mut self, task: TaskId) -> Option<(PendingTask, u8)> {
+        let (p, class) = self.tasks.remove(&task)?;
+        let fk = (p.tenant, class);
+        let queue = self
+            .per_shape
+            .get_mut(&(fk, p.shape))
+            .expect("a pending task's queue exists");
+        let old_head = queue.first().copied();
+        queue.remove(&(p.seq, task));
+        let new_head = queue.first().copied();
+        if queue.is_empty() {
+            self.per_shape.remove(&(fk, p.shape));
+        }
+        let flow = self
+            .flows
+            .get_mut(&fk)
+            .expect("a pending task's flow exists");
+        if old_head != new_head {
+            flow.heads.remove(&(p.seq, task, p.shape));
+            if let Some((seq, t)) = new_head {
+                flow.heads.insert((seq, t, p.shape));
+            }
+        }
+        flow.len -= 1;
+        let tenant = self.tenants.get_mut(&p.tenant).expect("flows have tenants");
+        if flow.len == 0 {
+            tenant.classes.remove(&(flow.key, Reverse(class)));
+        }
+        tenant.len -= 1;
+        if tenant.len == 0 {
+            self.active.remove(&(tenant.key, p.tenant));
+        }
+        Some((p, class))
     }
 
     /// Drop a pending task; None if it was not pending.
     pub fn remove(&mut self, task: TaskId) -> Option<PendingTask> {
-        let pending = self.tasks.remove(&task)?;
-        let queue = &mut self.per_shape[shape_index(pending.shape)];
-        queue.remove(&key(task, &pending));
-        if queue.is_empty() {
-            self.active.remove(&pending.shape);
+        let (p, _) = self.detach(task)?;
+        self.by_priority[usize::from(p.priority)] -= 1;
+        Some(p)
+    }
+
+    /// Move every task that has waited long enough up one class (or more, if it waited
+    /// several periods). Each task moves at most 3 times in its life: O(log n) amortised.
+    pub fn promote(&mut self, now_ms: u64) {
+        while let Some(&Reverse((at, task, class))) = self.aging.peek() {
+            if at > now_ms {
+                break;
+            }
+            self.aging.pop();
+            let current = self
+                .tasks
+                .get(&task)
+                .is_some_and(|&(p, c)| c == class && self.promotion_at(&p, c) == Some(at));
+            if current {
+                let (p, class) = self.detach(task).expect("checked pending");
+                self.insert(task, p, class + 1, false);
+            }
         }
-        self.by_priority[usize::from(pending.priority)] -= 1;
-        Some(pending)
+        if self.aging.len() > 2 * self.tasks.len() + 1024 {
+            let tasks = &self.tasks;
+            let fairness = self.fairness;
+            self.aging.retain(|&Reverse((at, task, class))| {
+                tasks
+                    .get(&task)
+                    .is_some_and(|&(p, c)| c == class && promotion_at(&fairness, &p, c) == Some(at))
+            });
+        }
+    }
+
+    /// Charge a task's work to its tenant and class: called for the task `next` returned,
+    /// before it is removed.
+    pub fn charge(&mut self, task: TaskId) {
+        let Some(&(p, class)) = self.tasks.get(&task) else {
+            return;
+        };
+        let fk = (p.tenant, class);
+        let work = f64::from(p.work.max(1));
+        let tenant = self
+            .tenants
+            .get_mut(&p.tenant)
+            .expect("pending tenants exist");
+        let flow = self.flows.get_mut(&fk).expect("pending flows exist");
+        let class_weight = self.fairness.class_weights[usize::from(class)];
+        tenant.class_clock = flow.vt;
+        let listed = tenant.classes.remove(&(flow.key, Reverse(class)));
+        flow.vt += work / class_weight;
+        flow.key = bits(flow.vt + 1.0 / class_weight);
+        if listed {
+            tenant.classes.insert((flow.key, Reverse(class)));
+        }
+        self.clock = tenant.vt;
+        let listed = self.active.remove(&(tenant.key, p.tenant));
+        tenant.vt += work / tenant.weight;
+        tenant.key = bits(tenant.vt + 1.0 / tenant.weight);
+        if listed {
+            self.active.insert((tenant.key, p.tenant));
+        }
+    }
+
+    /// The best task not set aside in this round, or None when the round has nothing left.
+    pub fn next(&mut self, round: &mut Round) -> Option<(TaskId, PendingTask)> {
+        loop {
+            let &(tbits, tenant_id) = self.active.first()?;
+            let tenant = self
+                .tenants
+                .get_mut(&tenant_id)
+                .expect("active tenants exist");
+            let Some(&ckey) = tenant.classes.first() else {
+                self.active.remove(&(tbits, tenant_id));
+                round.tenants.push((tbits, tenant_id));
+                continue;
+            };
+            let fk = (tenant_id, ckey.1 .0);
+            let flow = self.flows.get_mut(&fk).expect("active flows exist");
+            let Some(&head) = flow.heads.first() else {
+                tenant.classes.remove(&ckey);
+                round.classes.push((tenant_id, ckey));
+                continue;
+            };
+            if round.dead.contains(&head.2) {
+                flow.heads.remove(&head);
+                round.heads.push((fk, head));
+                continue;
+            }
+            let (p, _) = self.tasks[&head.1];
+            return Some((head.1, p));
+        }
+    }
+
+    /// No worker can take this shape for the rest of the round.
+    pub fn shape_dead(round: &mut Round, shape: ShapeId) {
+        round.dead.insert(shape);
+    }
+
+    /// This task cannot be placed this round for a reason of its own: out of the queue until
+    /// `end_round`, so the tasks behind it are not held up.
+    pub fn set_aside(&mut self, round: &mut Round, task: TaskId) {
+        if let Some((p, class)) = self.detach(task) {
+            round.tasks.push((task, p, class));
+        }
+    }
+
+    /// Restore everything the round set aside.
+    pub fn end_round(&mut self, round: Round) {
+        for (fk, head) in round.heads {
+            if let Some(flow) = self.flows.get_mut(&fk) {
+                flow.heads.insert(head);
+            }
+        }
+        for (tenant, ckey) in round.classes {
+            if let Some(t) = self.tenants.get_mut(&tenant) {
+                t.classes.insert(ckey);
+            }
+        }
+        for key in round.tenants {
+            self.active.insert(key);
+        }
+        for (task, p, class) in round.tasks {
+            self.insert(task, p, class, true);
+        }
     }
 
     pub fn get(&self, task: TaskId) -> Option<&PendingTask> {
-        self.tasks.get(&task)
+        self.tasks.get(&task).map(|(p, _)| p)
+    }
+
+    /// The class a pending task is in now (its priority, raised by aging).
+    pub fn class_of(&self, task: TaskId) -> Option<u8> {
+        self.tasks.get(&task).map(|&(_, c)| c)
     }
 
     pub fn contains(&self, task: TaskId) -> bool {
         self.tasks.contains_key(&task)
-    }
-
-    /// The best pending task of a shape.
-    pub fn head(&self, shape: ShapeId) -> Option<QueueKey> {
-        self.per_shape
-            .get(shape_index(shape))
-            .and_then(|q| q.first().copied())
-    }
-
-    /// Shapes that have pending tasks, in id order.
-    pub fn active_shapes(&self) -> impl Iterator<Item = ShapeId> + '_ {
-        self.active.iter().copied()
     }
 
     pub fn len(&self) -> usize {
@@ -105,19 +461,15 @@ impl PendingQueue {
         self.tasks.is_empty()
     }
 
-    /// Queue depth for LOW, NORMAL, HIGH, URGENT.
+    /// Queue depth for LOW, NORMAL, HIGH, URGENT (as submitted).
     pub fn by_priority(&self) -> [u64; PRIORITY_CLASSES] {
         self.by_priority
     }
 
-    /// Pending tasks in classes strictly above `priority`.
+    /// Pending tasks submitted in classes strictly above `priority`.
     pub fn queued_above(&self, priority: u8) -> u64 {
         self.by_priority[usize::from(priority) + 1..].iter().sum()
     }
-}
-
-fn shape_index(shape: ShapeId) -> usize {
-    usize::try_from(shape).expect("shape ids are vector indices")
 }
 
 #[cfg(test)]
@@ -125,48 +477,125 @@ mod tests {
     use super::*;
 
     fn task(shape: ShapeId, priority: u8, seq: u64) -> PendingTask {
-        PendingTask {
-            shape,
-            priority,
-            seq,
-            timeout_ms: 0,
+        PendingTask::basic(shape, priority, seq, 0)
+    }
+
+    /// Drain the queue through rounds (no dead shapes): the order tasks would be placed in.
+    fn order(q: &mut PendingQueue) -> Vec<TaskId> {
+        let mut out = Vec::new();
+        let mut round = Round::default();
+        while let Some((t, _)) = q.next(&mut round) {
+            q.charge(t);
+            q.remove(t);
+            out.push(t);
         }
+        q.end_round(round);
+        out
     }
 
     #[test]
-    fn higher_priority_then_lower_seq_comes_first() {
-        let mut q = PendingQueue::default();
-        q.push(1, task(0, 1, 5)).unwrap();
-        q.push(2, task(0, 1, 3)).unwrap();
-        q.push(3, task(0, 3, 9)).unwrap();
-        q.push(4, task(0, 0, 1)).unwrap();
-        let mut order = Vec::new();
-        while let Some((_, _, t)) = q.head(0) {
-            q.remove(t).unwrap();
-            order.push(t);
+    fn classes_share_by_weight_and_are_fifo_inside() {
+        let mut q = PendingQueue::new(Fairness::default()).unwrap();
+        // 8 of each class, pushed LOW first.
+        let mut id = 0;
+        for class in 0..4u8 {
+            for i in 0..8 {
+                q.push(id, task(0, class, i)).unwrap();
+                id += 1;
+            }
         }
-        assert_eq!(order, vec![3, 2, 1, 4]);
-        assert!(q.is_empty());
+        let placed = order(&mut q);
+        let class_of = |t: TaskId| (t / 8) as usize;
+        // Over the first 10 placements the shares are 4:3:2:1.
+        let mut counts = [0; 4];
+        for &t in &placed[..10] {
+            counts[class_of(t)] += 1;
+        }
         assert_eq!(
-            q.active_shapes().count(),
-            0,
-            "an empty shape must leave the active set"
+            counts,
+            [1, 2, 3, 4],
+            "first 10 placements by class: {placed:?}"
+        );
+        assert_eq!(placed[0], 24, "URGENT first on a tie");
+        for class in 0..4 {
+            let seen: Vec<_> = placed.iter().filter(|&&t| class_of(t) == class).collect();
+            assert!(seen.windows(2).all(|w| w[0] < w[1]), "FIFO inside a class");
+        }
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn tenants_share_by_weight_and_idle_time_earns_no_credit() {
+        let mut q = PendingQueue::new(Fairness::default()).unwrap();
+        q.set_tenant_weight(1, 3.0).unwrap();
+        for i in 0..40 {
+            let mut p = task(0, 1, i);
+            p.tenant = if i % 2 == 0 { 1 } else { 2 };
+            q.push(i, p).unwrap();
+        }
+        let first: Vec<_> = order(&mut q).into_iter().take(20).collect();
+        let heavy = first.iter().filter(|&&t| t % 2 == 0).count();
+        assert_eq!(heavy, 15, "3:1 weights give 15 of 20: {first:?}");
+        // Tenant 3 arrives late: it starts at the current virtual time, it does not get
+        // everything until it has caught up with the others.
+        for i in 100..110 {
+            let mut p = task(0, 1, i);
+            p.tenant = 2;
+            q.push(i, p).unwrap();
+        }
+        for i in 200..210 {
+            let mut p = task(0, 1, i);
+            p.tenant = 3;
+            q.push(i, p).unwrap();
+        }
+        let next: Vec<_> = order(&mut q).into_iter().take(10).collect();
+        let late = next.iter().filter(|&&t| t >= 200).count();
+        assert!(
+            (4..=6).contains(&late),
+            "equal shares after arriving: {next:?}"
         );
     }
 
     #[test]
-    fn counts_follow_pushes_and_removes() {
-        let mut q = PendingQueue::default();
-        q.push(1, task(2, 0, 1)).unwrap();
-        q.push(2, task(2, 2, 1)).unwrap();
-        q.push(3, task(5, 3, 1)).unwrap();
-        assert_eq!(q.by_priority(), [1, 0, 1, 1]);
-        assert_eq!(q.queued_above(0), 2);
-        assert_eq!(q.queued_above(3), 0);
-        assert!(q.remove(2).is_some());
-        assert!(q.remove(2).is_none(), "a task is removed once");
-        assert_eq!(q.by_priority(), [1, 0, 0, 1]);
-        assert_eq!(q.active_shapes().collect::<Vec<_>>(), vec![2, 5]);
+    fn aging_promotes_one_class_per_period() {
+        let mut q = PendingQueue::new(Fairness {
+            class_weights: [1e-6, 1.0, 1.0, 1.0],
+            aging_ms: 100,
+        })
+        .unwrap();
+        let mut low = task(0, 0, 0);
+        low.enqueued_ms = 0;
+        q.push(1, low).unwrap();
+        q.promote(99);
+        assert_eq!(q.class_of(1), Some(0));
+        q.promote(100);
+        assert_eq!(q.class_of(1), Some(1));
+        q.promote(1000);
+        assert_eq!(q.class_of(1), Some(3), "at most URGENT");
+        assert_eq!(q.by_priority(), [1, 0, 0, 0], "counted as submitted");
+        assert_eq!(q.remove(1).map(|p| p.priority), Some(0));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn dead_shapes_and_set_aside_tasks_are_restored_after_the_round() {
+        let mut q = PendingQueue::new(Fairness::default()).unwrap();
+        q.push(1, task(7, 3, 1)).unwrap();
+        q.push(2, task(8, 1, 2)).unwrap();
+        q.push(3, task(8, 1, 3)).unwrap();
+        let mut round = Round::default();
+        assert_eq!(q.next(&mut round).map(|x| x.0), Some(1));
+        PendingQueue::shape_dead(&mut round, 7);
+        assert_eq!(q.next(&mut round).map(|x| x.0), Some(2));
+        q.set_aside(&mut round, 2);
+        assert_eq!(q.next(&mut round).map(|x| x.0), Some(3));
+        q.charge(3);
+        q.remove(3);
+        assert_eq!(q.next(&mut round), None);
+        q.end_round(round);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.by_priority(), [0, 1, 0, 1]);
+        assert_eq!(order(&mut q), vec![1, 2]);
     }
 
     #[test]
@@ -176,5 +605,11 @@ mod tests {
         assert!(q.push(1, task(0, 2, 2)).is_err());
         assert!(q.push(2, task(0, 4, 2)).is_err());
         assert_eq!(q.len(), 1);
+        assert!(PendingQueue::new(Fairness {
+            class_weights: [0.0, 1.0, 1.0, 1.0],
+            aging_ms: 0
+        })
+        .is_err());
+        assert!(q.set_tenant_weight(1, f64::NAN).is_err());
     }
 }

@@ -1,17 +1,16 @@
 //! The `Scheduler` engine: ties the queue, the worker table, placement and deadlines together
 //! and keeps them consistent. Decisions only: the caller owns the clock and all I/O.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use crate::deadlines::{Deadline, Deadlines};
+use crate::decisions::{Decision, Decisions, Snapshot};
 use crate::error::{invalid, unknown, CoreResult};
 use crate::explain;
 use crate::id_hash::{IdHashMap, IdHashSet};
-use crate::placement::{PlacementIndex, Weights};
-use crate::queue::{PendingQueue, PendingTask};
+use crate::placement::{choose_gpus, Need, Pick, PlacementIndex};
+use crate::policy::{relative_cost, Context, Policy, Weights};
+use crate::queue::{Fairness, PendingQueue, PendingTask, Round, TenantId};
 use crate::shapes::{Shape, ShapeSpec, ShapeTable};
-use crate::workers::{GpuSpec, Worker, WorkerTable};
+use crate::workers::{GpuSpec, Worker, WorkerOptions, WorkerTable};
 use crate::{ShapeId, TaskId, WorkerId, PRIORITY_CLASSES};
 
 /// Construction parameters (the Python constructor's keyword arguments).
@@ -21,17 +20,61 @@ pub struct SchedulerConfig {
     pub w_availability: f64,
     pub w_success: f64,
     pub w_speed: f64,
+    pub w_affinity: f64,
+    pub w_fit: f64,
+    pub w_cost: f64,
+    /// The policy for every kind without its own (`set_kind_policy`).
+    pub policy: Policy,
+    /// Shares of LOW, NORMAL, HIGH, URGENT.
+    pub priority_weights: [f64; PRIORITY_CLASSES],
+    /// A task waiting this long moves up one class (0 = never).
+    pub aging_ms: u64,
+    /// Tasks a worker may hold beyond its slots (the agent queues them).
+    pub prefetch_depth: u32,
+    /// Successes over which a new or recovered worker's slots ramp from 1 to full (0 = none).
+    pub warmup_successes: u32,
+    /// Affinity keys each worker remembers (its last tasks').
+    pub affinity_memory: usize,
+    /// Placement decisions kept for `explain_placement` (0 = none).
+    pub explain_memory: usize,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
+        let w = Weights::default();
+        let f = Fairness::default();
         SchedulerConfig {
             heartbeat_timeout_ms: 10_000,
-            w_availability: 0.5,
-            w_success: 0.3,
-            w_speed: 0.2,
+            w_availability: w.availability,
+            w_success: w.success,
+            w_speed: w.speed,
+            w_affinity: w.affinity,
+            w_fit: w.fit,
+            w_cost: w.cost,
+            policy: Policy::Composite,
+            priority_weights: f.class_weights,
+            aging_ms: f.aging_ms,
+            prefetch_depth: 0,
+            warmup_successes: 0,
+            affinity_memory: 4,
+            explain_memory: 4096,
         }
     }
+}
+
+/// The optional facts of a queued task (keyword arguments in Python).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskOptions {
+    /// Not placed on this worker while another worker could ever run the task's shape (so a
+    /// retried task does not go back to the worker that just failed it).
+    pub avoid_worker: Option<WorkerId>,
+    pub tenant: TenantId,
+    /// Interned affinity key (e.g. a model id); 0 = none.
+    pub affinity: u64,
+    /// Only workers where the key is warm, while any such worker exists.
+    pub hard_affinity: bool,
+    /// When it was queued; None = the latest clock the core has seen.
+    pub enqueued_ms: Option<u64>,
 }
 
 /// One decision of `place`: run `task` on `worker` using these GPU indices (sorted).
@@ -46,11 +89,52 @@ pub struct Placement {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WorkerStats {
     pub slots: u32,
+    /// Slots with no task placed.
     pub free_slots: u32,
     pub success_rate: f64,
     pub speed: f64,
     pub succeeded: u64,
     pub failed: u64,
+    pub draining: bool,
+    pub quarantined: bool,
+    /// GPUs marked unhealthy with `set_gpu_healthy`.
+    pub unhealthy_gpus: u32,
+    /// Tasks placed here, started or not.
+    pub held: u32,
+    /// Of those, the ones `mark_started` (or `attach`) reported running.
+    pub started: u32,
+    /// Slots it may use now (fewer than `slots` while warming).
+    pub effective_slots: u32,
+    pub cost_per_hour: f64,
+}
+
+impl WorkerStats {
+    /// Name -> value, booleans as 0/1 (what `worker_info` returns to Python).
+    pub fn to_map(&self) -> std::collections::HashMap<String, f64> {
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        [
+            ("slots", f64::from(self.slots)),
+            ("free_slots", f64::from(self.free_slots)),
+            ("success_rate", self.success_rate),
+            ("speed", self.speed),
+            ("succeeded", self.succeeded as f64),
+            ("failed", self.failed as f64),
+            ("draining", flag(self.draining)),
+            ("quarantined", flag(self.quarantined)),
+            ("unhealthy_gpus", f64::from(self.unhealthy_gpus)),
+            ("held", f64::from(self.held)),
+            ("started", f64::from(self.started)),
+            (
+                "prefetched",
+                f64::from(self.held.saturating_sub(self.started)),
+            ),
+            ("effective_slots", f64::from(self.effective_slots)),
+            ("cost_per_hour", self.cost_per_hour),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
 }
 
 /// A task the core has placed (or that was attached) and still tracks.
@@ -61,47 +145,71 @@ struct Placed {
     shape: ShapeId,
     /// Generation of the task's timeout entry in the deadline heap.
     generation: u64,
+    /// The agent reported it running (a placed task that is not started is prefetched).
+    started: bool,
 }
-
-/// One entry per shape in a placement round's heap: the shape's best pending task, ordered as
-/// the queue orders tasks (priority desc, seq asc, task asc) so the round is globally ordered.
-type HeadKey = (u8, Reverse<u64>, Reverse<TaskId>, Reverse<ShapeId>);
 
 #[derive(Debug)]
 pub struct Scheduler {
-    heartbeat_timeout_ms: u64,
+    config: SchedulerConfig,
     shapes: ShapeTable,
     queue: PendingQueue,
     workers: WorkerTable,
     placement: PlacementIndex,
     placed: IdHashMap<TaskId, Placed>,
     deadlines: Deadlines,
+    /// The latest clock value any call carried (enqueue time for aging when none is given).
+    now_ms: u64,
+    /// Placements made, for round-robin order.
+    tick: u64,
+    decisions: Decisions,
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> CoreResult<Scheduler> {
-        let weights = Weights::new(config.w_availability, config.w_success, config.w_speed)?;
+        let weights = Weights {
+            availability: config.w_availability,
+            success: config.w_success,
+            speed: config.w_speed,
+            affinity: config.w_affinity,
+            fit: config.w_fit,
+            cost: config.w_cost,
+        };
+        let fairness = Fairness {
+            class_weights: config.priority_weights,
+            aging_ms: config.aging_ms,
+        };
         Ok(Scheduler {
-            heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+            config,
             shapes: ShapeTable::default(),
-            queue: PendingQueue::default(),
+            queue: PendingQueue::new(fairness)?,
             workers: WorkerTable::default(),
-            placement: PlacementIndex::new(weights),
+            placement: PlacementIndex::new(weights, config.policy, config.affinity_memory)?,
             placed: IdHashMap::default(),
             deadlines: Deadlines::default(),
+            now_ms: 0,
+            tick: 0,
+            decisions: Decisions::new(config.explain_memory),
         })
+    }
+
+    fn observe_clock(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
     }
 
     // -- shapes
 
     /// Intern a requirement shape (the same normalised inputs give the same id).
     pub fn shape(&mut self, spec: ShapeSpec) -> CoreResult<ShapeId> {
-        self.shapes.intern(spec)
+        let id = self.shapes.intern(spec)?;
+        let kind = &self.shapes.get(id)?.kind;
+        self.workers.learning.kind_id(kind);
+        Ok(id)
     }
 
     // -- the queue
 
-    /// Queue a task. Order: higher priority first, then lower seq. timeout_ms 0 = none.
+    /// Queue a task (tenant 0, no affinity). timeout_ms 0 = none. See `queue` for the order.
     pub fn push(
         &mut self,
         task: TaskId,
@@ -110,38 +218,78 @@ impl Scheduler {
         seq: u64,
         timeout_ms: u64,
     ) -> CoreResult<()> {
-        self.check_push(task, shape)?;
-        self.queue.push(
+        self.push_with(
             task,
-            PendingTask {
-                shape,
-                priority,
-                seq,
-                timeout_ms,
-            },
+            shape,
+            priority,
+            seq,
+            timeout_ms,
+            TaskOptions::default(),
         )
+    }
+
+    /// push() with the optional facts of [`TaskOptions`].
+    pub fn push_with(
+        &mut self,
+        task: TaskId,
+        shape: ShapeId,
+        priority: u8,
+        seq: u64,
+        timeout_ms: u64,
+        options: TaskOptions,
+    ) -> CoreResult<()> {
+        self.check_push(task, shape)?;
+        let pending = self.pending_task(shape, priority, seq, timeout_ms, options)?;
+        self.queue.push(task, pending)
+    }
+
+    fn pending_task(
+        &self,
+        shape: ShapeId,
+        priority: u8,
+        seq: u64,
+        timeout_ms: u64,
+        options: TaskOptions,
+    ) -> CoreResult<PendingTask> {
+        Ok(PendingTask {
+            shape,
+            priority,
+            seq,
+            timeout_ms,
+            avoid: options.avoid_worker,
+            tenant: options.tenant,
+            affinity: options.affinity,
+            hard_affinity: options.hard_affinity && options.affinity != 0,
+            enqueued_ms: options.enqueued_ms.unwrap_or(self.now_ms),
+            work: self.shapes.get(shape)?.gpus.max(1),
+        })
     }
 
     /// push() for many tasks; all or nothing: a bad entry leaves the queue untouched.
     pub fn push_many(&mut self, tasks: &[(TaskId, ShapeId, u8, u64, u64)]) -> CoreResult<()> {
+        let with: Vec<_> = tasks
+            .iter()
+            .map(|&(t, s, p, q, o)| (t, s, p, q, o, TaskOptions::default()))
+            .collect();
+        self.push_many_with(&with)
+    }
+
+    /// push_many() with per-task [`TaskOptions`].
+    pub fn push_many_with(
+        &mut self,
+        tasks: &[(TaskId, ShapeId, u8, u64, u64, TaskOptions)],
+    ) -> CoreResult<()> {
         let mut seen = IdHashSet::default();
-        for &(task, shape, priority, _, _) in tasks {
+        for &(task, shape, priority, _, _, _) in tasks {
             self.check_push(task, shape)?;
             PendingQueue::check_priority(priority)?;
             if self.queue.contains(task) || !seen.insert(task) {
                 return Err(invalid(format!("task {task} is already pending")));
             }
         }
-        for &(task, shape, priority, seq, timeout_ms) in tasks {
-            self.queue.push(
-                task,
-                PendingTask {
-                    shape,
-                    priority,
-                    seq,
-                    timeout_ms,
-                },
-            )?;
+        for &(task, shape, priority, seq, timeout_ms, options) in tasks {
+            let pending = self.pending_task(shape, priority, seq, timeout_ms, options)?;
+            self.queue.push(task, pending)?;
         }
         Ok(())
     }
@@ -172,6 +320,16 @@ impl Scheduler {
         self.queue.contains(task)
     }
 
+    /// The class a pending task is in now: its priority, raised by aging.
+    pub fn effective_priority(&self, task: TaskId) -> Option<u8> {
+        self.queue.class_of(task)
+    }
+
+    /// A tenant's share relative to other tenants (default 1).
+    pub fn set_tenant_weight(&mut self, tenant: TenantId, weight: f64) -> CoreResult<()> {
+        self.queue.set_tenant_weight(tenant, weight)
+    }
+
     // -- workers
 
     /// Register a worker; `gpus` are given by index. Returns its new handle.
@@ -184,10 +342,32 @@ impl Scheduler {
         kinds: Vec<String>,
         now_ms: u64,
     ) -> CoreResult<WorkerId> {
-        let worker = Worker::new(slots, gpus, backend, labels, kinds)?;
+        self.add_worker_with(slots, gpus, backend, labels, kinds, now_ms, 0.0)
+    }
+
+    /// add_worker() with its price per hour (for the cost policy).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_worker_with(
+        &mut self,
+        slots: u32,
+        gpus: Vec<GpuSpec>,
+        backend: &str,
+        labels: Vec<String>,
+        kinds: Vec<String>,
+        now_ms: u64,
+        cost_per_hour: f64,
+    ) -> CoreResult<WorkerId> {
+        self.observe_clock(now_ms);
+        let mut worker = Worker::new(slots, gpus, backend, labels, kinds)?;
+        let options = WorkerOptions {
+            cost_per_hour,
+            prefetch_depth: self.config.prefetch_depth,
+            warmup_successes: self.config.warmup_successes,
+        };
+        worker.configure(options, &mut self.workers.learning)?;
         let id = self.workers.add(worker);
-        let worker = self.workers.get_mut(id)?;
-        self.placement.worker_added(id, worker, &self.shapes);
+        self.placement
+            .worker_added(id, &mut self.workers, &self.shapes);
         self.arm_heartbeat(id, now_ms)?;
         Ok(id)
     }
@@ -204,13 +384,14 @@ impl Scheduler {
 
     /// Push the worker's liveness deadline to now_ms + heartbeat_timeout_ms.
     pub fn heartbeat(&mut self, id: WorkerId, now_ms: u64) -> CoreResult<()> {
+        self.observe_clock(now_ms);
         self.arm_heartbeat(id, now_ms)
     }
 
     fn arm_heartbeat(&mut self, id: WorkerId, now_ms: u64) -> CoreResult<()> {
         let generation = self.deadlines.next_generation();
         self.workers.get_mut(id)?.heartbeat_gen = generation;
-        let at = now_ms.saturating_add(self.heartbeat_timeout_ms);
+        let at = now_ms.saturating_add(self.config.heartbeat_timeout_ms);
         self.deadlines.push(at, Deadline::Worker, id, generation);
         self.compact_deadlines();
         Ok(())
@@ -228,19 +409,52 @@ impl Scheduler {
     /// A draining worker keeps its tasks but receives no new ones.
     pub fn set_draining(&mut self, id: WorkerId, draining: bool) -> CoreResult<()> {
         self.workers.set_draining(id, draining)?;
-        self.placement.refresh(id, self.workers.get_mut(id)?);
+        self.placement.refresh(id, &mut self.workers);
         Ok(())
+    }
+
+    /// Like draining, but a separate flag: a quarantined worker keeps its tasks and receives no
+    /// new ones until both flags are clear. Leaving quarantine restarts warming.
+    pub fn set_quarantined(&mut self, id: WorkerId, quarantined: bool) -> CoreResult<()> {
+        self.workers.set_quarantined(id, quarantined)?;
+        self.placement.refresh(id, &mut self.workers);
+        Ok(())
+    }
+
+    /// Mark one GPU of a worker healthy or not; an unhealthy GPU is never given to a task.
+    pub fn set_gpu_healthy(&mut self, id: WorkerId, gpu: u32, healthy: bool) -> CoreResult<()> {
+        let worker = self.workers.get_mut(id)?;
+        let n = worker.gpus.len();
+        let g = worker
+            .gpus
+            .get_mut(gpu as usize)
+            .ok_or_else(|| invalid(format!("worker {id} has no GPU {gpu} ({n} GPUs)")))?;
+        g.healthy = healthy;
+        Ok(())
+    }
+
+    /// Place tasks of `kind` by `policy` from now on (overrides the constructor's policy).
+    pub fn set_kind_policy(&mut self, kind: &str, policy: Policy) {
+        self.placement
+            .set_kind_policy(kind, policy, &self.shapes, &self.workers);
     }
 
     pub fn worker_stats(&self, id: WorkerId) -> CoreResult<WorkerStats> {
         let w = self.workers.get(id)?;
         Ok(WorkerStats {
             slots: w.slots,
-            free_slots: w.free_slots,
+            free_slots: w.free_slots(),
             success_rate: w.success_rate,
             speed: w.speed,
             succeeded: w.succeeded,
             failed: w.failed,
+            draining: w.draining,
+            quarantined: w.quarantined,
+            unhealthy_gpus: w.gpus.iter().filter(|g| !g.healthy).count() as u32,
+            held: w.held(),
+            started: w.started,
+            effective_slots: w.effective_slots(),
+            cost_per_hour: w.cost_per_hour,
         })
     }
 
@@ -249,54 +463,142 @@ impl Scheduler {
         self.workers.live()
     }
 
-    /// (total, free) slots over live, non-draining workers.
+    /// (total, free) slots over live workers that accept work (not draining, not quarantined).
     pub fn slots(&self) -> (u64, u64) {
         self.workers.slots()
+    }
+
+    /// Predicted runtime of a task of `shape` on `worker`: the (kind, GPU model) EWMA, else the
+    /// kind's fleet EWMA scaled by the worker's speed; None before any run of the kind.
+    pub fn predict_runtime_ms(
+        &mut self,
+        shape: ShapeId,
+        worker: WorkerId,
+    ) -> CoreResult<Option<f64>> {
+        let kind = self.workers.learning.kind_id(&self.shapes.get(shape)?.kind);
+        let w = self.workers.get(worker)?;
+        let learning = &self.workers.learning;
+        Ok(learning.model_ms(kind, w.model).or_else(|| {
+            learning
+                .fleet_ms(kind)
+                .map(|ms| ms / w.speed_for(kind, learning).max(1e-3))
+        }))
     }
 
     // -- placement
 
     /// Place up to `max_tasks` pending tasks, best first.
     ///
-    /// Each step takes the globally best pending task across shapes (a heap of shape heads) and
-    /// gives it to the best eligible worker. A shape with no eligible worker is dropped for the
-    /// rest of the round: capacity only shrinks within a round, so none of its tasks could be
-    /// placed either. Cost per placement: O(log S) for the heads heap, O(log n) in the queue,
-    /// the shape's best-worker lookup and the winner's re-ranking (see `placement`).
+    /// Each step takes the queue's next task (fair share order, see `queue`) and gives it to
+    /// the best worker for its shape under the shape's policy. A shape with no worker free is
+    /// dead for the rest of the round: capacity only shrinks within a round, so none of its
+    /// tasks could be placed either; a task that cannot go anywhere for a reason of its own
+    /// (avoid_worker, hard affinity) is set aside for the round. Cost per placement: O(log n)
+    /// in the queue, the shape's best-worker lookup and the winner's re-ranking (see
+    /// `placement`).
     pub fn place(&mut self, now_ms: u64, max_tasks: usize) -> Vec<Placement> {
+        self.observe_clock(now_ms);
+        self.queue.promote(now_ms);
         let mut placements = Vec::new();
-        let mut heads: BinaryHeap<HeadKey> = self
-            .queue
-            .active_shapes()
-            .filter_map(|s| self.queue.head(s).map(|k| head_key(s, k)))
-            .collect();
-        while placements.len() < max_tasks && self.workers.slots().1 > 0 {
-            let Some((_, _, Reverse(task), Reverse(sid))) = heads.pop() else {
+        let mut round = Round::default();
+        while placements.len() < max_tasks && self.workers.free_capacity() > 0 {
+            let Some((task, pending)) = self.queue.next(&mut round) else {
                 break;
             };
+            let sid = pending.shape;
             let shape = self
                 .shapes
                 .get(sid)
                 .expect("queued tasks have interned shapes");
-            let Some((worker, gpus)) = self
-                .placement
-                .index(sid, shape, &mut self.workers)
-                .best(shape, &self.workers)
-            else {
-                continue;
+            self.placement.index(sid, shape, &mut self.workers);
+            let index = self.placement.built(sid).expect("just built");
+            let need = Need {
+                avoid: pending.avoid,
+                affinity: pending.affinity,
+                hard_affinity: pending.hard_affinity,
             };
-            let pending = self.queue.remove(task).expect("a shape head is pending");
-            self.commit(task, worker, gpus.clone(), sid, pending.timeout_ms, now_ms)
-                .expect("the chosen worker is live");
-            placements.push(Placement { task, worker, gpus });
-            if let Some(k) = self.queue.head(sid) {
-                heads.push(head_key(sid, k));
+            let weights = self.placement.weights();
+            match index.best_for(shape, &self.workers, &self.placement.warm, &weights, need) {
+                Pick::Worker(choice) => {
+                    if self.decisions.enabled() {
+                        let decision = self.decision(sid, &pending, &choice);
+                        self.decisions.record(task, decision);
+                    }
+                    self.queue.charge(task);
+                    self.queue.remove(task);
+                    let worker = choice.worker;
+                    self.commit(
+                        task,
+                        worker,
+                        choice.gpus.clone(),
+                        sid,
+                        pending.timeout_ms,
+                        now_ms,
+                        false,
+                        pending.affinity,
+                    )
+                    .expect("the chosen worker is live");
+                    placements.push(Placement {
+                        task,
+                        worker,
+                        gpus: choice.gpus,
+                    });
+                }
+                Pick::NoneForShape => PendingQueue::shape_dead(&mut round, sid),
+                Pick::NoneForTask => self.queue.set_aside(&mut round, task),
             }
         }
+        self.queue.end_round(round);
         placements
     }
 
-    /// Track `task` on `worker`: take the slot and GPUs, arm the timeout, re-rank the worker.
+    /// What explain_placement will say about this choice, taken before the placement changes
+    /// the winner's load.
+    fn decision(
+        &self,
+        sid: ShapeId,
+        pending: &PendingTask,
+        choice: &crate::placement::Choice,
+    ) -> Decision {
+        let index = self
+            .placement
+            .built(sid)
+            .expect("placed shapes are indexed");
+        let ctx: Context<'_> = self.placement.context(index, &self.workers.learning);
+        let snapshot = |id: WorkerId, warm: bool| {
+            let w = self.workers.get(id).expect("candidates are live");
+            let fit = index.members.get(&id).map_or(0.0, |m| m.fit);
+            let mut terms = ctx.terms(w, fit);
+            terms.affinity = if warm { ctx.weights.affinity } else { 0.0 };
+            Snapshot {
+                worker: id,
+                terms,
+                availability: w.availability(),
+                speed: w.speed_for(index.kind, &self.workers.learning),
+                cost_per_hour: w.cost_per_hour,
+                relative_cost: relative_cost(w, index.kind, &self.workers.learning),
+                warm,
+            }
+        };
+        let runner_warm = |id: WorkerId| {
+            pending.affinity != 0
+                && self
+                    .workers
+                    .get(id)
+                    .is_ok_and(|w| w.warm.contains(&pending.affinity))
+        };
+        Decision {
+            policy: index.policy,
+            shape: sid,
+            affinity: pending.affinity,
+            hard_affinity: pending.hard_affinity,
+            winner: snapshot(choice.worker, choice.warm),
+            runner_up: choice.runner_up.map(|id| snapshot(id, runner_warm(id))),
+        }
+    }
+
+    /// Track `task` on `worker`: hold the task and its GPUs, arm the timeout, re-rank the worker.
+    #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
         task: TaskId,
@@ -305,8 +607,14 @@ impl Scheduler {
         shape: ShapeId,
         timeout_ms: u64,
         now_ms: u64,
+        started: bool,
+        affinity: u64,
     ) -> CoreResult<()> {
-        self.workers.occupy(worker, task, &gpus)?;
+        self.workers.occupy(worker, task, &gpus, started)?;
+        self.tick += 1;
+        let w = self.workers.get_mut(worker)?;
+        w.last_tick = self.tick;
+        self.placement.warm.touch(worker, w, affinity);
         let generation = self.deadlines.next_generation();
         if timeout_ms > 0 {
             self.deadlines.push(
@@ -323,16 +631,17 @@ impl Scheduler {
                 gpus,
                 shape,
                 generation,
+                started,
             },
         );
         // After the insert, so the entry just pushed counts as current.
         self.compact_deadlines();
-        self.placement
-            .refresh(worker, self.workers.get_mut(worker)?);
+        self.placement.refresh(worker, &mut self.workers);
         Ok(())
     }
 
     /// Record a task already running on a worker (re-attached after a reconnect or restart).
+    /// It counts as started.
     pub fn attach(
         &mut self,
         task: TaskId,
@@ -342,12 +651,13 @@ impl Scheduler {
         timeout_ms: u64,
         now_ms: u64,
     ) -> CoreResult<()> {
+        self.observe_clock(now_ms);
         self.shapes.get(shape)?;
         let w = self.workers.get(worker)?;
         if self.placed.contains_key(&task) {
             return Err(invalid(format!("task {task} is already placed")));
         }
-        if w.free_slots == 0 {
+        if w.started >= w.slots || w.held() >= w.slots + w.prefetch_depth {
             return Err(invalid(format!(
                 "worker {worker} has no free slot for task {task}"
             )));
@@ -362,7 +672,11 @@ impl Scheduler {
                         w.gpus.len()
                     )))
                 }
-                Some(gpu) if gpu.busy || (i > 0 && gpus[i - 1] == g) => {
+                Some(gpu)
+                    if gpu.running
+                        || gpu.holders > w.prefetch_depth
+                        || (i > 0 && gpus[i - 1] == g) =>
+                {
                     return Err(invalid(format!(
                         "GPU {g} of worker {worker} is already taken"
                     )))
@@ -370,8 +684,52 @@ impl Scheduler {
                 Some(_) => {}
             }
         }
+        let affinity = self.queue.get(task).map_or(0, |p| p.affinity);
         self.queue.remove(task);
-        self.commit(task, worker, gpus, shape, timeout_ms, now_ms)
+        self.commit(
+            task, worker, gpus, shape, timeout_ms, now_ms, true, affinity,
+        )
+    }
+
+    /// The agent started a placed task (its RUNNING update). A worker never has more started
+    /// tasks than slots, and two started tasks never share a GPU: such a start is refused.
+    /// Starting twice is a no-op.
+    pub fn mark_started(&mut self, task: TaskId) -> CoreResult<()> {
+        let placed = self
+            .placed
+            .get(&task)
+            .ok_or_else(|| unknown(format!("task {task} is not placed")))?;
+        if placed.started {
+            return Ok(());
+        }
+        let worker = placed.worker;
+        let w = self.workers.get(worker)?;
+        if w.started >= w.slots {
+            return Err(invalid(format!(
+                "worker {worker} already runs {} started tasks, its slot count",
+                w.started
+            )));
+        }
+        if let Some(&g) = placed.gpus.iter().find(|&&g| w.gpus[g as usize].running) {
+            return Err(invalid(format!(
+                "GPU {g} of worker {worker} still runs another task; start task {task} when it \
+                 frees"
+            )));
+        }
+        let gpus = placed.gpus.clone();
+        self.workers.update(worker, |w| {
+            w.started += 1;
+            for g in gpus {
+                w.gpus[g as usize].running = true;
+            }
+        })?;
+        self.placed.get_mut(&task).expect("checked above").started = true;
+        Ok(())
+    }
+
+    /// Whether the agent started a placed task; None if the task is not placed.
+    pub fn is_started(&self, task: TaskId) -> Option<bool> {
+        self.placed.get(&task).map(|p| p.started)
     }
 
     /// A placed task ended: free its slot and GPUs, learn from it; returns its worker.
@@ -382,19 +740,21 @@ impl Scheduler {
         runtime_ms: u64,
     ) -> CoreResult<WorkerId> {
         let placed = self.untrack(task)?;
-        let kind = &self.shapes.get(placed.shape)?.kind;
+        let kind = self
+            .workers
+            .learning
+            .kind_id(&self.shapes.get(placed.shape)?.kind);
         self.workers
             .learn(placed.worker, kind, succeeded, runtime_ms)?;
-        self.placement
-            .refresh(placed.worker, self.workers.get_mut(placed.worker)?);
+        self.placement.refresh(placed.worker, &mut self.workers);
         Ok(placed.worker)
     }
 
-    /// A placed task left its worker without an outcome (cancelled, lost); returns the worker.
+    /// A placed task left its worker without an outcome (cancelled, lost, stolen); returns the
+    /// worker.
     pub fn release(&mut self, task: TaskId) -> CoreResult<WorkerId> {
         let placed = self.untrack(task)?;
-        self.placement
-            .refresh(placed.worker, self.workers.get_mut(placed.worker)?);
+        self.placement.refresh(placed.worker, &mut self.workers);
         Ok(placed.worker)
     }
 
@@ -403,7 +763,8 @@ impl Scheduler {
             .placed
             .remove(&task)
             .ok_or_else(|| unknown(format!("task {task} is not placed")))?;
-        self.workers.vacate(placed.worker, task, &placed.gpus)?;
+        self.workers
+            .vacate(placed.worker, task, &placed.gpus, placed.started)?;
         Ok(placed)
     }
 
@@ -419,27 +780,132 @@ impl Scheduler {
         self.placed.len()
     }
 
+    /// Work stealing, core side: (task, from_worker, to_worker) moves that would let idle
+    /// workers run prefetched work now. For each worker holding more tasks than slots (most
+    /// backlogged first), its not-started tasks, most recently placed first, each matched with
+    /// a different worker that accepts work, has a free slot and nothing queued, passes the
+    /// task's static filters and has its GPUs free. Never a started task, never a task or a
+    /// thief twice. The core moves nothing: the caller revokes the task from the agent, then
+    /// calls `release` and queues or attaches it again. O(W) per call.
+    pub fn steal_candidates(&self, max: usize) -> Vec<(TaskId, WorkerId, WorkerId)> {
+        let mut out = Vec::new();
+        if max == 0 {
+            return out;
+        }
+        let mut victims: Vec<(u32, WorkerId)> = self
+            .workers
+            .iter()
+            .filter_map(|(id, w)| {
+                let backlog = w.held().saturating_sub(w.slots);
+                (backlog > 0).then_some((backlog, id))
+            })
+            .collect();
+        if victims.is_empty() {
+            return out;
+        }
+        victims.sort_by_key(|&(b, id)| (std::cmp::Reverse(b), id));
+        let mut thieves: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                w.accepting() && w.held() < w.effective_slots() && w.held() == w.started
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for (backlog, victim) in victims {
+            let Ok(v) = self.workers.get(victim) else {
+                continue;
+            };
+            let mut left = backlog;
+            for &task in v.tasks.iter().rev() {
+                if left == 0 || out.len() >= max || thieves.is_empty() {
+                    break;
+                }
+                let Some(p) = self.placed.get(&task) else {
+                    continue;
+                };
+                if p.started {
+                    continue;
+                }
+                let (Some(index), Ok(shape)) =
+                    (self.placement.built(p.shape), self.shapes.get(p.shape))
+                else {
+                    continue;
+                };
+                let thief = thieves.iter().position(|&t| {
+                    t != victim
+                        && index.members.get(&t).is_some_and(|m| {
+                            shape.gpus == 0
+                                || self
+                                    .workers
+                                    .get(t)
+                                    .is_ok_and(|w| choose_gpus(w, &m.gpus, shape.gpus).is_some())
+                        })
+                });
+                if let Some(i) = thief {
+                    out.push((task, victim, thieves.swap_remove(i)));
+                    left -= 1;
+                }
+            }
+            if out.len() >= max || thieves.is_empty() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Why a placed task went where it went, in words: the policy, the winner's score terms and
+    /// the runner-up. Kept for the last `explain_memory` placements.
+    pub fn explain_placement(&self, task: TaskId) -> CoreResult<String> {
+        let shapes = &self.shapes;
+        let describe = |d: &Decision| d.describe(shapes.get(d.shape).map_or("", |s| &s.kind));
+        self.decisions.get(task).map(describe).ok_or_else(|| {
+            unknown(format!(
+                "no placement decision is recorded for task {task} (not placed by place(), or \
+                 older than the last {} placements)",
+                self.config.explain_memory
+            ))
+        })
+    }
+
     /// Why a pending task of this shape and priority is not running, in words.
     pub fn explain(&mut self, shape: ShapeId, priority: u8) -> CoreResult<String> {
         PendingQueue::check_priority(priority)?;
         let s: &Shape = self.shapes.get(shape)?;
-        let index = self.placement.index(shape, s, &mut self.workers);
+        self.placement.index(shape, s, &mut self.workers);
+        let index = self.placement.built(shape).expect("just built");
         if index.members.is_empty() {
             return Ok(explain::no_fit(s, &self.workers));
         }
         if index.best(s, &self.workers).is_some() {
             return Ok("waiting for placement".to_owned());
         }
-        let draining = index
-            .members
-            .keys()
-            .filter(|&&w| self.workers.get(w).is_ok_and(|w| w.draining))
-            .count();
-        Ok(explain::busy(
-            index.members.len(),
-            draining,
-            self.queue.queued_above(priority),
-        ))
+        let mut unavailable = explain::Unavailable::default();
+        let mut slots = 0u64;
+        for (&id, member) in &index.members {
+            let w = self.workers.get(id)?;
+            if w.draining {
+                unavailable.draining += 1;
+            } else if w.quarantined {
+                unavailable.quarantined += 1;
+            } else if member
+                .gpus
+                .iter()
+                .filter(|&&g| w.gpus[g as usize].healthy)
+                .count()
+                < s.gpus as usize
+            {
+                unavailable.unhealthy += 1;
+            } else {
+                slots += u64::from(w.effective_slots());
+            }
+        }
+        let ahead = self.queue.queued_above(priority);
+        let mut reason = explain::busy(index.members.len(), unavailable, ahead);
+        if let (Some(ms), true) = (self.workers.learning.fleet_ms(index.kind), slots > 0) {
+            reason.push_str(&explain::eta(&s.kind, ms, ahead, slots));
+        }
+        Ok(reason)
     }
 
     // -- deadlines
@@ -453,6 +919,7 @@ impl Scheduler {
     /// (workers whose heartbeats stopped, placed tasks past their timeout) as of now_ms; each
     /// reported once. Nothing is removed.
     pub fn expired(&mut self, now_ms: u64) -> (Vec<WorkerId>, Vec<TaskId>) {
+        self.observe_clock(now_ms);
         let (workers, placed) = (&self.workers, &self.placed);
         let mut lost = Vec::new();
         let mut timed_out = Vec::new();
@@ -467,10 +934,6 @@ impl Scheduler {
         }
         (lost, timed_out)
     }
-}
-
-fn head_key(shape: ShapeId, (Reverse(priority), seq, task): crate::queue::QueueKey) -> HeadKey {
-    (priority, Reverse(seq), Reverse(task), Reverse(shape))
 }
 
 /// Is a deadline heap entry still the current one for its worker or task?

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::CoreError;
+use crate::Policy;
 
 fn sched() -> Scheduler {
     Scheduler::new(SchedulerConfig::default()).unwrap()
@@ -163,18 +164,31 @@ fn multi_gpu_indices_are_sorted() {
 }
 
 #[test]
-fn priority_then_fifo_across_shapes() {
-    let mut s = sched();
-    let a = cpu_shape(&mut s, "a");
-    let b = cpu_shape(&mut s, "b");
-    plain_worker(&mut s, 10);
-    s.push(1, a, 1, 5, 0).unwrap();
-    s.push(2, b, 1, 2, 0).unwrap();
-    s.push(3, a, 3, 9, 0).unwrap();
-    s.push(4, b, 0, 1, 0).unwrap();
-    s.push(5, a, 1, 1, 0).unwrap();
-    let order: Vec<TaskId> = s.place(0, 10).iter().map(|p| p.task).collect();
-    assert_eq!(order, vec![3, 5, 2, 1, 4]);
+fn classes_share_by_weight_and_stay_fifo_across_shapes() {
+    let run = |config: SchedulerConfig| {
+        let mut s = Scheduler::new(config).unwrap();
+        let a = cpu_shape(&mut s, "a");
+        let b = cpu_shape(&mut s, "b");
+        plain_worker(&mut s, 10);
+        s.push(1, a, 1, 5, 0).unwrap();
+        s.push(2, b, 1, 2, 0).unwrap();
+        s.push(3, a, 3, 9, 0).unwrap();
+        s.push(4, b, 0, 1, 0).unwrap();
+        s.push(5, a, 1, 1, 0).unwrap();
+        s.place(0, 10)
+            .iter()
+            .map(|p| p.task)
+            .collect::<Vec<TaskId>>()
+    };
+    // By finish tag: URGENT 1/4, NORMAL 1/2, then NORMAL's second (1) ties LOW's first (1) and
+    // the higher class wins the tie; FIFO by seq inside NORMAL across both shapes.
+    assert_eq!(run(SchedulerConfig::default()), vec![3, 5, 2, 4, 1]);
+    // Near-strict weights give strict priority order.
+    let strict = SchedulerConfig {
+        priority_weights: [1e-9, 1e-6, 1e-3, 1.0],
+        ..SchedulerConfig::default()
+    };
+    assert_eq!(run(strict), vec![3, 5, 2, 1, 4]);
 }
 
 #[test]
@@ -726,4 +740,426 @@ fn compacting_stale_deadlines_keeps_current_ones() {
         );
         s.finish(t, true, 1).unwrap();
     }
+}
+
+#[test]
+fn unhealthy_gpus_are_never_given_and_explain_says_so() {
+    let mut s = sched();
+    let w = s
+        .add_worker(
+            4,
+            vec![gpu(24576, 8.6, "A10"), gpu(24576, 8.6, "A10")],
+            "cuda",
+            vec![],
+            vec![],
+            0,
+        )
+        .unwrap();
+    let one = s
+        .shape(ShapeSpec {
+            kind: "k".into(),
+            gpus: 1,
+            ..ShapeSpec::default()
+        })
+        .unwrap();
+    let cpu = cpu_shape(&mut s, "k");
+    s.set_gpu_healthy(w, 0, false).unwrap();
+    assert!(s.set_gpu_healthy(w, 2, false).is_err(), "no GPU 2");
+    for t in 1..=3 {
+        s.push(t, one, 1, t, 0).unwrap();
+    }
+    let p = s.place(0, 10);
+    assert_eq!(p.len(), 1, "only the healthy GPU is used: {p:?}");
+    assert_eq!(p[0].gpus, vec![1]);
+    s.set_gpu_healthy(w, 1, false).unwrap();
+    s.finish(p[0].task, true, 5).unwrap();
+    assert!(s.place(0, 10).is_empty(), "no healthy GPU left");
+    assert_eq!(
+        s.explain(one, 1).unwrap(),
+        "1 worker can run it, but it has too few healthy GPUs (unhealthy GPUs are not used)"
+    );
+    s.push(9, cpu, 1, 9, 0).unwrap();
+    assert_eq!(
+        placed(&s.place(0, 10)),
+        vec![(9, w)],
+        "a worker without healthy GPUs still runs CPU tasks"
+    );
+    assert_eq!(s.worker_stats(w).unwrap().unhealthy_gpus, 2);
+    s.set_gpu_healthy(w, 0, true).unwrap();
+    assert_eq!(s.place(0, 10).len(), 1);
+}
+
+#[test]
+fn quarantine_and_drain_are_separate_flags() {
+    let mut s = sched();
+    let shape = cpu_shape(&mut s, "k");
+    let a = plain_worker(&mut s, 2);
+    s.push(1, shape, 1, 1, 0).unwrap();
+    s.place(0, 10);
+    s.set_quarantined(a, true).unwrap();
+    assert_eq!(s.slots(), (0, 0), "a quarantined worker offers no slots");
+    s.push(2, shape, 1, 2, 0).unwrap();
+    assert!(s.place(0, 10).is_empty(), "no new work while quarantined");
+    assert_eq!(
+        s.explain(shape, 1).unwrap(),
+        "the 1 worker that can run it is quarantined"
+    );
+    assert!(s.placement_of(1).is_some(), "running work stays");
+    s.set_draining(a, true).unwrap();
+    s.set_quarantined(a, false).unwrap();
+    assert!(
+        s.place(0, 10).is_empty(),
+        "lifting quarantine does not undo a drain"
+    );
+    let stats = s.worker_stats(a).unwrap();
+    assert!(stats.draining && !stats.quarantined);
+    s.set_quarantined(a, true).unwrap();
+    s.set_draining(a, false).unwrap();
+    assert!(
+        s.place(0, 10).is_empty(),
+        "ending a drain does not lift a quarantine"
+    );
+    s.set_quarantined(a, false).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(2, a)]);
+    assert_eq!(s.slots(), (2, 0));
+}
+
+#[test]
+fn avoided_worker_is_used_only_when_it_is_the_only_one() {
+    let mut s = sched();
+    let shape = cpu_shape(&mut s, "k");
+    let a = plain_worker(&mut s, 2);
+    let avoid = |w| TaskOptions {
+        avoid_worker: Some(w),
+        ..TaskOptions::default()
+    };
+    // a is the only worker in the fleet: it is used despite being avoided.
+    s.push_with(1, shape, 1, 1, 0, avoid(a)).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(1, a)]);
+    let b = plain_worker(&mut s, 1);
+    s.push(2, shape, 1, 2, 0).unwrap();
+    s.place(0, 10); // task 2 takes b (more available), a has one slot left
+    s.push_with(3, shape, 1, 3, 0, avoid(a)).unwrap();
+    s.push(4, shape, 1, 4, 0).unwrap();
+    // 3 must wait for b; 4 behind it in FIFO order still takes a's free slot.
+    assert_eq!(placed(&s.place(0, 10)), vec![(4, a)]);
+    assert!(s.is_pending(3));
+    s.finish(2, true, 5).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(3, b)]);
+    // push_many carries the option too.
+    s.finish(3, true, 5).unwrap();
+    s.finish(1, true, 5).unwrap();
+    s.push_many_with(&[(5, shape, 1, 5, 0, avoid(b))]).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(5, a)]);
+}
+
+fn with_policy(policy: Policy) -> Scheduler {
+    Scheduler::new(SchedulerConfig {
+        policy,
+        ..SchedulerConfig::default()
+    })
+    .unwrap()
+}
+
+fn affine(affinity: u64, hard: bool) -> TaskOptions {
+    TaskOptions {
+        affinity,
+        hard_affinity: hard,
+        ..TaskOptions::default()
+    }
+}
+
+#[test]
+fn affinity_keeps_a_model_on_its_warm_worker() {
+    for policy in [Policy::Affinity, Policy::Composite] {
+        let mut s = with_policy(policy);
+        let shape = cpu_shape(&mut s, "infer");
+        let a = plain_worker(&mut s, 4);
+        let b = plain_worker(&mut s, 4);
+        s.push_with(1, shape, 1, 1, 0, affine(7, false)).unwrap();
+        let first = s.place(0, 1)[0].worker;
+        // The other worker is now more available, but model 7 is warm on the first one.
+        for t in 2..=3 {
+            s.push_with(t, shape, 1, t, 0, affine(7, false)).unwrap();
+            assert_eq!(
+                s.place(0, 1)[0].worker,
+                first,
+                "{policy}: model 7 stays warm"
+            );
+        }
+        s.push_with(9, shape, 1, 9, 0, affine(8, false)).unwrap();
+        let other = if first == a { b } else { a };
+        assert_eq!(
+            s.place(0, 1)[0].worker,
+            other,
+            "{policy}: a new model goes where there is room"
+        );
+        assert!(s
+            .explain_placement(9)
+            .unwrap()
+            .contains(&format!("by {policy}")));
+    }
+}
+
+#[test]
+fn hard_affinity_waits_for_a_warm_worker_while_one_exists() {
+    let mut s = sched();
+    let shape = cpu_shape(&mut s, "infer");
+    let a = plain_worker(&mut s, 1);
+    let b = plain_worker(&mut s, 1);
+    s.push_with(1, shape, 1, 1, 0, affine(5, true)).unwrap();
+    let warm = s.place(0, 1)[0].worker;
+    s.push_with(2, shape, 1, 2, 0, affine(5, true)).unwrap();
+    s.push(3, shape, 1, 3, 0).unwrap();
+    // 2 waits for the warm (busy) worker; 3 behind it takes the other one.
+    let cold = if warm == a { b } else { a };
+    assert_eq!(placed(&s.place(0, 10)), vec![(3, cold)]);
+    s.finish(1, true, 10).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(2, warm)]);
+    assert!(s.explain_placement(2).unwrap().contains("hard affinity"));
+    // Once the warm worker is gone, any worker will do.
+    s.remove_worker(warm).unwrap();
+    s.finish(3, true, 10).unwrap();
+    s.push_with(4, shape, 1, 4, 0, affine(5, true)).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(4, cold)]);
+}
+
+#[test]
+fn best_fit_places_more_big_tasks_than_greedy() {
+    // 4 small workers (16 GB GPU) and 2 big ones (80 GB GPU), one slot each, big ones first so
+    // greedy ties go to them. Backlog: 4 small tasks, then 2 tasks that need 80 GB.
+    let run = |policy: Policy| {
+        let mut s = with_policy(policy);
+        for _ in 0..2 {
+            s.add_worker(1, vec![gpu(81920, 9.0, "H100")], "cuda", vec![], vec![], 0)
+                .unwrap();
+        }
+        for _ in 0..4 {
+            s.add_worker(1, vec![gpu(16384, 7.5, "T4")], "cuda", vec![], vec![], 0)
+                .unwrap();
+        }
+        let small = s
+            .shape(ShapeSpec {
+                kind: "k".into(),
+                gpus: 1,
+                min_gpu_memory_mb: 8000,
+                ..ShapeSpec::default()
+            })
+            .unwrap();
+        let big = s
+            .shape(ShapeSpec {
+                kind: "k".into(),
+                gpus: 1,
+                min_gpu_memory_mb: 60000,
+                ..ShapeSpec::default()
+            })
+            .unwrap();
+        for t in 0..4 {
+            s.push(t, small, 2, t, 0).unwrap();
+        }
+        for t in 4..6 {
+            s.push(t, big, 1, t, 0).unwrap();
+        }
+        let p = s.place(0, 100);
+        p.iter().filter(|p| p.task >= 4).count()
+    };
+    let greedy = run(Policy::LeastLoaded);
+    let fit = run(Policy::Composite);
+    assert!(
+        fit > greedy,
+        "best fit placed {fit} big tasks, greedy {greedy}"
+    );
+    assert_eq!(fit, 2);
+}
+
+#[test]
+fn performance_and_cost_policies_follow_what_was_learned() {
+    let mut s = with_policy(Policy::Performance);
+    let shape = s
+        .shape(ShapeSpec {
+            kind: "train".into(),
+            gpus: 1,
+            ..ShapeSpec::default()
+        })
+        .unwrap();
+    let slow = s
+        .add_worker_with(
+            4,
+            vec![gpu(16384, 7.5, "T4")],
+            "cuda",
+            vec![],
+            vec![],
+            0,
+            0.5,
+        )
+        .unwrap();
+    let fast = s
+        .add_worker_with(
+            4,
+            vec![gpu(81920, 9.0, "H100")],
+            "cuda",
+            vec![],
+            vec![],
+            0,
+            4.0,
+        )
+        .unwrap();
+    assert_eq!(s.predict_runtime_ms(shape, fast).unwrap(), None);
+    // Teach the core: the T4 takes 400 ms, the H100 100 ms.
+    for t in 0..6 {
+        s.attach(t, if t % 2 == 0 { slow } else { fast }, &[0], shape, 0, 0)
+            .unwrap();
+        s.finish(t, true, if t % 2 == 0 { 400 } else { 100 })
+            .unwrap();
+    }
+    let h100 = s.predict_runtime_ms(shape, fast).unwrap().unwrap();
+    let t4 = s.predict_runtime_ms(shape, slow).unwrap().unwrap();
+    assert!(h100 < t4, "H100 {h100} ms, T4 {t4} ms");
+    s.push(10, shape, 1, 10, 0).unwrap();
+    assert_eq!(
+        s.place(0, 1)[0].worker,
+        fast,
+        "performance picks the faster worker"
+    );
+    assert!(s.explain_placement(10).unwrap().contains("by performance"));
+    // Per kind: cost. The H100 costs 8x per hour but is only 4x faster: the T4 is cheaper.
+    s.set_kind_policy("train", Policy::Cost);
+    s.push(11, shape, 1, 11, 0).unwrap();
+    assert_eq!(
+        s.place(0, 1)[0].worker,
+        slow,
+        "cost picks the cheaper $ per task"
+    );
+    let why = s.explain_placement(11).unwrap();
+    assert!(why.contains("by cost") && why.contains("$0.50/h"), "{why}");
+}
+
+#[test]
+fn round_robin_rotates_and_least_loaded_balances() {
+    let mut s = with_policy(Policy::RoundRobin);
+    let shape = cpu_shape(&mut s, "k");
+    let ws: Vec<_> = (0..3).map(|_| plain_worker(&mut s, 4)).collect();
+    let mut order = Vec::new();
+    for t in 0..6 {
+        s.push(t, shape, 1, t, 0).unwrap();
+        let p = s.place(0, 1);
+        order.push(p[0].worker);
+        s.finish(t, true, 5).unwrap();
+    }
+    assert_eq!(
+        order,
+        [ws.clone(), ws.clone()].concat(),
+        "each in turn, idle or not"
+    );
+    let mut s = with_policy(Policy::LeastLoaded);
+    let shape = cpu_shape(&mut s, "k");
+    let big = plain_worker(&mut s, 8);
+    let small = plain_worker(&mut s, 2);
+    for t in 0..5 {
+        s.push(t, shape, 1, t, 0).unwrap();
+    }
+    let on_big = s.place(0, 10).iter().filter(|p| p.worker == big).count();
+    assert_eq!(on_big, 4, "load follows capacity");
+    assert!(s
+        .explain_placement(4)
+        .unwrap()
+        .contains("% of its capacity free"));
+    let _ = small;
+}
+
+#[test]
+fn composite_explanation_names_terms_and_runner_up() {
+    let mut s = sched();
+    let shape = cpu_shape(&mut s, "k");
+    let a = plain_worker(&mut s, 2);
+    let b = plain_worker(&mut s, 2);
+    s.push(1, shape, 1, 1, 0).unwrap();
+    s.place(0, 1);
+    let why = s.explain_placement(1).unwrap();
+    assert!(
+        why.starts_with(&format!(
+            "placed on worker {a} by composite: availability 0.50, success 0.30"
+        )) && why.ends_with(&format!(
+            "next best worker {b} at {}",
+            &why[why.find(" = ").unwrap() + 3..why.find(';').unwrap()]
+        )),
+        "{why}"
+    );
+    assert!(s.explain_placement(99).is_err());
+}
+
+#[test]
+fn warming_ramps_a_new_worker_and_restarts_after_quarantine() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        warmup_successes: 3,
+        ..SchedulerConfig::default()
+    })
+    .unwrap();
+    let shape = cpu_shape(&mut s, "k");
+    let w = plain_worker(&mut s, 4);
+    for t in 0..10 {
+        s.push(t, shape, 1, t, 0).unwrap();
+    }
+    let mut widths = Vec::new();
+    for _ in 0..4 {
+        let p = s.place(0, 10);
+        widths.push(p.len());
+        for x in p {
+            s.finish(x.task, true, 5).unwrap();
+        }
+    }
+    // 1 slot; after 1 success 2; after 3 successes all 4; then the last 3 tasks.
+    assert_eq!(
+        widths,
+        vec![1, 2, 4, 3],
+        "1 slot, then one more per success"
+    );
+    s.set_quarantined(w, true).unwrap();
+    s.set_quarantined(w, false).unwrap();
+    assert_eq!(
+        s.worker_stats(w).unwrap().effective_slots,
+        1,
+        "cooling after quarantine"
+    );
+}
+
+#[test]
+fn prefetch_holds_extra_tasks_and_idle_workers_steal_them() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        prefetch_depth: 2,
+        ..SchedulerConfig::default()
+    })
+    .unwrap();
+    let shape = cpu_shape(&mut s, "k");
+    let a = plain_worker(&mut s, 1);
+    for t in 0..5 {
+        s.push(t, shape, 1, t, 0).unwrap();
+    }
+    assert_eq!(s.place(0, 10).len(), 3, "1 slot + 2 prefetched");
+    assert_eq!(s.slots(), (1, 0));
+    s.mark_started(0).unwrap();
+    assert!(
+        s.mark_started(1).is_err(),
+        "never more started tasks than slots"
+    );
+    assert!(s.steal_candidates(10).is_empty(), "no idle worker yet");
+    let b = plain_worker(&mut s, 1);
+    let c = plain_worker(&mut s, 1);
+    let moves = s.steal_candidates(10);
+    // Most recently placed first; each thief once; never the started task 0.
+    assert_eq!(moves, vec![(2, a, b), (1, a, c)]);
+    assert_eq!(s.steal_candidates(1).len(), 1);
+    // The control plane revokes, releases and requeues; the task then runs elsewhere once.
+    s.release(2).unwrap();
+    s.push(2, shape, 3, 2, 0).unwrap();
+    let p = s.place(0, 1);
+    assert_eq!(p[0].task, 2);
+    assert_ne!(p[0].worker, a);
+    s.mark_started(2).unwrap();
+    assert!(
+        s.steal_candidates(10)
+            .iter()
+            .all(|&(t, _, _)| t != 2 && t != 0),
+        "started tasks are never candidates"
+    );
 }

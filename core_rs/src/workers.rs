@@ -1,15 +1,9 @@
 //! The worker table: capabilities, slots, GPU allocation and the learned success/speed EWMAs.
 
-use std::collections::HashMap;
-
 use crate::error::{invalid, unknown, CoreResult};
+use crate::learning::{KindId, Learning, ModelId, EWMA_ALPHA};
 use crate::placement::ReadyKey;
 use crate::{ShapeId, TaskId, WorkerId};
-
-/// Weight of a new sample in every EWMA the core keeps.
-pub const EWMA_ALPHA: f64 = 0.2;
-/// Speed samples are clamped so one odd runtime cannot dominate a worker's score.
-const SPEED_SAMPLE_RANGE: (f64, f64) = (0.1, 10.0);
 
 /// One GPU as a worker reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,14 +19,19 @@ pub struct Gpu {
     pub compute_capability: f64,
     /// Lowercased once, since model filters compare case-insensitively.
     pub name_lower: String,
-    pub busy: bool,
+    /// Placed tasks using it: at most 1 + the prefetch depth (a prefetched task may be given a
+    /// GPU a running task still uses; the agent starts it when the GPU frees).
+    pub holders: u32,
+    /// A started task uses it; two started tasks never share a GPU.
+    pub running: bool,
+    /// False once the control plane reports the GPU broken; it is then never given to a task.
+    pub healthy: bool,
 }
 
 /// A registered worker.
 #[derive(Debug)]
 pub struct Worker {
     pub slots: u32,
-    pub free_slots: u32,
     pub gpus: Vec<Gpu>,
     /// Lowercased.
     pub backend: String,
@@ -41,18 +40,47 @@ pub struct Worker {
     /// Sorted, deduplicated; empty = runs every kind.
     pub kinds: Vec<String>,
     pub draining: bool,
+    /// Set by the control plane's reputation logic; kept apart from `draining` so an operator's
+    /// drain and a quarantine never undo each other.
+    pub quarantined: bool,
+    pub cost_per_hour: f64,
+    /// The worker's GPU model (its first GPU's name), for runtime predictions.
+    pub model: ModelId,
     pub success_rate: f64,
+    /// Speed against the fleet over all kinds (what `worker_stats` reports).
     pub speed: f64,
+    /// Speed against the fleet per kind it has run successfully.
+    kind_speed: Vec<(KindId, f64)>,
     pub succeeded: u64,
     pub failed: u64,
-    /// Tasks placed (or attached) here; at most `slots` long, so a Vec is cheapest.
+    /// Tasks placed (or attached) here, oldest first; at most slots + prefetch depth long.
     pub tasks: Vec<TaskId>,
+    /// Of those, the ones the agent reported started; never more than `slots`.
+    pub started: u32,
+    /// Extra tasks it may hold beyond its slots (the agent queues them locally).
+    pub prefetch_depth: u32,
+    /// Warming: successes since it joined or left quarantine, while fewer than `ramp_len`.
+    pub ramp: Option<u32>,
+    ramp_len: u32,
+    /// Placement counter value when it last got a task (round-robin order).
+    pub last_tick: u64,
+    /// Affinity keys of the last tasks placed here, most recent last.
+    pub warm: Vec<u64>,
     /// Generation of the worker's current heartbeat deadline; older heap entries are stale.
     pub heartbeat_gen: u64,
     /// Shapes whose placement index lists this worker, so a change of score updates just those.
     pub(crate) shapes: Vec<ShapeId>,
-    /// The key under which this worker sits in those indexes' ready sets (None = not ready).
-    pub(crate) ready_key: Option<ReadyKey>,
+    /// The key under which this worker sits in the warm index (None = not ready).
+    pub(crate) base_key: Option<ReadyKey>,
+}
+
+/// The capacity-related parts of a new worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WorkerOptions {
+    pub cost_per_hour: f64,
+    pub prefetch_depth: u32,
+    /// 0 = no warming: full slots at once.
+    pub warmup_successes: u32,
 }
 
 impl Worker {
@@ -78,29 +106,62 @@ impl Worker {
         kinds.dedup();
         Ok(Worker {
             slots,
-            free_slots: slots,
             gpus: gpus
                 .into_iter()
                 .map(|g| Gpu {
                     memory_total_mb: g.memory_total_mb,
                     compute_capability: g.compute_capability,
                     name_lower: g.name.to_lowercase(),
-                    busy: false,
+                    holders: 0,
+                    running: false,
+                    healthy: true,
                 })
                 .collect(),
             backend: backend.to_lowercase(),
             labels,
             kinds,
             draining: false,
+            quarantined: false,
+            cost_per_hour: 0.0,
+            model: 0,
             success_rate: 1.0,
             speed: 1.0,
+            kind_speed: Vec::new(),
             succeeded: 0,
             failed: 0,
             tasks: Vec::new(),
+            started: 0,
+            prefetch_depth: 0,
+            ramp: None,
+            ramp_len: 0,
+            last_tick: 0,
+            warm: Vec::new(),
             heartbeat_gen: 0,
             shapes: Vec::new(),
-            ready_key: None,
+            base_key: None,
         })
+    }
+
+    /// Apply the options and intern the GPU model.
+    pub fn configure(&mut self, options: WorkerOptions, learning: &mut Learning) -> CoreResult<()> {
+        let cost = options.cost_per_hour;
+        if !cost.is_finite() || cost < 0.0 {
+            return Err(invalid(format!(
+                "cost_per_hour must be a finite number >= 0, got {cost}"
+            )));
+        }
+        self.cost_per_hour = cost;
+        self.prefetch_depth = options.prefetch_depth;
+        self.ramp_len = options.warmup_successes;
+        self.restart_warmup();
+        let model = self.gpus.first().map_or("cpu", |g| g.name_lower.as_str());
+        self.model = learning.model_id(model);
+        Ok(())
+    }
+
+    /// Start the warm-up ramp again (a new worker, or one back from quarantine).
+    pub fn restart_warmup(&mut self) {
+        self.ramp = (self.ramp_len > 0 && self.slots > 1).then_some(0);
     }
 
     pub fn accepts_kind(&self, kind: &str) -> bool {
@@ -115,48 +176,94 @@ impl Worker {
         labels.iter().all(|l| self.labels.binary_search(l).is_ok())
     }
 
-    /// Can take one more task right now (ignoring GPUs).
-    pub fn is_ready(&self) -> bool {
-        !self.draining && self.free_slots > 0
+    /// Takes new work at all: neither draining nor quarantined.
+    pub fn accepting(&self) -> bool {
+        !self.draining && !self.quarantined
     }
 
-    /// Fold one outcome into the EWMAs; `speed_sample` is None when there is nothing to learn.
-    fn learn(&mut self, succeeded: bool, speed_sample: Option<f64>) {
+    /// Tasks placed here (started or not).
+    pub fn held(&self) -> u32 {
+        self.tasks.len() as u32
+    }
+
+    /// Slots it may use now: warming ramps them from 1 to `slots` over its first
+    /// `warmup_successes` successes (linearly), so a new or recovered worker proves itself on a
+    /// little work before it gets a full share.
+    pub fn effective_slots(&self) -> u32 {
+        match self.ramp {
+            None => self.slots,
+            Some(r) => (1 + (self.slots - 1) * r / self.ramp_len.max(1)).min(self.slots),
+        }
+    }
+
+    /// Tasks it may hold: its (effective) slots plus the prefetch depth.
+    pub fn capacity(&self) -> u32 {
+        self.effective_slots() + self.prefetch_depth
+    }
+
+    /// Slots with no task at all (what `worker_stats` reports as free).
+    pub fn free_slots(&self) -> u32 {
+        self.slots.saturating_sub(self.held())
+    }
+
+    /// Can take one more task right now (ignoring GPUs).
+    pub fn is_ready(&self) -> bool {
+        self.accepting() && self.held() < self.capacity()
+    }
+
+    /// Share of its capacity still free, in [0, 1].
+    pub fn availability(&self) -> f64 {
+        let free = self.capacity().saturating_sub(self.held());
+        f64::from(free) / f64::from(self.slots + self.prefetch_depth)
+    }
+
+    /// Its speed at `kind` against the fleet: its own EWMA once it has run the kind, else what
+    /// its GPU model does, else its overall speed.
+    pub fn speed_for(&self, kind: KindId, learning: &Learning) -> f64 {
+        self.kind_speed
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|&(_, s)| s)
+            .or_else(|| learning.model_speed(kind, self.model))
+            .unwrap_or(self.speed)
+    }
+
+    /// Fold one outcome into the EWMAs and the warm-up ramp.
+    fn learn(&mut self, kind: KindId, succeeded: bool, speed_sample: Option<f64>) {
         let outcome = if succeeded { 1.0 } else { 0.0 };
         self.success_rate += EWMA_ALPHA * (outcome - self.success_rate);
         if let Some(sample) = speed_sample {
             self.speed += EWMA_ALPHA * (sample - self.speed);
+            match self.kind_speed.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, s)) => *s += EWMA_ALPHA * (sample - *s),
+                None => self.kind_speed.push((kind, sample)),
+            }
         }
         if succeeded {
             self.succeeded += 1;
+            if let Some(r) = self.ramp {
+                self.ramp = (r + 1 < self.ramp_len).then_some(r + 1);
+            }
         } else {
             self.failed += 1;
+            // Cooling: a failure while warming halves the progress.
+            if let Some(r) = self.ramp {
+                self.ramp = Some(r / 2);
+            }
         }
     }
 }
 
-/// Fleet-wide runtime EWMA per task kind: a worker's speed is how it does against that.
-#[derive(Debug, Default)]
-pub struct KindRuntimes {
-    ewma_ms: HashMap<String, f64>,
-}
-
-impl KindRuntimes {
-    /// Record a successful run; returns the worker's speed sample (None for the kind's first).
-    pub fn observe(&mut self, kind: &str, runtime_ms: u64) -> Option<f64> {
-        let runtime = runtime_ms as f64;
-        match self.ewma_ms.get_mut(kind) {
-            Some(ewma) => {
-                let sample = (*ewma / runtime).clamp(SPEED_SAMPLE_RANGE.0, SPEED_SAMPLE_RANGE.1);
-                *ewma += EWMA_ALPHA * (runtime - *ewma);
-                Some(sample)
-            }
-            None => {
-                self.ewma_ms.insert(kind.to_owned(), runtime);
-                None
-            }
-        }
+/// (total slots, free slots, free capacity) a worker adds to the fleet totals.
+fn contribution(w: &Worker) -> (u64, u64, u64) {
+    if !w.accepting() {
+        return (0, 0, 0);
     }
+    (
+        u64::from(w.slots),
+        u64::from(w.free_slots()),
+        u64::from(w.capacity().saturating_sub(w.held())),
+    )
 }
 
 /// All live workers, plus the slot totals `slots()` reports, kept up to date incrementally.
@@ -165,20 +272,47 @@ pub struct WorkerTable {
     /// Indexed by handle. Boxed so a removed worker costs one null pointer, not a whole record.
     workers: Vec<Option<Box<Worker>>>,
     live: usize,
-    /// Over live, non-draining workers.
+    /// Over live, accepting (not draining, not quarantined) workers.
     total_slots: u64,
     free_slots: u64,
-    runtimes: KindRuntimes,
+    /// Tasks those workers can still take, prefetch included.
+    free_capacity: u64,
+    pub learning: Learning,
 }
 
 impl WorkerTable {
     pub fn add(&mut self, worker: Worker) -> WorkerId {
         let id = self.workers.len() as WorkerId;
         self.live += 1;
-        self.total_slots += u64::from(worker.slots);
-        self.free_slots += u64::from(worker.free_slots);
+        self.account(&worker, true);
         self.workers.push(Some(Box::new(worker)));
         id
+    }
+
+    fn account(&mut self, w: &Worker, add: bool) {
+        let (t, f, c) = contribution(w);
+        if add {
+            self.total_slots += t;
+            self.free_slots += f;
+            self.free_capacity += c;
+        } else {
+            self.total_slots -= t;
+            self.free_slots -= f;
+            self.free_capacity -= c;
+        }
+    }
+
+    /// Change a worker, keeping the fleet totals in step.
+    pub fn update<R>(&mut self, id: WorkerId, f: impl FnOnce(&mut Worker) -> R) -> CoreResult<R> {
+        let mut worker = self
+            .slot_mut(id)
+            .and_then(Option::take)
+            .ok_or_else(|| unknown_worker(id))?;
+        self.account(&worker, false);
+        let result = f(&mut worker);
+        self.account(&worker, true);
+        self.workers[id as usize] = Some(worker);
+        Ok(result)
     }
 
     pub fn remove(&mut self, id: WorkerId) -> CoreResult<Box<Worker>> {
@@ -187,10 +321,7 @@ impl WorkerTable {
             .and_then(Option::take)
             .ok_or_else(|| unknown_worker(id))?;
         self.live -= 1;
-        if !worker.draining {
-            self.total_slots -= u64::from(worker.slots);
-            self.free_slots -= u64::from(worker.free_slots);
-        }
+        self.account(&worker, false);
         Ok(worker)
     }
 
@@ -202,10 +333,21 @@ impl WorkerTable {
             .ok_or_else(|| unknown_worker(id))
     }
 
+    /// Mutable access for changes that do not affect slot totals (scores, keys, GPU health).
     pub fn get_mut(&mut self, id: WorkerId) -> CoreResult<&mut Worker> {
         self.slot_mut(id)
             .and_then(|w| w.as_deref_mut())
             .ok_or_else(|| unknown_worker(id))
+    }
+
+    /// A worker, mutably, with what the fleet learned (for re-ranking it).
+    pub fn get_with_learning(&mut self, id: WorkerId) -> CoreResult<(&mut Worker, &Learning)> {
+        let worker = usize::try_from(id)
+            .ok()
+            .and_then(|i| self.workers.get_mut(i))
+            .and_then(|w| w.as_deref_mut())
+            .ok_or_else(|| unknown_worker(id))?;
+        Ok((worker, &self.learning))
     }
 
     fn slot_mut(&mut self, id: WorkerId) -> Option<&mut Option<Box<Worker>>> {
@@ -232,78 +374,93 @@ impl WorkerTable {
         self.live
     }
 
-    /// (total, free) slots over live, non-draining workers.
+    /// (total, free) slots over live, accepting workers.
     pub fn slots(&self) -> (u64, u64) {
         (self.total_slots, self.free_slots)
     }
 
-    /// Occupy a slot and the given GPUs. The caller has checked they are free.
-    pub fn occupy(&mut self, id: WorkerId, task: TaskId, gpus: &[u32]) -> CoreResult<()> {
-        let worker = self.get_mut(id)?;
-        debug_assert!(worker.free_slots > 0);
-        worker.free_slots -= 1;
-        for &g in gpus {
-            let gpu = &mut worker.gpus[g as usize];
-            debug_assert!(!gpu.busy, "GPU given twice");
-            gpu.busy = true;
-        }
-        worker.tasks.push(task);
-        let counted = !worker.draining;
-        if counted {
-            self.free_slots -= 1;
-        }
-        Ok(())
+    /// Tasks the accepting workers can still take (slots, warming and prefetch counted).
+    pub fn free_capacity(&self) -> u64 {
+        self.free_capacity
     }
 
-    /// Give back a task's slot and GPUs.
-    pub fn vacate(&mut self, id: WorkerId, task: TaskId, gpus: &[u32]) -> CoreResult<()> {
-        let worker = self.get_mut(id)?;
-        worker.free_slots += 1;
-        for &g in gpus {
-            worker.gpus[g as usize].busy = false;
-        }
-        if let Some(pos) = worker.tasks.iter().position(|&t| t == task) {
-            worker.tasks.swap_remove(pos);
-        }
-        let counted = !worker.draining;
-        if counted {
-            self.free_slots += 1;
-        }
-        Ok(())
+    /// Hold a task and occupy the given GPUs. The caller has checked they are free.
+    pub fn occupy(
+        &mut self,
+        id: WorkerId,
+        task: TaskId,
+        gpus: &[u32],
+        started: bool,
+    ) -> CoreResult<()> {
+        self.update(id, |worker| {
+            for &g in gpus {
+                let gpu = &mut worker.gpus[g as usize];
+                debug_assert!(!(started && gpu.running), "GPU running two tasks");
+                gpu.holders += 1;
+                gpu.running |= started;
+            }
+            worker.tasks.push(task);
+            if started {
+                worker.started += 1;
+            }
+        })
+    }
+
+    /// Give back a task's GPUs and its place on the worker.
+    pub fn vacate(
+        &mut self,
+        id: WorkerId,
+        task: TaskId,
+        gpus: &[u32],
+        started: bool,
+    ) -> CoreResult<()> {
+        self.update(id, |worker| {
+            for &g in gpus {
+                let gpu = &mut worker.gpus[g as usize];
+                gpu.holders -= 1;
+                if started {
+                    gpu.running = false;
+                }
+            }
+            // Keep placement order: stealing takes the most recently placed first.
+            if let Some(pos) = worker.tasks.iter().position(|&t| t == task) {
+                worker.tasks.remove(pos);
+            }
+            if started {
+                worker.started -= 1;
+            }
+        })
     }
 
     pub fn set_draining(&mut self, id: WorkerId, draining: bool) -> CoreResult<()> {
-        let worker = self.get_mut(id)?;
-        if worker.draining == draining {
-            return Ok(());
-        }
-        worker.draining = draining;
-        let (slots, free) = (u64::from(worker.slots), u64::from(worker.free_slots));
-        if draining {
-            self.total_slots -= slots;
-            self.free_slots -= free;
-        } else {
-            self.total_slots += slots;
-            self.free_slots += free;
-        }
-        Ok(())
+        self.update(id, |w| w.draining = draining)
+    }
+
+    /// Leaving quarantine restarts the warm-up ramp.
+    pub fn set_quarantined(&mut self, id: WorkerId, quarantined: bool) -> CoreResult<()> {
+        self.update(id, |w| {
+            if w.quarantined && !quarantined {
+                w.restart_warmup();
+            }
+            w.quarantined = quarantined;
+        })
     }
 
     /// Learn from a finished task of `kind` that ran on worker `id`.
     pub fn learn(
         &mut self,
         id: WorkerId,
-        kind: &str,
+        kind: KindId,
         succeeded: bool,
         runtime_ms: u64,
     ) -> CoreResult<()> {
+        let model = self.get(id)?.model;
         let speed_sample = if succeeded && runtime_ms > 0 {
-            self.runtimes.observe(kind, runtime_ms)
+            self.learning.observe(kind, model, runtime_ms)
         } else {
             None
         };
-        self.get_mut(id)?.learn(succeeded, speed_sample);
-        Ok(())
+        self.update(id, |w| w.learn(kind, succeeded, speed_sample))
     }
 }
 
@@ -321,13 +478,18 @@ mod tests {
         let fast = table.add(Worker::new(1, vec![], "", vec![], vec![]).unwrap());
         let slow = table.add(Worker::new(1, vec![], "", vec![], vec![]).unwrap());
         // The kind's first runtime only seeds the fleet EWMA.
-        table.learn(fast, "k", true, 100).unwrap();
+        let k = table.learning.kind_id("k");
+        table.learn(fast, k, true, 100).unwrap();
         assert_eq!(table.get(fast).unwrap().speed, 1.0);
-        table.learn(fast, "k", true, 50).unwrap(); // twice as fast as the fleet: sample 2.0
-        table.learn(slow, "k", true, 1000).unwrap(); // much slower: sample < 1
+        table.learn(fast, k, true, 50).unwrap(); // twice as fast as the fleet: sample 2.0
+        table.learn(slow, k, true, 1000).unwrap(); // much slower: sample < 1
         assert!((table.get(fast).unwrap().speed - 1.2).abs() < 1e-9);
         assert!(table.get(slow).unwrap().speed < 1.0);
-        table.learn(slow, "k", false, 0).unwrap();
+        assert!(
+            table.get(fast).unwrap().speed_for(k, &table.learning)
+                > table.get(slow).unwrap().speed_for(k, &table.learning)
+        );
+        table.learn(slow, k, false, 0).unwrap();
         let w = table.get(slow).unwrap();
         assert!((w.success_rate - 0.8).abs() < 1e-9);
         assert_eq!((w.succeeded, w.failed), (1, 1));
@@ -338,7 +500,7 @@ mod tests {
         let mut table = WorkerTable::default();
         let a = table.add(Worker::new(4, vec![], "", vec![], vec![]).unwrap());
         let b = table.add(Worker::new(2, vec![], "", vec![], vec![]).unwrap());
-        table.occupy(a, 7, &[]).unwrap();
+        table.occupy(a, 7, &[], false).unwrap();
         assert_eq!(table.slots(), (6, 5));
         table.set_draining(b, true).unwrap();
         assert_eq!(table.slots(), (4, 3));
@@ -347,5 +509,37 @@ mod tests {
         assert!(table.get(a).is_err());
         assert_eq!(table.live(), 1);
         assert!(Worker::new(0, vec![], "", vec![], vec![]).is_err());
+    }
+
+    #[test]
+    fn warming_ramps_slots_and_failures_cool() {
+        let mut learning = Learning::default();
+        let mut w = Worker::new(5, vec![], "", vec![], vec![]).unwrap();
+        let options = WorkerOptions {
+            warmup_successes: 4,
+            ..WorkerOptions::default()
+        };
+        w.configure(options, &mut learning).unwrap();
+        let mut seen = vec![w.effective_slots()];
+        for _ in 0..4 {
+            w.learn(0, true, None);
+            seen.push(w.effective_slots());
+        }
+        assert_eq!(
+            seen,
+            vec![1, 2, 3, 4, 5],
+            "1 slot, then one more per success"
+        );
+        assert_eq!(w.ramp, None, "fully warm");
+        w.restart_warmup();
+        w.learn(0, true, None);
+        w.learn(0, true, None);
+        assert_eq!(w.effective_slots(), 3);
+        w.learn(0, false, None);
+        assert_eq!(
+            w.effective_slots(),
+            2,
+            "a failure while warming halves the progress"
+        );
     }
 }

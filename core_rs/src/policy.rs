@@ -1,0 +1,243 @@
+//! Placement policies: how the workers that can take a task are ranked.
+//!
+//! Every policy turns a (worker, shape) pair into one `u64` rank, higher = better, so each
+//! shape's ready workers can sit in one ordered set (see `placement`). Ranks depend on the
+//! worker's load and what the core learned about it, on the shape's kind and on a static best-fit
+//! measure of the shape against the worker; they never depend on the individual task. The one
+//! task-dependent term, affinity (is the task's model warm on the worker?), is applied on top
+//! through the warm index.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{invalid, CoreError, CoreResult};
+use crate::learning::{KindId, Learning};
+use crate::shapes::Shape;
+use crate::workers::Worker;
+
+/// Speeds above this earn no more score: a worker twice as fast as the fleet is fast enough.
+pub const SPEED_CAP: f64 = 2.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// The ready worker that got work least recently.
+    RoundRobin,
+    /// The ready worker with the largest share of its capacity free.
+    LeastLoaded,
+    /// The fastest ready worker for the task's kind (learned), then the least loaded.
+    Performance,
+    /// A worker where the task's affinity key is warm, else the least loaded.
+    Affinity,
+    /// The cheapest expected $ per task (cost_per_hour x predicted runtime), then least loaded.
+    Cost,
+    /// A weighted sum of availability, success, speed, fit, cost and affinity.
+    Composite,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 6] = [
+        Policy::RoundRobin,
+        Policy::LeastLoaded,
+        Policy::Performance,
+        Policy::Affinity,
+        Policy::Cost,
+        Policy::Composite,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round_robin",
+            Policy::LeastLoaded => "least_loaded",
+            Policy::Performance => "performance",
+            Policy::Affinity => "affinity",
+            Policy::Cost => "cost",
+            Policy::Composite => "composite",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> CoreResult<Policy> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Policy::ALL.iter().map(|p| p.name()).collect();
+                invalid(format!(
+                    "unknown policy '{s}'; use one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// Weights of the composite score's terms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weights {
+    pub availability: f64,
+    pub success: f64,
+    pub speed: f64,
+    pub affinity: f64,
+    pub fit: f64,
+    pub cost: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            availability: 0.5,
+            success: 0.3,
+            speed: 0.2,
+            affinity: 0.3,
+            fit: 0.2,
+            cost: 0.1,
+        }
+    }
+}
+
+impl Weights {
+    pub fn check(&self) -> CoreResult<()> {
+        for (name, w) in [
+            ("w_availability", self.availability),
+            ("w_success", self.success),
+            ("w_speed", self.speed),
+            ("w_affinity", self.affinity),
+            ("w_fit", self.fit),
+            ("w_cost", self.cost),
+        ] {
+            if !w.is_finite() || w < 0.0 {
+                return Err(invalid(format!(
+                    "{name} must be a finite number >= 0, got {w}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The composite score's terms for one worker and shape, each weighted.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Terms {
+    pub availability: f64,
+    pub success: f64,
+    pub speed: f64,
+    pub fit: f64,
+    pub cost: f64,
+    /// The warm bonus; 0 unless the task's affinity key is warm on the worker.
+    pub affinity: f64,
+}
+
+impl Terms {
+    pub fn total(&self) -> f64 {
+        self.availability + self.success + self.speed + self.fit + self.cost + self.affinity
+    }
+}
+
+/// How well a shape fits a worker, in [0, 1]: 1 = the worker has nothing the task does not
+/// need. Static, computed once per (shape, worker). It looks at the spare GPU count and, for GPU
+/// tasks, the spare memory of the GPUs it would get (log scale: 64x more than needed = no fit),
+/// so a small task prefers a small worker and big-memory workers stay free for big tasks.
+pub fn fit(shape: &Shape, worker: &Worker, qualifying: &[u32]) -> f64 {
+    let gpus = worker.gpus.len() as f64;
+    if shape.gpus == 0 {
+        return 1.0 / (1.0 + gpus);
+    }
+    let spare_count = (gpus - f64::from(shape.gpus)) / gpus;
+    let need = shape.min_gpu_memory_mb.max(4096) as f64;
+    let smallest = qualifying
+        .first()
+        .map_or(need, |&g| worker.gpus[g as usize].memory_total_mb as f64);
+    let spare_memory = ((smallest / need).log2() / 6.0).clamp(0.0, 1.0);
+    1.0 - 0.5 * spare_count - 0.5 * spare_memory
+}
+
+/// Expected cost of a task relative to the fleet, in $/h per unit speed: cost_per_hour divided
+/// by the worker's speed at the kind (so cost_per_hour x predicted runtime, up to the kind's
+/// fleet runtime, which is the same for every worker).
+pub fn relative_cost(worker: &Worker, kind: KindId, learning: &Learning) -> f64 {
+    worker.cost_per_hour / worker.speed_for(kind, learning).max(1e-3)
+}
+
+/// What ranking needs beyond the worker itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub weights: &'a Weights,
+    pub learning: &'a Learning,
+    pub kind: KindId,
+}
+
+impl Context<'_> {
+    pub fn terms(&self, w: &Worker, fit: f64) -> Terms {
+        let ws = self.weights;
+        let raw_speed = w.speed_for(self.kind, self.learning);
+        let speed = raw_speed.min(SPEED_CAP) / SPEED_CAP;
+        // Computed from the speed already at hand: the same as `relative_cost`.
+        let cheapness = 1.0 / (1.0 + w.cost_per_hour / raw_speed.max(1e-3));
+        Terms {
+            availability: ws.availability * w.availability(),
+            success: ws.success * w.success_rate,
+            speed: ws.speed * speed,
+            fit: ws.fit * fit,
+            cost: ws.cost * cheapness,
+            affinity: 0.0,
+        }
+    }
+
+    /// The policy's rank of a worker for the shape, higher = better. Composite: the score's bits
+    /// (scores are finite and >= 0, so their bits order like the numbers).
+    pub fn rank(&self, policy: Policy, w: &Worker, fit: f64) -> u64 {
+        let with_load = |primary: f64| score_bits(primary + 1e-6 * w.availability());
+        match policy {
+            Policy::RoundRobin => u64::MAX - w.last_tick,
+            Policy::LeastLoaded | Policy::Affinity => score_bits(w.availability()),
+            Policy::Performance => {
+                with_load(w.speed_for(self.kind, self.learning).min(SPEED_CAP * 5.0))
+            }
+            Policy::Cost => with_load(1.0 / (1.0 + relative_cost(w, self.kind, self.learning))),
+            Policy::Composite => score_bits(self.terms(w, fit).total()),
+        }
+    }
+}
+
+/// +0.0 folds a -0.0 into 0.0 so the bit pattern orders correctly.
+pub fn score_bits(score: f64) -> u64 {
+    (score.max(0.0) + 0.0).to_bits()
+}
+
+pub fn score_of(bits: u64) -> f64 {
+    f64::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_names_round_trip_and_unknown_ones_are_refused() {
+        for p in Policy::ALL {
+            assert_eq!(p.name().parse::<Policy>().unwrap(), p);
+        }
+        let err = "fastest".parse::<Policy>().unwrap_err().to_string();
+        assert!(err.contains("round_robin"), "{err}");
+    }
+
+    #[test]
+    fn weights_must_be_finite_and_non_negative() {
+        assert!(Weights::default().check().is_ok());
+        for bad in [-0.1, f64::NAN, f64::INFINITY] {
+            let w = Weights {
+                fit: bad,
+                ..Weights::default()
+            };
+            assert!(w.check().is_err(), "{bad} accepted");
+        }
+    }
+}

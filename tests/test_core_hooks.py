@@ -1,0 +1,62 @@
+"""The core's operational hooks through the Python binding: GPU health, quarantine, avoid_worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane._core import InvalidArgument, Scheduler
+
+A10 = (24576, 8.6, "NVIDIA A10")
+
+
+def test_unhealthy_gpu_is_never_given_but_cpu_work_still_runs() -> None:
+    s = Scheduler()
+    w = s.add_worker(4, [A10, A10], "cuda", [], [], 0)
+    one_gpu = s.shape("infer", 1, 0, [], "", [], 0.0)
+    cpu = s.shape("etl", 0, 0, [], "", [], 0.0)
+    s.set_gpu_healthy(w, 0, False)
+    s.set_gpu_healthy(w, 1, False)
+    s.push(1, one_gpu, 1, 1, 0)
+    s.push(2, cpu, 1, 2, 0)
+    assert s.place(0, 10) == [(2, w, [])], "only the CPU task may run"
+    assert "healthy GPUs" in s.explain(one_gpu, 1)
+    assert s.worker_info(w)["unhealthy_gpus"] == 2
+    s.set_gpu_healthy(w, 1, True)
+    assert s.place(0, 10) == [(1, w, [1])]
+    with pytest.raises(InvalidArgument):
+        s.set_gpu_healthy(w, 5, False)
+
+
+def test_quarantine_does_not_undo_a_drain_and_shows_in_worker_info() -> None:
+    s = Scheduler()
+    w = s.add_worker(2, [], "", [], [], 0)
+    shape = s.shape("k", 0, 0, [], "", [], 0.0)
+    s.set_draining(w, True)
+    s.set_quarantined(w, True)
+    s.set_draining(w, False)
+    s.push(1, shape, 1, 1, 0)
+    assert s.place(0, 10) == [], "still quarantined after the drain ended"
+    assert s.explain(shape, 1) == "the 1 worker that can run it is quarantined"
+    info = s.worker_info(w)
+    assert (info["quarantined"], info["draining"]) == (1.0, 0.0)
+    assert s.slots() == (0, 0)
+    s.set_quarantined(w, False)
+    assert s.place(0, 10) == [(1, w, [])]
+
+
+def test_avoid_worker_waits_for_another_eligible_worker() -> None:
+    s = Scheduler()
+    shape = s.shape("k", 0, 0, [], "", [], 0.0)
+    a = s.add_worker(1, [], "", [], [], 0)
+    s.push(1, shape, 1, 1, 0, avoid_worker=a)
+    assert s.place(0, 10) == [(1, a, [])], "the only worker is used even when avoided"
+    s.finish(1, False, 5)
+    b = s.add_worker(1, [], "", [], [], 0)
+    s.push_many([3, 4], [shape, shape], [1, 1], [3, 4], [0, 0], avoid_workers=[b, a])
+    placed = sorted(s.place(0, 10))
+    assert placed == [(3, a, []), (4, b, [])], "each task avoids the worker it was told to"
+    s.push(5, shape, 1, 5, 0, avoid_worker=b)
+    s.finish(4, True, 5)
+    assert s.place(0, 10) == [], "task 5 waits for a rather than run on b"
+    with pytest.raises(InvalidArgument):
+        s.push_many([6], [shape], [1], [6], [0], avoid_workers=[])
