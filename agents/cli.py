@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from agents.handlers import BUILTIN_HANDLERS, Handler, load_handler
 from agents.inventory import parse_gpus
 from agents.runtime import Agent, default_worker_id
 
-__all__ = ["build_agent", "main", "parser"]
+if TYPE_CHECKING:
+    from agents.nvidia import NvidiaGpus
+
+__all__ = ["build_agent", "main", "open_nvidia", "parser"]
+
+log = logging.getLogger("gpucp.agent")
 
 _LABEL = re.compile(r"^[A-Za-z0-9_.\-/]+(=[^\s]*)?$")
 
@@ -24,10 +31,39 @@ def parser() -> argparse.ArgumentParser:
         description="Run a worker agent: connect to the control plane, register, and run the tasks it assigns. "
         "SIGTERM or Ctrl-C drains: running tasks finish, then the agent exits.",
     )
-    p.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT", help="control plane address")
+    p.add_argument(
+        "--server",
+        default=os.environ.get("GPUCP_SERVER", "127.0.0.1:50051"),
+        metavar="HOST:PORT",
+        help="control plane address (default: $GPUCP_SERVER, else 127.0.0.1:50051)",
+    )
     p.add_argument("--worker-id", default=None, help="worker name (default: <hostname>-<pid>)")
     p.add_argument("--slots", type=int, default=None, help="tasks run at once (default: number of GPUs, or 1)")
     p.add_argument("--gpus", default="", metavar="SPEC", help='simulated GPUs, e.g. "2xA100-80GB,1xT4-16GB"')
+    p.add_argument(
+        "--nvidia",
+        action="store_true",
+        help="use this machine's NVIDIA GPUs through NVML (libnvidia-ml.so.1) instead of simulated ones",
+    )
+    p.add_argument(
+        "--cpu-fallback",
+        action="store_true",
+        help="with --nvidia: when no NVIDIA driver or GPU is usable, register as a CPU-only worker instead of exiting",
+    )
+    p.add_argument(
+        "--throttle-heartbeats",
+        type=int,
+        default=3,
+        metavar="N",
+        help="with --nvidia: a GPU slowed down by its hardware (thermal, power brake) for N heartbeats in a row "
+        "is reported unhealthy (default 3)",
+    )
+    p.add_argument(
+        "--runpod",
+        action="store_true",
+        help="this agent runs in a RunPod pod: register as provider runpod with worker id and label pod=$RUNPOD_POD_ID "
+        "and the pod's price (automatic when RUNPOD_POD_ID is set)",
+    )
     p.add_argument("--backend", default=None, help='"cuda", "rocm" or "cpu" (default: cuda with GPUs, else cpu)')
     p.add_argument(
         "--label", action="append", default=[], metavar="KEY=VALUE", help="worker label, KEY=VALUE or a bare word (repeatable)"
@@ -41,20 +77,72 @@ def parser() -> argparse.ArgumentParser:
         help="add a handler: fn(payload: bytes, ctx) -> bytes | str | None (repeatable)",
     )
     p.add_argument("--cost-per-hour", type=float, default=0.0, help="price of this worker per hour, for placement")
-    p.add_argument("--provider", default="local", help='where the worker runs: "local", "nvidia", "runpod", ...')
+    p.add_argument(
+        "--provider",
+        default=None,
+        help='where the worker runs: "local", "nvidia", "runpod", ... (default: "nvidia" with --nvidia, else "local")',
+    )
     p.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS", help="how long a drain waits for tasks")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
     return p
 
 
-def build_agent(args: argparse.Namespace) -> Agent:
-    """Return the Agent the parsed flags describe; raise ValueError with a sentence on a bad flag."""
+def open_nvidia(args: argparse.Namespace) -> NvidiaGpus | None:
+    """Initialise NVML for --nvidia; None when it is unusable and --cpu-fallback allows a CPU-only worker.
+
+    Raises NvidiaUnavailable (a sentence naming what is missing) otherwise, ValueError on bad flags.
+    """
+    if args.gpus:
+        raise ValueError("--gpus describes simulated GPUs and cannot be combined with --nvidia.")
+    if args.throttle_heartbeats < 1:
+        raise ValueError(f"--throttle-heartbeats must be at least 1, got {args.throttle_heartbeats}.")
+    try:
+        from agents.nvidia import NvidiaGpus, NvidiaUnavailable
+    except ImportError as exc:
+        if args.cpu_fallback:
+            log.warning("nvidia-ml-py is not installed (%s); --cpu-fallback: registering as a CPU-only worker", exc)
+            return None
+        raise ValueError(f"--nvidia needs nvidia-ml-py: pip install nvidia-ml-py ({exc}).") from exc
+    try:
+        nvidia = NvidiaGpus.open(args.throttle_heartbeats)
+    except NvidiaUnavailable as exc:
+        if not args.cpu_fallback:
+            raise
+        log.warning("%s; --cpu-fallback: registering as a CPU-only worker", exc)
+        return None
+    return nvidia
+
+
+def build_agent(args: argparse.Namespace, nvidia: NvidiaGpus | None = None) -> Agent:
+    """Return the Agent the parsed flags describe; raise ValueError with a sentence on a bad flag.
+
+    With --nvidia, `nvidia` is the initialised NVML inventory (None: --cpu-fallback, CPU only).
+    """
     worker_id = args.worker_id or default_worker_id()
-    gpus = parse_gpus(args.gpus, worker_id)
+    if args.cpu_fallback and not args.nvidia:
+        raise ValueError("--cpu-fallback only applies with --nvidia.")
+    labels = list(args.label)
+    gpus = [] if args.nvidia else parse_gpus(args.gpus, worker_id)
+    provider = args.provider or "local"
+    extra: dict[str, object] = {}
+    if nvidia is not None:
+        gpus = nvidia.discover()
+        if not gpus:
+            if not args.cpu_fallback:
+                raise ValueError(
+                    "NVIDIA driver loaded but NVML reports no usable GPU; check nvidia-smi, "
+                    "or run with --cpu-fallback to serve CPU tasks."
+                )
+            log.warning("NVML reports no usable GPU; --cpu-fallback: registering as a CPU-only worker")
+        else:
+            provider = args.provider or "nvidia"
+            given = {label.partition("=")[0] for label in labels}
+            labels += [label for label in nvidia.labels() if label.partition("=")[0] not in given]
+            extra = {"gpu_stats": nvidia.stats, "task_env": nvidia.task_env}
     slots = args.slots if args.slots is not None else max(1, len(gpus))
     if slots < 1:
         raise ValueError(f"--slots must be at least 1, got {slots}.")
-    for label in args.label:
+    for label in labels:
         if not _LABEL.match(label):
             raise ValueError(f"--label {label!r} must be KEY=VALUE or a bare word without spaces.")
     handlers: dict[str, Handler] = dict(BUILTIN_HANDLERS)
@@ -74,36 +162,50 @@ def build_agent(args: argparse.Namespace) -> Agent:
     return Agent(
         server=args.server,
         worker_id=worker_id,
-        provider=args.provider,
+        provider=provider,
         slots=slots,
         gpus=gpus,
         backend=args.backend or ("cuda" if gpus else "cpu"),
-        labels=list(args.label),
+        labels=labels,
         kinds=kinds,
         cost_per_hour=args.cost_per_hour,
         handlers=handlers,
         drain_timeout_s=args.drain_timeout,
+        **extra,  # type: ignore[arg-type]
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `gpucp agent`; return the exit code (0 after a drain, 2 for bad flags)."""
+    """Run `gpucp agent`; return the exit code (0 after a drain, 2 for bad flags or a missing NVIDIA driver)."""
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    nvidia = None
     try:
-        agent = build_agent(args)
-    except ValueError as exc:
-        print(f"gpucp agent: error: {exc}", file=sys.stderr)
-        return 2
-    logging.getLogger("gpucp.agent").info(
-        "agent %s: %d slot(s), %d GPU(s), kinds %s, server %s",
-        agent.worker_id,
-        agent.slots,
-        len(agent.gpus),
-        ",".join(agent.kinds or []),
-        agent.server,
-    )
-    asyncio.run(agent.run())
-    return 0
+        try:
+            if args.runpod or (os.environ.get("RUNPOD_POD_ID") and args.provider is None):
+                from agents.runpod import apply_pod_identity
+
+                apply_pod_identity(args)
+            nvidia = open_nvidia(args) if args.nvidia else None
+            agent = build_agent(args, nvidia)
+        except (ValueError, RuntimeError) as exc:  # RuntimeError: NvidiaUnavailable, or NVML failing midway
+            print(f"gpucp agent: error: {exc}", file=sys.stderr)
+            return 2
+        log.info(
+            "agent %s: %d slot(s), %d GPU(s), backend %s, provider %s, labels %s, kinds %s, server %s",
+            agent.worker_id,
+            agent.slots,
+            len(agent.gpus),
+            agent.backend,
+            agent.provider,
+            ",".join(agent.labels),
+            ",".join(agent.kinds or []),
+            agent.server,
+        )
+        asyncio.run(agent.run())
+        return 0
+    finally:
+        if nvidia is not None:
+            nvidia.close()

@@ -11,7 +11,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import grpc
 
@@ -42,6 +42,8 @@ _MIN_HEARTBEAT_MS = 10
 _DELIVERY_CONFIRM_S = 15.0
 
 GpuStatsSource = Callable[[Sequence[common_pb2.Gpu], Iterable[int]], list[common_pb2.GpuStats]]
+# Extra environment for a task given these GPU indices (e.g. MIG instance UUIDs in CUDA_VISIBLE_DEVICES).
+TaskEnvSource = Callable[[Sequence[int]], Mapping[str, str]]
 TaskKey = tuple[str, int]
 
 
@@ -116,6 +118,8 @@ class Agent:
     register_timeout_s: float = 30.0
     install_signal_handlers: bool = True
     gpu_stats: GpuStatsSource = simulated_gpu_stats
+    # None: CUDA_VISIBLE_DEVICES lists the GPU indices as given.
+    task_env: TaskEnvSource | None = None
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -481,6 +485,8 @@ class Agent:
             if handler is None:
                 raise LookupError(f"this worker has no handler for kind {task.spec.kind!r} (it runs {self.kinds})")
             ctx = TaskContext.for_task(task, self.worker_id, progress=lambda p: self._report_progress(key, p))
+            if self.task_env is not None and ctx.gpu_indices:
+                ctx = dataclasses.replace(ctx, env={**ctx.env, **self.task_env(ctx.gpu_indices)})
             async with self._slot_gate:
                 attempt.executing = True
                 try:

@@ -32,6 +32,12 @@ class ServerConfig:
     reconnect_grace_s: float | None = None
     # A pending task that no connected worker could ever run fails after this long.
     queue_timeout_s: float = 3600.0
+    # Reputation: this many failures, within the window, of tasks that then succeeded elsewhere
+    # quarantine a worker for the cooling period (doubling on each relapse, up to the cap).
+    quarantine_after: int = 3
+    blame_window_s: float = 600.0
+    quarantine_cooling_s: float = 60.0
+    quarantine_max_cooling_s: float = 3600.0
 
     @property
     def heartbeat_interval_ms(self) -> int:

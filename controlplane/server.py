@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.autoscaler import Autoscaler, load_config
 from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
 from controlplane.services import AdminService, SchedulerService, WorkersService
@@ -49,25 +50,30 @@ class Running:
     control: ControlPlane
     health: health.aio.HealthServicer
     store: Store
+    autoscaler: Autoscaler | None = None
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new work, tell health checkers, finish in-flight calls, persist everything."""
         self.control.accepting = False
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
         await self.control.stop()
         await self.server.stop(grace_s)
         self.store.close()
 
 
 async def start(config: ServerConfig) -> Running:
+    autoscale = load_config(config.autoscale) if config.autoscale else None  # fail before binding
     store = Store(config.db, synchronous=config.db_synchronous)
     control = ControlPlane(config, store)
     await control.start()
     server = grpc.aio.server(options=SERVER_OPTIONS)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(control), server)
     workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(control), server)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(control), server)
+    admin = AdminService(control)
+    admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -83,7 +89,16 @@ async def start(config: ServerConfig) -> Running:
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("gpucp control plane listening on port %d (db %s)", port, config.db)
-    return Running(server, port, control, health_servicer, store)
+    running = Running(server, port, control, health_servicer, store)
+    if autoscale is not None:
+        host = config.listen.rpartition(":")[0]
+        running.autoscaler = admin.autoscaler = Autoscaler(control, autoscale, server_address=f"{host}:{port}")
+        try:
+            await running.autoscaler.start()
+        except ValueError:
+            await running.stop(0)
+            raise
+    return running
 
 
 async def serve(config: ServerConfig, *, ready_file: str | None = None) -> None:

@@ -10,8 +10,10 @@ import threading
 import time
 from collections.abc import Sequence
 
+import grpc
+
 from gpucp.client import DEFAULT_SERVER, Client, GpucpError, task_spec
-from gpucp.v1 import common_pb2
+from gpucp.v1 import admin_pb2, common_pb2
 
 TERMINAL = {
     common_pb2.TASK_STATE_SUCCEEDED,
@@ -61,8 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--default-timeout", type=float, default=3600.0, metavar="SECONDS",
                        help="execution limit of tasks that set none (default %(default)s)")
     serve.add_argument("--default-retries", type=int, default=3, metavar="N")
+    serve.add_argument("--retry-base", type=float, default=0.5, metavar="SECONDS",
+                       help="first retry backoff, doubled per failure with jitter (default %(default)s)")
+    serve.add_argument("--retry-cap", type=float, default=30.0, metavar="SECONDS",
+                       help="longest retry backoff (default %(default)s)")
+    serve.add_argument("--reconnect-grace", type=float, metavar="SECONDS",
+                       help="how long a disconnected worker keeps its tasks (default: one heartbeat interval)")
+    serve.add_argument("--queue-timeout", type=float, default=3600.0, metavar="SECONDS",
+                       help="a task no connected worker can run fails after this long (default %(default)s)")
+    serve.add_argument("--quarantine-after", type=int, default=3, metavar="N",
+                       help="quarantine a worker after N failures other workers fixed (default %(default)s)")
+    serve.add_argument("--quarantine-cooling", type=float, default=60.0, metavar="SECONDS",
+                       help="first quarantine length, doubled on relapse (default %(default)s)")
     serve.add_argument("--sync", choices=("normal", "full"), default="normal",
                        help="full: also survive power loss, one fsync per group commit")
+    serve.add_argument("--autoscale", metavar="CONFIG", default="",
+                       help="scale RunPod pools from the queue as this TOML/JSON file says "
+                            "(needs RUNPOD_API_KEY in the environment)")
     serve.add_argument("--ready-file", help="write the bound port here once serving")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(run=run_serve)
@@ -91,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--server", default=DEFAULT_SERVER)
     status.set_defaults(run=run_status)
 
+    costs = sub.add_parser("costs", help="what the autoscaled pods cost, per pod, pool and tenant")
+    costs.add_argument("--server", default=DEFAULT_SERVER)
+    costs.add_argument("--events", type=int, default=10, metavar="N",
+                       help="also show the last N scaling decisions (default %(default)s, 0: none)")
+    costs.set_defaults(run=run_costs)
+
     get = sub.add_parser("get", help="show one task")
     get.add_argument("task_id")
     get.add_argument("--server", default=DEFAULT_SERVER)
@@ -116,6 +139,13 @@ def run_serve(args: argparse.Namespace) -> int:
         max_payload_bytes=args.max_payload,
         default_timeout_ms=int(args.default_timeout * 1000),
         default_max_retries=args.default_retries,
+        retry_base_s=args.retry_base,
+        retry_cap_s=args.retry_cap,
+        reconnect_grace_s=args.reconnect_grace,
+        queue_timeout_s=args.queue_timeout,
+        quarantine_after=args.quarantine_after,
+        quarantine_cooling_s=args.quarantine_cooling,
+        autoscale=args.autoscale,
     )
     asyncio.run(serve(config, ready_file=args.ready_file))
     return 0
@@ -205,6 +235,7 @@ def run_status(args: argparse.Namespace) -> int:
     with Client(args.server) as client:
         stats = client.stats()
         workers = client.workers()
+        report = cost_report(client)
     print(f"workers {stats.workers}   slots {stats.slots_free} free of {stats.slots_total}   "
           f"placements/s {stats.placements_per_second:.1f}   stale updates {stats.stale_updates}")
     states = ", ".join(f"{k.removeprefix('TASK_STATE_').lower()} {v}" for k, v in sorted(stats.tasks_by_state.items()))
@@ -219,9 +250,68 @@ def run_status(args: argparse.Namespace) -> int:
             w.health, str(w.tasks_succeeded), str(w.tasks_failed), f"{w.success_rate:.2f}",
             f"{w.speed:.2f}", f"{w.cost_per_hour:.2f}",
         ))
+    print_table(rows)
+    if report is not None:
+        print(f"cost: {money(report.total_cost)} so far, {money(report.total_cost_per_hour)}/h now, "
+              f"{sum(p.pods for p in report.pools)} pods in {len(report.pools)} pools (gpucp costs for more)")
+    return 0
+
+
+def money(dollars: float) -> str:
+    return f"${dollars:.2f}" if dollars >= 1 or dollars == 0 else f"${dollars:.4f}"
+
+
+def print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def cost_report(client: Client) -> admin_pb2.CostReport | None:
+    """The cost report, or None when the control plane runs without an autoscaler."""
+    try:
+        return client.costs()
+    except GpucpError as exc:
+        if exc.code == grpc.StatusCode.FAILED_PRECONDITION:
+            return None
+        raise
+
+
+def run_costs(args: argparse.Namespace) -> int:
+    with Client(args.server) as client:
+        report = cost_report(client)
+        if report is None:
+            print("gpucp: the control plane runs without an autoscaler (gpucp serve --autoscale CONFIG)",
+                  file=sys.stderr)
+            return 1
+        events = client.scaling_events(limit=args.events) if args.events > 0 else []
+    print(f"total ${report.total_cost:.4f}   now ${report.total_cost_per_hour:.2f}/h   "
+          f"attributed to tenants ${report.attributed_cost:.4f}   "
+          f"idle/cold start ${report.total_cost - report.attributed_cost:.4f}")
+    rows: list[tuple[str, ...]] = [("POOL", "GPU", "PODS", "STARTING", "MIN-MAX", "DEMAND", "$/H", "COST")]
+    for p in report.pools:
+        rows.append((p.pool, p.gpu_type_id, str(p.pods), str(p.pods_starting), f"{p.min_pods}-{p.max_pods}",
+                     str(p.pending_demand), f"{p.cost_per_hour:.2f}", f"{p.cost:.4f}"))
+    print_table(rows)
+    if report.pods:
+        print()
+        rows = [("POD", "POOL", "STATE", "WORKER", "GPUS", "$/H", "UPTIME", "COST")]
+        for pod in report.pods:
+            rows.append((pod.pod_id, pod.pool, pod.state, pod.worker_id or "-",
+                         f"{pod.gpu_count}x {pod.gpu_type_id}", f"{pod.cost_per_hour:.2f}",
+                         f"{pod.uptime_s:.0f}s", f"{pod.cost:.4f}"))
+        print_table(rows)
+    if report.tenants:
+        print()
+        rows = [("TENANT", "ATTEMPTS", "GPU-SECONDS", "COST")]
+        for t in report.tenants:
+            rows.append((t.tenant, str(t.attempts), f"{t.gpu_seconds:.1f}", f"{t.cost:.4f}"))
+        print_table(rows)
+    if events:
+        print()
+        for e in events:
+            at = time.strftime("%H:%M:%S", time.localtime(e.at_ms / 1000))
+            print(f"{at} {e.action:<16} {e.message}")
     return 0
 
 

@@ -189,6 +189,15 @@ class Client:
     def drain(self, worker_id: str) -> None:
         self._call(self._admin.DrainWorker, admin_pb2.DrainWorkerRequest(worker_id=worker_id))
 
+    def costs(self) -> admin_pb2.CostReport:
+        """Spend per pod, pool and tenant (FAILED_PRECONDITION when the autoscaler is off)."""
+        return self._call(self._admin.GetCosts, admin_pb2.GetCostsRequest())
+
+    def scaling_events(self, limit: int = 0, pool: str = "") -> list[admin_pb2.ScalingEvent]:
+        """The autoscaler's decisions, newest last (limit 0: all that are kept)."""
+        request = admin_pb2.ListScalingEventsRequest(limit=limit, pool=pool)
+        return list(self._call(self._admin.ListScalingEvents, request).events)
+
 
 def _events(call) -> Iterator[scheduler_pb2.TaskEvent]:  # type: ignore[no-untyped-def]
     try:

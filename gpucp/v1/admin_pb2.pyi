@@ -100,3 +100,117 @@ class DrainWorkerRequest(_message.Message):
 class DrainWorkerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetCostsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PodCost(_message.Message):
+    __slots__ = ("pod_id", "pool", "worker_id", "gpu_type_id", "gpu_count", "cost_per_hour", "uptime_s", "cost", "state", "created_at_ms", "terminated_at_ms")
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    GPU_TYPE_ID_FIELD_NUMBER: _ClassVar[int]
+    GPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    TERMINATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    pod_id: str
+    pool: str
+    worker_id: str
+    gpu_type_id: str
+    gpu_count: int
+    cost_per_hour: float
+    uptime_s: float
+    cost: float
+    state: str
+    created_at_ms: int
+    terminated_at_ms: int
+    def __init__(self, pod_id: _Optional[str] = ..., pool: _Optional[str] = ..., worker_id: _Optional[str] = ..., gpu_type_id: _Optional[str] = ..., gpu_count: _Optional[int] = ..., cost_per_hour: _Optional[float] = ..., uptime_s: _Optional[float] = ..., cost: _Optional[float] = ..., state: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., terminated_at_ms: _Optional[int] = ...) -> None: ...
+
+class PoolCost(_message.Message):
+    __slots__ = ("pool", "gpu_type_id", "min_pods", "max_pods", "pods", "pods_starting", "pending_demand", "cost", "cost_per_hour")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    GPU_TYPE_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_PODS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PODS_FIELD_NUMBER: _ClassVar[int]
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    PODS_STARTING_FIELD_NUMBER: _ClassVar[int]
+    PENDING_DEMAND_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    gpu_type_id: str
+    min_pods: int
+    max_pods: int
+    pods: int
+    pods_starting: int
+    pending_demand: int
+    cost: float
+    cost_per_hour: float
+    def __init__(self, pool: _Optional[str] = ..., gpu_type_id: _Optional[str] = ..., min_pods: _Optional[int] = ..., max_pods: _Optional[int] = ..., pods: _Optional[int] = ..., pods_starting: _Optional[int] = ..., pending_demand: _Optional[int] = ..., cost: _Optional[float] = ..., cost_per_hour: _Optional[float] = ...) -> None: ...
+
+class TenantCost(_message.Message):
+    __slots__ = ("tenant", "gpu_seconds", "cost", "attempts")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    gpu_seconds: float
+    cost: float
+    attempts: int
+    def __init__(self, tenant: _Optional[str] = ..., gpu_seconds: _Optional[float] = ..., cost: _Optional[float] = ..., attempts: _Optional[int] = ...) -> None: ...
+
+class CostReport(_message.Message):
+    __slots__ = ("pods", "pools", "tenants", "total_cost", "total_cost_per_hour", "attributed_cost", "at_ms")
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_COST_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTED_COST_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    pods: _containers.RepeatedCompositeFieldContainer[PodCost]
+    pools: _containers.RepeatedCompositeFieldContainer[PoolCost]
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantCost]
+    total_cost: float
+    total_cost_per_hour: float
+    attributed_cost: float
+    at_ms: int
+    def __init__(self, pods: _Optional[_Iterable[_Union[PodCost, _Mapping]]] = ..., pools: _Optional[_Iterable[_Union[PoolCost, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[TenantCost, _Mapping]]] = ..., total_cost: _Optional[float] = ..., total_cost_per_hour: _Optional[float] = ..., attributed_cost: _Optional[float] = ..., at_ms: _Optional[int] = ...) -> None: ...
+
+class ListScalingEventsRequest(_message.Message):
+    __slots__ = ("limit", "pool")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    pool: str
+    def __init__(self, limit: _Optional[int] = ..., pool: _Optional[str] = ...) -> None: ...
+
+class ScalingEvent(_message.Message):
+    __slots__ = ("at_ms", "pool", "action", "from_pods", "to_pods", "pod_id", "message")
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    FROM_PODS_FIELD_NUMBER: _ClassVar[int]
+    TO_PODS_FIELD_NUMBER: _ClassVar[int]
+    POD_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    at_ms: int
+    pool: str
+    action: str
+    from_pods: int
+    to_pods: int
+    pod_id: str
+    message: str
+    def __init__(self, at_ms: _Optional[int] = ..., pool: _Optional[str] = ..., action: _Optional[str] = ..., from_pods: _Optional[int] = ..., to_pods: _Optional[int] = ..., pod_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ListScalingEventsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[ScalingEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[ScalingEvent, _Mapping]]] = ...) -> None: ...

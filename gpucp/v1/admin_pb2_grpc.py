@@ -50,6 +50,16 @@ class AdminStub:
                 request_serializer=gpucp_dot_v1_dot_admin__pb2.DrainWorkerRequest.SerializeToString,
                 response_deserializer=gpucp_dot_v1_dot_admin__pb2.DrainWorkerResponse.FromString,
                 _registered_method=True)
+        self.GetCosts = channel.unary_unary(
+                '/gpucp.v1.Admin/GetCosts',
+                request_serializer=gpucp_dot_v1_dot_admin__pb2.GetCostsRequest.SerializeToString,
+                response_deserializer=gpucp_dot_v1_dot_admin__pb2.CostReport.FromString,
+                _registered_method=True)
+        self.ListScalingEvents = channel.unary_unary(
+                '/gpucp.v1.Admin/ListScalingEvents',
+                request_serializer=gpucp_dot_v1_dot_admin__pb2.ListScalingEventsRequest.SerializeToString,
+                response_deserializer=gpucp_dot_v1_dot_admin__pb2.ListScalingEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -74,6 +84,21 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCosts(self, request, context):
+        """What the autoscaled pods cost: per pod, per pool, per tenant. FAILED_PRECONDITION when
+        the control plane runs without --autoscale.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListScalingEvents(self, request, context):
+        """The autoscaler's decision log, newest last.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +116,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DrainWorker,
                     request_deserializer=gpucp_dot_v1_dot_admin__pb2.DrainWorkerRequest.FromString,
                     response_serializer=gpucp_dot_v1_dot_admin__pb2.DrainWorkerResponse.SerializeToString,
+            ),
+            'GetCosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCosts,
+                    request_deserializer=gpucp_dot_v1_dot_admin__pb2.GetCostsRequest.FromString,
+                    response_serializer=gpucp_dot_v1_dot_admin__pb2.CostReport.SerializeToString,
+            ),
+            'ListScalingEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListScalingEvents,
+                    request_deserializer=gpucp_dot_v1_dot_admin__pb2.ListScalingEventsRequest.FromString,
+                    response_serializer=gpucp_dot_v1_dot_admin__pb2.ListScalingEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +210,60 @@ class Admin:
             '/gpucp.v1.Admin/DrainWorker',
             gpucp_dot_v1_dot_admin__pb2.DrainWorkerRequest.SerializeToString,
             gpucp_dot_v1_dot_admin__pb2.DrainWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpucp.v1.Admin/GetCosts',
+            gpucp_dot_v1_dot_admin__pb2.GetCostsRequest.SerializeToString,
+            gpucp_dot_v1_dot_admin__pb2.CostReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListScalingEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpucp.v1.Admin/ListScalingEvents',
+            gpucp_dot_v1_dot_admin__pb2.ListScalingEventsRequest.SerializeToString,
+            gpucp_dot_v1_dot_admin__pb2.ListScalingEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,239 @@
+"""The autoscaler end to end: a real control plane with --autoscale, the real `runpod` SDK
+talking to the fake RunPod API, and agents (started by the fake, one per pod) that register
+and run the tasks."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cluster import ControlPlaneProcess, eventually
+from fake_runpod import FakeRunPod
+from gpucp import Client
+from gpucp.client import task_spec
+from gpucp.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+
+A100 = "NVIDIA A100 80GB PCIe"
+A100_SECURE_PRICE = 1.64
+# Our bill starts when the create call returns and ends when the terminate call returns; the
+# fake's starts and ends while it handles those calls. The gap is one loopback HTTP response
+# (milliseconds) plus thread scheduling on a busy 2-core machine: 0.5 s is generous.
+UPTIME_TOLERANCE_S = 0.5
+
+
+def pool(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": "a100",
+        "gpu_type_id": A100,
+        "gpu_count": 1,
+        "image": "acme/gpucp-agent:test",
+        "cloud_type": "SECURE",
+        "min": 0,
+        "max": 3,
+        "idle_timeout_s": 60,
+        "scale_up_cooldown_s": 0,
+        "scale_down_cooldown_s": 0.5,
+        "register_timeout_s": 60,
+    }
+    return {**base, **overrides}
+
+
+class Admin:
+    def __init__(self, address: str) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = admin_pb2_grpc.AdminStub(self._channel)
+
+    def costs(self) -> admin_pb2.CostReport:
+        return self._stub.GetCosts(admin_pb2.GetCostsRequest(), timeout=10)
+
+    def events(self, action: str = "") -> list[admin_pb2.ScalingEvent]:
+        events = self._stub.ListScalingEvents(admin_pb2.ListScalingEventsRequest(), timeout=10).events
+        return [e for e in events if not action or e.action == action]
+
+    def log(self) -> str:
+        return "\n".join(f"{e.action}: {e.message}" for e in self.events())
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+@contextmanager
+def autoscaled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pools: list[dict[str, Any]], before_start: Any = None,
+    **fake_options: Any,
+) -> Iterator[tuple[FakeRunPod, ControlPlaneProcess, Client, Admin]]:
+    with FakeRunPod(tmp_path, **fake_options) as fake:
+        for key, value in fake.sdk_env().items():
+            monkeypatch.setenv(key, value)
+        config = tmp_path / "autoscale.json"
+        config.write_text(json.dumps({
+            "interval_s": 0.2,
+            "api": {"max_attempts": 3, "backoff_base_s": 0.05, "backoff_cap_s": 0.2},
+            "pool": pools,
+        }))
+        if before_start is not None:
+            before_start(fake)
+        cp = ControlPlaneProcess(tmp_path, "--autoscale", str(config))
+        cp.start()
+        client, admin = cp.client(), Admin(cp.address)
+        try:
+            yield fake, cp, client, admin
+        except BaseException:
+            print("control plane log:\n", cp.log())
+            for pod_id in fake.pods:
+                print(f"agent of pod {pod_id}:\n", fake.agent_log(pod_id))
+            raise
+        finally:
+            client.close()
+            admin.close()
+            if cp.proc is not None and cp.proc.poll() is None:
+                cp.proc.kill()
+                cp.proc.wait()
+
+
+def gpu_task(tenant: str, seconds: float) -> common_pb2.TaskSpec:
+    return task_spec("sleep", json.dumps({"seconds": seconds}), tenant=tenant, gpus=1,
+                     min_gpu_memory_mb=40 * 1024, max_retries=0)
+
+
+def test_burst_scales_up_runs_on_pods_scales_down_and_bills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with autoscaled(tmp_path, monkeypatch, [pool(max=3, idle_timeout_s=1.5)]) as (fake, cp, client, admin):
+        assert fake.live_pods() == [], "min is 0: no pod before there is work"
+        specs = [gpu_task("alice", 1.0)] * 4 + [gpu_task("bob", 1.0)] * 2
+        ids = client.submit_many(specs)
+
+        # 1. The burst scales the pool up through the SDK; the pods' agents register and run it all.
+        ups = eventually(lambda: admin.events("scale_up"), 10, "a scale-up decision")
+        assert "scaled pool a100 from 0 to 3: 6 pending tasks need 1 GPU with >= 40 GB" in ups[0].message, admin.log()
+        tasks = [client.wait(t, timeout_s=60) for t in ids]
+        assert [t.state for t in tasks] == [common_pb2.TASK_STATE_SUCCEEDED] * 6, [t.error for t in tasks]
+        pods = {p.id: p for p in fake.pods.values()}
+        assert len(pods) == 3 and fake.peak_live_pods == 3, f"expected 3 pods, the fake has {len(pods)}"
+        assert {t.worker_id for t in tasks} <= set(pods), "tasks ran somewhere other than the pods"
+        workers = {w.worker_id: w for w in client.workers()}
+        for pod_id in pods:
+            w = workers[pod_id]
+            assert w.provider == "runpod" and f"pod={pod_id}" in w.labels and "pool=a100" in w.labels
+            assert w.cost_per_hour == pytest.approx(A100_SECURE_PRICE), "the agent did not register the pod's price"
+        assert all(p.env["GPUCP_SERVER"] == cp.address for p in pods.values())
+
+        # 2. Idle past the timeout: back to min (0), every pod terminated at RunPod.
+        eventually(lambda: all(p.status == "TERMINATED" for p in fake.pods.values()), 20, "the idle pods to be terminated")
+        downs = admin.events("scale_down")
+        assert downs and "idle for more than 1.5 s" in downs[0].message, admin.log()
+        assert len(admin.events("terminated")) == 3
+        eventually(lambda: admin.costs().pools[0].pods == 0, 5, "the pool to report 0 pods")
+
+        # 5. The bill matches the fake's prices x uptimes, and the tenants' shares add up.
+        report = admin.costs()
+        assert {p.pod_id for p in report.pods} == set(pods)
+        for billed in report.pods:
+            real = fake.pods[billed.pod_id]
+            assert billed.state == "terminated" and billed.cost_per_hour == pytest.approx(real.cost_per_hr)
+            assert abs(billed.uptime_s - real.uptime_s()) < UPTIME_TOLERANCE_S, (billed.uptime_s, real.uptime_s())
+            assert abs(billed.cost - real.billed()) <= real.cost_per_hr * UPTIME_TOLERANCE_S / 3600
+        assert report.total_cost == pytest.approx(sum(p.cost for p in report.pods))
+        assert report.pools[0].cost == pytest.approx(report.total_cost)
+        assert report.total_cost_per_hour == 0, "no pod is running any more"
+
+        tenants = {t.tenant: t for t in report.tenants}
+        assert set(tenants) == {"alice", "bob"}
+        for tenant, mine in (("alice", tasks[:4]), ("bob", tasks[4:])):
+            seconds = sum((t.finished_at_ms - t.started_at_ms) / 1000 for t in mine)
+            # Each attempt is charged from its assignment to its outcome event: the same clock
+            # readings the task record keeps, to the millisecond.
+            assert tenants[tenant].attempts == len(mine)
+            assert tenants[tenant].gpu_seconds == pytest.approx(seconds, abs=0.01 * len(mine))
+            assert tenants[tenant].cost == pytest.approx(seconds * A100_SECURE_PRICE / 3600, rel=0.02)
+        assert report.attributed_cost == pytest.approx(sum(t.cost for t in tenants.values()))
+        assert report.attributed_cost < report.total_cost, "tenants cannot be charged more than the pods cost"
+
+
+def test_min_max_and_cooldown_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = pool(min=1, max=3, scale_up_cooldown_s=3)
+    with autoscaled(tmp_path, monkeypatch, [config]) as (fake, cp, client, admin):
+        first = eventually(lambda: admin.events("scale_up"), 10, "the pool to be filled to its minimum")[0]
+        assert "from 0 to 1: pool a100 is below its minimum of 1" in first.message, admin.log()
+        client.submit_many([gpu_task("t", 4.0)] * 30)
+
+        second = eventually(lambda: admin.events("scale_up")[1:], 15, "a second scale-up")[0]
+        waited = (second.at_ms - first.at_ms) / 1000
+        assert waited >= 3 - 0.05, f"scaled up again {waited:.2f} s after the last scale-up, inside the 3 s cooldown"
+        assert (second.from_pods, second.to_pods) == (1, 3), f"max is 3: {second.message}"
+        at_max = eventually(lambda: admin.events("at_max"), 5, "the pool to report it is at its maximum")
+        assert "at its maximum of 3 pods" in at_max[0].message
+        time.sleep(1.5)  # a huge backlog, several evaluations: still no fourth pod
+        assert fake.count("create") == 3 and fake.peak_live_pods == 3, f"created {fake.count('create')} pods"
+        assert len(admin.events("scale_up")) == 2, admin.log()
+
+
+def test_create_failure_is_retried_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 3 attempts per create: the first create fails all 3 (reported), the next succeeds on its 2nd.
+    config = pool(min=1, max=1, scale_up_cooldown_s=1)
+    with autoscaled(tmp_path, monkeypatch, [config], before_start=lambda f: f.fail_next("create", 4, "http500")) as (
+        fake, cp, client, admin,
+    ):
+        failed = eventually(lambda: admin.events("create_failed"), 15, "the failed create to be reported")
+        assert "could not create a pod for pool a100" in failed[0].message
+        assert "after 3 attempts" in failed[0].message and "other than JSON" in failed[0].message, failed[0].message
+        eventually(lambda: fake.live_pods(), 15, "the create to be tried again and succeed")
+        retries = admin.events("api_retry")
+        assert len(retries) == 3 and "retry 1 of 2" in retries[0].message, admin.log()
+        assert failed[0].at_ms <= admin.events("scale_up")[1].at_ms - 1000 + 50, "retried inside the cooldown"
+        pod = fake.live_pods()[0]
+        eventually(lambda: admin.events("registered"), 20, f"pod {pod.id}'s agent to register")
+        assert len(fake.pods) == 1 and fake.count("create") == 5
+
+
+def test_pod_that_never_registers_is_terminated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = pool(min=1, max=1, register_timeout_s=1.5)
+    with autoscaled(tmp_path, monkeypatch, [config], before_start=lambda f: f.next_pods_never_register(1)) as (
+        fake, cp, client, admin,
+    ):
+        timeouts = eventually(lambda: admin.events("register_timeout"), 15, "the silent pod to time out")
+        silent = timeouts[0].pod_id
+        assert "did not register within 1.5 s" in timeouts[0].message
+        eventually(lambda: fake.pods[silent].status == "TERMINATED", 5, f"silent pod {silent} to be terminated")
+        # The pool is refilled to its minimum with a pod that does come up.
+        eventually(lambda: admin.events("registered"), 20, "a replacement pod to register")
+        assert len(fake.live_pods()) == 1 and fake.live_pods()[0].id != silent
+
+
+def test_a_pod_running_a_task_is_not_scaled_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = pool(max=1, idle_timeout_s=0.3, scale_down_cooldown_s=0)
+    with autoscaled(tmp_path, monkeypatch, [config]) as (fake, cp, client, admin):
+        task_id = client.submit_spec(gpu_task("t", 2.5))
+        task = client.wait(task_id, timeout_s=60)
+        assert task.state == common_pb2.TASK_STATE_SUCCEEDED and task.attempt == 1, (
+            f"the task was disturbed on its pod: attempt {task.attempt}, {task.error}"
+        )
+        downs = eventually(lambda: admin.events("terminated"), 10, "the pod to be terminated once idle")
+        assert downs[0].at_ms >= task.finished_at_ms, "the pod was terminated while its task ran"
+        assert fake.pods[task.worker_id].status == "TERMINATED"
+
+
+def test_costs_without_autoscaler_say_how_to_turn_it_on(controlplane: ControlPlaneProcess) -> None:
+    admin = Admin(controlplane.address)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            admin.costs()
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "--autoscale" in (err.value.details() or "")
+    finally:
+        admin.close()
+
+
+def test_bad_config_stops_serve_with_a_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[[pool]]\nname = "a100"\ngpu_type_id = "x"\nimage = "i"\nmin = 3\nmax = 1\n')
+    monkeypatch.setenv("RUNPOD_API_KEY", "k")
+    cp = ControlPlaneProcess(tmp_path, "--autoscale", str(config))
+    with pytest.raises(AssertionError, match="need 0 <= min <= max"):
+        cp.start()
