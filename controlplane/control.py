@@ -27,6 +27,7 @@ from controlplane.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from controlplane.reputation import Reputation
 from controlplane.store import Store, StoreError, TaskRecord
 from controlplane.validation import validate_spec
 from gpucp.v1 import admin_pb2, common_pb2, scheduler_pb2, workers_pb2
@@ -79,6 +80,7 @@ class WorkerConn:
     draining: bool = False
     lost_reason: str = ""
     grace_timer: asyncio.TimerHandle | None = None
+    gpu_health: dict[int, bool] = field(default_factory=dict)  # GPUs last reported unhealthy: False
 
     def send(self, msg: workers_pb2.ControlMessage) -> None:
         self.outbox.put_nowait(msg)
@@ -134,6 +136,13 @@ class ControlPlane:
         self._retry_timers: dict[int, asyncio.TimerHandle] = {}
         self._orphans: dict[int, TaskRecord] = {}  # running before a restart, agent not back yet
         self._attached_now: set[int] = set()  # scratch of register(): tasks its agent kept
+        self._failed_on: dict[int, list[str]] = {}  # workers each unfinished task failed on
+        self.reputation = Reputation(
+            threshold=config.quarantine_after,
+            window_s=config.blame_window_s,
+            cooling_s=config.quarantine_cooling_s,
+            max_cooling_s=config.quarantine_max_cooling_s,
+        )
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._watchers: set[Watcher] = set()
         self.state_counts: collections.Counter[int] = collections.Counter()
@@ -232,15 +241,18 @@ class ControlPlane:
     def _timeout_ms(self, rec: TaskRecord) -> int:
         return rec.spec.timeout_ms or self.config.default_timeout_ms
 
-    def _push(self, recs: Sequence[TaskRecord]) -> None:
+    def _push(self, recs: Sequence[TaskRecord], avoid_worker: str = "") -> None:
+        """Queue tasks; `avoid_worker` (a retry's last worker) is used only if nobody else can."""
         if not recs:
             return
+        avoid = self.workers.get(avoid_worker) if avoid_worker else None
         self.core.push_many(
             [r.handle for r in recs],
             [self._shape(r.spec) for r in recs],
             [core_priority(r.spec.priority) for r in recs],
             [r.handle for r in recs],  # FIFO by arrival; a retried task keeps its place
             [self._timeout_ms(r) for r in recs],
+            avoid_workers=None if avoid is None else [avoid.handle] * len(recs),
         )
         self._wake.set()
 
@@ -269,6 +281,7 @@ class ControlPlane:
         rec.finished_at_ms = wall_ms()
         self._set_state(rec, state, emit=False)
         self.live.pop(rec.handle, None)
+        self._failed_on.pop(rec.handle, None)
         self._recent_terminal.append(rec.id)
         while len(self._recent_terminal) > RECENT_TERMINAL:
             old = self.tasks.pop(self._recent_terminal.popleft(), None)
@@ -470,6 +483,8 @@ class ControlPlane:
         """An attempt failed or timed out: retry with backoff while the budget lasts."""
         rec.error = error
         rec.errors.append(f"attempt {rec.attempt} on {rec.worker_id}: {error}")
+        self._failed_on.setdefault(rec.handle, []).append(rec.worker_id)
+        self._judge(rec.worker_id, succeeded=False)
         failures = rec.attempt - rec.lost_count
         if failures > self._retries_allowed(rec):
             self._finish(rec, final_state)
@@ -486,7 +501,34 @@ class ControlPlane:
 
     def _retry(self, rec: TaskRecord) -> None:
         del self._retry_timers[rec.handle]
-        self._push([rec])
+        self._push([rec], avoid_worker=rec.worker_id)
+
+    # -- reputation ---------------------------------------------------------------------------
+
+    def _judge(self, worker_id: str, succeeded: bool, fixed_after: Sequence[str] = ()) -> None:
+        """Learn from an outcome on `worker_id`; `fixed_after` are workers this task failed on."""
+        now = time.monotonic()
+        cooling = self.reputation.outcome(worker_id, succeeded, now)
+        if cooling is not None:
+            self._quarantine(worker_id, cooling)
+        for failed in set(fixed_after) - {worker_id}:
+            cooling = self.reputation.blame(failed, now)
+            if cooling is not None:
+                self._quarantine(failed, cooling)
+
+    def _quarantine(self, worker_id: str, cooling_s: float) -> None:
+        log.warning("worker %s quarantined for %.0f s: it fails tasks others complete", worker_id, cooling_s)
+        conn = self.workers.get(worker_id)
+        if conn is not None:
+            self.core.set_quarantined(conn.handle, True)
+        asyncio.get_running_loop().call_later(cooling_s, self._end_quarantine, worker_id)
+
+    def _end_quarantine(self, worker_id: str) -> None:
+        self.reputation.release(worker_id)
+        conn = self.workers.get(worker_id)
+        if conn is not None:
+            self.core.set_quarantined(conn.handle, False)
+            self._wake.set()
 
     def _requeue_lost(self, rec: TaskRecord, reason: str) -> None:
         rec.lost_count += 1
@@ -537,6 +579,8 @@ class ControlPlane:
             mono_ms(),
         )
         conn = WorkerConn(reg.worker_id, handle, reg, connected_at_ms=wall_ms())
+        if self.reputation.quarantined(reg.worker_id, time.monotonic()):
+            self.core.set_quarantined(handle, True)  # reconnecting does not end a quarantine
         conn.last_heartbeat_ms = conn.connected_at_ms
         self.workers[reg.worker_id] = conn
         self._worker_by_handle[handle] = conn
@@ -622,6 +666,12 @@ class ControlPlane:
         conn.last_heartbeat_ms = wall_ms()
         conn.gpu_stats = list(hb.gpus)
         self.core.heartbeat(conn.handle, mono_ms())
+        for stats in hb.gpus:
+            if conn.gpu_health.get(stats.index, True) != stats.healthy:
+                conn.gpu_health[stats.index] = stats.healthy
+                self.core.set_gpu_healthy(conn.handle, stats.index, stats.healthy)
+                state = "healthy again" if stats.healthy else "unhealthy: no new tasks get it"
+                log.warning("worker %s GPU %d is %s", conn.worker_id, stats.index, state)
         if hb.draining and not conn.draining:
             conn.draining = True
             self.core.set_draining(conn.handle, True)
@@ -664,6 +714,7 @@ class ControlPlane:
         if upd.state == SUCCEEDED:
             rec.result = upd.result
             rec.error = ""
+            self._judge(conn.worker_id, succeeded=True, fixed_after=self._failed_on.pop(rec.handle, ()))
             self._finish(rec, SUCCEEDED)
         else:
             self._attempt_failed(rec, upd.error or "the handler failed without a message", FAILED)
@@ -821,6 +872,13 @@ class ControlPlane:
             stale_updates=self.stale_updates,
         )
 
+    def _health(self, conn: WorkerConn) -> str:
+        if conn.draining:
+            return "draining"
+        health = self.reputation.health(conn.worker_id, time.monotonic())
+        sick = sorted(i for i, ok in conn.gpu_health.items() if not ok)
+        return f"{health}; unhealthy GPUs {sick}" if sick else health
+
     def worker_infos(self) -> list[admin_pb2.WorkerInfo]:
         out = []
         for conn in self.workers.values():
@@ -837,7 +895,7 @@ class ControlPlane:
                     labels=reg.labels,
                     kinds=reg.kinds,
                     cost_per_hour=reg.cost_per_hour,
-                    health="draining" if conn.draining else "healthy",
+                    health=self._health(conn),
                     success_rate=success,
                     speed=speed,
                     tasks_succeeded=ok,

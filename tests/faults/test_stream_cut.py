@@ -1,0 +1,56 @@
+"""An agent that keeps running while its stream is cut: its work moves on, its late results are stale."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from cluster import FAULT_REPORT, AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
+from faults.proxy import Proxy
+from faults.watch import percentile
+from gpucp.v1 import common_pb2
+
+S = common_pb2
+TRIALS = 5
+
+
+def test_cut_stream_moves_tasks_and_rejects_late_results(tmp_path):
+    cp = ControlPlaneProcess(tmp_path, heartbeat_timeout=1.0).start()  # heartbeats every 0.5 s
+    proxy = Proxy(cp.port)
+    cut_agent = AgentProcess(tmp_path, f"127.0.0.1:{proxy.port}", "behind-proxy", "--slots", "1")
+    rescuer = None
+    moved_ms: list[float] = []
+    try:
+        with cp.client() as client:
+            wait_for_workers(client, ["behind-proxy"])
+            for trial in range(TRIALS):
+                task_id = client.submit("sleep", json.dumps({"seconds": 1.5}))
+                eventually(lambda: client.get(task_id).state == S.TASK_STATE_RUNNING, 20, "the task to run")
+                # A fresh rescuer per trial, started once the task runs behind the proxy.
+                name = f"rescuer-{trial}"
+                rescuer = AgentProcess(tmp_path, cp.address, name, "--slots", "1")
+                wait_for_workers(client, [name])
+                stale_before = client.stats().stale_updates
+                cut_at = time.time() * 1000
+                proxy.cut(hold=True)
+                moved = eventually(lambda: (t := client.get(task_id)).worker_id == name and t, 20,
+                                   "the task to move to the rescuer")
+                moved_ms.append(moved.started_at_ms - cut_at)
+                proxy.release()
+                # Back through the proxy, the agent's report about attempt 1 changes nothing.
+                eventually(lambda: client.stats().stale_updates > stale_before, 20, "its stale report")
+                done = client.wait(task_id, timeout_s=30)
+                assert (done.state, done.worker_id, done.attempt) == (S.TASK_STATE_SUCCEEDED, name, 2)
+                rescuer.stop()
+                rescuer = None
+                eventually(lambda: name not in {w.worker_id for w in client.workers()}, 20, "the rescuer to leave")
+                wait_for_workers(client, ["behind-proxy"])
+        FAULT_REPORT.append({
+            "trial": "stream cut by a loopback proxy", "trials": TRIALS, "tasks": TRIALS, "lost": 0,
+            "duplicated": 0, "requeue_p50_ms": percentile(moved_ms, 0.5), "requeue_p99_ms": percentile(moved_ms, 0.99),
+        })
+    finally:
+        cut_agent.stop()
+        if rescuer is not None:
+            rescuer.stop()
+        cp.kill()
