@@ -43,9 +43,17 @@ proto-check: install ## Fail when gpucp/v1 differs from what proto/ generates
 	PYTHON=$(PY) scripts/gen_proto.sh
 	git diff --exit-code --stat -- gpucp/v1 || (echo 'gpucp/v1 is out of date: run make proto and commit it' && exit 1)
 
-bench: install ## Core placement rate and end-to-end latency on loopback
-	$(PY) benches/bench_core.py
+$(VENV)/.bench-deps: controlplane/_core.abi3.so
+	. $(VENV)/bin/activate && maturin develop --release --quiet -E dev,bench
+	touch $@
+
+bench: $(VENV)/.bench-deps ## Every bench: core, simulator, end to end vs Ray and Dask, scale (tables in benches/out/)
+	cargo bench -p gpucp-core --bench placement
+	$(PY) benches/bench_core.py --criterion
+	$(PY) benches/simulate.py
 	$(PY) benches/bench_e2e.py
+	$(PY) benches/bench_peers.py
+	$(PY) benches/bench_scale.py
 
 clean: ## Remove build output and the virtualenv
 	rm -rf target $(VENV) controlplane/_core*.so

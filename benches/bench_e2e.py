@@ -8,38 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import start_agents, start_control_plane, stop_processes, submit_burst, wait_for_workers
+
 from gpucp import Client, task_spec
 from gpucp.v1 import common_pb2
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start(workdir: Path, agents: int, slots: int) -> tuple[str, list[subprocess.Popen[bytes]]]:
-    ready = workdir / "ready"
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "gpucp", "serve", "--listen", "127.0.0.1:0", "--db", str(workdir / "bench.db"),
-         "--ready-file", str(ready), "--log-level", "WARNING", "--max-queue", "1000000"],
-        cwd=ROOT, stdout=open(workdir / "cp.log", "wb"), stderr=subprocess.STDOUT,
-    )]
-    while not (ready.exists() and ready.read_text()):
-        time.sleep(0.05)
-    address = f"127.0.0.1:{ready.read_text()}"
-    for i in range(agents):
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "agents", "--server", address, "--worker-id", f"bench-{i}",
-             "--slots", str(slots), "--log-level", "WARNING"],
-            cwd=ROOT, stdout=open(workdir / f"agent-{i}.log", "wb"), stderr=subprocess.STDOUT,
-        ))
-    with Client(address) as client:
-        while len(client.workers()) < agents:
-            time.sleep(0.05)
-    return address, procs
 
 
 def closed_loop(client: Client, n: int) -> list[float]:
@@ -54,19 +30,8 @@ def closed_loop(client: Client, n: int) -> list[float]:
 
 def burst(client: Client, n: int) -> tuple[float, float]:
     """(accepted tasks/s, completed tasks/s) for n tasks submitted as fast as possible."""
-    done = 0
-    events = client.watch()
-    t0 = time.perf_counter()
-    spec = task_spec("noop")
-    for i in range(0, n, 1000):
-        client.submit_many([spec] * min(1000, n - i))
-    accepted = time.perf_counter() - t0
-    for event in events:
-        if event.state == common_pb2.TASK_STATE_SUCCEEDED:
-            done += 1
-            if done == n:
-                break
-    return n / accepted, n / (time.perf_counter() - t0)
+    accepted, done = submit_burst(client, task_spec("noop"), n)
+    return n / accepted, n / done
 
 
 def main() -> None:
@@ -78,17 +43,17 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gpucp-bench-") as tmp:
-        address, procs = start(Path(tmp), args.agents, args.slots)
+        address, cp = start_control_plane(Path(tmp), "--max-queue", "1000000")
+        agents = start_agents(address, Path(tmp), args.agents, "--slots", str(args.slots))
         try:
             with Client(address) as client:
+                wait_for_workers(client, args.agents)
                 closed_loop(client, 50)  # warm up connections and caches
                 lat = closed_loop(client, args.latency_tasks)
                 accept_rate, done_rate = burst(client, args.burst_tasks)
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait()
+            stop_processes(agents)
+            stop_processes([cp])
     p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
     print(f"end to end, {args.agents} agents x {args.slots} slots, noop tasks, SQLite WAL durable accept")
     print(f"  submit -> result   p50 {p50:.2f} ms   p99 {p99:.2f} ms   ({args.latency_tasks} sequential tasks)")

@@ -1,0 +1,392 @@
+"""End to end against peers: gpucp, Ray and Dask distributed running the same no-op tasks on loopback.
+
+Each system gets K workers x S GPU slots (simulated: nothing touches a GPU) and runs no-op tasks
+that claim one GPU slot each:
+
+- gpucp: a real `gpucp serve` (temporary SQLite db, durable accept) and K `python -m agents`
+  processes with `--gpus SxA100-80GB --slots S`; tasks are `noop` with `gpus=1`.
+- Ray: one local node declaring K*S GPUs (`ray.init(num_gpus=...)`), tasks
+  `@ray.remote(num_gpus=1, num_cpus=0, max_calls=0)`. One node, not K: K raylets on two cores
+  would measure contention, not Ray. `max_calls=0` keeps worker processes alive; Ray's default
+  for GPU tasks (1) starts a fresh process per task, which is no-op-unfriendly by design.
+- Dask: `LocalCluster` with K worker processes of S threads, each `resources={"GPU": S}`;
+  tasks `client.submit(noop, resources={"GPU": 1}, pure=False)`.
+
+Per system: closed loop (one client, submit -> result latency over N sequential tasks after a
+warm-up) and burst (M tasks submitted as fast as the client can, tasks/s until all are done).
+The systems run one after another, each in a fresh child process, on the same machine; compare
+them by the ratios printed, not by absolute numbers from another run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import (
+    OUT_DIR,
+    cpu_seconds,
+    machine,
+    print_profile,
+    percentile,
+    pyplot,
+    save_figure,
+    start_agents,
+    start_profiler,
+    stop_profiler,
+    submit_burst,
+    start_control_plane,
+    stop_processes,
+    wait_for_workers,
+    write_json,
+)
+
+SYSTEMS = ("gpucp", "ray", "dask")
+WARMUP_SEQUENTIAL = 50
+WARMUP_BURST = 200
+
+
+def noop(*_: object) -> None:
+    """The task every peer runs."""
+    return None
+
+
+def summarize(latencies_s: list[float], burst_n: int, accept_s: float, done_s: float) -> dict[str, Any]:
+    ms = [x * 1000 for x in latencies_s]
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": sum(ms) / len(ms),
+        "latency_tasks": len(ms),
+        "burst_tasks": burst_n,
+        "burst_accept_per_s": burst_n / accept_s,
+        "burst_done_per_s": burst_n / done_s,
+    }
+
+
+# ----- gpucp ----------------------------------------------------------------------------------
+
+
+def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
+    from gpucp import Client, task_spec
+    from gpucp.v1 import common_pb2
+
+    succeeded = common_pb2.TASK_STATE_SUCCEEDED
+    with tempfile.TemporaryDirectory(prefix="gpucp-bench-peers-") as tmp:
+        workdir = Path(tmp)
+        t0 = time.perf_counter()
+        address, cp = start_control_plane(workdir, "--max-queue", "1000000")
+        agents = start_agents(address, workdir, args.workers, "--gpus", f"{args.slots}xA100-80GB", "--slots", str(args.slots))
+        try:
+            with Client(address) as client:
+                wait_for_workers(client, args.workers)
+                startup_s = time.perf_counter() - t0
+
+                def one() -> float:
+                    start = time.perf_counter()
+                    task = client.wait(client.submit("noop", gpus=1), timeout_s=30)
+                    if task.state != succeeded:
+                        raise RuntimeError(f"gpucp task ended {common_pb2.TaskState.Name(task.state)}: {task.error}")
+                    return time.perf_counter() - start
+
+                def burst(n: int) -> tuple[float, float]:
+                    return submit_burst(client, task_spec("noop", gpus=1), n)
+
+                for _ in range(WARMUP_SEQUENTIAL):
+                    one()
+                burst(WARMUP_BURST)
+                latencies = [one() for _ in range(args.latency_tasks)]
+                profiler = start_profiler(cp.pid, args.profile) if args.profile else None
+                cpu_before = cpu_seconds(cp.pid)
+                agents_before = sum(cpu_seconds(a.pid) for a in agents)
+                accept_s, done_s = burst(args.burst_tasks)
+                cp_cpu = cpu_seconds(cp.pid) - cpu_before
+                agents_cpu = sum(cpu_seconds(a.pid) for a in agents) - agents_before
+                hotspots = stop_profiler(profiler) if profiler else None
+        finally:
+            stop_processes(agents)
+            stop_processes([cp])
+    result = summarize(latencies, args.burst_tasks, accept_s, done_s)
+    result.update(
+        setup=f"gpucp serve (SQLite WAL, durable accept) + {args.workers} agent processes",
+        startup_s=startup_s,
+        burst_controlplane_cpu_s=cp_cpu,
+        burst_agents_cpu_s=agents_cpu,
+        burst_wall_s=done_s,
+    )
+    if hotspots is not None:
+        result["profile"] = hotspots
+    return result
+
+
+# ----- Ray ------------------------------------------------------------------------------------
+
+
+def run_ray(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(
+        num_cpus=args.ray_cpus,
+        num_gpus=args.workers * args.slots,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        object_store_memory=256 * 1024 * 1024,
+    )
+    try:
+        task = ray.remote(num_gpus=1, num_cpus=0, max_calls=0)(noop)
+
+        def one() -> float:
+            start = time.perf_counter()
+            ray.get(task.remote())
+            return time.perf_counter() - start
+
+        def burst(n: int) -> tuple[float, float]:
+            start = time.perf_counter()
+            refs = [task.remote() for _ in range(n)]
+            accepted = time.perf_counter() - start
+            ray.get(refs)
+            return accepted, time.perf_counter() - start
+
+        burst(WARMUP_BURST)  # start the worker processes before anything is timed
+        startup_s = time.perf_counter() - t0
+        for _ in range(WARMUP_SEQUENTIAL):
+            one()
+        latencies = [one() for _ in range(args.latency_tasks)]
+        accept_s, done_s = burst(args.burst_tasks)
+    finally:
+        ray.shutdown()
+    result = summarize(latencies, args.burst_tasks, accept_s, done_s)
+    result.update(
+        setup=f"ray {ray.__version__}: 1 node, num_gpus={args.workers * args.slots}, num_cpus={args.ray_cpus}, max_calls=0",
+        startup_s=startup_s,
+    )
+    return result
+
+
+# ----- Dask -----------------------------------------------------------------------------------
+
+
+def run_dask(args: argparse.Namespace) -> dict[str, Any]:
+    import distributed
+    from distributed import Client, LocalCluster, wait
+
+    t0 = time.perf_counter()
+    cluster = LocalCluster(
+        n_workers=args.workers,
+        threads_per_worker=args.slots,
+        processes=True,
+        resources={"GPU": args.slots},
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    client = Client(cluster)
+    try:
+        client.wait_for_workers(args.workers)
+
+        def one() -> float:
+            start = time.perf_counter()
+            client.submit(noop, resources={"GPU": 1}, pure=False).result()
+            return time.perf_counter() - start
+
+        def burst(n: int) -> tuple[float, float]:
+            start = time.perf_counter()
+            futures = [client.submit(noop, i, resources={"GPU": 1}, pure=False) for i in range(n)]
+            accepted = time.perf_counter() - start
+            wait(futures)
+            finished = time.perf_counter() - start
+            errors = sum(f.status != "finished" for f in futures)
+            if errors:
+                raise RuntimeError(f"dask burst: {errors} of {n} tasks did not finish")
+            return accepted, finished
+
+        burst(WARMUP_BURST)
+        startup_s = time.perf_counter() - t0
+        for _ in range(WARMUP_SEQUENTIAL):
+            one()
+        latencies = [one() for _ in range(args.latency_tasks)]
+        accept_s, done_s = burst(args.burst_tasks)
+    finally:
+        client.close()
+        cluster.close()
+    result = summarize(latencies, args.burst_tasks, accept_s, done_s)
+    result.update(
+        setup=f"dask distributed {distributed.__version__}: LocalCluster {args.workers} processes x {args.slots} threads, GPU={args.slots}",
+        startup_s=startup_s,
+    )
+    return result
+
+
+RUNNERS = {"gpucp": run_gpucp, "ray": run_ray, "dask": run_dask}
+
+
+# ----- orchestration --------------------------------------------------------------------------
+
+
+def run_in_child(system: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Run one system in a fresh interpreter, so no peer's threads or processes outlive its turn."""
+    result_file = workdir / f"{system}.json"
+    cmd = [
+        sys.executable, __file__, "--system", system, "--result-file", str(result_file),
+        "--workers", str(args.workers), "--slots", str(args.slots),
+        "--latency-tasks", str(args.latency_tasks), "--burst-tasks", str(args.burst_tasks),
+        "--ray-cpus", str(args.ray_cpus),
+    ]
+    if args.profile and system == "gpucp":
+        cmd += ["--profile", args.profile]
+    started = time.perf_counter()
+    with open(workdir / f"{system}.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(args.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode != 0 or not result_file.exists():
+        log_tail = (workdir / f"{system}.log").read_text(errors="replace")[-1500:]
+        return {"error": f"exit {proc.returncode} after {time.perf_counter() - started:.0f} s: {log_tail}"}
+    return json.loads(result_file.read_text())
+
+
+def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return rounds[-1]
+    out = dict(ok[-1])
+    for key, value in ok[-1].items():
+        if isinstance(value, float):
+            values = sorted(r[key] for r in ok)
+            out[key] = values[len(values) // 2]
+    out["rounds"] = len(ok)
+    return out
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: dict[str, Any]) -> str:
+    lines = [
+        f"end to end against peers: {args.workers} workers x {args.slots} GPU slots, no-op tasks claiming 1 GPU, "
+        f"loopback, {info['cores']} cores (load avg {info['load_average_1m']} at start)",
+        f"closed loop: {args.latency_tasks} sequential tasks after warm-up; burst: {args.burst_tasks} tasks; "
+        f"median of {args.rounds} round(s)",
+        "",
+        f"{'system':<7} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'burst accept/s':>15} {'burst done/s':>13}  setup",
+    ]
+    for system, r in results.items():
+        if "error" in r:
+            lines.append(f"{system:<7} FAILED: {r['error'].strip().splitlines()[-1] if r['error'].strip() else r['error']}")
+            continue
+        lines.append(
+            f"{system:<7} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_ms']:>8.2f} "
+            f"{r['burst_accept_per_s']:>15,.0f} {r['burst_done_per_s']:>13,.0f}  {r['setup']}"
+        )
+    g = results.get("gpucp", {})
+    if "error" not in g and g:
+        lines.append("")
+        for peer in ("ray", "dask"):
+            p = results.get(peer)
+            if not p or "error" in p:
+                continue
+            lines.append(
+                f"gpucp / {peer:<4}  p50 {ratio(g['p50_ms'], p['p50_ms']):5.2f}x   p99 {ratio(g['p99_ms'], p['p99_ms']):5.2f}x   "
+                f"burst done/s {ratio(g['burst_done_per_s'], p['burst_done_per_s']):5.2f}x"
+            )
+        if "ray" in results and "error" not in results["ray"]:
+            r50 = ratio(g["p50_ms"], results["ray"]["p50_ms"])
+            lines.append(f"target p50 <= 0.5 x Ray's:          {'met' if r50 <= 0.5 else 'NOT met'} ({r50:.2f}x)")
+        lines.append(
+            f"target burst >= 5,000 tasks/s done: {'met' if g['burst_done_per_s'] >= 5000 else 'NOT met'} "
+            f"({g['burst_done_per_s']:,.0f}/s; accepted durably at {g['burst_accept_per_s']:,.0f}/s)"
+        )
+        if "burst_controlplane_cpu_s" in g:
+            lines.append(
+                f"gpucp burst CPU: control plane {g['burst_controlplane_cpu_s']:.1f} s, agents "
+                f"{g['burst_agents_cpu_s']:.1f} s over {g['burst_wall_s']:.1f} s wall"
+            )
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> Path:
+    plt = pyplot()
+    ok = {s: r for s, r in results.items() if "error" not in r}
+    names = list(ok)
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 4))
+    x = range(len(names))
+    lat.bar([i - 0.2 for i in x], [ok[s]["p50_ms"] for s in names], 0.4, label="p50")
+    lat.bar([i + 0.2 for i in x], [ok[s]["p99_ms"] for s in names], 0.4, label="p99")
+    lat.set_xticks(list(x), names)
+    lat.set_ylabel("submit -> result, ms (lower is better)")
+    lat.set_title(f"closed loop, {args.latency_tasks} sequential no-op tasks")
+    lat.legend()
+    thr.bar([i - 0.2 for i in x], [ok[s]["burst_accept_per_s"] for s in names], 0.4, label="accepted")
+    thr.bar([i + 0.2 for i in x], [ok[s]["burst_done_per_s"] for s in names], 0.4, label="done")
+    thr.axhline(5000, color="grey", linestyle="--", linewidth=1, label="gpucp target (done)")
+    thr.set_xticks(list(x), names)
+    thr.set_ylabel("tasks/s (higher is better)")
+    thr.set_title(f"burst of {args.burst_tasks} tasks")
+    thr.legend()
+    fig.suptitle(f"{args.workers} workers x {args.slots} GPU slots on loopback, {os.cpu_count()} cores")
+    return save_figure(fig, "peers.png")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, default=4, help="K workers (agents / Dask workers; Ray: one node) (default 4)")
+    p.add_argument("--slots", type=int, default=4, help="GPU slots per worker (default 4)")
+    p.add_argument("--latency-tasks", type=int, default=500, help="N sequential tasks timed in the closed loop (default 500)")
+    p.add_argument("--burst-tasks", type=int, default=10_000, help="M tasks in the burst (default 10000)")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of gpucp,ray,dask")
+    p.add_argument("--rounds", type=int, default=1, help="run the whole sequence this many times; report medians")
+    p.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2, help="num_cpus given to ray.init")
+    p.add_argument("--timeout", type=float, default=300, help="seconds one system may take before it is killed")
+    p.add_argument("--profile", metavar="PATH",
+                   help="py-spy record the control plane during the gpucp burst into PATH (collapsed stacks); "
+                        "the top frames go into the JSON and the printout")
+    p.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
+    p.add_argument("--result-file", help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.system:  # the child that runs one system
+        result = RUNNERS[args.system](args)
+        Path(args.result_file).write_text(json.dumps(result))
+        return
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    info = machine()
+    rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+    with tempfile.TemporaryDirectory(prefix="gpucp-bench-peers-") as tmp:
+        for n in range(args.rounds):
+            for system in systems:
+                print(f"round {n + 1}/{args.rounds}: {system} ...", file=sys.stderr, flush=True)
+                rounds[system].append(run_in_child(system, args, Path(tmp)))
+    results = {s: median_of(r) for s, r in rounds.items()}
+    text = report(results, args, info)
+    print(text)
+    g = results.get("gpucp", {})
+    if "profile" in g:
+        print_profile(g["profile"], "control plane during the gpucp burst")
+    json_path = write_json("peers.json", {"machine": info, "args": {k: v for k, v in vars(args).items() if k not in ("system", "result_file")},
+                                          "results": results, "rounds": rounds, "table": text})
+    png = plot(results, args)
+    print(f"\nwrote {json_path.relative_to(OUT_DIR.parent.parent)} and {png.relative_to(OUT_DIR.parent.parent)}")
+
+
+if __name__ == "__main__":
+    main()
