@@ -20,6 +20,11 @@ class ServerConfig:
     retry_cap_s: float = 30.0
     # A task that keeps losing its worker may be what kills it: fail it after this many losses.
     max_worker_losses: int = 5
+    # Placement policy (round_robin, least_loaded, performance, affinity, cost, composite),
+    # per-kind overrides, and tenants' fair-share weights (default 1 each).
+    policy: str = "composite"
+    kind_policies: tuple[tuple[str, str], ...] = ()
+    tenant_weights: tuple[tuple[str, float], ...] = ()
     # Scoring weights of the placement core.
     w_availability: float = 0.5
     w_success: float = 0.3

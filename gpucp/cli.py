@@ -15,6 +15,7 @@ import grpc
 from gpucp.client import DEFAULT_SERVER, Client, GpucpError, task_spec
 from gpucp.v1 import admin_pb2, common_pb2
 
+POLICIES = ("composite", "round_robin", "least_loaded", "performance", "affinity", "cost")
 TERMINAL = {
     common_pb2.TASK_STATE_SUCCEEDED,
     common_pb2.TASK_STATE_FAILED,
@@ -75,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quarantine a worker after N failures other workers fixed (default %(default)s)")
     serve.add_argument("--quarantine-cooling", type=float, default=60.0, metavar="SECONDS",
                        help="first quarantine length, doubled on relapse (default %(default)s)")
+    serve.add_argument("--policy", default="composite", choices=POLICIES,
+                       help="how a task's worker is chosen among those that can run it (default %(default)s)")
+    serve.add_argument("--kind-policy", action="append", default=[], metavar="KIND=POLICY",
+                       help="another policy for one task kind (repeatable)")
+    serve.add_argument("--tenant-weight", action="append", default=[], metavar="TENANT=WEIGHT",
+                       help="a tenant's fair share of the fleet, default 1 (repeatable)")
     serve.add_argument("--sync", choices=("normal", "full"), default="normal",
                        help="full: also survive power loss, one fsync per group commit")
     serve.add_argument("--autoscale", metavar="CONFIG", default="",
@@ -143,12 +150,29 @@ def run_serve(args: argparse.Namespace) -> int:
         retry_cap_s=args.retry_cap,
         reconnect_grace_s=args.reconnect_grace,
         queue_timeout_s=args.queue_timeout,
+        policy=args.policy,
+        kind_policies=tuple(kind_policy(p) for p in args.kind_policy),
+        tenant_weights=tuple((k, float(v)) for k, v in (split_pair(w, "--tenant-weight") for w in args.tenant_weight)),
         quarantine_after=args.quarantine_after,
         quarantine_cooling_s=args.quarantine_cooling,
         autoscale=args.autoscale,
     )
     asyncio.run(serve(config, ready_file=args.ready_file))
     return 0
+
+
+def split_pair(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise ValueError(f"{flag} takes NAME=VALUE, got {text!r}")
+    return key, value
+
+
+def kind_policy(text: str) -> tuple[str, str]:
+    kind, policy = split_pair(text, "--kind-policy")
+    if policy not in POLICIES:
+        raise ValueError(f"--kind-policy {text!r}: the policy must be one of {', '.join(POLICIES)}")
+    return kind, policy
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -322,6 +346,8 @@ def run_get(args: argparse.Namespace) -> int:
     print(f"attempt   {task.attempt}\nworker    {task.worker_id or '-'}")
     if task.pending_reason:
         print(f"pending   {task.pending_reason}")
+    if task.placement:
+        print(f"placement {task.placement}")
     if task.error:
         print(f"error     {task.error}")
     if task.result:

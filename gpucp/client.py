@@ -66,6 +66,7 @@ def task_spec(
     max_retries: int | None = None,
     idempotency_key: str = "",
     affinity_key: str = "",
+    hard_affinity: bool = False,
     task_labels: Mapping[str, str] | None = None,
 ) -> common_pb2.TaskSpec:
     """Build a TaskSpec from keyword arguments (`labels` are worker labels the task requires)."""
@@ -85,6 +86,7 @@ def task_spec(
         timeout_ms=timeout_ms,
         idempotency_key=idempotency_key,
         affinity_key=affinity_key,
+        hard_affinity=hard_affinity,
         labels=task_labels or {},
     )
     if max_retries is not None:

@@ -56,7 +56,7 @@ class Requirements(_message.Message):
     def __init__(self, gpus: _Optional[int] = ..., min_gpu_memory_mb: _Optional[int] = ..., gpu_models: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., min_compute_capability: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("kind", "payload", "priority", "tenant", "requirements", "timeout_ms", "max_retries", "idempotency_key", "affinity_key", "labels")
+    __slots__ = ("kind", "payload", "priority", "tenant", "requirements", "timeout_ms", "max_retries", "idempotency_key", "affinity_key", "labels", "hard_affinity")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class TaskSpec(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     AFFINITY_KEY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    HARD_AFFINITY_FIELD_NUMBER: _ClassVar[int]
     kind: str
     payload: bytes
     priority: Priority
@@ -84,10 +85,11 @@ class TaskSpec(_message.Message):
     idempotency_key: str
     affinity_key: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., max_retries: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., affinity_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    hard_affinity: bool
+    def __init__(self, kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., max_retries: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., affinity_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hard_affinity: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "spec", "state", "attempt", "worker_id", "result", "error", "pending_reason", "created_at_ms", "started_at_ms", "finished_at_ms", "gpu_indices", "attempt_errors")
+    __slots__ = ("id", "spec", "state", "attempt", "worker_id", "result", "error", "pending_reason", "created_at_ms", "started_at_ms", "finished_at_ms", "gpu_indices", "attempt_errors", "placement")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +103,7 @@ class Task(_message.Message):
     FINISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     GPU_INDICES_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: TaskSpec
     state: TaskState
@@ -114,7 +117,8 @@ class Task(_message.Message):
     finished_at_ms: int
     gpu_indices: _containers.RepeatedScalarFieldContainer[int]
     attempt_errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., pending_reason: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., attempt_errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    placement: str
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., pending_reason: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., attempt_errors: _Optional[_Iterable[str]] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class Gpu(_message.Message):
     __slots__ = ("index", "uuid", "name", "memory_total_mb", "memory_free_mb", "compute_capability", "mig")
