@@ -202,6 +202,9 @@ class Scheduler:
         Never a started task; no task or to_worker twice. The core moves nothing: revoke the
         task from the agent (two-phase), then release(task) and push/attach it again.
         """
+    def can_run(self, shape: int) -> bool:
+        """Whether any connected worker passes the shape's static filters (kind, backend, labels,
+        GPUs); False means no worker here could ever run it, however long it waits."""
     def explain(self, shape: int, priority: int) -> str:
         """Why a pending task of this shape and priority is not running, in words (with an ETA
         once runtimes of its kind are known)."""

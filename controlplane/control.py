@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import logging
+import math
 import random
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -48,6 +51,7 @@ MAX_BATCH = 10_000
 RECENT_TERMINAL = 50_000
 WATCH_BUFFER = 10_000
 PLACE_BATCH = 4096
+_WORKER_HANDLE = re.compile(r"\bworker (\d+)\b")  # how the core names workers in its explanations
 
 
 def wall_ms() -> int:
@@ -125,7 +129,12 @@ class ControlPlane:
             w_availability=config.w_availability,
             w_success=config.w_success,
             w_speed=config.w_speed,
+            policy=config.policy,
         )
+        for kind, policy in config.kind_policies:
+            self.core.set_kind_policy(kind, policy)
+        self._tenants: dict[str, int] = {}
+        self._affinities: dict[str, int] = {"": 0}
         self.tasks: dict[str, TaskRecord] = {}  # every unfinished task and the recent finished
         self.live: dict[int, TaskRecord] = {}  # unfinished tasks by core handle
         self._recent_terminal: collections.deque[str] = collections.deque()
@@ -137,6 +146,10 @@ class ControlPlane:
         self._orphans: dict[int, TaskRecord] = {}  # running before a restart, agent not back yet
         self._attached_now: set[int] = set()  # scratch of register(): tasks its agent kept
         self._failed_on: dict[int, list[str]] = {}  # workers each unfinished task failed on
+        # Queue timeout: when each pending task was queued, and a heap of (deadline, task).
+        self._queued_at: dict[int, float] = {}
+        self._queue_deadlines: list[tuple[float, int]] = []
+        self._queue_timer: asyncio.TimerHandle | None = None
         self.reputation = Reputation(
             threshold=config.quarantine_after,
             window_s=config.blame_window_s,
@@ -188,7 +201,7 @@ class ControlPlane:
                 await self._pump_task
             except asyncio.CancelledError:
                 pass
-        for timer in (*self._retry_timers.values(), self._deadline_timer):
+        for timer in (*self._retry_timers.values(), self._deadline_timer, self._queue_timer):
             if timer is not None:
                 timer.cancel()
         for conn in list(self.workers.values()):
@@ -253,8 +266,65 @@ class ControlPlane:
             [r.handle for r in recs],  # FIFO by arrival; a retried task keeps its place
             [self._timeout_ms(r) for r in recs],
             avoid_workers=None if avoid is None else [avoid.handle] * len(recs),
+            tenants=[self._tenant(r.tenant) for r in recs],
+            affinities=[self._affinity(r.spec.affinity_key) for r in recs],
+            hard_affinities=[r.spec.hard_affinity for r in recs],
+            now_ms=mono_ms(),
         )
+        now = time.monotonic()
+        for rec in recs:
+            self._queued_at[rec.handle] = now
+            heapq.heappush(self._queue_deadlines, (now + self.config.queue_timeout_s, rec.handle))
+        self._arm_queue_timer()
         self._wake.set()
+
+    def _arm_queue_timer(self) -> None:
+        if self._queue_timer is None and self._queue_deadlines:
+            delay = max(0.0, self._queue_deadlines[0][0] - time.monotonic())
+            self._queue_timer = asyncio.get_running_loop().call_later(delay, self._on_queue_deadline)
+
+    def _on_queue_deadline(self) -> None:
+        """Fail tasks queued for the queue timeout that no connected worker could ever run.
+
+        A task that some worker could run is only waiting its turn: it is checked again one
+        queue timeout later, never failed for a busy fleet.
+        """
+        self._queue_timer = None
+        now = time.monotonic()
+        timeout = self.config.queue_timeout_s
+        while self._queue_deadlines and self._queue_deadlines[0][0] <= now:
+            _, handle = heapq.heappop(self._queue_deadlines)
+            rec = self.live.get(handle)
+            queued_at = self._queued_at.get(handle)
+            if rec is None or rec.state != PENDING or queued_at is None or handle in self._retry_timers:
+                continue
+            if now - queued_at < timeout:
+                continue  # requeued since this deadline was set; a later entry covers it
+            shape = self._shape(rec.spec)
+            if self.core.can_run(shape):
+                heapq.heappush(self._queue_deadlines, (now + timeout, handle))
+                continue
+            reason = self.core.explain(shape, core_priority(rec.spec.priority))
+            self.core.remove(handle)
+            rec.error = f"no connected worker could run it within the queue timeout of {timeout:g} s: {reason}"
+            rec.errors.append(rec.error)
+            self._finish(rec, FAILED)
+        self._arm_queue_timer()
+
+    def _tenant(self, name: str) -> int:
+        tenant = self._tenants.get(name)
+        if tenant is None:
+            tenant = self._tenants[name] = len(self._tenants) + 1
+            weight = dict(self.config.tenant_weights).get(name)
+            if weight is not None:
+                self.core.set_tenant_weight(tenant, weight)
+        return tenant
+
+    def _affinity(self, key: str) -> int:
+        affinity = self._affinities.get(key)
+        if affinity is None:
+            affinity = self._affinities[key] = len(self._affinities)
+        return affinity
 
     def _emit(self, rec: TaskRecord) -> None:
         if not self._watchers:
@@ -282,6 +352,7 @@ class ControlPlane:
         self._set_state(rec, state, emit=False)
         self.live.pop(rec.handle, None)
         self._failed_on.pop(rec.handle, None)
+        self._queued_at.pop(rec.handle, None)
         self._recent_terminal.append(rec.id)
         while len(self._recent_terminal) > RECENT_TERMINAL:
             old = self.tasks.pop(self._recent_terminal.popleft(), None)
@@ -397,6 +468,7 @@ class ControlPlane:
             for task, worker, gpus in placements:
                 rec = self.live[task]
                 conn = self._worker_by_handle[worker]
+                self._queued_at.pop(task, None)
                 rec.attempt += 1
                 rec.worker_id = conn.worker_id
                 rec.gpu_indices = gpus
@@ -577,6 +649,7 @@ class ControlPlane:
             list(reg.labels),
             list(reg.kinds),
             mono_ms(),
+            cost_per_hour=reg.cost_per_hour if math.isfinite(reg.cost_per_hour) else 0.0,
         )
         conn = WorkerConn(reg.worker_id, handle, reg, connected_at_ms=wall_ms())
         if self.reputation.quarantined(reg.worker_id, time.monotonic()):
@@ -691,8 +764,9 @@ class ControlPlane:
             return
         if upd.state == RUNNING:
             if rec.state == ASSIGNED and rec.handle not in self._orphans:
+                # Not persisted: after a restart ASSIGNED and RUNNING are the same (wait for the
+                # agent to re-attach), so the write would buy nothing on the hot path.
                 self._set_state(rec, RUNNING)
-                self.store.save_nowait([rec])
             return
         if upd.state not in (SUCCEEDED, FAILED):
             self.stale_updates += 1
@@ -767,6 +841,10 @@ class ControlPlane:
             raise NotFound(f"no task has id {task_id!r}")
         return rec
 
+    def _worker_name(self, match: re.Match[str]) -> str:
+        conn = self._worker_by_handle.get(int(match.group(1)))
+        return conn.worker_id if conn is not None else match.group(0)
+
     def pending_reason(self, rec: TaskRecord) -> str:
         if rec.state != PENDING:
             return ""
@@ -778,7 +856,14 @@ class ControlPlane:
         if rec.handle in self._orphans:
             reason = f"waiting for worker {rec.worker_id} to re-attach after a control-plane restart"
             return rec.to_proto(reason)
-        return rec.to_proto(self.pending_reason(rec) if rec.id in self.tasks else "")
+        task = rec.to_proto(self.pending_reason(rec) if rec.id in self.tasks else "")
+        if rec.state in (ASSIGNED, RUNNING) and rec.id in self.tasks:
+            try:
+                decision = self.core.explain_placement(rec.handle)
+            except CoreError:
+                decision = ""  # re-attached rather than placed, or its decision aged out of the core's memory
+            task.placement = _WORKER_HANDLE.sub(self._worker_name, decision)
+        return task
 
     async def wait(self, task_id: str, timeout_ms: int) -> TaskRecord:
         rec = await self.get(task_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from dataclasses import dataclass
 
@@ -36,8 +37,11 @@ SERVER_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    # Thousands of agents reconnect at once after a restart; do not refuse them.
+    # Thousands of agents reconnect at once after a restart; do not refuse them. Past the
+    # pending-request limits grpc cancels new calls (defaults about 1,000 and 3,000).
     ("grpc.max_concurrent_streams", 100_000),
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 200_000),
 ]
 
 
@@ -66,6 +70,9 @@ class Running:
 
 async def start(config: ServerConfig) -> Running:
     autoscale = load_config(config.autoscale) if config.autoscale else None  # fail before binding
+    # One socket per agent connection: take every file descriptor the system allows.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     store = Store(config.db, synchronous=config.db_synchronous)
     control = ControlPlane(config, store)
     await control.start()

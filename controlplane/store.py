@@ -98,13 +98,9 @@ class TaskRecord:
             attempt_errors=self.errors,
         )
 
-    def row(self) -> tuple[object, ...]:
+    def state_row(self) -> tuple[object, ...]:
+        """The columns a task's life changes, for _UPDATE; the spec is written once, at insert."""
         return (
-            self.handle,
-            self.id,
-            self.tenant,
-            self.spec.idempotency_key,
-            self.spec.SerializeToString(),
             self.state,
             self.attempt,
             self.worker_id,
@@ -113,10 +109,15 @@ class TaskRecord:
             self.error,
             json.dumps(self.errors),
             self.lost_count,
-            self.created_at_ms,
             self.started_at_ms,
             self.finished_at_ms,
+            self.handle,
         )
+
+    def row(self) -> tuple[object, ...]:
+        """All columns, in _INSERT's order: what never changes, then state_row() but its handle."""
+        fixed = (self.handle, self.id, self.tenant, self.spec.idempotency_key, self.spec.SerializeToString())
+        return (*fixed, self.created_at_ms, *self.state_row()[:-1])
 
 
 def record_from_row(row: Sequence[object]) -> TaskRecord:
@@ -145,8 +146,15 @@ class StoreError(Exception):
     """The database refused a write; nothing in the failed batch was stored."""
 
 
-_INSERT = f"INSERT INTO tasks ({COLUMNS}) VALUES ({', '.join('?' * 16)})"
-_UPSERT = _INSERT.replace("INSERT", "INSERT OR REPLACE", 1)
+_INSERT = (
+    "INSERT INTO tasks (handle, id, tenant, idempotency_key, spec, created_at_ms, state, attempt,"
+    " worker_id, gpu_indices, result, error, errors, lost_count, started_at_ms, finished_at_ms)"
+    f" VALUES ({', '.join('?' * 16)})"
+)
+_UPDATE = (
+    "UPDATE tasks SET state = ?, attempt = ?, worker_id = ?, gpu_indices = ?, result = ?, error = ?,"
+    " errors = ?, lost_count = ?, started_at_ms = ?, finished_at_ms = ? WHERE handle = ?"
+)
 
 
 class Store:
@@ -199,13 +207,13 @@ class Store:
 
     def save(self, records: Iterable[TaskRecord]) -> asyncio.Future[None]:
         """Write the current state of tasks; the returned future resolves at commit."""
-        fut = self._enqueue(_UPSERT, [r.row() for r in records], wait=True)
+        fut = self._enqueue(_UPDATE, [r.state_row() for r in records], wait=True)
         assert fut is not None
         return fut
 
     def save_nowait(self, records: Iterable[TaskRecord]) -> None:
         """Write the current state of tasks in the next group commit, without waiting for it."""
-        self._enqueue(_UPSERT, [r.row() for r in records], wait=False)
+        self._enqueue(_UPDATE, [r.state_row() for r in records], wait=False)
 
     def _writer(self) -> None:
         while True:

@@ -94,3 +94,23 @@ def test_cancel_racing_completion_ends_in_exactly_one_terminal_state(tmp_path):
         for agent in agents:
             agent.stop()
         cp.kill()
+
+
+def test_a_task_nobody_can_run_fails_after_the_queue_timeout_but_a_busy_fleet_does_not(tmp_path):
+    cp = ControlPlaneProcess(tmp_path, "--queue-timeout", "1").start()
+    agent = AgentProcess(tmp_path, cp.address, "cpu-only", "--slots", "1")
+    try:
+        with cp.client() as client:
+            wait_for_workers(client, ["cpu-only"])
+            impossible = client.submit("noop", gpus=1, min_gpu_memory_mb=81920)
+            blocker = client.submit("sleep", json.dumps({"seconds": 3}))
+            waiting = client.submit("noop", "waited")  # runnable, queued behind the blocker for 3 s
+            task = client.wait(impossible, timeout_s=30)
+            assert task.state == S.TASK_STATE_FAILED
+            assert "queue timeout of 1 s" in task.error and "no connected worker has 1 GPU" in task.error
+            assert client.wait(blocker, timeout_s=30).state == S.TASK_STATE_SUCCEEDED
+            done = client.wait(waiting, timeout_s=30)
+            assert (done.state, done.result) == (S.TASK_STATE_SUCCEEDED, b"waited")
+    finally:
+        agent.stop()
+        cp.kill()

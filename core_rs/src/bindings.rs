@@ -482,6 +482,11 @@ impl PyScheduler {
     }
 
     /// Why a pending task of this shape and priority is not running, in words.
+    /// Whether any connected worker could ever run tasks of this shape (its static filters).
+    fn can_run(&self, shape: ShapeId) -> PyResult<bool> {
+        Ok(self.engine()?.can_run(shape)?)
+    }
+
     fn explain(&self, shape: ShapeId, priority: i64) -> PyResult<String> {
         let priority = in_range("priority", priority)?;
         Ok(self.engine()?.explain(shape, priority)?)

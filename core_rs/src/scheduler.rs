@@ -868,6 +868,14 @@ impl Scheduler {
         })
     }
 
+    /// Whether any connected worker passes the shape's static filters (kind, backend, labels,
+    /// qualifying GPUs): false means no worker here could ever run it, however long it waits.
+    pub fn can_run(&mut self, shape: ShapeId) -> CoreResult<bool> {
+        let s: &Shape = self.shapes.get(shape)?;
+        self.placement.index(shape, s, &mut self.workers);
+        Ok(!self.placement.built(shape).expect("just built").members.is_empty())
+    }
+
     /// Why a pending task of this shape and priority is not running, in words.
     pub fn explain(&mut self, shape: ShapeId, priority: u8) -> CoreResult<String> {
         PendingQueue::check_priority(priority)?;

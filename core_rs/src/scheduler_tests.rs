@@ -1163,3 +1163,22 @@ fn prefetch_holds_extra_tasks_and_idle_workers_steal_them() {
         "started tasks are never candidates"
     );
 }
+
+#[test]
+fn can_run_ignores_load_but_not_static_filters() {
+    let mut s = sched();
+    let render = cpu_shape(&mut s, "render");
+    assert!(!s.can_run(render).unwrap(), "no worker at all");
+    let w = s.add_worker(1, vec![], "", vec![], vec!["infer".into()], 0).unwrap();
+    assert!(!s.can_run(render).unwrap(), "the only worker runs another kind");
+    let any = plain_worker(&mut s, 1);
+    assert!(s.can_run(render).unwrap());
+    // Busy or draining workers could still run it later: only static filters count.
+    s.push(1, render, 1, 1, 0).unwrap();
+    s.place(0, 10);
+    s.set_draining(any, true).unwrap();
+    assert!(s.can_run(render).unwrap());
+    s.remove_worker(any).unwrap();
+    assert!(!s.can_run(render).unwrap(), "it left with the only fitting worker");
+    s.remove_worker(w).unwrap();
+}
