@@ -9,7 +9,7 @@ import threading
 
 from cluster import eventually, wait_for_workers
 from gpucp import task_spec
-from gpucp.v1 import common_pb2
+from gpucp.v1 import common_pb2, scheduler_pb2
 
 SUCCEEDED = common_pb2.TASK_STATE_SUCCEEDED
 TERMINAL = {SUCCEEDED, common_pb2.TASK_STATE_FAILED, common_pb2.TASK_STATE_CANCELLED, common_pb2.TASK_STATE_TIMED_OUT}
@@ -110,3 +110,16 @@ def test_frozen_agent_is_declared_lost_after_the_heartbeat_timeout(controlplane,
     eventually(lambda: client.stats().stale_updates >= 1, 20, "the stale report to be rejected")
     task = client.get(task_id)
     assert (task.worker_id, task.attempt) == ("rescuer", 2)
+
+
+def test_idempotency_keys_survive_a_restart(controlplane):
+    with controlplane.client() as client:
+        first = client.submit("noop", idempotency_key="invoice-42", tenant="billing")
+    controlplane.kill()
+    controlplane.start()
+    with controlplane.client() as client:
+        again = client._scheduler.SubmitTask(  # noqa: SLF001 - the raw reply carries `duplicate`
+            scheduler_pb2.SubmitTaskRequest(spec=task_spec("noop", idempotency_key="invoice-42", tenant="billing")),
+            timeout=10,
+        )
+        assert (again.task_id, again.duplicate) == (first, True)

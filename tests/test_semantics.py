@@ -9,6 +9,7 @@ import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cluster import eventually
 from gpucp import task_spec
@@ -155,3 +156,11 @@ def test_watch_reports_each_transition(client, start_agent):
                 break
     assert seen[0] == S.TASK_STATE_PENDING and seen[-1] == S.TASK_STATE_SUCCEEDED
     assert S.TASK_STATE_ASSIGNED in seen
+
+
+def test_reflection_lists_the_services(controlplane):
+    stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(controlplane.address))
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    [reply] = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"gpucp.v1.Scheduler", "gpucp.v1.Workers", "gpucp.v1.Admin", "grpc.health.v1.Health"} <= names
