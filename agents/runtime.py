@@ -68,6 +68,8 @@ class _Attempt:
 
     task: common_pb2.Task
     runner: asyncio.Task[None] | None = None
+    # Set once the handler got its slot; until then the attempt is prefetched and may be handed back.
+    started: bool = False
     # True while the handler holds a slot (as opposed to waiting for one).
     executing: bool = False
 
@@ -131,7 +133,8 @@ class Agent:
             raise ValueError(f"no handler for kinds {missing}; handlers exist for {sorted(self.handlers)}.")
         self._attempts: dict[TaskKey, _Attempt] = {}
         self._outbox: dict[TaskKey, _Outgoing] = {}
-        self._slot_gate = asyncio.Semaphore(self.slots)
+        # Set (and replaced) whenever a slot frees; attempts waiting for one look again.
+        self._slot_freed = asyncio.Event()
         self._stream: _Stream | None = None
         self._generation = 0
         self._draining = False
@@ -305,6 +308,21 @@ class Agent:
             finally:
                 self._stream = None
                 call.cancel()
+                self._drop_unstarted()
+
+    def _drop_unstarted(self) -> None:
+        """Drop the attempts still waiting for a slot: the stream that delivered them broke.
+
+        Only started attempts are re-attached (Register.running), so a prefetched attempt lives
+        on exactly one stream. A revoke of it (work stealing) therefore either reaches this agent
+        on that stream, which hands the attempt back or answers that it started, or the stream
+        broke first and the attempt is gone here before the control plane requeues it: it never
+        runs twice. Re-attaching such attempts instead would count them as started (the core's
+        attach) and could lose a revoke sent on the old stream while the attempt lived on.
+        """
+        for key, attempt in list(self._attempts.items()):
+            if not attempt.started:
+                self._hand_back(key, attempt)
 
     async def _converse(self, call: grpc.aio.StreamStreamCall) -> bool:
         await call.write(self._register_message())
@@ -453,17 +471,31 @@ class Agent:
                 old.runner.cancel()
         attempt = _Attempt(task=task)
         self._attempts[key] = attempt
-        self._send(self._update(key, common_pb2.TASK_STATE_RUNNING))
         attempt.runner = asyncio.create_task(self._execute(key, attempt), name=f"task-{task.id}#{task.attempt}")
         attempt.runner.add_done_callback(lambda _: self._forget_attempt(key, attempt))
 
     def _on_cancel(self, cancel: workers_pb2.CancelAssignment) -> None:
-        attempt = self._attempts.get((cancel.task_id, cancel.attempt))
+        key = (cancel.task_id, cancel.attempt)
+        attempt = self._attempts.get(key)
         if attempt is None or attempt.runner is None:
             log.debug("ignoring cancel of %s attempt %d: not running here", cancel.task_id, cancel.attempt)
             return
+        if cancel.if_not_started:
+            if attempt.started:
+                log.info("keeping task %s attempt %d: it started before the revoke came", *key)
+                return
+            log.info("handing task %s attempt %d back before it started", *key)
+            self._hand_back(key, attempt)
+            self._send(self._update(key, common_pb2.TASK_STATE_PENDING))
+            return
         log.info("cancelling task %s attempt %d", cancel.task_id, cancel.attempt)
         attempt.runner.cancel()
+
+    def _hand_back(self, key: TaskKey, attempt: _Attempt) -> None:
+        """Forget an attempt that has not started; its handler never runs (no await in between)."""
+        del self._attempts[key]
+        if attempt.runner is not None:
+            attempt.runner.cancel()
 
     def _forget_attempt(self, key: TaskKey, attempt: _Attempt) -> None:
         if self._attempts.get(key) is attempt:
@@ -487,12 +519,17 @@ class Agent:
             ctx = TaskContext.for_task(task, self.worker_id, progress=lambda p: self._report_progress(key, p))
             if self.task_env is not None and ctx.gpu_indices:
                 ctx = dataclasses.replace(ctx, env={**ctx.env, **self.task_env(ctx.gpu_indices)})
-            async with self._slot_gate:
-                attempt.executing = True
-                try:
-                    result = await handler(task, ctx)
-                finally:
-                    attempt.executing = False
+            while not self._can_start(attempt):
+                await self._slot_freed.wait()
+            # RUNNING means "holds a slot": until now the attempt could be handed back.
+            attempt.started = attempt.executing = True
+            self._send(self._update(key, common_pb2.TASK_STATE_RUNNING))
+            try:
+                result = await handler(task, ctx)
+            finally:
+                attempt.executing = False
+                freed, self._slot_freed = self._slot_freed, asyncio.Event()
+                freed.set()
             if not isinstance(result, (bytes, bytearray, memoryview)):
                 raise TypeError(f"handler for {task.spec.kind!r} returned {type(result).__name__}, not bytes")
             if len(result) > MAX_RESULT_BYTES:
@@ -511,6 +548,15 @@ class Agent:
         self._outbox[key] = outgoing
         if self._stream is not None:
             self._stream.queue.put_nowait(outgoing)
+
+    def _can_start(self, attempt: _Attempt) -> bool:
+        """A slot is free and none of the attempt's GPUs is used by a running attempt.
+
+        With prefetch the control plane may queue two tasks on one GPU; they run one after the other.
+        """
+        running = [a for a in self._attempts.values() if a.executing]
+        busy = {index for a in running for index in a.task.gpu_indices}
+        return len(running) < self.slots and busy.isdisjoint(attempt.task.gpu_indices)
 
     def _report_progress(self, key: TaskKey, fraction: float) -> None:
         if key in self._attempts:

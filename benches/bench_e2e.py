@@ -40,10 +40,13 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--latency-tasks", type=int, default=500)
     parser.add_argument("--burst-tasks", type=int, default=10_000)
+    parser.add_argument("--prefetch-depth", type=int, default=0, help="passed to gpucp serve (default: off)")
     parser.add_argument("--json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gpucp-bench-") as tmp:
-        address, cp = start_control_plane(Path(tmp), "--max-queue", "1000000")
+        address, cp = start_control_plane(
+            Path(tmp), "--max-queue", "1000000", "--prefetch-depth", str(args.prefetch_depth)
+        )
         agents = start_agents(address, Path(tmp), args.agents, "--slots", str(args.slots))
         try:
             with Client(address) as client:
@@ -55,7 +58,8 @@ def main() -> None:
             stop_processes(agents)
             stop_processes([cp])
     p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
-    print(f"end to end, {args.agents} agents x {args.slots} slots, noop tasks, SQLite WAL durable accept")
+    print(f"end to end, {args.agents} agents x {args.slots} slots, prefetch depth {args.prefetch_depth}, "
+          "noop tasks, SQLite WAL durable accept")
     print(f"  submit -> result   p50 {p50:.2f} ms   p99 {p99:.2f} ms   ({args.latency_tasks} sequential tasks)")
     print(f"  burst of {args.burst_tasks}: accepted {accept_rate:,.0f} tasks/s, completed {done_rate:,.0f} tasks/s")
     if args.json:

@@ -29,6 +29,9 @@ class ServerConfig:
     w_availability: float = 0.5
     w_success: float = 0.3
     w_speed: float = 0.2
+    # Tasks each worker may hold beyond its slots (queued on the agent to hide dispatch latency);
+    # idle workers steal those not yet started. 0 = off.
+    prefetch_depth: int = 0
     # An autoscaler config file (TOML or JSON): RunPod pools scaled from the queue; "" = none.
     autoscale: str = ""
 

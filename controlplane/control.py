@@ -51,6 +51,7 @@ MAX_BATCH = 10_000
 RECENT_TERMINAL = 50_000
 WATCH_BUFFER = 10_000
 PLACE_BATCH = 4096
+STEAL_BATCH = 256
 _WORKER_HANDLE = re.compile(r"\bworker (\d+)\b")  # how the core names workers in its explanations
 
 
@@ -130,6 +131,7 @@ class ControlPlane:
             w_success=config.w_success,
             w_speed=config.w_speed,
             policy=config.policy,
+            prefetch_depth=config.prefetch_depth,
         )
         for kind, policy in config.kind_policies:
             self.core.set_kind_policy(kind, policy)
@@ -146,6 +148,9 @@ class ControlPlane:
         self._orphans: dict[int, TaskRecord] = {}  # running before a restart, agent not back yet
         self._attached_now: set[int] = set()  # scratch of register(): tasks its agent kept
         self._failed_on: dict[int, list[str]] = {}  # workers each unfinished task failed on
+        # Work stealing: prefetched tasks asked back from their worker, task -> (attempt, thief).
+        # An entry lives while the task stays ASSIGNED (see _set_state), so no task is asked twice.
+        self._revoking: dict[int, tuple[int, int]] = {}
         # Queue timeout: when each pending task was queued, and a heap of (deadline, task).
         self._queued_at: dict[int, float] = {}
         self._queue_deadlines: list[tuple[float, int]] = []
@@ -223,6 +228,8 @@ class ControlPlane:
         self.state_counts[rec.state] -= 1
         self.state_counts[state] += 1
         rec.state = state
+        if self._revoking and state != ASSIGNED:
+            self._revoking.pop(rec.handle, None)  # started, handed back, requeued or finished
         if emit:
             self._emit(rec)
 
@@ -461,6 +468,8 @@ class ControlPlane:
         while True:
             placements = self.core.place(mono_ms(), PLACE_BATCH)
             if not placements:
+                if self.config.prefetch_depth:
+                    self._steal()
                 return
             self._arm_deadline()
             now = wall_ms()
@@ -494,6 +503,43 @@ class ControlPlane:
                 # While the write was in flight the task may have been cancelled or its worker lost.
                 if rec.state == ASSIGNED and rec.attempt == attempt and not conn.lost_reason:
                     conn.send(workers_pb2.ControlMessage(assign=workers_pb2.Assignment(task=rec.to_proto())))
+
+    def _steal(self) -> None:
+        """Ask backlogged workers for prefetched tasks that idle workers could run now.
+
+        Two-phase: the revoke is only a request. The agent hands the attempt back (PENDING) if it
+        has not started, and the task is queued again; if it started, RUNNING arrives instead and
+        the revoke simply failed. The agent decides, so the task runs exactly once either way.
+        """
+        busy_thieves = {thief for _, thief in self._revoking.values()}
+        for task, victim, thief in self.core.steal_candidates(STEAL_BATCH):
+            rec = self.live.get(task)
+            conn = self._worker_by_handle.get(victim)
+            if (
+                rec is None
+                or conn is None
+                or conn.lost_reason
+                or rec.state != ASSIGNED
+                or task in self._revoking
+                or thief in busy_thieves  # one steal in flight per idle worker is enough
+            ):
+                continue
+            self._revoking[task] = (rec.attempt, thief)
+            busy_thieves.add(thief)
+            conn.send(
+                workers_pb2.ControlMessage(
+                    cancel=workers_pb2.CancelAssignment(
+                        task_id=rec.id, attempt=rec.attempt, if_not_started=True
+                    )
+                )
+            )
+
+    def _handed_back(self, rec: TaskRecord) -> None:
+        """The agent gave back a prefetched attempt it never started: queue the task again."""
+        self.core.release(rec.handle)
+        self._set_state(rec, PENDING)
+        self.store.save_nowait([rec])
+        self._push([rec])  # its next assignment gets attempt + 1, which fences this one
 
     def _count_placements(self, n: int) -> None:
         now = time.monotonic()
@@ -762,11 +808,26 @@ class ControlPlane:
         ):
             self.stale_updates += 1
             return
+        if upd.state == PENDING:
+            revoke = self._revoking.get(rec.handle)
+            if rec.state != ASSIGNED or revoke is None or revoke[0] != upd.attempt:
+                self.stale_updates += 1
+                log.info("worker %s handed back task %s, which is no longer asked back", conn.worker_id, rec.id)
+                return
+            self._handed_back(rec)
+            return
         if upd.state == RUNNING:
             if rec.state == ASSIGNED and rec.handle not in self._orphans:
                 # Not persisted: after a restart ASSIGNED and RUNNING are the same (wait for the
                 # agent to re-attach), so the write would buy nothing on the hot path.
-                self._set_state(rec, RUNNING)
+                self._set_state(rec, RUNNING)  # a revoke in flight has failed
+                try:
+                    self.core.mark_started(rec.handle)
+                except CoreError as exc:
+                    # More started tasks than slots, or two on one GPU: the agent broke its contract.
+                    log.error("worker %s started task %s, which the core refuses: %s", conn.worker_id, rec.id, exc)
+                if self.config.prefetch_depth:
+                    self._wake.set()  # a worker whose prefetched work all started may steal
             return
         if upd.state not in (SUCCEEDED, FAILED):
             self.stale_updates += 1

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another policy for one task kind (repeatable)")
     serve.add_argument("--tenant-weight", action="append", default=[], metavar="TENANT=WEIGHT",
                        help="a tenant's fair share of the fleet, default 1 (repeatable)")
+    serve.add_argument("--prefetch-depth", type=int, default=0, metavar="N",
+                       help="tasks a worker may queue beyond its slots; idle workers steal those "
+                            "not yet started (default %(default)s: off)")
     serve.add_argument("--sync", choices=("normal", "full"), default="normal",
                        help="full: also survive power loss, one fsync per group commit")
     serve.add_argument("--autoscale", metavar="CONFIG", default="",
@@ -151,6 +154,7 @@ def run_serve(args: argparse.Namespace) -> int:
         reconnect_grace_s=args.reconnect_grace,
         queue_timeout_s=args.queue_timeout,
         policy=args.policy,
+        prefetch_depth=args.prefetch_depth,
         kind_policies=tuple(kind_policy(p) for p in args.kind_policy),
         tenant_weights=tuple((k, float(v)) for k, v in (split_pair(w, "--tenant-weight") for w in args.tenant_weight)),
         quarantine_after=args.quarantine_after,

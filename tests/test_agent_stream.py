@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNNING = common_pb2.TASK_STATE_RUNNING
 SUCCEEDED = common_pb2.TASK_STATE_SUCCEEDED
 FAILED = common_pb2.TASK_STATE_FAILED
+PENDING = common_pb2.TASK_STATE_PENDING
 SERVER_OPTIONS = [
     # Compatible with the agent's 10 s keepalive pings.
     ("grpc.keepalive_permit_without_calls", 1),
@@ -325,7 +326,7 @@ def test_reconnects_reattaches_running_tasks_and_resends_final_updates() -> None
         plane = ScriptedControlPlane()
         server, port = await start_server(plane)
         try:
-            async with running_agent(port, handlers={"gated": gated}, reconnect_base_s=0.05):
+            async with running_agent(port, slots=2, handlers={"gated": gated}, reconnect_base_s=0.05):
                 await plane.wait_sessions(1)
                 plane.assign("early", "gated", attempt=1)
                 plane.assign("late", "gated", attempt=4)
@@ -347,6 +348,73 @@ def test_reconnects_reattaches_running_tasks_and_resends_final_updates() -> None
                 gates["late"].set()
                 session, message = await plane.wait_update("late", SUCCEEDED, attempt=4)
                 assert (session, message.update.result) == (1, b"done late")
+        finally:
+            await server.stop(None)
+
+    run(scenario())
+
+
+def test_a_prefetched_attempt_is_handed_back_only_if_it_has_not_started() -> None:
+    async def scenario() -> None:
+        gate = asyncio.Event()
+        ran: list[str] = []
+
+        async def gated(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+            ran.append(task.id)
+            await gate.wait()
+            return b"done"
+
+        def revoke(task_id: str) -> workers_pb2.ControlMessage:
+            return workers_pb2.ControlMessage(
+                cancel=workers_pb2.CancelAssignment(task_id=task_id, attempt=1, if_not_started=True)
+            )
+
+        async with control_plane() as (plane, port):
+            async with running_agent(port, slots=1, handlers={"gated": gated}):
+                await plane.wait_sessions(1)
+                plane.assign("first", "gated")
+                plane.assign("queued", "gated")
+                await plane.wait_update("first", RUNNING)
+                plane.send(revoke("queued"))  # waiting for the slot: handed back
+                plane.send(revoke("first"))  # started: the revoke is ignored
+                await plane.wait_update("queued", PENDING)
+                gate.set()
+                await plane.wait_update("first", SUCCEEDED)
+                await asyncio.sleep(0.2)
+                assert ran == ["first"], f"a handed-back attempt ran: {ran}"
+                assert [u.state for u in plane.updates("queued")] == [PENDING]
+                assert [u.state for u in plane.updates("first")] == [RUNNING, SUCCEEDED]
+
+    run(scenario())
+
+
+def test_attempts_waiting_for_a_slot_are_dropped_when_the_stream_breaks() -> None:
+    async def scenario() -> None:
+        gate = asyncio.Event()
+        ran: list[str] = []
+
+        async def gated(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+            ran.append(task.id)
+            await gate.wait()
+            return b"done"
+
+        plane = ScriptedControlPlane()
+        server, port = await start_server(plane)
+        try:
+            async with running_agent(port, slots=1, handlers={"gated": gated}, reconnect_base_s=0.05):
+                await plane.wait_sessions(1)
+                plane.assign("started", "gated")
+                plane.assign("queued", "gated")
+                await plane.wait_update("started", RUNNING)
+                await server.stop(None)
+                server, _ = await start_server(plane, port)
+                await plane.wait_sessions(2)
+                running = [(r.task_id, r.attempt) for r in plane.registrations()[-1].running]
+                assert running == [("started", 1)], f"only the started attempt may be re-attached, got {running}"
+                gate.set()
+                await plane.wait_update("started", SUCCEEDED)
+                await asyncio.sleep(0.2)
+                assert ran == ["started"], f"an attempt dropped with its stream ran anyway: {ran}"
         finally:
             await server.stop(None)
 
