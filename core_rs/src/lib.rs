@@ -10,6 +10,7 @@ mod decisions;
 pub mod error;
 mod explain;
 mod id_hash;
+mod lazy_set;
 pub mod learning;
 pub mod placement;
 pub mod policy;
