@@ -21,8 +21,8 @@ class InvalidArgument(CoreError):
 
 @final
 class Scheduler:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         heartbeat_timeout_ms: int = 10_000,
         w_availability: float = 0.5,
@@ -38,7 +38,7 @@ class Scheduler:
         warmup_successes: int = 0,
         affinity_memory: int = 4,
         explain_memory: int = 4096,
-    ) -> None:
+    ) -> Scheduler:
         """A scheduler. Every keyword is optional; the defaults are a sensible server.
 
         Queue order (see push): tenants share by weight (set_tenant_weight), priority classes
@@ -187,9 +187,10 @@ class Scheduler:
     def release(self, task: int) -> int:
         """A placed task left its worker without an outcome (cancelled, lost, stolen); returns
         the worker."""
-    def mark_started(self, task: int) -> None:
+    def mark_started(self, task: int, now_ms: int = -1) -> None:
         """The agent started a placed task (its RUNNING update); a repeat is a no-op.
 
+        With now_ms (>= 0) the task's timeout counts from then: time queued on the agent does not.
         A worker never has more started tasks than slots: InvalidArgument if it would.
         Placed tasks not yet started are prefetched and may be stolen.
         """

@@ -822,7 +822,7 @@ class ControlPlane:
                 # agent to re-attach), so the write would buy nothing on the hot path.
                 self._set_state(rec, RUNNING)  # a revoke in flight has failed
                 try:
-                    self.core.mark_started(rec.handle)
+                    self.core.mark_started(rec.handle, now_ms=mono_ms())
                 except CoreError as exc:
                     # More started tasks than slots, or two on one GPU: the agent broke its contract.
                     log.error("worker %s started task %s, which the core refuses: %s", conn.worker_id, rec.id, exc)

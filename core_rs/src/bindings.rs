@@ -132,45 +132,6 @@ impl PyScheduler {
         })
     }
 
-    /// All the work is done in `__new__`; this exists so the class exposes the keyword-only
-    /// signature on `__init__`, where the stub (and a Python reader) looks for it.
-    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2, w_affinity = 0.3, w_fit = 0.2, w_cost = 0.1, policy = "composite", priority_weights = None, aging_ms = 60_000, prefetch_depth = 0, warmup_successes = 0, affinity_memory = 4, explain_memory = 4096))]
-    #[allow(clippy::too_many_arguments)]
-    fn __init__(
-        &self,
-        heartbeat_timeout_ms: i64,
-        w_availability: f64,
-        w_success: f64,
-        w_speed: f64,
-        w_affinity: f64,
-        w_fit: f64,
-        w_cost: f64,
-        policy: &str,
-        priority_weights: Option<Vec<f64>>,
-        aging_ms: i64,
-        prefetch_depth: i64,
-        warmup_successes: i64,
-        affinity_memory: i64,
-        explain_memory: i64,
-    ) {
-        let _ = (
-            heartbeat_timeout_ms,
-            w_availability,
-            w_success,
-            w_speed,
-            w_affinity,
-            w_fit,
-            w_cost,
-            policy,
-            priority_weights,
-            aging_ms,
-            prefetch_depth,
-            warmup_successes,
-            affinity_memory,
-            explain_memory,
-        );
-    }
-
     /// Intern a requirement shape and return its id (the same inputs give the same id).
     #[allow(clippy::too_many_arguments)]
     fn shape(
@@ -392,8 +353,11 @@ impl PyScheduler {
     }
 
     /// The agent started a placed task (its RUNNING update).
-    fn mark_started(&self, task: TaskId) -> PyResult<()> {
-        Ok(self.engine()?.mark_started(task)?)
+    #[pyo3(signature = (task, now_ms = -1), text_signature = "(self, /, task, now_ms=-1)")]
+    fn mark_started(&self, task: TaskId, now_ms: i64) -> PyResult<()> {
+        Ok(self
+            .engine()?
+            .mark_started(task, u64::try_from(now_ms).ok())?)
     }
 
     /// (task, from_worker, to_worker) moves that let idle workers run prefetched work.

@@ -145,6 +145,8 @@ struct Placed {
     shape: ShapeId,
     /// Generation of the task's timeout entry in the deadline heap.
     generation: u64,
+    /// Its execution time limit (0 = none), counted again from the start of a prefetched task.
+    timeout_ms: u64,
     /// The agent reported it running (a placed task that is not started is prefetched).
     started: bool,
 }
@@ -632,6 +634,7 @@ impl Scheduler {
                 gpus,
                 shape,
                 generation,
+                timeout_ms,
                 started,
             },
         );
@@ -694,8 +697,8 @@ impl Scheduler {
 
     /// The agent started a placed task (its RUNNING update). A worker never has more started
     /// tasks than slots, and two started tasks never share a GPU: such a start is refused.
-    /// Starting twice is a no-op.
-    pub fn mark_started(&mut self, task: TaskId) -> CoreResult<()> {
+    /// Starting twice is a no-op. With `now_ms`, the task's timeout counts from now_ms.
+    pub fn mark_started(&mut self, task: TaskId, now_ms: Option<u64>) -> CoreResult<()> {
         let placed = self
             .placed
             .get(&task)
@@ -724,7 +727,19 @@ impl Scheduler {
                 w.gpus[g as usize].running = true;
             }
         })?;
-        self.placed.get_mut(&task).expect("checked above").started = true;
+        let placed = self.placed.get_mut(&task).expect("checked above");
+        placed.started = true;
+        if let (Some(now_ms), true) = (now_ms, placed.timeout_ms > 0) {
+            // The time limit is for running: time spent queued on the agent does not count.
+            placed.generation = self.deadlines.next_generation();
+            self.deadlines.push(
+                now_ms.saturating_add(placed.timeout_ms),
+                Deadline::Task,
+                task,
+                placed.generation,
+            );
+            self.compact_deadlines();
+        }
         Ok(())
     }
 
@@ -874,7 +889,12 @@ impl Scheduler {
     pub fn can_run(&mut self, shape: ShapeId) -> CoreResult<bool> {
         let s: &Shape = self.shapes.get(shape)?;
         self.placement.index(shape, s, &mut self.workers);
-        Ok(!self.placement.built(shape).expect("just built").members.is_empty())
+        Ok(!self
+            .placement
+            .built(shape)
+            .expect("just built")
+            .members
+            .is_empty())
     }
 
     /// Why a pending task of this shape and priority is not running, in words.

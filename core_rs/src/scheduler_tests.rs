@@ -1137,9 +1137,9 @@ fn prefetch_holds_extra_tasks_and_idle_workers_steal_them() {
     }
     assert_eq!(s.place(0, 10).len(), 3, "1 slot + 2 prefetched");
     assert_eq!(s.slots(), (1, 0));
-    s.mark_started(0).unwrap();
+    s.mark_started(0, None).unwrap();
     assert!(
-        s.mark_started(1).is_err(),
+        s.mark_started(1, None).is_err(),
         "never more started tasks than slots"
     );
     assert!(s.steal_candidates(10).is_empty(), "no idle worker yet");
@@ -1155,7 +1155,7 @@ fn prefetch_holds_extra_tasks_and_idle_workers_steal_them() {
     let p = s.place(0, 1);
     assert_eq!(p[0].task, 2);
     assert_ne!(p[0].worker, a);
-    s.mark_started(2).unwrap();
+    s.mark_started(2, None).unwrap();
     assert!(
         s.steal_candidates(10)
             .iter()
@@ -1169,8 +1169,13 @@ fn can_run_ignores_load_but_not_static_filters() {
     let mut s = sched();
     let render = cpu_shape(&mut s, "render");
     assert!(!s.can_run(render).unwrap(), "no worker at all");
-    let w = s.add_worker(1, vec![], "", vec![], vec!["infer".into()], 0).unwrap();
-    assert!(!s.can_run(render).unwrap(), "the only worker runs another kind");
+    let w = s
+        .add_worker(1, vec![], "", vec![], vec!["infer".into()], 0)
+        .unwrap();
+    assert!(
+        !s.can_run(render).unwrap(),
+        "the only worker runs another kind"
+    );
     let any = plain_worker(&mut s, 1);
     assert!(s.can_run(render).unwrap());
     // Busy or draining workers could still run it later: only static filters count.
@@ -1179,6 +1184,32 @@ fn can_run_ignores_load_but_not_static_filters() {
     s.set_draining(any, true).unwrap();
     assert!(s.can_run(render).unwrap());
     s.remove_worker(any).unwrap();
-    assert!(!s.can_run(render).unwrap(), "it left with the only fitting worker");
+    assert!(
+        !s.can_run(render).unwrap(),
+        "it left with the only fitting worker"
+    );
     s.remove_worker(w).unwrap();
+}
+
+#[test]
+fn a_prefetched_task_times_out_from_its_start_not_its_placement() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        prefetch_depth: 1,
+        ..SchedulerConfig::default()
+    })
+    .unwrap();
+    let shape = cpu_shape(&mut s, "k");
+    let _w = plain_worker(&mut s, 1);
+    s.push(1, shape, 1, 1, 100).unwrap();
+    s.push(2, shape, 1, 2, 100).unwrap();
+    assert_eq!(s.place(0, 10).len(), 2, "one runs, one is prefetched");
+    s.mark_started(1, Some(0)).unwrap();
+    s.finish(1, true, 90).unwrap();
+    s.mark_started(2, Some(90)).unwrap();
+    assert_eq!(
+        s.expired(150).1,
+        Vec::<TaskId>::new(),
+        "queued time must not count"
+    );
+    assert_eq!(s.expired(190).1, vec![2]);
 }

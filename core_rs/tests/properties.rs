@@ -359,7 +359,7 @@ impl Model {
                             && matches!(s, TaskState::Placed { worker: w, started: true, gpus, .. }
                                 if *w == worker && gpus.iter().any(|g| mine.contains(g)))
                     });
-                    let result = self.sched.mark_started(task);
+                    let result = self.sched.mark_started(task, None);
                     if started {
                         assert!(result.is_ok(), "starting twice is a no-op");
                     } else if running >= self.workers[&worker].spec.slots || gpu_running {
