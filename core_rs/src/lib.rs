@@ -10,7 +10,6 @@ mod decisions;
 pub mod error;
 mod explain;
 mod id_hash;
-mod lazy_set;
 pub mod learning;
 pub mod placement;
 pub mod policy;

@@ -6,32 +6,22 @@
 //! [`ShapeIndex`], built lazily on first use in O(W) and then kept up to date incrementally: a
 //! joining worker is checked against every built index (O(S) static checks), a leaving one is
 //! dropped from the indexes that list it. The index keeps the statically eligible workers that
-//! can take a task now (accepting work, capacity left) in an ordered set (a [`LazySet`]) by the
-//! shape's policy rank (see `policy`), so finding the best worker for a task is O(log W) plus the
+//! can take a task now (accepting work, capacity left) in a `BTreeSet` ordered by the shape's
+//! policy rank (see `policy`), so finding the best worker for a task is O(log W) plus the
 //! workers skipped because their qualifying GPUs are taken (none for CPU shapes), instead of a
-//! scan of the fleet. Affinity looks at most `WARM_SCAN` entries of the warm index.
-//!
-//! Lazy re-ranking. A worker's rank changes on every placement, finish or drain, in each of the
-//! S_w indexes that list it. The new rank is computed at once (O(S_w), one dense slot per index,
-//! no tree work), but the ready set only moves a member whose rank rose (or who became ready): one
-//! whose rank fell keeps its old entry, which then sits too early in the set. The set is still
-//! walked in exact rank order (see `lazy_set`), and a stale entry is moved only when it surfaces
-//! at the head (`settle`, before each lookup), so a worker placed on through one shape costs no
-//! tree work in its other shapes until it would win there. Decisions are exactly those of an
-//! eagerly re-ranked set; a placement costs O(log W) in the shape it was placed through plus
-//! O(S_w) rank computations, a finish O(log W) in each shape where the worker's rank rose above
-//! its entry.
+//! scan of the fleet. Affinity looks at most `WARM_SCAN` entries of the warm index. The price is
+//! paid when a worker's rank changes (a placement, a finish, a drain): O(S_w log W) to move it in
+//! the S_w indexes that list it.
 //!
 //! Ranks that depend on what the fleet learned (a GPU model's runtime for a kind) are refreshed
 //! when the worker itself changes, so they may lag the fleet's learning by one event per worker.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::affinity::WarmIndex;
 use crate::error::CoreResult;
 use crate::id_hash::IdHashMap;
-use crate::lazy_set::{InOrder, LazySet};
 use crate::learning::{KindId, Learning};
 use crate::policy::{fit, score_of, Context, Policy, Weights};
 use crate::shapes::{Shape, ShapeTable};
@@ -157,20 +147,8 @@ pub struct Member {
     pub gpus: Box<[u32]>,
     /// Static best-fit measure, see `policy::fit`.
     pub fit: f64,
-}
-
-/// Where one member stands in its shape's ready set. Kept in a vector indexed by worker handle
-/// rather than in `members`: re-ranking after every placement and finish then touches one cache
-/// line per shape instead of probing a hash table (the price: 40 bytes per handle ever issued,
-/// per built shape).
-#[derive(Debug, Clone, Copy, Default)]
-struct Standing {
-    /// A copy of the member's `fit`, which its rank needs.
-    fit: f64,
-    /// Its current key (None = not ready, or not a member).
+    /// Its key in the ready set (None = not ready).
     key: Option<ReadyKey>,
-    /// Its entry in the ready set (see `LazySet`).
-    listed: Option<ReadyKey>,
 }
 
 /// The workers that statically fit one shape, and the ones among them ready for a task now.
@@ -180,10 +158,8 @@ pub struct ShapeIndex {
     pub policy: Policy,
     /// Statically eligible live workers (draining and full ones too).
     pub members: IdHashMap<WorkerId, Member>,
-    /// The members that accept work and have capacity left, best rank first, re-ranked lazily.
-    ready: LazySet,
-    /// Per worker handle; default for handles that are not members.
-    standings: Vec<Standing>,
+    /// Members that accept work and have capacity left, best rank first.
+    ready: BTreeSet<ReadyKey>,
 }
 
 impl ShapeIndex {
@@ -239,14 +215,18 @@ impl ShapeIndex {
         let mut warm_best: Option<(u64, WorkerId, Vec<u32>)> = None;
         if need.affinity != 0 && (need.hard_affinity || soft) {
             for id in warm.ready(need.affinity).take(WARM_SCAN) {
-                let Some((Reverse(rank), _)) = self.key_of(id) else {
+                let Some(Member {
+                    key: Some((Reverse(rank), _)),
+                    ..
+                }) = self.members.get(&id)
+                else {
                     continue;
                 };
                 if Some(id) == avoid {
                     continue;
                 }
                 if let Some(gpus) = self.fits_now(shape, workers, id) {
-                    warm_best = Some((rank, id, gpus));
+                    warm_best = Some((*rank, id, gpus));
                     break;
                 }
             }
@@ -271,7 +251,7 @@ impl ShapeIndex {
         let mut runner_up = None;
         let mut skipped = false;
         let mut looked_past = 0;
-        for (Reverse(rank), id) in self.in_rank_order() {
+        for &(Reverse(rank), id) in &self.ready {
             if Some(id) == avoid {
                 skipped = true;
                 continue;
@@ -331,48 +311,24 @@ impl ShapeIndex {
         }
     }
 
-    /// The ready members, best rank first (ties to the lowest handle).
-    fn in_rank_order(&self) -> InOrder<'_, impl Fn(WorkerId) -> Option<ReadyKey> + '_> {
-        self.ready.in_order(|id| self.key_of(id))
-    }
-
-    /// A member's current key; None if it is not ready or not a member.
-    fn key_of(&self, id: WorkerId) -> Option<ReadyKey> {
-        self.standings.get(handle(id)).and_then(|s| s.key)
-    }
-
-    /// Add a member (not yet ranked).
-    fn admit(&mut self, id: WorkerId, gpus: Box<[u32]>, fit: f64) {
-        let i = handle(id);
-        if self.standings.len() <= i {
-            self.standings.resize(i + 1, Standing::default());
-        }
-        self.standings[i] = Standing {
-            fit,
-            ..Standing::default()
-        };
-        self.members.insert(id, Member { gpus, fit });
-    }
-
-    /// Move stale entries off the head of the ready set, so lookups do not walk past the same
-    /// ones again and again.
-    fn settle(&mut self) {
-        let standings = &mut self.standings;
-        self.ready.settle(|id| {
-            let standing = &mut standings[handle(id)];
-            standing.listed = standing.key;
-            standing.key
-        });
-    }
-
     fn rekey(&mut self, id: WorkerId, worker: &Worker, ctx: &Context<'_>) {
         let policy = self.policy;
-        let standing = &mut self.standings[handle(id)];
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
         let key = worker
             .is_ready()
-            .then(|| (Reverse(ctx.rank(policy, worker, standing.fit)), id));
-        standing.key = key;
-        self.ready.raise(&mut standing.listed, key);
+            .then(|| (Reverse(ctx.rank(policy, worker, member.fit)), id));
+        if key == member.key {
+            return;
+        }
+        if let Some(old) = member.key {
+            self.ready.remove(&old);
+        }
+        if let Some(new) = key {
+            self.ready.insert(new);
+        }
+        member.key = key;
     }
 }
 
@@ -432,9 +388,9 @@ impl PlacementIndex {
             };
             let ids: Vec<WorkerId> = index.members.keys().copied().collect();
             for id in ids {
-                let standing = &mut index.standings[handle(id)];
-                standing.key = None;
-                standing.listed = None;
+                if let Some(m) = index.members.get_mut(&id) {
+                    m.key = None;
+                }
                 if let Ok(w) = workers.get(id) {
                     index.rekey(id, w, &ctx);
                 }
@@ -447,8 +403,7 @@ impl PlacementIndex {
         self.shapes.get(slot(id)).and_then(Option::as_ref)
     }
 
-    /// The index of a shape, building it (O(W)) on first use, with its ready set settled for a
-    /// lookup.
+    /// The index of a shape, building it (O(W)) on first use.
     pub fn index(&mut self, id: ShapeId, shape: &Shape, workers: &mut WorkerTable) -> &ShapeIndex {
         let i = slot(id);
         if self.shapes.len() <= i {
@@ -460,14 +415,20 @@ impl PlacementIndex {
                 kind,
                 policy: self.policy_for(&shape.kind),
                 members: IdHashMap::default(),
-                ready: LazySet::default(),
-                standings: Vec::new(),
+                ready: BTreeSet::new(),
             };
             let mut listed = Vec::new();
             for (wid, worker) in workers.iter() {
                 if let Some(gpus) = static_fit(shape, worker) {
                     let fit = fit(shape, worker, &gpus);
-                    index.admit(wid, gpus, fit);
+                    index.members.insert(
+                        wid,
+                        Member {
+                            gpus,
+                            fit,
+                            key: None,
+                        },
+                    );
                     listed.push(wid);
                 }
             }
@@ -489,9 +450,7 @@ impl PlacementIndex {
             }
             self.shapes[i] = Some(index);
         }
-        let index = self.shapes[i].as_mut().expect("just built");
-        index.settle();
-        index
+        self.shapes[i].as_ref().expect("just built")
     }
 
     /// A worker joined: list it in every built index it fits, then rank it.
@@ -504,7 +463,14 @@ impl PlacementIndex {
                 .expect("indexes exist only for interned shapes");
             if let Some(gpus) = static_fit(shape, worker) {
                 let fit = fit(shape, worker, &gpus);
-                index.admit(id, gpus, fit);
+                index.members.insert(
+                    id,
+                    Member {
+                        gpus,
+                        fit,
+                        key: None,
+                    },
+                );
                 worker.shapes.push(sid as ShapeId);
             }
         }
@@ -517,15 +483,15 @@ impl PlacementIndex {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
-            index.members.remove(&id);
-            let standing = std::mem::take(&mut index.standings[handle(id)]);
-            index.ready.remove(standing.listed);
+            if let Some(Member { key: Some(key), .. }) = index.members.remove(&id) {
+                index.ready.remove(&key);
+            }
         }
         self.warm.worker_removed(id, worker);
     }
 
-    /// The worker's rank or readiness may have changed: re-rank it in its indexes (see the module
-    /// docs) and move it in the warm index.
+    /// The worker's rank or readiness may have changed: move it in its indexes' ready sets and
+    /// in the warm index.
     pub fn refresh(&mut self, id: WorkerId, workers: &mut WorkerTable) {
         let (worker, learning) = match workers.get_with_learning(id) {
             Ok(x) => x,
@@ -557,10 +523,6 @@ impl PlacementIndex {
 
 fn slot(id: ShapeId) -> usize {
     usize::try_from(id).expect("shape ids are vector indices")
-}
-
-fn handle(id: WorkerId) -> usize {
-    usize::try_from(id).expect("worker handles are vector indices")
 }
 
 #[cfg(test)]

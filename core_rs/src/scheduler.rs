@@ -513,7 +513,6 @@ impl Scheduler {
                 .get(sid)
                 .expect("queued tasks have interned shapes");
             self.placement.index(sid, shape, &mut self.workers);
-            self.placement.warm.settle(pending.affinity);
             let index = self.placement.built(sid).expect("just built");
             let need = Need {
                 avoid: pending.avoid,

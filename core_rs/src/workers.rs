@@ -2,6 +2,7 @@
 
 use crate::error::{invalid, unknown, CoreResult};
 use crate::learning::{KindId, Learning, ModelId, EWMA_ALPHA};
+use crate::placement::ReadyKey;
 use crate::{ShapeId, TaskId, WorkerId};
 
 /// One GPU as a worker reports it.
@@ -69,6 +70,8 @@ pub struct Worker {
     pub heartbeat_gen: u64,
     /// Shapes whose placement index lists this worker, so a change of score updates just those.
     pub(crate) shapes: Vec<ShapeId>,
+    /// The key under which this worker sits in the warm index (None = not ready).
+    pub(crate) base_key: Option<ReadyKey>,
 }
 
 /// The capacity-related parts of a new worker.
@@ -135,6 +138,7 @@ impl Worker {
             warm: Vec::new(),
             heartbeat_gen: 0,
             shapes: Vec::new(),
+            base_key: None,
         })
     }
 
