@@ -72,6 +72,9 @@ class PoolConfig:
     scale_down_cooldown_s: float = 120.0
     # Pending tasks (beyond what cold-starting pods absorb) that trigger a scale-up.
     scale_up_threshold: int = 1
+    # Also scale up when the pool's pending tasks would wait longer than this, at the runtime the
+    # core has learned for them on the pool's pods (0 = off). Grows to the size that meets it.
+    scale_up_wait_s: float = 0.0
     # Pending tasks one new pod is expected to absorb; 0 = its slots.
     tasks_per_pod: int = 0
     # Slots the pod's agent registers; 0 = gpu_count (the agent's default).
@@ -186,7 +189,8 @@ def _parse_pool(p: Any, where: str) -> PoolConfig:
         raise ValueError(f"{where}: gpu_count must be at least 1")
     if not 0 <= pool.min <= pool.max or pool.max < 1:
         raise ValueError(f"{where}: need 0 <= min <= max and max >= 1, got min {pool.min}, max {pool.max}")
-    for key in ("idle_timeout_s", "scale_up_cooldown_s", "scale_down_cooldown_s", "register_timeout_s"):
+    for key in ("idle_timeout_s", "scale_up_cooldown_s", "scale_down_cooldown_s", "register_timeout_s",
+                "scale_up_wait_s"):
         if getattr(pool, key) < 0:
             raise ValueError(f"{where}: {key} must be 0 or more")
     if pool.scale_up_threshold < 1:
@@ -267,6 +271,8 @@ class Pool:
     last_change: float = -math.inf
     demand: int = 0
     demand_need: str = ""
+    # Seconds of pending work on the pool at its learned runtimes; None until one is learned.
+    work_s: float | None = None
     gpu_memory_gb: int = 0
     price_per_gpu: float = 0.0
     probe: Scheduler | None = None
@@ -481,11 +487,15 @@ class Autoscaler:
     def _assign_demand(self) -> None:
         """Give each pending task to the pool that should grow for it."""
         shapes: collections.Counter[ShapeKey] = collections.Counter()
+        examples: dict[ShapeKey, Any] = {}
         for rec in self.control.live.values():
             if rec.state == PENDING:
-                shapes[shape_key(rec.spec)] += 1
+                key = shape_key(rec.spec)
+                shapes[key] += 1
+                examples.setdefault(key, rec.spec)
         for pool in self.pools.values():
             pool.demand = 0
+            pool.work_s = None
         needs: dict[str, collections.Counter[ShapeKey]] = {name: collections.Counter() for name in self.pools}
         for key, n in shapes.items():
             candidates = [p for p in self.pools.values() if self._memory_known(p) and self._fits(p, key)]
@@ -495,9 +505,26 @@ class Autoscaler:
             chosen = (roomy or candidates)[0]
             chosen.demand += n
             needs[chosen.config.name][key] += n
+            runtime = self._runtime_s(chosen, examples[key])
+            if runtime is not None:
+                chosen.work_s = (chosen.work_s or 0.0) + n * runtime
         for name, counter in needs.items():
             top = [f"{describe_need(k)} ({n})" if len(counter) > 1 else describe_need(k) for k, n in counter.most_common(2)]
             self.pools[name].demand_need = "; ".join(top) + ("; ..." if len(counter) > 2 else "")
+
+    def _runtime_s(self, pool: Pool, spec: Any) -> float | None:
+        """What the core predicts one such task takes on this pool's pods (None: not learned)."""
+        for pod in pool.pods:
+            conn = self._connection(pod) if pod.state == RUNNING else None
+            if conn is not None:
+                return self.control.predict_runtime_s(spec, conn.worker_id)
+        return None
+
+    def _predicted_wait_s(self, pool: Pool) -> float | None:
+        """How long the pool's pending work would take on the pods it has and is starting."""
+        if pool.work_s is None:
+            return None
+        return pool.work_s / max(1, pool.count(*LIVE) * pool.config.slots)
 
     def _memory_known(self, pool: Pool) -> bool:
         """A pool is matched against tasks once its GPU memory is known (config or RunPod)."""
@@ -540,10 +567,18 @@ class Autoscaler:
             return
         starting = pool.count(CREATING, STARTING)
         uncovered = pool.demand - starting * cfg.slots
-        if uncovered >= cfg.scale_up_threshold:
+        by_count = uncovered >= cfg.scale_up_threshold
+        wait_s = self._predicted_wait_s(pool)
+        by_wait = cfg.scale_up_wait_s > 0 and wait_s is not None and wait_s > cfg.scale_up_wait_s
+        if by_count or by_wait:
             if now - pool.last_up < cfg.scale_up_cooldown_s:
                 return
-            want = math.ceil(uncovered / cfg.absorb)
+            want = math.ceil(uncovered / cfg.absorb) if by_count else 0
+            if by_wait and pool.work_s is not None:
+                enough = math.ceil(pool.work_s / cfg.scale_up_wait_s / cfg.slots)
+                want = max(want, enough - live)
+            if want <= 0:
+                return
             add = min(want, cfg.max - size)
             if add <= 0:
                 if not pool.at_max_reported:
@@ -557,6 +592,8 @@ class Autoscaler:
                     )
                 return
             why = f"{pool.demand} pending tasks need {pool.demand_need}"
+            if by_wait and wait_s is not None:
+                why += f" and would wait about {wait_s:.0f} s, over the {cfg.scale_up_wait_s:g} s target"
             if starting:
                 why += f" ({starting} pods already starting)"
             self._scale_up(pool, add, now, why)

@@ -906,6 +906,14 @@ class ControlPlane:
         conn = self._worker_by_handle.get(int(match.group(1)))
         return conn.worker_id if conn is not None else match.group(0)
 
+    def predict_runtime_s(self, spec: common_pb2.TaskSpec, worker_id: str) -> float | None:
+        """What the core has learned a task like `spec` takes on this worker (None: not yet)."""
+        conn = self.workers.get(worker_id)
+        if conn is None:
+            return None
+        ms = self.core.predict_runtime_ms(self._shape(spec), conn.handle)
+        return None if ms is None else ms / 1000
+
     def pending_reason(self, rec: TaskRecord) -> str:
         if rec.state != PENDING:
             return ""

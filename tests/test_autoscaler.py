@@ -174,6 +174,22 @@ def test_min_max_and_cooldown_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert len(admin.events("scale_up")) == 2, admin.log()
 
 
+def test_a_predicted_wait_over_the_target_scales_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The count trigger is out of reach (100 tasks): only the predicted wait can grow the pool.
+    config = pool(min=1, max=3, scale_up_threshold=100, scale_up_wait_s=2)
+    with autoscaled(tmp_path, monkeypatch, [config]) as (fake, cp, client, admin):
+        eventually(lambda: admin.events("registered"), 20, "the minimum pod to register")
+        # One task teaches the core how long such a task takes on the pool's pods.
+        first = client.wait(client.submit_spec(gpu_task("t", 1.0)), timeout_s=30)
+        assert first.state == common_pb2.TASK_STATE_SUCCEEDED, first.error
+        assert not [e for e in admin.events("scale_up") if e.to_pods > 1], admin.log()
+        client.submit_many([gpu_task("t", 1.0)] * 8)  # about 8 s of work on 1 slot: over 2 s
+        up = eventually(lambda: [e for e in admin.events("scale_up") if "would wait" in e.message], 15,
+                        "a scale-up for the predicted wait")[0]
+        assert (up.from_pods, up.to_pods) == (1, 3), up.message
+        assert "over the 2 s target" in up.message
+
+
 def test_create_failure_is_retried_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # 3 attempts per create: the first create fails all 3 (reported), the next succeeds on its 2nd.
     config = pool(min=1, max=1, scale_up_cooldown_s=1)
