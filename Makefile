@@ -33,7 +33,8 @@ test-rust: ## Rust unit and property tests of the core
 test-python: install ## Python tests over real gRPC on loopback
 	$(PY) -m pytest -q
 
-lint: install ## Check the native module against its hand-written stub
+lint: install ## ruff, and the native module against its hand-written stub
+	$(PY) -m ruff check .
 	$(PY) -m mypy.stubtest controlplane._core
 
 proto: install ## Regenerate gpucp/v1 from proto/
