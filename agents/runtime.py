@@ -74,7 +74,7 @@ class _Attempt:
     executing: bool = False
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Outgoing:
     """A final update that must reach the control plane, whatever happens to the stream."""
 
@@ -296,6 +296,7 @@ class Agent:
                 running=[
                     workers_pb2.RunningTask(task_id=task_id, attempt=attempt) for task_id, attempt in self._attempts
                 ],
+                accepts_batches=True,
             )
         )
 
@@ -385,22 +386,68 @@ class Agent:
 
     async def _write_loop(self, call: grpc.aio.StreamStreamCall, stream: _Stream) -> None:
         while True:
-            item = await stream.queue.get()
-            if item is _CLOSE:
+            items = [await stream.queue.get()]
+            # Everything produced while the last write was in flight leaves in one go.
+            while not stream.queue.empty():
+                items.append(stream.queue.get_nowait())
+            closing = _CLOSE in items
+            if closing:
+                items = items[: items.index(_CLOSE)]
+            await self._write_batch(call, stream, items)
+            if closing:
                 await call.done_writing()
                 # Keep the session alive until the server ends the stream (the reader sees EOF).
                 await asyncio.Future()
-            if isinstance(item, _Outgoing):
-                if item.written_on == stream.generation:
-                    continue  # queued twice (produced while registering); once is enough
-                await call.write(item.message)
+
+    async def _write_batch(self, call: grpc.aio.StreamStreamCall, stream: _Stream, items: list[object]) -> None:
+        """Write queued items in order; consecutive task updates go as one `updates` message.
+
+        A RUNNING update followed in the same batch by its attempt's final update is left out:
+        the task already ended, and the final update says everything RUNNING would have.
+        """
+        ended = {
+            (item.message.update.task_id, item.message.update.attempt)
+            for item in items
+            if isinstance(item, _Outgoing)
+        }
+        updates: list[workers_pb2.TaskUpdate] = []
+        finals: list[_Outgoing] = []
+        batched: set[_Outgoing] = set()
+
+        async def flush() -> None:
+            if not updates:
+                return
+            if len(updates) == 1:
+                await call.write(workers_pb2.AgentMessage(update=updates[0]))
+            else:
+                await call.write(workers_pb2.AgentMessage(updates=workers_pb2.TaskUpdates(updates=updates)))
+            now = time.monotonic()
+            for item in finals:
                 item.written_on = stream.generation
-                item.written_at = time.monotonic()
+                item.written_at = now
+            if finals:
                 self._notify_progress()
+            updates.clear()
+            finals.clear()
+
+        for item in items:
+            if isinstance(item, _Outgoing):
+                if item.written_on == stream.generation or item in batched:
+                    continue  # queued twice (produced while registering); once is enough
+                updates.append(item.message.update)
+                finals.append(item)
+                batched.add(item)
+            elif isinstance(item, workers_pb2.AgentMessage) and item.WhichOneof("msg") == "update":
+                upd = item.update
+                if upd.state == common_pb2.TASK_STATE_RUNNING and (upd.task_id, upd.attempt) in ended:
+                    continue
+                updates.append(upd)
             elif isinstance(item, workers_pb2.AgentMessage):
+                await flush()
                 await call.write(item)
                 if item.WhichOneof("msg") == "heartbeat":
                     self._forget_delivered(stream)
+        await flush()
 
     async def _heartbeat_loop(self, stream: _Stream) -> None:
         while True:
@@ -445,6 +492,9 @@ class Agent:
         kind = message.WhichOneof("msg")
         if kind == "assign":
             self._on_assign(message.assign)
+        elif kind == "assign_many":
+            for assignment in message.assign_many.assignments:
+                self._on_assign(assignment)
         elif kind == "cancel":
             self._on_cancel(message.cancel)
         elif kind == "drain":

@@ -3,7 +3,8 @@
 Each system gets K workers x S GPU slots (simulated: nothing touches a GPU) and runs no-op tasks
 that claim one GPU slot each:
 
-- gpucp: a real `gpucp serve` (temporary SQLite db, durable accept) and K `python -m agents`
+- gpucp: a real `gpucp serve` (temporary SQLite db, durable accept, `--prefetch-depth 16` so an
+  agent holds the next tasks while it runs these, as Dask workers do) and K `python -m agents`
   processes with `--gpus SxA100-80GB --slots S`; tasks are `noop` with `gpus=1`.
 - Ray: one local node declaring K*S GPUs (`ray.init(num_gpus=...)`), tasks
   `@ray.remote(num_gpus=1, num_cpus=0, max_calls=0)`. One node, not K: K raylets on two cores
@@ -84,7 +85,9 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gpucp-bench-peers-") as tmp:
         workdir = Path(tmp)
         t0 = time.perf_counter()
-        address, cp = start_control_plane(workdir, "--max-queue", "1000000")
+        address, cp = start_control_plane(
+            workdir, "--max-queue", "1000000", "--prefetch-depth", str(args.prefetch_depth)
+        )
         agents = start_agents(address, workdir, args.workers, "--gpus", f"{args.slots}xA100-80GB", "--slots", str(args.slots))
         try:
             with Client(address) as client:
@@ -117,7 +120,7 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
             stop_processes([cp])
     result = summarize(latencies, args.burst_tasks, accept_s, done_s)
     result.update(
-        setup=f"gpucp serve (SQLite WAL, durable accept) + {args.workers} agent processes",
+        setup=f"gpucp serve (SQLite WAL, durable accept, prefetch {args.prefetch_depth}) + {args.workers} agent processes",
         startup_s=startup_s,
         burst_controlplane_cpu_s=cp_cpu,
         burst_agents_cpu_s=agents_cpu,
@@ -347,6 +350,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--slots", type=int, default=4, help="GPU slots per worker (default 4)")
     p.add_argument("--latency-tasks", type=int, default=500, help="N sequential tasks timed in the closed loop (default 500)")
     p.add_argument("--burst-tasks", type=int, default=10_000, help="M tasks in the burst (default 10000)")
+    p.add_argument("--prefetch-depth", type=int, default=16,
+                   help="gpucp serve --prefetch-depth: tasks an agent may hold beyond its slots (default 16; 0 = none)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of gpucp,ray,dask")
     p.add_argument("--rounds", type=int, default=1, help="run the whole sequence this many times; report medians")
     p.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2, help="num_cpus given to ray.init")

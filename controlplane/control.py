@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import heapq
 import logging
 import math
@@ -89,6 +90,14 @@ class WorkerConn:
 
     def send(self, msg: workers_pb2.ControlMessage) -> None:
         self.outbox.put_nowait(msg)
+
+    def assign(self, assignments: list[workers_pb2.Assignment]) -> None:
+        """Send assignments: in one message if the agent accepts batches, else one by one."""
+        if len(assignments) > 1 and self.register.accepts_batches:
+            self.send(workers_pb2.ControlMessage(assign_many=workers_pb2.Assignments(assignments=assignments)))
+            return
+        for assignment in assignments:
+            self.send(workers_pb2.ControlMessage(assign=assignment))
 
     def close(self, reason: str) -> None:
         self.lost_reason = reason
@@ -458,13 +467,16 @@ class ControlPlane:
             await self._wake.wait()
             self._wake.clear()
             try:
-                await self._dispatch()
-            except asyncio.CancelledError:
-                raise
+                self._dispatch()
             except Exception:
                 log.exception("dispatch failed; it runs again on the next event")
 
-    async def _dispatch(self) -> None:
+    def _dispatch(self) -> None:
+        """Place what can be placed now; each batch goes to its agents once it is committed.
+
+        Placing does not wait for the commit: the next batch is placed while the last one is
+        being written, and a group commit carries both.
+        """
         while True:
             placements = self.core.place(mono_ms(), PLACE_BATCH)
             if not placements:
@@ -488,21 +500,32 @@ class ControlPlane:
             self._count_placements(len(assigned))
             # The assignment is durable before any agent hears of it, so after a restart no
             # attempt number can be handed out twice.
-            try:
-                await self.store.save([rec for rec, _, _ in assigned])
-            except StoreError:
-                log.exception("could not persist %d assignments; requeueing them", len(assigned))
-                for rec, _, attempt in assigned:
-                    if rec.state == ASSIGNED and rec.attempt == attempt:
-                        self.core.release(rec.handle)
-                        rec.attempt -= 1
-                        self._set_state(rec, PENDING)
-                        self._push([rec])
-                continue
-            for rec, conn, attempt in assigned:
-                # While the write was in flight the task may have been cancelled or its worker lost.
-                if rec.state == ASSIGNED and rec.attempt == attempt and not conn.lost_reason:
-                    conn.send(workers_pb2.ControlMessage(assign=workers_pb2.Assignment(task=rec.to_proto())))
+            self.store.save([rec for rec, _, _ in assigned]).add_done_callback(
+                functools.partial(self._assignments_stored, assigned)
+            )
+
+    def _assignments_stored(
+        self, assigned: list[tuple[TaskRecord, WorkerConn, int]], fut: asyncio.Future[None]
+    ) -> None:
+        # While the write was in flight a task may have been cancelled, lost with its worker, or
+        # placed again: only attempts that are still current go out (or back to the queue).
+        current = [
+            (rec, conn) for rec, conn, attempt in assigned if rec.state == ASSIGNED and rec.attempt == attempt
+        ]
+        if fut.cancelled() or fut.exception() is not None:
+            log.error("could not persist %d assignments (%s); requeueing them", len(assigned), fut.exception())
+            for rec, _ in current:
+                self.core.release(rec.handle)
+                rec.attempt -= 1
+                self._set_state(rec, PENDING)
+                self._push([rec])
+            return
+        batches: dict[WorkerConn, list[workers_pb2.Assignment]] = {}
+        for rec, conn in current:
+            if not conn.lost_reason:
+                batches.setdefault(conn, []).append(workers_pb2.Assignment(task=rec.to_proto()))
+        for conn, batch in batches.items():
+            conn.assign(batch)
 
     def _steal(self) -> None:
         """Ask backlogged workers for prefetched tasks that idle workers could run now.

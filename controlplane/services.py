@@ -129,6 +129,9 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
                         self.cp.heartbeat(conn, msg.heartbeat)
                     elif kind == "update":
                         self.cp.update(conn, msg.update)
+                    elif kind == "updates":
+                        for upd in msg.updates.updates:
+                            self.cp.update(conn, upd)
                     else:
                         log.warning("worker %s sent %s after registering; ignored", conn.worker_id, kind)
                 except Exception:

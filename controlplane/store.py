@@ -104,10 +104,10 @@ class TaskRecord:
             self.state,
             self.attempt,
             self.worker_id,
-            json.dumps(self.gpu_indices),
+            _json_list(self.gpu_indices),
             self.result,
             self.error,
-            json.dumps(self.errors),
+            _json_list(self.errors),
             self.lost_count,
             self.started_at_ms,
             self.finished_at_ms,
@@ -118,6 +118,10 @@ class TaskRecord:
         """All columns, in _INSERT's order: what never changes, then state_row() but its handle."""
         fixed = (self.handle, self.id, self.tenant, self.spec.idempotency_key, self.spec.SerializeToString())
         return (*fixed, self.created_at_ms, *self.state_row()[:-1])
+
+
+def _json_list(items: list[int] | list[str]) -> str:
+    return json.dumps(items) if items else "[]"  # most tasks have no errors: skip the encoder
 
 
 def record_from_row(row: Sequence[object]) -> TaskRecord:
@@ -157,6 +161,9 @@ _UPDATE = (
 )
 
 
+_Write = tuple[str, list[tuple[object, ...]], "asyncio.Future[None] | None"]
+
+
 class Store:
     """SQLite task store. `path` is a file path; ":memory:" is refused (nothing would be durable)."""
 
@@ -170,7 +177,10 @@ class Store:
         self._write.executescript(SCHEMA)
         self._read = self._connect(synchronous)
         self._read_lock = threading.Lock()
-        self._pending: list[tuple[str, Sequence[object], asyncio.Future[None] | None]] = []
+        # Writes made during one turn of the event loop, handed to the writer at its end.
+        self._turn: list[_Write] = []
+        self._save_future: asyncio.Future[None] | None = None
+        self._pending: list[_Write] = []
         self._cond = threading.Condition()
         self._closed = False
         self.commits = 0
@@ -187,33 +197,49 @@ class Store:
         return conn
 
     # -- writes -----------------------------------------------------------------------------
+    #
+    # Writes are called from the event loop. Those of one loop turn are collected and handed to
+    # the writer thread together at the end of the turn (one lock, one wake-up), in the order
+    # they were made; the writer commits everything handed over so far in one transaction and
+    # resolves its futures with one call into the loop.
 
-    def _enqueue(self, sql: str, rows: Sequence[object], wait: bool) -> asyncio.Future[None] | None:
-        fut: asyncio.Future[None] | None = None
-        if wait:
-            fut = asyncio.get_running_loop().create_future()
+    def _add(self, write: _Write) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+        if not self._turn:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        self._turn.append(write)
+
+    def _hand_over(self) -> None:
+        turn, self._turn = self._turn, []
+        self._save_future = None
         with self._cond:
-            if self._closed:
-                raise StoreError("the store is closed")
-            self._pending.append((sql, rows, fut))
+            self._pending.extend(turn)
             self._cond.notify()
-        return fut
 
     async def insert(self, records: Iterable[TaskRecord]) -> None:
-        """Store new tasks; returns once they are committed."""
-        fut = self._enqueue(_INSERT, [r.row() for r in records], wait=True)
-        assert fut is not None
+        """Store new tasks; returns once they are committed. A refused insert fails alone."""
+        fut = asyncio.get_running_loop().create_future()
+        self._add((_INSERT, [r.row() for r in records], fut))
         await fut
 
     def save(self, records: Iterable[TaskRecord]) -> asyncio.Future[None]:
-        """Write the current state of tasks; the returned future resolves at commit."""
-        fut = self._enqueue(_UPDATE, [r.state_row() for r in records], wait=True)
-        assert fut is not None
-        return fut
+        """Write the current state of tasks; the returned future resolves at commit.
+
+        Saves of one loop turn share their future: updates of existing rows fail together or not
+        at all (the database is unwritable), so one answer serves them all.
+        """
+        rows = [r.state_row() for r in records]
+        if self._save_future is None or not self._turn or self._turn[-1][2] is not self._save_future:
+            self._save_future = asyncio.get_running_loop().create_future()
+            self._add((_UPDATE, rows, self._save_future))
+        else:
+            self._turn[-1][1].extend(rows)
+        return self._save_future
 
     def save_nowait(self, records: Iterable[TaskRecord]) -> None:
         """Write the current state of tasks in the next group commit, without waiting for it."""
-        self._enqueue(_UPDATE, [r.state_row() for r in records], wait=False)
+        self.save(records)
 
     def _writer(self) -> None:
         while True:
@@ -223,17 +249,24 @@ class Store:
                 batch, self._pending = self._pending, []
                 closing = self._closed
             if batch:
-                self._commit(batch)
+                settled = self._commit(batch)
+                by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
+                for fut, error in settled:
+                    by_loop.setdefault(fut.get_loop(), []).append((fut, error))
+                for loop, items in by_loop.items():
+                    if not loop.is_closed():
+                        loop.call_soon_threadsafe(_settle, items)
             if closing and not batch:
                 return
 
-    def _commit(self, batch: list[tuple[str, Sequence[object], asyncio.Future[None] | None]]) -> None:
+    def _commit(self, batch: list[_Write]) -> list[tuple[asyncio.Future[None], BaseException | None]]:
+        """Commit `batch` in one transaction; returns each future with its error (None: stored)."""
         error: BaseException | None = None
         try:
             self._write.execute("BEGIN IMMEDIATE")
             for sql, rows, _ in batch:
                 if rows:
-                    self._write.executemany(sql, rows)  # type: ignore[arg-type]
+                    self._write.executemany(sql, rows)
             self._write.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as exc:
@@ -242,21 +275,19 @@ class Store:
             error = exc
         if error is not None and len(batch) > 1:
             # One bad write must not fail the others that shared its commit: retry one by one.
-            for item in batch:
-                self._commit([item])
-            return
-        for _, _, fut in batch:
-            if fut is not None:
-                fut.get_loop().call_soon_threadsafe(_settle, fut, error)
+            return [item for write in batch for item in self._commit([write])]
+        return [(fut, error) for _, _, fut in batch if fut is not None]
 
     async def flush(self) -> None:
-        """Wait until everything enqueued so far is committed."""
-        fut = self._enqueue("", [], wait=True)  # no rows: a marker that commits with the rest
-        assert fut is not None
+        """Wait until everything written so far is committed."""
+        fut = asyncio.get_running_loop().create_future()
+        self._add(("", [], fut))  # no rows: a marker that commits with the rest
         await fut
 
     def close(self) -> None:
         """Commit what is queued, then stop the writer and close both connections."""
+        if self._turn:
+            self._hand_over()
         with self._cond:
             self._closed = True
             self._cond.notify()
@@ -317,10 +348,11 @@ class Store:
         return int(rows[0][0])  # type: ignore[call-overload]
 
 
-def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(StoreError(f"the database refused the write: {error}"))
+def _settle(items: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for fut, error in items:
+        if fut.done():
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(StoreError(f"the database refused the write: {error}"))

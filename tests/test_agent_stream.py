@@ -48,6 +48,7 @@ class ScriptedControlPlane(workers_pb2_grpc.WorkersServicer):
     def __init__(self, heartbeat_interval_ms: int = 50) -> None:
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.received: list[Received] = []
+        self.batches: list[int] = []  # sizes of the `updates` messages received
         self.sessions: list[asyncio.Queue[workers_pb2.ControlMessage]] = []
         self._changed = asyncio.Condition()
 
@@ -84,7 +85,14 @@ class ScriptedControlPlane(workers_pb2_grpc.WorkersServicer):
 
     async def _record(self, session: int, message: workers_pb2.AgentMessage) -> None:
         async with self._changed:
-            self.received.append((session, message))
+            if message.HasField("updates"):
+                # Recorded one by one, like updates sent alone; the batch sizes are kept too.
+                self.batches.append(len(message.updates.updates))
+                self.received.extend(
+                    (session, workers_pb2.AgentMessage(update=u)) for u in message.updates.updates
+                )
+            else:
+                self.received.append((session, message))
             self._changed.notify_all()
 
     def send(self, message: workers_pb2.ControlMessage, session: int = -1) -> None:
@@ -193,10 +201,13 @@ def test_registers_capabilities_and_runs_a_task() -> None:
                 assert (register.backend, register.provider, register.cost_per_hour) == ("cuda", "local", 2.5)
                 assert list(register.running) == []
 
+                assert register.accepts_batches
+
                 plane.assign("t1", "shout", b"hello", gpus=(1,))
                 await plane.wait_update("t1", SUCCEEDED)
                 states = [u.state for u in plane.updates("t1")]
-                assert states == [RUNNING, SUCCEEDED], f"expected RUNNING then SUCCEEDED, got {states}"
+                # The handler ended before RUNNING left: the final update alone says it all.
+                assert states == [SUCCEEDED], f"expected only SUCCEEDED, got {states}"
                 assert plane.updates("t1")[-1].result == b"HELLO"
                 await plane.wait_for(
                     lambda _, m: m.HasField("heartbeat") and len(m.heartbeat.gpus) == 3 and m.heartbeat.active == 0,
@@ -247,6 +258,38 @@ def test_never_runs_more_tasks_than_slots() -> None:
                 for i in range(5):
                     await plane.wait_update(f"t{i}", SUCCEEDED)
         assert peak == 2, f"at most 2 tasks may run at once on a 2-slot agent, saw {peak}"
+
+    run(scenario())
+
+
+def test_takes_assignments_in_one_message_and_answers_in_one() -> None:
+    async def scenario() -> None:
+        async def slow(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+            await asyncio.sleep(0.2)
+            return task.spec.payload
+
+        async with control_plane() as (plane, port):
+            async with running_agent(port, slots=4, handlers={**BUILTIN_HANDLERS, "slow": slow}):
+                await plane.wait_sessions(1)
+                tasks = [
+                    common_pb2.Task(id=f"t{i}", spec=common_pb2.TaskSpec(kind="noop", payload=b"%d" % i), attempt=1)
+                    for i in range(3)
+                ]
+                tasks.append(common_pb2.Task(id="long", spec=common_pb2.TaskSpec(kind="slow", payload=b"z"), attempt=1))
+                plane.send(
+                    workers_pb2.ControlMessage(
+                        assign_many=workers_pb2.Assignments(assignments=[workers_pb2.Assignment(task=t) for t in tasks])
+                    )
+                )
+                for i in range(3):
+                    _, message = await plane.wait_update(f"t{i}", SUCCEEDED)
+                    assert message.update.result == b"%d" % i
+                await plane.wait_update("long", SUCCEEDED)
+                # Three no-op tasks that ended in one turn: one message with their three outcomes,
+                # and a RUNNING only for the task still running when that message left.
+                assert max(plane.batches, default=0) >= 3, f"expected the outcomes in one message, got batches {plane.batches}"
+                assert [u.state for u in plane.updates("t0")] == [SUCCEEDED]
+                assert [u.state for u in plane.updates("long")] == [RUNNING, SUCCEEDED]
 
     run(scenario())
 

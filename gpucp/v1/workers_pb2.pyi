@@ -8,14 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AgentMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "update")
+    __slots__ = ("register", "heartbeat", "update", "updates")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
     register: Register
     heartbeat: Heartbeat
     update: TaskUpdate
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., update: _Optional[_Union[TaskUpdate, _Mapping]] = ...) -> None: ...
+    updates: TaskUpdates
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., update: _Optional[_Union[TaskUpdate, _Mapping]] = ..., updates: _Optional[_Union[TaskUpdates, _Mapping]] = ...) -> None: ...
+
+class TaskUpdates(_message.Message):
+    __slots__ = ("updates",)
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[TaskUpdate]
+    def __init__(self, updates: _Optional[_Iterable[_Union[TaskUpdate, _Mapping]]] = ...) -> None: ...
 
 class RunningTask(_message.Message):
     __slots__ = ("task_id", "attempt")
@@ -26,7 +34,7 @@ class RunningTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("worker_id", "provider", "slots", "gpus", "backend", "labels", "kinds", "cost_per_hour", "running")
+    __slots__ = ("worker_id", "provider", "slots", "gpus", "backend", "labels", "kinds", "cost_per_hour", "running", "accepts_batches")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +44,7 @@ class Register(_message.Message):
     KINDS_FIELD_NUMBER: _ClassVar[int]
     COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_BATCHES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     provider: str
     slots: int
@@ -45,7 +54,8 @@ class Register(_message.Message):
     kinds: _containers.RepeatedScalarFieldContainer[str]
     cost_per_hour: float
     running: _containers.RepeatedCompositeFieldContainer[RunningTask]
-    def __init__(self, worker_id: _Optional[str] = ..., provider: _Optional[str] = ..., slots: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[_common_pb2.Gpu, _Mapping]]] = ..., backend: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., kinds: _Optional[_Iterable[str]] = ..., cost_per_hour: _Optional[float] = ..., running: _Optional[_Iterable[_Union[RunningTask, _Mapping]]] = ...) -> None: ...
+    accepts_batches: bool
+    def __init__(self, worker_id: _Optional[str] = ..., provider: _Optional[str] = ..., slots: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[_common_pb2.Gpu, _Mapping]]] = ..., backend: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., kinds: _Optional[_Iterable[str]] = ..., cost_per_hour: _Optional[float] = ..., running: _Optional[_Iterable[_Union[RunningTask, _Mapping]]] = ..., accepts_batches: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("gpus", "active", "draining")
@@ -74,16 +84,18 @@ class TaskUpdate(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., progress: _Optional[float] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("registered", "assign", "cancel", "drain")
+    __slots__ = ("registered", "assign", "cancel", "drain", "assign_many")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    ASSIGN_MANY_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     assign: Assignment
     cancel: CancelAssignment
     drain: Drain
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAssignment, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    assign_many: Assignments
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAssignment, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., assign_many: _Optional[_Union[Assignments, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("worker_id", "heartbeat_interval_ms")
@@ -98,6 +110,12 @@ class Assignment(_message.Message):
     TASK_FIELD_NUMBER: _ClassVar[int]
     task: _common_pb2.Task
     def __init__(self, task: _Optional[_Union[_common_pb2.Task, _Mapping]] = ...) -> None: ...
+
+class Assignments(_message.Message):
+    __slots__ = ("assignments",)
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class CancelAssignment(_message.Message):
     __slots__ = ("task_id", "attempt", "if_not_started")
