@@ -10,8 +10,9 @@ from gpucp import Client
 
 
 @pytest.fixture
-def controlplane(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
-    cp = ControlPlaneProcess(tmp_path).start()
+def controlplane(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ControlPlaneProcess]:
+    # Extra `gpucp serve` flags via indirect parametrization, e.g. ("--sync", "full").
+    cp = ControlPlaneProcess(tmp_path, *getattr(request, "param", ())).start()
     yield cp
     if cp.proc is not None and cp.proc.poll() is None:
         cp.proc.kill()

@@ -7,6 +7,8 @@ import json
 import signal
 import threading
 
+import pytest
+
 from cluster import eventually, wait_for_workers
 from gpucp import task_spec
 from gpucp.v1 import common_pb2, scheduler_pb2
@@ -57,6 +59,8 @@ def test_sigkill_of_an_agent_moves_its_tasks_to_other_workers_and_each_finishes_
     assert "victim" not in {w.worker_id for w in client.workers()}
 
 
+# NORMAL commits on the event loop, FULL on a writer thread (each commit waits for an fsync).
+@pytest.mark.parametrize("controlplane", [(), ("--sync", "full")], ids=["sync-normal", "sync-full"], indirect=True)
 def test_sigkill_of_the_control_plane_loses_no_accepted_task(controlplane, start_agent):
     client = controlplane.client()
     start_agent("steady-1", "--gpus", "2xT4-16GB", "--slots", "2")
