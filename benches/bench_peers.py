@@ -96,7 +96,7 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
 
                 def one() -> float:
                     start = time.perf_counter()
-                    task = client.wait(client.submit("noop", gpus=1), timeout_s=30)
+                    task = client.run("noop", gpus=1, wait_s=30)  # RunTask: submit and wait in one call
                     if task.state != succeeded:
                         raise RuntimeError(f"gpucp task ended {common_pb2.TaskState.Name(task.state)}: {task.error}")
                     return time.perf_counter() - start

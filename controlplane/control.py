@@ -171,6 +171,8 @@ class ControlPlane:
             max_cooling_s=config.quarantine_max_cooling_s,
         )
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # Tasks whose outcome is being committed: terminal in memory, not yet to anyone else.
+        self._settling: set[str] = set()
         self._watchers: set[Watcher] = set()
         self.state_counts: collections.Counter[int] = collections.Counter()
         self.stale_updates = 0
@@ -376,14 +378,15 @@ class ControlPlane:
                 self._idempotency.pop((old.tenant, old.spec.idempotency_key), None)
         # Waiters and watchers hear of an outcome only once it is durable: one a crash could
         # still undo must not be seen.
-        waiters = self._waiters.pop(rec.id, [])
-        self.store.save([rec]).add_done_callback(lambda fut: self._settled(fut, rec, waiters))
+        self._settling.add(rec.id)
+        self.store.save([rec]).add_done_callback(lambda fut: self._settled(fut, rec))
 
-    def _settled(self, fut: asyncio.Future[None], rec: TaskRecord, waiters: list[asyncio.Future[None]]) -> None:
+    def _settled(self, fut: asyncio.Future[None], rec: TaskRecord) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             log.error("the outcome of task %s could not be stored: %s", rec.id, fut.exception())
+        self._settling.discard(rec.id)
         self._emit(rec)
-        for waiter in waiters:
+        for waiter in self._waiters.pop(rec.id, []):
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -957,9 +960,14 @@ class ControlPlane:
             task.placement = _WORKER_HANDLE.sub(self._worker_name, decision)
         return task
 
+    async def run(self, spec: common_pb2.TaskSpec, timeout_ms: int) -> TaskRecord:
+        """Submit one task and wait for it (RunTask)."""
+        [(task_id, _)] = await self.submit([spec])
+        return await self.wait(task_id, timeout_ms)
+
     async def wait(self, task_id: str, timeout_ms: int) -> TaskRecord:
         rec = await self.get(task_id)
-        if rec.terminal:
+        if rec.terminal and rec.id not in self._settling:
             return rec
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, []).append(fut)

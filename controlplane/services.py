@@ -58,6 +58,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         rec = await answer(context, self.cp.wait(request.task_id, request.timeout_ms))
         return self.cp.describe(rec)
 
+    async def RunTask(self, request, context):  # noqa: N802
+        rec = await answer(context, self.cp.run(request.spec, request.timeout_ms))
+        return self.cp.describe(rec)
+
     async def CancelTask(self, request, context):  # noqa: N802
         state = await answer(context, self.cp.cancel(request.task_id))
         return scheduler_pb2.CancelTaskResponse(state=state)

@@ -142,6 +142,13 @@ class Client:
         request = scheduler_pb2.WaitTaskRequest(task_id=task_id, timeout_ms=int(timeout_s * 1000))
         return self._call(self._scheduler.WaitTask, request, timeout_s=timeout_s + 10)
 
+    def run(self, kind: str, payload: bytes | str = b"", *, wait_s: float = 60.0, **spec_fields: object) -> common_pb2.Task:
+        """Submit one task and wait for it in one call (RunTask); returns it terminal, or as it
+        is after wait_s (it keeps running: follow it with wait(task.id)). Errors as submit()'s."""
+        spec = task_spec(kind, payload, **spec_fields)  # type: ignore[arg-type]
+        request = scheduler_pb2.RunTaskRequest(spec=spec, timeout_ms=int(wait_s * 1000))
+        return self._call(self._scheduler.RunTask, request, timeout_s=wait_s + 10)
+
     def cancel(self, task_id: str) -> int:
         reply = self._call(
             self._scheduler.CancelTask, scheduler_pb2.CancelTaskRequest(task_id=task_id)

@@ -8,11 +8,12 @@ import signal
 import sys
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cluster import eventually
-from gpucp import task_spec
+from gpucp import GpucpError, task_spec
 from gpucp.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 S = common_pb2
@@ -46,6 +47,19 @@ def test_same_idempotency_key_returns_the_first_task(controlplane):
     assert (b.task_id, b.duplicate, a.duplicate) == (a.task_id, True, False)
     other_tenant = task_spec("noop", "x", idempotency_key="order-17", tenant="bank")
     assert first(scheduler_pb2.SubmitTaskRequest(spec=other_tenant), timeout=10).task_id != a.task_id
+
+
+def test_run_task_submits_and_answers_with_the_outcome(client, start_agent):
+    start_agent("w", "--slots", "1")
+    task = client.run("noop", "ping", wait_s=20)
+    assert (task.state, task.result, task.worker_id) == (S.TASK_STATE_SUCCEEDED, b"ping", "w")
+    # Past its wait the call answers with the task as it is; the task keeps running.
+    slow = client.run("sleep", json.dumps({"seconds": 1}), wait_s=0.2)
+    assert slow.state in (S.TASK_STATE_ASSIGNED, S.TASK_STATE_RUNNING) and slow.id
+    assert client.wait(slow.id, timeout_s=20).state == S.TASK_STATE_SUCCEEDED
+    with pytest.raises(GpucpError) as bad:
+        client.run("", wait_s=5)
+    assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_a_task_no_worker_can_run_says_why(client, start_agent):

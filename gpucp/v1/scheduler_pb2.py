@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gpucp.v1 import common_pb2 as gpucp_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gpucp/v1/scheduler.proto\x12\x08gpucp.v1\x1a\x15gpucp/v1/common.proto\"5\n\x11SubmitTaskRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.gpucp.v1.TaskSpec\"8\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"7\n\x12SubmitTasksRequest\x12!\n\x05specs\x18\x01 \x03(\x0b\x32\x12.gpucp.v1.TaskSpec\"\'\n\x13SubmitTasksResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"6\n\x0fWaitTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x04\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"8\n\x12\x43\x61ncelTaskResponse\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.gpucp.v1.TaskState\"i\n\x10ListTasksRequest\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.gpucp.v1.TaskState\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"K\n\x11ListTasksResponse\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.gpucp.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x11WatchTasksRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"s\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.gpucp.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\r\n\x05\x61t_ms\x18\x05 \x01(\x03\x32\xdd\x03\n\tScheduler\x12G\n\nSubmitTask\x12\x1b.gpucp.v1.SubmitTaskRequest\x1a\x1c.gpucp.v1.SubmitTaskResponse\x12J\n\x0bSubmitTasks\x12\x1c.gpucp.v1.SubmitTasksRequest\x1a\x1d.gpucp.v1.SubmitTasksResponse\x12\x33\n\x07GetTask\x12\x18.gpucp.v1.GetTaskRequest\x1a\x0e.gpucp.v1.Task\x12\x35\n\x08WaitTask\x12\x19.gpucp.v1.WaitTaskRequest\x1a\x0e.gpucp.v1.Task\x12G\n\nCancelTask\x12\x1b.gpucp.v1.CancelTaskRequest\x1a\x1c.gpucp.v1.CancelTaskResponse\x12\x44\n\tListTasks\x12\x1a.gpucp.v1.ListTasksRequest\x1a\x1b.gpucp.v1.ListTasksResponse\x12@\n\nWatchTasks\x12\x1b.gpucp.v1.WatchTasksRequest\x1a\x13.gpucp.v1.TaskEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gpucp/v1/scheduler.proto\x12\x08gpucp.v1\x1a\x15gpucp/v1/common.proto\"5\n\x11SubmitTaskRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.gpucp.v1.TaskSpec\"8\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"7\n\x12SubmitTasksRequest\x12!\n\x05specs\x18\x01 \x03(\x0b\x32\x12.gpucp.v1.TaskSpec\"\'\n\x13SubmitTasksResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"6\n\x0fWaitTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x04\"F\n\x0eRunTaskRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.gpucp.v1.TaskSpec\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x04\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"8\n\x12\x43\x61ncelTaskResponse\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.gpucp.v1.TaskState\"i\n\x10ListTasksRequest\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.gpucp.v1.TaskState\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"K\n\x11ListTasksResponse\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.gpucp.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x11WatchTasksRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"s\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.gpucp.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\r\n\x05\x61t_ms\x18\x05 \x01(\x03\x32\x92\x04\n\tScheduler\x12G\n\nSubmitTask\x12\x1b.gpucp.v1.SubmitTaskRequest\x1a\x1c.gpucp.v1.SubmitTaskResponse\x12J\n\x0bSubmitTasks\x12\x1c.gpucp.v1.SubmitTasksRequest\x1a\x1d.gpucp.v1.SubmitTasksResponse\x12\x33\n\x07GetTask\x12\x18.gpucp.v1.GetTaskRequest\x1a\x0e.gpucp.v1.Task\x12\x35\n\x08WaitTask\x12\x19.gpucp.v1.WaitTaskRequest\x1a\x0e.gpucp.v1.Task\x12\x33\n\x07RunTask\x12\x18.gpucp.v1.RunTaskRequest\x1a\x0e.gpucp.v1.Task\x12G\n\nCancelTask\x12\x1b.gpucp.v1.CancelTaskRequest\x1a\x1c.gpucp.v1.CancelTaskResponse\x12\x44\n\tListTasks\x12\x1a.gpucp.v1.ListTasksRequest\x1a\x1b.gpucp.v1.ListTasksResponse\x12@\n\nWatchTasks\x12\x1b.gpucp.v1.WatchTasksRequest\x1a\x13.gpucp.v1.TaskEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,18 +44,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTASKREQUEST']._serialized_end=305
   _globals['_WAITTASKREQUEST']._serialized_start=307
   _globals['_WAITTASKREQUEST']._serialized_end=361
-  _globals['_CANCELTASKREQUEST']._serialized_start=363
-  _globals['_CANCELTASKREQUEST']._serialized_end=399
-  _globals['_CANCELTASKRESPONSE']._serialized_start=401
-  _globals['_CANCELTASKRESPONSE']._serialized_end=457
-  _globals['_LISTTASKSREQUEST']._serialized_start=459
-  _globals['_LISTTASKSREQUEST']._serialized_end=564
-  _globals['_LISTTASKSRESPONSE']._serialized_start=566
-  _globals['_LISTTASKSRESPONSE']._serialized_end=641
-  _globals['_WATCHTASKSREQUEST']._serialized_start=643
-  _globals['_WATCHTASKSREQUEST']._serialized_end=696
-  _globals['_TASKEVENT']._serialized_start=698
-  _globals['_TASKEVENT']._serialized_end=813
-  _globals['_SCHEDULER']._serialized_start=816
-  _globals['_SCHEDULER']._serialized_end=1293
+  _globals['_RUNTASKREQUEST']._serialized_start=363
+  _globals['_RUNTASKREQUEST']._serialized_end=433
+  _globals['_CANCELTASKREQUEST']._serialized_start=435
+  _globals['_CANCELTASKREQUEST']._serialized_end=471
+  _globals['_CANCELTASKRESPONSE']._serialized_start=473
+  _globals['_CANCELTASKRESPONSE']._serialized_end=529
+  _globals['_LISTTASKSREQUEST']._serialized_start=531
+  _globals['_LISTTASKSREQUEST']._serialized_end=636
+  _globals['_LISTTASKSRESPONSE']._serialized_start=638
+  _globals['_LISTTASKSRESPONSE']._serialized_end=713
+  _globals['_WATCHTASKSREQUEST']._serialized_start=715
+  _globals['_WATCHTASKSREQUEST']._serialized_end=768
+  _globals['_TASKEVENT']._serialized_start=770
+  _globals['_TASKEVENT']._serialized_end=885
+  _globals['_SCHEDULER']._serialized_start=888
+  _globals['_SCHEDULER']._serialized_end=1418
 # @@protoc_insertion_point(module_scope)

@@ -47,6 +47,14 @@ class WaitTaskRequest(_message.Message):
     timeout_ms: int
     def __init__(self, task_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
+class RunTaskRequest(_message.Message):
+    __slots__ = ("spec", "timeout_ms")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    spec: _common_pb2.TaskSpec
+    timeout_ms: int
+    def __init__(self, spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
 class CancelTaskRequest(_message.Message):
     __slots__ = ("task_id",)
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

@@ -56,6 +56,11 @@ class SchedulerStub:
                 request_serializer=gpucp_dot_v1_dot_scheduler__pb2.WaitTaskRequest.SerializeToString,
                 response_deserializer=gpucp_dot_v1_dot_common__pb2.Task.FromString,
                 _registered_method=True)
+        self.RunTask = channel.unary_unary(
+                '/gpucp.v1.Scheduler/RunTask',
+                request_serializer=gpucp_dot_v1_dot_scheduler__pb2.RunTaskRequest.SerializeToString,
+                response_deserializer=gpucp_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
         self.CancelTask = channel.unary_unary(
                 '/gpucp.v1.Scheduler/CancelTask',
                 request_serializer=gpucp_dot_v1_dot_scheduler__pb2.CancelTaskRequest.SerializeToString,
@@ -104,6 +109,15 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunTask(self, request, context):
+        """SubmitTask and WaitTask in one call, for request/response work such as inference: errors
+        as SubmitTask's; then the task once it is terminal, or as it is after timeout_ms (it keeps
+        running: follow it by id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -143,6 +157,11 @@ def add_SchedulerServicer_to_server(servicer, server):
             'WaitTask': grpc.unary_unary_rpc_method_handler(
                     servicer.WaitTask,
                     request_deserializer=gpucp_dot_v1_dot_scheduler__pb2.WaitTaskRequest.FromString,
+                    response_serializer=gpucp_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'RunTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunTask,
+                    request_deserializer=gpucp_dot_v1_dot_scheduler__pb2.RunTaskRequest.FromString,
                     response_serializer=gpucp_dot_v1_dot_common__pb2.Task.SerializeToString,
             ),
             'CancelTask': grpc.unary_unary_rpc_method_handler(
@@ -269,6 +288,33 @@ class Scheduler:
             target,
             '/gpucp.v1.Scheduler/WaitTask',
             gpucp_dot_v1_dot_scheduler__pb2.WaitTaskRequest.SerializeToString,
+            gpucp_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpucp.v1.Scheduler/RunTask',
+            gpucp_dot_v1_dot_scheduler__pb2.RunTaskRequest.SerializeToString,
             gpucp_dot_v1_dot_common__pb2.Task.FromString,
             options,
             channel_credentials,
