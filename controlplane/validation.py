@@ -16,6 +16,7 @@ MAX_RETRIES = 100
 MAX_TEXT = 256
 MAX_LABELS = 64
 _KIND = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_PRIORITIES = frozenset(common_pb2.Priority.values())
 
 
 def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> None:
@@ -31,7 +32,7 @@ def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> None:
             f"payload is {len(spec.payload)} bytes, over the limit of {max_payload_bytes} bytes: "
             "store large inputs elsewhere and pass a reference"
         )
-    if spec.priority not in common_pb2.Priority.values():
+    if spec.priority not in _PRIORITIES:
         names = ", ".join(common_pb2.Priority.keys())
         raise InvalidArgument(f"priority {spec.priority} is not one of {names}")
     for name, value in (
