@@ -38,6 +38,7 @@ class Scheduler:
         warmup_successes: int = 0,
         affinity_memory: int = 4,
         explain_memory: int = 4096,
+        locality_wait_ms: int = 3_000,
     ) -> Scheduler:
         """A scheduler. Every keyword is optional; the defaults are a sensible server.
 
@@ -62,6 +63,13 @@ class Scheduler:
         slot, one more per success until full after this many successes (a failure while warming
         halves the progress); 0 = full slots at once. affinity_memory: affinity keys each worker
         remembers (its last tasks'). explain_memory: placements explain_placement remembers.
+
+        locality_wait_ms (delay scheduling, policies affinity and composite): a task whose
+        affinity key is warm only on busy workers declines cold free workers for up to this long
+        (or the learned cost of a cold start of its kind, if less), counted from the first
+        place() that passed it over; the free workers take the tasks behind it meanwhile, and
+        its (tenant, class, shape) queue waits with it, so FIFO holds there. 0 = never wait.
+        See next_locality_ms.
         """
 
     # -- shapes: a task's requirements plus its kind, interned once and reused by many tasks
@@ -218,6 +226,13 @@ class Scheduler:
     # -- deadlines
     def next_deadline_ms(self) -> int | None:
         """The earliest heartbeat or task deadline, or None when nothing is tracked."""
+    def next_locality_ms(self) -> int | None:
+        """When the earliest task the last place() left waiting for a warm worker stops waiting.
+
+        None if place() left no task waiting. Placement is event-driven: if no other event
+        triggers place() by then, call it at this time, or a free worker may stay idle while
+        that task waits (see locality_wait_ms).
+        """
     def expired(self, now_ms: int) -> tuple[list[int], list[int]]:
         """(workers whose heartbeats stopped, placed tasks past their timeout) as of now_ms.
 

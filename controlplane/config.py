@@ -32,6 +32,10 @@ class ServerConfig:
     # Tasks each worker may hold beyond its slots (queued on the agent to hide dispatch latency);
     # idle workers steal those not yet started. 0 = off.
     prefetch_depth: int = 0
+    # Delay scheduling: how long a task may wait for a busy worker that has its affinity_key
+    # (model) warm rather than load it cold on a free one (affinity and composite policies;
+    # the core also caps it at the learned load time). 0 = never wait.
+    locality_wait_s: float = 3.0
     # An autoscaler config file (TOML or JSON): RunPod pools scaled from the queue; "" = none.
     autoscale: str = ""
 

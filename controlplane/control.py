@@ -141,6 +141,7 @@ class ControlPlane:
             w_speed=config.w_speed,
             policy=config.policy,
             prefetch_depth=config.prefetch_depth,
+            locality_wait_ms=int(config.locality_wait_s * 1000),
         )
         for kind, policy in config.kind_policies:
             self.core.set_kind_policy(kind, policy)
@@ -181,6 +182,9 @@ class ControlPlane:
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
+        # Wakes the dispatcher when a task waiting for a warm worker may take any worker.
+        self._locality_timer: asyncio.TimerHandle | None = None
+        self._locality_at = 0
         self._deadline_at = 0
         self.accepting = True
 
@@ -217,7 +221,7 @@ class ControlPlane:
                 await self._pump_task
             except asyncio.CancelledError:
                 pass
-        for timer in (*self._retry_timers.values(), self._deadline_timer, self._queue_timer):
+        for timer in (*self._retry_timers.values(), self._deadline_timer, self._queue_timer, self._locality_timer):
             if timer is not None:
                 timer.cancel()
         for conn in list(self.workers.values()):
@@ -485,6 +489,7 @@ class ControlPlane:
             if not placements:
                 if self.config.prefetch_depth:
                     self._steal()
+                self._arm_locality()
                 return
             self._arm_deadline()
             now = wall_ms()
@@ -590,6 +595,23 @@ class ControlPlane:
         delay = max(0.0, (nxt - mono_ms()) / 1000)
         self._deadline_at = nxt
         self._deadline_timer = asyncio.get_running_loop().call_later(delay, self._on_deadline)
+
+    def _arm_locality(self) -> None:
+        """Place again when the first task left waiting for a warm worker stops waiting: a quiet
+        fleet has no other event that would."""
+        nxt = self.core.next_locality_ms()
+        if nxt is None or (self._locality_timer is not None and self._locality_at <= nxt):
+            return
+        if self._locality_timer is not None:
+            self._locality_timer.cancel()
+        self._locality_at = nxt
+        self._locality_timer = asyncio.get_running_loop().call_later(
+            max(0.0, (nxt - mono_ms()) / 1000), self._locality_expired
+        )
+
+    def _locality_expired(self) -> None:
+        self._locality_timer = None
+        self._wake.set()
 
     def _on_deadline(self) -> None:
         self._deadline_timer = None

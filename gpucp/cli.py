@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--prefetch-depth", type=int, default=0, metavar="N",
                        help="tasks a worker may queue beyond its slots; idle workers steal those "
                             "not yet started (default %(default)s: off)")
+    serve.add_argument("--locality-wait", type=float, default=3.0, metavar="SECONDS",
+                       help="longest a task waits for a busy worker with its model warm instead of "
+                            "loading it on a free one; never longer than the learned load time "
+                            "(default %(default)s; 0: never wait)")
     serve.add_argument("--sync", choices=("normal", "full"), default="normal",
                        help="full: also survive power loss, one fsync per group commit")
     serve.add_argument("--autoscale", metavar="CONFIG", default="",
@@ -155,6 +159,7 @@ def run_serve(args: argparse.Namespace) -> int:
         queue_timeout_s=args.queue_timeout,
         policy=args.policy,
         prefetch_depth=args.prefetch_depth,
+        locality_wait_s=args.locality_wait,
         kind_policies=tuple(kind_policy(p) for p in args.kind_policy),
         tenant_weights=tuple((k, float(v)) for k, v in (split_pair(w, "--tenant-weight") for w in args.tenant_weight)),
         quarantine_after=args.quarantine_after,

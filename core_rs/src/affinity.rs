@@ -4,7 +4,8 @@
 //! Each worker remembers the keys of its last `memory` tasks. Per key the index keeps every warm
 //! worker, and the warm workers that can take a task now ordered by availability, so finding a
 //! warm worker for a task looks at a few entries instead of the fleet. A worker's entries move
-//! when its availability changes: O(memory x log W) per change.
+//! when its availability changes: O(memory x log W) per change. It also sums the slots of the
+//! workers where each key is warm, the capacity that can run the key's tasks without a load.
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
@@ -20,6 +21,8 @@ pub struct WarmIndex {
     memory: usize,
     all: IdHashMap<u64, IdHashSet<WorkerId>>,
     ready: IdHashMap<u64, BTreeSet<ReadyKey>>,
+    /// Per key: total slots of the workers in `all`.
+    slots: IdHashMap<u64, u64>,
 }
 
 impl WarmIndex {
@@ -28,6 +31,7 @@ impl WarmIndex {
             memory,
             all: IdHashMap::default(),
             ready: IdHashMap::default(),
+            slots: IdHashMap::default(),
         }
     }
 
@@ -47,6 +51,11 @@ impl WarmIndex {
             .flat_map(|s| s.iter().copied())
     }
 
+    /// Slots of the workers where `key` is warm.
+    pub fn slots(&self, key: u64) -> u64 {
+        self.slots.get(&key).copied().unwrap_or(0)
+    }
+
     /// A task with `key` was placed on the worker: `key` becomes its most recent.
     pub fn touch(&mut self, id: WorkerId, worker: &mut Worker, key: u64) {
         if key == 0 || self.memory == 0 {
@@ -59,22 +68,27 @@ impl WarmIndex {
         }
         worker.warm.push(key);
         self.all.entry(key).or_default().insert(id);
+        *self.slots.entry(key).or_default() += u64::from(worker.slots);
         if let Some(base) = worker.base_key {
             self.ready.entry(key).or_default().insert(base);
         }
         if worker.warm.len() > self.memory {
             let evicted = worker.warm.remove(0);
-            self.forget(id, worker.base_key, evicted);
+            self.forget(id, worker, evicted);
         }
     }
 
-    fn forget(&mut self, id: WorkerId, base: Option<ReadyKey>, key: u64) {
+    fn forget(&mut self, id: WorkerId, worker: &Worker, key: u64) {
         if let Some(set) = self.all.get_mut(&key) {
             set.remove(&id);
             if set.is_empty() {
                 self.all.remove(&key);
+                self.slots.remove(&key);
+            } else if let Some(slots) = self.slots.get_mut(&key) {
+                *slots -= u64::from(worker.slots);
             }
         }
+        let base = worker.base_key;
         if let (Some(base), Some(set)) = (base, self.ready.get_mut(&key)) {
             set.remove(&base);
             if set.is_empty() {
@@ -106,7 +120,7 @@ impl WarmIndex {
     /// A worker left.
     pub fn worker_removed(&mut self, id: WorkerId, worker: &Worker) {
         for &key in &worker.warm {
-            self.forget(id, worker.base_key, key);
+            self.forget(id, worker, key);
         }
     }
 }

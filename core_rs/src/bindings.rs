@@ -83,7 +83,7 @@ impl PyScheduler {
 #[pymethods]
 impl PyScheduler {
     #[new]
-    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2, w_affinity = 0.3, w_fit = 0.2, w_cost = 0.1, policy = "composite", priority_weights = None, aging_ms = 60_000, prefetch_depth = 0, warmup_successes = 0, affinity_memory = 4, explain_memory = 4096))]
+    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2, w_affinity = 0.3, w_fit = 0.2, w_cost = 0.1, policy = "composite", priority_weights = None, aging_ms = 60_000, prefetch_depth = 0, warmup_successes = 0, affinity_memory = 4, explain_memory = 4096, locality_wait_ms = 3_000))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         heartbeat_timeout_ms: i64,
@@ -100,6 +100,7 @@ impl PyScheduler {
         warmup_successes: i64,
         affinity_memory: i64,
         explain_memory: i64,
+        locality_wait_ms: i64,
     ) -> PyResult<Self> {
         let defaults = SchedulerConfig::default();
         let priority_weights = match priority_weights {
@@ -126,6 +127,7 @@ impl PyScheduler {
             warmup_successes: in_range("warmup_successes", warmup_successes)?,
             affinity_memory: in_range("affinity_memory", affinity_memory)?,
             explain_memory: in_range("explain_memory", explain_memory)?,
+            locality_wait_ms: in_range("locality_wait_ms", locality_wait_ms)?,
         };
         Ok(PyScheduler {
             engine: Mutex::new(Scheduler::new(config)?),
@@ -459,6 +461,11 @@ impl PyScheduler {
     /// The earliest heartbeat or task deadline, or None when nothing is tracked.
     fn next_deadline_ms(&self) -> PyResult<Option<u64>> {
         Ok(self.engine()?.next_deadline_ms())
+    }
+
+    /// When the earliest task the last place() left waiting for a warm worker stops waiting.
+    fn next_locality_ms(&self) -> PyResult<Option<u64>> {
+        Ok(self.engine()?.next_locality_ms())
     }
 
     /// (workers whose heartbeats stopped, placed tasks past their timeout) as of now_ms.

@@ -1,6 +1,11 @@
 //! What the core learns from finished tasks: runtime per (task kind, GPU model), and from it how
 //! fast each worker is at each kind.
 //!
+//! Runs are learned in two classes: warm (the task's affinity key was warm on its worker, or it
+//! has none) and cold (its model had to be loaded first). Keeping them apart stops model loads
+//! from passing for slowness, and their difference is the learned cost of a cold start, which
+//! bounds how long a task waits for a warm worker (see `Scheduler::place`).
+//!
 //! Kinds and GPU models are interned to small integers once (when a shape or a worker is
 //! registered) so the hot path never hashes a string.
 
@@ -18,14 +23,23 @@ pub type KindId = u32;
 /// Interned GPU model (the lowercased name of a worker's first GPU; "cpu" for none).
 pub type ModelId = u32;
 
+/// Whether a run had to load its model first: index into the per-class EWMAs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Warm = 0,
+    Cold = 1,
+}
+
 #[derive(Debug, Default)]
 pub struct Learning {
     kinds: HashMap<String, KindId>,
     models: HashMap<String, ModelId>,
-    /// Fleet-wide runtime EWMA per kind: a worker's speed is how it does against this.
-    fleet_ms: Vec<Option<f64>>,
-    /// Runtime EWMA per (kind, GPU model): the prediction for a worker with that model.
-    by_model: IdHashMap<(KindId, ModelId), f64>,
+    /// Fleet-wide runtime EWMA per kind, warm and cold runs apart: a worker's speed is how it
+    /// does against the fleet in the same class.
+    fleet_ms: Vec<[Option<f64>; 2]>,
+    /// Runtime EWMA per (kind, GPU model, start class): the prediction for a worker with that
+    /// model.
+    by_model: IdHashMap<(KindId, ModelId, u8), f64>,
 }
 
 impl Learning {
@@ -35,7 +49,7 @@ impl Learning {
         }
         let id = self.kinds.len() as KindId;
         self.kinds.insert(kind.to_owned(), id);
-        self.fleet_ms.push(None);
+        self.fleet_ms.push([None; 2]);
         id
     }
 
@@ -49,12 +63,22 @@ impl Learning {
     }
 
     /// Record a successful run of `kind` on a `model` worker; returns the worker's speed sample
-    /// against the fleet (None for the kind's first run, which only seeds the fleet EWMA).
-    pub fn observe(&mut self, kind: KindId, model: ModelId, runtime_ms: u64) -> Option<f64> {
+    /// against the fleet's runs of the same start class (None for the first such run, which only
+    /// seeds the fleet EWMA).
+    pub fn observe(
+        &mut self,
+        kind: KindId,
+        model: ModelId,
+        start: Start,
+        runtime_ms: u64,
+    ) -> Option<f64> {
         let runtime = runtime_ms.max(1) as f64;
-        let per_model = self.by_model.entry((kind, model)).or_insert(runtime);
+        let per_model = self
+            .by_model
+            .entry((kind, model, start as u8))
+            .or_insert(runtime);
         *per_model += EWMA_ALPHA * (runtime - *per_model);
-        let fleet = &mut self.fleet_ms[kind as usize];
+        let fleet = &mut self.fleet_ms[kind as usize][start as usize];
         match fleet {
             Some(ewma) => {
                 let sample = (*ewma / runtime).clamp(SPEED_SAMPLE_RANGE.0, SPEED_SAMPLE_RANGE.1);
@@ -68,12 +92,30 @@ impl Learning {
         }
     }
 
+    /// The kind's warm runtime over the fleet (what a task takes once its model is loaded).
     pub fn fleet_ms(&self, kind: KindId) -> Option<f64> {
-        self.fleet_ms.get(kind as usize).copied().flatten()
+        self.fleet_class_ms(kind, Start::Warm)
     }
 
+    fn fleet_class_ms(&self, kind: KindId, start: Start) -> Option<f64> {
+        self.fleet_ms
+            .get(kind as usize)
+            .and_then(|c| c[start as usize])
+    }
+
+    /// The warm runtime of `kind` on a `model` worker.
     pub fn model_ms(&self, kind: KindId, model: ModelId) -> Option<f64> {
-        self.by_model.get(&(kind, model)).copied()
+        self.by_model
+            .get(&(kind, model, Start::Warm as u8))
+            .copied()
+    }
+
+    /// What a cold start adds to a task of `kind` over the fleet (its model load), once both
+    /// warm and cold runs of the kind were seen.
+    pub fn load_ms(&self, kind: KindId) -> Option<f64> {
+        let cold = self.fleet_class_ms(kind, Start::Cold)?;
+        let warm = self.fleet_class_ms(kind, Start::Warm)?;
+        Some((cold - warm).max(0.0))
     }
 
     /// The prior speed of a worker with `model` at `kind` before it has run that kind itself:
@@ -96,15 +138,40 @@ mod tests {
         assert_eq!(l.kind_id("infer"), k, "interned once");
         let (h100, t4) = (l.model_id("h100"), l.model_id("t4"));
         assert_eq!(
-            l.observe(k, h100, 100),
+            l.observe(k, h100, Start::Warm, 100),
             None,
             "the first run seeds the fleet EWMA"
         );
-        assert_eq!(l.observe(k, t4, 400), Some(0.25));
+        assert_eq!(l.observe(k, t4, Start::Warm, 400), Some(0.25));
         assert_eq!(l.model_ms(k, h100), Some(100.0));
         assert_eq!(l.model_ms(k, t4), Some(400.0));
         assert!(l.model_speed(k, h100).unwrap() > l.model_speed(k, t4).unwrap());
         let a10 = l.model_id("a10");
         assert_eq!(l.model_ms(k, a10), None);
+    }
+
+    #[test]
+    fn cold_runs_teach_the_load_cost_not_slowness() {
+        let mut l = Learning::default();
+        let k = l.kind_id("chat");
+        let t4 = l.model_id("t4");
+        assert_eq!(l.load_ms(k), None, "nothing seen yet");
+        l.observe(k, t4, Start::Warm, 1_000);
+        assert_eq!(
+            l.observe(k, t4, Start::Cold, 9_000),
+            None,
+            "seeds the cold EWMA"
+        );
+        assert_eq!(l.load_ms(k), Some(8_000.0));
+        assert_eq!(
+            l.observe(k, t4, Start::Cold, 9_000),
+            Some(1.0),
+            "a cold run is compared with cold runs"
+        );
+        assert_eq!(
+            l.model_ms(k, t4),
+            Some(1_000.0),
+            "loads stay out of runtimes"
+        );
     }
 }

@@ -127,6 +127,9 @@ pub struct Choice {
     pub warm: bool,
     /// The next best worker that could have taken it, if one was seen.
     pub runner_up: Option<WorkerId>,
+    /// Soft affinity only: the chosen worker is cold, but the key is warm on a member that
+    /// accepts work and is merely busy (the case for delay scheduling).
+    pub warm_busy: bool,
 }
 
 /// The outcome of looking for a worker for one task.
@@ -136,7 +139,7 @@ pub enum Pick {
     /// No worker can take any task of this shape now.
     NoneForShape,
     /// Some worker could take the shape, but not this task (it avoids that worker, or waits
-    /// for a warm one).
+    /// for a warm one under hard affinity).
     NoneForTask,
 }
 
@@ -195,7 +198,8 @@ impl ShapeIndex {
     /// The best worker for one task. An avoided worker is skipped unless it is the only member
     /// (the only worker in the fleet that could ever run the shape). Hard affinity waits for a
     /// warm member while one exists; soft affinity (policies affinity and composite) prefers
-    /// one.
+    /// one, and says when it had to choose a cold worker while a busy one is warm
+    /// (`Choice::warm_busy`; whether to wait for it is the scheduler's call).
     pub fn best_for(
         &self,
         shape: &Shape,
@@ -237,6 +241,7 @@ impl ShapeIndex {
                         gpus,
                         warm: true,
                         runner_up: None,
+                        warm_busy: false,
                     });
                 }
                 let waits = warm
@@ -247,6 +252,18 @@ impl ShapeIndex {
                 }
             }
         }
+        // A warm worker that is only busy will take it soon; a draining or quarantined one
+        // will not. Looked at only on the cold path.
+        let none_warm_ready = warm_best.is_none();
+        let warm_busy = || {
+            soft && need.affinity != 0
+                && none_warm_ready
+                && warm.all(need.affinity).any(|id| {
+                    Some(id) != avoid
+                        && self.members.contains_key(&id)
+                        && workers.get(id).is_ok_and(Worker::accepting)
+                })
+        };
         let mut first: Option<(u64, WorkerId, Vec<u32>)> = None;
         let mut runner_up = None;
         let mut skipped = false;
@@ -276,11 +293,13 @@ impl ShapeIndex {
                     .is_ok_and(|w| w.warm.contains(&need.affinity))
         };
         let choice = |(_, id, gpus): (u64, WorkerId, Vec<u32>), runner_up| {
+            let warm = is_warm(id);
             Pick::Worker(Choice {
                 worker: id,
-                warm: is_warm(id),
+                warm,
                 gpus,
                 runner_up,
+                warm_busy: !warm && warm_busy(),
             })
         };
         match (first, warm_best) {

@@ -174,21 +174,50 @@ pub struct Context<'a> {
     pub kind: KindId,
 }
 
-impl Context<'_> {
-    pub fn terms(&self, w: &Worker, fit: f64) -> Terms {
-        let ws = self.weights;
-        let raw_speed = w.speed_for(self.kind, self.learning);
-        let speed = raw_speed.min(SPEED_CAP) / SPEED_CAP;
-        // Computed from the speed already at hand: the same as `relative_cost`.
-        let cheapness = 1.0 / (1.0 + w.cost_per_hour / raw_speed.max(1e-3));
+/// What the score of a worker for a shape is computed from, as it stands at one moment (an
+/// explanation keeps these and weighs them only when asked).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inputs {
+    pub availability: f64,
+    pub success_rate: f64,
+    /// Its speed at the shape's kind against the fleet.
+    pub speed: f64,
+    pub cost_per_hour: f64,
+    pub fit: f64,
+}
+
+impl Inputs {
+    /// Expected cost relative to the fleet, as `relative_cost`.
+    pub fn relative_cost(&self) -> f64 {
+        self.cost_per_hour / self.speed.max(1e-3)
+    }
+
+    /// The weighted terms (affinity 0: the warm bonus depends on the task).
+    pub fn terms(&self, ws: &Weights) -> Terms {
         Terms {
-            availability: ws.availability * w.availability(),
-            success: ws.success * w.success_rate,
-            speed: ws.speed * speed,
-            fit: ws.fit * fit,
-            cost: ws.cost * cheapness,
+            availability: ws.availability * self.availability,
+            success: ws.success * self.success_rate,
+            speed: ws.speed * self.speed.min(SPEED_CAP) / SPEED_CAP,
+            fit: ws.fit * self.fit,
+            cost: ws.cost / (1.0 + self.relative_cost()),
             affinity: 0.0,
         }
+    }
+}
+
+impl Context<'_> {
+    pub fn inputs(&self, w: &Worker, fit: f64) -> Inputs {
+        Inputs {
+            availability: w.availability(),
+            success_rate: w.success_rate,
+            speed: w.speed_for(self.kind, self.learning),
+            cost_per_hour: w.cost_per_hour,
+            fit,
+        }
+    }
+
+    pub fn terms(&self, w: &Worker, fit: f64) -> Terms {
+        self.inputs(w, fit).terms(self.weights)
     }
 
     /// The policy's rank of a worker for the shape, higher = better. Composite: the score's bits

@@ -18,7 +18,9 @@
 //!
 //! A placement round walks the queue with [`Round`]: `next` returns the best task whose shape
 //! is not marked dead; a dead shape's heads (and flows or tenants left with nothing but dead
-//! shapes) are set aside for the round and restored by `end_round`, O(log n) each.
+//! shapes) are set aside for the round and restored by `end_round`, O(log n) each. A task held
+//! back to wait for a warm worker (`hold`) takes its (flow, shape) queue out of the round the
+//! same way, so the tasks behind it never overtake it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -104,6 +106,25 @@ pub fn check_weight(name: &str, w: f64) -> CoreResult<()> {
     Ok(())
 }
 
+/// Delay scheduling state of one (flow, shape) queue, as in Spark's delay scheduling: the
+/// queue's head may wait for a warm worker; if the queue launches nothing for the locality wait
+/// it is relaxed (its tasks take any worker, warm ones still preferred) until one of its tasks
+/// is placed warm again. Kept per queue, not per task, so a queue whose model is short of warm
+/// workers drains onto cold ones at full speed instead of one task per wait.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Locality {
+    /// Since when its head has been waiting without a launch.
+    pub waiting_since: Option<u64>,
+    pub relaxed: bool,
+}
+
+/// One (flow, shape) queue: its tasks by seq and its delay scheduling state.
+#[derive(Debug, Default)]
+struct ShapeQueue {
+    tasks: BTreeSet<(u64, TaskId)>,
+    locality: Locality,
+}
+
 /// A flow is one (tenant, class).
 type FlowKey = (TenantId, u8);
 /// A flow's per-shape head: (seq, task, shape).
@@ -163,7 +184,7 @@ pub struct PendingQueue {
     fairness: Fairness,
     tasks: IdHashMap<TaskId, (PendingTask, u8)>,
     flows: IdHashMap<FlowKey, Flow>,
-    per_shape: IdHashMap<(FlowKey, ShapeId), BTreeSet<(u64, TaskId)>>,
+    per_shape: IdHashMap<(FlowKey, ShapeId), ShapeQueue>,
     tenants: IdHashMap<TenantId, Tenant>,
     /// Active tenants: (finish tag bits, tenant).
     active: BTreeSet<(u64, TenantId)>,
@@ -174,6 +195,8 @@ pub struct PendingQueue {
     /// the task is still pending in that class with that promotion time.
     aging: BinaryHeap<Reverse<(u64, TaskId, u8)>>,
     by_priority: [u64; PRIORITY_CLASSES],
+    /// Pending tasks per affinity key (0 = none is not counted).
+    by_affinity: IdHashMap<u64, u64>,
 }
 
 fn promotion_at(fairness: &Fairness, p: &PendingTask, class: u8) -> Option<u64> {
@@ -229,6 +252,9 @@ impl PendingQueue {
             return Err(invalid(format!("task {task} is already pending")));
         }
         self.by_priority[usize::from(pending.priority)] += 1;
+        if pending.affinity != 0 {
+            *self.by_affinity.entry(pending.affinity).or_default() += 1;
+        }
         self.insert(task, pending, pending.priority, false);
         Ok(())
     }
@@ -237,7 +263,7 @@ impl PendingQueue {
     /// set aside for a round coming back is not a newly active flow).
     fn insert(&mut self, task: TaskId, p: PendingTask, class: u8, restore: bool) {
         let fk = (p.tenant, class);
-        let queue = self.per_shape.entry((fk, p.shape)).or_default();
+        let queue = &mut self.per_shape.entry((fk, p.shape)).or_default().tasks;
         let old_head = queue.first().copied();
         queue.insert((p.seq, task));
         let new_head = queue.first().copied();
@@ -280,10 +306,11 @@ impl PendingQueue {
     fn detach(&mut self, task: TaskId) -> Option<(PendingTask, u8)> {
         let (p, class) = self.tasks.remove(&task)?;
         let fk = (p.tenant, class);
-        let queue = self
+        let queue = &mut self
             .per_shape
             .get_mut(&(fk, p.shape))
-            .expect("a pending task's queue exists");
+            .expect("a pending task's queue exists")
+            .tasks;
         let old_head = queue.first().copied();
         queue.remove(&(p.seq, task));
         let new_head = queue.first().copied();
@@ -316,6 +343,12 @@ impl PendingQueue {
     pub fn remove(&mut self, task: TaskId) -> Option<PendingTask> {
         let (p, _) = self.detach(task)?;
         self.by_priority[usize::from(p.priority)] -= 1;
+        if let Some(n) = self.by_affinity.get_mut(&p.affinity) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_affinity.remove(&p.affinity);
+            }
+        }
         Some(p)
     }
 
@@ -412,6 +445,55 @@ impl PendingQueue {
         round.dead.insert(shape);
     }
 
+    fn shape_queue(&mut self, task: TaskId) -> Option<&mut ShapeQueue> {
+        let &(p, class) = self.tasks.get(&task)?;
+        self.per_shape.get_mut(&((p.tenant, class), p.shape))
+    }
+
+    /// The delay scheduling state of a pending task's (flow, shape) queue.
+    pub fn locality(&self, task: TaskId) -> Locality {
+        self.tasks
+            .get(&task)
+            .and_then(|&(p, class)| self.per_shape.get(&((p.tenant, class), p.shape)))
+            .map(|q| q.locality)
+            .unwrap_or_default()
+    }
+
+    /// The task `next` just returned waits for a warm worker: its (flow, shape) queue sits out
+    /// the rest of the round with it, so FIFO inside the flow holds. Starts the queue's wait
+    /// clock if it is not running.
+    pub fn hold(&mut self, round: &mut Round, task: TaskId, now_ms: u64) {
+        let Some(&(p, class)) = self.tasks.get(&task) else {
+            return;
+        };
+        if let Some(q) = self.shape_queue(task) {
+            q.locality.waiting_since.get_or_insert(now_ms);
+        }
+        let fk = (p.tenant, class);
+        let head = (p.seq, task, p.shape);
+        if let Some(flow) = self.flows.get_mut(&fk) {
+            if flow.heads.remove(&head) {
+                round.heads.push((fk, head));
+            }
+        }
+    }
+
+    /// The task's queue waited its locality wait out: its tasks take any worker from now on.
+    pub fn relax(&mut self, task: TaskId) {
+        if let Some(q) = self.shape_queue(task) {
+            q.locality.relaxed = true;
+        }
+    }
+
+    /// A task is being placed (before it is removed): its queue's wait clock stops, and a warm
+    /// placement makes the queue wait for warm workers again.
+    pub fn launched(&mut self, task: TaskId, warm: bool) {
+        if let Some(q) = self.shape_queue(task) {
+            q.locality.waiting_since = None;
+            q.locality.relaxed &= !warm;
+        }
+    }
+
     /// This task cannot be placed this round for a reason of its own: out of the queue until
     /// `end_round`, so the tasks behind it are not held up.
     pub fn set_aside(&mut self, round: &mut Round, task: TaskId) {
@@ -464,6 +546,11 @@ impl PendingQueue {
     /// Queue depth for LOW, NORMAL, HIGH, URGENT (as submitted).
     pub fn by_priority(&self) -> [u64; PRIORITY_CLASSES] {
         self.by_priority
+    }
+
+    /// Pending tasks with this affinity key.
+    pub fn with_affinity(&self, key: u64) -> u64 {
+        self.by_affinity.get(&key).copied().unwrap_or(0)
     }
 
     /// Pending tasks submitted in classes strictly above `priority`.

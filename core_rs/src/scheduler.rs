@@ -6,8 +6,9 @@ use crate::decisions::{Decision, Decisions, Snapshot};
 use crate::error::{invalid, unknown, CoreResult};
 use crate::explain;
 use crate::id_hash::{IdHashMap, IdHashSet};
+use crate::learning::{KindId, Start};
 use crate::placement::{choose_gpus, Need, Pick, PlacementIndex};
-use crate::policy::{relative_cost, Context, Policy, Weights};
+use crate::policy::{Context, Policy, Weights};
 use crate::queue::{Fairness, PendingQueue, PendingTask, Round, TenantId};
 use crate::shapes::{Shape, ShapeSpec, ShapeTable};
 use crate::workers::{GpuSpec, Worker, WorkerOptions, WorkerTable};
@@ -37,6 +38,11 @@ pub struct SchedulerConfig {
     pub affinity_memory: usize,
     /// Placement decisions kept for `explain_placement` (0 = none).
     pub explain_memory: usize,
+    /// Delay scheduling (policies affinity and composite): the longest a task whose affinity
+    /// key is warm only on busy workers declines cold ones, from the first time it was passed
+    /// over. Capped further by the learned cost of a cold start for its kind, since waiting
+    /// longer than the model load would take gains nothing. 0 = never wait.
+    pub locality_wait_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -58,6 +64,7 @@ impl Default for SchedulerConfig {
             warmup_successes: 0,
             affinity_memory: 4,
             explain_memory: 4096,
+            locality_wait_ms: 3_000,
         }
     }
 }
@@ -149,6 +156,12 @@ struct Placed {
     timeout_ms: u64,
     /// The agent reported it running (a placed task that is not started is prefetched).
     started: bool,
+    /// Its affinity key (0 = none) and whether it was warm on the worker when placed.
+    affinity: u64,
+    hard_affinity: bool,
+    start: Start,
+    /// When it was placed (for stealing: how long it has waited in a prefetch queue).
+    placed_ms: u64,
 }
 
 #[derive(Debug)]
@@ -165,6 +178,8 @@ pub struct Scheduler {
     /// Placements made, for round-robin order.
     tick: u64,
     decisions: Decisions,
+    /// When the earliest task the last `place` left waiting for a warm worker stops waiting.
+    locality_until: Option<u64>,
 }
 
 impl Scheduler {
@@ -192,6 +207,7 @@ impl Scheduler {
             now_ms: 0,
             tick: 0,
             decisions: Decisions::new(config.explain_memory),
+            locality_until: None,
         })
     }
 
@@ -495,12 +511,23 @@ impl Scheduler {
     /// the best worker for its shape under the shape's policy. A shape with no worker free is
     /// dead for the rest of the round: capacity only shrinks within a round, so none of its
     /// tasks could be placed either; a task that cannot go anywhere for a reason of its own
-    /// (avoid_worker, hard affinity) is set aside for the round. Cost per placement: O(log n)
-    /// in the queue, the shape's best-worker lookup and the winner's re-ranking (see
-    /// `placement`).
+    /// (avoid_worker, hard affinity) is set aside for the round.
+    ///
+    /// Delay scheduling (policies affinity and composite): a task whose affinity key is warm
+    /// only on workers that cannot take it now declines the cold free ones for up to its
+    /// locality wait (see [`SchedulerConfig::locality_wait_ms`]), counted from the first round
+    /// that passed it over; the free workers meanwhile go to the tasks behind it in fair order,
+    /// which includes the tasks warm on them. Its (tenant, class, shape) queue waits with it, so
+    /// FIFO inside a flow holds; other flows go on. After the wait it takes any worker, so no
+    /// task starves. `next_locality_ms` says when the earliest wait ends.
+    ///
+    /// Cost per placement: O(log n) in the queue, the shape's best-worker lookup and the
+    /// winner's re-ranking (see `placement`); a waiting task costs O(log n) to hold plus a
+    /// look at the warm index.
     pub fn place(&mut self, now_ms: u64, max_tasks: usize) -> Vec<Placement> {
         self.observe_clock(now_ms);
         self.queue.promote(now_ms);
+        self.locality_until = None;
         let mut placements = Vec::new();
         let mut round = Round::default();
         while placements.len() < max_tasks && self.workers.free_capacity() > 0 {
@@ -520,26 +547,35 @@ impl Scheduler {
                 hard_affinity: pending.hard_affinity,
             };
             let weights = self.placement.weights();
+            let kind = index.kind;
             match index.best_for(shape, &self.workers, &self.placement.warm, &weights, need) {
                 Pick::Worker(choice) => {
+                    let wait = choice
+                        .warm_busy
+                        .then(|| self.locality_deadline(task, &pending, kind, now_ms))
+                        .flatten();
+                    if let Some(until) = wait {
+                        self.queue.hold(&mut round, task, now_ms);
+                        self.locality_until =
+                            Some(self.locality_until.map_or(until, |u| u.min(until)));
+                        continue;
+                    }
                     if self.decisions.enabled() {
                         let decision = self.decision(sid, &pending, &choice);
                         self.decisions.record(task, decision);
                     }
+                    self.queue.launched(task, choice.warm);
                     self.queue.charge(task);
                     self.queue.remove(task);
                     let worker = choice.worker;
-                    self.commit(
-                        task,
-                        worker,
-                        choice.gpus.clone(),
-                        sid,
-                        pending.timeout_ms,
-                        now_ms,
-                        false,
-                        pending.affinity,
-                    )
-                    .expect("the chosen worker is live");
+                    let facts = Facts {
+                        shape: sid,
+                        timeout_ms: pending.timeout_ms,
+                        affinity: pending.affinity,
+                        hard_affinity: pending.hard_affinity,
+                    };
+                    self.commit(task, worker, choice.gpus.clone(), facts, now_ms, false)
+                        .expect("the chosen worker is live");
                     placements.push(Placement {
                         task,
                         worker,
@@ -554,8 +590,74 @@ impl Scheduler {
         placements
     }
 
-    /// What explain_placement will say about this choice, taken before the placement changes
-    /// the winner's load.
+    /// How long a task of `kind` may wait for a warm worker: the configured bound, or the
+    /// learned cost of a cold start if that is less.
+    fn locality_wait_ms(&self, kind: KindId) -> u64 {
+        let configured = self.config.locality_wait_ms;
+        match self.workers.learning.load_ms(kind) {
+            Some(load) => configured.min(load as u64),
+            None => configured,
+        }
+    }
+
+    /// Is waiting for a warm worker likely to start the task sooner than a cold start would
+    /// finish loading its model? An earliest-finish-time comparison: the pending tasks with the
+    /// key, one warm runtime each, spread over the slots where the key is warm, against the
+    /// learned load cost (the configured wait while it is unknown). So a model in demand beyond
+    /// its warm workers spreads to new ones, and a model with warm capacity to spare stays put.
+    /// Before the kind's runtime is known nothing is worth waiting for: the work goes on.
+    fn warm_is_sooner(&self, key: u64, kind: KindId) -> bool {
+        let learning = &self.workers.learning;
+        let Some(runtime) = learning.fleet_ms(kind) else {
+            return false;
+        };
+        let load = learning
+            .load_ms(kind)
+            .unwrap_or(self.config.locality_wait_ms as f64);
+        let slots = self.placement.warm.slots(key).max(1) as f64;
+        let expected_wait = runtime * self.queue.with_affinity(key) as f64 / slots;
+        expected_wait < load
+    }
+
+    /// Until when a pending task may still wait for a warm worker, or None if it may not (no
+    /// affinity key, hard affinity, no wait configured, its queue is relaxed, or the warm
+    /// workers are too busy to be worth waiting for). A queue whose wait ran out is relaxed
+    /// here.
+    fn locality_deadline(
+        &mut self,
+        task: TaskId,
+        pending: &PendingTask,
+        kind: KindId,
+        now_ms: u64,
+    ) -> Option<u64> {
+        if pending.affinity == 0 || pending.hard_affinity {
+            return None;
+        }
+        let wait = self.locality_wait_ms(kind);
+        let locality = self.queue.locality(task);
+        if wait == 0 || locality.relaxed || !self.warm_is_sooner(pending.affinity, kind) {
+            return None;
+        }
+        let until = locality
+            .waiting_since
+            .unwrap_or(now_ms)
+            .saturating_add(wait);
+        if now_ms >= until {
+            self.queue.relax(task);
+            return None;
+        }
+        Some(until)
+    }
+
+    /// When the earliest task the last `place` left waiting for a warm worker stops waiting, or
+    /// None. Placement is event-driven: if nothing else happens by then, call `place` at this
+    /// time so a free worker does not stay idle while that task waits.
+    pub fn next_locality_ms(&self) -> Option<u64> {
+        self.locality_until
+    }
+
+    /// The score inputs explain_placement will weigh, taken before the placement changes the
+    /// winner's load.
     fn decision(
         &self,
         sid: ShapeId,
@@ -570,15 +672,9 @@ impl Scheduler {
         let snapshot = |id: WorkerId, warm: bool| {
             let w = self.workers.get(id).expect("candidates are live");
             let fit = index.members.get(&id).map_or(0.0, |m| m.fit);
-            let mut terms = ctx.terms(w, fit);
-            terms.affinity = if warm { ctx.weights.affinity } else { 0.0 };
             Snapshot {
                 worker: id,
-                terms,
-                availability: w.availability(),
-                speed: w.speed_for(index.kind, &self.workers.learning),
-                cost_per_hour: w.cost_per_hour,
-                relative_cost: relative_cost(w, index.kind, &self.workers.learning),
+                inputs: ctx.inputs(w, fit),
                 warm,
             }
         };
@@ -600,22 +696,30 @@ impl Scheduler {
     }
 
     /// Track `task` on `worker`: hold the task and its GPUs, arm the timeout, re-rank the worker.
-    #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
         task: TaskId,
         worker: WorkerId,
         gpus: Vec<u32>,
-        shape: ShapeId,
-        timeout_ms: u64,
+        facts: Facts,
         now_ms: u64,
         started: bool,
-        affinity: u64,
     ) -> CoreResult<()> {
+        let Facts {
+            shape,
+            timeout_ms,
+            affinity,
+            hard_affinity,
+        } = facts;
         self.workers.occupy(worker, task, &gpus, started)?;
         self.tick += 1;
         let w = self.workers.get_mut(worker)?;
         w.last_tick = self.tick;
+        let start = if affinity == 0 || w.warm.contains(&affinity) {
+            Start::Warm
+        } else {
+            Start::Cold
+        };
         self.placement.warm.touch(worker, w, affinity);
         let generation = self.deadlines.next_generation();
         if timeout_ms > 0 {
@@ -635,6 +739,10 @@ impl Scheduler {
                 generation,
                 timeout_ms,
                 started,
+                affinity,
+                hard_affinity,
+                start,
+                placed_ms: now_ms,
             },
         );
         // After the insert, so the entry just pushed counts as current.
@@ -687,11 +795,18 @@ impl Scheduler {
                 Some(_) => {}
             }
         }
-        let affinity = self.queue.get(task).map_or(0, |p| p.affinity);
+        let (affinity, hard_affinity) = self
+            .queue
+            .get(task)
+            .map_or((0, false), |p| (p.affinity, p.hard_affinity));
         self.queue.remove(task);
-        self.commit(
-            task, worker, gpus, shape, timeout_ms, now_ms, true, affinity,
-        )
+        let facts = Facts {
+            shape,
+            timeout_ms,
+            affinity,
+            hard_affinity,
+        };
+        self.commit(task, worker, gpus, facts, now_ms, true)
     }
 
     /// The agent started a placed task (its RUNNING update). A worker never has more started
@@ -760,7 +875,7 @@ impl Scheduler {
             .learning
             .kind_id(&self.shapes.get(placed.shape)?.kind);
         self.workers
-            .learn(placed.worker, kind, succeeded, runtime_ms)?;
+            .learn(placed.worker, kind, placed.start, succeeded, runtime_ms)?;
         self.placement.refresh(placed.worker, &mut self.workers);
         Ok(placed.worker)
     }
@@ -799,9 +914,12 @@ impl Scheduler {
     /// workers run prefetched work now. For each worker holding more tasks than slots (most
     /// backlogged first), its not-started tasks, most recently placed first, each matched with
     /// a different worker that accepts work, has a free slot and nothing queued, passes the
-    /// task's static filters and has its GPUs free. Never a started task, never a task or a
-    /// thief twice. The core moves nothing: the caller revokes the task from the agent, then
-    /// calls `release` and queues or attaches it again. O(W) per call.
+    /// task's static filters and has its GPUs free. A thief where the task's affinity key is
+    /// warm is preferred; a task whose key is warm on its victim goes to a cold thief only once
+    /// it has waited there for its locality wait (never with hard affinity), so stealing does not
+    /// trade a model already loaded for a load. Never a started task, never a task or a thief
+    /// twice. The core moves nothing: the caller revokes the task from the agent, then calls
+    /// `release` and queues or attaches it again. O(W) per call.
     pub fn steal_candidates(&self, max: usize) -> Vec<(TaskId, WorkerId, WorkerId)> {
         let mut out = Vec::new();
         if max == 0 {
@@ -847,7 +965,7 @@ impl Scheduler {
                 else {
                     continue;
                 };
-                let thief = thieves.iter().position(|&t| {
+                let can_take = |t: WorkerId| {
                     t != victim
                         && index.members.get(&t).is_some_and(|m| {
                             shape.gpus == 0
@@ -856,7 +974,26 @@ impl Scheduler {
                                     .get(t)
                                     .is_ok_and(|w| choose_gpus(w, &m.gpus, shape.gpus).is_some())
                         })
-                });
+                };
+                let warm_on = |t: WorkerId| {
+                    p.affinity != 0
+                        && self
+                            .workers
+                            .get(t)
+                            .is_ok_and(|w| w.warm.contains(&p.affinity))
+                };
+                let warm_here = p.affinity != 0 && p.start == Start::Warm;
+                let waited = self.now_ms.saturating_sub(p.placed_ms);
+                let may_go_cold =
+                    !warm_here || (!p.hard_affinity && waited >= self.locality_wait_ms(index.kind));
+                let thief = thieves
+                    .iter()
+                    .position(|&t| warm_on(t) && can_take(t))
+                    .or_else(|| {
+                        may_go_cold
+                            .then(|| thieves.iter().position(|&t| can_take(t)))
+                            .flatten()
+                    });
                 if let Some(i) = thief {
                     out.push((task, victim, thieves.swap_remove(i)));
                     left -= 1;
@@ -873,7 +1010,9 @@ impl Scheduler {
     /// the runner-up. Kept for the last `explain_memory` placements.
     pub fn explain_placement(&self, task: TaskId) -> CoreResult<String> {
         let shapes = &self.shapes;
-        let describe = |d: &Decision| d.describe(shapes.get(d.shape).map_or("", |s| &s.kind));
+        let weights = self.placement.weights();
+        let describe =
+            |d: &Decision| d.describe(shapes.get(d.shape).map_or("", |s| &s.kind), &weights);
         self.decisions.get(task).map(describe).ok_or_else(|| {
             unknown(format!(
                 "no placement decision is recorded for task {task} (not placed by place(), or \
@@ -962,6 +1101,15 @@ impl Scheduler {
         }
         (lost, timed_out)
     }
+}
+
+/// What `commit` records about a task besides where it goes.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    shape: ShapeId,
+    timeout_ms: u64,
+    affinity: u64,
+    hard_affinity: bool,
 }
 
 /// Is a deadline heap entry still the current one for its worker or task?

@@ -1213,3 +1213,153 @@ fn a_prefetched_task_times_out_from_its_start_not_its_placement() {
     );
     assert_eq!(s.expired(190).1, vec![2]);
 }
+
+/// Two 1-slot workers under `policy`, having learned that a task of kind "infer" takes 1 s warm
+/// and 9 s cold (an 8 s model load); model 7 is warm on the first, which is free. The locality
+/// wait is the default 3 s.
+fn learned_fleet(policy: Policy) -> (Scheduler, ShapeId, WorkerId, WorkerId) {
+    let mut s = with_policy(policy);
+    let shape = cpu_shape(&mut s, "infer");
+    let warm = plain_worker(&mut s, 1);
+    let cold = plain_worker(&mut s, 1);
+    s.push_with(1, shape, 1, 1, 0, affine(7, false)).unwrap();
+    assert_eq!(placed(&s.place(0, 1)), vec![(1, warm)]);
+    s.finish(1, true, 9_000).unwrap();
+    s.push_with(2, shape, 1, 2, 0, affine(7, false)).unwrap();
+    assert_eq!(placed(&s.place(0, 1)), vec![(2, warm)], "model 7 is warm");
+    s.finish(2, true, 1_000).unwrap();
+    (s, shape, warm, cold)
+}
+
+#[test]
+fn a_busy_warm_worker_gets_the_task_over_a_free_cold_one_within_the_wait() {
+    for policy in [Policy::Affinity, Policy::Composite] {
+        let (mut s, shape, warm, _) = learned_fleet(policy);
+        s.push_with(3, shape, 1, 3, 0, affine(7, false)).unwrap();
+        s.push_with(4, shape, 1, 4, 0, affine(7, false)).unwrap();
+        assert_eq!(placed(&s.place(10_000, 10)), vec![(3, warm)], "{policy}");
+        assert_eq!(
+            s.next_locality_ms(),
+            Some(13_000),
+            "{policy}: task 4 waits up to 3 s from the round that passed it over"
+        );
+        assert!(s.place(12_999, 10).is_empty(), "{policy}: still waiting");
+        s.finish(3, true, 1_000).unwrap();
+        assert_eq!(
+            placed(&s.place(12_999, 10)),
+            vec![(4, warm)],
+            "{policy}: the warm worker freed within the wait"
+        );
+        assert_eq!(s.next_locality_ms(), None);
+    }
+}
+
+#[test]
+fn after_the_locality_wait_a_task_takes_any_worker() {
+    for policy in [Policy::Affinity, Policy::Composite] {
+        let (mut s, shape, warm, cold) = learned_fleet(policy);
+        s.push_with(3, shape, 1, 3, 0, affine(7, false)).unwrap();
+        s.push_with(4, shape, 1, 4, 0, affine(7, false)).unwrap();
+        assert_eq!(placed(&s.place(10_000, 10)), vec![(3, warm)]);
+        assert_eq!(
+            placed(&s.place(13_000, 10)),
+            vec![(4, cold)],
+            "{policy}: waited 3 s, goes cold"
+        );
+    }
+}
+
+#[test]
+fn the_wait_never_exceeds_the_learned_load_cost() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        policy: Policy::Affinity,
+        locality_wait_ms: 60_000,
+        ..SchedulerConfig::default()
+    })
+    .unwrap();
+    let shape = cpu_shape(&mut s, "infer");
+    let warm = plain_worker(&mut s, 1);
+    let cold = plain_worker(&mut s, 1);
+    // Learn: 1 s warm, 3 s cold (a 2 s load).
+    for (task, ms) in [(1, 3_000), (2, 1_000)] {
+        s.push_with(task, shape, 1, task, 0, affine(7, false))
+            .unwrap();
+        assert_eq!(placed(&s.place(0, 1)), vec![(task, warm)]);
+        s.finish(task, true, ms).unwrap();
+    }
+    s.push_with(3, shape, 1, 3, 0, affine(7, false)).unwrap();
+    s.push_with(4, shape, 1, 4, 0, affine(7, false)).unwrap();
+    assert_eq!(placed(&s.place(10_000, 10)), vec![(3, warm)]);
+    assert_eq!(s.next_locality_ms(), Some(12_000), "capped at the 2 s load");
+    assert_eq!(placed(&s.place(12_000, 10)), vec![(4, cold)]);
+}
+
+#[test]
+fn a_model_in_demand_beyond_its_warm_workers_spreads_at_once() {
+    let (mut s, shape, warm, cold) = learned_fleet(Policy::Affinity);
+    // 10 tasks of model 7, 1 s each, on the 1 warm slot: the last would wait ~10 s for it,
+    // longer than the 8 s load, so the free worker loads the model now.
+    for t in 3..13 {
+        s.push_with(t, shape, 1, t, 0, affine(7, false)).unwrap();
+    }
+    assert_eq!(placed(&s.place(10_000, 10)), vec![(3, warm), (4, cold)]);
+    assert_eq!(s.next_locality_ms(), None, "nothing waits");
+}
+
+#[test]
+fn a_waiting_task_holds_its_flow_while_other_flows_take_the_free_worker() {
+    let (mut s, shape, warm, cold) = learned_fleet(Policy::Affinity);
+    // The first worker runs a model-7 task; model 8 becomes warm on the second worker.
+    s.push_with(3, shape, 1, 3, 0, affine(7, false)).unwrap();
+    s.push_with(4, shape, 1, 4, 0, affine(8, false)).unwrap();
+    assert_eq!(placed(&s.place(1_000, 10)), vec![(3, warm), (4, cold)]);
+    s.finish(4, true, 1_000).unwrap();
+    let in_tenant = |tenant, affinity| TaskOptions {
+        tenant,
+        affinity,
+        ..TaskOptions::default()
+    };
+    // Tenant 0: a model-7 task (warm only on the busy worker), then a model-8 task behind it
+    // in the same flow. Tenant 1: a model-8 task.
+    s.push_with(5, shape, 1, 5, 0, in_tenant(0, 7)).unwrap();
+    s.push_with(6, shape, 1, 6, 0, in_tenant(0, 8)).unwrap();
+    s.push_with(7, shape, 1, 7, 0, in_tenant(1, 8)).unwrap();
+    assert_eq!(
+        placed(&s.place(10_000, 10)),
+        vec![(7, cold)],
+        "5 waits for the warm worker, 6 stays behind it (FIFO in its flow), the other \
+         tenant's task takes the free worker where its model is warm"
+    );
+    s.finish(3, true, 1_000).unwrap();
+    assert_eq!(placed(&s.place(10_500, 10)), vec![(5, warm)]);
+    s.finish(7, true, 1_000).unwrap();
+    assert_eq!(placed(&s.place(10_500, 10)), vec![(6, cold)]);
+}
+
+#[test]
+fn stealing_does_not_trade_a_warm_start_for_a_load() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        policy: Policy::Affinity,
+        prefetch_depth: 1,
+        ..SchedulerConfig::default()
+    })
+    .unwrap();
+    let shape = cpu_shape(&mut s, "infer");
+    let a = plain_worker(&mut s, 1);
+    for t in 1..=2 {
+        s.push_with(t, shape, 1, t, 0, affine(7, false)).unwrap();
+    }
+    assert_eq!(placed(&s.place(1_000, 10)), vec![(1, a), (2, a)]);
+    s.mark_started(1, None).unwrap();
+    let b = plain_worker(&mut s, 1);
+    assert!(
+        s.steal_candidates(10).is_empty(),
+        "task 2 is warm where it waits, cold on the idle worker"
+    );
+    s.heartbeat(b, 4_000).unwrap();
+    assert_eq!(
+        s.steal_candidates(10),
+        vec![(2, a, b)],
+        "after the locality wait it may go cold"
+    );
+}

@@ -1,7 +1,7 @@
 //! The worker table: capabilities, slots, GPU allocation and the learned success/speed EWMAs.
 
 use crate::error::{invalid, unknown, CoreResult};
-use crate::learning::{KindId, Learning, ModelId, EWMA_ALPHA};
+use crate::learning::{KindId, Learning, ModelId, Start, EWMA_ALPHA};
 use crate::placement::ReadyKey;
 use crate::{ShapeId, TaskId, WorkerId};
 
@@ -446,17 +446,18 @@ impl WorkerTable {
         })
     }
 
-    /// Learn from a finished task of `kind` that ran on worker `id`.
+    /// Learn from a finished task of `kind` that ran on worker `id`, started warm or cold.
     pub fn learn(
         &mut self,
         id: WorkerId,
         kind: KindId,
+        start: Start,
         succeeded: bool,
         runtime_ms: u64,
     ) -> CoreResult<()> {
         let model = self.get(id)?.model;
         let speed_sample = if succeeded && runtime_ms > 0 {
-            self.learning.observe(kind, model, runtime_ms)
+            self.learning.observe(kind, model, start, runtime_ms)
         } else {
             None
         };
@@ -479,17 +480,17 @@ mod tests {
         let slow = table.add(Worker::new(1, vec![], "", vec![], vec![]).unwrap());
         // The kind's first runtime only seeds the fleet EWMA.
         let k = table.learning.kind_id("k");
-        table.learn(fast, k, true, 100).unwrap();
+        table.learn(fast, k, Start::Warm, true, 100).unwrap();
         assert_eq!(table.get(fast).unwrap().speed, 1.0);
-        table.learn(fast, k, true, 50).unwrap(); // twice as fast as the fleet: sample 2.0
-        table.learn(slow, k, true, 1000).unwrap(); // much slower: sample < 1
+        table.learn(fast, k, Start::Warm, true, 50).unwrap(); // twice as fast as the fleet: sample 2.0
+        table.learn(slow, k, Start::Warm, true, 1000).unwrap(); // much slower: sample < 1
         assert!((table.get(fast).unwrap().speed - 1.2).abs() < 1e-9);
         assert!(table.get(slow).unwrap().speed < 1.0);
         assert!(
             table.get(fast).unwrap().speed_for(k, &table.learning)
                 > table.get(slow).unwrap().speed_for(k, &table.learning)
         );
-        table.learn(slow, k, false, 0).unwrap();
+        table.learn(slow, k, Start::Warm, false, 0).unwrap();
         let w = table.get(slow).unwrap();
         assert!((w.success_rate - 0.8).abs() < 1e-9);
         assert_eq!((w.succeeded, w.failed), (1, 1));

@@ -902,6 +902,55 @@ proptest! {
         }
     }
 
+    /// With affinity keys and delay scheduling at work (tasks waiting for warm workers, free
+    /// workers taking tasks warm on them), every (tenant, class, shape) flow is still placed in
+    /// FIFO order, and every task is placed in the end.
+    #[test]
+    fn flows_stay_fifo_while_tasks_wait_for_warm_workers(
+        policy in prop::sample::select(vec!["affinity", "composite"]),
+        slots in prop::collection::vec(1u32..3, 1..5),
+        tasks in prop::collection::vec((0usize..2, 0u32..2, 0u8..2, 1u64..4), 1..60),
+        runtimes in prop::collection::vec(1u64..4000, 1..16),
+    ) {
+        let mut s = Scheduler::new(SchedulerConfig {
+            policy: policy.parse().unwrap(),
+            aging_ms: 0,
+            ..SchedulerConfig::default()
+        }).unwrap();
+        let shapes: Vec<u64> = KINDS[..2].iter().map(|k| s.shape(ShapeSpec { kind: (*k).into(), ..ShapeSpec::default() }).unwrap()).collect();
+        for &n in &slots {
+            s.add_worker(n, vec![], "", vec![], vec![], 0).unwrap();
+        }
+        let mut flow_of = HashMap::new();
+        for (task, &(shape, tenant, priority, affinity)) in tasks.iter().enumerate() {
+            let task = task as u64;
+            let options = TaskOptions { tenant, affinity, ..TaskOptions::default() };
+            s.push_with(task, shapes[shape], priority, task, 0, options).unwrap();
+            flow_of.insert(task, (shape, tenant, priority));
+        }
+        let mut last: HashMap<(usize, u32, u8), u64> = HashMap::new();
+        let mut running: Vec<u64> = Vec::new();
+        let (mut now, mut step) = (0u64, 0usize);
+        while s.pending() > 0 || !running.is_empty() {
+            for p in s.place(now, usize::MAX) {
+                let flow = flow_of[&p.task];
+                if let Some(&before) = last.get(&flow) {
+                    prop_assert!(p.task > before, "flow {:?}: task {} placed after {}", flow, p.task, before);
+                }
+                last.insert(flow, p.task);
+                running.push(p.task);
+            }
+            // Finish the oldest running task; runtimes (and so the learned load cost) vary.
+            if !running.is_empty() {
+                let task = running.remove(0);
+                s.finish(task, true, runtimes[step % runtimes.len()]).unwrap();
+            }
+            step += 1;
+            now += 500;
+            prop_assert!(step < 10_000, "tasks left waiting forever");
+        }
+    }
+
     /// Two tenants that stay backlogged get placements in proportion to their weights: after
     /// every placement, |n_a / w_a - n_b / w_b| stays within one task's worth of each.
     #[test]
