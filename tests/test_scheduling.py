@@ -44,3 +44,47 @@ def test_a_running_task_says_why_it_went_where_it_went(controlplane, client, sta
     eventually(lambda: client.get(task_id).state == common_pb2.TASK_STATE_RUNNING, 20, "the task to run")
     placement = client.get(task_id).placement
     assert placement.startswith("placed on explained by composite") and "availability" in placement, placement
+
+
+INFER = ["--slots", "1", "--handler", "infer=model_handler:infer", "--kinds", "infer"]
+
+
+def infer(client, model: str, run_s: float, load_s: float = 0.8):  # type: ignore[no-untyped-def]
+    """Submit an `infer` task for `model`; returns its id."""
+    payload = json.dumps({"model": model, "run_s": run_s, "load_s": load_s})
+    return client.submit("infer", payload, affinity_key=model)
+
+
+def test_a_task_waits_briefly_for_its_warm_worker_instead_of_loading_the_model_elsewhere(tmp_path):
+    cp = ControlPlaneProcess(tmp_path, "--policy", "affinity", "--locality-wait", "3").start()
+    agents = [AgentProcess(tmp_path, cp.address, "warm", *INFER)]
+    try:
+        with cp.client() as client:
+            wait_for_workers(client, ["warm"])
+            # Learn what a load costs: cold starts of three models, then warm runs of one.
+            for model in ("m1", "m2", "m3", "m1", "m1", "m1", "m1"):
+                assert client.wait(infer(client, model, 0.05), timeout_s=30).state == common_pb2.TASK_STATE_SUCCEEDED
+            agents.append(AgentProcess(tmp_path, cp.address, "cold", *INFER))
+            wait_for_workers(client, ["warm", "cold"])
+
+            # The warm worker is busy for a moment, the cold one is free: waiting beats a load.
+            busy = infer(client, "m1", 0.3)
+            eventually(lambda: client.get(busy).state == common_pb2.TASK_STATE_RUNNING, 20, "m1 to run on the warm worker")
+            waited = client.wait(infer(client, "m1", 0.05), timeout_s=30)
+            assert (waited.worker_id, waited.result) == ("warm", b"warm"), (
+                f"the task went to {waited.worker_id} ({waited.result!r}) instead of waiting for the warm worker"
+            )
+
+            # The warm worker is busy for long: the wait is bounded (by the learned load time,
+            # under a second here), then the task loads the model on the free worker. Nothing
+            # else happens in the fleet meanwhile, so only the control plane's own timer can
+            # send it there.
+            long = infer(client, "m1", 8.0)
+            eventually(lambda: client.get(long).state == common_pb2.TASK_STATE_RUNNING, 20, "the long m1 task to run")
+            moved = client.wait(infer(client, "m1", 0.05), timeout_s=30)
+            assert (moved.worker_id, moved.result) == ("cold", b"cold")
+            assert moved.finished_at_ms < client.get(long).started_at_ms + 5_000, "it waited for the long task"
+    finally:
+        for agent in agents:
+            agent.stop()
+        cp.kill()
