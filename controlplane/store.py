@@ -170,7 +170,8 @@ _UPDATE = (
 )
 
 
-_Write = tuple[str, list[tuple[object, ...]], "asyncio.Future[None] | None"]
+# (statement, its rows, the future resolved at the commit that contains them)
+_Write = tuple[str, list[tuple[object, ...]], "asyncio.Future[None]"]
 
 
 class Store:
@@ -190,7 +191,6 @@ class Store:
         self._read_lock = threading.Lock()
         # Writes made during one turn of the event loop, committed together at its end.
         self._turn: list[_Write] = []
-        self._save_future: asyncio.Future[None] | None = None
         self._pending: list[_Write] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -227,7 +227,6 @@ class Store:
 
     def _end_turn(self) -> None:
         turn, self._turn = self._turn, []
-        self._save_future = None
         if self._inline:
             _settle(self._commit(turn))
             return
@@ -248,12 +247,12 @@ class Store:
         at all (the database is unwritable), so one answer serves them all.
         """
         rows = [r.state_row() for r in records]
-        if self._save_future is None or not self._turn or self._turn[-1][2] is not self._save_future:
-            self._save_future = asyncio.get_running_loop().create_future()
-            self._add((_UPDATE, rows, self._save_future))
-        else:
+        if self._turn and self._turn[-1][0] is _UPDATE:
             self._turn[-1][1].extend(rows)
-        return self._save_future
+            return self._turn[-1][2]
+        fut = asyncio.get_running_loop().create_future()
+        self._add((_UPDATE, rows, fut))
+        return fut
 
     def save_nowait(self, records: Iterable[TaskRecord]) -> None:
         """Write the current state of tasks in the next group commit, without waiting for it."""
@@ -303,7 +302,7 @@ class Store:
         if error is not None and len(batch) > 1:
             # One bad write must not fail the others that shared its commit: retry one by one.
             return [item for write in batch for item in self._commit([write])]
-        return [(fut, error) for _, _, fut in batch if fut is not None]
+        return [(fut, error) for _, _, fut in batch]
 
     async def flush(self) -> None:
         """Wait until everything written so far is committed."""
