@@ -17,6 +17,7 @@ import grpc
 
 from agents.handlers import BUILTIN_HANDLERS, Handler, TaskContext
 from agents.inventory import simulated_gpu_stats
+from gpucp.batching import by_size
 from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
 
 __all__ = ["CHANNEL_OPTIONS", "Agent", "default_worker_id"]
@@ -415,12 +416,11 @@ class Agent:
         batched: set[_Outgoing] = set()
 
         async def flush() -> None:
-            if not updates:
-                return
-            if len(updates) == 1:
-                await call.write(workers_pb2.AgentMessage(update=updates[0]))
-            else:
-                await call.write(workers_pb2.AgentMessage(updates=workers_pb2.TaskUpdates(updates=updates)))
+            for run in by_size(updates):
+                if len(run) == 1:
+                    await call.write(workers_pb2.AgentMessage(update=run[0]))
+                else:
+                    await call.write(workers_pb2.AgentMessage(updates=workers_pb2.TaskUpdates(updates=run)))
             now = time.monotonic()
             for item in finals:
                 item.written_on = stream.generation

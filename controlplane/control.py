@@ -34,6 +34,7 @@ from controlplane.errors import (
 from controlplane.reputation import Reputation
 from controlplane.store import Store, StoreError, TaskRecord
 from controlplane.validation import validate_spec
+from gpucp.batching import by_size
 from gpucp.v1 import admin_pb2, common_pb2, scheduler_pb2, workers_pb2
 
 log = logging.getLogger("gpucp.controlplane")
@@ -92,12 +93,16 @@ class WorkerConn:
         self.outbox.put_nowait(msg)
 
     def assign(self, assignments: list[workers_pb2.Assignment]) -> None:
-        """Send assignments: in one message if the agent accepts batches, else one by one."""
-        if len(assignments) > 1 and self.register.accepts_batches:
-            self.send(workers_pb2.ControlMessage(assign_many=workers_pb2.Assignments(assignments=assignments)))
+        """Send assignments: in a few messages if the agent accepts batches, else one by one."""
+        if not self.register.accepts_batches:
+            for assignment in assignments:
+                self.send(workers_pb2.ControlMessage(assign=assignment))
             return
-        for assignment in assignments:
-            self.send(workers_pb2.ControlMessage(assign=assignment))
+        for run in by_size(assignments):
+            if len(run) == 1:
+                self.send(workers_pb2.ControlMessage(assign=run[0]))
+            else:
+                self.send(workers_pb2.ControlMessage(assign_many=workers_pb2.Assignments(assignments=run)))
 
     def close(self, reason: str) -> None:
         self.lost_reason = reason

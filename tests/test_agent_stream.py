@@ -25,6 +25,7 @@ SUCCEEDED = common_pb2.TASK_STATE_SUCCEEDED
 FAILED = common_pb2.TASK_STATE_FAILED
 PENDING = common_pb2.TASK_STATE_PENDING
 SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),  # as the control plane's
     # Compatible with the agent's 10 s keepalive pings.
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
@@ -290,6 +291,34 @@ def test_takes_assignments_in_one_message_and_answers_in_one() -> None:
                 assert max(plane.batches, default=0) >= 3, f"expected the outcomes in one message, got batches {plane.batches}"
                 assert [u.state for u in plane.updates("t0")] == [SUCCEEDED]
                 assert [u.state for u in plane.updates("long")] == [RUNNING, SUCCEEDED]
+
+    run(scenario())
+
+
+def test_big_results_that_end_together_still_fit_the_message_limit() -> None:
+    async def scenario() -> None:
+        async def big(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+            return task.spec.payload * (6 * 1024 * 1024)  # 6 MiB: three together would be over 16 MiB
+
+        async with control_plane() as (plane, port):
+            async with running_agent(port, slots=3, handlers={"big": big}):
+                await plane.wait_sessions(1)
+                plane.send(
+                    workers_pb2.ControlMessage(
+                        assign_many=workers_pb2.Assignments(
+                            assignments=[
+                                workers_pb2.Assignment(
+                                    task=common_pb2.Task(id=f"b{i}", spec=common_pb2.TaskSpec(kind="big", payload=b"%d" % i), attempt=1)
+                                )
+                                for i in range(3)
+                            ]
+                        )
+                    )
+                )
+                for i in range(3):
+                    _, message = await plane.wait_update(f"b{i}", SUCCEEDED)
+                    assert message.update.result == b"%d" % i * (6 * 1024 * 1024)
+                assert len(plane.sessions) == 1, "the stream broke"
 
     run(scenario())
 

@@ -103,3 +103,15 @@ def test_thousand_mixed_tasks_all_succeed_on_fitting_workers_within_slots(contro
     stats = client.stats()
     assert stats.tasks_by_state["TASK_STATE_SUCCEEDED"] == 1000
     assert sum(stats.queue_depth_by_priority.values()) == 0
+
+
+def test_a_backlog_of_big_payloads_reaches_an_agent_in_messages_under_the_size_limit(controlplane, client, start_agent):
+    # Six 3 MiB payloads queued before the agent comes: one dispatch round places them all on
+    # it, 18 MiB in all, more than one gRPC message may carry (16 MiB).
+    payloads = [bytes([65 + i]) * (3 * 1024 * 1024) for i in range(6)]
+    ids = [client.submit("noop", p) for p in payloads]
+    start_agent("roomy", "--slots", "6")
+    tasks = [client.wait(task_id, timeout_s=60) for task_id in ids]
+    assert [t.state for t in tasks] == [common_pb2.TASK_STATE_SUCCEEDED] * 6
+    assert [t.result for t in tasks] == payloads
+    assert {t.attempt for t in tasks} == {1}, "the agent's stream broke and the tasks were assigned again"
