@@ -59,8 +59,9 @@ impl Decision {
                 format!("speed {:.2}x the fleet at kind '{kind}'", w.inputs.speed)
             }
             Policy::Cost => format!(
-                "${:.2}/h at speed {:.2}x = {:.3} $/h per unit of speed",
+                "${:.2}/h x {:.2} of the worker at speed {:.2}x = {:.3} $/h per unit of speed",
                 w.inputs.cost_per_hour,
+                w.inputs.share,
                 w.inputs.speed,
                 w.inputs.relative_cost()
             ),

@@ -160,6 +160,16 @@ pub fn eta(kind: &str, runtime_ms: f64, ahead: u64, slots: u64) -> String {
     )
 }
 
+/// "; worker 7 is reserved for it (GPUs [0, 1]), free in about 12.0 s; shorter tasks fill the
+/// gap": the reservation the last placement round made for its shape.
+pub fn reserved(worker: u64, gpus: &[u32], wait_ms: f64) -> String {
+    format!(
+        "; worker {worker} is reserved for it (GPUs {gpus:?}), free in about {}; shorter tasks \
+         fill the gap",
+        duration(wait_ms.max(0.0))
+    )
+}
+
 /// A duration for a person: "850 ms", "3.6 s", "12 min".
 pub fn duration(ms: f64) -> String {
     if ms < 1000.0 {

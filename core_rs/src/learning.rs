@@ -118,6 +118,25 @@ impl Learning {
         Some((cold - warm).max(0.0))
     }
 
+    /// Predicted runtime of a `kind` task on a worker with `model` that runs the kind at `speed`
+    /// against the fleet: the (kind, model) warm EWMA, else the fleet's warm runtime over the
+    /// speed, plus the learned model load for a cold start. None before any run of the kind.
+    pub fn runtime_ms(
+        &self,
+        kind: KindId,
+        model: ModelId,
+        speed: f64,
+        start: Start,
+    ) -> Option<f64> {
+        let warm = self
+            .model_ms(kind, model)
+            .or_else(|| self.fleet_ms(kind).map(|ms| ms / speed.max(1e-3)))?;
+        Some(match start {
+            Start::Warm => warm,
+            Start::Cold => warm + self.load_ms(kind).unwrap_or(0.0),
+        })
+    }
+
     /// The prior speed of a worker with `model` at `kind` before it has run that kind itself:
     /// how its GPU model does against the fleet, if known.
     pub fn model_speed(&self, kind: KindId, model: ModelId) -> Option<f64> {

@@ -5,6 +5,7 @@
 //! benches build without Python.
 
 mod affinity;
+mod backfill;
 pub mod deadlines;
 mod decisions;
 pub mod error;

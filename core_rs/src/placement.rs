@@ -77,6 +77,16 @@ pub fn static_fit(shape: &Shape, w: &Worker) -> Option<Box<[u32]>> {
 /// then, with prefetch, ones held by fewer than 1 + depth tasks (least held first); sorted
 /// indices, or None if fewer than `n` can be had. Without prefetch: only free GPUs.
 pub fn choose_gpus(w: &Worker, qualifying: &[u32], n: u32) -> Option<Vec<u32>> {
+    choose_gpus_where(w, qualifying, n, |_| true)
+}
+
+/// choose_gpus() among the qualifying GPUs that `allowed` accepts.
+pub fn choose_gpus_where(
+    w: &Worker,
+    qualifying: &[u32],
+    n: u32,
+    allowed: impl Fn(u32) -> bool,
+) -> Option<Vec<u32>> {
     let mut chosen: Vec<u32> = Vec::with_capacity(n as usize);
     for level in 0..=w.prefetch_depth {
         for &i in qualifying {
@@ -84,7 +94,7 @@ pub fn choose_gpus(w: &Worker, qualifying: &[u32], n: u32) -> Option<Vec<u32>> {
                 break;
             }
             let gpu = &w.gpus[i as usize];
-            if gpu.healthy && gpu.holders == level {
+            if gpu.healthy && gpu.holders == level && allowed(i) {
                 chosen.push(i);
             }
         }
@@ -108,6 +118,16 @@ pub fn has_gpus(w: &Worker, qualifying: &[u32], n: u32) -> bool {
         .take(n as usize)
         .count()
         == n as usize
+}
+
+/// The last word on a worker placement found for a task: given the worker, its qualifying GPUs and
+/// the GPUs chosen, the GPUs to use (the same or others) or None to pass the worker over. This is
+/// where reservations are kept (see `backfill`).
+pub type Admit<'a> = &'a dyn Fn(WorkerId, &[u32], Vec<u32>) -> Option<Vec<u32>>;
+
+/// Admits every placement as found.
+pub fn admit_all(_: WorkerId, _: &[u32], gpus: Vec<u32>) -> Option<Vec<u32>> {
+    Some(gpus)
 }
 
 /// What one task asks of placement beyond its shape.
@@ -158,6 +178,8 @@ pub struct Member {
 #[derive(Debug)]
 pub struct ShapeIndex {
     pub kind: KindId,
+    /// GPUs a task of the shape uses.
+    pub gpus: u32,
     pub policy: Policy,
     /// Statically eligible live workers (draining and full ones too).
     pub members: IdHashMap<WorkerId, Member>,
@@ -169,7 +191,8 @@ impl ShapeIndex {
     /// The best worker for any task of the shape (no avoid, no affinity).
     pub fn best(&self, shape: &Shape, workers: &WorkerTable) -> Option<(WorkerId, Vec<u32>)> {
         let warm = WarmIndex::new(0);
-        match self.best_for(shape, workers, &warm, &Weights::default(), Need::default()) {
+        let need = Need::default();
+        match self.best_for(shape, workers, &warm, &Weights::default(), need, &admit_all) {
             Pick::Worker(c) => Some((c.worker, c.gpus)),
             Pick::NoneForShape | Pick::NoneForTask => None,
         }
@@ -182,6 +205,23 @@ impl ShapeIndex {
         }
         let worker = workers.get(id).ok()?;
         choose_gpus(worker, &self.members.get(&id)?.gpus, shape.gpus)
+    }
+
+    /// fits_now(), then `admit`'s word on it.
+    fn take(
+        &self,
+        shape: &Shape,
+        workers: &WorkerTable,
+        id: WorkerId,
+        admit: Admit<'_>,
+    ) -> Option<Vec<u32>> {
+        let member = self.members.get(&id)?;
+        let gpus = if shape.gpus == 0 {
+            Vec::new()
+        } else {
+            choose_gpus(workers.get(id).ok()?, &member.gpus, shape.gpus)?
+        };
+        admit(id, &member.gpus, gpus)
     }
 
     /// fits_now() without building the GPU list.
@@ -199,7 +239,8 @@ impl ShapeIndex {
     /// (the only worker in the fleet that could ever run the shape). Hard affinity waits for a
     /// warm member while one exists; soft affinity (policies affinity and composite) prefers
     /// one, and says when it had to choose a cold worker while a busy one is warm
-    /// (`Choice::warm_busy`; whether to wait for it is the scheduler's call).
+    /// (`Choice::warm_busy`; whether to wait for it is the scheduler's call). A worker `admit`
+    /// refuses is passed over.
     pub fn best_for(
         &self,
         shape: &Shape,
@@ -207,6 +248,7 @@ impl ShapeIndex {
         warm: &WarmIndex,
         weights: &Weights,
         need: Need,
+        admit: Admit<'_>,
     ) -> Pick {
         let avoid = need
             .avoid
@@ -229,7 +271,7 @@ impl ShapeIndex {
                 if Some(id) == avoid {
                     continue;
                 }
-                if let Some(gpus) = self.fits_now(shape, workers, id) {
+                if let Some(gpus) = self.take(shape, workers, id, admit) {
                     warm_best = Some((*rank, id, gpus));
                     break;
                 }
@@ -282,7 +324,7 @@ impl ShapeIndex {
                 if looked_past >= RUNNER_UP_SCAN {
                     break;
                 }
-            } else if let Some(gpus) = self.fits_now(shape, workers, id) {
+            } else if let Some(gpus) = self.take(shape, workers, id, admit) {
                 first = Some((rank, id, gpus));
             }
         }
@@ -404,6 +446,7 @@ impl PlacementIndex {
                 weights: &self.weights,
                 learning: &workers.learning,
                 kind: index.kind,
+                gpus: index.gpus,
             };
             let ids: Vec<WorkerId> = index.members.keys().copied().collect();
             for id in ids {
@@ -432,6 +475,7 @@ impl PlacementIndex {
             let kind = workers.learning.kind_id(&shape.kind);
             let mut index = ShapeIndex {
                 kind,
+                gpus: shape.gpus,
                 policy: self.policy_for(&shape.kind),
                 members: IdHashMap::default(),
                 ready: BTreeSet::new(),
@@ -455,6 +499,7 @@ impl PlacementIndex {
                 weights: &self.weights,
                 learning: &workers.learning,
                 kind,
+                gpus: shape.gpus,
             };
             for &wid in &listed {
                 let w = workers.get(wid).expect("listed workers are live");
@@ -524,6 +569,7 @@ impl PlacementIndex {
                 weights: &self.weights,
                 learning,
                 kind: index.kind,
+                gpus: index.gpus,
             };
             index.rekey(id, worker, &ctx);
         }
@@ -536,6 +582,7 @@ impl PlacementIndex {
             weights: &self.weights,
             learning,
             kind: index.kind,
+            gpus: index.gpus,
         }
     }
 }

@@ -28,7 +28,8 @@ pub enum Policy {
     Performance,
     /// A worker where the task's affinity key is warm, else the least loaded.
     Affinity,
-    /// The cheapest expected $ per task (cost_per_hour x predicted runtime), then least loaded.
+    /// The cheapest expected $ per task (the task's share of cost_per_hour x predicted runtime),
+    /// then least loaded.
     Cost,
     /// A weighted sum of availability, success, speed, fit, cost and affinity.
     Composite,
@@ -159,11 +160,21 @@ pub fn fit(shape: &Shape, worker: &Worker, qualifying: &[u32]) -> f64 {
     1.0 - 0.5 * spare_count - 0.5 * spare_memory
 }
 
-/// Expected cost of a task relative to the fleet, in $/h per unit speed: cost_per_hour divided
-/// by the worker's speed at the kind (so cost_per_hour x predicted runtime, up to the kind's
-/// fleet runtime, which is the same for every worker).
-pub fn relative_cost(worker: &Worker, kind: KindId, learning: &Learning) -> f64 {
-    worker.cost_per_hour / worker.speed_for(kind, learning).max(1e-3)
+/// The share of a worker a task of `gpus` GPUs pays for: its GPUs over the worker's, or one slot
+/// of a worker for a task without GPUs (and of a worker without GPUs).
+pub fn share(worker: &Worker, gpus: u32) -> f64 {
+    if gpus == 0 || worker.gpus.is_empty() {
+        1.0 / f64::from(worker.slots)
+    } else {
+        (f64::from(gpus) / worker.gpus.len() as f64).min(1.0)
+    }
+}
+
+/// Expected cost of a task relative to the fleet, in $/h per unit speed: the task's share of the
+/// worker's cost_per_hour divided by the worker's speed at the kind (so its $ share x predicted
+/// runtime, up to the kind's fleet runtime, which is the same for every worker).
+fn relative_cost(cost_per_hour: f64, share: f64, speed: f64) -> f64 {
+    cost_per_hour * share / speed.max(1e-3)
 }
 
 /// What ranking needs beyond the worker itself.
@@ -172,6 +183,8 @@ pub struct Context<'a> {
     pub weights: &'a Weights,
     pub learning: &'a Learning,
     pub kind: KindId,
+    /// GPUs a task of the shape uses (for its share of a worker's price).
+    pub gpus: u32,
 }
 
 /// What the score of a worker for a shape is computed from, as it stands at one moment (an
@@ -183,13 +196,15 @@ pub struct Inputs {
     /// Its speed at the shape's kind against the fleet.
     pub speed: f64,
     pub cost_per_hour: f64,
+    /// The share of the worker's price the task pays (see `share`).
+    pub share: f64,
     pub fit: f64,
 }
 
 impl Inputs {
     /// Expected cost relative to the fleet, as `relative_cost`.
     pub fn relative_cost(&self) -> f64 {
-        self.cost_per_hour / self.speed.max(1e-3)
+        relative_cost(self.cost_per_hour, self.share, self.speed)
     }
 
     /// The weighted terms (affinity 0: the warm bonus depends on the task).
@@ -212,6 +227,7 @@ impl Context<'_> {
             success_rate: w.success_rate,
             speed: w.speed_for(self.kind, self.learning),
             cost_per_hour: w.cost_per_hour,
+            share: share(w, self.gpus),
             fit,
         }
     }
@@ -230,7 +246,11 @@ impl Context<'_> {
             Policy::Performance => {
                 with_load(w.speed_for(self.kind, self.learning).min(SPEED_CAP * 5.0))
             }
-            Policy::Cost => with_load(1.0 / (1.0 + relative_cost(w, self.kind, self.learning))),
+            Policy::Cost => {
+                let speed = w.speed_for(self.kind, self.learning);
+                let cost = relative_cost(w.cost_per_hour, share(w, self.gpus), speed);
+                with_load(1.0 / (1.0 + cost))
+            }
             Policy::Composite => score_bits(self.terms(w, fit).total()),
         }
     }

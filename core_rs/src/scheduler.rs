@@ -1,6 +1,7 @@
 //! The `Scheduler` engine: ties the queue, the worker table, placement and deadlines together
 //! and keeps them consistent. Decisions only: the caller owns the clock and all I/O.
 
+use crate::backfill::{Forecast, Hold};
 use crate::deadlines::{Deadline, Deadlines};
 use crate::decisions::{Decision, Decisions, Snapshot};
 use crate::error::{invalid, unknown, CoreResult};
@@ -146,20 +147,23 @@ impl WorkerStats {
 
 /// A task the core has placed (or that was attached) and still tracks.
 #[derive(Debug, Clone)]
-struct Placed {
+pub(crate) struct Placed {
     worker: WorkerId,
-    gpus: Vec<u32>,
+    pub(crate) gpus: Vec<u32>,
     shape: ShapeId,
+    pub(crate) kind: KindId,
     /// Generation of the task's timeout entry in the deadline heap.
     generation: u64,
     /// Its execution time limit (0 = none), counted again from the start of a prefetched task.
     timeout_ms: u64,
     /// The agent reported it running (a placed task that is not started is prefetched).
-    started: bool,
+    pub(crate) started: bool,
+    /// When it started (valid once `started`), for predicting when it ends.
+    pub(crate) started_ms: u64,
     /// Its affinity key (0 = none) and whether it was warm on the worker when placed.
     affinity: u64,
     hard_affinity: bool,
-    start: Start,
+    pub(crate) start: Start,
     /// When it was placed (for stealing: how long it has waited in a prefetch queue).
     placed_ms: u64,
 }
@@ -180,6 +184,8 @@ pub struct Scheduler {
     decisions: Decisions,
     /// When the earliest task the last `place` left waiting for a warm worker stops waiting.
     locality_until: Option<u64>,
+    /// The reservations the last `place` made (see `backfill`), kept for `explain`.
+    holds: Vec<Hold>,
 }
 
 impl Scheduler {
@@ -208,6 +214,7 @@ impl Scheduler {
             tick: 0,
             decisions: Decisions::new(config.explain_memory),
             locality_until: None,
+            holds: Vec::new(),
         })
     }
 
@@ -495,12 +502,7 @@ impl Scheduler {
     ) -> CoreResult<Option<f64>> {
         let kind = self.workers.learning.kind_id(&self.shapes.get(shape)?.kind);
         let w = self.workers.get(worker)?;
-        let learning = &self.workers.learning;
-        Ok(learning.model_ms(kind, w.model).or_else(|| {
-            learning
-                .fleet_ms(kind)
-                .map(|ms| ms / w.speed_for(kind, learning).max(1e-3))
-        }))
+        Ok(w.runtime_ms(kind, &self.workers.learning, Start::Warm))
     }
 
     // -- placement
@@ -521,13 +523,21 @@ impl Scheduler {
     /// FIFO inside a flow holds; other flows go on. After the wait it takes any worker, so no
     /// task starves. `next_locality_ms` says when the earliest wait ends.
     ///
+    /// Reservations (see `backfill`): the first task in fair order of a shape that needs several
+    /// GPUs at once and finds no worker reserves, for the rest of the round, the worker whose
+    /// GPUs are predicted to free soonest; a task placed after it uses those GPUs only if it is
+    /// predicted to finish before they are all free. A multi-GPU task placed but not started
+    /// holds its GPUs the same way against the tasks placed after it.
+    ///
     /// Cost per placement: O(log n) in the queue, the shape's best-worker lookup and the
     /// winner's re-ranking (see `placement`); a waiting task costs O(log n) to hold plus a
-    /// look at the warm index.
+    /// look at the warm index; a worker with holds costs O(T_w) more to check, and a round hold
+    /// O(M_s T_w) to plan, once per shape per round (see `backfill`).
     pub fn place(&mut self, now_ms: u64, max_tasks: usize) -> Vec<Placement> {
         self.observe_clock(now_ms);
         self.queue.promote(now_ms);
         self.locality_until = None;
+        let mut holds = Vec::new();
         let mut placements = Vec::new();
         let mut round = Round::default();
         while placements.len() < max_tasks && self.workers.free_capacity() > 0 {
@@ -548,7 +558,16 @@ impl Scheduler {
             };
             let weights = self.placement.weights();
             let kind = index.kind;
-            match index.best_for(shape, &self.workers, &self.placement.warm, &weights, need) {
+            let forecast = Forecast {
+                placed: &self.placed,
+                workers: &self.workers,
+                now_ms,
+            };
+            let admit = |id: WorkerId, qualifying: &[u32], gpus: Vec<u32>| {
+                forecast.admit(id, &holds, (kind, pending.affinity), qualifying, gpus)
+            };
+            let warm = &self.placement.warm;
+            match index.best_for(shape, &self.workers, warm, &weights, need, &admit) {
                 Pick::Worker(choice) => {
                     let wait = choice
                         .warm_busy
@@ -570,6 +589,7 @@ impl Scheduler {
                     let worker = choice.worker;
                     let facts = Facts {
                         shape: sid,
+                        kind,
                         timeout_ms: pending.timeout_ms,
                         affinity: pending.affinity,
                         hard_affinity: pending.hard_affinity,
@@ -582,11 +602,17 @@ impl Scheduler {
                         gpus: choice.gpus,
                     });
                 }
-                Pick::NoneForShape => PendingQueue::shape_dead(&mut round, sid),
+                Pick::NoneForShape => {
+                    if shape.gpus > 1 {
+                        holds.extend(forecast.plan(sid, index, &holds));
+                    }
+                    PendingQueue::shape_dead(&mut round, sid);
+                }
                 Pick::NoneForTask => self.queue.set_aside(&mut round, task),
             }
         }
         self.queue.end_round(round);
+        self.holds = holds;
         placements
     }
 
@@ -707,6 +733,7 @@ impl Scheduler {
     ) -> CoreResult<()> {
         let Facts {
             shape,
+            kind,
             timeout_ms,
             affinity,
             hard_affinity,
@@ -715,6 +742,9 @@ impl Scheduler {
         self.tick += 1;
         let w = self.workers.get_mut(worker)?;
         w.last_tick = self.tick;
+        if !started && gpus.len() > 1 {
+            w.queued_gangs += 1;
+        }
         let start = if affinity == 0 || w.warm.contains(&affinity) {
             Start::Warm
         } else {
@@ -736,9 +766,11 @@ impl Scheduler {
                 worker,
                 gpus,
                 shape,
+                kind,
                 generation,
                 timeout_ms,
                 started,
+                started_ms: now_ms,
                 affinity,
                 hard_affinity,
                 start,
@@ -800,8 +832,10 @@ impl Scheduler {
             .get(task)
             .map_or((0, false), |p| (p.affinity, p.hard_affinity));
         self.queue.remove(task);
+        let kind = self.workers.learning.kind_id(&self.shapes.get(shape)?.kind);
         let facts = Facts {
             shape,
+            kind,
             timeout_ms,
             affinity,
             hard_affinity,
@@ -837,12 +871,16 @@ impl Scheduler {
         let gpus = placed.gpus.clone();
         self.workers.update(worker, |w| {
             w.started += 1;
+            if gpus.len() > 1 {
+                w.queued_gangs -= 1;
+            }
             for g in gpus {
                 w.gpus[g as usize].running = true;
             }
         })?;
         let placed = self.placed.get_mut(&task).expect("checked above");
         placed.started = true;
+        placed.started_ms = now_ms.unwrap_or(self.now_ms);
         if let (Some(now_ms), true) = (now_ms, placed.timeout_ms > 0) {
             // The time limit is for running: time spent queued on the agent does not count.
             placed.generation = self.deadlines.next_generation();
@@ -895,6 +933,9 @@ impl Scheduler {
             .ok_or_else(|| unknown(format!("task {task} is not placed")))?;
         self.workers
             .vacate(placed.worker, task, &placed.gpus, placed.started)?;
+        if !placed.started && placed.gpus.len() > 1 {
+            self.workers.get_mut(placed.worker)?.queued_gangs -= 1;
+        }
         Ok(placed)
     }
 
@@ -1072,6 +1113,10 @@ impl Scheduler {
         if let (Some(ms), true) = (self.workers.learning.fleet_ms(index.kind), slots > 0) {
             reason.push_str(&explain::eta(&s.kind, ms, ahead, slots));
         }
+        if let Some(hold) = self.holds.iter().find(|h| h.shape == shape) {
+            let wait = hold.usable_ms - self.now_ms as f64;
+            reason.push_str(&explain::reserved(hold.worker, &hold.gpus, wait));
+        }
         Ok(reason)
     }
 
@@ -1107,6 +1152,7 @@ impl Scheduler {
 #[derive(Debug, Clone, Copy)]
 struct Facts {
     shape: ShapeId,
+    kind: KindId,
     timeout_ms: u64,
     affinity: u64,
     hard_affinity: bool,

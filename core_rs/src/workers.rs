@@ -68,6 +68,9 @@ pub struct Worker {
     pub warm: Vec<u64>,
     /// Generation of the worker's current heartbeat deadline; older heap entries are stale.
     pub heartbeat_gen: u64,
+    /// Placed tasks that need several GPUs at once and have not started: each holds its GPUs
+    /// against tasks placed after it (see `backfill`).
+    pub(crate) queued_gangs: u32,
     /// Shapes whose placement index lists this worker, so a change of score updates just those.
     pub(crate) shapes: Vec<ShapeId>,
     /// The key under which this worker sits in the warm index (None = not ready).
@@ -137,6 +140,7 @@ impl Worker {
             last_tick: 0,
             warm: Vec::new(),
             heartbeat_gen: 0,
+            queued_gangs: 0,
             shapes: Vec::new(),
             base_key: None,
         })
@@ -226,6 +230,11 @@ impl Worker {
             .map(|&(_, s)| s)
             .or_else(|| learning.model_speed(kind, self.model))
             .unwrap_or(self.speed)
+    }
+
+    /// Predicted runtime of a `kind` task here, see `Learning::runtime_ms`.
+    pub fn runtime_ms(&self, kind: KindId, learning: &Learning, start: Start) -> Option<f64> {
+        learning.runtime_ms(kind, self.model, self.speed_for(kind, learning), start)
     }
 
     /// Fold one outcome into the EWMAs and the warm-up ramp.
