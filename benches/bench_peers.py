@@ -243,7 +243,7 @@ def run_in_child(system: str, args: argparse.Namespace, workdir: Path) -> dict[s
         sys.executable, __file__, "--system", system, "--result-file", str(result_file),
         "--workers", str(args.workers), "--slots", str(args.slots),
         "--latency-tasks", str(args.latency_tasks), "--burst-tasks", str(args.burst_tasks),
-        "--ray-cpus", str(args.ray_cpus),
+        "--ray-cpus", str(args.ray_cpus), "--prefetch-depth", str(args.prefetch_depth),
     ]
     if args.profile and system == "gpucp":
         cmd += ["--profile", args.profile]
