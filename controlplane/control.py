@@ -19,7 +19,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from controlplane._core import CoreError, Scheduler
@@ -69,6 +69,32 @@ def mono_ms() -> int:
 def core_priority(priority: int) -> int:
     """Proto Priority (UNSPECIFIED=NORMAL, LOW..URGENT = 1..4) to the core's classes 0..3."""
     return 1 if priority == common_pb2.PRIORITY_UNSPECIFIED else priority - 1
+
+
+class Alarm:
+    """One timer on the mono_ms() clock for "call back at the earliest of these times"."""
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self._callback = callback
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = 0
+
+    def arm(self, at_ms: int | None) -> None:
+        """Fire at at_ms, unless already set to fire earlier; None leaves it as it is."""
+        if at_ms is None or (self._timer is not None and self._at <= at_ms):
+            return
+        self.cancel()
+        self._at = at_ms
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, (at_ms - mono_ms()) / 1000), self._fire)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._callback()
 
 
 @dataclass(eq=False)
@@ -186,11 +212,11 @@ class ControlPlane:
         self._next_handle = 1
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        # Wakes the dispatcher when a task waiting for a warm worker may take any worker.
-        self._locality_timer: asyncio.TimerHandle | None = None
-        self._locality_at = 0
-        self._deadline_at = 0
+        # Heartbeat and task deadlines the core keeps.
+        self._deadline_alarm = Alarm(self._on_deadline)
+        # Wakes the dispatcher when a task waiting for a warm worker may take any worker: a
+        # quiet fleet has no other event that would.
+        self._locality_alarm = Alarm(self._wake.set)
         self.accepting = True
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -226,9 +252,11 @@ class ControlPlane:
                 await self._pump_task
             except asyncio.CancelledError:
                 pass
-        for timer in (*self._retry_timers.values(), self._deadline_timer, self._queue_timer, self._locality_timer):
+        for timer in (*self._retry_timers.values(), self._queue_timer):
             if timer is not None:
                 timer.cancel()
+        self._deadline_alarm.cancel()
+        self._locality_alarm.cancel()
         for conn in list(self.workers.values()):
             conn.close("the control plane is shutting down")
         for watcher in self._watchers:
@@ -494,7 +522,7 @@ class ControlPlane:
             if not placements:
                 if self.config.prefetch_depth:
                     self._steal()
-                self._arm_locality()
+                self._locality_alarm.arm(self.core.next_locality_ms())
                 return
             self._arm_deadline()
             now = wall_ms()
@@ -574,7 +602,7 @@ class ControlPlane:
         """The agent gave back a prefetched attempt it never started: queue the task again."""
         self.core.release(rec.handle)
         self._set_state(rec, PENDING)
-        self.store.save_nowait([rec])
+        self.store.save([rec])
         self._push([rec])  # its next assignment gets attempt + 1, which fences this one
 
     def _count_placements(self, n: int) -> None:
@@ -590,36 +618,9 @@ class ControlPlane:
     # -- deadlines ----------------------------------------------------------------------------
 
     def _arm_deadline(self) -> None:
-        nxt = self.core.next_deadline_ms()
-        if nxt is None:
-            return
-        if self._deadline_timer is not None and self._deadline_at <= nxt:
-            return
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-        delay = max(0.0, (nxt - mono_ms()) / 1000)
-        self._deadline_at = nxt
-        self._deadline_timer = asyncio.get_running_loop().call_later(delay, self._on_deadline)
-
-    def _arm_locality(self) -> None:
-        """Place again when the first task left waiting for a warm worker stops waiting: a quiet
-        fleet has no other event that would."""
-        nxt = self.core.next_locality_ms()
-        if nxt is None or (self._locality_timer is not None and self._locality_at <= nxt):
-            return
-        if self._locality_timer is not None:
-            self._locality_timer.cancel()
-        self._locality_at = nxt
-        self._locality_timer = asyncio.get_running_loop().call_later(
-            max(0.0, (nxt - mono_ms()) / 1000), self._locality_expired
-        )
-
-    def _locality_expired(self) -> None:
-        self._locality_timer = None
-        self._wake.set()
+        self._deadline_alarm.arm(self.core.next_deadline_ms())
 
     def _on_deadline(self) -> None:
-        self._deadline_timer = None
         workers, tasks = self.core.expired(mono_ms())
         for handle in workers:
             conn = self._worker_by_handle.get(handle)
@@ -662,7 +663,7 @@ class ControlPlane:
             self._wake.set()
             return
         self._set_state(rec, PENDING)
-        self.store.save_nowait([rec])
+        self.store.save([rec])
         delay = min(self.config.retry_cap_s, self.config.retry_base_s * 2 ** (failures - 1))
         delay *= random.uniform(0.5, 1.0)  # jitter: failures of a burst do not retry in lockstep
         self._retry_timers[rec.handle] = asyncio.get_running_loop().call_later(
@@ -713,7 +714,7 @@ class ControlPlane:
             self._finish(rec, FAILED)
             return
         self._set_state(rec, PENDING)
-        self.store.save_nowait([rec])
+        self.store.save([rec])
         self._push([rec])
 
     def _requeue_orphans(self, handles: Sequence[int] | None = None) -> None:
@@ -830,7 +831,7 @@ class ControlPlane:
             rec.errors.pop()
         rec.error = ""
         self._set_state(rec, RUNNING)
-        self.store.save_nowait([rec])
+        self.store.save([rec])
 
     def heartbeat(self, conn: WorkerConn, hb: workers_pb2.Heartbeat) -> None:
         if conn.lost_reason:

@@ -241,7 +241,8 @@ class Store:
         await fut
 
     def save(self, records: Iterable[TaskRecord]) -> asyncio.Future[None]:
-        """Write the current state of tasks; the returned future resolves at commit.
+        """Write the current state of tasks; the returned future resolves at commit (a caller
+        that need not wait for it may drop it).
 
         Saves of one loop turn share their future: updates of existing rows fail together or not
         at all (the database is unwritable), so one answer serves them all.
@@ -253,10 +254,6 @@ class Store:
         fut = asyncio.get_running_loop().create_future()
         self._add((_UPDATE, rows, fut))
         return fut
-
-    def save_nowait(self, records: Iterable[TaskRecord]) -> None:
-        """Write the current state of tasks in the next group commit, without waiting for it."""
-        self.save(records)
 
     def _writer(self) -> None:
         while True:
