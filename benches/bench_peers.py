@@ -4,7 +4,7 @@ Each system gets K workers x S GPU slots (simulated: nothing touches a GPU) and 
 that claim one GPU slot each:
 
 - gpucp: a real `gpucp serve` (temporary SQLite db, durable accept, `--prefetch-depth 16` so an
-  agent holds the next tasks while it runs these, as Dask workers do) and K `python -m agents`
+  agent holds its next tasks while it runs these; `--prefetch-depth 0` turns that off) and K `python -m agents`
   processes with `--gpus SxA100-80GB --slots S`; tasks are `noop` with `gpus=1`.
 - Ray: one local node declaring K*S GPUs (`ray.init(num_gpus=...)`), tasks
   `@ray.remote(num_gpus=1, num_cpus=0, max_calls=0)`. One node, not K: K raylets on two cores
