@@ -12,11 +12,14 @@ the writer) and are made off the event loop.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from typing import IO
 from dataclasses import dataclass, field
 
 from gpucp.v1 import common_pb2
@@ -183,6 +186,7 @@ class Store:
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = path
+        self._claim = _claim(path)
         self._write = self._connect(synchronous)
         self._write.executescript(SCHEMA)
         # Checkpoints are the background thread's: run inside a commit they would stall it.
@@ -320,6 +324,7 @@ class Store:
         self._write.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._write.close()
         self._read.close()
+        self._claim.close()
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -372,6 +377,29 @@ class Store:
     def max_handle(self) -> int:
         rows = self._query("SELECT COALESCE(MAX(handle), 0) FROM tasks", ())
         return int(rows[0][0])  # type: ignore[call-overload]
+
+
+def _claim(path: str) -> IO[str]:
+    """Hold `<path>.lock` while the store is open.
+
+    Two control planes on one SQLite file would both place the same tasks (each keeps its queue
+    in memory), so the second is refused. The lock is an flock: the kernel drops it when the
+    holder exits, even by SIGKILL, so a restart never finds a stale one.
+    """
+    f = open(f"{path}.lock", "a+")  # held until close()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "a process"
+        f.close()
+        raise OSError(
+            f"{path} is in use by another control plane ({holder}): stop it, or give this one its own --db"
+        ) from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
 
 
 def _settle(items: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:

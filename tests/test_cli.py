@@ -7,6 +7,8 @@ import sys
 
 from cluster import ROOT
 
+from gpucp.v1 import common_pb2
+
 
 def gpucp(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -46,3 +48,13 @@ def test_bad_input_is_explained_without_a_traceback(controlplane):
     assert "Traceback" not in bad.stderr
     refused = gpucp("submit", "noop", "--gpus", "1000", "--server", controlplane.address)
     assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
+
+
+def test_a_second_control_plane_on_the_same_db_is_refused(controlplane, client):
+    # Both would place the same tasks: the second must not start, and the first keeps serving.
+    second = gpucp("serve", "--listen", "127.0.0.1:0", "--db", str(controlplane.db))
+    assert second.returncode == 1
+    assert f"{controlplane.db} is in use by another control plane (pid {controlplane.proc.pid})" in second.stderr
+    assert "Traceback" not in second.stderr
+    task_id = client.submit("noop")
+    assert client.get(task_id).state == common_pb2.TASK_STATE_PENDING
