@@ -32,6 +32,17 @@ def closed_loop(client: Client, n: int, *, one_call: bool) -> list[float]:
     return sorted(latencies)
 
 
+def round_trips(client: Client, n: int) -> list[float]:
+    """Latencies (ms) of a bare unary call (GetClusterStats): the floor under every RunTask,
+    which makes one such call plus one round trip to an agent over its stream."""
+    latencies = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        client.stats()
+        latencies.append((time.perf_counter() - t0) * 1000)
+    return sorted(latencies)
+
+
 def burst(client: Client, n: int) -> tuple[float, float]:
     """(accepted tasks/s, completed tasks/s) for n tasks submitted as fast as possible."""
     accepted, done = submit_burst(client, task_spec("noop"), n)
@@ -59,6 +70,7 @@ def main() -> None:
                 lat = {
                     "RunTask": closed_loop(client, args.latency_tasks, one_call=True),
                     "SubmitTask + WaitTask": closed_loop(client, args.latency_tasks, one_call=False),
+                    "GetClusterStats alone": round_trips(client, args.latency_tasks),
                 }
                 accept_rate, done_rate = burst(client, args.burst_tasks)
         finally:
@@ -69,8 +81,9 @@ def main() -> None:
     out: dict[str, float] = {"accept_per_s": accept_rate, "done_per_s": done_rate}
     for how, xs in lat.items():
         p50, p99 = xs[len(xs) // 2], xs[int(len(xs) * 0.99)]
-        print(f"  submit -> result, {how:<22} p50 {p50:.2f} ms   p99 {p99:.2f} ms   ({args.latency_tasks} sequential tasks)")
-        key = "run" if how == "RunTask" else "submit_wait"
+        what = "one unary call" if how == "GetClusterStats alone" else "submit -> result"
+        print(f"  {what:<16} {how:<22} p50 {p50:.2f} ms   p99 {p99:.2f} ms   ({args.latency_tasks} sequential calls)")
+        key = {"RunTask": "run", "SubmitTask + WaitTask": "submit_wait"}.get(how, "unary_call")
         out.update({f"{key}_p50_ms": p50, f"{key}_p99_ms": p99})
     print(f"  burst of {args.burst_tasks}: accepted {accept_rate:,.0f} tasks/s, completed {done_rate:,.0f} tasks/s")
     if args.json:
