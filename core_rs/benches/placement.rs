@@ -5,7 +5,8 @@
 //! Placement is measured in steady state: the queue holds 100,000 mixed tasks (4 tenants, 4
 //! classes, 4 shapes, 16 affinity keys); each iteration places a batch (timed), then finishes
 //! every placed task and queues as many new ones (untimed), so the backlog stays at 100,000 and
-//! the learned success/speed EWMAs drift as they would in production.
+//! the learned success/speed EWMAs drift as they would in production. A second placement case
+//! keeps the fleet saturated (see `bench_saturated`), where most lookups find no free worker.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -203,12 +204,67 @@ fn bench_place(c: &mut Criterion) {
     group.finish();
 }
 
+/// A saturated fleet: the backlog (100,000 tasks) is larger than the fleet, so every round fills
+/// the fleet and then finds most shapes dead. Each iteration finishes 1,000 random running tasks
+/// (untimed), places into what they freed (timed), then queues as many new tasks as were placed
+/// (untimed). Measures the time per round, not per placement: a round places at most what was
+/// freed, and less when what was freed does not suit the tasks at the head of the queue.
+fn bench_saturated(c: &mut Criterion) {
+    let mut group = c.benchmark_group("place");
+    for workers in [1_000usize, 10_000] {
+        let mut s = fleet(workers);
+        let shapes = shapes(&mut s);
+        let mut rng = Lcg(43);
+        let mut next_task = 0u64;
+        for _ in 0..BACKLOG {
+            push_one(&mut s, &mut rng, &shapes, next_task);
+            next_task += 1;
+        }
+        let mut running: Vec<u64> = s.place(0, usize::MAX).iter().map(|p| p.task).collect();
+        assert!(
+            s.pending() > 0 && s.place(0, usize::MAX).is_empty(),
+            "the backlog outgrows the fleet"
+        );
+        for _ in 0..running.len() {
+            push_one(&mut s, &mut rng, &shapes, next_task);
+            next_task += 1;
+        }
+        group.bench_with_input(
+            BenchmarkId::new("saturated_refill_1000_of_100k_queued", workers),
+            &workers,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let mut timed = Duration::ZERO;
+                    for _ in 0..iters {
+                        for _ in 0..BATCH {
+                            let i = (rng.next() % running.len() as u64) as usize;
+                            let task = running.swap_remove(i);
+                            s.finish(task, !rng.next().is_multiple_of(20), 50 + rng.next() % 200)
+                                .unwrap();
+                        }
+                        let start = Instant::now();
+                        let placed = black_box(s.place(0, usize::MAX));
+                        timed += start.elapsed();
+                        for p in placed {
+                            running.push(p.task);
+                            push_one(&mut s, &mut rng, &shapes, next_task);
+                            next_task += 1;
+                        }
+                    }
+                    timed
+                });
+            },
+        );
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    targets = bench_queue, bench_place
+    targets = bench_queue, bench_place, bench_saturated
 }
 criterion_main!(benches);

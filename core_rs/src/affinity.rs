@@ -2,58 +2,64 @@
 //! likely still in GPU memory.
 //!
 //! Each worker remembers the keys of its last `memory` tasks. Per key the index keeps every warm
-//! worker, and the warm workers that can take a task now ordered by availability, so finding a
-//! warm worker for a task looks at a few entries instead of the fleet. A worker's entries move
-//! when its availability changes: O(memory x log W) per change. It also sums the slots of the
-//! workers where each key is warm, the capacity that can run the key's tasks without a load.
+//! worker, and the warm workers that can take a task now ordered by availability (a [`Ranked`]
+//! heap), so finding a warm worker for a task looks at a few entries instead of the fleet. A
+//! worker's entries move when its availability changes: O(memory x log W) per change. It also sums
+//! the slots of the workers where each key is warm, the capacity that can run the key's tasks
+//! without a load.
 
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
 
-use crate::id_hash::{IdHashMap, IdHashSet};
-use crate::placement::ReadyKey;
+use crate::id_hash::IdHashMap;
 use crate::policy::score_bits;
+use crate::ranked::Ranked;
 use crate::workers::Worker;
 use crate::WorkerId;
+
+/// Where one affinity key is warm.
+#[derive(Debug, Default)]
+struct Warmth {
+    /// Every live worker where the key is warm, with its slot in `ready`.
+    workers: IdHashMap<WorkerId, u32>,
+    /// Those that can take a task now, most available first.
+    ready: Ranked,
+    /// Total slots of `workers`.
+    slots: u64,
+}
 
 #[derive(Debug)]
 pub struct WarmIndex {
     memory: usize,
-    all: IdHashMap<u64, IdHashSet<WorkerId>>,
-    ready: IdHashMap<u64, BTreeSet<ReadyKey>>,
-    /// Per key: total slots of the workers in `all`.
-    slots: IdHashMap<u64, u64>,
+    keys: IdHashMap<u64, Warmth>,
 }
 
 impl WarmIndex {
     pub fn new(memory: usize) -> WarmIndex {
         WarmIndex {
             memory,
-            all: IdHashMap::default(),
-            ready: IdHashMap::default(),
-            slots: IdHashMap::default(),
+            keys: IdHashMap::default(),
         }
     }
 
     /// Warm workers that can take a task now, most available first.
     pub fn ready(&self, key: u64) -> impl Iterator<Item = WorkerId> + '_ {
-        self.ready
+        self.keys
             .get(&key)
             .into_iter()
-            .flat_map(|s| s.iter().map(|&(_, id)| id))
+            .flat_map(|w| w.ready.iter().map(|(_, id)| id))
     }
 
     /// Every live worker where `key` is warm.
     pub fn all(&self, key: u64) -> impl Iterator<Item = WorkerId> + '_ {
-        self.all
+        self.keys
             .get(&key)
             .into_iter()
-            .flat_map(|s| s.iter().copied())
+            .flat_map(|w| w.workers.keys().copied())
     }
 
     /// Slots of the workers where `key` is warm.
     pub fn slots(&self, key: u64) -> u64 {
-        self.slots.get(&key).copied().unwrap_or(0)
+        self.keys.get(&key).map_or(0, |w| w.slots)
     }
 
     /// A task with `key` was placed on the worker: `key` becomes its most recent.
@@ -67,11 +73,11 @@ impl WarmIndex {
             return;
         }
         worker.warm.push(key);
-        self.all.entry(key).or_default().insert(id);
-        *self.slots.entry(key).or_default() += u64::from(worker.slots);
-        if let Some(base) = worker.base_key {
-            self.ready.entry(key).or_default().insert(base);
-        }
+        let warmth = self.keys.entry(key).or_default();
+        let slot = warmth.ready.slot();
+        warmth.ready.set(slot, worker.base_key);
+        warmth.workers.insert(id, slot);
+        warmth.slots += u64::from(worker.slots);
         if worker.warm.len() > self.memory {
             let evicted = worker.warm.remove(0);
             self.forget(id, worker, evicted);
@@ -79,21 +85,15 @@ impl WarmIndex {
     }
 
     fn forget(&mut self, id: WorkerId, worker: &Worker, key: u64) {
-        if let Some(set) = self.all.get_mut(&key) {
-            set.remove(&id);
-            if set.is_empty() {
-                self.all.remove(&key);
-                self.slots.remove(&key);
-            } else if let Some(slots) = self.slots.get_mut(&key) {
-                *slots -= u64::from(worker.slots);
-            }
+        let Some(warmth) = self.keys.get_mut(&key) else {
+            return;
+        };
+        if let Some(slot) = warmth.workers.remove(&id) {
+            warmth.ready.release(slot);
+            warmth.slots -= u64::from(worker.slots);
         }
-        let base = worker.base_key;
-        if let (Some(base), Some(set)) = (base, self.ready.get_mut(&key)) {
-            set.remove(&base);
-            if set.is_empty() {
-                self.ready.remove(&key);
-            }
+        if warmth.workers.is_empty() {
+            self.keys.remove(&key);
         }
     }
 
@@ -105,14 +105,13 @@ impl WarmIndex {
         if base == worker.base_key {
             return;
         }
-        for &key in &worker.warm {
-            let set = self.ready.entry(key).or_default();
-            if let Some(old) = worker.base_key {
-                set.remove(&old);
-            }
-            if let Some(new) = base {
-                set.insert(new);
-            }
+        for key in &worker.warm {
+            let warmth = self
+                .keys
+                .get_mut(key)
+                .expect("a worker's warm keys are indexed");
+            let slot = warmth.workers[&id];
+            warmth.ready.set(slot, base);
         }
         worker.base_key = base;
     }

@@ -15,6 +15,7 @@ pub mod learning;
 pub mod placement;
 pub mod policy;
 pub mod queue;
+mod ranked;
 pub mod scheduler;
 pub mod shapes;
 pub mod workers;

@@ -3,27 +3,30 @@
 //! Cost model. The filters split into a static part (kind, backend, labels, which GPUs qualify
 //! by memory/model/compute capability) that only changes when workers join or leave, and a
 //! dynamic part (capacity, which qualifying healthy GPUs are free). Each shape gets a
-//! [`ShapeIndex`], built lazily on first use in O(W) and then kept up to date incrementally: a
-//! joining worker is checked against every built index (O(S) static checks), a leaving one is
-//! dropped from the indexes that list it. The index keeps the statically eligible workers that
-//! can take a task now (accepting work, capacity left) in a `BTreeSet` ordered by the shape's
-//! policy rank (see `policy`), so finding the best worker for a task is O(log W) plus the
-//! workers skipped because their qualifying GPUs are taken (none for CPU shapes), instead of a
-//! scan of the fleet. Affinity looks at most `WARM_SCAN` entries of the warm index. The price is
-//! paid when a worker's rank changes (a placement, a finish, a drain): O(S_w log W) to move it in
-//! the S_w indexes that list it.
+//! [`ShapeIndex`], built lazily on first use in O(W log W) and then kept up to date
+//! incrementally: a joining worker is checked against every built index (O(S) static checks), a
+//! leaving one is dropped from the indexes that list it. The index keeps the statically eligible
+//! workers that can take a task of the shape now (accepting work, capacity left, enough
+//! qualifying GPUs free) in a [`Ranked`] heap ordered by the shape's policy rank (see `policy`),
+//! so the best worker for a task is the heap's first entry and the runner-up the next, O(log k)
+//! for the k-th entry looked at (k is 2 unless workers are passed over for the task itself: the
+//! one it avoids, one a reservation keeps), instead of a scan of the fleet. Affinity looks at
+//! most `WARM_SCAN` entries of the warm index. The price is paid when a worker's rank or free
+//! GPUs change (a placement, a finish, a drain): O(S_w log W) to move it in the S_w indexes that
+//! list it.
 //!
 //! Ranks that depend on what the fleet learned (a GPU model's runtime for a kind) are refreshed
 //! when the worker itself changes, so they may lag the fleet's learning by one event per worker.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use crate::affinity::WarmIndex;
 use crate::error::CoreResult;
 use crate::id_hash::IdHashMap;
 use crate::learning::{KindId, Learning};
 use crate::policy::{fit, score_of, Context, Policy, Weights};
+use crate::ranked::Ranked;
 use crate::shapes::{Shape, ShapeTable};
 use crate::workers::{Gpu, Worker, WorkerTable};
 use crate::{ShapeId, WorkerId};
@@ -35,8 +38,6 @@ pub type ReadyKey = (Reverse<u64>, WorkerId);
 /// Warm workers looked at per task with an affinity key (most available first; the first that
 /// can take the task wins).
 const WARM_SCAN: usize = 16;
-/// Workers looked at beyond the winner to name a runner-up for `explain_placement`.
-const RUNNER_UP_SCAN: usize = 8;
 
 /// Does this GPU meet the shape's per-GPU requirements?
 pub fn gpu_qualifies(shape: &Shape, gpu: &Gpu) -> bool {
@@ -170,8 +171,8 @@ pub struct Member {
     pub gpus: Box<[u32]>,
     /// Static best-fit measure, see `policy::fit`.
     pub fit: f64,
-    /// Its key in the ready set (None = not ready).
-    key: Option<ReadyKey>,
+    /// Its slot in the ready heap.
+    slot: u32,
 }
 
 /// The workers that statically fit one shape, and the ones among them ready for a task now.
@@ -183,8 +184,8 @@ pub struct ShapeIndex {
     pub policy: Policy,
     /// Statically eligible live workers (draining and full ones too).
     pub members: IdHashMap<WorkerId, Member>,
-    /// Members that accept work and have capacity left, best rank first.
-    ready: BTreeSet<ReadyKey>,
+    /// Members that accept work and have capacity and the shape's GPUs free, best rank first.
+    ready: Ranked,
 }
 
 impl ShapeIndex {
@@ -224,17 +225,6 @@ impl ShapeIndex {
         admit(id, &member.gpus, gpus)
     }
 
-    /// fits_now() without building the GPU list.
-    fn can_fit(&self, shape: &Shape, workers: &WorkerTable, id: WorkerId) -> bool {
-        if shape.gpus == 0 {
-            return true;
-        }
-        let (Ok(w), Some(m)) = (workers.get(id), self.members.get(&id)) else {
-            return false;
-        };
-        has_gpus(w, &m.gpus, shape.gpus)
-    }
-
     /// The best worker for one task. An avoided worker is skipped unless it is the only member
     /// (the only worker in the fleet that could ever run the shape). Hard affinity waits for a
     /// warm member while one exists; soft affinity (policies affinity and composite) prefers
@@ -261,10 +251,8 @@ impl ShapeIndex {
         let mut warm_best: Option<(u64, WorkerId, Vec<u32>)> = None;
         if need.affinity != 0 && (need.hard_affinity || soft) {
             for id in warm.ready(need.affinity).take(WARM_SCAN) {
-                let Some(Member {
-                    key: Some((Reverse(rank), _)),
-                    ..
-                }) = self.members.get(&id)
+                let Some((Reverse(rank), _)) =
+                    self.members.get(&id).and_then(|m| self.ready.get(m.slot))
                 else {
                     continue;
                 };
@@ -272,7 +260,7 @@ impl ShapeIndex {
                     continue;
                 }
                 if let Some(gpus) = self.take(shape, workers, id, admit) {
-                    warm_best = Some((*rank, id, gpus));
+                    warm_best = Some((rank, id, gpus));
                     break;
                 }
             }
@@ -309,21 +297,15 @@ impl ShapeIndex {
         let mut first: Option<(u64, WorkerId, Vec<u32>)> = None;
         let mut runner_up = None;
         let mut skipped = false;
-        let mut looked_past = 0;
-        for &(Reverse(rank), id) in &self.ready {
+        for (Reverse(rank), id) in self.ready.iter() {
             if Some(id) == avoid {
                 skipped = true;
                 continue;
             }
             if first.is_some() {
-                looked_past += 1;
-                if self.can_fit(shape, workers, id) {
-                    runner_up = Some(id);
-                    break;
-                }
-                if looked_past >= RUNNER_UP_SCAN {
-                    break;
-                }
+                // Every ready member has the shape's GPUs free: the next one could take it.
+                runner_up = Some(id);
+                break;
             } else if let Some(gpus) = self.take(shape, workers, id, admit) {
                 first = Some((rank, id, gpus));
             }
@@ -373,23 +355,12 @@ impl ShapeIndex {
     }
 
     fn rekey(&mut self, id: WorkerId, worker: &Worker, ctx: &Context<'_>) {
-        let policy = self.policy;
-        let Some(member) = self.members.get_mut(&id) else {
+        let Some(member) = self.members.get(&id) else {
             return;
         };
-        let key = worker
-            .is_ready()
-            .then(|| (Reverse(ctx.rank(policy, worker, member.fit)), id));
-        if key == member.key {
-            return;
-        }
-        if let Some(old) = member.key {
-            self.ready.remove(&old);
-        }
-        if let Some(new) = key {
-            self.ready.insert(new);
-        }
-        member.key = key;
+        let key = (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus))
+            .then(|| (Reverse(ctx.rank(self.policy, worker, member.fit)), id));
+        self.ready.set(member.slot, key);
     }
 }
 
@@ -424,8 +395,8 @@ impl PlacementIndex {
         self.kind_policies.get(kind).copied().unwrap_or(self.policy)
     }
 
-    /// Place tasks of `kind` by `policy` from now on; re-ranks that kind's built indexes (O(W)
-    /// each).
+    /// Place tasks of `kind` by `policy` from now on; re-ranks that kind's built indexes
+    /// (O(W log W) each).
     pub fn set_kind_policy(
         &mut self,
         kind: &str,
@@ -441,7 +412,6 @@ impl PlacementIndex {
                 continue;
             }
             index.policy = policy;
-            index.ready.clear();
             let ctx = Context {
                 weights: &self.weights,
                 learning: &workers.learning,
@@ -450,9 +420,6 @@ impl PlacementIndex {
             };
             let ids: Vec<WorkerId> = index.members.keys().copied().collect();
             for id in ids {
-                if let Some(m) = index.members.get_mut(&id) {
-                    m.key = None;
-                }
                 if let Ok(w) = workers.get(id) {
                     index.rekey(id, w, &ctx);
                 }
@@ -465,7 +432,7 @@ impl PlacementIndex {
         self.shapes.get(slot(id)).and_then(Option::as_ref)
     }
 
-    /// The index of a shape, building it (O(W)) on first use.
+    /// The index of a shape, building it (O(W log W)) on first use.
     pub fn index(&mut self, id: ShapeId, shape: &Shape, workers: &mut WorkerTable) -> &ShapeIndex {
         let i = slot(id);
         if self.shapes.len() <= i {
@@ -478,20 +445,14 @@ impl PlacementIndex {
                 gpus: shape.gpus,
                 policy: self.policy_for(&shape.kind),
                 members: IdHashMap::default(),
-                ready: BTreeSet::new(),
+                ready: Ranked::default(),
             };
             let mut listed = Vec::new();
             for (wid, worker) in workers.iter() {
                 if let Some(gpus) = static_fit(shape, worker) {
                     let fit = fit(shape, worker, &gpus);
-                    index.members.insert(
-                        wid,
-                        Member {
-                            gpus,
-                            fit,
-                            key: None,
-                        },
-                    );
+                    let slot = index.ready.slot();
+                    index.members.insert(wid, Member { gpus, fit, slot });
                     listed.push(wid);
                 }
             }
@@ -527,14 +488,8 @@ impl PlacementIndex {
                 .expect("indexes exist only for interned shapes");
             if let Some(gpus) = static_fit(shape, worker) {
                 let fit = fit(shape, worker, &gpus);
-                index.members.insert(
-                    id,
-                    Member {
-                        gpus,
-                        fit,
-                        key: None,
-                    },
-                );
+                let slot = index.ready.slot();
+                index.members.insert(id, Member { gpus, fit, slot });
                 worker.shapes.push(sid as ShapeId);
             }
         }
@@ -547,15 +502,15 @@ impl PlacementIndex {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
-            if let Some(Member { key: Some(key), .. }) = index.members.remove(&id) {
-                index.ready.remove(&key);
+            if let Some(member) = index.members.remove(&id) {
+                index.ready.release(member.slot);
             }
         }
         self.warm.worker_removed(id, worker);
     }
 
-    /// The worker's rank or readiness may have changed: move it in its indexes' ready sets and
-    /// in the warm index.
+    /// The worker's rank, readiness or free GPUs may have changed: move it in its indexes' ready
+    /// heaps and in the warm index.
     pub fn refresh(&mut self, id: WorkerId, workers: &mut WorkerTable) {
         let (worker, learning) = match workers.get_with_learning(id) {
             Ok(x) => x,

@@ -455,6 +455,8 @@ impl Scheduler {
             .get_mut(gpu as usize)
             .ok_or_else(|| invalid(format!("worker {id} has no GPU {gpu} ({n} GPUs)")))?;
         g.healthy = healthy;
+        // Whether the worker has a shape's GPUs free depends on which are healthy.
+        self.placement.refresh(id, &mut self.workers);
         Ok(())
     }
 
