@@ -426,15 +426,22 @@ def test_reconnects_reattaches_running_tasks_and_resends_final_updates() -> None
     run(scenario())
 
 
+class Gated:
+    """A handler that records each task it starts and finishes them all when `gate` is set."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.ran: list[str] = []
+
+    async def __call__(self, task: common_pb2.Task, ctx: TaskContext) -> bytes:
+        self.ran.append(task.id)
+        await self.gate.wait()
+        return b"done"
+
+
 def test_a_prefetched_attempt_is_handed_back_only_if_it_has_not_started() -> None:
     async def scenario() -> None:
-        gate = asyncio.Event()
-        ran: list[str] = []
-
-        async def gated(task: common_pb2.Task, ctx: TaskContext) -> bytes:
-            ran.append(task.id)
-            await gate.wait()
-            return b"done"
+        gated = Gated()
 
         def revoke(task_id: str) -> workers_pb2.ControlMessage:
             return workers_pb2.ControlMessage(
@@ -450,10 +457,10 @@ def test_a_prefetched_attempt_is_handed_back_only_if_it_has_not_started() -> Non
                 plane.send(revoke("queued"))  # waiting for the slot: handed back
                 plane.send(revoke("first"))  # started: the revoke is ignored
                 await plane.wait_update("queued", PENDING)
-                gate.set()
+                gated.gate.set()
                 await plane.wait_update("first", SUCCEEDED)
                 await asyncio.sleep(0.2)
-                assert ran == ["first"], f"a handed-back attempt ran: {ran}"
+                assert gated.ran == ["first"], f"a handed-back attempt ran: {gated.ran}"
                 assert [u.state for u in plane.updates("queued")] == [PENDING]
                 assert [u.state for u in plane.updates("first")] == [RUNNING, SUCCEEDED]
 
@@ -462,13 +469,7 @@ def test_a_prefetched_attempt_is_handed_back_only_if_it_has_not_started() -> Non
 
 def test_attempts_waiting_for_a_slot_are_dropped_when_the_stream_breaks() -> None:
     async def scenario() -> None:
-        gate = asyncio.Event()
-        ran: list[str] = []
-
-        async def gated(task: common_pb2.Task, ctx: TaskContext) -> bytes:
-            ran.append(task.id)
-            await gate.wait()
-            return b"done"
+        gated = Gated()
 
         plane = ScriptedControlPlane()
         server, port = await start_server(plane)
@@ -483,10 +484,10 @@ def test_attempts_waiting_for_a_slot_are_dropped_when_the_stream_breaks() -> Non
                 await plane.wait_sessions(2)
                 running = [(r.task_id, r.attempt) for r in plane.registrations()[-1].running]
                 assert running == [("started", 1)], f"only the started attempt may be re-attached, got {running}"
-                gate.set()
+                gated.gate.set()
                 await plane.wait_update("started", SUCCEEDED)
                 await asyncio.sleep(0.2)
-                assert ran == ["started"], f"an attempt dropped with its stream ran anyway: {ran}"
+                assert gated.ran == ["started"], f"an attempt dropped with its stream ran anyway: {gated.ran}"
         finally:
             await server.stop(None)
 
