@@ -186,7 +186,7 @@ class Store:
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = path
-        self._claim = _claim(path)
+        self._lock_file = _claim(path)
         self._write = self._connect(synchronous)
         self._write.executescript(SCHEMA)
         # Checkpoints are the background thread's: run inside a commit they would stall it.
@@ -324,7 +324,7 @@ class Store:
         self._write.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._write.close()
         self._read.close()
-        self._claim.close()
+        self._lock_file.close()
 
     # -- reads --------------------------------------------------------------------------------
 
