@@ -10,10 +10,11 @@
 //! qualifying GPUs free) in a [`Ranked`] heap ordered by the shape's policy rank (see `policy`),
 //! so the best worker for a task is the heap's first entry and the runner-up the next, O(log k)
 //! for the k-th entry looked at (k is 2 unless workers are passed over for the task itself: the
-//! one it avoids, one a reservation keeps), instead of a scan of the fleet. Affinity looks at
-//! most `WARM_SCAN` entries of the warm index. The price is paid when a worker's rank or free
-//! GPUs change (a placement, a finish, a drain): O(S_w log W) to move it in the S_w indexes that
-//! list it.
+//! one it avoids, one a reservation keeps), instead of a scan of the fleet. Per affinity key the
+//! index keeps its warm members in the same order, so the best warm worker for a task is found
+//! the same way, never walking past workers of other shapes. The price is paid when a worker's
+//! rank or free GPUs change (a placement, a finish, a drain): O(S_w (1 + M) log W) to move it in
+//! the S_w indexes that list it, in their ready heaps and in the heaps of its M warm keys.
 //!
 //! Ranks that depend on what the fleet learned (a GPU model's runtime for a kind) are refreshed
 //! when the worker itself changes, so they may lag the fleet's learning by one event per worker.
@@ -21,9 +22,9 @@
 use std::cmp::Reverse;
 use std::collections::HashMap;
 
-use crate::affinity::WarmIndex;
+use crate::affinity::{Touch, WarmIndex};
 use crate::error::CoreResult;
-use crate::id_hash::IdHashMap;
+use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::learning::{KindId, Learning};
 use crate::policy::{fit, score_of, Context, Policy, Weights};
 use crate::ranked::Ranked;
@@ -34,10 +35,6 @@ use crate::{ShapeId, WorkerId};
 /// Position in a ready set: best rank first, ties to the lowest worker handle so placement is
 /// deterministic.
 pub type ReadyKey = (Reverse<u64>, WorkerId);
-
-/// Warm workers looked at per task with an affinity key (most available first; the first that
-/// can take the task wins).
-const WARM_SCAN: usize = 16;
 
 /// Does this GPU meet the shape's per-GPU requirements?
 pub fn gpu_qualifies(shape: &Shape, gpu: &Gpu) -> bool {
@@ -173,6 +170,17 @@ pub struct Member {
     pub fit: f64,
     /// Its slot in the ready heap.
     slot: u32,
+    /// Its warm keys and its slot in each one's [`WarmMembers`] heap.
+    warm: Vec<(u64, u32)>,
+}
+
+/// The members of one shape where one affinity key is warm.
+#[derive(Debug, Default)]
+struct WarmMembers {
+    /// Every such member.
+    all: IdHashSet<WorkerId>,
+    /// Those in the shape's ready heap, with the same keys.
+    ready: Ranked,
 }
 
 /// The workers that statically fit one shape, and the ones among them ready for a task now.
@@ -186,14 +194,15 @@ pub struct ShapeIndex {
     pub members: IdHashMap<WorkerId, Member>,
     /// Members that accept work and have capacity and the shape's GPUs free, best rank first.
     ready: Ranked,
+    /// Per affinity key, the members where it is warm.
+    warm: IdHashMap<u64, WarmMembers>,
 }
 
 impl ShapeIndex {
     /// The best worker for any task of the shape (no avoid, no affinity).
     pub fn best(&self, shape: &Shape, workers: &WorkerTable) -> Option<(WorkerId, Vec<u32>)> {
-        let warm = WarmIndex::new(0);
         let need = Need::default();
-        match self.best_for(shape, workers, &warm, &Weights::default(), need, &admit_all) {
+        match self.best_for(shape, workers, &Weights::default(), need, &admit_all) {
             Pick::Worker(c) => Some((c.worker, c.gpus)),
             Pick::NoneForShape | Pick::NoneForTask => None,
         }
@@ -235,7 +244,6 @@ impl ShapeIndex {
         &self,
         shape: &Shape,
         workers: &WorkerTable,
-        warm: &WarmIndex,
         weights: &Weights,
         need: Need,
         admit: Admit<'_>,
@@ -248,14 +256,12 @@ impl ShapeIndex {
             Policy::Composite => weights.affinity > 0.0,
             _ => false,
         };
+        let warm = (need.affinity != 0 && (need.hard_affinity || soft))
+            .then(|| self.warm.get(&need.affinity))
+            .flatten();
         let mut warm_best: Option<(u64, WorkerId, Vec<u32>)> = None;
-        if need.affinity != 0 && (need.hard_affinity || soft) {
-            for id in warm.ready(need.affinity).take(WARM_SCAN) {
-                let Some((Reverse(rank), _)) =
-                    self.members.get(&id).and_then(|m| self.ready.get(m.slot))
-                else {
-                    continue;
-                };
+        if let Some(members) = warm {
+            for (Reverse(rank), id) in members.ready.iter() {
                 if Some(id) == avoid {
                     continue;
                 }
@@ -274,10 +280,7 @@ impl ShapeIndex {
                         warm_busy: false,
                     });
                 }
-                let waits = warm
-                    .all(need.affinity)
-                    .any(|id| Some(id) != avoid && self.members.contains_key(&id));
-                if waits {
+                if members.all.iter().any(|&id| Some(id) != avoid) {
                     return Pick::NoneForTask;
                 }
             }
@@ -286,12 +289,11 @@ impl ShapeIndex {
         // will not. Looked at only on the cold path.
         let none_warm_ready = warm_best.is_none();
         let warm_busy = || {
-            soft && need.affinity != 0
-                && none_warm_ready
-                && warm.all(need.affinity).any(|id| {
-                    Some(id) != avoid
-                        && self.members.contains_key(&id)
-                        && workers.get(id).is_ok_and(Worker::accepting)
+            soft && none_warm_ready
+                && warm.is_some_and(|w| {
+                    w.all.iter().any(|&id| {
+                        Some(id) != avoid && workers.get(id).is_ok_and(Worker::accepting)
+                    })
                 })
         };
         let mut first: Option<(u64, WorkerId, Vec<u32>)> = None;
@@ -354,6 +356,7 @@ impl ShapeIndex {
         }
     }
 
+    /// Rank the member again, in the ready heap and in its warm keys' heaps.
     fn rekey(&mut self, id: WorkerId, worker: &Worker, ctx: &Context<'_>) {
         let Some(member) = self.members.get(&id) else {
             return;
@@ -361,6 +364,70 @@ impl ShapeIndex {
         let key = (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus))
             .then(|| (Reverse(ctx.rank(self.policy, worker, member.fit)), id));
         self.ready.set(member.slot, key);
+        for (k, slot) in &member.warm {
+            let warm = self.warm.get_mut(k).expect("a member's warm keys are listed");
+            warm.ready.set(*slot, key);
+        }
+    }
+
+    /// `key` became warm on a member: list it under the key with its current ready entry.
+    fn warmed(&mut self, id: WorkerId, key: u64) {
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        let warm = self.warm.entry(key).or_default();
+        let slot = warm.ready.slot();
+        warm.ready.set(slot, self.ready.get(member.slot));
+        warm.all.insert(id);
+        member.warm.push((key, slot));
+    }
+
+    /// `key` went cold on a member (or the member leaves).
+    fn cooled(warm: &mut IdHashMap<u64, WarmMembers>, id: WorkerId, key: u64, slot: u32) {
+        let members = warm.get_mut(&key).expect("a member's warm keys are listed");
+        members.ready.release(slot);
+        members.all.remove(&id);
+        if members.all.is_empty() {
+            warm.remove(&key);
+        }
+    }
+
+    fn touched(&mut self, id: WorkerId, touch: Touch) {
+        if let Some(key) = touch.cooled {
+            if let Some(member) = self.members.get_mut(&id) {
+                if let Some(pos) = member.warm.iter().position(|&(k, _)| k == key) {
+                    let (_, slot) = member.warm.swap_remove(pos);
+                    Self::cooled(&mut self.warm, id, key, slot);
+                }
+            }
+        }
+        if let Some(key) = touch.warmed {
+            self.warmed(id, key);
+        }
+    }
+
+    /// List a member with its warm keys (a new member, or a new index).
+    fn admit_member(&mut self, id: WorkerId, worker: &Worker, gpus: Box<[u32]>, fit: f64) {
+        let slot = self.ready.slot();
+        let member = Member {
+            gpus,
+            fit,
+            slot,
+            warm: Vec::new(),
+        };
+        self.members.insert(id, member);
+        for &key in &worker.warm {
+            self.warmed(id, key);
+        }
+    }
+
+    fn drop_member(&mut self, id: WorkerId) {
+        if let Some(member) = self.members.remove(&id) {
+            self.ready.release(member.slot);
+            for (key, slot) in member.warm {
+                Self::cooled(&mut self.warm, id, key, slot);
+            }
+        }
     }
 }
 
@@ -446,13 +513,13 @@ impl PlacementIndex {
                 policy: self.policy_for(&shape.kind),
                 members: IdHashMap::default(),
                 ready: Ranked::default(),
+                warm: IdHashMap::default(),
             };
             let mut listed = Vec::new();
             for (wid, worker) in workers.iter() {
                 if let Some(gpus) = static_fit(shape, worker) {
                     let fit = fit(shape, worker, &gpus);
-                    let slot = index.ready.slot();
-                    index.members.insert(wid, Member { gpus, fit, slot });
+                    index.admit_member(wid, worker, gpus, fit);
                     listed.push(wid);
                 }
             }
@@ -488,8 +555,7 @@ impl PlacementIndex {
                 .expect("indexes exist only for interned shapes");
             if let Some(gpus) = static_fit(shape, worker) {
                 let fit = fit(shape, worker, &gpus);
-                let slot = index.ready.slot();
-                index.members.insert(id, Member { gpus, fit, slot });
+                index.admit_member(id, worker, gpus, fit);
                 worker.shapes.push(sid as ShapeId);
             }
         }
@@ -499,18 +565,31 @@ impl PlacementIndex {
     /// A worker left: drop it from the indexes that list it.
     pub fn worker_removed(&mut self, id: WorkerId, worker: &Worker) {
         for &sid in &worker.shapes {
-            let index = self.shapes[slot(sid)]
+            self.shapes[slot(sid)]
                 .as_mut()
-                .expect("listed in a built index");
-            if let Some(member) = index.members.remove(&id) {
-                index.ready.release(member.slot);
-            }
+                .expect("listed in a built index")
+                .drop_member(id);
         }
-        self.warm.worker_removed(id, worker);
+        self.warm.worker_removed(worker);
+    }
+
+    /// A task with affinity `key` was placed on the worker: it is warm there now (see
+    /// `WarmIndex::touch`). Call `refresh` after, which ranks the worker anew under the key.
+    pub fn touch(&mut self, id: WorkerId, worker: &mut Worker, key: u64) {
+        let touch = self.warm.touch(worker, key);
+        if touch == Touch::default() {
+            return;
+        }
+        for &sid in &worker.shapes {
+            self.shapes[slot(sid)]
+                .as_mut()
+                .expect("listed in a built index")
+                .touched(id, touch);
+        }
     }
 
     /// The worker's rank, readiness or free GPUs may have changed: move it in its indexes' ready
-    /// heaps and in the warm index.
+    /// and warm heaps.
     pub fn refresh(&mut self, id: WorkerId, workers: &mut WorkerTable) {
         let (worker, learning) = match workers.get_with_learning(id) {
             Ok(x) => x,
@@ -528,7 +607,6 @@ impl PlacementIndex {
             };
             index.rekey(id, worker, &ctx);
         }
-        self.warm.refresh(id, worker);
     }
 
     /// Score terms of a worker for a shape (composite weights), for explanations.

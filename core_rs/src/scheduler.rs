@@ -568,8 +568,7 @@ impl Scheduler {
             let admit = |id: WorkerId, qualifying: &[u32], gpus: Vec<u32>| {
                 forecast.admit(id, &holds, (kind, pending.affinity), qualifying, gpus)
             };
-            let warm = &self.placement.warm;
-            match index.best_for(shape, &self.workers, warm, &weights, need, &admit) {
+            match index.best_for(shape, &self.workers, &weights, need, &admit) {
                 Pick::Worker(choice) => {
                     let wait = choice
                         .warm_busy
@@ -752,7 +751,7 @@ impl Scheduler {
         } else {
             Start::Cold
         };
-        self.placement.warm.touch(worker, w, affinity);
+        self.placement.touch(worker, w, affinity);
         let generation = self.deadlines.next_generation();
         if timeout_ms > 0 {
             self.deadlines.push(

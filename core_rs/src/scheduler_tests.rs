@@ -902,6 +902,41 @@ fn affinity_keeps_a_model_on_its_warm_worker() {
 }
 
 #[test]
+fn a_warm_worker_is_found_however_many_workers_of_other_shapes_share_the_key() {
+    let mut s = sched();
+    let etl = cpu_shape(&mut s, "etl");
+    let infer = s
+        .shape(ShapeSpec {
+            kind: "infer".into(),
+            gpus: 1,
+            ..ShapeSpec::default()
+        })
+        .unwrap();
+    s.set_kind_policy("etl", Policy::RoundRobin);
+    let cpus: Vec<WorkerId> = (0..40).map(|_| plain_worker(&mut s, 16)).collect();
+    let gpus = || vec![gpu(24_576, 8.6, "NVIDIA A10"); 4];
+    let boxes: Vec<WorkerId> = (0..3)
+        .map(|_| s.add_worker(4, gpus(), "", vec![], vec![], 0).unwrap())
+        .collect();
+    // Model 7 warms one GPU box, which stays busy with it...
+    s.push_with(1, infer, 1, 1, 0, affine(7, false)).unwrap();
+    let warm = s.place(0, 1)[0].worker;
+    assert!(boxes.contains(&warm));
+    // ...and 40 CPU workers, idle again and so more available than the box.
+    for t in 2..42 {
+        s.push_with(t, etl, 1, t, 0, affine(7, false)).unwrap();
+    }
+    let spread = s.place(0, 100);
+    assert!(spread.iter().all(|p| cpus.contains(&p.worker)));
+    for p in spread {
+        s.finish(p.task, true, 10).unwrap();
+    }
+    // A GPU task with model 7 still finds the warm box among the workers where 7 is warm.
+    s.push_with(50, infer, 1, 50, 0, affine(7, false)).unwrap();
+    assert_eq!(s.place(0, 1)[0].worker, warm);
+}
+
+#[test]
 fn hard_affinity_waits_for_a_warm_worker_while_one_exists() {
     let mut s = sched();
     let shape = cpu_shape(&mut s, "infer");

@@ -2,7 +2,6 @@
 
 use crate::error::{invalid, unknown, CoreResult};
 use crate::learning::{KindId, Learning, ModelId, Start, EWMA_ALPHA};
-use crate::placement::ReadyKey;
 use crate::{ShapeId, TaskId, WorkerId};
 
 /// One GPU as a worker reports it.
@@ -73,8 +72,6 @@ pub struct Worker {
     pub(crate) queued_gangs: u32,
     /// Shapes whose placement index lists this worker, so a change of score updates just those.
     pub(crate) shapes: Vec<ShapeId>,
-    /// The key under which this worker sits in the warm index (None = not ready).
-    pub(crate) base_key: Option<ReadyKey>,
 }
 
 /// The capacity-related parts of a new worker.
@@ -142,7 +139,6 @@ impl Worker {
             heartbeat_gen: 0,
             queued_gangs: 0,
             shapes: Vec::new(),
-            base_key: None,
         })
     }
 
