@@ -370,13 +370,16 @@ impl PendingQueue {
             }
         }
         if self.aging.len() > 2 * self.tasks.len() + 1024 {
-            let tasks = &self.tasks;
+            // Rebuilt from the pending tasks, one pass over their table and a heapify, rather
+            // than filtered entry by entry with a lookup (a cache miss) each.
             let fairness = self.fairness;
-            self.aging.retain(|&Reverse((at, task, class))| {
-                tasks
-                    .get(&task)
-                    .is_some_and(|&(p, c)| c == class && promotion_at(&fairness, &p, c) == Some(at))
-            });
+            self.aging = self
+                .tasks
+                .iter()
+                .filter_map(|(&task, &(p, class))| {
+                    promotion_at(&fairness, &p, class).map(|at| Reverse((at, task, class)))
+                })
+                .collect();
         }
     }
 
