@@ -668,6 +668,31 @@ mod tests {
     }
 
     #[test]
+    fn aging_outlives_dropping_the_entries_of_removed_tasks() {
+        let mut q = PendingQueue::new(Fairness {
+            aging_ms: 100,
+            ..Fairness::default()
+        })
+        .unwrap();
+        for t in 0..3000 {
+            q.push(t, task(0, 0, t)).unwrap();
+        }
+        for t in 10..3000 {
+            q.remove(t);
+        }
+        q.promote(50);
+        assert_eq!(
+            q.aging.len(),
+            10,
+            "stale entries dropped, current ones kept"
+        );
+        q.promote(100);
+        assert!((0..10).all(|t| q.class_of(t) == Some(1)));
+        q.promote(200);
+        assert!((0..10).all(|t| q.class_of(t) == Some(2)));
+    }
+
+    #[test]
     fn dead_shapes_and_set_aside_tasks_are_restored_after_the_round() {
         let mut q = PendingQueue::new(Fairness::default()).unwrap();
         q.push(1, task(7, 3, 1)).unwrap();
