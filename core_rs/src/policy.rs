@@ -4,8 +4,8 @@
 //! shape's ready workers can sit in one ordered set (see `placement`). Ranks depend on the
 //! worker's load and what the core learned about it, on the shape's kind and on a static best-fit
 //! measure of the shape against the worker; they never depend on the individual task. The one
-//! task-dependent term, affinity (is the task's model warm on the worker?), is applied on top
-//! through the warm index.
+//! task-dependent term, affinity (is the task's model warm on the worker?), is applied on top:
+//! each shape's index also keeps its warm members per key, in the same rank order.
 
 use std::fmt;
 use std::str::FromStr;

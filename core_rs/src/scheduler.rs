@@ -533,7 +533,7 @@ impl Scheduler {
     ///
     /// Cost per placement: O(log n) in the queue, the shape's best-worker lookup and the
     /// winner's re-ranking (see `placement`); a waiting task costs O(log n) to hold plus a
-    /// look at the warm index; a worker with holds costs O(T_w) more to check, and a round hold
+    /// look at its key's warm capacity; a worker with holds costs O(T_w) more to check, and a round hold
     /// O(M_s T_w) to plan, once per shape per round (see `backfill`).
     pub fn place(&mut self, now_ms: u64, max_tasks: usize) -> Vec<Placement> {
         self.observe_clock(now_ms);
