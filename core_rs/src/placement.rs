@@ -365,7 +365,10 @@ impl ShapeIndex {
             .then(|| (Reverse(ctx.rank(self.policy, worker, member.fit)), id));
         self.ready.set(member.slot, key);
         for (k, slot) in &member.warm {
-            let warm = self.warm.get_mut(k).expect("a member's warm keys are listed");
+            let warm = self
+                .warm
+                .get_mut(k)
+                .expect("a member's warm keys are listed");
             warm.ready.set(*slot, key);
         }
     }
