@@ -30,7 +30,7 @@
 //! is O(M_s T_w) over the shape's members, at most once per shape per round.
 
 use crate::id_hash::IdHashMap;
-use crate::learning::{KindId, Start};
+use crate::learning::KindId;
 use crate::placement::{choose_gpus_where, ShapeIndex};
 use crate::scheduler::Placed;
 use crate::workers::{Worker, WorkerTable};
@@ -145,11 +145,7 @@ impl<'a> Forecast<'a> {
         if let Some(other) = choose_gpus_where(w, qualifying, chosen.len() as u32, free) {
             return Some(other);
         }
-        let start = if affinity == 0 || w.warm.contains(&affinity) {
-            Start::Warm
-        } else {
-            Start::Cold
-        };
+        let start = w.start_for(affinity);
         let runtime = w.runtime_ms(kind, &self.workers.learning, start);
         let backfills = held.iter().filter(|h| overlaps(&chosen, h.gpus)).all(|h| {
             // Behind a queued gang on all of its GPUs, it cannot start before the gang does.

@@ -312,12 +312,7 @@ impl ShapeIndex {
                 first = Some((rank, id, gpus));
             }
         }
-        let is_warm = |id: WorkerId| {
-            need.affinity != 0
-                && workers
-                    .get(id)
-                    .is_ok_and(|w| w.warm.contains(&need.affinity))
-        };
+        let is_warm = |id: WorkerId| workers.get(id).is_ok_and(|w| w.is_warm(need.affinity));
         let choice = |(_, id, gpus): (u64, WorkerId, Vec<u32>), runner_up| {
             let warm = is_warm(id);
             Pick::Worker(Choice {

@@ -706,11 +706,9 @@ impl Scheduler {
             }
         };
         let runner_warm = |id: WorkerId| {
-            pending.affinity != 0
-                && self
-                    .workers
-                    .get(id)
-                    .is_ok_and(|w| w.warm.contains(&pending.affinity))
+            self.workers
+                .get(id)
+                .is_ok_and(|w| w.is_warm(pending.affinity))
         };
         Decision {
             policy: index.policy,
@@ -746,11 +744,7 @@ impl Scheduler {
         if !started && gpus.len() > 1 {
             w.queued_gangs += 1;
         }
-        let start = if affinity == 0 || w.warm.contains(&affinity) {
-            Start::Warm
-        } else {
-            Start::Cold
-        };
+        let start = w.start_for(affinity);
         self.placement.touch(worker, w, affinity);
         let generation = self.deadlines.next_generation();
         if timeout_ms > 0 {
@@ -1017,13 +1011,8 @@ impl Scheduler {
                                     .is_ok_and(|w| choose_gpus(w, &m.gpus, shape.gpus).is_some())
                         })
                 };
-                let warm_on = |t: WorkerId| {
-                    p.affinity != 0
-                        && self
-                            .workers
-                            .get(t)
-                            .is_ok_and(|w| w.warm.contains(&p.affinity))
-                };
+                let warm_on =
+                    |t: WorkerId| self.workers.get(t).is_ok_and(|w| w.is_warm(p.affinity));
                 let warm_here = p.affinity != 0 && p.start == Start::Warm;
                 let waited = self.now_ms.saturating_sub(p.placed_ms);
                 let may_go_cold =

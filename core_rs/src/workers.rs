@@ -177,6 +177,20 @@ impl Worker {
     }
 
     /// Takes new work at all: neither draining nor quarantined.
+    /// Is affinity key `key` (0 = none) warm here?
+    pub fn is_warm(&self, key: u64) -> bool {
+        key != 0 && self.warm.contains(&key)
+    }
+
+    /// How a task with affinity `key` starts here: warm unless its key is cold here.
+    pub fn start_for(&self, key: u64) -> Start {
+        if key == 0 || self.warm.contains(&key) {
+            Start::Warm
+        } else {
+            Start::Cold
+        }
+    }
+
     pub fn accepting(&self) -> bool {
         !self.draining && !self.quarantined
     }
