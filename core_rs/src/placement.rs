@@ -7,14 +7,16 @@
 //! incrementally: a joining worker is checked against every built index (O(S) static checks), a
 //! leaving one is dropped from the indexes that list it. The index keeps the statically eligible
 //! workers that can take a task of the shape now (accepting work, capacity left, enough
-//! qualifying GPUs free) in a [`Ranked`] heap ordered by the shape's policy rank (see `policy`),
+//! qualifying GPUs free) in a `Ranked` heap ordered by the shape's policy rank (see `policy`),
 //! so the best worker for a task is the heap's first entry and the runner-up the next, O(log k)
 //! for the k-th entry looked at (k is 2 unless workers are passed over for the task itself: the
 //! one it avoids, one a reservation keeps), instead of a scan of the fleet. Per affinity key the
 //! index keeps its warm members in the same order, so the best warm worker for a task is found
 //! the same way, never walking past workers of other shapes. The price is paid when a worker's
-//! rank or free GPUs change (a placement, a finish, a drain): O(S_w (1 + M) log W) to move it in
-//! the S_w indexes that list it, in their ready heaps and in the heaps of its M warm keys.
+//! rank or free GPUs change (a placement, a finish, a drain): O(S_w log W) to move it in the
+//! ready heaps of the S_w indexes that list it, and, when its rank rises, O(S_w M log W) more in
+//! the heaps of its M warm keys. A fall reaches a warm heap only when a lookup meets the entry
+//! (see `WarmMembers`).
 //!
 //! Ranks that depend on what the fleet learned (a GPU model's runtime for a kind) are refreshed
 //! when the worker itself changes, so they may lag the fleet's learning by one event per worker.
@@ -179,7 +181,11 @@ pub struct Member {
 struct WarmMembers {
     /// Every such member.
     all: IdHashSet<WorkerId>,
-    /// Those in the shape's ready heap, with the same keys.
+    /// Those in the shape's ready heap, each with its key there or a better one. A placement
+    /// lowers a worker's rank in every heap that lists it; this heap learns of it only when a
+    /// lookup meets the entry (`ShapeIndex::best_warm`), as a lazy decrease-key, so a placement
+    /// re-ranks the worker in one heap per shape instead of 1 + M. An entry is never worse than
+    /// its truth, so an entry that reads true at the top is the best.
     ready: Ranked,
 }
 
@@ -201,8 +207,16 @@ pub struct ShapeIndex {
 impl ShapeIndex {
     /// The best worker for any task of the shape (no avoid, no affinity).
     pub fn best(&self, shape: &Shape, workers: &WorkerTable) -> Option<(WorkerId, Vec<u32>)> {
-        let need = Need::default();
-        match self.best_for(shape, workers, &Weights::default(), need, &admit_all) {
+        let weights = Weights::default();
+        match self.pick(
+            shape,
+            workers,
+            &weights,
+            Need::default(),
+            false,
+            None,
+            &admit_all,
+        ) {
             Pick::Worker(c) => Some((c.worker, c.gpus)),
             Pick::NoneForShape | Pick::NoneForTask => None,
         }
@@ -219,13 +233,13 @@ impl ShapeIndex {
 
     /// fits_now(), then `admit`'s word on it.
     fn take(
-        &self,
+        members: &IdHashMap<WorkerId, Member>,
         shape: &Shape,
         workers: &WorkerTable,
         id: WorkerId,
         admit: Admit<'_>,
     ) -> Option<Vec<u32>> {
-        let member = self.members.get(&id)?;
+        let member = members.get(&id)?;
         let gpus = if shape.gpus == 0 {
             Vec::new()
         } else {
@@ -239,50 +253,103 @@ impl ShapeIndex {
     /// warm member while one exists; soft affinity (policies affinity and composite) prefers
     /// one, and says when it had to choose a cold worker while a busy one is warm
     /// (`Choice::warm_busy`; whether to wait for it is the scheduler's call). A worker `admit`
-    /// refuses is passed over.
+    /// refuses is passed over. Mutable because the lookup settles the warm entries it meets
+    /// (see `WarmMembers`).
     pub fn best_for(
-        &self,
+        &mut self,
         shape: &Shape,
         workers: &WorkerTable,
         weights: &Weights,
         need: Need,
         admit: Admit<'_>,
     ) -> Pick {
-        let avoid = need
-            .avoid
-            .filter(|a| self.members.len() > 1 && self.members.contains_key(a));
+        let avoid = self.avoided(need);
         let soft = match self.policy {
             Policy::Affinity => true,
             Policy::Composite => weights.affinity > 0.0,
             _ => false,
         };
+        let looks_warm = need.affinity != 0 && (need.hard_affinity || soft);
+        let warm_best = looks_warm
+            .then(|| self.best_warm(need.affinity, shape, workers, avoid, admit))
+            .flatten();
+        self.pick(shape, workers, weights, need, soft, warm_best, admit)
+    }
+
+    /// The member the task avoids, unless it is the only member.
+    fn avoided(&self, need: Need) -> Option<WorkerId> {
+        need.avoid
+            .filter(|a| self.members.len() > 1 && self.members.contains_key(a))
+    }
+
+    /// The best ready member where `key` is warm that `take` gets, as (rank, worker, GPUs).
+    /// Entries met on the way whose rank fell since they were set are moved to their rank first,
+    /// so the walk sees the members in their true order; members passed over (avoided, or
+    /// refused by `admit`) are put back after. O((s + p + 1) log n) for s entries settled and p
+    /// passed over.
+    fn best_warm(
+        &mut self,
+        key: u64,
+        shape: &Shape,
+        workers: &WorkerTable,
+        avoid: Option<WorkerId>,
+        admit: Admit<'_>,
+    ) -> Option<(u64, WorkerId, Vec<u32>)> {
+        let members = self.warm.get_mut(&key)?;
+        let mut passed = Vec::new();
+        let found = loop {
+            let Some((entry, slot)) = members.ready.first() else {
+                break None;
+            };
+            let id = entry.1;
+            let member = self.members.get(&id).expect("warm members are members");
+            let truth = self.ready.get(member.slot);
+            if truth != Some(entry) {
+                members.ready.set(slot, truth);
+                continue;
+            }
+            if Some(id) != avoid {
+                if let Some(gpus) = Self::take(&self.members, shape, workers, id, admit) {
+                    break Some((entry.0 .0, id, gpus));
+                }
+            }
+            members.ready.set(slot, None);
+            passed.push((slot, entry));
+        };
+        for (slot, entry) in passed {
+            members.ready.set(slot, Some(entry));
+        }
+        found
+    }
+
+    /// best_for() once the best warm member is known.
+    #[allow(clippy::too_many_arguments)]
+    fn pick(
+        &self,
+        shape: &Shape,
+        workers: &WorkerTable,
+        weights: &Weights,
+        need: Need,
+        soft: bool,
+        warm_best: Option<(u64, WorkerId, Vec<u32>)>,
+        admit: Admit<'_>,
+    ) -> Pick {
+        let avoid = self.avoided(need);
         let warm = (need.affinity != 0 && (need.hard_affinity || soft))
             .then(|| self.warm.get(&need.affinity))
             .flatten();
-        let mut warm_best: Option<(u64, WorkerId, Vec<u32>)> = None;
-        if let Some(members) = warm {
-            for (Reverse(rank), id) in members.ready.iter() {
-                if Some(id) == avoid {
-                    continue;
-                }
-                if let Some(gpus) = self.take(shape, workers, id, admit) {
-                    warm_best = Some((rank, id, gpus));
-                    break;
-                }
+        if need.hard_affinity {
+            if let Some((_, id, gpus)) = warm_best {
+                return Pick::Worker(Choice {
+                    worker: id,
+                    gpus,
+                    warm: true,
+                    runner_up: None,
+                    warm_busy: false,
+                });
             }
-            if need.hard_affinity {
-                if let Some((_, id, gpus)) = warm_best {
-                    return Pick::Worker(Choice {
-                        worker: id,
-                        gpus,
-                        warm: true,
-                        runner_up: None,
-                        warm_busy: false,
-                    });
-                }
-                if members.all.iter().any(|&id| Some(id) != avoid) {
-                    return Pick::NoneForTask;
-                }
+            if warm.is_some_and(|w| w.all.iter().any(|&id| Some(id) != avoid)) {
+                return Pick::NoneForTask;
             }
         }
         // A warm worker that is only busy will take it soon; a draining or quarantined one
@@ -308,7 +375,7 @@ impl ShapeIndex {
                 // Every ready member has the shape's GPUs free: the next one could take it.
                 runner_up = Some(id);
                 break;
-            } else if let Some(gpus) = self.take(shape, workers, id, admit) {
+            } else if let Some(gpus) = Self::take(&self.members, shape, workers, id, admit) {
                 first = Some((rank, id, gpus));
             }
         }
@@ -358,7 +425,18 @@ impl ShapeIndex {
         };
         let key = (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus))
             .then(|| (Reverse(ctx.rank(self.policy, worker, member.fit)), id));
+        let old = self.ready.get(member.slot);
         self.ready.set(member.slot, key);
+        // The warm heaps may rank a member above its truth (see `WarmMembers`): only a rise
+        // must reach them now; a fall waits for a lookup to meet the entry.
+        let rose = match (old, key) {
+            (None, Some(_)) => true,
+            (Some(old), Some(new)) => new < old,
+            (_, None) => false,
+        };
+        if !rose {
+            return;
+        }
         for (k, slot) in &member.warm {
             let warm = self
                 .warm
@@ -495,6 +573,11 @@ impl PlacementIndex {
     /// The index of a shape, if built.
     pub fn built(&self, id: ShapeId) -> Option<&ShapeIndex> {
         self.shapes.get(slot(id)).and_then(Option::as_ref)
+    }
+
+    /// The index of a shape, if built, to look up a task in (see `ShapeIndex::best_for`).
+    pub fn built_mut(&mut self, id: ShapeId) -> Option<&mut ShapeIndex> {
+        self.shapes.get_mut(slot(id)).and_then(Option::as_mut)
     }
 
     /// The index of a shape, building it (O(W log W)) on first use.

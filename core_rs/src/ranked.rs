@@ -48,6 +48,11 @@ impl Ranked {
         (at != ABSENT).then(|| self.heap[at as usize].0)
     }
 
+    /// The best entry and its slot.
+    pub fn first(&self) -> Option<(ReadyKey, u32)> {
+        self.heap.first().copied()
+    }
+
     /// Set, move or clear the slot's entry.
     pub fn set(&mut self, slot: u32, key: Option<ReadyKey>) {
         let at = self.pos[slot as usize];

@@ -552,13 +552,13 @@ impl Scheduler {
                 .get(sid)
                 .expect("queued tasks have interned shapes");
             self.placement.index(sid, shape, &mut self.workers);
-            let index = self.placement.built(sid).expect("just built");
             let need = Need {
                 avoid: pending.avoid,
                 affinity: pending.affinity,
                 hard_affinity: pending.hard_affinity,
             };
             let weights = self.placement.weights();
+            let index = self.placement.built_mut(sid).expect("just built");
             let kind = index.kind;
             let forecast = Forecast {
                 placed: &self.placed,
@@ -605,6 +605,7 @@ impl Scheduler {
                 }
                 Pick::NoneForShape => {
                     if shape.gpus > 1 {
+                        let index = self.placement.built(sid).expect("just built");
                         holds.extend(forecast.plan(sid, index, &holds));
                     }
                     PendingQueue::shape_dead(&mut round, sid);

@@ -902,6 +902,32 @@ fn affinity_keeps_a_model_on_its_warm_worker() {
 }
 
 #[test]
+fn among_warm_workers_the_least_loaded_gets_the_task() {
+    for policy in [Policy::Affinity, Policy::Composite] {
+        let mut s = with_policy(policy);
+        let infer = cpu_shape(&mut s, "infer");
+        let prep = cpu_shape(&mut s, "prep");
+        s.set_kind_policy("prep", Policy::RoundRobin);
+        let a = plain_worker(&mut s, 4);
+        let b = plain_worker(&mut s, 4);
+        // Model 7 warms both workers, which go idle again.
+        for t in 1..=2 {
+            s.push_with(t, prep, 1, t, 0, affine(7, false)).unwrap();
+        }
+        for p in s.place(0, 2) {
+            s.finish(p.task, true, 10).unwrap();
+        }
+        // Both warm and idle: the tie goes to the lowest handle. Its rank then falls, and the
+        // next task with model 7 goes to the other warm worker, now the less loaded.
+        for (t, expected) in [(3, a), (4, b), (5, a), (6, b)] {
+            s.push_with(t, infer, 1, t, 0, affine(7, false)).unwrap();
+            let placed = s.place(0, 1);
+            assert_eq!(placed[0].worker, expected, "{policy}: task {t}");
+        }
+    }
+}
+
+#[test]
 fn a_warm_worker_is_found_however_many_workers_of_other_shapes_share_the_key() {
     let mut s = sched();
     let etl = cpu_shape(&mut s, "etl");
