@@ -137,8 +137,7 @@ fn bench_queue(c: &mut Criterion) {
             }
             let mut round = Round::default();
             while let Some((task, _)) = q.next(&mut round) {
-                q.charge(task);
-                black_box(q.remove(task));
+                black_box(q.take(task, false));
             }
             q.end_round(round);
             q

@@ -304,13 +304,23 @@ impl PendingQueue {
 
     /// Take a task out of its flow; the inverse of `insert`.
     fn detach(&mut self, task: TaskId) -> Option<(PendingTask, u8)> {
+        self.detach_as(task, None)
+    }
+
+    /// detach(), and with `placed` = Some(warm) what a placement does on the way (see `take`),
+    /// so each of the task's tables is looked up once.
+    fn detach_as(&mut self, task: TaskId, placed: Option<bool>) -> Option<(PendingTask, u8)> {
         let (p, class) = self.tasks.remove(&task)?;
         let fk = (p.tenant, class);
-        let queue = &mut self
+        let shape_queue = self
             .per_shape
             .get_mut(&(fk, p.shape))
-            .expect("a pending task's queue exists")
-            .tasks;
+            .expect("a pending task's queue exists");
+        if let Some(warm) = placed {
+            shape_queue.locality.waiting_since = None;
+            shape_queue.locality.relaxed &= !warm;
+        }
+        let queue = &mut shape_queue.tasks;
         let old_head = queue.first().copied();
         queue.remove(&(p.seq, task));
         let new_head = queue.first().copied();
@@ -321,6 +331,25 @@ impl PendingQueue {
             .flows
             .get_mut(&fk)
             .expect("a pending task's flow exists");
+        let tenant = self.tenants.get_mut(&p.tenant).expect("flows have tenants");
+        if placed.is_some() {
+            let work = f64::from(p.work.max(1));
+            let class_weight = self.fairness.class_weights[usize::from(class)];
+            tenant.class_clock = flow.vt;
+            let listed = tenant.classes.remove(&(flow.key, Reverse(class)));
+            flow.vt += work / class_weight;
+            flow.key = bits(flow.vt + 1.0 / class_weight);
+            if listed {
+                tenant.classes.insert((flow.key, Reverse(class)));
+            }
+            self.clock = tenant.vt;
+            let listed = self.active.remove(&(tenant.key, p.tenant));
+            tenant.vt += work / tenant.weight;
+            tenant.key = bits(tenant.vt + 1.0 / tenant.weight);
+            if listed {
+                self.active.insert((tenant.key, p.tenant));
+            }
+        }
         if old_head != new_head {
             flow.heads.remove(&(p.seq, task, p.shape));
             if let Some((seq, t)) = new_head {
@@ -328,7 +357,6 @@ impl PendingQueue {
             }
         }
         flow.len -= 1;
-        let tenant = self.tenants.get_mut(&p.tenant).expect("flows have tenants");
         if flow.len == 0 {
             tenant.classes.remove(&(flow.key, Reverse(class)));
         }
@@ -341,7 +369,18 @@ impl PendingQueue {
 
     /// Drop a pending task; None if it was not pending.
     pub fn remove(&mut self, task: TaskId) -> Option<PendingTask> {
-        let (p, _) = self.detach(task)?;
+        self.leave(task, None)
+    }
+
+    /// Take out the task `next` returned, to place it (`warm`: on a worker where its affinity
+    /// key is warm): its work is charged to its tenant and class, its queue's wait clock stops
+    /// (and a warm placement makes the queue wait for warm workers again), and it is dropped.
+    pub fn take(&mut self, task: TaskId, warm: bool) -> Option<PendingTask> {
+        self.leave(task, Some(warm))
+    }
+
+    fn leave(&mut self, task: TaskId, placed: Option<bool>) -> Option<PendingTask> {
+        let (p, _) = self.detach_as(task, placed)?;
         self.by_priority[usize::from(p.priority)] -= 1;
         if let Some(n) = self.by_affinity.get_mut(&p.affinity) {
             *n -= 1;
@@ -380,36 +419,6 @@ impl PendingQueue {
                     promotion_at(&fairness, &p, class).map(|at| Reverse((at, task, class)))
                 })
                 .collect();
-        }
-    }
-
-    /// Charge a task's work to its tenant and class: called for the task `next` returned,
-    /// before it is removed.
-    pub fn charge(&mut self, task: TaskId) {
-        let Some(&(p, class)) = self.tasks.get(&task) else {
-            return;
-        };
-        let fk = (p.tenant, class);
-        let work = f64::from(p.work.max(1));
-        let tenant = self
-            .tenants
-            .get_mut(&p.tenant)
-            .expect("pending tenants exist");
-        let flow = self.flows.get_mut(&fk).expect("pending flows exist");
-        let class_weight = self.fairness.class_weights[usize::from(class)];
-        tenant.class_clock = flow.vt;
-        let listed = tenant.classes.remove(&(flow.key, Reverse(class)));
-        flow.vt += work / class_weight;
-        flow.key = bits(flow.vt + 1.0 / class_weight);
-        if listed {
-            tenant.classes.insert((flow.key, Reverse(class)));
-        }
-        self.clock = tenant.vt;
-        let listed = self.active.remove(&(tenant.key, p.tenant));
-        tenant.vt += work / tenant.weight;
-        tenant.key = bits(tenant.vt + 1.0 / tenant.weight);
-        if listed {
-            self.active.insert((tenant.key, p.tenant));
         }
     }
 
@@ -485,15 +494,6 @@ impl PendingQueue {
     pub fn relax(&mut self, task: TaskId) {
         if let Some(q) = self.shape_queue(task) {
             q.locality.relaxed = true;
-        }
-    }
-
-    /// A task is being placed (before it is removed): its queue's wait clock stops, and a warm
-    /// placement makes the queue wait for warm workers again.
-    pub fn launched(&mut self, task: TaskId, warm: bool) {
-        if let Some(q) = self.shape_queue(task) {
-            q.locality.waiting_since = None;
-            q.locality.relaxed &= !warm;
         }
     }
 
@@ -575,8 +575,7 @@ mod tests {
         let mut out = Vec::new();
         let mut round = Round::default();
         while let Some((t, _)) = q.next(&mut round) {
-            q.charge(t);
-            q.remove(t);
+            q.take(t, false);
             out.push(t);
         }
         q.end_round(round);
@@ -704,8 +703,7 @@ mod tests {
         assert_eq!(q.next(&mut round).map(|x| x.0), Some(2));
         q.set_aside(&mut round, 2);
         assert_eq!(q.next(&mut round).map(|x| x.0), Some(3));
-        q.charge(3);
-        q.remove(3);
+        q.take(3, false);
         assert_eq!(q.next(&mut round), None);
         q.end_round(round);
         assert_eq!(q.len(), 2);

@@ -584,9 +584,7 @@ impl Scheduler {
                         let decision = self.decision(sid, &pending, &choice);
                         self.decisions.record(task, decision);
                     }
-                    self.queue.launched(task, choice.warm);
-                    self.queue.charge(task);
-                    self.queue.remove(task);
+                    self.queue.take(task, choice.warm);
                     let worker = choice.worker;
                     let facts = Facts {
                         shape: sid,
