@@ -12,9 +12,10 @@
 //!
 //! Structure. A flow is one (tenant, class); inside it tasks are kept per shape, so placement
 //! can skip a shape no worker can take without touching its tasks. Sets are `BTreeSet`s of
-//! small keys: the active tenants by virtual time, each tenant's active classes by virtual time,
-//! each flow's per-shape heads by seq, each (flow, shape) queue by seq; aging deadlines sit in
-//! one min-heap with lazy deletion. Push, remove, take and promote are O(log n) each (plus O(1) hash lookups).
+//! small keys: the active tenants by virtual time, each flow's per-shape heads by seq, each
+//! (flow, shape) queue by seq; a tenant's active classes (four at most) sit in an array by
+//! class, scanned; aging deadlines sit in one min-heap with lazy deletion. Push, remove, take and
+//! promote are O(log n) each (plus O(1) hash lookups).
 //!
 //! A placement round walks the queue with [`Round`]: `next` returns the best task whose shape
 //! is not marked dead; a dead shape's heads (and flows or tenants left with nothing but dead
@@ -132,6 +133,33 @@ type HeadKey = (u64, TaskId, ShapeId);
 /// A tenant's active classes: (finish tag bits, URGENT first on a tie).
 type ClassKey = (u64, Reverse<u8>);
 
+/// A tenant's active classes in [`ClassKey`] order, one entry per class at most. There are four
+/// classes, so a scan of an array is the cheapest ordered set.
+#[derive(Debug, Default)]
+struct Classes([Option<u64>; PRIORITY_CLASSES]);
+
+impl Classes {
+    fn insert(&mut self, (key, Reverse(class)): ClassKey) {
+        self.0[usize::from(class)] = Some(key);
+    }
+
+    /// Whether the entry was there.
+    fn remove(&mut self, &(key, Reverse(class)): &ClassKey) -> bool {
+        let entry = &mut self.0[usize::from(class)];
+        let listed = *entry == Some(key);
+        if listed {
+            *entry = None;
+        }
+        listed
+    }
+
+    fn first(&self) -> Option<ClassKey> {
+        (0..PRIORITY_CLASSES as u8)
+            .filter_map(|class| Some((self.0[usize::from(class)]?, Reverse(class))))
+            .min()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Flow {
     len: usize,
@@ -152,7 +180,7 @@ struct Tenant {
     key: u64,
     /// Virtual time of the last class served, where a newly active class starts.
     class_clock: f64,
-    classes: BTreeSet<ClassKey>,
+    classes: Classes,
 }
 
 impl Default for Tenant {
@@ -163,7 +191,7 @@ impl Default for Tenant {
             vt: 0.0,
             key: 0,
             class_clock: 0.0,
-            classes: BTreeSet::new(),
+            classes: Classes::default(),
         }
     }
 }
@@ -430,7 +458,7 @@ impl PendingQueue {
                 .tenants
                 .get_mut(&tenant_id)
                 .expect("active tenants exist");
-            let Some(&ckey) = tenant.classes.first() else {
+            let Some(ckey) = tenant.classes.first() else {
                 self.active.remove(&(tbits, tenant_id));
                 round.tenants.push((tbits, tenant_id));
                 continue;
