@@ -172,7 +172,8 @@ impl<'a> Forecast<'a> {
     pub fn plan(&self, shape: ShapeId, index: &ShapeIndex, taken: &[Hold]) -> Option<Hold> {
         let n = index.gpus as usize;
         let mut best: Option<((bool, f64, WorkerId), Vec<u32>)> = None;
-        for (&id, member) in &index.members {
+        for member in index.members() {
+            let id = member.id;
             let Ok(w) = self.workers.get(id) else {
                 continue;
             };

@@ -166,12 +166,11 @@ pub enum Pick {
 /// One statically eligible worker of a shape.
 #[derive(Debug)]
 pub struct Member {
+    pub id: WorkerId,
     /// Qualifying GPUs, smallest memory first.
     pub gpus: Box<[u32]>,
     /// Static best-fit measure, see `policy::fit`.
     pub fit: f64,
-    /// Its slot in the ready heap.
-    slot: u32,
     /// Its warm keys and its slot in each one's [`WarmMembers`] heap.
     warm: Vec<(u64, u32)>,
 }
@@ -187,6 +186,8 @@ struct WarmMembers {
     /// re-ranks the worker in one heap per shape instead of 1 + M. An entry is never worse than
     /// its truth, so an entry that reads true at the top is the best.
     ready: Ranked,
+    /// The member slot of each slot of `ready`.
+    owner: Vec<u32>,
 }
 
 /// The workers that statically fit one shape, and the ones among them ready for a task now.
@@ -196,8 +197,12 @@ pub struct ShapeIndex {
     /// GPUs a task of the shape uses.
     pub gpus: u32,
     pub policy: Policy,
-    /// Statically eligible live workers (draining and full ones too).
-    pub members: IdHashMap<WorkerId, Member>,
+    /// Statically eligible live workers (draining and full ones too), by slot: a member's slot
+    /// is its place here and in `ready`, and the worker keeps it (`Worker::shapes`), so the
+    /// paths a placement takes find members without hashing.
+    members: Vec<Option<Member>>,
+    /// Each member's slot.
+    slots: IdHashMap<WorkerId, u32>,
     /// Members that accept work and have capacity and the shape's GPUs free, best rank first.
     ready: Ranked,
     /// Per affinity key, the members where it is warm.
@@ -205,6 +210,42 @@ pub struct ShapeIndex {
 }
 
 impl ShapeIndex {
+    fn new(kind: KindId, gpus: u32, policy: Policy) -> ShapeIndex {
+        ShapeIndex {
+            kind,
+            gpus,
+            policy,
+            members: Vec::new(),
+            slots: IdHashMap::default(),
+            ready: Ranked::default(),
+            warm: IdHashMap::default(),
+        }
+    }
+
+    pub fn member(&self, id: WorkerId) -> Option<&Member> {
+        let slot = *self.slots.get(&id)?;
+        self.members[slot as usize].as_ref()
+    }
+
+    /// Every member, in slot order.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().flatten()
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn at(&self, slot: u32) -> &Member {
+        self.members[slot as usize]
+            .as_ref()
+            .expect("a listed slot has a member")
+    }
+
     /// The best worker for any task of the shape (no avoid, no affinity).
     pub fn best(&self, shape: &Shape, workers: &WorkerTable) -> Option<(WorkerId, Vec<u32>)> {
         let weights = Weights::default();
@@ -228,24 +269,22 @@ impl ShapeIndex {
             return Some(Vec::new());
         }
         let worker = workers.get(id).ok()?;
-        choose_gpus(worker, &self.members.get(&id)?.gpus, shape.gpus)
+        choose_gpus(worker, &self.member(id)?.gpus, shape.gpus)
     }
 
     /// fits_now(), then `admit`'s word on it.
     fn take(
-        members: &IdHashMap<WorkerId, Member>,
+        member: &Member,
         shape: &Shape,
         workers: &WorkerTable,
-        id: WorkerId,
         admit: Admit<'_>,
     ) -> Option<Vec<u32>> {
-        let member = members.get(&id)?;
         let gpus = if shape.gpus == 0 {
             Vec::new()
         } else {
-            choose_gpus(workers.get(id).ok()?, &member.gpus, shape.gpus)?
+            choose_gpus(workers.get(member.id).ok()?, &member.gpus, shape.gpus)?
         };
-        admit(id, &member.gpus, gpus)
+        admit(member.id, &member.gpus, gpus)
     }
 
     /// The best worker for one task. An avoided worker is skipped unless it is the only member
@@ -279,7 +318,7 @@ impl ShapeIndex {
     /// The member the task avoids, unless it is the only member.
     fn avoided(&self, need: Need) -> Option<WorkerId> {
         need.avoid
-            .filter(|a| self.members.len() > 1 && self.members.contains_key(a))
+            .filter(|a| self.len() > 1 && self.slots.contains_key(a))
     }
 
     /// The best ready member where `key` is warm that `take` gets, as (rank, worker, GPUs).
@@ -302,14 +341,17 @@ impl ShapeIndex {
                 break None;
             };
             let id = entry.1;
-            let member = self.members.get(&id).expect("warm members are members");
-            let truth = self.ready.get(member.slot);
+            let owner = members.owner[slot as usize];
+            let truth = self.ready.get(owner);
             if truth != Some(entry) {
                 members.ready.set(slot, truth);
                 continue;
             }
             if Some(id) != avoid {
-                if let Some(gpus) = Self::take(&self.members, shape, workers, id, admit) {
+                let member = self.members[owner as usize]
+                    .as_ref()
+                    .expect("a listed slot has a member");
+                if let Some(gpus) = Self::take(member, shape, workers, admit) {
                     break Some((entry.0 .0, id, gpus));
                 }
             }
@@ -366,7 +408,7 @@ impl ShapeIndex {
         let mut first: Option<(u64, WorkerId, Vec<u32>)> = None;
         let mut runner_up = None;
         let mut skipped = false;
-        for (Reverse(rank), id) in self.ready.iter() {
+        for ((Reverse(rank), id), slot) in self.ready.iter() {
             if Some(id) == avoid {
                 skipped = true;
                 continue;
@@ -375,7 +417,7 @@ impl ShapeIndex {
                 // Every ready member has the shape's GPUs free: the next one could take it.
                 runner_up = Some(id);
                 break;
-            } else if let Some(gpus) = Self::take(&self.members, shape, workers, id, admit) {
+            } else if let Some(gpus) = Self::take(self.at(slot), shape, workers, admit) {
                 first = Some((rank, id, gpus));
             }
         }
@@ -418,15 +460,19 @@ impl ShapeIndex {
         }
     }
 
-    /// Rank the member again, in the ready heap and in its warm keys' heaps.
-    fn rekey(&mut self, id: WorkerId, worker: &Worker, ctx: &Context<'_>) {
-        let Some(member) = self.members.get(&id) else {
-            return;
-        };
-        let key = (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus))
-            .then(|| (Reverse(ctx.rank(self.policy, worker, member.fit)), id));
-        let old = self.ready.get(member.slot);
-        self.ready.set(member.slot, key);
+    /// Rank the member in `slot` again, in the ready heap and in its warm keys' heaps.
+    fn rekey(&mut self, slot: u32, worker: &Worker, ctx: &Context<'_>) {
+        let member = self.members[slot as usize]
+            .as_ref()
+            .expect("a listed slot has a member");
+        let key = (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus)).then(|| {
+            (
+                Reverse(ctx.rank(self.policy, worker, member.fit)),
+                member.id,
+            )
+        });
+        let old = self.ready.get(slot);
+        self.ready.set(slot, key);
         // The warm heaps may rank a member above its truth (see `WarmMembers`): only a rise
         // must reach them now; a fall waits for a lookup to meet the entry.
         let rose = match (old, key) {
@@ -437,72 +483,86 @@ impl ShapeIndex {
         if !rose {
             return;
         }
-        for (k, slot) in &member.warm {
+        for (k, warm_slot) in &member.warm {
             let warm = self
                 .warm
                 .get_mut(k)
                 .expect("a member's warm keys are listed");
-            warm.ready.set(*slot, key);
+            warm.ready.set(*warm_slot, key);
         }
     }
 
-    /// `key` became warm on a member: list it under the key with its current ready entry.
-    fn warmed(&mut self, id: WorkerId, key: u64) {
-        let Some(member) = self.members.get_mut(&id) else {
-            return;
-        };
+    /// `key` became warm on the member in `slot`: list it under the key with its current ready
+    /// entry.
+    fn warmed(&mut self, slot: u32, key: u64) {
+        let member = self.members[slot as usize]
+            .as_mut()
+            .expect("a listed slot has a member");
         let warm = self.warm.entry(key).or_default();
-        let slot = warm.ready.slot();
-        warm.ready.set(slot, self.ready.get(member.slot));
-        warm.all.insert(id);
-        member.warm.push((key, slot));
+        let warm_slot = warm.ready.slot();
+        let at = warm_slot as usize;
+        if warm.owner.len() <= at {
+            warm.owner.resize(at + 1, 0);
+        }
+        warm.owner[at] = slot;
+        warm.ready.set(warm_slot, self.ready.get(slot));
+        warm.all.insert(member.id);
+        member.warm.push((key, warm_slot));
     }
 
     /// `key` went cold on a member (or the member leaves).
-    fn cooled(warm: &mut IdHashMap<u64, WarmMembers>, id: WorkerId, key: u64, slot: u32) {
+    fn cooled(warm: &mut IdHashMap<u64, WarmMembers>, id: WorkerId, key: u64, warm_slot: u32) {
         let members = warm.get_mut(&key).expect("a member's warm keys are listed");
-        members.ready.release(slot);
+        members.ready.release(warm_slot);
         members.all.remove(&id);
         if members.all.is_empty() {
             warm.remove(&key);
         }
     }
 
-    fn touched(&mut self, id: WorkerId, touch: Touch) {
+    fn touched(&mut self, slot: u32, touch: Touch) {
         if let Some(key) = touch.cooled {
-            if let Some(member) = self.members.get_mut(&id) {
-                if let Some(pos) = member.warm.iter().position(|&(k, _)| k == key) {
-                    let (_, slot) = member.warm.swap_remove(pos);
-                    Self::cooled(&mut self.warm, id, key, slot);
-                }
+            let member = self.members[slot as usize]
+                .as_mut()
+                .expect("a listed slot has a member");
+            if let Some(pos) = member.warm.iter().position(|&(k, _)| k == key) {
+                let (_, warm_slot) = member.warm.swap_remove(pos);
+                Self::cooled(&mut self.warm, member.id, key, warm_slot);
             }
         }
         if let Some(key) = touch.warmed {
-            self.warmed(id, key);
+            self.warmed(slot, key);
         }
     }
 
-    /// List a member with its warm keys (a new member, or a new index).
-    fn admit_member(&mut self, id: WorkerId, worker: &Worker, gpus: Box<[u32]>, fit: f64) {
+    /// List a member with its warm keys (a new member, or a new index); its slot.
+    fn admit_member(&mut self, id: WorkerId, worker: &Worker, gpus: Box<[u32]>, fit: f64) -> u32 {
         let slot = self.ready.slot();
-        let member = Member {
+        let at = slot as usize;
+        if self.members.len() <= at {
+            self.members.resize_with(at + 1, || None);
+        }
+        self.members[at] = Some(Member {
+            id,
             gpus,
             fit,
-            slot,
             warm: Vec::new(),
-        };
-        self.members.insert(id, member);
+        });
+        self.slots.insert(id, slot);
         for &key in &worker.warm {
-            self.warmed(id, key);
+            self.warmed(slot, key);
         }
+        slot
     }
 
-    fn drop_member(&mut self, id: WorkerId) {
-        if let Some(member) = self.members.remove(&id) {
-            self.ready.release(member.slot);
-            for (key, slot) in member.warm {
-                Self::cooled(&mut self.warm, id, key, slot);
-            }
+    fn drop_member(&mut self, slot: u32) {
+        let member = self.members[slot as usize]
+            .take()
+            .expect("a listed slot has a member");
+        self.slots.remove(&member.id);
+        self.ready.release(slot);
+        for (key, warm_slot) in member.warm {
+            Self::cooled(&mut self.warm, member.id, key, warm_slot);
         }
     }
 }
@@ -561,10 +621,10 @@ impl PlacementIndex {
                 kind: index.kind,
                 gpus: index.gpus,
             };
-            let ids: Vec<WorkerId> = index.members.keys().copied().collect();
-            for id in ids {
-                if let Ok(w) = workers.get(id) {
-                    index.rekey(id, w, &ctx);
+            for slot in 0..index.members.len() as u32 {
+                let id = index.members[slot as usize].as_ref().map(|m| m.id);
+                if let Some(w) = id.and_then(|id| workers.get(id).ok()) {
+                    index.rekey(slot, w, &ctx);
                 }
             }
         }
@@ -588,20 +648,12 @@ impl PlacementIndex {
         }
         if self.shapes[i].is_none() {
             let kind = workers.learning.kind_id(&shape.kind);
-            let mut index = ShapeIndex {
-                kind,
-                gpus: shape.gpus,
-                policy: self.policy_for(&shape.kind),
-                members: IdHashMap::default(),
-                ready: Ranked::default(),
-                warm: IdHashMap::default(),
-            };
+            let mut index = ShapeIndex::new(kind, shape.gpus, self.policy_for(&shape.kind));
             let mut listed = Vec::new();
             for (wid, worker) in workers.iter() {
                 if let Some(gpus) = static_fit(shape, worker) {
                     let fit = fit(shape, worker, &gpus);
-                    index.admit_member(wid, worker, gpus, fit);
-                    listed.push(wid);
+                    listed.push((wid, index.admit_member(wid, worker, gpus, fit)));
                 }
             }
             let ctx = Context {
@@ -610,16 +662,16 @@ impl PlacementIndex {
                 kind,
                 gpus: shape.gpus,
             };
-            for &wid in &listed {
+            for &(wid, member) in &listed {
                 let w = workers.get(wid).expect("listed workers are live");
-                index.rekey(wid, w, &ctx);
+                index.rekey(member, w, &ctx);
             }
-            for wid in listed {
+            for (wid, member) in listed {
                 workers
                     .get_mut(wid)
                     .expect("listed workers are live")
                     .shapes
-                    .push(id);
+                    .push((id, member));
             }
             self.shapes[i] = Some(index);
         }
@@ -636,36 +688,36 @@ impl PlacementIndex {
                 .expect("indexes exist only for interned shapes");
             if let Some(gpus) = static_fit(shape, worker) {
                 let fit = fit(shape, worker, &gpus);
-                index.admit_member(id, worker, gpus, fit);
-                worker.shapes.push(sid as ShapeId);
+                let member = index.admit_member(id, worker, gpus, fit);
+                worker.shapes.push((sid as ShapeId, member));
             }
         }
         self.refresh(id, workers);
     }
 
     /// A worker left: drop it from the indexes that list it.
-    pub fn worker_removed(&mut self, id: WorkerId, worker: &Worker) {
-        for &sid in &worker.shapes {
+    pub fn worker_removed(&mut self, worker: &Worker) {
+        for &(sid, member) in &worker.shapes {
             self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index")
-                .drop_member(id);
+                .drop_member(member);
         }
         self.warm.worker_removed(worker);
     }
 
     /// A task with affinity `key` was placed on the worker: it is warm there now (see
     /// `WarmIndex::touch`). Call `refresh` after, which ranks the worker anew under the key.
-    pub fn touch(&mut self, id: WorkerId, worker: &mut Worker, key: u64) {
+    pub fn touch(&mut self, worker: &mut Worker, key: u64) {
         let touch = self.warm.touch(worker, key);
         if touch == Touch::default() {
             return;
         }
-        for &sid in &worker.shapes {
+        for &(sid, member) in &worker.shapes {
             self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index")
-                .touched(id, touch);
+                .touched(member, touch);
         }
     }
 
@@ -676,7 +728,7 @@ impl PlacementIndex {
             Ok(x) => x,
             Err(_) => return,
         };
-        for &sid in &worker.shapes {
+        for &(sid, member) in &worker.shapes {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
@@ -686,7 +738,7 @@ impl PlacementIndex {
                 kind: index.kind,
                 gpus: index.gpus,
             };
-            index.rekey(id, worker, &ctx);
+            index.rekey(member, worker, &ctx);
         }
     }
 

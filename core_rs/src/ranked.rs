@@ -130,7 +130,7 @@ impl Ranked {
         self.put(at, entry);
     }
 
-    /// The entries, best first.
+    /// The entries with their slots, best first.
     pub fn iter(&self) -> Ordered<'_> {
         Ordered {
             ranked: self,
@@ -157,9 +157,10 @@ pub struct Ordered<'a> {
 }
 
 impl Iterator for Ordered<'_> {
-    type Item = ReadyKey;
+    /// An entry and its slot.
+    type Item = (ReadyKey, u32);
 
-    fn next(&mut self) -> Option<ReadyKey> {
+    fn next(&mut self) -> Option<(ReadyKey, u32)> {
         let heap = &self.ranked.heap;
         if let Some(at) = self.expand.take() {
             if self.frontier.capacity() == 0 {
@@ -171,14 +172,15 @@ impl Iterator for Ordered<'_> {
                 self.frontier.push(Reverse((key, child as u32)));
             }
         }
-        let (key, at) = if self.started {
-            self.frontier.pop()?.0
+        let at = if self.started {
+            self.frontier.pop()?.0 .1
         } else {
             self.started = true;
-            (heap.first()?.0, 0)
+            heap.first()?;
+            0
         };
         self.expand = Some(at as usize);
-        Some(key)
+        Some(heap[at as usize])
     }
 }
 
@@ -234,7 +236,10 @@ mod tests {
                 }
                 let mut expected: Vec<ReadyKey> = model.values().flatten().copied().collect();
                 expected.sort_unstable();
-                prop_assert_eq!(ranked.iter().collect::<Vec<_>>(), expected);
+                prop_assert_eq!(ranked.iter().map(|(key, _)| key).collect::<Vec<_>>(), expected);
+                for (key, slot) in ranked.iter() {
+                    prop_assert_eq!(ranked.get(slot), Some(key));
+                }
                 for (&slot, &key) in &model {
                     prop_assert_eq!(ranked.get(slot), key);
                 }

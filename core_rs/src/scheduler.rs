@@ -400,7 +400,7 @@ impl Scheduler {
     /// Forget a worker; returns the tasks that were placed on it (no longer tracked).
     pub fn remove_worker(&mut self, id: WorkerId) -> CoreResult<Vec<TaskId>> {
         let worker = self.workers.remove(id)?;
-        self.placement.worker_removed(id, &worker);
+        self.placement.worker_removed(&worker);
         for task in &worker.tasks {
             self.placed.remove(task);
         }
@@ -697,7 +697,7 @@ impl Scheduler {
         let ctx: Context<'_> = self.placement.context(index, &self.workers.learning);
         let snapshot = |id: WorkerId, warm: bool| {
             let w = self.workers.get(id).expect("candidates are live");
-            let fit = index.members.get(&id).map_or(0.0, |m| m.fit);
+            let fit = index.member(id).map_or(0.0, |m| m.fit);
             Snapshot {
                 worker: id,
                 inputs: ctx.inputs(w, fit),
@@ -744,7 +744,7 @@ impl Scheduler {
             w.queued_gangs += 1;
         }
         let start = w.start_for(affinity);
-        self.placement.touch(worker, w, affinity);
+        self.placement.touch(w, affinity);
         let generation = self.deadlines.next_generation();
         if timeout_ms > 0 {
             self.deadlines.push(
@@ -1002,7 +1002,7 @@ impl Scheduler {
                 };
                 let can_take = |t: WorkerId| {
                     t != victim
-                        && index.members.get(&t).is_some_and(|m| {
+                        && index.member(t).is_some_and(|m| {
                             shape.gpus == 0
                                 || self
                                     .workers
@@ -1057,12 +1057,7 @@ impl Scheduler {
     pub fn can_run(&mut self, shape: ShapeId) -> CoreResult<bool> {
         let s: &Shape = self.shapes.get(shape)?;
         self.placement.index(shape, s, &mut self.workers);
-        Ok(!self
-            .placement
-            .built(shape)
-            .expect("just built")
-            .members
-            .is_empty())
+        Ok(!self.placement.built(shape).expect("just built").is_empty())
     }
 
     /// Why a pending task of this shape and priority is not running, in words.
@@ -1071,7 +1066,7 @@ impl Scheduler {
         let s: &Shape = self.shapes.get(shape)?;
         self.placement.index(shape, s, &mut self.workers);
         let index = self.placement.built(shape).expect("just built");
-        if index.members.is_empty() {
+        if index.is_empty() {
             return Ok(explain::no_fit(s, &self.workers));
         }
         if index.best(s, &self.workers).is_some() {
@@ -1079,8 +1074,8 @@ impl Scheduler {
         }
         let mut unavailable = explain::Unavailable::default();
         let mut slots = 0u64;
-        for (&id, member) in &index.members {
-            let w = self.workers.get(id)?;
+        for member in index.members() {
+            let w = self.workers.get(member.id)?;
             if w.draining {
                 unavailable.draining += 1;
             } else if w.quarantined {
@@ -1098,7 +1093,7 @@ impl Scheduler {
             }
         }
         let ahead = self.queue.queued_above(priority);
-        let mut reason = explain::busy(index.members.len(), unavailable, ahead);
+        let mut reason = explain::busy(index.len(), unavailable, ahead);
         if let (Some(ms), true) = (self.workers.learning.fleet_ms(index.kind), slots > 0) {
             reason.push_str(&explain::eta(&s.kind, ms, ahead, slots));
         }

@@ -70,8 +70,9 @@ pub struct Worker {
     /// Placed tasks that need several GPUs at once and have not started: each holds its GPUs
     /// against tasks placed after it (see `backfill`).
     pub(crate) queued_gangs: u32,
-    /// Shapes whose placement index lists this worker, so a change of score updates just those.
-    pub(crate) shapes: Vec<ShapeId>,
+    /// Shapes whose placement index lists this worker, with its member slot in each, so a
+    /// change of score updates just those, without a search.
+    pub(crate) shapes: Vec<(ShapeId, u32)>,
 }
 
 /// The capacity-related parts of a new worker.
