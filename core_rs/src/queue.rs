@@ -350,7 +350,12 @@ impl PendingQueue {
         }
         let queue = &mut shape_queue.tasks;
         let old_head = queue.first().copied();
-        queue.remove(&(p.seq, task));
+        if old_head == Some((p.seq, task)) {
+            // The usual case, a head being placed: no search.
+            queue.pop_first();
+        } else {
+            queue.remove(&(p.seq, task));
+        }
         let new_head = queue.first().copied();
         if queue.is_empty() {
             self.per_shape.remove(&(fk, p.shape));
