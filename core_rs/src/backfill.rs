@@ -31,7 +31,7 @@
 
 use crate::id_hash::IdHashMap;
 use crate::learning::KindId;
-use crate::placement::{choose_gpus_where, ShapeIndex};
+use crate::placement::{choose_gpus_where, Gpus, ShapeIndex};
 use crate::scheduler::Placed;
 use crate::workers::{Worker, WorkerTable};
 use crate::{ShapeId, TaskId, WorkerId};
@@ -116,8 +116,8 @@ impl<'a> Forecast<'a> {
         holds: &[Hold],
         (kind, affinity): (KindId, u64),
         qualifying: &[u32],
-        chosen: Vec<u32>,
-    ) -> Option<Vec<u32>> {
+        chosen: Gpus,
+    ) -> Option<Gpus> {
         let Ok(w) = self.workers.get(id) else {
             return Some(chosen);
         };
@@ -308,7 +308,7 @@ mod tests {
         for prefetch_depth in [0, 1] {
             let (mut s, _, [gang, long, short]) = fleet(prefetch_depth);
             s.push(1, long, 1, 1, 0).unwrap();
-            assert_eq!(s.place(0, 1)[0].gpus, vec![0]);
+            assert_eq!(s.place(0, 1)[0].gpus[..], [0]);
             s.mark_started(1, Some(0)).unwrap();
             // GPU 0 is busy until about 20 s; the gang waits for it (queued on the worker
             // with prefetch, reserved in the core without), then a long and a short task.
@@ -318,7 +318,7 @@ mod tests {
             let placed: Vec<_> = s
                 .place(1_000, 10)
                 .into_iter()
-                .map(|p| (p.task, p.gpus))
+                .map(|p| (p.task, p.gpus.to_vec()))
                 .collect();
             let expected = if prefetch_depth == 0 {
                 vec![(4, vec![1])]

@@ -409,7 +409,7 @@ impl PyScheduler {
             Ok(engine
                 .place(now_ms, max_tasks)
                 .into_iter()
-                .map(|p| (p.task, p.worker, p.gpus))
+                .map(|p| (p.task, p.worker, p.gpus.to_vec()))
                 .collect())
         })
     }

@@ -24,6 +24,8 @@
 use std::cmp::Reverse;
 use std::collections::HashMap;
 
+use smallvec::SmallVec;
+
 use crate::affinity::{Touch, WarmIndex};
 use crate::error::CoreResult;
 use crate::id_hash::{IdHashMap, IdHashSet};
@@ -33,6 +35,10 @@ use crate::ranked::Ranked;
 use crate::shapes::{Shape, ShapeTable};
 use crate::workers::{Gpu, Worker, WorkerTable};
 use crate::{ShapeId, WorkerId};
+
+/// The GPU indices one task gets, sorted. Inline up to four, so finding and recording a placement
+/// allocates nothing for the usual task.
+pub type Gpus = SmallVec<[u32; 4]>;
 
 /// Position in a ready set: best rank first, ties to the lowest worker handle so placement is
 /// deterministic.
@@ -76,7 +82,7 @@ pub fn static_fit(shape: &Shape, w: &Worker) -> Option<Box<[u32]>> {
 /// Pick `n` healthy GPUs from `qualifying` (ordered smallest memory first): free ones first,
 /// then, with prefetch, ones held by fewer than 1 + depth tasks (least held first); sorted
 /// indices, or None if fewer than `n` can be had. Without prefetch: only free GPUs.
-pub fn choose_gpus(w: &Worker, qualifying: &[u32], n: u32) -> Option<Vec<u32>> {
+pub fn choose_gpus(w: &Worker, qualifying: &[u32], n: u32) -> Option<Gpus> {
     choose_gpus_where(w, qualifying, n, |_| true)
 }
 
@@ -86,8 +92,8 @@ pub fn choose_gpus_where(
     qualifying: &[u32],
     n: u32,
     allowed: impl Fn(u32) -> bool,
-) -> Option<Vec<u32>> {
-    let mut chosen: Vec<u32> = Vec::with_capacity(n as usize);
+) -> Option<Gpus> {
+    let mut chosen = Gpus::with_capacity(n as usize);
     for level in 0..=w.prefetch_depth {
         for &i in qualifying {
             if chosen.len() == n as usize {
@@ -123,10 +129,10 @@ pub fn has_gpus(w: &Worker, qualifying: &[u32], n: u32) -> bool {
 /// The last word on a worker placement found for a task: given the worker, its qualifying GPUs and
 /// the GPUs chosen, the GPUs to use (the same or others) or None to pass the worker over. This is
 /// where reservations are kept (see `backfill`).
-pub type Admit<'a> = &'a dyn Fn(WorkerId, &[u32], Vec<u32>) -> Option<Vec<u32>>;
+pub type Admit<'a> = &'a dyn Fn(WorkerId, &[u32], Gpus) -> Option<Gpus>;
 
 /// Admits every placement as found.
-pub fn admit_all(_: WorkerId, _: &[u32], gpus: Vec<u32>) -> Option<Vec<u32>> {
+pub fn admit_all(_: WorkerId, _: &[u32], gpus: Gpus) -> Option<Gpus> {
     Some(gpus)
 }
 
@@ -142,7 +148,7 @@ pub struct Need {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
     pub worker: WorkerId,
-    pub gpus: Vec<u32>,
+    pub gpus: Gpus,
     /// The task's affinity key is warm there.
     pub warm: bool,
     /// The next best worker that could have taken it, if one was seen.
@@ -247,7 +253,7 @@ impl ShapeIndex {
     }
 
     /// The best worker for any task of the shape (no avoid, no affinity).
-    pub fn best(&self, shape: &Shape, workers: &WorkerTable) -> Option<(WorkerId, Vec<u32>)> {
+    pub fn best(&self, shape: &Shape, workers: &WorkerTable) -> Option<(WorkerId, Gpus)> {
         let weights = Weights::default();
         match self.pick(
             shape,
@@ -264,9 +270,9 @@ impl ShapeIndex {
     }
 
     /// The GPUs a member would use for a task of `shape`, if it has them free now.
-    fn fits_now(&self, shape: &Shape, workers: &WorkerTable, id: WorkerId) -> Option<Vec<u32>> {
+    fn fits_now(&self, shape: &Shape, workers: &WorkerTable, id: WorkerId) -> Option<Gpus> {
         if shape.gpus == 0 {
-            return Some(Vec::new());
+            return Some(Gpus::new());
         }
         let worker = workers.get(id).ok()?;
         choose_gpus(worker, &self.member(id)?.gpus, shape.gpus)
@@ -278,9 +284,9 @@ impl ShapeIndex {
         shape: &Shape,
         workers: &WorkerTable,
         admit: Admit<'_>,
-    ) -> Option<Vec<u32>> {
+    ) -> Option<Gpus> {
         let gpus = if shape.gpus == 0 {
-            Vec::new()
+            Gpus::new()
         } else {
             choose_gpus(workers.get(member.id).ok()?, &member.gpus, shape.gpus)?
         };
@@ -333,7 +339,7 @@ impl ShapeIndex {
         workers: &WorkerTable,
         avoid: Option<WorkerId>,
         admit: Admit<'_>,
-    ) -> Option<(u64, WorkerId, Vec<u32>)> {
+    ) -> Option<(u64, WorkerId, Gpus)> {
         let members = self.warm.get_mut(&key)?;
         let mut passed = Vec::new();
         let found = loop {
@@ -373,7 +379,7 @@ impl ShapeIndex {
         weights: &Weights,
         need: Need,
         soft: bool,
-        warm_best: Option<(u64, WorkerId, Vec<u32>)>,
+        warm_best: Option<(u64, WorkerId, Gpus)>,
         admit: Admit<'_>,
     ) -> Pick {
         let avoid = self.avoided(need);
@@ -405,7 +411,7 @@ impl ShapeIndex {
                     })
                 })
         };
-        let mut first: Option<(u64, WorkerId, Vec<u32>)> = None;
+        let mut first: Option<(u64, WorkerId, Gpus)> = None;
         let mut runner_up = None;
         let mut skipped = false;
         for ((Reverse(rank), id), slot) in self.ready.iter() {
@@ -422,7 +428,7 @@ impl ShapeIndex {
             }
         }
         let is_warm = |id: WorkerId| workers.get(id).is_ok_and(|w| w.is_warm(need.affinity));
-        let choice = |(_, id, gpus): (u64, WorkerId, Vec<u32>), runner_up| {
+        let choice = |(_, id, gpus): (u64, WorkerId, Gpus), runner_up| {
             let warm = is_warm(id);
             Pick::Worker(Choice {
                 worker: id,
@@ -762,6 +768,7 @@ mod tests {
     use super::*;
     use crate::shapes::ShapeSpec;
     use crate::workers::GpuSpec;
+    use smallvec::smallvec;
 
     fn gpu(mb: u64, cc: f64, name: &str) -> GpuSpec {
         GpuSpec {
@@ -799,8 +806,8 @@ mod tests {
         });
         let q = static_fit(&s, &w).unwrap();
         assert_eq!(&*q, &[2, 3, 0], "qualifying GPUs, smallest memory first");
-        assert_eq!(choose_gpus(&w, &q, 1), Some(vec![2]));
-        assert_eq!(choose_gpus(&w, &q, 2), Some(vec![2, 3]));
+        assert_eq!(choose_gpus(&w, &q, 1), Some(smallvec![2]));
+        assert_eq!(choose_gpus(&w, &q, 2), Some(smallvec![2, 3]));
         let two = shape(ShapeSpec {
             gpus: 2,
             gpu_models: vec!["h100".into(), "A10".into()],
@@ -833,7 +840,7 @@ mod tests {
         )
         .unwrap();
         w.gpus[0].holders = 1;
-        assert_eq!(choose_gpus(&w, &[0, 1], 1), Some(vec![1]));
+        assert_eq!(choose_gpus(&w, &[0, 1], 1), Some(smallvec![1]));
         assert_eq!(choose_gpus(&w, &[0, 1], 2), None);
     }
 

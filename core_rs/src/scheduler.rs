@@ -8,7 +8,7 @@ use crate::error::{invalid, unknown, CoreResult};
 use crate::explain;
 use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::learning::{KindId, Start};
-use crate::placement::{choose_gpus, Need, Pick, PlacementIndex};
+use crate::placement::{choose_gpus, Gpus, Need, Pick, PlacementIndex};
 use crate::policy::{Context, Policy, Weights};
 use crate::queue::{Fairness, PendingQueue, PendingTask, Round, TenantId};
 use crate::shapes::{Shape, ShapeSpec, ShapeTable};
@@ -90,7 +90,7 @@ pub struct TaskOptions {
 pub struct Placement {
     pub task: TaskId,
     pub worker: WorkerId,
-    pub gpus: Vec<u32>,
+    pub gpus: Gpus,
 }
 
 /// What `worker_stats` reports.
@@ -149,7 +149,7 @@ impl WorkerStats {
 #[derive(Debug, Clone)]
 pub(crate) struct Placed {
     worker: WorkerId,
-    pub(crate) gpus: Vec<u32>,
+    pub(crate) gpus: Gpus,
     shape: ShapeId,
     pub(crate) kind: KindId,
     /// Generation of the task's timeout entry in the deadline heap.
@@ -565,7 +565,7 @@ impl Scheduler {
                 workers: &self.workers,
                 now_ms,
             };
-            let admit = |id: WorkerId, qualifying: &[u32], gpus: Vec<u32>| {
+            let admit = |id: WorkerId, qualifying: &[u32], gpus: Gpus| {
                 forecast.admit(id, &holds, (kind, pending.affinity), qualifying, gpus)
             };
             match index.best_for(shape, &self.workers, &weights, need, &admit) {
@@ -724,7 +724,7 @@ impl Scheduler {
         &mut self,
         task: TaskId,
         worker: WorkerId,
-        gpus: Vec<u32>,
+        gpus: Gpus,
         facts: Facts,
         now_ms: u64,
         started: bool,
@@ -799,7 +799,7 @@ impl Scheduler {
                 "worker {worker} has no free slot for task {task}"
             )));
         }
-        let mut gpus = gpu_indices.to_vec();
+        let mut gpus = Gpus::from_slice(gpu_indices);
         gpus.sort_unstable();
         for (i, &g) in gpus.iter().enumerate() {
             match w.gpus.get(g as usize) {

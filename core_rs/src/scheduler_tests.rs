@@ -3,6 +3,7 @@
 use super::*;
 use crate::CoreError;
 use crate::Policy;
+use smallvec::smallvec;
 
 fn sched() -> Scheduler {
     Scheduler::new(SchedulerConfig::default()).unwrap()
@@ -106,7 +107,7 @@ fn smallest_sufficient_gpu_is_given_and_big_ones_kept_free() {
         Placement {
             task: 1,
             worker: w,
-            gpus: vec![2]
+            gpus: smallvec![2]
         },
         "40 GB A100 before the 80 GB H100"
     );
@@ -115,7 +116,7 @@ fn smallest_sufficient_gpu_is_given_and_big_ones_kept_free() {
         Placement {
             task: 2,
             worker: w,
-            gpus: vec![1]
+            gpus: smallvec![1]
         }
     );
     assert_eq!(
@@ -123,7 +124,7 @@ fn smallest_sufficient_gpu_is_given_and_big_ones_kept_free() {
         Placement {
             task: 3,
             worker: w,
-            gpus: vec![0]
+            gpus: smallvec![0]
         }
     );
     assert_eq!(p.len(), 3, "no GPU left for task 4 although a slot is free");
@@ -134,7 +135,7 @@ fn smallest_sufficient_gpu_is_given_and_big_ones_kept_free() {
         vec![Placement {
             task: 4,
             worker: w,
-            gpus: vec![2]
+            gpus: smallvec![2]
         }]
     );
 }
@@ -160,7 +161,7 @@ fn multi_gpu_indices_are_sorted() {
         })
         .unwrap();
     s.push(1, two, 1, 1, 0).unwrap();
-    assert_eq!(s.place(0, 1)[0].gpus, vec![0, 2]);
+    assert_eq!(s.place(0, 1)[0].gpus[..], [0, 2]);
 }
 
 #[test]
@@ -713,7 +714,7 @@ fn workers_joining_later_are_indexed() {
         vec![Placement {
             task: 1,
             worker: w,
-            gpus: vec![0]
+            gpus: smallvec![0]
         }]
     );
 }
@@ -770,7 +771,7 @@ fn unhealthy_gpus_are_never_given_and_explain_says_so() {
     }
     let p = s.place(0, 10);
     assert_eq!(p.len(), 1, "only the healthy GPU is used: {p:?}");
-    assert_eq!(p[0].gpus, vec![1]);
+    assert_eq!(p[0].gpus[..], [1]);
     s.set_gpu_healthy(w, 1, false).unwrap();
     s.finish(p[0].task, true, 5).unwrap();
     assert!(s.place(0, 10).is_empty(), "no healthy GPU left");

@@ -560,7 +560,7 @@ impl Model {
                 p.task,
                 TaskState::Placed {
                     worker: p.worker,
-                    gpus: p.gpus.clone(),
+                    gpus: p.gpus.to_vec(),
                     deadline,
                     started: false,
                 },
