@@ -5,11 +5,14 @@
 //! insertion for it, with node searches and rebalancing; a 4-ary heap in one flat array pays one
 //! sift. Each entry has a slot that stays put while the entry moves, so its owner finds it without
 //! searching. Setting, moving or clearing an entry is O(log n); walking the entries in order
-//! ([`Ranked::iter`]) costs O(log k) for the k-th, through a frontier of the heap positions whose
-//! parents were yielded, so looking at the best few is cheap however large the heap.
+//! ([`Ranked::iter`]) goes through a frontier of the heap positions whose parents were yielded:
+//! a short inline scan for each of the first few entries, O(log k) for the k-th beyond, so
+//! looking at the best few is cheap however large the heap.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+
+use smallvec::SmallVec;
 
 use crate::placement::ReadyKey;
 
@@ -134,24 +137,55 @@ impl Ranked {
     pub fn iter(&self) -> Ordered<'_> {
         Ordered {
             ranked: self,
-            frontier: BinaryHeap::new(),
+            frontier: Frontier::Inline(SmallVec::new()),
             expand: None,
             started: false,
         }
     }
 }
 
-/// Room the frontier starts with once a walk goes past the best entry: a walk over a handful of
-/// entries then never grows it.
-const FRONTIER: usize = 32;
+/// Frontier entries kept inline and searched by a scan; a longer walk moves them into a binary
+/// heap. A walk over the best few entries (the usual one: the best and the runner-up) thus
+/// allocates nothing and pays a short scan per entry, and a long one O(log k) per entry.
+const INLINE: usize = 16;
+
+/// (key, heap position) of the entries not yet yielded whose parents were.
+// The inline variant is the large one on purpose: a walk lives on the stack of one lookup.
+#[allow(clippy::large_enum_variant)]
+enum Frontier {
+    Inline(SmallVec<[(ReadyKey, u32); INLINE]>),
+    Heap(BinaryHeap<Reverse<(ReadyKey, u32)>>),
+}
+
+impl Frontier {
+    fn push(&mut self, entry: (ReadyKey, u32)) {
+        match self {
+            Frontier::Inline(entries) if entries.len() < INLINE => entries.push(entry),
+            Frontier::Inline(entries) => {
+                let mut heap: BinaryHeap<_> = entries.drain(..).map(Reverse).collect();
+                heap.push(Reverse(entry));
+                *self = Frontier::Heap(heap);
+            }
+            Frontier::Heap(heap) => heap.push(Reverse(entry)),
+        }
+    }
+
+    fn pop(&mut self) -> Option<(ReadyKey, u32)> {
+        match self {
+            Frontier::Inline(entries) => {
+                let best = (0..entries.len()).min_by_key(|&i| entries[i])?;
+                Some(entries.swap_remove(best))
+            }
+            Frontier::Heap(heap) => heap.pop().map(|Reverse(entry)| entry),
+        }
+    }
+}
 
 /// The entries of a [`Ranked`] in order: the next one is the best of the frontier.
 pub struct Ordered<'a> {
     ranked: &'a Ranked,
-    /// (key, heap position) of the entries not yet yielded whose parents were.
-    frontier: BinaryHeap<Reverse<(ReadyKey, u32)>>,
-    /// The position last yielded, whose children join the frontier on the next call (so a walk
-    /// that takes only the best entry allocates nothing).
+    frontier: Frontier,
+    /// The position last yielded, whose children join the frontier on the next call.
     expand: Option<usize>,
     started: bool,
 }
@@ -163,17 +197,14 @@ impl Iterator for Ordered<'_> {
     fn next(&mut self) -> Option<(ReadyKey, u32)> {
         let heap = &self.ranked.heap;
         if let Some(at) = self.expand.take() {
-            if self.frontier.capacity() == 0 {
-                self.frontier.reserve(FRONTIER);
-            }
             let first = ARITY * at + 1;
             let children = heap.iter().enumerate().skip(first).take(ARITY);
             for (child, &(key, _)) in children {
-                self.frontier.push(Reverse((key, child as u32)));
+                self.frontier.push((key, child as u32));
             }
         }
         let at = if self.started {
-            self.frontier.pop()?.0 .1
+            self.frontier.pop()?.1
         } else {
             self.started = true;
             heap.first()?;
