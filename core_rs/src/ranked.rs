@@ -173,8 +173,14 @@ impl Frontier {
     fn pop(&mut self) -> Option<(ReadyKey, u32)> {
         match self {
             Frontier::Inline(entries) => {
-                let best = (0..entries.len()).min_by_key(|&i| entries[i])?;
-                Some(entries.swap_remove(best))
+                // Keys are unique (they end with the worker), so the key alone orders entries.
+                let mut best = 0;
+                for i in 1..entries.len() {
+                    if entries[i].0 < entries[best].0 {
+                        best = i;
+                    }
+                }
+                (!entries.is_empty()).then(|| entries.swap_remove(best))
             }
             Frontier::Heap(heap) => heap.pop().map(|Reverse(entry)| entry),
         }
