@@ -246,12 +246,6 @@ impl ShapeIndex {
         self.slots.is_empty()
     }
 
-    fn at(&self, slot: u32) -> &Member {
-        self.members[slot as usize]
-            .as_ref()
-            .expect("a listed slot has a member")
-    }
-
     /// The best worker for any task of the shape (no avoid, no affinity).
     pub fn best(&self, shape: &Shape, workers: &WorkerTable) -> Option<(WorkerId, Gpus)> {
         let weights = Weights::default();
@@ -354,10 +348,8 @@ impl ShapeIndex {
                 continue;
             }
             if Some(id) != avoid {
-                let member = self.members[owner as usize]
-                    .as_ref()
-                    .expect("a listed slot has a member");
-                if let Some(gpus) = Self::take(member, shape, workers, admit) {
+                if let Some(gpus) = Self::take(listed(&self.members, owner), shape, workers, admit)
+                {
                     break Some((entry.0 .0, id, gpus));
                 }
             }
@@ -423,7 +415,9 @@ impl ShapeIndex {
                 // Every ready member has the shape's GPUs free: the next one could take it.
                 runner_up = Some(id);
                 break;
-            } else if let Some(gpus) = Self::take(self.at(slot), shape, workers, admit) {
+            } else if let Some(gpus) =
+                Self::take(listed(&self.members, slot), shape, workers, admit)
+            {
                 first = Some((rank, id, gpus));
             }
         }
@@ -468,9 +462,7 @@ impl ShapeIndex {
 
     /// Rank the member in `slot` again, in the ready heap and in its warm keys' heaps.
     fn rekey(&mut self, slot: u32, worker: &Worker, ctx: &Context<'_>) {
-        let member = self.members[slot as usize]
-            .as_ref()
-            .expect("a listed slot has a member");
+        let member = listed(&self.members, slot);
         let key = (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus)).then(|| {
             (
                 Reverse(ctx.rank(self.policy, worker, member.fit)),
@@ -501,9 +493,7 @@ impl ShapeIndex {
     /// `key` became warm on the member in `slot`: list it under the key with its current ready
     /// entry.
     fn warmed(&mut self, slot: u32, key: u64) {
-        let member = self.members[slot as usize]
-            .as_mut()
-            .expect("a listed slot has a member");
+        let member = listed_mut(&mut self.members, slot);
         let warm = self.warm.entry(key).or_default();
         let warm_slot = warm.ready.slot();
         let at = warm_slot as usize;
@@ -528,9 +518,7 @@ impl ShapeIndex {
 
     fn touched(&mut self, slot: u32, touch: Touch) {
         if let Some(key) = touch.cooled {
-            let member = self.members[slot as usize]
-                .as_mut()
-                .expect("a listed slot has a member");
+            let member = listed_mut(&mut self.members, slot);
             if let Some(pos) = member.warm.iter().position(|&(k, _)| k == key) {
                 let (_, warm_slot) = member.warm.swap_remove(pos);
                 Self::cooled(&mut self.warm, member.id, key, warm_slot);
@@ -571,6 +559,19 @@ impl ShapeIndex {
             Self::cooled(&mut self.warm, member.id, key, warm_slot);
         }
     }
+}
+
+/// The member in a slot its worker or a heap entry lists.
+fn listed(members: &[Option<Member>], slot: u32) -> &Member {
+    members[slot as usize]
+        .as_ref()
+        .expect("a listed slot has a member")
+}
+
+fn listed_mut(members: &mut [Option<Member>], slot: u32) -> &mut Member {
+    members[slot as usize]
+        .as_mut()
+        .expect("a listed slot has a member")
 }
 
 /// The weights, the policies and one lazily built [`ShapeIndex`] per shape.
