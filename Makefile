@@ -51,6 +51,8 @@ $(VENV)/.bench-deps: controlplane/_core.abi3.so
 bench: $(VENV)/.bench-deps ## Every bench: core, simulator, end to end vs Ray and Dask, scale (tables in benches/out/)
 	cargo bench -p gpucp-core --bench placement
 	$(PY) benches/bench_core.py --criterion
+	command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(PY) benches/bench_instructions.py
 	$(PY) benches/simulate.py
 	$(PY) benches/bench_e2e.py
 	$(PY) benches/bench_peers.py
