@@ -147,7 +147,7 @@ impl Ranked {
 /// Frontier entries kept inline and searched by a scan; a longer walk moves them into a binary
 /// heap. A walk over the best few entries (the usual one: the best and the runner-up) thus
 /// allocates nothing and pays a short scan per entry, and a long one O(log k) per entry.
-const INLINE: usize = 16;
+const INLINE: usize = 8;
 
 /// (key, heap position) of the entries not yet yielded whose parents were.
 // The inline variant is the large one on purpose: a walk lives on the stack of one lookup.
