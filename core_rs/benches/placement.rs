@@ -16,7 +16,7 @@ use gpucp_core::queue::{Fairness, PendingQueue, PendingTask, Round};
 
 #[path = "support/fleet.rs"]
 mod fleet;
-use fleet::{fleet, push_one, shapes, Lcg, Steady, BACKLOG, BATCH};
+use fleet::{Lcg, Steady, BACKLOG, BATCH};
 
 fn queued(rng: &mut Lcg, task: u64) -> PendingTask {
     let mut p = PendingTask::basic(rng.next() % 4, (rng.next() % 4) as u8, task, 0);
@@ -94,22 +94,16 @@ fn bench_place(c: &mut Criterion) {
 fn bench_saturated(c: &mut Criterion) {
     let mut group = c.benchmark_group("place");
     for workers in [1_000usize, 10_000] {
-        let mut s = fleet(workers);
-        let shapes = shapes(&mut s);
-        let mut rng = Lcg(43);
-        let mut next_task = 0u64;
-        for _ in 0..BACKLOG {
-            push_one(&mut s, &mut rng, &shapes, next_task);
-            next_task += 1;
-        }
-        let mut running: Vec<u64> = s.place(0, usize::MAX).iter().map(|p| p.task).collect();
+        let mut steady = Steady::new(workers, 43);
+        let first = steady.scheduler.place(0, usize::MAX);
+        let mut running: Vec<u64> = first.iter().map(|p| p.task).collect();
+        let s = &mut steady.scheduler;
         assert!(
             s.pending() > 0 && s.place(0, usize::MAX).is_empty(),
             "the backlog outgrows the fleet"
         );
         for _ in 0..running.len() {
-            push_one(&mut s, &mut rng, &shapes, next_task);
-            next_task += 1;
+            steady.push();
         }
         group.bench_with_input(
             BenchmarkId::new("saturated_refill_1000_of_100k_queued", workers),
@@ -119,18 +113,15 @@ fn bench_saturated(c: &mut Criterion) {
                     let mut timed = Duration::ZERO;
                     for _ in 0..iters {
                         for _ in 0..BATCH {
-                            let i = (rng.next() % running.len() as u64) as usize;
-                            let task = running.swap_remove(i);
-                            s.finish(task, !rng.next().is_multiple_of(20), 50 + rng.next() % 200)
-                                .unwrap();
+                            let i = (steady.rng.next() % running.len() as u64) as usize;
+                            steady.finish(running.swap_remove(i));
                         }
                         let start = Instant::now();
-                        let placed = black_box(s.place(0, usize::MAX));
+                        let placed = black_box(steady.scheduler.place(0, usize::MAX));
                         timed += start.elapsed();
                         for p in placed {
                             running.push(p.task);
-                            push_one(&mut s, &mut rng, &shapes, next_task);
-                            next_task += 1;
+                            steady.push();
                         }
                     }
                     timed

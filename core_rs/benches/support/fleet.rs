@@ -26,7 +26,7 @@ impl Lcg {
     }
 }
 
-pub fn gpus(n: usize, mb: u64, cc: f64, name: &str) -> Vec<GpuSpec> {
+fn gpus(n: usize, mb: u64, cc: f64, name: &str) -> Vec<GpuSpec> {
     (0..n)
         .map(|_| GpuSpec {
             memory_total_mb: mb,
@@ -37,7 +37,7 @@ pub fn gpus(n: usize, mb: u64, cc: f64, name: &str) -> Vec<GpuSpec> {
 }
 
 /// A mixed fleet: 8x H100 boxes, 4x A10 boxes, 1x L4 RunPod pods and CPU-only workers.
-pub fn fleet(workers: usize) -> Scheduler {
+fn fleet(workers: usize) -> Scheduler {
     let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
     let zones = ["zone=eu", "zone=us"];
     for i in 0..workers {
@@ -82,7 +82,7 @@ pub fn fleet(workers: usize) -> Scheduler {
 }
 
 /// Mixed task shapes: one big GPU, any GPU, two big GPUs in a zone, CPU-only.
-pub fn shapes(s: &mut Scheduler) -> Vec<ShapeId> {
+fn shapes(s: &mut Scheduler) -> Vec<ShapeId> {
     let mut shape = |kind: &str, gpus, mb, labels: &[&str]| {
         s.shape(ShapeSpec {
             kind: kind.into(),
@@ -101,7 +101,7 @@ pub fn shapes(s: &mut Scheduler) -> Vec<ShapeId> {
     ]
 }
 
-pub fn push_one(s: &mut Scheduler, rng: &mut Lcg, shapes: &[ShapeId], task: u64) {
+fn push_one(s: &mut Scheduler, rng: &mut Lcg, shapes: &[ShapeId], task: u64) {
     let shape = shapes[(rng.next() % shapes.len() as u64) as usize];
     let options = TaskOptions {
         tenant: (rng.next() % 4) as u32,
@@ -118,7 +118,7 @@ pub fn push_one(s: &mut Scheduler, rng: &mut Lcg, shapes: &[ShapeId], task: u64)
 pub struct Steady {
     pub scheduler: Scheduler,
     shapes: Vec<ShapeId>,
-    rng: Lcg,
+    pub rng: Lcg,
     next_task: u64,
 }
 
@@ -138,7 +138,8 @@ impl Steady {
         steady
     }
 
-    fn push(&mut self) {
+    /// Queue one more task.
+    pub fn push(&mut self) {
         push_one(
             &mut self.scheduler,
             &mut self.rng,
@@ -148,11 +149,16 @@ impl Steady {
         self.next_task += 1;
     }
 
+    /// Finish a running task: one in twenty fails, the runtime varies.
+    pub fn finish(&mut self, task: u64) {
+        let ok = !self.rng.next().is_multiple_of(20);
+        let runtime_ms = 50 + self.rng.next() % 200;
+        self.scheduler.finish(task, ok, runtime_ms).unwrap();
+    }
+
     pub fn refill(&mut self, placed: Vec<Placement>) {
         for p in placed {
-            let ok = !self.rng.next().is_multiple_of(20);
-            let runtime_ms = 50 + self.rng.next() % 200;
-            self.scheduler.finish(p.task, ok, runtime_ms).unwrap();
+            self.finish(p.task);
             self.push();
         }
     }
