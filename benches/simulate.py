@@ -29,8 +29,8 @@ import random
 import statistics
 import time
 from collections import OrderedDict
-from itertools import combinations
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 from controlplane._core import Scheduler

@@ -19,8 +19,8 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from typing import IO
 from dataclasses import dataclass, field
+from typing import IO
 
 from gpucp.v1 import common_pb2
 

@@ -177,21 +177,21 @@ impl Worker {
         labels.iter().all(|l| self.labels.binary_search(l).is_ok())
     }
 
-    /// Takes new work at all: neither draining nor quarantined.
     /// Is affinity key `key` (0 = none) warm here?
     pub fn is_warm(&self, key: u64) -> bool {
         key != 0 && self.warm.contains(&key)
     }
 
-    /// How a task with affinity `key` starts here: warm unless its key is cold here.
+    /// How a task with affinity `key` starts here: warm unless it has a key that is cold here.
     pub fn start_for(&self, key: u64) -> Start {
-        if key == 0 || self.warm.contains(&key) {
+        if key == 0 || self.is_warm(key) {
             Start::Warm
         } else {
             Start::Cold
         }
     }
 
+    /// Takes new work at all: neither draining nor quarantined.
     pub fn accepting(&self) -> bool {
         !self.draining && !self.quarantined
     }
