@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import re
 import sys
@@ -157,6 +158,8 @@ def build_agent(args: argparse.Namespace, nvidia: NvidiaGpus | None = None) -> A
         unknown = [k for k in kinds if k not in handlers]
         if unknown:
             raise ValueError(f"--kinds names {unknown} but there are handlers only for {sorted(handlers)}.")
+    if not (math.isfinite(args.cost_per_hour) and args.cost_per_hour >= 0):
+        raise ValueError(f"--cost-per-hour must be a price of 0 or more, got {args.cost_per_hour}.")
     if args.drain_timeout < 0:
         raise ValueError("--drain-timeout must be 0 or more seconds.")
     return Agent(

@@ -736,6 +736,10 @@ class ControlPlane:
             raise InvalidArgument(f"register lists {len(reg.gpus)} GPUs; the limit is {MAX_WORKER_GPUS}")
         if sorted(g.index for g in reg.gpus) != list(range(len(reg.gpus))):
             raise InvalidArgument("register.gpus must be indexed 0..n-1, each index once")
+        if not (math.isfinite(reg.cost_per_hour) and reg.cost_per_hour >= 0):
+            raise InvalidArgument(
+                f"register.cost_per_hour is {reg.cost_per_hour}; it must be a finite price >= 0 (0: not known)"
+            )
         if not self.accepting:
             raise Unavailable("the control plane is shutting down")
         old = self.workers.get(reg.worker_id)
@@ -749,7 +753,7 @@ class ControlPlane:
             list(reg.labels),
             list(reg.kinds),
             mono_ms(),
-            cost_per_hour=reg.cost_per_hour if math.isfinite(reg.cost_per_hour) else 0.0,
+            cost_per_hour=reg.cost_per_hour,
         )
         conn = WorkerConn(reg.worker_id, handle, reg, connected_at_ms=wall_ms())
         if self.reputation.quarantined(reg.worker_id, time.monotonic()):

@@ -58,3 +58,10 @@ def test_a_second_control_plane_on_the_same_db_is_refused(controlplane, client):
     assert "Traceback" not in second.stderr
     task_id = client.submit("noop")
     assert client.get(task_id).state == common_pb2.TASK_STATE_PENDING
+
+
+def test_a_bad_agent_flag_stops_the_agent_before_it_connects():
+    agent = gpucp("agent", "--server", "127.0.0.1:9", "--cost-per-hour", "-1")
+    assert agent.returncode == 2
+    assert "--cost-per-hour must be a price of 0 or more, got -1.0." in agent.stderr
+    assert "Traceback" not in agent.stderr
