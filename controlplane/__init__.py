@@ -1,6 +1,6 @@
 """gpucp control plane: gRPC services, durable store and dispatch over the Rust core."""
 
 from controlplane.config import ServerConfig
-from controlplane.server import serve
+from controlplane.server import run, serve
 
-__all__ = ["ServerConfig", "serve"]
+__all__ = ["ServerConfig", "run", "serve"]

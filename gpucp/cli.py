@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 import threading
@@ -141,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from controlplane import ServerConfig, serve
+    from controlplane import ServerConfig, run
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
@@ -166,7 +165,7 @@ def run_serve(args: argparse.Namespace) -> int:
         quarantine_cooling_s=args.quarantine_cooling,
         autoscale=args.autoscale,
     )
-    asyncio.run(serve(config, ready_file=args.ready_file))
+    run(config, ready_file=args.ready_file)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,9 +11,10 @@ from cluster import ROOT
 from gpucp.v1 import common_pb2
 
 
-def gpucp(*args: str) -> subprocess.CompletedProcess[str]:
+def gpucp(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gpucp", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, "-m", "gpucp", *args], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -65,3 +67,10 @@ def test_a_bad_agent_flag_stops_the_agent_before_it_connects():
     assert agent.returncode == 2
     assert "--cost-per-hour must be a price of 0 or more, got -1.0." in agent.stderr
     assert "Traceback" not in agent.stderr
+
+
+def test_an_unknown_event_loop_stops_the_control_plane_before_it_listens(tmp_path):
+    serve = gpucp("serve", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "x.db"), env={"GPUCP_EVENT_LOOP": "tokio"})
+    assert serve.returncode == 1
+    assert "GPUCP_EVENT_LOOP='tokio' is not one of uvloop, asyncio" in serve.stderr
+    assert "Traceback" not in serve.stderr and not (tmp_path / "x.db").exists()
