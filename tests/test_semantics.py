@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import queue
 import signal
+import sqlite3
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -125,6 +127,43 @@ def test_results_of_an_old_attempt_are_ignored(controlplane, client):
     agent.update(task_id, 1, S.TASK_STATE_FAILED)  # a resend after the fact changes nothing
     eventually(lambda: client.stats().stale_updates >= 3, 10, "the resend to be ignored")
     assert client.get(task_id).state == S.TASK_STATE_SUCCEEDED
+    agent.close()
+
+
+def test_a_task_the_database_refuses_is_not_accepted_and_never_reaches_an_agent(controlplane, client):
+    """A refused write answers UNAVAILABLE and leaves no trace; tasks committed beside it are fine."""
+    agent = RawAgent(controlplane.address, "raw", slots=64, kinds=["noop"])
+    assert agent.recv().WhichOneof("msg") == "registered"
+    with sqlite3.connect(controlplane.db) as db:  # the disk refuses one tenant's rows
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tasks WHEN NEW.tenant = 'doomed'"
+                   " BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END")
+
+    def submit(tenant: str) -> str | GpucpError:
+        try:
+            return client.submit("noop", tenant=tenant)
+        except GpucpError as exc:
+            return exc
+
+    # Concurrent submissions share group commits: the refused ones must fail alone.
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(submit, ["doomed", "fine"] * 16))
+    refused = [o for o in outcomes[0::2] if isinstance(o, GpucpError)]
+    accepted = outcomes[1::2]
+    assert len(refused) == 16 and all(isinstance(t, str) for t in accepted), outcomes
+    why = "the task could not be stored, nothing was accepted: the database refused the write: disk quota exceeded"
+    assert {(e.code, e.message) for e in refused} == {(grpc.StatusCode.UNAVAILABLE, why)}
+
+    assigned = {agent.recv().assign.task.id for _ in accepted}
+    assert assigned == set(accepted), "the agent got tasks other than the accepted ones"
+    stats = client.stats()
+    assert dict(stats.tasks_by_state) == {"TASK_STATE_ASSIGNED": 16}
+    assert stats.slots_free == 64 - 16
+    assert list(client.list(tenant="doomed")) == []
+
+    with sqlite3.connect(controlplane.db) as db:  # space again: the same tenant is accepted
+        db.execute("DROP TRIGGER refuse")
+    again = client.submit("noop", tenant="doomed")
+    assert agent.recv().assign.task.id == again
     agent.close()
 
 
