@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 
 from controlplane.errors import InvalidArgument
@@ -54,34 +53,36 @@ def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> None:
 
 
 def _validate_requirements(req: common_pb2.Requirements) -> None:
-    if req.gpus > MAX_GPUS:
-        raise InvalidArgument(f"requirements.gpus is {req.gpus}; no worker has more than {MAX_GPUS} GPUs")
-    if req.min_gpu_memory_mb > MAX_GPU_MEMORY_MB:
+    gpus, memory_mb, cc = req.gpus, req.min_gpu_memory_mb, req.min_compute_capability
+    models, labels = req.gpu_models, req.labels  # each read of a repeated field builds a view
+    if gpus > MAX_GPUS:
+        raise InvalidArgument(f"requirements.gpus is {gpus}; no worker has more than {MAX_GPUS} GPUs")
+    if memory_mb > MAX_GPU_MEMORY_MB:
         raise InvalidArgument(
-            f"requirements.min_gpu_memory_mb is {req.min_gpu_memory_mb}: that is more than any GPU "
+            f"requirements.min_gpu_memory_mb is {memory_mb}: that is more than any GPU "
             "has (the unit is MiB, not bytes)"
         )
-    cc = req.min_compute_capability
-    if math.isnan(cc) or cc < 0 or cc > 100:
+    if not 0 <= cc <= 100:  # NaN fails every comparison
         raise InvalidArgument(
             f"requirements.min_compute_capability {cc} is not a compute capability such as 8.0"
         )
-    backend = req.backend.lower()
-    if backend not in BACKENDS:
+    backend = req.backend
+    if backend and backend.lower() not in BACKENDS:
         raise InvalidArgument(
-            f"requirements.backend {req.backend[:40]!r} is not one of 'cuda', 'rocm', 'cpu' or empty"
+            f"requirements.backend {backend[:40]!r} is not one of 'cuda', 'rocm', 'cpu' or empty"
         )
-    asks_gpu = req.min_gpu_memory_mb > 0 or len(req.gpu_models) > 0 or cc > 0
-    if req.gpus == 0 and asks_gpu:
+    if gpus == 0 and (memory_mb > 0 or models or cc > 0):
         raise InvalidArgument(
             "requirements describe GPUs (memory, model or compute capability) but gpus is 0: "
             "set gpus to how many the task needs"
         )
-    if backend == "cpu" and req.gpus > 0:
-        raise InvalidArgument(f"requirements ask for {req.gpus} GPUs on the 'cpu' backend, which has none")
-    if len(req.labels) > MAX_LABELS or len(req.gpu_models) > MAX_LABELS:
+    if gpus > 0 and backend.lower() == "cpu":
+        raise InvalidArgument(f"requirements ask for {gpus} GPUs on the 'cpu' backend, which has none")
+    if not (models or labels):
+        return
+    if len(labels) > MAX_LABELS or len(models) > MAX_LABELS:
         raise InvalidArgument(f"requirements list more than {MAX_LABELS} labels or GPU models")
-    for text in (*req.labels, *req.gpu_models):
+    for text in (*labels, *models):
         if not text or len(text) > MAX_TEXT:
             raise InvalidArgument(
                 f"requirements labels and gpu_models must be 1-{MAX_TEXT} characters, got {text[:40]!r}"
