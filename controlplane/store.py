@@ -133,7 +133,7 @@ class TaskRecord:
 
 
 def _json_ints(items: list[int]) -> str:
-    """`json.dumps(items)` at a tenth of its cost: every assignment writes its GPU indices."""
+    """`json.dumps(items)` at a quarter of its cost: every assignment writes its GPU indices."""
     return f"[{', '.join(map(str, items))}]"
 
 
