@@ -1,7 +1,8 @@
 """End-to-end on loopback: submit -> result latency (closed loop) and burst throughput.
 
 A real control plane (`gpucp serve`, SQLite, durable accept) and real agent processes running
-the `noop` handler, each task claiming one slot.
+the `noop` handler, each task claiming one slot. The control plane runs on uvloop; run the bench
+again with GPUCP_EVENT_LOOP=asyncio to see it on Python's own loop.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import start_agents, start_control_plane, stop_processes, submit_burst, wait_for_workers
+from common import control_plane_loop, start_agents, start_control_plane, stop_processes, submit_burst, wait_for_workers
 
 from gpucp import Client, task_spec
 from gpucp.v1 import common_pb2
@@ -77,7 +78,7 @@ def main() -> None:
             stop_processes(agents)
             stop_processes([cp])
     print(f"end to end, {args.agents} agents x {args.slots} slots, prefetch depth {args.prefetch_depth}, "
-          "noop tasks, SQLite WAL durable accept")
+          f"noop tasks, SQLite WAL durable accept, control plane on {control_plane_loop()}")
     out: dict[str, float] = {"accept_per_s": accept_rate, "done_per_s": done_rate}
     for how, xs in lat.items():
         p50, p99 = xs[len(xs) // 2], xs[int(len(xs) * 0.99)]

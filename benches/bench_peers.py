@@ -35,6 +35,7 @@ from typing import Any
 
 from common import (
     OUT_DIR,
+    control_plane_loop,
     cpu_seconds,
     machine,
     print_profile,
@@ -120,7 +121,8 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
             stop_processes([cp])
     result = summarize(latencies, args.burst_tasks, accept_s, done_s)
     result.update(
-        setup=f"gpucp serve (SQLite WAL, durable accept, prefetch {args.prefetch_depth}) + {args.workers} agent processes",
+        setup=f"gpucp serve (SQLite WAL, durable accept, prefetch {args.prefetch_depth}, {control_plane_loop()})"
+        f" + {args.workers} agent processes",
         startup_s=startup_s,
         burst_controlplane_cpu_s=cp_cpu,
         burst_agents_cpu_s=agents_cpu,

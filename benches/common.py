@@ -36,6 +36,13 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def control_plane_loop() -> str:
+    """The event loop `gpucp serve` runs on in this environment (see GPUCP_EVENT_LOOP)."""
+    from controlplane.server import loop_factory
+
+    return "asyncio" if loop_factory() is None else "uvloop"
+
+
 def start_control_plane(workdir: Path, *extra: str, log_level: str = "WARNING") -> tuple[str, subprocess.Popen[bytes]]:
     """Start `gpucp serve` on a free loopback port with an SQLite db in workdir; return (address, process)."""
     ready = workdir / "ready"
