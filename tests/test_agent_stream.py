@@ -263,6 +263,37 @@ def test_never_runs_more_tasks_than_slots() -> None:
     run(scenario())
 
 
+def test_two_tasks_queued_on_one_gpu_run_one_after_the_other() -> None:
+    async def scenario() -> None:
+        holders: dict[int, str] = {}
+        overlaps: list[str] = []
+
+        async def on_gpu(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+            for index in ctx.gpu_indices:
+                if index in holders:
+                    overlaps.append(f"{task.id} started on GPU {index} while {holders[index]} held it")
+                holders[index] = task.id
+            try:
+                await asyncio.sleep(0.05)
+            finally:
+                for index in ctx.gpu_indices:
+                    holders.pop(index, None)
+            return b""
+
+        async with control_plane() as (plane, port):
+            # Free slots to spare: only the GPU may make a task wait (prefetch queues it there).
+            async with running_agent(port, slots=4, gpus=[common_pb2.Gpu(index=i, name="L4") for i in range(2)],
+                                     handlers={"gpu": on_gpu}):
+                await plane.wait_sessions(1)
+                for i, gpus in enumerate([(0,), (0,), (1,), (0, 1)]):
+                    plane.assign(f"t{i}", "gpu", gpus=gpus)
+                for i in range(4):
+                    await plane.wait_update(f"t{i}", SUCCEEDED)
+        assert not overlaps, overlaps
+
+    run(scenario())
+
+
 def test_takes_assignments_in_one_message_and_answers_in_one() -> None:
     async def scenario() -> None:
         async def slow(task: common_pb2.Task, ctx: TaskContext) -> bytes:
