@@ -57,9 +57,9 @@ class TaskContext:
         progress: Callable[[float], None] | None = None,
     ) -> TaskContext:
         """Return the context of one attempt; CPU tasks (no GPU indices) see no GPU at all."""
-        indices = tuple(int(i) for i in task.gpu_indices)
+        indices = tuple(task.gpu_indices)
         env = {
-            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in indices),
+            "CUDA_VISIBLE_DEVICES": ",".join(map(str, indices)),
             "GPUCP_TASK_ID": task.id,
             "GPUCP_ATTEMPT": str(task.attempt),
             "GPUCP_WORKER_ID": worker_id,

@@ -71,8 +71,6 @@ class _Attempt:
     runner: asyncio.Task[None] | None = None
     # Set once the handler got its slot; until then the attempt is prefetched and may be handed back.
     started: bool = False
-    # True while the handler holds a slot (as opposed to waiting for one).
-    executing: bool = False
 
 
 @dataclasses.dataclass(eq=False)
@@ -82,6 +80,14 @@ class _Outgoing:
     message: workers_pb2.AgentMessage
     written_on: int | None = None
     written_at: float = 0.0
+
+
+@dataclasses.dataclass(slots=True)
+class _Started:
+    """An attempt got its slot. The writer turns it into a RUNNING update unless the attempt's
+    final update leaves in the same batch (which says everything RUNNING would have)."""
+
+    key: TaskKey
 
 
 _CLOSE = object()
@@ -134,8 +140,12 @@ class Agent:
             raise ValueError(f"no handler for kinds {missing}; handlers exist for {sorted(self.handlers)}.")
         self._attempts: dict[TaskKey, _Attempt] = {}
         self._outbox: dict[TaskKey, _Outgoing] = {}
-        # Set (and replaced) whenever a slot frees; attempts waiting for one look again.
+        # Attempts holding a slot, and the GPUs they hold (each by one attempt at most).
+        self._executing = 0
+        self._busy_gpus: set[int] = set()
+        # Set (and replaced) when a slot frees while attempts wait for one; they look again.
         self._slot_freed = asyncio.Event()
+        self._slot_waiters = 0
         self._stream: _Stream | None = None
         self._generation = 0
         self._draining = False
@@ -403,8 +413,8 @@ class Agent:
     async def _write_batch(self, call: grpc.aio.StreamStreamCall, stream: _Stream, items: list[object]) -> None:
         """Write queued items in order; consecutive task updates go as one `updates` message.
 
-        A RUNNING update followed in the same batch by its attempt's final update is left out:
-        the task already ended, and the final update says everything RUNNING would have.
+        A RUNNING update (or a `_Started`) followed in the same batch by its attempt's final update
+        is left out: the task already ended, and the final update says everything RUNNING would have.
         """
         ended = {
             (item.message.update.task_id, item.message.update.attempt)
@@ -437,6 +447,13 @@ class Agent:
                 updates.append(item.message.update)
                 finals.append(item)
                 batched.add(item)
+            elif isinstance(item, _Started):
+                if item.key not in ended:
+                    updates.append(
+                        workers_pb2.TaskUpdate(
+                            task_id=item.key[0], attempt=item.key[1], state=common_pb2.TASK_STATE_RUNNING
+                        )
+                    )
             elif isinstance(item, workers_pb2.AgentMessage) and item.WhichOneof("msg") == "update":
                 upd = item.update
                 if upd.state == common_pb2.TASK_STATE_RUNNING and (upd.task_id, upd.attempt) in ended:
@@ -466,9 +483,8 @@ class Agent:
             self._progress_made.set()
 
     def _heartbeat_message(self) -> workers_pb2.AgentMessage:
-        busy = {index for a in self._attempts.values() if a.executing for index in a.task.gpu_indices}
         try:
-            stats = self.gpu_stats(self.gpus, busy) if self.gpus else []
+            stats = self.gpu_stats(self.gpus, set(self._busy_gpus)) if self.gpus else []
         except Exception:
             log.exception("cannot read GPU stats; sending the heartbeat without them")
             stats = []
@@ -476,7 +492,7 @@ class Agent:
             heartbeat=workers_pb2.Heartbeat(gpus=stats, active=len(self._attempts), draining=self._draining)
         )
 
-    def _send(self, message: workers_pb2.AgentMessage) -> None:
+    def _send(self, message: workers_pb2.AgentMessage | _Started) -> None:
         """Send a non-final message on the live stream; without one it is dropped (Register covers it)."""
         if self._stream is not None:
             self._stream.queue.put_nowait(message)
@@ -515,7 +531,8 @@ class Agent:
             log.info("task %s attempt %d is already running here; ignoring the repeat", task.id, task.attempt)
             return
         # A newer attempt of the same task fences the older ones: their results would be ignored.
-        for old_key, old in list(self._attempts.items()):
+        # Only a retry (attempt 2 or later) can find one here.
+        for old_key, old in list(self._attempts.items()) if task.attempt > 1 else ():
             if old_key[0] == task.id and old_key[1] < task.attempt and old.runner is not None:
                 log.info("task %s attempt %d superseded by attempt %d; cancelling it", task.id, old_key[1], task.attempt)
                 old.runner.cancel()
@@ -570,16 +587,24 @@ class Agent:
             if self.task_env is not None and ctx.gpu_indices:
                 ctx = dataclasses.replace(ctx, env={**ctx.env, **self.task_env(ctx.gpu_indices)})
             while not self._can_start(attempt):
-                await self._slot_freed.wait()
+                self._slot_waiters += 1
+                try:
+                    await self._slot_freed.wait()
+                finally:
+                    self._slot_waiters -= 1
             # RUNNING means "holds a slot": until now the attempt could be handed back.
-            attempt.started = attempt.executing = True
-            self._send(self._update(key, common_pb2.TASK_STATE_RUNNING))
+            attempt.started = True
+            self._executing += 1
+            self._busy_gpus.update(ctx.gpu_indices)
+            self._send(_Started(key))
             try:
                 result = await handler(task, ctx)
             finally:
-                attempt.executing = False
-                freed, self._slot_freed = self._slot_freed, asyncio.Event()
-                freed.set()
+                self._executing -= 1
+                self._busy_gpus.difference_update(ctx.gpu_indices)
+                if self._slot_waiters:
+                    freed, self._slot_freed = self._slot_freed, asyncio.Event()
+                    freed.set()
             if not isinstance(result, (bytes, bytearray, memoryview)):
                 raise TypeError(f"handler for {task.spec.kind!r} returned {type(result).__name__}, not bytes")
             if len(result) > MAX_RESULT_BYTES:
@@ -604,9 +629,7 @@ class Agent:
 
         With prefetch the control plane may queue two tasks on one GPU; they run one after the other.
         """
-        running = [a for a in self._attempts.values() if a.executing]
-        busy = {index for a in running for index in a.task.gpu_indices}
-        return len(running) < self.slots and busy.isdisjoint(attempt.task.gpu_indices)
+        return self._executing < self.slots and self._busy_gpus.isdisjoint(attempt.task.gpu_indices)
 
     def _report_progress(self, key: TaskKey, fraction: float) -> None:
         if key in self._attempts:
