@@ -564,7 +564,7 @@ class ControlPlane:
         batches: dict[WorkerConn, list[workers_pb2.Assignment]] = {}
         for rec, conn in current:
             if not conn.lost_reason:
-                batches.setdefault(conn, []).append(workers_pb2.Assignment(task=rec.to_proto()))
+                batches.setdefault(conn, []).append(workers_pb2.Assignment(task=rec.proto_fields()))
         for conn, batch in batches.items():
             conn.assign(batch)
 

@@ -94,21 +94,26 @@ class TaskRecord:
         return self.state in TERMINAL_STATES
 
     def to_proto(self, pending_reason: str = "") -> common_pb2.Task:
-        return common_pb2.Task(
-            id=self.id,
-            spec=self.spec,
-            state=self.state,  # type: ignore[arg-type]
-            attempt=self.attempt,
-            worker_id=self.worker_id,
-            result=self.result,
-            error=self.error,
-            pending_reason=pending_reason,
-            created_at_ms=self.created_at_ms,
-            started_at_ms=self.started_at_ms,
-            finished_at_ms=self.finished_at_ms,
-            gpu_indices=self.gpu_indices,
-            attempt_errors=self.errors,
-        )
+        return common_pb2.Task(**self.proto_fields(pending_reason))
+
+    def proto_fields(self, pending_reason: str = "") -> dict[str, object]:
+        """The Task message's fields: a message field given as a dict is built in place, where a
+        Task given to an enclosing message (an Assignment) would be built, then copied."""
+        return {
+            "id": self.id,
+            "spec": self.spec,
+            "state": self.state,
+            "attempt": self.attempt,
+            "worker_id": self.worker_id,
+            "result": self.result,
+            "error": self.error,
+            "pending_reason": pending_reason,
+            "created_at_ms": self.created_at_ms,
+            "started_at_ms": self.started_at_ms,
+            "finished_at_ms": self.finished_at_ms,
+            "gpu_indices": self.gpu_indices,
+            "attempt_errors": self.errors,
+        }
 
     def state_row(self) -> tuple[object, ...]:
         """The columns a task's life changes, for _UPDATE; the spec is written once, at insert."""
