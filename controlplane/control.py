@@ -33,7 +33,7 @@ from controlplane.errors import (
 )
 from controlplane.reputation import Reputation
 from controlplane.store import Store, StoreError, TaskRecord
-from controlplane.validation import validate_spec
+from controlplane.validation import MAX_GPU_MEMORY_MB, validate_spec
 from gpucp.batching import by_size
 from gpucp.v1 import admin_pb2, common_pb2, scheduler_pb2, workers_pb2
 
@@ -736,6 +736,17 @@ class ControlPlane:
             raise InvalidArgument(f"register lists {len(reg.gpus)} GPUs; the limit is {MAX_WORKER_GPUS}")
         if sorted(g.index for g in reg.gpus) != list(range(len(reg.gpus))):
             raise InvalidArgument("register.gpus must be indexed 0..n-1, each index once")
+        for gpu in reg.gpus:
+            if not 0 <= gpu.compute_capability <= 100:  # NaN fails every comparison
+                raise InvalidArgument(
+                    f"register.gpus[{gpu.index}].compute_capability is {gpu.compute_capability}; "
+                    "it must be a compute capability such as 8.0 (0: not known)"
+                )
+            if gpu.memory_total_mb > MAX_GPU_MEMORY_MB:
+                raise InvalidArgument(
+                    f"register.gpus[{gpu.index}].memory_total_mb is {gpu.memory_total_mb}: more than any GPU "
+                    "has (the unit is MiB, not bytes)"
+                )
         if not (math.isfinite(reg.cost_per_hour) and reg.cost_per_hour >= 0):
             raise InvalidArgument(
                 f"register.cost_per_hour is {reg.cost_per_hour}; it must be a finite price >= 0 (0: not known)"

@@ -113,6 +113,10 @@ def test_a_stream_that_does_not_register_first_is_refused(controlplane):
         (workers_pb2.Register(worker_id="w", slots=1, gpus=[common_pb2.Gpu(index=3)]), "indexed 0..n-1"),
         (workers_pb2.Register(worker_id="w", slots=1, cost_per_hour=-1), "cost_per_hour is -1"),
         (workers_pb2.Register(worker_id="w", slots=1, cost_per_hour=float("inf")), "cost_per_hour is inf"),
+        (workers_pb2.Register(worker_id="w", slots=1, gpus=[common_pb2.Gpu(index=0, compute_capability=float("nan"))]),
+         "gpus[0].compute_capability is nan"),
+        (workers_pb2.Register(worker_id="w", slots=1, gpus=[common_pb2.Gpu(index=0, memory_total_mb=2**63)]),
+         "gpus[0].memory_total_mb is 9223372036854775808: more than any GPU has"),
     ],
 )
 def test_bad_registrations_are_refused_and_the_server_keeps_serving(controlplane, client, register, words):
