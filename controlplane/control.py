@@ -855,6 +855,8 @@ class ControlPlane:
         conn.gpu_stats = list(hb.gpus)
         self.core.heartbeat(conn.handle, mono_ms())
         for stats in hb.gpus:
+            if stats.index >= len(conn.register.gpus):
+                continue  # not a GPU it registered: there is nothing to mark
             if conn.gpu_health.get(stats.index, True) != stats.healthy:
                 conn.gpu_health[stats.index] = stats.healthy
                 self.core.set_gpu_healthy(conn.handle, stats.index, stats.healthy)

@@ -33,6 +33,9 @@ class RawAgent:
     def recv(self) -> workers_pb2.ControlMessage:
         return next(self._in)
 
+    def send(self, message: workers_pb2.AgentMessage) -> None:
+        self._out.put(message)
+
     def update(self, task_id: str, attempt: int, state: int, result: bytes = b"") -> None:
         self._out.put(workers_pb2.AgentMessage(update=workers_pb2.TaskUpdate(
             task_id=task_id, attempt=attempt, state=state, result=result)))  # type: ignore[arg-type]
@@ -164,6 +167,17 @@ def test_a_task_the_database_refuses_is_not_accepted_and_never_reaches_an_agent(
         db.execute("DROP TRIGGER refuse")
     again = client.submit("noop", tenant="doomed")
     assert agent.recv().assign.task.id == again
+    agent.close()
+
+
+def test_a_heartbeat_about_a_gpu_the_worker_does_not_have_changes_nothing_else(controlplane, client):
+    agent = RawAgent(controlplane.address, "raw", slots=1, gpus=[common_pb2.Gpu(index=0, name="L4")])
+    assert agent.recv().WhichOneof("msg") == "registered"
+    agent.send(workers_pb2.AgentMessage(heartbeat=workers_pb2.Heartbeat(
+        gpus=[common_pb2.GpuStats(index=7, healthy=False), common_pb2.GpuStats(index=0, healthy=False)])))
+    eventually(lambda: "unhealthy" in {w.worker_id: w.health for w in client.workers()}["raw"], 10,
+               "the heartbeat to apply")
+    assert {w.worker_id: w.health for w in client.workers()}["raw"] == "healthy; unhealthy GPUs [0]"
     agent.close()
 
 
