@@ -95,7 +95,17 @@ def test_queries(server, task_id, timeout_ms, state, tenant, limit, token):
         state=state, tenant=tenant, limit=limit, page_token=token), timeout=10))
 
 
-gpus = st.lists(st.builds(common_pb2.Gpu, index=u32, name=text, memory_total_mb=u64, compute_capability=f64), max_size=3)
+
+
+def indexed(gpus: list[common_pb2.Gpu]) -> list[common_pb2.Gpu]:
+    for i, gpu in enumerate(gpus):
+        gpu.index = i
+    return gpus
+
+
+gpu = st.builds(common_pb2.Gpu, index=u32, name=text, memory_total_mb=u64, compute_capability=f64)
+# Half of them indexed 0..n-1 as registration requires, so the checks past that one get inputs too.
+gpus = st.one_of(st.lists(gpu, max_size=3), st.lists(gpu, max_size=3).map(indexed))
 agent_messages = st.one_of(
     st.builds(lambda r: workers_pb2.AgentMessage(register=r), st.builds(
         workers_pb2.Register, worker_id=text, slots=u32, gpus=gpus, backend=text, kinds=st.lists(text, max_size=3),
