@@ -48,7 +48,9 @@ def run(tmp_path, tasks: int, rounds: int, agents: int = 8) -> None:  # type: ig
                      for _ in range(tasks)]
             ids = []
             for i in range(0, tasks, 500):
-                ids.extend(client.submit_many(specs[i : i + 500]))
+                batch = client.submit_many(specs[i : i + 500])
+                log.wait_for(batch)  # the watch keeps up, so it sees every task end
+                ids.extend(batch)
             kills = []
             for _ in range(rounds):
                 time.sleep(0.3)

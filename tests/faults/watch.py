@@ -24,6 +24,7 @@ class EventLog:
         self.address = address
         self.events: list[scheduler_pb2.TaskEvent] = []
         self.terminal: collections.Counter[str] = collections.Counter()
+        self.seen: set[str] = set()
         self._lock = threading.Lock()
         self._ready = threading.Event()
         threading.Thread(target=self._follow, daemon=True).start()
@@ -38,10 +39,27 @@ class EventLog:
                     for event in events:
                         with self._lock:
                             self.events.append(event)
+                            self.seen.add(event.task_id)
                             if event.state in TERMINAL:
                                 self.terminal[event.task_id] += 1
             except GpucpError:
                 time.sleep(0.05)  # the control plane went away; watch again once it is back
+
+    def wait_for(self, task_ids: list[str], timeout_s: float = 60.0) -> None:
+        """Block until the watch has shown an event of each task.
+
+        A test that submits faster than this thread reads would have the control plane cut the
+        watch off (it keeps 10,000 events per watcher), and the events in between are gone.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                missing = [t for t in task_ids if t not in self.seen]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the watch showed nothing of {len(missing)} tasks within {timeout_s:g} s")
+            time.sleep(0.01)
 
     def snapshot(self) -> list[scheduler_pb2.TaskEvent]:
         with self._lock:
