@@ -14,7 +14,6 @@ import collections
 import functools
 import heapq
 import logging
-import math
 import random
 import re
 import time
@@ -33,7 +32,7 @@ from controlplane.errors import (
 )
 from controlplane.reputation import Reputation
 from controlplane.store import Store, StoreError, TaskRecord
-from controlplane.validation import MAX_GPU_MEMORY_MB, validate_spec
+from controlplane.validation import validate_register, validate_spec
 from gpucp.batching import by_size
 from gpucp.v1 import admin_pb2, common_pb2, scheduler_pb2, workers_pb2
 
@@ -47,8 +46,6 @@ FAILED = common_pb2.TASK_STATE_FAILED
 CANCELLED = common_pb2.TASK_STATE_CANCELLED
 TIMED_OUT = common_pb2.TASK_STATE_TIMED_OUT
 
-MAX_SLOTS = 4096
-MAX_WORKER_GPUS = 64
 MAX_BATCH = 10_000
 RECENT_TERMINAL = 50_000
 WATCH_BUFFER = 10_000
@@ -728,29 +725,7 @@ class ControlPlane:
 
     def register(self, reg: workers_pb2.Register) -> WorkerConn:
         """Admit an agent: validate what it says it has, then re-attach its running tasks."""
-        if not reg.worker_id or len(reg.worker_id) > 128:
-            raise InvalidArgument("register.worker_id must be 1-128 characters")
-        if not 1 <= reg.slots <= MAX_SLOTS:
-            raise InvalidArgument(f"register.slots is {reg.slots}; it must be 1-{MAX_SLOTS}")
-        if len(reg.gpus) > MAX_WORKER_GPUS:
-            raise InvalidArgument(f"register lists {len(reg.gpus)} GPUs; the limit is {MAX_WORKER_GPUS}")
-        if sorted(g.index for g in reg.gpus) != list(range(len(reg.gpus))):
-            raise InvalidArgument("register.gpus must be indexed 0..n-1, each index once")
-        for gpu in reg.gpus:
-            if not 0 <= gpu.compute_capability <= 100:  # NaN fails every comparison
-                raise InvalidArgument(
-                    f"register.gpus[{gpu.index}].compute_capability is {gpu.compute_capability}; "
-                    "it must be a compute capability such as 8.0 (0: not known)"
-                )
-            if gpu.memory_total_mb > MAX_GPU_MEMORY_MB:
-                raise InvalidArgument(
-                    f"register.gpus[{gpu.index}].memory_total_mb is {gpu.memory_total_mb}: more than any GPU "
-                    "has (the unit is MiB, not bytes)"
-                )
-        if not (math.isfinite(reg.cost_per_hour) and reg.cost_per_hour >= 0):
-            raise InvalidArgument(
-                f"register.cost_per_hour is {reg.cost_per_hour}; it must be a finite price >= 0 (0: not known)"
-            )
+        validate_register(reg)
         if not self.accepting:
             raise Unavailable("the control plane is shutting down")
         old = self.workers.get(reg.worker_id)

@@ -1,11 +1,12 @@
-"""Checks a submitted TaskSpec and says, in one sentence, what is wrong with it."""
+"""Checks a submitted TaskSpec or an agent's Register and says, in one sentence, what is wrong."""
 
 from __future__ import annotations
 
+import math
 import re
 
 from controlplane.errors import InvalidArgument
-from gpucp.v1 import common_pb2
+from gpucp.v1 import common_pb2, workers_pb2
 
 BACKENDS = ("", "cuda", "rocm", "cpu")
 MAX_GPUS = 64
@@ -14,6 +15,8 @@ MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_RETRIES = 100
 MAX_TEXT = 256
 MAX_LABELS = 64
+MAX_SLOTS = 4096
+MAX_WORKER_GPUS = 64
 _KIND = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _PRIORITIES = frozenset(common_pb2.Priority.values())
 
@@ -62,7 +65,7 @@ def _validate_requirements(req: common_pb2.Requirements) -> None:
             f"requirements.min_gpu_memory_mb is {memory_mb}: that is more than any GPU "
             "has (the unit is MiB, not bytes)"
         )
-    if not 0 <= cc <= 100:  # NaN fails every comparison
+    if not _is_compute_capability(cc):
         raise InvalidArgument(
             f"requirements.min_compute_capability {cc} is not a compute capability such as 8.0"
         )
@@ -87,3 +90,34 @@ def _validate_requirements(req: common_pb2.Requirements) -> None:
             raise InvalidArgument(
                 f"requirements labels and gpu_models must be 1-{MAX_TEXT} characters, got {text[:40]!r}"
             )
+
+
+def validate_register(reg: workers_pb2.Register) -> None:
+    """Raise InvalidArgument naming the first problem with what an agent says it has, if any."""
+    if not reg.worker_id or len(reg.worker_id) > 128:
+        raise InvalidArgument("register.worker_id must be 1-128 characters")
+    if not 1 <= reg.slots <= MAX_SLOTS:
+        raise InvalidArgument(f"register.slots is {reg.slots}; it must be 1-{MAX_SLOTS}")
+    if len(reg.gpus) > MAX_WORKER_GPUS:
+        raise InvalidArgument(f"register lists {len(reg.gpus)} GPUs; the limit is {MAX_WORKER_GPUS}")
+    if sorted(g.index for g in reg.gpus) != list(range(len(reg.gpus))):
+        raise InvalidArgument("register.gpus must be indexed 0..n-1, each index once")
+    for gpu in reg.gpus:
+        if not _is_compute_capability(gpu.compute_capability):
+            raise InvalidArgument(
+                f"register.gpus[{gpu.index}].compute_capability is {gpu.compute_capability}; "
+                "it must be a compute capability such as 8.0 (0: not known)"
+            )
+        if gpu.memory_total_mb > MAX_GPU_MEMORY_MB:
+            raise InvalidArgument(
+                f"register.gpus[{gpu.index}].memory_total_mb is {gpu.memory_total_mb}: more than any GPU "
+                "has (the unit is MiB, not bytes)"
+            )
+    if not (math.isfinite(reg.cost_per_hour) and reg.cost_per_hour >= 0):
+        raise InvalidArgument(
+            f"register.cost_per_hour is {reg.cost_per_hour}; it must be a finite price >= 0 (0: not known)"
+        )
+
+
+def _is_compute_capability(cc: float) -> bool:
+    return 0 <= cc <= 100  # NaN fails every comparison
