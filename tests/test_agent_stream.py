@@ -294,6 +294,23 @@ def test_two_tasks_queued_on_one_gpu_run_one_after_the_other() -> None:
     run(scenario())
 
 
+def test_progress_a_handler_reports_reaches_the_control_plane_as_running() -> None:
+    async def scenario() -> None:
+        async def halfway(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+            ctx.report_progress(0.5)
+            await asyncio.sleep(0.3)  # long enough for the progress to leave before the outcome
+            return b""
+
+        async with control_plane() as (plane, port):
+            async with running_agent(port, slots=1, handlers={"halfway": halfway}):
+                await plane.wait_sessions(1)
+                plane.assign("t", "halfway")
+                await plane.wait_update("t", SUCCEEDED)
+        assert [(u.state, u.progress) for u in plane.updates("t")] == [(RUNNING, 0.0), (RUNNING, 0.5), (SUCCEEDED, 0.0)]
+
+    run(scenario())
+
+
 def test_takes_assignments_in_one_message_and_answers_in_one() -> None:
     async def scenario() -> None:
         async def slow(task: common_pb2.Task, ctx: TaskContext) -> bytes:
