@@ -83,11 +83,13 @@ class _Outgoing:
 
 
 @dataclasses.dataclass(slots=True)
-class _Started:
-    """An attempt got its slot. The writer turns it into a RUNNING update unless the attempt's
-    final update leaves in the same batch (which says everything RUNNING would have)."""
+class _Running:
+    """An attempt got its slot, or reports progress. The writer turns it into a RUNNING update
+    unless the attempt's final update leaves in the same batch (which says everything RUNNING
+    would have)."""
 
     key: TaskKey
+    progress: float = 0.0
 
 
 _CLOSE = object()
@@ -413,8 +415,8 @@ class Agent:
     async def _write_batch(self, call: grpc.aio.StreamStreamCall, stream: _Stream, items: list[object]) -> None:
         """Write queued items in order; consecutive task updates go as one `updates` message.
 
-        A RUNNING update (or a `_Started`) followed in the same batch by its attempt's final update
-        is left out: the task already ended, and the final update says everything RUNNING would have.
+        A RUNNING update followed in the same batch by its attempt's final update is left out: the
+        task already ended, and the final update says everything RUNNING would have.
         """
         ended = {
             (item.message.update.task_id, item.message.update.attempt)
@@ -447,18 +449,16 @@ class Agent:
                 updates.append(item.message.update)
                 finals.append(item)
                 batched.add(item)
-            elif isinstance(item, _Started):
+            elif isinstance(item, _Running):
                 if item.key not in ended:
+                    task_id, attempt = item.key
                     updates.append(
                         workers_pb2.TaskUpdate(
-                            task_id=item.key[0], attempt=item.key[1], state=common_pb2.TASK_STATE_RUNNING
+                            task_id=task_id, attempt=attempt, state=common_pb2.TASK_STATE_RUNNING, progress=item.progress
                         )
                     )
             elif isinstance(item, workers_pb2.AgentMessage) and item.WhichOneof("msg") == "update":
-                upd = item.update
-                if upd.state == common_pb2.TASK_STATE_RUNNING and (upd.task_id, upd.attempt) in ended:
-                    continue
-                updates.append(upd)
+                updates.append(item.update)
             elif isinstance(item, workers_pb2.AgentMessage):
                 await flush()
                 await call.write(item)
@@ -492,7 +492,7 @@ class Agent:
             heartbeat=workers_pb2.Heartbeat(gpus=stats, active=len(self._attempts), draining=self._draining)
         )
 
-    def _send(self, message: workers_pb2.AgentMessage | _Started) -> None:
+    def _send(self, message: workers_pb2.AgentMessage | _Running) -> None:
         """Send a non-final message on the live stream; without one it is dropped (Register covers it)."""
         if self._stream is not None:
             self._stream.queue.put_nowait(message)
@@ -596,7 +596,7 @@ class Agent:
             attempt.started = True
             self._executing += 1
             self._busy_gpus.update(ctx.gpu_indices)
-            self._send(_Started(key))
+            self._send(_Running(key))
             try:
                 result = await handler(task, ctx)
             finally:
@@ -633,4 +633,4 @@ class Agent:
 
     def _report_progress(self, key: TaskKey, fraction: float) -> None:
         if key in self._attempts:
-            self._send(self._update(key, common_pb2.TASK_STATE_RUNNING, progress=fraction))
+            self._send(_Running(key, fraction))
