@@ -829,8 +829,9 @@ class ControlPlane:
         conn.last_heartbeat_ms = wall_ms()
         conn.gpu_stats = list(hb.gpus)
         self.core.heartbeat(conn.handle, mono_ms())
+        registered = len(conn.register.gpus)
         for stats in hb.gpus:
-            if stats.index >= len(conn.register.gpus):
+            if stats.index >= registered:
                 continue  # not a GPU it registered: there is nothing to mark
             if conn.gpu_health.get(stats.index, True) != stats.healthy:
                 conn.gpu_health[stats.index] = stats.healthy
