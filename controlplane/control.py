@@ -17,7 +17,6 @@ import logging
 import random
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,7 +30,7 @@ from controlplane.errors import (
     Unavailable,
 )
 from controlplane.reputation import Reputation
-from controlplane.store import Store, StoreError, TaskRecord
+from controlplane.store import Store, StoreError, TaskRecord, new_task_id
 from controlplane.validation import validate_register, validate_spec
 from gpucp.batching import by_size
 from gpucp.v1 import admin_pb2, common_pb2, scheduler_pb2, workers_pb2
@@ -458,7 +457,7 @@ class ControlPlane:
                 continue
             rec = TaskRecord(
                 handle=self._next_handle,
-                id=uuid.uuid4().hex,
+                id=new_task_id(),
                 tenant=tenant,
                 spec=spec,
                 created_at_ms=now,

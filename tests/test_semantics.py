@@ -7,6 +7,8 @@ import queue
 import signal
 import sqlite3
 import sys
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -52,6 +54,15 @@ def test_same_idempotency_key_returns_the_first_task(controlplane):
     assert (b.task_id, b.duplicate, a.duplicate) == (a.task_id, True, False)
     other_tenant = task_spec("noop", "x", idempotency_key="order-17", tenant="bank")
     assert first(scheduler_pb2.SubmitTaskRequest(spec=other_tenant), timeout=10).task_id != a.task_id
+
+
+def test_task_ids_sort_by_submission_time(client):
+    ids = []
+    for _ in range(3):
+        ids.append(client.submit("noop"))
+        time.sleep(0.002)  # ids order by millisecond
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert {uuid.UUID(i).version for i in ids} == {7}
 
 
 def test_run_task_submits_and_answers_with_the_outcome(client, start_agent):
