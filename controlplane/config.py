@@ -36,6 +36,9 @@ class ServerConfig:
     # (model) warm rather than load it cold on a free one (affinity and composite policies;
     # the core also caps it at the learned load time). 0 = never wait.
     locality_wait_s: float = 3.0
+    # Finished tasks (their results too) are deleted this long after they end; 0 keeps them
+    # forever. Idempotency keys are remembered as long as their task.
+    keep_finished_s: float = 7 * 24 * 3600.0
     # An autoscaler config file (TOML or JSON): RunPod pools scaled from the queue; "" = none.
     autoscale: str = ""
 

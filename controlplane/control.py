@@ -50,6 +50,7 @@ RECENT_TERMINAL = 50_000
 WATCH_BUFFER = 10_000
 PLACE_BATCH = 4096
 STEAL_BATCH = 256
+SWEEP_BATCH = 500  # finished tasks deleted per commit: each batch holds the loop a few ms
 _WORKER_HANDLE = re.compile(r"\bworker (\d+)\b")  # how the core names workers in its explanations
 
 
@@ -208,6 +209,7 @@ class ControlPlane:
         self._next_handle = 1
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         # Heartbeat and task deadlines the core keeps.
         self._deadline_alarm = Alarm(self._on_deadline)
         # Wakes the dispatcher when a task waiting for a warm worker may take any worker: a
@@ -238,16 +240,19 @@ class ControlPlane:
             )
             loop.call_later(self.config.heartbeat_timeout_s, self._requeue_orphans)
         self._pump_task = asyncio.create_task(self._pump(), name="gpucp-dispatch")
+        if self.config.keep_finished_s > 0:
+            self._sweep_task = asyncio.create_task(self._sweep(), name="gpucp-sweep")
         self._wake.set()
 
     async def stop(self) -> None:
         self.accepting = False
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            try:
-                await self._pump_task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._pump_task, self._sweep_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         for timer in (*self._retry_timers.values(), self._queue_timer):
             if timer is not None:
                 timer.cancel()
@@ -258,6 +263,35 @@ class ControlPlane:
         for watcher in self._watchers:
             watcher.queue.put_nowait(None)
         await self.store.flush()
+
+    async def _sweep(self) -> None:
+        """Now and then, delete the tasks that finished more than keep_finished_s ago."""
+        keep_ms = int(self.config.keep_finished_s * 1000)
+        every_s = min(60.0, max(1.0, self.config.keep_finished_s / 10))
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                deleted = await self._delete_finished_before(wall_ms() - keep_ms)
+            except Exception:
+                log.exception("deleting old finished tasks failed; tried again in %.0f s", every_s)
+                continue
+            if deleted:
+                log.info("deleted %d tasks that finished more than %.0f s ago", deleted, keep_ms / 1000)
+
+    async def _delete_finished_before(self, cutoff_ms: int) -> int:
+        """Delete the tasks that finished before cutoff_ms, a batch per commit; how many."""
+        deleted = 0
+        while True:
+            expired = await self.store.expired(cutoff_ms, SWEEP_BATCH)
+            if not expired:
+                return deleted
+            await self.store.delete([handle for handle, *_ in expired])
+            for _, task_id, tenant, key, state in expired:
+                self.state_counts[state] -= 1
+                self.tasks.pop(task_id, None)
+                if key and self._idempotency.get((tenant, key)) == task_id:
+                    del self._idempotency[(tenant, key)]
+            deleted += len(expired)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -945,7 +979,11 @@ class ControlPlane:
             raise InvalidArgument("task_id is empty")
         rec = self.tasks.get(task_id) or await self.store.get(task_id)
         if rec is None:
-            raise NotFound(f"no task has id {task_id!r}")
+            kept = self.config.keep_finished_s
+            raise NotFound(
+                f"no task has id {task_id!r}"
+                + (f": if it was submitted here, it finished more than {kept:g} s ago and was deleted" if kept else "")
+            )
         return rec
 
     def _worker_name(self, match: re.Match[str]) -> str:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from gpucp.v1 import common_pb2
 
@@ -205,6 +205,9 @@ _UPDATE = (
     " errors = ?, lost_count = ?, started_at_ms = ?, finished_at_ms = ? WHERE handle = ?"
 )
 
+_DELETE = "DELETE FROM tasks WHERE handle = ?"
+# Rows one read of `_expired` looks at.
+_EXPIRED_PAGE = 1000
 
 # (statement, its rows, the future resolved at the commit that contains them)
 _Write = tuple[str, list[tuple[object, ...]], "asyncio.Future[None]"]
@@ -290,6 +293,12 @@ class Store:
             return self._turn[-1][2]
         fut = asyncio.get_running_loop().create_future()
         self._add((_UPDATE, rows, fut))
+        return fut
+
+    def delete(self, handles: Iterable[int]) -> asyncio.Future[None]:
+        """Delete tasks; the returned future resolves at commit."""
+        fut = asyncio.get_running_loop().create_future()
+        self._add((_DELETE, [(h,) for h in handles], fut))
         return fut
 
     def _writer(self) -> None:
@@ -394,6 +403,40 @@ class Store:
             (*args, limit),
         )
         return [record_from_row(r) for r in rows]
+
+    async def expired(self, cutoff_ms: int, limit: int) -> list[tuple[int, str, str, str, int]]:
+        """Up to `limit` finished tasks that ended before `cutoff_ms`, as (handle, id, tenant,
+        idempotency_key, state).
+
+        Each terminal state's tasks are read in submission order through the state index, up to
+        the first one submitted at or after the cutoff: none after it can have ended before. So a
+        sweep reads what it deletes and the few older tasks that ended late, not the history.
+        """
+        return await asyncio.to_thread(self._expired, cutoff_ms, limit)
+
+    def _expired(self, cutoff_ms: int, limit: int) -> list[tuple[int, str, str, str, int]]:
+        found: list[tuple[int, str, str, str, int]] = []
+        for state in sorted(TERMINAL_STATES):
+            after = 0
+            while len(found) < limit:
+                rows: list[tuple[Any, ...]] = self._query(
+                    "SELECT handle, id, tenant, idempotency_key, created_at_ms, finished_at_ms FROM tasks"
+                    " WHERE state = ? AND handle > ? ORDER BY handle LIMIT ?",
+                    (state, after, _EXPIRED_PAGE),
+                )
+                young = False
+                for handle, task_id, tenant, key, created_at_ms, finished_at_ms in rows:
+                    if created_at_ms >= cutoff_ms:
+                        young = True
+                        break
+                    if finished_at_ms < cutoff_ms:
+                        found.append((handle, task_id, tenant, key, state))
+                        if len(found) == limit:
+                            break
+                if young or len(rows) < _EXPIRED_PAGE:
+                    break
+                after = rows[-1][0]
+        return found
 
     def load_unfinished(self) -> list[TaskRecord]:
         """Every task not yet terminal, oldest first (used once at start-up)."""

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="longest a task waits for a busy worker with its model warm instead of "
                             "loading it on a free one; never longer than the learned load time "
                             "(default %(default)s; 0: never wait)")
+    serve.add_argument("--keep-finished", type=float, default=7 * 24 * 3600, metavar="SECONDS",
+                       help="delete finished tasks and their results this long after they end "
+                            "(default %(default)s: a week; 0: keep them forever)")
     serve.add_argument("--sync", choices=("normal", "full"), default="normal",
                        help="full: also survive power loss, one fsync per group commit")
     serve.add_argument("--autoscale", metavar="CONFIG", default="",
@@ -143,6 +146,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from controlplane import ServerConfig, run
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.keep_finished >= 0:
+        raise ValueError(f"--keep-finished {args.keep_finished:g}: give seconds >= 0 (0 keeps finished tasks forever)")
     config = ServerConfig(
         listen=args.listen,
         db=args.db,
@@ -164,6 +169,7 @@ def run_serve(args: argparse.Namespace) -> int:
         quarantine_after=args.quarantine_after,
         quarantine_cooling_s=args.quarantine_cooling,
         autoscale=args.autoscale,
+        keep_finished_s=args.keep_finished,
     )
     run(config, ready_file=args.ready_file)
     return 0

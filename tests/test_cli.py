@@ -74,3 +74,10 @@ def test_an_unknown_event_loop_stops_the_control_plane_before_it_listens(tmp_pat
     assert serve.returncode == 1
     assert "GPUCP_EVENT_LOOP='tokio' is not one of uvloop, asyncio" in serve.stderr
     assert "Traceback" not in serve.stderr and not (tmp_path / "x.db").exists()
+
+
+def test_a_negative_keep_finished_stops_the_control_plane_before_it_listens(tmp_path):
+    serve = gpucp("serve", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "x.db"), "--keep-finished", "-5")
+    assert serve.returncode == 1
+    assert "--keep-finished -5: give seconds >= 0 (0 keeps finished tasks forever)" in serve.stderr
+    assert "Traceback" not in serve.stderr and not (tmp_path / "x.db").exists()

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cluster import eventually
-from gpucp import GpucpError, task_spec
+from gpucp import Client, GpucpError, task_spec
 from gpucp.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 S = common_pb2
@@ -63,6 +63,31 @@ def test_task_ids_sort_by_submission_time(client):
         time.sleep(0.002)  # ids order by millisecond
     assert ids == sorted(ids) and len(set(ids)) == 3
     assert {uuid.UUID(i).version for i in ids} == {7}
+
+
+@pytest.mark.parametrize("controlplane", [("--keep-finished", "1")], indirect=True)
+def test_finished_tasks_are_deleted_once_kept_long_enough_and_unfinished_ones_stay(controlplane, client, start_agent):
+    start_agent("w", "--slots", "1")
+    done = client.run("noop", "old", idempotency_key="nightly-1", wait_s=20)
+    waiting = client.submit("noop", gpus=1)  # no worker has a GPU: it stays pending
+
+    def deleted(c: Client) -> bool:
+        try:
+            c.get(done.id)
+        except GpucpError as exc:
+            assert exc.code == grpc.StatusCode.NOT_FOUND and "finished more than 1 s ago and was deleted" in exc.message
+            return True
+        return False
+
+    eventually(lambda: deleted(client), 20, "the finished task to be deleted")
+    time.sleep(1.5)  # another sweep: an unfinished task is never deleted, however old
+    assert client.get(waiting).state == S.TASK_STATE_PENDING
+    assert client.stats().tasks_by_state.get("TASK_STATE_SUCCEEDED", 0) == 0
+    assert client.submit("noop", idempotency_key="nightly-1") != done.id, "the key went with its task"
+    assert controlplane.terminate() == 0
+    controlplane.start()
+    with controlplane.client() as again:
+        assert deleted(again) and again.get(waiting).state == S.TASK_STATE_PENDING
 
 
 def test_run_task_submits_and_answers_with_the_outcome(client, start_agent):
