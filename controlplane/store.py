@@ -6,7 +6,8 @@ the write-ahead log (no fsync): it takes tens of microseconds and runs right on 
 spares two thread hops per commit on every task's path. With synchronous=FULL each commit waits
 for an fsync, so a writer thread makes them while the loop goes on. Checkpoints (which do fsync)
 run on a background thread either way. Reads use their own connection (WAL lets them run beside
-the writer) and are made off the event loop.
+the writer) and are made off the event loop. Finished tasks are deleted once they are older than
+the control plane keeps them (`expired`, `delete`).
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ _UPDATE = (
 _DELETE = "DELETE FROM tasks WHERE handle = ?"
 # Rows one read of `_expired` looks at.
 _EXPIRED_PAGE = 1000
+
 
 # (statement, its rows, the future resolved at the commit that contains them)
 _Write = tuple[str, list[tuple[object, ...]], "asyncio.Future[None]"]
