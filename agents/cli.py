@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from agents.handlers import BUILTIN_HANDLERS, Handler, load_handler
 from agents.inventory import parse_gpus
-from agents.runtime import Agent, default_worker_id
+from agents.runtime import Agent, Refused, default_worker_id
+from gpucp.auth import AGENT_TOKEN_ENV
 
 if TYPE_CHECKING:
     from agents.nvidia import NvidiaGpus
@@ -172,6 +173,7 @@ def build_agent(args: argparse.Namespace, nvidia: NvidiaGpus | None = None) -> A
         labels=labels,
         kinds=kinds,
         cost_per_hour=args.cost_per_hour,
+        token=os.environ.get(AGENT_TOKEN_ENV, ""),
         handlers=handlers,
         drain_timeout_s=args.drain_timeout,
         **extra,  # type: ignore[arg-type]
@@ -179,7 +181,8 @@ def build_agent(args: argparse.Namespace, nvidia: NvidiaGpus | None = None) -> A
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `gpucp agent`; return the exit code (0 after a drain, 2 for bad flags or a missing NVIDIA driver)."""
+    """Run `gpucp agent`; return the exit code (0 after a drain; 2 for bad flags, a missing NVIDIA driver
+    or a token the control plane refuses)."""
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
@@ -207,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             ",".join(agent.kinds or []),
             agent.server,
         )
-        asyncio.run(agent.run())
+        try:
+            asyncio.run(agent.run())
+        except Refused as exc:
+            print(f"gpucp agent: error: {exc}", file=sys.stderr)
+            return 2
         return 0
     finally:
         if nvidia is not None:

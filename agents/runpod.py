@@ -41,7 +41,6 @@ T = TypeVar("T")
 # Environment a pod created by gpucp carries (RunPod itself sets RUNPOD_POD_ID and, for the
 # pod's own use, RUNPOD_API_KEY).
 ENV_SERVER = "GPUCP_SERVER"
-ENV_TOKEN = "GPUCP_AGENT_TOKEN"
 ENV_POOL = "GPUCP_POOL"
 ENV_COST = "GPUCP_COST_PER_HOUR"
 

@@ -17,10 +17,11 @@ import grpc
 
 from agents.handlers import BUILTIN_HANDLERS, Handler, TaskContext
 from agents.inventory import simulated_gpu_stats
+from gpucp.auth import token_metadata
 from gpucp.batching import by_size
 from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
 
-__all__ = ["CHANNEL_OPTIONS", "Agent", "default_worker_id"]
+__all__ = ["CHANNEL_OPTIONS", "Agent", "Refused", "default_worker_id"]
 
 log = logging.getLogger("gpucp.agent")
 
@@ -46,6 +47,10 @@ GpuStatsSource = Callable[[Sequence[common_pb2.Gpu], Iterable[int]], list[common
 # Extra environment for a task given these GPU indices (e.g. MIG instance UUIDs in CUDA_VISIBLE_DEVICES).
 TaskEnvSource = Callable[[Sequence[int]], Mapping[str, str]]
 TaskKey = tuple[str, int]
+
+
+class Refused(Exception):
+    """The control plane will not take this agent as it is (its token): retrying cannot help."""
 
 
 def default_worker_id() -> str:
@@ -119,6 +124,8 @@ class Agent:
     # Kinds announced to the control plane; None announces every handler.
     kinds: list[str] | None = None
     cost_per_hour: float = 0.0
+    # Presented on Connect; the control plane may require it (GPUCP_AGENT_TOKEN).
+    token: str = ""
     handlers: dict[str, Handler] = dataclasses.field(default_factory=lambda: dict(BUILTIN_HANDLERS))
     reconnect_base_s: float = 0.1
     reconnect_cap_s: float = 5.0
@@ -281,6 +288,8 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    raise Refused(f"the control plane at {self.server} refused this agent: {exc.details()}") from None
                 log.warning("stream to %s failed: %s %s", self.server, exc.code().name, exc.details())
             except TimeoutError:
                 log.warning("%s did not answer Register within %.0f s", self.server, self.register_timeout_s)
@@ -316,7 +325,7 @@ class Agent:
     async def _session(self) -> bool:
         """Hold one stream until it ends; return whether it got as far as `registered`."""
         async with grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS) as channel:
-            call = workers_pb2_grpc.WorkersStub(channel).Connect()
+            call = workers_pb2_grpc.WorkersStub(channel).Connect(metadata=token_metadata(self.token))
             try:
                 return await self._converse(call)
             finally:

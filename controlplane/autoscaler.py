@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from agents.inventory import COMPUTE_CAPABILITY
-from agents.runpod import ENV_COST, ENV_POOL, ENV_SERVER, ENV_TOKEN, RunPodError, RunPodProvider
+from agents.runpod import ENV_COST, ENV_POOL, ENV_SERVER, RunPodError, RunPodProvider
 from controlplane._core import Scheduler
 from controlplane.control import PENDING, ControlPlane, WorkerConn
 from controlplane.costs import CostTracker, PodBill, cancel_quietly
 from controlplane.errors import ControlError
+from gpucp.auth import AGENT_TOKEN_ENV
 from gpucp.v1 import admin_pb2
 
 log = logging.getLogger("gpucp.autoscaler")
@@ -299,7 +300,8 @@ class Autoscaler:
         self.control = control
         self.config = config
         self.server_address = config.server_address or server_address
-        self.agent_token = config.agent_token or os.environ.get(ENV_TOKEN, "")
+        # The token the control plane asks agents for (see server.start), handed to every pod.
+        self.agent_token = control.config.agent_token
         self.api_key = api_key if api_key is not None else os.environ.get("RUNPOD_API_KEY", "")
         self.costs = CostTracker(control)
         self.events: collections.deque[admin_pb2.ScalingEvent] = collections.deque(maxlen=config.max_events)
@@ -638,7 +640,7 @@ class Autoscaler:
         name = f"gpucp-{cfg.name}-{secrets.token_hex(4)}"
         env = {**cfg.env, ENV_SERVER: self.server_address, ENV_POOL: cfg.name}
         if self.agent_token:
-            env[ENV_TOKEN] = self.agent_token
+            env[AGENT_TOKEN_ENV] = self.agent_token
         if pool.price_per_gpu:
             env[ENV_COST] = f"{pool.price_per_gpu * cfg.gpu_count:.4f}"
         try:

@@ -39,6 +39,8 @@ class ServerConfig:
     # Finished tasks (their results too) are deleted this long after they end; 0 keeps them
     # forever. Idempotency keys are remembered as long as their task.
     keep_finished_s: float = 7 * 24 * 3600.0
+    # Agents must present this token on Connect (GPUCP_AGENT_TOKEN); "" takes any agent.
+    agent_token: str = ""
     # An autoscaler config file (TOML or JSON): RunPod pools scaled from the queue; "" = none.
     autoscale: str = ""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import resource
@@ -19,6 +20,7 @@ from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
 from controlplane.services import AdminService, SchedulerService, WorkersService
 from controlplane.store import Store
+from gpucp.auth import AGENT_TOKEN_ENV
 from gpucp.v1 import admin_pb2, admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 log = logging.getLogger("gpucp.controlplane")
@@ -79,6 +81,13 @@ class Running:
 
 async def start(config: ServerConfig) -> Running:
     autoscale = load_config(config.autoscale) if config.autoscale else None  # fail before binding
+    if autoscale is not None and autoscale.agent_token:
+        if config.agent_token and config.agent_token != autoscale.agent_token:
+            raise ValueError(
+                f"{config.autoscale} sets an agent_token other than {AGENT_TOKEN_ENV}: its pods would be "
+                "refused; set the token in one place"
+            )
+        config = dataclasses.replace(config, agent_token=autoscale.agent_token)
     # One socket per agent connection: take every file descriptor the system allows.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

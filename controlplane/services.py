@@ -11,6 +11,7 @@ import grpc
 
 from controlplane.control import ControlPlane, WorkerConn
 from controlplane.errors import ControlError
+from gpucp.auth import token_problem
 from gpucp.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -94,6 +95,10 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
         self.cp = cp
 
     async def Connect(self, request_iterator, context):  # noqa: N802
+        if self.cp.config.agent_token:
+            problem = token_problem(context.invocation_metadata(), self.cp.config.agent_token)
+            if problem is not None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
         requests = aiter(request_iterator)
         try:
             first = await asyncio.wait_for(anext(requests), REGISTER_TIMEOUT_S)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from gpucp.auth import AGENT_TOKEN_ENV
 from gpucp.client import DEFAULT_SERVER, Client, GpucpError, task_spec
 from gpucp.v1 import admin_pb2, common_pb2
 
@@ -170,6 +172,7 @@ def run_serve(args: argparse.Namespace) -> int:
         quarantine_cooling_s=args.quarantine_cooling,
         autoscale=args.autoscale,
         keep_finished_s=args.keep_finished,
+        agent_token=os.environ.get(AGENT_TOKEN_ENV, ""),
     )
     run(config, ready_file=args.ready_file)
     return 0

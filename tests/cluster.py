@@ -43,8 +43,11 @@ def _env() -> dict[str, str]:
 class ControlPlaneProcess:
     """`gpucp serve` in a subprocess; keeps its port across restarts so agents can come back."""
 
-    def __init__(self, workdir: Path, *extra: str, heartbeat_timeout: float = 2.0) -> None:
+    def __init__(
+        self, workdir: Path, *extra: str, heartbeat_timeout: float = 2.0, env: Mapping[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
+        self.env = dict(env or {})
         self.db = workdir / "gpucp.db"
         self.extra = list(extra)
         self.heartbeat_timeout = heartbeat_timeout
@@ -82,7 +85,7 @@ class ControlPlaneProcess:
                 "--log-level", "INFO",
                 *self.extra,
             ],
-            stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=self.workdir,
+            stdout=log, stderr=subprocess.STDOUT, env={**_env(), **self.env}, cwd=self.workdir,
         )
 
     def log(self) -> str:

@@ -22,6 +22,8 @@ from gpucp.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 A100 = "NVIDIA A100 80GB PCIe"
 A100_SECURE_PRICE = 1.64
+# Every autoscaled control plane here asks agents for this token, which it hands to its pods.
+POD_TOKEN = "pod-token-1"
 # Our bill starts when the create call returns and ends when the terminate call returns; the
 # fake's starts and ends while it handles those calls. The gap is one loopback HTTP response
 # (milliseconds) plus thread scheduling on a busy 2-core machine: 0.5 s is generous.
@@ -75,6 +77,7 @@ def autoscaled(
         config = tmp_path / "autoscale.json"
         config.write_text(json.dumps({
             "interval_s": 0.2,
+            "agent_token": POD_TOKEN,
             "api": {"max_attempts": 3, "backoff_base_s": 0.05, "backoff_cap_s": 0.2},
             "pool": pools,
         }))
@@ -123,6 +126,7 @@ def test_burst_scales_up_runs_on_pods_scales_down_and_bills(tmp_path: Path, monk
             assert w.provider == "runpod" and f"pod={pod_id}" in w.labels and "pool=a100" in w.labels
             assert w.cost_per_hour == pytest.approx(A100_SECURE_PRICE), "the agent did not register the pod's price"
         assert all(p.env["GPUCP_SERVER"] == cp.address for p in pods.values())
+        assert all(p.env["GPUCP_AGENT_TOKEN"] == POD_TOKEN for p in pods.values()), "pods registered without the token?"
 
         # 2. Idle past the timeout: back to min (0), every pod terminated at RunPod.
         eventually(lambda: all(p.status == "TERMINATED" for p in fake.pods.values()), 20, "the idle pods to be terminated")
