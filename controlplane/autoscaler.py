@@ -295,13 +295,14 @@ class Autoscaler:
         config: AutoscaleConfig,
         *,
         server_address: str,
+        agent_token: str = "",
         api_key: str | None = None,
     ) -> None:
         self.control = control
         self.config = config
         self.server_address = config.server_address or server_address
         # The token the control plane asks agents for (see server.start), handed to every pod.
-        self.agent_token = control.config.agent_token
+        self.agent_token = agent_token
         self.api_key = api_key if api_key is not None else os.environ.get("RUNPOD_API_KEY", "")
         self.costs = CostTracker(control)
         self.events: collections.deque[admin_pb2.ScalingEvent] = collections.deque(maxlen=config.max_events)

@@ -117,7 +117,9 @@ async def start(config: ServerConfig) -> Running:
     running = Running(server, port, control, health_servicer, store)
     if autoscale is not None:
         host = config.listen.rpartition(":")[0]
-        running.autoscaler = admin.autoscaler = Autoscaler(control, autoscale, server_address=f"{host}:{port}")
+        running.autoscaler = admin.autoscaler = Autoscaler(
+            control, autoscale, server_address=f"{host}:{port}", agent_token=config.agent_token
+        )
         try:
             await running.autoscaler.start()
         except ValueError:
