@@ -9,14 +9,13 @@ from controlplane.errors import InvalidArgument
 from gpucp.v1 import common_pb2, workers_pb2
 
 BACKENDS = ("", "cuda", "rocm", "cpu")
-MAX_GPUS = 64
+MAX_GPUS = 64  # on one worker: what a Register may list and a task may ask for
 MAX_GPU_MEMORY_MB = 4 * 1024 * 1024  # 4 TiB: far above any GPU, below any typo in bytes
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_RETRIES = 100
 MAX_TEXT = 256
 MAX_LABELS = 64
 MAX_SLOTS = 4096
-MAX_WORKER_GPUS = 64
 _KIND = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _PRIORITIES = frozenset(common_pb2.Priority.values())
 
@@ -98,8 +97,8 @@ def validate_register(reg: workers_pb2.Register) -> None:
         raise InvalidArgument("register.worker_id must be 1-128 characters")
     if not 1 <= reg.slots <= MAX_SLOTS:
         raise InvalidArgument(f"register.slots is {reg.slots}; it must be 1-{MAX_SLOTS}")
-    if len(reg.gpus) > MAX_WORKER_GPUS:
-        raise InvalidArgument(f"register lists {len(reg.gpus)} GPUs; the limit is {MAX_WORKER_GPUS}")
+    if len(reg.gpus) > MAX_GPUS:
+        raise InvalidArgument(f"register lists {len(reg.gpus)} GPUs; the limit is {MAX_GPUS}")
     if sorted(g.index for g in reg.gpus) != list(range(len(reg.gpus))):
         raise InvalidArgument("register.gpus must be indexed 0..n-1, each index once")
     for gpu in reg.gpus:

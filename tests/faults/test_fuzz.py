@@ -95,8 +95,6 @@ def test_queries(server, task_id, timeout_ms, state, tenant, limit, token):
         state=state, tenant=tenant, limit=limit, page_token=token), timeout=10))
 
 
-
-
 def indexed(gpus: list[common_pb2.Gpu]) -> list[common_pb2.Gpu]:
     for i, gpu in enumerate(gpus):
         gpu.index = i
