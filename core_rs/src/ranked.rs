@@ -8,6 +8,13 @@
 //! ([`Ranked::iter`]) goes through a frontier of the heap positions whose parents were yielded:
 //! a short inline scan for each of the first few entries, O(log k) for the k-th beyond, so
 //! looking at the best few is cheap however large the heap.
+//!
+//! Layout. An entry is one `u128` that orders like (key, slot): the rank inverted in the top 64
+//! bits, then the worker handle and the slot in 32 bits each, so comparing two entries is one
+//! integer comparison. The heap is stored in cache lines of four entries, the root alone in the
+//! first one's last place, so the four children of any entry fill exactly one line: a step of a
+//! sift reads one line and compares four integers. Places past the end hold `u128::MAX`, which
+//! no entry equals, so the step needs no bounds check per child.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -19,11 +26,44 @@ use crate::placement::ReadyKey;
 const ARITY: usize = 4;
 /// The position of a slot whose entry is not in the heap.
 const ABSENT: u32 = u32::MAX;
+/// What places past the heap's end hold: after every entry.
+const VACANT: u128 = u128::MAX;
+
+/// Four heap places in one cache line: the children of one entry.
+#[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
+struct Line([u128; ARITY]);
+
+const EMPTY_LINE: Line = Line([VACANT; ARITY]);
+
+/// An entry in its ordering form (see the module doc).
+fn pack((Reverse(rank), worker): ReadyKey, slot: u32) -> u128 {
+    // Handles are indices of the worker table, which would need 32 GiB before one outgrew this.
+    let worker = u32::try_from(worker).expect("worker handles fit in 32 bits");
+    (u128::from(!rank) << 64) | (u128::from(worker) << 32) | u128::from(slot)
+}
+
+fn key_of(entry: u128) -> ReadyKey {
+    (Reverse(!((entry >> 64) as u64)), u64::from((entry >> 32) as u32))
+}
+
+fn slot_of(entry: u128) -> u32 {
+    entry as u32
+}
+
+/// Line and place of heap position `at`: the root is the first line's last place, so the
+/// children of `at` (4 at + 1 .. 4 at + 4) are all of line `at + 1`.
+fn place(at: usize) -> (usize, usize) {
+    let p = at + ARITY - 1;
+    (p / ARITY, p % ARITY)
+}
 
 #[derive(Debug, Default)]
 pub struct Ranked {
-    /// (key, slot), a min-heap on the key: the best entry first.
-    heap: Vec<(ReadyKey, u32)>,
+    /// A min-heap of entries: the best first.
+    lines: Vec<Line>,
+    /// Entries in the heap.
+    len: usize,
     /// Heap position per slot, ABSENT when the slot has no entry.
     pos: Vec<u32>,
     /// Slots given back, to hand out again.
@@ -48,12 +88,25 @@ impl Ranked {
     /// The slot's entry, if it has one.
     pub fn get(&self, slot: u32) -> Option<ReadyKey> {
         let at = self.pos[slot as usize];
-        (at != ABSENT).then(|| self.heap[at as usize].0)
+        (at != ABSENT).then(|| key_of(self.at(at as usize)))
     }
 
     /// The best entry and its slot.
     pub fn first(&self) -> Option<(ReadyKey, u32)> {
-        self.heap.first().copied()
+        (self.len > 0).then(|| {
+            let entry = self.at(0);
+            (key_of(entry), slot_of(entry))
+        })
+    }
+
+    fn at(&self, at: usize) -> u128 {
+        let (line, i) = place(at);
+        self.lines[line].0[i]
+    }
+
+    fn write(&mut self, at: usize, entry: u128) {
+        let (line, i) = place(at);
+        self.lines[line].0[i] = entry;
     }
 
     /// Set, move or clear the slot's entry.
@@ -62,73 +115,77 @@ impl Ranked {
         match (at, key) {
             (ABSENT, None) => {}
             (ABSENT, Some(key)) => {
-                self.heap.push((key, slot));
-                self.sift_up(self.heap.len() - 1);
+                let at = self.len;
+                self.len += 1;
+                if place(at).0 >= self.lines.len() {
+                    self.lines.push(EMPTY_LINE);
+                }
+                self.sift_up(at, pack(key, slot));
             }
             (at, None) => {
                 let at = at as usize;
                 self.pos[slot as usize] = ABSENT;
-                let last = self.heap.pop().expect("the slot's entry is in the heap");
-                if at < self.heap.len() {
-                    self.heap[at] = last;
-                    if at > 0 && last.0 < self.heap[(at - 1) / ARITY].0 {
-                        self.sift_up(at);
+                self.len -= 1;
+                let last = self.at(self.len);
+                self.write(self.len, VACANT);
+                if at < self.len {
+                    if at > 0 && last < self.at((at - 1) / ARITY) {
+                        self.sift_up(at, last);
                     } else {
-                        self.sift_down(at);
+                        self.sift_down(at, last);
                     }
                 }
             }
             (at, Some(key)) => {
                 let at = at as usize;
-                let old = self.heap[at].0;
-                self.heap[at].0 = key;
-                if key < old {
-                    self.sift_up(at);
-                } else if key > old {
-                    self.sift_down(at);
+                let entry = pack(key, slot);
+                let old = self.at(at);
+                if entry < old {
+                    self.sift_up(at, entry);
+                } else if entry > old {
+                    self.sift_down(at, entry);
                 }
             }
         }
     }
 
     /// Put `entry` at heap position `at`.
-    fn put(&mut self, at: usize, entry: (ReadyKey, u32)) {
-        self.heap[at] = entry;
-        self.pos[entry.1 as usize] = at as u32;
+    fn put(&mut self, at: usize, entry: u128) {
+        self.write(at, entry);
+        self.pos[slot_of(entry) as usize] = at as u32;
     }
 
-    fn sift_up(&mut self, mut at: usize) {
-        let entry = self.heap[at];
+    /// Settle `entry` at `at` or above it.
+    fn sift_up(&mut self, mut at: usize, entry: u128) {
         while at > 0 {
             let parent = (at - 1) / ARITY;
-            if self.heap[parent].0 <= entry.0 {
+            let above = self.at(parent);
+            if above <= entry {
                 break;
             }
-            self.put(at, self.heap[parent]);
+            self.put(at, above);
             at = parent;
         }
         self.put(at, entry);
     }
 
-    fn sift_down(&mut self, mut at: usize) {
-        let entry = self.heap[at];
-        let n = self.heap.len();
-        loop {
-            let first = ARITY * at + 1;
-            if first >= n {
-                break;
-            }
-            let mut best = first;
-            for child in first + 1..(first + ARITY).min(n) {
-                if self.heap[child].0 < self.heap[best].0 {
-                    best = child;
+    /// Settle `entry` at `at` or below it.
+    fn sift_down(&mut self, mut at: usize, entry: u128) {
+        while ARITY * at + 1 < self.len {
+            // The children are line at + 1, vacant places after every entry.
+            let children = &self.lines[at + 1].0;
+            let mut best = 0;
+            for i in 1..ARITY {
+                if children[i] < children[best] {
+                    best = i;
                 }
             }
-            if self.heap[best].0 >= entry.0 {
+            let below = children[best];
+            if below >= entry {
                 break;
             }
-            self.put(at, self.heap[best]);
-            at = best;
+            self.put(at, below);
+            at = ARITY * at + 1 + best;
         }
         self.put(at, entry);
     }
@@ -149,16 +206,16 @@ impl Ranked {
 /// allocates nothing and pays a short scan per entry, and a long one O(log k) per entry.
 const INLINE: usize = 8;
 
-/// (key, heap position) of the entries not yet yielded whose parents were.
+/// (entry, heap position) of the entries not yet yielded whose parents were.
 // The inline variant is the large one on purpose: a walk lives on the stack of one lookup.
 #[allow(clippy::large_enum_variant)]
 enum Frontier {
-    Inline(SmallVec<[(ReadyKey, u32); INLINE]>),
-    Heap(BinaryHeap<Reverse<(ReadyKey, u32)>>),
+    Inline(SmallVec<[(u128, u32); INLINE]>),
+    Heap(BinaryHeap<Reverse<(u128, u32)>>),
 }
 
 impl Frontier {
-    fn push(&mut self, entry: (ReadyKey, u32)) {
+    fn push(&mut self, entry: (u128, u32)) {
         match self {
             Frontier::Inline(entries) if entries.len() < INLINE => entries.push(entry),
             Frontier::Inline(entries) => {
@@ -170,10 +227,10 @@ impl Frontier {
         }
     }
 
-    fn pop(&mut self) -> Option<(ReadyKey, u32)> {
+    fn pop(&mut self) -> Option<(u128, u32)> {
         match self {
             Frontier::Inline(entries) => {
-                // Keys are unique (they end with the worker), so the key alone orders entries.
+                // Entries are unique (they end with their slot), so the entry alone orders them.
                 let mut best = 0;
                 for i in 1..entries.len() {
                     if entries[i].0 < entries[best].0 {
@@ -201,26 +258,27 @@ impl Iterator for Ordered<'_> {
     type Item = (ReadyKey, u32);
 
     fn next(&mut self) -> Option<(ReadyKey, u32)> {
-        let heap = &self.ranked.heap;
+        let ranked = self.ranked;
         if let Some(at) = self.expand.take() {
             let first = ARITY * at + 1;
-            let children = heap.iter().enumerate().skip(first).take(ARITY);
-            for (child, &(key, _)) in children {
-                self.frontier.push((key, child as u32));
+            for child in first..(first + ARITY).min(ranked.len) {
+                self.frontier.push((ranked.at(child), child as u32));
             }
         }
         let at = if self.started {
-            self.frontier.pop()?.1
+            self.frontier.pop()?.1 as usize
         } else {
             self.started = true;
-            heap.first()?;
+            if ranked.len == 0 {
+                return None;
+            }
             0
         };
-        self.expand = Some(at as usize);
-        Some(heap[at as usize])
+        self.expand = Some(at);
+        let entry = ranked.at(at);
+        Some((key_of(entry), slot_of(entry)))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
