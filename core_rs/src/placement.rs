@@ -403,24 +403,7 @@ impl ShapeIndex {
                     })
                 })
         };
-        let mut first: Option<(u64, WorkerId, Gpus)> = None;
-        let mut runner_up = None;
-        let mut skipped = false;
-        for ((Reverse(rank), id), slot) in self.ready.iter() {
-            if Some(id) == avoid {
-                skipped = true;
-                continue;
-            }
-            if first.is_some() {
-                // Every ready member has the shape's GPUs free: the next one could take it.
-                runner_up = Some(id);
-                break;
-            } else if let Some(gpus) =
-                Self::take(listed(&self.members, slot), shape, workers, admit)
-            {
-                first = Some((rank, id, gpus));
-            }
-        }
+        let (first, runner_up, skipped) = self.first_ready(shape, workers, avoid, admit);
         let is_warm = |id: WorkerId| workers.get(id).is_ok_and(|w| w.is_warm(need.affinity));
         let choice = |(_, id, gpus): (u64, WorkerId, Gpus), runner_up| {
             let warm = is_warm(id);
@@ -458,6 +441,44 @@ impl ShapeIndex {
                 _ => Pick::NoneForShape,
             },
         }
+    }
+
+    /// The best ready member `take` gets, as (rank, worker, GPUs), the next one after it (the
+    /// runner-up), and whether `avoid` was passed over on the way.
+    fn first_ready(
+        &self,
+        shape: &Shape,
+        workers: &WorkerTable,
+        avoid: Option<WorkerId>,
+        admit: Admit<'_>,
+    ) -> (Option<(u64, WorkerId, Gpus)>, Option<WorkerId>, bool) {
+        // The usual case, without a walk: the best entry takes it and the runner-up is the best
+        // of its children.
+        if let Some(((Reverse(rank), id), slot)) = self.ready.first() {
+            let second = self.ready.second().map(|((_, next), _)| next);
+            if Some(id) != avoid && second.is_none_or(|next| Some(next) != avoid) {
+                if let Some(gpus) = Self::take(listed(&self.members, slot), shape, workers, admit) {
+                    return (Some((rank, id, gpus)), second, false);
+                }
+            }
+        }
+        let mut first: Option<(u64, WorkerId, Gpus)> = None;
+        let mut skipped = false;
+        for ((Reverse(rank), id), slot) in self.ready.iter() {
+            if Some(id) == avoid {
+                skipped = true;
+                continue;
+            }
+            if first.is_some() {
+                // Every ready member has the shape's GPUs free: the next one could take it.
+                return (first, Some(id), skipped);
+            } else if let Some(gpus) =
+                Self::take(listed(&self.members, slot), shape, workers, admit)
+            {
+                first = Some((rank, id, gpus));
+            }
+        }
+        (first, None, skipped)
     }
 
     /// Rank the member in `slot` again, in the ready heap and in its warm keys' heaps.

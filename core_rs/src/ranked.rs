@@ -99,6 +99,13 @@ impl Ranked {
         })
     }
 
+    /// The second best entry and its slot: the best of the first one's children.
+    pub fn second(&self) -> Option<(ReadyKey, u32)> {
+        let children = &self.lines.get(1)?.0;
+        let best = children.iter().copied().min().filter(|&e| e != VACANT)?;
+        Some((key_of(best), slot_of(best)))
+    }
+
     fn at(&self, at: usize) -> u128 {
         let (line, i) = place(at);
         self.lines[line].0[i]
