@@ -13,13 +13,17 @@
 //! one it avoids, one a reservation keeps), instead of a scan of the fleet. Per affinity key the
 //! index keeps its warm members in the same order, so the best warm worker for a task is found
 //! the same way, never walking past workers of other shapes. The price is paid when a worker's
-//! rank or free GPUs change (a placement, a finish, a drain): O(S_w log W) to move it in the
-//! ready heaps of the S_w indexes that list it, and, when its rank rises, O(S_w M log W) more in
-//! the heaps of its M warm keys. A fall reaches a warm heap only when a lookup meets the entry
+//! rank or free GPUs change (a finish, a drain): O(S_w log W) to move it in the ready heaps of
+//! the S_w indexes that list it, and, when its rank rises, O(S_w M log W) more in the heaps of
+//! its M warm keys. A placement only lowers ranks: it moves the worker in its own shape's ready
+//! heap, O(log W), and marks it stale in the other S_w - 1, O(1) each; a stale entry is moved
+//! when a lookup meets it, O(log W) then, and a worker that finishes first is never moved for
+//! it (see `Member::stale`). A fall reaches a warm heap only when a lookup meets the entry
 //! (see `WarmMembers`).
 //!
 //! Ranks that depend on what the fleet learned (a GPU model's runtime for a kind) are refreshed
-//! when the worker itself changes, so they may lag the fleet's learning by one event per worker.
+//! when the worker itself is ranked again (its own placements and finishes, a lookup meeting its
+//! stale entry), so they may lag the fleet's learning by one task per worker.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -169,6 +173,20 @@ pub enum Pick {
     NoneForTask,
 }
 
+/// What a walk of a shape's ready heap found.
+#[derive(Debug, Default)]
+struct Ready {
+    /// The best member `take` gets, as (rank, worker, GPUs).
+    first: Option<(u64, WorkerId, Gpus)>,
+    /// The next member after it.
+    runner_up: Option<WorkerId>,
+    /// The avoided member was passed over.
+    skipped: bool,
+}
+
+/// A stale entry (see `Member::stale`) a walk met: the member slot to rank again first.
+struct Stale(u32);
+
 /// One statically eligible worker of a shape.
 #[derive(Debug)]
 pub struct Member {
@@ -179,6 +197,10 @@ pub struct Member {
     pub fit: f64,
     /// Its warm keys and its slot in each one's [`WarmMembers`] heap.
     warm: Vec<(u64, u32)>,
+    /// Its ready entry may rank it above its truth, or list it while it is not ready: a task
+    /// of another shape went to it since it was last ranked here (see
+    /// `PlacementIndex::lowered`). A lookup that meets the entry ranks it again first.
+    stale: bool,
 }
 
 /// The members of one shape where one affinity key is warm.
@@ -247,17 +269,14 @@ impl ShapeIndex {
     }
 
     /// The best worker for any task of the shape (no avoid, no affinity).
-    pub fn best(&self, shape: &Shape, workers: &WorkerTable) -> Option<(WorkerId, Gpus)> {
-        let weights = Weights::default();
-        match self.pick(
-            shape,
-            workers,
-            &weights,
-            Need::default(),
-            false,
-            None,
-            &admit_all,
-        ) {
+    pub fn best(
+        &mut self,
+        shape: &Shape,
+        workers: &WorkerTable,
+        weights: &Weights,
+    ) -> Option<(WorkerId, Gpus)> {
+        let ready = self.first_ready(shape, workers, weights, None, &admit_all);
+        match self.pick(shape, workers, weights, Need::default(), false, None, ready) {
             Pick::Worker(c) => Some((c.worker, c.gpus)),
             Pick::NoneForShape | Pick::NoneForTask => None,
         }
@@ -292,8 +311,8 @@ impl ShapeIndex {
     /// warm member while one exists; soft affinity (policies affinity and composite) prefers
     /// one, and says when it had to choose a cold worker while a busy one is warm
     /// (`Choice::warm_busy`; whether to wait for it is the scheduler's call). A worker `admit`
-    /// refuses is passed over. Mutable because the lookup settles the warm entries it meets
-    /// (see `WarmMembers`).
+    /// refuses is passed over. Mutable because the lookup settles the stale entries it meets
+    /// (see `Member::stale` and `WarmMembers`).
     pub fn best_for(
         &mut self,
         shape: &Shape,
@@ -310,9 +329,14 @@ impl ShapeIndex {
         };
         let looks_warm = need.affinity != 0 && (need.hard_affinity || soft);
         let warm_best = looks_warm
-            .then(|| self.best_warm(need.affinity, shape, workers, avoid, admit))
+            .then(|| self.best_warm(need.affinity, shape, workers, weights, avoid, admit))
             .flatten();
-        self.pick(shape, workers, weights, need, soft, warm_best, admit)
+        let ready = if need.hard_affinity && warm_best.is_some() {
+            Ready::default()
+        } else {
+            self.first_ready(shape, workers, weights, avoid, admit)
+        };
+        self.pick(shape, workers, weights, need, soft, warm_best, ready)
     }
 
     /// The member the task avoids, unless it is the only member.
@@ -331,17 +355,26 @@ impl ShapeIndex {
         key: u64,
         shape: &Shape,
         workers: &WorkerTable,
+        weights: &Weights,
         avoid: Option<WorkerId>,
         admit: Admit<'_>,
     ) -> Option<(u64, WorkerId, Gpus)> {
-        let members = self.warm.get_mut(&key)?;
+        if !self.warm.contains_key(&key) {
+            return None;
+        }
         let mut passed = Vec::new();
         let found = loop {
+            let members = self.warm.get_mut(&key).expect("checked above");
             let Some((entry, slot)) = members.ready.first() else {
                 break None;
             };
             let id = entry.1;
             let owner = members.owner[slot as usize];
+            if listed(&self.members, owner).stale {
+                // Its ready entry, the truth this heap is checked against, is not true itself.
+                self.settle(owner, workers, weights);
+                continue;
+            }
             let truth = self.ready.get(owner);
             if truth != Some(entry) {
                 members.ready.set(slot, truth);
@@ -356,13 +389,14 @@ impl ShapeIndex {
             members.ready.set(slot, None);
             passed.push((slot, entry));
         };
+        let members = self.warm.get_mut(&key).expect("checked above");
         for (slot, entry) in passed {
             members.ready.set(slot, Some(entry));
         }
         found
     }
 
-    /// best_for() once the best warm member is known.
+    /// best_for() once the best warm member and the best ready one are known.
     #[allow(clippy::too_many_arguments)]
     fn pick(
         &self,
@@ -372,7 +406,7 @@ impl ShapeIndex {
         need: Need,
         soft: bool,
         warm_best: Option<(u64, WorkerId, Gpus)>,
-        admit: Admit<'_>,
+        ready: Ready,
     ) -> Pick {
         let avoid = self.avoided(need);
         let warm = (need.affinity != 0 && (need.hard_affinity || soft))
@@ -403,7 +437,11 @@ impl ShapeIndex {
                     })
                 })
         };
-        let (first, runner_up, skipped) = self.first_ready(shape, workers, avoid, admit);
+        let Ready {
+            first,
+            runner_up,
+            skipped,
+        } = ready;
         let is_warm = |id: WorkerId| workers.get(id).is_ok_and(|w| w.is_warm(need.affinity));
         let choice = |(_, id, gpus): (u64, WorkerId, Gpus), runner_up| {
             let warm = is_warm(id);
@@ -443,47 +481,104 @@ impl ShapeIndex {
         }
     }
 
-    /// The best ready member `take` gets, as (rank, worker, GPUs), the next one after it (the
-    /// runner-up), and whether `avoid` was passed over on the way.
+    /// The best ready member `take` gets and the next one after it (see [`Ready`]). Stale
+    /// entries met on the way are ranked again first (see `Member::stale`), so the walk sees
+    /// the members in their true order; each is met once, since it can only sink.
     fn first_ready(
+        &mut self,
+        shape: &Shape,
+        workers: &WorkerTable,
+        weights: &Weights,
+        avoid: Option<WorkerId>,
+        admit: Admit<'_>,
+    ) -> Ready {
+        loop {
+            match self.walk_ready(shape, workers, avoid, admit) {
+                Ok(ready) => return ready,
+                Err(Stale(slot)) => self.settle(slot, workers, weights),
+            }
+        }
+    }
+
+    /// first_ready() unless a stale entry is in the way.
+    fn walk_ready(
         &self,
         shape: &Shape,
         workers: &WorkerTable,
         avoid: Option<WorkerId>,
         admit: Admit<'_>,
-    ) -> (Option<(u64, WorkerId, Gpus)>, Option<WorkerId>, bool) {
+    ) -> Result<Ready, Stale> {
+        let check = |slot: u32| {
+            if listed(&self.members, slot).stale {
+                Err(Stale(slot))
+            } else {
+                Ok(())
+            }
+        };
         // The usual case, without a walk: the best entry takes it and the runner-up is the best
         // of its children.
         if let Some(((Reverse(rank), id), slot)) = self.ready.first() {
-            let second = self.ready.second().map(|((_, next), _)| next);
+            check(slot)?;
+            let second = self.ready.second();
+            if let Some((_, next)) = second {
+                check(next)?;
+            }
+            let second = second.map(|((_, next), _)| next);
             if Some(id) != avoid && second.is_none_or(|next| Some(next) != avoid) {
                 if let Some(gpus) = Self::take(listed(&self.members, slot), shape, workers, admit) {
-                    return (Some((rank, id, gpus)), second, false);
+                    return Ok(Ready {
+                        first: Some((rank, id, gpus)),
+                        runner_up: second,
+                        skipped: false,
+                    });
                 }
             }
         }
-        let mut first: Option<(u64, WorkerId, Gpus)> = None;
-        let mut skipped = false;
+        let mut ready = Ready::default();
         for ((Reverse(rank), id), slot) in self.ready.iter() {
+            check(slot)?;
             if Some(id) == avoid {
-                skipped = true;
+                ready.skipped = true;
                 continue;
             }
-            if first.is_some() {
+            if ready.first.is_some() {
                 // Every ready member has the shape's GPUs free: the next one could take it.
-                return (first, Some(id), skipped);
+                ready.runner_up = Some(id);
+                break;
             } else if let Some(gpus) =
                 Self::take(listed(&self.members, slot), shape, workers, admit)
             {
-                first = Some((rank, id, gpus));
+                ready.first = Some((rank, id, gpus));
             }
         }
-        (first, None, skipped)
+        Ok(ready)
+    }
+
+    /// Rank the stale member in `slot` again.
+    fn settle(&mut self, slot: u32, workers: &WorkerTable, weights: &Weights) {
+        let id = listed(&self.members, slot).id;
+        let worker = workers.get(id).expect("members are live workers");
+        let ctx = Context {
+            weights,
+            learning: &workers.learning,
+            kind: self.kind,
+            gpus: self.gpus,
+        };
+        self.rekey(slot, worker, &ctx);
+    }
+
+    /// A task of another shape went to the member in `slot`: its rank here can only have
+    /// fallen (less capacity, fewer GPUs free, later in round-robin order), so its entry is
+    /// left where it is, above its truth, until a lookup meets it.
+    fn lowered(&mut self, slot: u32) {
+        listed_mut(&mut self.members, slot).stale = true;
     }
 
     /// Rank the member in `slot` again, in the ready heap and in its warm keys' heaps.
     fn rekey(&mut self, slot: u32, worker: &Worker, ctx: &Context<'_>) {
-        let member = listed(&self.members, slot);
+        let member = listed_mut(&mut self.members, slot);
+        member.stale = false;
+        let member = &*member;
         let key = (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus)).then(|| {
             (
                 Reverse(ctx.rank(self.policy, worker, member.fit)),
@@ -562,6 +657,7 @@ impl ShapeIndex {
             gpus,
             fit,
             warm: Vec::new(),
+            stale: false,
         });
         self.slots.insert(id, slot);
         for &key in &worker.warm {
@@ -752,6 +848,26 @@ impl PlacementIndex {
     /// The worker's rank, readiness or free GPUs may have changed: move it in its indexes' ready
     /// and warm heaps.
     pub fn refresh(&mut self, id: WorkerId, workers: &mut WorkerTable) {
+        self.rekey_where(id, workers, |_| true);
+    }
+
+    /// A task of shape `placed` went to the worker, which can only have lowered its rank
+    /// everywhere. It is moved in that shape's ready heap at once, where the next lookup meets
+    /// it at the top; the other indexes that list it mark it stale and move it when a lookup
+    /// meets it (see `Member::stale`), often never before a finish raises it again. So a
+    /// placement re-ranks the worker in one heap instead of one per shape it fits.
+    pub fn lowered(&mut self, id: WorkerId, workers: &mut WorkerTable, placed: ShapeId) {
+        self.rekey_where(id, workers, |sid| sid == placed);
+    }
+
+    /// Rank the worker again in the indexes of the shapes `now` accepts; mark it stale in the
+    /// others.
+    fn rekey_where(
+        &mut self,
+        id: WorkerId,
+        workers: &mut WorkerTable,
+        now: impl Fn(ShapeId) -> bool,
+    ) {
         let (worker, learning) = match workers.get_with_learning(id) {
             Ok(x) => x,
             Err(_) => return,
@@ -760,6 +876,10 @@ impl PlacementIndex {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
+            if !now(sid) {
+                index.lowered(member);
+                continue;
+            }
             let ctx = Context {
                 weights: &self.weights,
                 learning,

@@ -44,7 +44,10 @@ fn pack((Reverse(rank), worker): ReadyKey, slot: u32) -> u128 {
 }
 
 fn key_of(entry: u128) -> ReadyKey {
-    (Reverse(!((entry >> 64) as u64)), u64::from((entry >> 32) as u32))
+    (
+        Reverse(!((entry >> 64) as u64)),
+        u64::from((entry >> 32) as u32),
+    )
 }
 
 fn slot_of(entry: u128) -> u32 {

@@ -773,7 +773,7 @@ impl Scheduler {
         );
         // After the insert, so the entry just pushed counts as current.
         self.compact_deadlines();
-        self.placement.refresh(worker, &mut self.workers);
+        self.placement.lowered(worker, &mut self.workers, shape);
         Ok(())
     }
 
@@ -1065,11 +1065,12 @@ impl Scheduler {
         PendingQueue::check_priority(priority)?;
         let s: &Shape = self.shapes.get(shape)?;
         self.placement.index(shape, s, &mut self.workers);
-        let index = self.placement.built(shape).expect("just built");
+        let weights = self.placement.weights();
+        let index = self.placement.built_mut(shape).expect("just built");
         if index.is_empty() {
             return Ok(explain::no_fit(s, &self.workers));
         }
-        if index.best(s, &self.workers).is_some() {
+        if index.best(s, &self.workers, &weights).is_some() {
             return Ok("waiting for placement".to_owned());
         }
         let mut unavailable = explain::Unavailable::default();

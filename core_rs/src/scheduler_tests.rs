@@ -66,6 +66,46 @@ fn never_more_tasks_than_slots() {
 }
 
 #[test]
+fn a_task_of_one_shape_lowers_the_worker_for_every_other_shape() {
+    // A placement re-ranks its worker at once only in its own shape's index; these check that
+    // the other indexes listing the worker still see it fuller (see `PlacementIndex::lowered`).
+    let mut s = sched();
+    let (x, y) = (cpu_shape(&mut s, "x"), cpu_shape(&mut s, "y"));
+    let a = plain_worker(&mut s, 2);
+    let b = plain_worker(&mut s, 2);
+    let c = plain_worker(&mut s, 1);
+    assert!(
+        s.can_run(x).unwrap() && s.can_run(y).unwrap(),
+        "both indexes built"
+    );
+    s.push(1, x, 1, 1, 0).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(1, a)], "a, b, c tie: a");
+    s.push(2, y, 1, 2, 0).unwrap();
+    assert_eq!(
+        placed(&s.place(0, 10)),
+        vec![(2, b)],
+        "a is half full now, b and c empty: b"
+    );
+    s.push(3, x, 1, 3, 0).unwrap();
+    s.push(4, x, 1, 4, 0).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(3, c), (4, a)]);
+    // a and c are full; b has one slot left, and then nothing is free.
+    s.push(5, y, 1, 5, 0).unwrap();
+    s.push(6, y, 1, 6, 0).unwrap();
+    assert_eq!(
+        placed(&s.place(0, 10)),
+        vec![(5, b)],
+        "full workers get nothing"
+    );
+    assert_eq!(s.slots(), (5, 0));
+    assert!(
+        s.explain(y, 1).unwrap().contains("busy"),
+        "a full fleet is busy, not waiting for placement: {}",
+        s.explain(y, 1).unwrap()
+    );
+}
+
+#[test]
 fn smallest_sufficient_gpu_is_given_and_big_ones_kept_free() {
     let mut s = sched();
     let w = s
