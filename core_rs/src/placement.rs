@@ -213,7 +213,7 @@ struct WarmMembers {
     /// lookup meets the entry (`ShapeIndex::best_warm`), as a lazy decrease-key, so a placement
     /// re-ranks the worker in one heap per shape instead of 1 + M. An entry is never worse than
     /// its truth, so an entry that reads true at the top is the best.
-    ready: Ranked,
+    ready: Ranked<ReadyKey>,
     /// The member slot of each slot of `ready`.
     owner: Vec<u32>,
 }
@@ -232,7 +232,7 @@ pub struct ShapeIndex {
     /// Each member's slot.
     slots: IdHashMap<WorkerId, u32>,
     /// Members that accept work and have capacity and the shape's GPUs free, best rank first.
-    ready: Ranked,
+    ready: Ranked<ReadyKey>,
     /// Per affinity key, the members where it is warm.
     warm: IdHashMap<u64, WarmMembers>,
 }

@@ -11,11 +11,13 @@
 //! LOW task's wait is bounded even when LOW's share is tiny.
 //!
 //! Structure. A flow is one (tenant, class); inside it tasks are kept per shape, so placement
-//! can skip a shape no worker can take without touching its tasks. Sets are `BTreeSet`s of
-//! small keys: the active tenants by virtual time, each flow's per-shape heads by seq, each
-//! (flow, shape) queue by seq; a tenant's active classes (four at most) sit in an array by
-//! class, scanned; aging deadlines sit in one min-heap with lazy deletion. Push, remove, take and
-//! promote are O(log n) each (plus O(1) hash lookups).
+//! can skip a shape no worker can take without touching its tasks. Each (flow, shape) queue is a
+//! `BTreeSet` by (seq, task). The active tenants by virtual time and each flow's per-shape heads
+//! by (seq, task) sit in indexed heaps (`Ranked`), where each tenant and shape queue keeps its
+//! slot, so the move a placement makes in each is one sift rather than a removal and an
+//! insertion; a tenant's active classes (four at most) sit in an array by class, scanned; aging
+//! deadlines sit in one min-heap with lazy deletion. Push, remove, take and promote are O(log n)
+//! each (plus O(1) hash lookups).
 //!
 //! A placement round walks the queue with [`Round`]: `next` returns the best task whose shape
 //! is not marked dead; a dead shape's heads (and flows or tenants left with nothing but dead
@@ -28,6 +30,7 @@ use std::collections::{BTreeSet, BinaryHeap};
 
 use crate::error::{invalid, CoreResult};
 use crate::id_hash::{IdHashMap, IdHashSet};
+use crate::ranked::Ranked;
 use crate::{ShapeId, TaskId, WorkerId, PRIORITY_CLASSES};
 
 /// Tenant handle (the control plane interns tenant names).
@@ -120,16 +123,18 @@ pub struct Locality {
 }
 
 /// One (flow, shape) queue: its tasks by seq and its delay scheduling state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ShapeQueue {
     tasks: BTreeSet<(u64, TaskId)>,
     locality: Locality,
+    /// Its slot in its flow's `heads`.
+    slot: u32,
 }
 
 /// A flow is one (tenant, class).
 type FlowKey = (TenantId, u8);
-/// A flow's per-shape head: (seq, task, shape).
-type HeadKey = (u64, TaskId, ShapeId);
+/// A task's place in FIFO order: (seq, task).
+type Fifo = (u64, TaskId);
 /// A tenant's active classes: (finish tag bits, URGENT first on a tie).
 type ClassKey = (u64, Reverse<u8>);
 
@@ -163,7 +168,10 @@ impl Classes {
 #[derive(Debug, Default)]
 struct Flow {
     len: usize,
-    heads: BTreeSet<HeadKey>,
+    /// The head of each of its shape queues, the first in FIFO order first.
+    heads: Ranked<Fifo>,
+    /// The shape of each slot of `heads`.
+    shapes: Vec<ShapeId>,
     /// Work placed / class weight: the start tag of its next task.
     vt: f64,
     /// Its position among its tenant's classes: the finish tag of one unit of work.
@@ -181,18 +189,26 @@ struct Tenant {
     /// Virtual time of the last class served, where a newly active class starts.
     class_clock: f64,
     classes: Classes,
+    /// Its slot in `PendingQueue::active`.
+    slot: u32,
 }
 
-impl Default for Tenant {
-    fn default() -> Self {
-        Tenant {
+impl Tenant {
+    /// The tenant `id`; one met for the first time gets weight 1 and a slot among the active.
+    fn get<'a>(
+        tenants: &'a mut IdHashMap<TenantId, Tenant>,
+        active: &mut Ranked<(u64, TenantId)>,
+        id: TenantId,
+    ) -> &'a mut Tenant {
+        tenants.entry(id).or_insert_with(|| Tenant {
             weight: 1.0,
             len: 0,
             vt: 0.0,
             key: 0,
             class_clock: 0.0,
             classes: Classes::default(),
-        }
+            slot: active.slot(),
+        })
     }
 }
 
@@ -200,9 +216,11 @@ impl Default for Tenant {
 #[derive(Debug, Default)]
 pub struct Round {
     dead: IdHashSet<ShapeId>,
-    heads: Vec<(FlowKey, HeadKey)>,
+    /// (flow, slot in its heads, the head).
+    heads: Vec<(FlowKey, u32, Fifo)>,
     classes: Vec<(TenantId, ClassKey)>,
-    tenants: Vec<(u64, TenantId)>,
+    /// (slot in `active`, its entry).
+    tenants: Vec<(u32, (u64, TenantId))>,
     /// Set aside with the class aging had given them.
     tasks: Vec<(TaskId, PendingTask, u8)>,
 }
@@ -215,7 +233,7 @@ pub struct PendingQueue {
     per_shape: IdHashMap<(FlowKey, ShapeId), ShapeQueue>,
     tenants: IdHashMap<TenantId, Tenant>,
     /// Active tenants: (finish tag bits, tenant).
-    active: BTreeSet<(u64, TenantId)>,
+    active: Ranked<(u64, TenantId)>,
     /// Virtual time of the last tenant served, where a newly active tenant starts.
     clock: f64,
     /// (when the task moves up a class, task, the class it moves from): a min-heap with lazy
@@ -263,12 +281,12 @@ impl PendingQueue {
     /// Set a tenant's share (default 1). Takes effect for work placed from now on.
     pub fn set_tenant_weight(&mut self, tenant: TenantId, weight: f64) -> CoreResult<()> {
         check_weight("tenant weight", weight)?;
-        let t = self.tenants.entry(tenant).or_default();
-        let active = self.active.remove(&(t.key, tenant));
+        let t = Tenant::get(&mut self.tenants, &mut self.active, tenant);
+        let active = self.active.get(t.slot).is_some();
         t.weight = weight;
         t.key = bits(t.vt + 1.0 / weight);
         if active {
-            self.active.insert((t.key, tenant));
+            self.active.set(t.slot, Some((t.key, tenant)));
         }
         Ok(())
     }
@@ -291,19 +309,29 @@ impl PendingQueue {
     /// set aside for a round coming back is not a newly active flow).
     fn insert(&mut self, task: TaskId, p: PendingTask, class: u8, restore: bool) {
         let fk = (p.tenant, class);
-        let queue = &mut self.per_shape.entry((fk, p.shape)).or_default().tasks;
+        let flow = self.flows.entry(fk).or_default();
+        let shape_queue = self.per_shape.entry((fk, p.shape)).or_insert_with(|| {
+            let slot = flow.heads.slot();
+            let at = slot as usize;
+            if flow.shapes.len() <= at {
+                flow.shapes.resize(at + 1, 0);
+            }
+            flow.shapes[at] = p.shape;
+            ShapeQueue {
+                tasks: BTreeSet::new(),
+                locality: Locality::default(),
+                slot,
+            }
+        });
+        let queue = &mut shape_queue.tasks;
         let old_head = queue.first().copied();
         queue.insert((p.seq, task));
         let new_head = queue.first().copied();
-        let flow = self.flows.entry(fk).or_default();
         if old_head != new_head {
-            if let Some((seq, t)) = old_head {
-                flow.heads.remove(&(seq, t, p.shape));
-            }
-            flow.heads.insert((p.seq, task, p.shape));
+            flow.heads.set(shape_queue.slot, new_head);
         }
         flow.len += 1;
-        let tenant = self.tenants.entry(p.tenant).or_default();
+        let tenant = Tenant::get(&mut self.tenants, &mut self.active, p.tenant);
         if flow.len == 1 {
             if !restore {
                 flow.vt = flow.vt.max(tenant.class_clock);
@@ -317,7 +345,7 @@ impl PendingQueue {
                 tenant.vt = tenant.vt.max(self.clock);
             }
             tenant.key = bits(tenant.vt + 1.0 / tenant.weight);
-            self.active.insert((tenant.key, p.tenant));
+            self.active.set(tenant.slot, Some((tenant.key, p.tenant)));
         }
         if let Some(at) = self.promotion_at(&p, class) {
             self.aging.push(Reverse((at, task, class)));
@@ -357,7 +385,9 @@ impl PendingQueue {
             queue.remove(&(p.seq, task));
         }
         let new_head = queue.first().copied();
-        if queue.is_empty() {
+        let head_slot = shape_queue.slot;
+        let emptied = queue.is_empty();
+        if emptied {
             self.per_shape.remove(&(fk, p.shape));
         }
         let flow = self
@@ -376,18 +406,18 @@ impl PendingQueue {
                 tenant.classes.insert((flow.key, Reverse(class)));
             }
             self.clock = tenant.vt;
-            let listed = self.active.remove(&(tenant.key, p.tenant));
+            let listed = self.active.get(tenant.slot).is_some();
             tenant.vt += work / tenant.weight;
             tenant.key = bits(tenant.vt + 1.0 / tenant.weight);
             if listed {
-                self.active.insert((tenant.key, p.tenant));
+                self.active.set(tenant.slot, Some((tenant.key, p.tenant)));
             }
         }
         if old_head != new_head {
-            flow.heads.remove(&(p.seq, task, p.shape));
-            if let Some((seq, t)) = new_head {
-                flow.heads.insert((seq, t, p.shape));
-            }
+            flow.heads.set(head_slot, new_head);
+        }
+        if emptied {
+            flow.heads.release(head_slot);
         }
         flow.len -= 1;
         if flow.len == 0 {
@@ -395,7 +425,7 @@ impl PendingQueue {
         }
         tenant.len -= 1;
         if tenant.len == 0 {
-            self.active.remove(&(tenant.key, p.tenant));
+            self.active.set(tenant.slot, None);
         }
         Some((p, class))
     }
@@ -458,30 +488,32 @@ impl PendingQueue {
     /// The best task not set aside in this round, or None when the round has nothing left.
     pub fn next(&mut self, round: &mut Round) -> Option<(TaskId, PendingTask)> {
         loop {
-            let &(tbits, tenant_id) = self.active.first()?;
+            let (entry, tenant_slot) = self.active.first()?;
+            let tenant_id = entry.1;
             let tenant = self
                 .tenants
                 .get_mut(&tenant_id)
                 .expect("active tenants exist");
             let Some(ckey) = tenant.classes.first() else {
-                self.active.remove(&(tbits, tenant_id));
-                round.tenants.push((tbits, tenant_id));
+                self.active.set(tenant_slot, None);
+                round.tenants.push((tenant_slot, entry));
                 continue;
             };
             let fk = (tenant_id, ckey.1 .0);
             let flow = self.flows.get_mut(&fk).expect("active flows exist");
-            let Some(&head) = flow.heads.first() else {
+            let Some((head, slot)) = flow.heads.first() else {
                 tenant.classes.remove(&ckey);
                 round.classes.push((tenant_id, ckey));
                 continue;
             };
-            if round.dead.contains(&head.2) {
-                flow.heads.remove(&head);
-                round.heads.push((fk, head));
+            if round.dead.contains(&flow.shapes[slot as usize]) {
+                flow.heads.set(slot, None);
+                round.heads.push((fk, slot, head));
                 continue;
             }
-            let (p, _) = self.tasks[&head.1];
-            return Some((head.1, p));
+            let task = head.1;
+            let (p, _) = self.tasks[&task];
+            return Some((task, p));
         }
     }
 
@@ -511,14 +543,17 @@ impl PendingQueue {
         let Some(&(p, class)) = self.tasks.get(&task) else {
             return;
         };
-        if let Some(q) = self.shape_queue(task) {
-            q.locality.waiting_since.get_or_insert(now_ms);
-        }
+        let Some(q) = self.shape_queue(task) else {
+            return;
+        };
+        q.locality.waiting_since.get_or_insert(now_ms);
+        let slot = q.slot;
         let fk = (p.tenant, class);
-        let head = (p.seq, task, p.shape);
+        let head = (p.seq, task);
         if let Some(flow) = self.flows.get_mut(&fk) {
-            if flow.heads.remove(&head) {
-                round.heads.push((fk, head));
+            if flow.heads.get(slot) == Some(head) {
+                flow.heads.set(slot, None);
+                round.heads.push((fk, slot, head));
             }
         }
     }
@@ -540,9 +575,9 @@ impl PendingQueue {
 
     /// Restore everything the round set aside.
     pub fn end_round(&mut self, round: Round) {
-        for (fk, head) in round.heads {
+        for (fk, slot, head) in round.heads {
             if let Some(flow) = self.flows.get_mut(&fk) {
-                flow.heads.insert(head);
+                flow.heads.set(slot, Some(head));
             }
         }
         for (tenant, ckey) in round.classes {
@@ -550,8 +585,8 @@ impl PendingQueue {
                 t.classes.insert(ckey);
             }
         }
-        for key in round.tenants {
-            self.active.insert(key);
+        for (slot, entry) in round.tenants {
+            self.active.set(slot, Some(entry));
         }
         for (task, p, class) in round.tasks {
             self.insert(task, p, class, true);

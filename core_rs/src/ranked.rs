@@ -1,23 +1,25 @@
-//! An indexed heap of ready workers in [`ReadyKey`] order, for the placement and warm indexes.
+//! An indexed heap: the ready workers of the placement and warm indexes, the active tenants
+//! and the per-shape heads of the pending queue, each kept in its key's order, best first.
 //!
-//! Every placement changes the rank of the worker it went to in each index that lists it, so
-//! moving an entry is the operation to make cheap. An ordered tree pays a removal and an
-//! insertion for it, with node searches and rebalancing; a 4-ary heap in one flat array pays one
-//! sift. Each entry has a slot that stays put while the entry moves, so its owner finds it without
-//! searching. Setting, moving or clearing an entry is O(log n); walking the entries in order
-//! ([`Ranked::iter`]) goes through a frontier of the heap positions whose parents were yielded:
-//! a short inline scan for each of the first few entries, O(log k) for the k-th beyond, so
-//! looking at the best few is cheap however large the heap.
+//! Every placement changes the rank of the worker it went to, and the position of its task's
+//! tenant and flow, so moving an entry is the operation to make cheap. An ordered tree pays a
+//! removal and an insertion for it, with node searches and rebalancing; a 4-ary heap in one flat
+//! array pays one sift. Each entry has a slot that stays put while the entry moves, so its owner
+//! finds it without searching. Setting, moving or clearing an entry is O(log n); walking the
+//! entries in order ([`Ranked::iter`]) goes through a frontier of the heap positions whose
+//! parents were yielded: a short inline scan for each of the first few entries, O(log k) for the
+//! k-th beyond, so looking at the best few is cheap however large the heap.
 //!
-//! Layout. An entry is one `u128` that orders like (key, slot): the rank inverted in the top 64
-//! bits, then the worker handle and the slot in 32 bits each, so comparing two entries is one
-//! integer comparison. The heap is stored in cache lines of four entries, the root alone in the
-//! first one's last place, so the four children of any entry fill exactly one line: a step of a
-//! sift reads one line and compares four integers. Places past the end hold `u128::MAX`, which
-//! no entry equals, so the step needs no bounds check per child.
+//! Layout. The heap stores each key with its slot as one [`Key::Entry`] that orders like (key,
+//! slot); a worker's is one `u128`, so comparing two is one integer comparison. The heap is
+//! stored in lines of four entries aligned to 64 bytes, the root alone in the first one's last
+//! place, so the four children of any entry fill exactly one line (one cache line for 16-byte
+//! entries): a step of a sift reads one line and compares four entries. Places past the end hold
+//! [`Key::VACANT`], which orders after every entry, so the step needs no bounds check per child.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::fmt::Debug;
 
 use smallvec::SmallVec;
 
@@ -26,33 +28,84 @@ use crate::placement::ReadyKey;
 const ARITY: usize = 4;
 /// The position of a slot whose entry is not in the heap.
 const ABSENT: u32 = u32::MAX;
-/// What places past the heap's end hold: after every entry.
-const VACANT: u128 = u128::MAX;
 
-/// Four heap places in one cache line: the children of one entry.
+/// A key a [`Ranked`] heap orders by, smallest first.
+pub trait Key: Copy + Ord {
+    /// The key with its slot, as the heap stores it: ordered like (key, slot).
+    type Entry: Copy + Ord + Debug;
+    /// Orders after every entry of a slot below `ABSENT`.
+    const VACANT: Self::Entry;
+    fn entry(self, slot: u32) -> Self::Entry;
+    fn key(entry: Self::Entry) -> Self;
+    fn slot(entry: Self::Entry) -> u32;
+}
+
+/// A worker's rank (best first) and handle in one `u128`: the rank inverted in the top 64 bits,
+/// then the handle and the slot in 32 bits each.
+impl Key for ReadyKey {
+    type Entry = u128;
+    const VACANT: u128 = u128::MAX;
+
+    fn entry(self, slot: u32) -> u128 {
+        let (Reverse(rank), worker) = self;
+        // Handles are indices of the worker table, which would need 32 GiB before one outgrew
+        // this.
+        let worker = u32::try_from(worker).expect("worker handles fit in 32 bits");
+        (u128::from(!rank) << 64) | (u128::from(worker) << 32) | u128::from(slot)
+    }
+
+    fn key(entry: u128) -> ReadyKey {
+        (
+            Reverse(!((entry >> 64) as u64)),
+            u64::from((entry >> 32) as u32),
+        )
+    }
+
+    fn slot(entry: u128) -> u32 {
+        entry as u32
+    }
+}
+
+/// (an order, an id): a tenant's finish tag and handle, the same packing.
+impl Key for (u64, u32) {
+    type Entry = u128;
+    const VACANT: u128 = u128::MAX;
+
+    fn entry(self, slot: u32) -> u128 {
+        (u128::from(self.0) << 64) | (u128::from(self.1) << 32) | u128::from(slot)
+    }
+
+    fn key(entry: u128) -> (u64, u32) {
+        ((entry >> 64) as u64, (entry >> 32) as u32)
+    }
+
+    fn slot(entry: u128) -> u32 {
+        entry as u32
+    }
+}
+
+/// (seq, task): a queued task's place in FIFO order.
+impl Key for (u64, u64) {
+    type Entry = (u64, u64, u32);
+    const VACANT: (u64, u64, u32) = (u64::MAX, u64::MAX, u32::MAX);
+
+    fn entry(self, slot: u32) -> (u64, u64, u32) {
+        (self.0, self.1, slot)
+    }
+
+    fn key(entry: (u64, u64, u32)) -> (u64, u64) {
+        (entry.0, entry.1)
+    }
+
+    fn slot(entry: (u64, u64, u32)) -> u32 {
+        entry.2
+    }
+}
+
+/// Four heap places, aligned: the children of one entry.
 #[derive(Debug, Clone, Copy)]
 #[repr(align(64))]
-struct Line([u128; ARITY]);
-
-const EMPTY_LINE: Line = Line([VACANT; ARITY]);
-
-/// An entry in its ordering form (see the module doc).
-fn pack((Reverse(rank), worker): ReadyKey, slot: u32) -> u128 {
-    // Handles are indices of the worker table, which would need 32 GiB before one outgrew this.
-    let worker = u32::try_from(worker).expect("worker handles fit in 32 bits");
-    (u128::from(!rank) << 64) | (u128::from(worker) << 32) | u128::from(slot)
-}
-
-fn key_of(entry: u128) -> ReadyKey {
-    (
-        Reverse(!((entry >> 64) as u64)),
-        u64::from((entry >> 32) as u32),
-    )
-}
-
-fn slot_of(entry: u128) -> u32 {
-    entry as u32
-}
+struct Line<E>([E; ARITY]);
 
 /// Line and place of heap position `at`: the root is the first line's last place, so the
 /// children of `at` (4 at + 1 .. 4 at + 4) are all of line `at + 1`.
@@ -61,10 +114,10 @@ fn place(at: usize) -> (usize, usize) {
     (p / ARITY, p % ARITY)
 }
 
-#[derive(Debug, Default)]
-pub struct Ranked {
+#[derive(Debug)]
+pub struct Ranked<K: Key> {
     /// A min-heap of entries: the best first.
-    lines: Vec<Line>,
+    lines: Vec<Line<K::Entry>>,
     /// Entries in the heap.
     len: usize,
     /// Heap position per slot, ABSENT when the slot has no entry.
@@ -73,7 +126,18 @@ pub struct Ranked {
     free: Vec<u32>,
 }
 
-impl Ranked {
+impl<K: Key> Default for Ranked<K> {
+    fn default() -> Self {
+        Ranked {
+            lines: Vec::new(),
+            len: 0,
+            pos: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<K: Key> Ranked<K> {
     /// A new slot, without an entry.
     pub fn slot(&mut self) -> u32 {
         self.free.pop().unwrap_or_else(|| {
@@ -89,38 +153,38 @@ impl Ranked {
     }
 
     /// The slot's entry, if it has one.
-    pub fn get(&self, slot: u32) -> Option<ReadyKey> {
+    pub fn get(&self, slot: u32) -> Option<K> {
         let at = self.pos[slot as usize];
-        (at != ABSENT).then(|| key_of(self.at(at as usize)))
+        (at != ABSENT).then(|| K::key(self.at(at as usize)))
     }
 
     /// The best entry and its slot.
-    pub fn first(&self) -> Option<(ReadyKey, u32)> {
+    pub fn first(&self) -> Option<(K, u32)> {
         (self.len > 0).then(|| {
             let entry = self.at(0);
-            (key_of(entry), slot_of(entry))
+            (K::key(entry), K::slot(entry))
         })
     }
 
     /// The second best entry and its slot: the best of the first one's children.
-    pub fn second(&self) -> Option<(ReadyKey, u32)> {
+    pub fn second(&self) -> Option<(K, u32)> {
         let children = &self.lines.get(1)?.0;
-        let best = children.iter().copied().min().filter(|&e| e != VACANT)?;
-        Some((key_of(best), slot_of(best)))
+        let best = children.iter().copied().min().filter(|&e| e != K::VACANT)?;
+        Some((K::key(best), K::slot(best)))
     }
 
-    fn at(&self, at: usize) -> u128 {
+    fn at(&self, at: usize) -> K::Entry {
         let (line, i) = place(at);
         self.lines[line].0[i]
     }
 
-    fn write(&mut self, at: usize, entry: u128) {
+    fn write(&mut self, at: usize, entry: K::Entry) {
         let (line, i) = place(at);
         self.lines[line].0[i] = entry;
     }
 
     /// Set, move or clear the slot's entry.
-    pub fn set(&mut self, slot: u32, key: Option<ReadyKey>) {
+    pub fn set(&mut self, slot: u32, key: Option<K>) {
         let at = self.pos[slot as usize];
         match (at, key) {
             (ABSENT, None) => {}
@@ -128,16 +192,16 @@ impl Ranked {
                 let at = self.len;
                 self.len += 1;
                 if place(at).0 >= self.lines.len() {
-                    self.lines.push(EMPTY_LINE);
+                    self.lines.push(Line([K::VACANT; ARITY]));
                 }
-                self.sift_up(at, pack(key, slot));
+                self.sift_up(at, key.entry(slot));
             }
             (at, None) => {
                 let at = at as usize;
                 self.pos[slot as usize] = ABSENT;
                 self.len -= 1;
                 let last = self.at(self.len);
-                self.write(self.len, VACANT);
+                self.write(self.len, K::VACANT);
                 if at < self.len {
                     if at > 0 && last < self.at((at - 1) / ARITY) {
                         self.sift_up(at, last);
@@ -148,7 +212,7 @@ impl Ranked {
             }
             (at, Some(key)) => {
                 let at = at as usize;
-                let entry = pack(key, slot);
+                let entry = key.entry(slot);
                 let old = self.at(at);
                 if entry < old {
                     self.sift_up(at, entry);
@@ -160,13 +224,13 @@ impl Ranked {
     }
 
     /// Put `entry` at heap position `at`.
-    fn put(&mut self, at: usize, entry: u128) {
+    fn put(&mut self, at: usize, entry: K::Entry) {
         self.write(at, entry);
-        self.pos[slot_of(entry) as usize] = at as u32;
+        self.pos[K::slot(entry) as usize] = at as u32;
     }
 
     /// Settle `entry` at `at` or above it.
-    fn sift_up(&mut self, mut at: usize, entry: u128) {
+    fn sift_up(&mut self, mut at: usize, entry: K::Entry) {
         while at > 0 {
             let parent = (at - 1) / ARITY;
             let above = self.at(parent);
@@ -180,7 +244,7 @@ impl Ranked {
     }
 
     /// Settle `entry` at `at` or below it.
-    fn sift_down(&mut self, mut at: usize, entry: u128) {
+    fn sift_down(&mut self, mut at: usize, entry: K::Entry) {
         while ARITY * at + 1 < self.len {
             // The children are line at + 1, vacant places after every entry.
             let children = &self.lines[at + 1].0;
@@ -201,7 +265,7 @@ impl Ranked {
     }
 
     /// The entries with their slots, best first.
-    pub fn iter(&self) -> Ordered<'_> {
+    pub fn iter(&self) -> Ordered<'_, K> {
         Ordered {
             ranked: self,
             frontier: Frontier::Inline(SmallVec::new()),
@@ -219,13 +283,13 @@ const INLINE: usize = 8;
 /// (entry, heap position) of the entries not yet yielded whose parents were.
 // The inline variant is the large one on purpose: a walk lives on the stack of one lookup.
 #[allow(clippy::large_enum_variant)]
-enum Frontier {
-    Inline(SmallVec<[(u128, u32); INLINE]>),
-    Heap(BinaryHeap<Reverse<(u128, u32)>>),
+enum Frontier<E> {
+    Inline(SmallVec<[(E, u32); INLINE]>),
+    Heap(BinaryHeap<Reverse<(E, u32)>>),
 }
 
-impl Frontier {
-    fn push(&mut self, entry: (u128, u32)) {
+impl<E: Ord> Frontier<E> {
+    fn push(&mut self, entry: (E, u32)) {
         match self {
             Frontier::Inline(entries) if entries.len() < INLINE => entries.push(entry),
             Frontier::Inline(entries) => {
@@ -237,7 +301,7 @@ impl Frontier {
         }
     }
 
-    fn pop(&mut self) -> Option<(u128, u32)> {
+    fn pop(&mut self) -> Option<(E, u32)> {
         match self {
             Frontier::Inline(entries) => {
                 // Entries are unique (they end with their slot), so the entry alone orders them.
@@ -255,19 +319,19 @@ impl Frontier {
 }
 
 /// The entries of a [`Ranked`] in order: the next one is the best of the frontier.
-pub struct Ordered<'a> {
-    ranked: &'a Ranked,
-    frontier: Frontier,
+pub struct Ordered<'a, K: Key> {
+    ranked: &'a Ranked<K>,
+    frontier: Frontier<K::Entry>,
     /// The position last yielded, whose children join the frontier on the next call.
     expand: Option<usize>,
     started: bool,
 }
 
-impl Iterator for Ordered<'_> {
-    /// An entry and its slot.
-    type Item = (ReadyKey, u32);
+impl<K: Key> Iterator for Ordered<'_, K> {
+    /// A key and its slot.
+    type Item = (K, u32);
 
-    fn next(&mut self) -> Option<(ReadyKey, u32)> {
+    fn next(&mut self) -> Option<(K, u32)> {
         let ranked = self.ranked;
         if let Some(at) = self.expand.take() {
             let first = ARITY * at + 1;
@@ -286,7 +350,7 @@ impl Iterator for Ordered<'_> {
         };
         self.expand = Some(at);
         let entry = ranked.at(at);
-        Some((key_of(entry), slot_of(entry)))
+        Some((K::key(entry), K::slot(entry)))
     }
 }
 #[cfg(test)]
@@ -313,42 +377,68 @@ mod tests {
         ]
     }
 
-    proptest! {
-        /// Whatever the sequence of operations, walking the heap gives its entries in the order
-        /// of an ordered set, and each slot reads back its own entry.
-        #[test]
-        fn walks_entries_in_the_order_of_an_ordered_set(ops in prop::collection::vec(op(), 1..600)) {
-            let mut ranked = Ranked::default();
-            // slot -> its entry, as the reference.
-            let mut model: BTreeMap<u32, Option<ReadyKey>> = BTreeMap::new();
-            for op in ops {
-                match op {
-                    Op::Slot => {
-                        model.insert(ranked.slot(), None);
-                    }
-                    Op::Release(n) if !model.is_empty() => {
-                        let slot = *model.keys().nth(n % model.len()).unwrap();
-                        ranked.release(slot);
-                        model.remove(&slot);
-                    }
-                    Op::Set(n, rank) if !model.is_empty() => {
-                        let slot = *model.keys().nth(n % model.len()).unwrap();
-                        let key = rank.map(|r| (Reverse(r), u64::from(slot)));
-                        ranked.set(slot, key);
-                        model.insert(slot, key);
-                    }
-                    _ => {}
+    /// Apply `ops` to a heap of keys made by `key` (from a rank and the slot) and to an ordered
+    /// set, checking after each that walking the heap gives the set's order, `second` its second
+    /// entry, and that each slot reads back its own entry.
+    fn check_against_a_set<K: Key + Debug>(
+        ops: Vec<Op>,
+        key: impl Fn(u64, u32) -> K,
+    ) -> Result<(), TestCaseError> {
+        let mut ranked = Ranked::default();
+        // slot -> its entry, as the reference.
+        let mut model: BTreeMap<u32, Option<K>> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Slot => {
+                    model.insert(ranked.slot(), None);
                 }
-                let mut expected: Vec<ReadyKey> = model.values().flatten().copied().collect();
-                expected.sort_unstable();
-                prop_assert_eq!(ranked.iter().map(|(key, _)| key).collect::<Vec<_>>(), expected);
-                for (key, slot) in ranked.iter() {
-                    prop_assert_eq!(ranked.get(slot), Some(key));
+                Op::Release(n) if !model.is_empty() => {
+                    let slot = *model.keys().nth(n % model.len()).unwrap();
+                    ranked.release(slot);
+                    model.remove(&slot);
                 }
-                for (&slot, &key) in &model {
-                    prop_assert_eq!(ranked.get(slot), key);
+                Op::Set(n, rank) if !model.is_empty() => {
+                    let slot = *model.keys().nth(n % model.len()).unwrap();
+                    let k = rank.map(|r| key(r, slot));
+                    ranked.set(slot, k);
+                    model.insert(slot, k);
                 }
+                _ => {}
             }
+            let mut expected: Vec<K> = model.values().flatten().copied().collect();
+            expected.sort_unstable();
+            prop_assert_eq!(
+                ranked.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                expected.clone()
+            );
+            prop_assert_eq!(ranked.second().map(|(k, _)| k), expected.get(1).copied());
+            for (k, slot) in ranked.iter() {
+                prop_assert_eq!(ranked.get(slot), Some(k));
+            }
+            for (&slot, &k) in &model {
+                prop_assert_eq!(ranked.get(slot), k);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// Workers by rank, ties to the lowest handle (here the slot).
+        #[test]
+        fn ranks_walk_in_the_order_of_an_ordered_set(ops in prop::collection::vec(op(), 1..600)) {
+            check_against_a_set(ops, |r, slot| (Reverse(r), u64::from(slot)))?;
+        }
+
+        /// Tasks by (seq, task): seqs tie often and the task breaks the tie.
+        #[test]
+        fn fifo_keys_walk_in_the_order_of_an_ordered_set(ops in prop::collection::vec(op(), 1..600)) {
+            check_against_a_set(ops, |r, slot| (r, u64::from(slot) * 7 % 11))?;
+        }
+
+        /// Tenants by finish tag, ties to the lowest handle.
+        #[test]
+        fn tags_walk_in_the_order_of_an_ordered_set(ops in prop::collection::vec(op(), 1..600)) {
+            check_against_a_set(ops, |r, slot| (r, slot % 3))?;
         }
     }
 }
