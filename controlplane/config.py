@@ -25,10 +25,20 @@ class ServerConfig:
     policy: str = "composite"
     kind_policies: tuple[tuple[str, str], ...] = ()
     tenant_weights: tuple[tuple[str, float], ...] = ()
-    # Scoring weights of the placement core.
+    # Weights of the composite policy's score terms (each >= 0).
     w_availability: float = 0.5
     w_success: float = 0.3
     w_speed: float = 0.2
+    w_affinity: float = 0.3
+    w_fit: float = 0.2
+    w_cost: float = 0.1
+    # Shares of the priority classes LOW, NORMAL, HIGH, URGENT within a tenant, and how long a
+    # pending task waits before it moves up one class (0 = never).
+    priority_weights: tuple[float, float, float, float] = (1.0, 2.0, 3.0, 4.0)
+    aging_s: float = 60.0
+    # Successes over which a new worker, or one back from quarantine, ramps from 1 slot to all
+    # of them (a failure while warming halves its progress); 0 = all slots at once.
+    warmup_successes: int = 0
     # Tasks each worker may hold beyond its slots (queued on the agent to hide dispatch latency);
     # idle workers steal those not yet started. 0 = off.
     prefetch_depth: int = 0

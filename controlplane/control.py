@@ -167,8 +167,14 @@ class ControlPlane:
             w_availability=config.w_availability,
             w_success=config.w_success,
             w_speed=config.w_speed,
+            w_affinity=config.w_affinity,
+            w_fit=config.w_fit,
+            w_cost=config.w_cost,
             policy=config.policy,
+            priority_weights=list(config.priority_weights),
+            aging_ms=int(config.aging_s * 1000),
             prefetch_depth=config.prefetch_depth,
+            warmup_successes=config.warmup_successes,
             locality_wait_ms=int(config.locality_wait_s * 1000),
         )
         for kind, policy in config.kind_policies:

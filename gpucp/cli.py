@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import threading
@@ -17,6 +18,8 @@ from gpucp.client import DEFAULT_SERVER, Client, GpucpError, task_spec
 from gpucp.v1 import admin_pb2, common_pb2
 
 POLICIES = ("composite", "round_robin", "least_loaded", "performance", "affinity", "cost")
+# The composite score's terms, each weighted by ServerConfig's w_<term>.
+SCORE_TERMS = ("availability", "success", "speed", "affinity", "fit", "cost")
 TERMINAL = {
     common_pb2.TASK_STATE_SUCCEEDED,
     common_pb2.TASK_STATE_FAILED,
@@ -83,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another policy for one task kind (repeatable)")
     serve.add_argument("--tenant-weight", action="append", default=[], metavar="TENANT=WEIGHT",
                        help="a tenant's fair share of the fleet, default 1 (repeatable)")
+    serve.add_argument("--weight", action="append", default=[], metavar="TERM=WEIGHT",
+                       help="weight of one term of the composite score (repeatable): availability (default 0.5), "
+                       "success (0.3), speed (0.2), affinity (0.3), fit (0.2), cost (0.1)")
+    serve.add_argument("--priority-weights", default="1,2,3,4", metavar="LOW,NORMAL,HIGH,URGENT",
+                       help="shares of the priority classes within a tenant (default %(default)s)")
+    serve.add_argument("--aging", type=float, default=60.0, metavar="SECONDS",
+                       help="a pending task moves up one priority class per this long waiting (default 60; 0: never)")
+    serve.add_argument("--warmup", type=int, default=0, metavar="N",
+                       help="a new or recovered worker ramps from 1 slot to all of them over N successes "
+                       "(default 0: all at once)")
     serve.add_argument("--prefetch-depth", type=int, default=0, metavar="N",
                        help="tasks a worker may queue beyond its slots; idle workers steal those "
                             "not yet started (default %(default)s: off)")
@@ -150,6 +163,10 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.keep_finished >= 0:
         raise ValueError(f"--keep-finished {args.keep_finished:g}: give seconds >= 0 (0 keeps finished tasks forever)")
+    if not args.aging >= 0:
+        raise ValueError(f"--aging {args.aging:g}: give seconds >= 0 (0: tasks never move up a class)")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup {args.warmup}: give a number of successes >= 0 (0: all slots at once)")
     config = ServerConfig(
         listen=args.listen,
         db=args.db,
@@ -168,6 +185,10 @@ def run_serve(args: argparse.Namespace) -> int:
         locality_wait_s=args.locality_wait,
         kind_policies=tuple(kind_policy(p) for p in args.kind_policy),
         tenant_weights=tuple((k, float(v)) for k, v in (split_pair(w, "--tenant-weight") for w in args.tenant_weight)),
+        priority_weights=priority_weights(args.priority_weights),
+        aging_s=args.aging,
+        warmup_successes=args.warmup,
+        **{f"w_{term}": weight for term, weight in score_weights(args.weight).items()},
         quarantine_after=args.quarantine_after,
         quarantine_cooling_s=args.quarantine_cooling,
         autoscale=args.autoscale,
@@ -183,6 +204,38 @@ def split_pair(text: str, flag: str) -> tuple[str, str]:
     if not sep or not key or not value:
         raise ValueError(f"{flag} takes NAME=VALUE, got {text!r}")
     return key, value
+
+
+def score_weights(texts: Sequence[str]) -> dict[str, float]:
+    """--weight TERM=WEIGHT flags as {term: weight}, each term one of SCORE_TERMS."""
+    weights = {}
+    for text in texts:
+        term, value = split_pair(text, "--weight")
+        if term not in SCORE_TERMS:
+            raise ValueError(f"--weight {text!r}: the term must be one of {', '.join(SCORE_TERMS)}")
+        weights[term] = number(value, f"--weight {text!r}", low=0.0, what="a weight >= 0")
+    return weights
+
+
+def priority_weights(text: str) -> tuple[float, float, float, float]:
+    """--priority-weights LOW,NORMAL,HIGH,URGENT: four shares > 0."""
+    flag = f"--priority-weights {text!r}"
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise ValueError(f"{flag}: give four shares, LOW,NORMAL,HIGH,URGENT (e.g. 1,2,3,4)")
+    low, normal, high, urgent = (number(p, flag, low=0.0, what="shares > 0", strict=True) for p in parts)
+    return low, normal, high, urgent
+
+
+def number(text: str, flag: str, *, low: float, what: str, strict: bool = False) -> float:
+    """A finite number above `low` (or equal to it unless strict), else a ValueError naming the flag."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < low or (strict and value == low):
+        raise ValueError(f"{flag}: give {what}")
+    return value
 
 
 def kind_policy(text: str) -> tuple[str, str]:

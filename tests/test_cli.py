@@ -81,3 +81,21 @@ def test_a_negative_keep_finished_stops_the_control_plane_before_it_listens(tmp_
     assert serve.returncode == 1
     assert "--keep-finished -5: give seconds >= 0 (0 keeps finished tasks forever)" in serve.stderr
     assert "Traceback" not in serve.stderr and not (tmp_path / "x.db").exists()
+
+
+def test_bad_scheduling_flags_stop_the_control_plane_before_it_listens(tmp_path):
+    db = tmp_path / "x.db"
+    cases = {
+        ("--weight", "speedy=1"): "--weight 'speedy=1': the term must be one of availability, success, speed, "
+                                  "affinity, fit, cost",
+        ("--weight", "fit=-0.5"): "--weight 'fit=-0.5': give a weight >= 0",
+        ("--priority-weights", "1,2,3"): "--priority-weights '1,2,3': give four shares, LOW,NORMAL,HIGH,URGENT",
+        ("--priority-weights", "1,0,3,4"): "--priority-weights '1,0,3,4': give shares > 0",
+        ("--aging", "-1"): "--aging -1: give seconds >= 0",
+        ("--warmup", "-2"): "--warmup -2: give a number of successes >= 0",
+    }
+    for flags, message in cases.items():
+        serve = gpucp("serve", "--listen", "127.0.0.1:0", "--db", str(db), *flags)
+        assert serve.returncode == 1, f"{flags} was accepted"
+        assert message in serve.stderr, f"{flags}: {serve.stderr}"
+        assert "Traceback" not in serve.stderr and not db.exists()
