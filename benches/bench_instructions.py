@@ -2,8 +2,10 @@
 
 Wall time on a shared machine moves by tens of percent from one minute to the next, more than a
 single change to the placement path is worth. Callgrind counts what one placement executes
-(instructions, and misses in its simulated first-level data and last-level caches) the same
-way on every run, so two revisions can be compared by ratio. The workload is the criterion
+(instructions, and misses in a simulated 32 KiB first-level data cache and 8 MiB last-level
+cache, the same sizes whatever the machine's) the same way on every run and every machine, so
+two revisions can be compared by ratio. A last-level miss stands for a trip to memory, which on
+a machine with a small last-level cache costs as much as hundreds of instructions. The workload is the criterion
 bench's steady state (`core_rs/benches/support/fleet.rs`): batches of 1,000 placed out of
 100,000 queued tasks, full filtering and composite scoring; only `place()` is counted.
 
@@ -49,6 +51,10 @@ def count(binary: Path, workers: int, rounds: int) -> dict[str, float]:
                 "valgrind",
                 "--tool=callgrind",
                 "--cache-sim=yes",
+                # Fixed caches (a 32 KiB L1, an 8 MiB last level), so that misses, like
+                # instructions, do not depend on the machine the count runs on.
+                "--D1=32768,8,64",
+                "--LL=8388608,16,64",
                 "--toggle-collect=place_steady::place_batch",
                 f"--callgrind-out-file={out}",
                 str(binary),
