@@ -13,8 +13,13 @@ that claim one GPU slot each:
 - Dask: `LocalCluster` with K worker processes of S threads, each `resources={"GPU": S}`;
   tasks `client.submit(noop, resources={"GPU": 1}, pure=False)`.
 
+- relay: not a scheduler but the floor under gpucp's closed loop, a bare gRPC relay making the
+  same four hops with nothing between them (`relay.py`): how much of gpucp's latency is its
+  layout (client -> control plane -> agent stream and back) rather than its work.
+
 Per system: closed loop (one client, submit -> result latency over N sequential tasks after a
-warm-up) and burst (M tasks submitted as fast as the client can, tasks/s until all are done).
+warm-up) and burst (M tasks submitted as fast as the client can, tasks/s until all are done; not
+for the relay, which has nothing to queue them in).
 The systems run one after another, each in a fresh child process, on the same machine; compare
 them by the ratios printed, not by absolute numbers from another run.
 """
@@ -35,6 +40,7 @@ from typing import Any
 
 from common import (
     OUT_DIR,
+    child_env,
     control_plane_loop,
     cpu_seconds,
     machine,
@@ -52,7 +58,7 @@ from common import (
     write_json,
 )
 
-SYSTEMS = ("gpucp", "ray", "dask")
+SYSTEMS = ("gpucp", "relay", "ray", "dask")
 WARMUP_SEQUENTIAL = 50
 WARMUP_BURST = 200
 
@@ -131,6 +137,51 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
     if hotspots is not None:
         result["profile"] = hotspots
     return result
+
+
+# ----- the relay ------------------------------------------------------------------------------
+
+
+def run_relay(args: argparse.Namespace) -> dict[str, Any]:
+    import grpc
+    import relay
+
+    script = Path(__file__).with_name("relay.py")
+    with tempfile.TemporaryDirectory(prefix="gpucp-bench-relay-") as tmp:
+        port_file = Path(tmp) / "port"
+        server = subprocess.Popen([sys.executable, str(script), "serve", "--port-file", str(port_file)], env=child_env())
+        agents: list[subprocess.Popen[bytes]] = []
+        try:
+            deadline = time.monotonic() + 30
+            while not (port_file.exists() and port_file.read_text()):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the relay did not start")
+                time.sleep(0.05)
+            address = f"127.0.0.1:{port_file.read_text()}"
+            agents = [subprocess.Popen([sys.executable, str(script), "agent", "--server", address], env=child_env())
+                      for _ in range(args.workers)]
+            while True:  # until an agent stream is up; a call with none fails at once
+                try:
+                    relay.closed_loop(address, 1, 0)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            time.sleep(1)  # the other agents
+            latencies = relay.closed_loop(address, args.latency_tasks, WARMUP_SEQUENTIAL)
+        finally:
+            stop_processes([*agents, server])
+    ms = [x * 1000 for x in latencies]
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": sum(ms) / len(ms),
+        "latency_tasks": len(ms),
+        "burst_accept_per_s": None,
+        "burst_done_per_s": None,
+        "setup": f"bare grpc.aio relay ({control_plane_loop()}), {args.workers} agent streams: no store, queue or placement",
+    }
 
 
 # ----- Ray ------------------------------------------------------------------------------------
@@ -232,7 +283,7 @@ def run_dask(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-RUNNERS = {"gpucp": run_gpucp, "ray": run_ray, "dask": run_dask}
+RUNNERS = {"gpucp": run_gpucp, "relay": run_relay, "ray": run_ray, "dask": run_dask}
 
 
 # ----- orchestration --------------------------------------------------------------------------
@@ -280,6 +331,10 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def rate(per_s: float | None) -> str:
+    return "-" if per_s is None else f"{per_s:,.0f}"
+
+
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: dict[str, Any]) -> str:
     lines = [
         f"end to end against peers: {args.workers} workers x {args.slots} GPU slots, no-op tasks claiming 1 GPU, "
@@ -295,7 +350,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: d
             continue
         lines.append(
             f"{system:<7} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_ms']:>8.2f} "
-            f"{r['burst_accept_per_s']:>15,.0f} {r['burst_done_per_s']:>13,.0f}  {r['setup']}"
+            f"{rate(r['burst_accept_per_s']):>15} {rate(r['burst_done_per_s']):>13}  {r['setup']}"
         )
     g = results.get("gpucp", {})
     if "error" not in g and g:
@@ -311,6 +366,12 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: d
         if "ray" in results and "error" not in results["ray"]:
             r50 = ratio(g["p50_ms"], results["ray"]["p50_ms"])
             lines.append(f"target p50 <= 0.5 x Ray's:          {'met' if r50 <= 0.5 else 'NOT met'} ({r50:.2f}x)")
+            floor = results.get("relay")
+            if floor and "error" not in floor:
+                lines.append(
+                    f"  the layout's floor, a bare relay: {ratio(floor['p50_ms'], results['ray']['p50_ms']):.2f}x Ray's p50; "
+                    f"gpucp's own work adds {g['p50_ms'] - floor['p50_ms']:.2f} ms to it"
+                )
         lines.append(
             f"target burst >= 5,000 tasks/s done: {'met' if g['burst_done_per_s'] >= 5000 else 'NOT met'} "
             f"({g['burst_done_per_s']:,.0f}/s; accepted durably at {g['burst_accept_per_s']:,.0f}/s)"
@@ -335,8 +396,8 @@ def plot(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> Path:
     lat.set_ylabel("submit -> result, ms (lower is better)")
     lat.set_title(f"closed loop, {args.latency_tasks} sequential no-op tasks")
     lat.legend()
-    thr.bar([i - 0.2 for i in x], [ok[s]["burst_accept_per_s"] for s in names], 0.4, label="accepted")
-    thr.bar([i + 0.2 for i in x], [ok[s]["burst_done_per_s"] for s in names], 0.4, label="done")
+    thr.bar([i - 0.2 for i in x], [ok[s]["burst_accept_per_s"] or 0 for s in names], 0.4, label="accepted")
+    thr.bar([i + 0.2 for i in x], [ok[s]["burst_done_per_s"] or 0 for s in names], 0.4, label="done")
     thr.axhline(5000, color="grey", linestyle="--", linewidth=1, label="gpucp target (done)")
     thr.set_xticks(list(x), names)
     thr.set_ylabel("tasks/s (higher is better)")
@@ -354,7 +415,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--burst-tasks", type=int, default=10_000, help="M tasks in the burst (default 10000)")
     p.add_argument("--prefetch-depth", type=int, default=16,
                    help="gpucp serve --prefetch-depth: tasks an agent may hold beyond its slots (default 16; 0 = none)")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of gpucp,ray,dask")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of gpucp,relay,ray,dask")
     p.add_argument("--rounds", type=int, default=1, help="run the whole sequence this many times; report medians")
     p.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2, help="num_cpus given to ray.init")
     p.add_argument("--timeout", type=float, default=300, help="seconds one system may take before it is killed")

@@ -1,0 +1,119 @@
+"""The floor under gpucp's closed loop: a bare gRPC relay in the same layout, doing nothing else.
+
+A gpucp task crosses four gRPC hops: the client's unary call into the control plane, one
+message down an agent's bidirectional stream, the agent's reply up it, and the unary answer.
+This relay makes exactly those hops with the same libraries (a `grpc.aio` server on the control
+plane's event loop, agents on asyncio's, a synchronous client) and nothing between them: no
+validation, no store, no queue, no placement, bytes instead of protobuf messages. No
+implementation of this layout in Python gRPC can answer faster on the same machine, so
+`bench_peers.py` runs it beside gpucp and its peers to show how much of gpucp's latency is the
+layout itself.
+
+    python benches/relay.py serve --port-file F     # the relay
+    python benches/relay.py agent --server H:P      # one agent stream, echoing what it receives
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+import grpc
+
+SERVICE = "relay.Relay"
+
+
+async def serve(port_file: Path) -> None:
+    """Relay each Call down one of the connected agent streams (in turn) and answer with the reply."""
+    outboxes: list[asyncio.Queue[bytes]] = []
+    waiting: dict[int, asyncio.Future[bytes]] = {}
+    ids = itertools.count()
+    turn = itertools.count()
+
+    async def call(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
+        n = next(ids)
+        reply = asyncio.get_running_loop().create_future()
+        waiting[n] = reply
+        outboxes[next(turn) % len(outboxes)].put_nowait(n.to_bytes(8, "little") + request)
+        return await reply
+
+    async def agent(replies: grpc.aio.ServicerContext, _: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        outboxes.append(outbox)
+
+        async def read() -> None:
+            async for message in replies:
+                waiting.pop(int.from_bytes(message[:8], "little")).set_result(message[8:])
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                yield await outbox.get()
+        finally:
+            reader.cancel()
+            outboxes.remove(outbox)
+
+    handlers = grpc.method_handlers_generic_handler(SERVICE, {
+        "Call": grpc.unary_unary_rpc_method_handler(call),
+        "Agent": grpc.stream_stream_rpc_method_handler(agent),
+    })
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handlers,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    await server.wait_for_termination()
+
+
+async def agent(address: str) -> None:
+    """Hold one stream and send back every message it brings, from a task of its own as gpucp's agent does."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stream = channel.stream_stream(f"/{SERVICE}/Agent")()
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def write() -> None:
+            while True:
+                await stream.write(await replies.get())
+
+        writer = asyncio.create_task(write())
+        tasks = set()
+        while (message := await stream.read()) is not grpc.aio.EOF:
+            task = asyncio.create_task(replies.put(message))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        writer.cancel()
+
+
+def closed_loop(address: str, n: int, warmup: int) -> list[float]:
+    """Seconds per call of n sequential Calls, after `warmup` untimed ones."""
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(f"/{SERVICE}/Call")
+        latencies = []
+        for i in range(warmup + n):
+            start = time.perf_counter()
+            call(b"noop", timeout=10)
+            if i >= warmup:
+                latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("role", choices=("serve", "agent"))
+    parser.add_argument("--port-file", type=Path)
+    parser.add_argument("--server")
+    args = parser.parse_args()
+    if args.role == "serve":
+        from controlplane.server import loop_factory
+
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(args.port_file))
+    else:
+        asyncio.run(agent(args.server))
+
+
+if __name__ == "__main__":
+    main()
