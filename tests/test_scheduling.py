@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
 from gpucp import task_spec
 from gpucp.v1 import common_pb2
@@ -94,55 +96,36 @@ def started_in_order(tasks):  # type: ignore[no-untyped-def]
     return sorted(tasks, key=lambda t: (t.started_at_ms, t.finished_at_ms))
 
 
-def test_priority_classes_share_by_the_configured_weights(tmp_path):
+@pytest.mark.parametrize("controlplane", [("--priority-weights", "1,1,1,1")], indirect=True)
+def test_priority_classes_share_by_the_configured_weights(controlplane, client, start_agent):
     # Equal shares: LOW gets as many of the first slots as URGENT, instead of 1 in 5.
-    cp = ControlPlaneProcess(tmp_path, "--priority-weights", "1,1,1,1").start()
-    agent = AgentProcess(tmp_path, cp.address, "only", "--slots", "1")
-    try:
-        with cp.client() as client:
-            specs = [task_spec("noop", priority=p) for p in ("low", "urgent") for _ in range(30)]
-            ids = client.submit_many(specs)
-            wait_for_workers(client, ["only"])
-            first = started_in_order([client.wait(t, timeout_s=60) for t in ids])[:30]
-            low = sum(1 for t in first if t.spec.priority == common_pb2.PRIORITY_LOW)
-            assert 12 <= low <= 18, f"LOW got {low} of the first 30 slots with equal class weights"
-    finally:
-        agent.stop()
-        cp.kill()
+    ids = client.submit_many([task_spec("noop", priority=p) for p in ("low", "urgent") for _ in range(30)])
+    start_agent("only", "--slots", "1")
+    first = started_in_order([client.wait(t, timeout_s=60) for t in ids])[:30]
+    low = sum(1 for t in first if t.spec.priority == common_pb2.PRIORITY_LOW)
+    assert 12 <= low <= 18, f"LOW got {low} of the first 30 slots with equal class weights"
 
 
-def test_a_new_worker_warms_up_on_one_task_at_a_time(tmp_path):
+@pytest.mark.parametrize("controlplane", [("--warmup", "3")], indirect=True)
+def test_a_new_worker_warms_up_on_one_task_at_a_time(controlplane, client, start_agent):
     # --warmup 3 on a 3-slot worker: 1 slot until its first success, then 1 + 2 * 1 / 3 = 1,
     # then 2, then all 3; without warm-up the first three tasks would run together.
-    cp = ControlPlaneProcess(tmp_path, "--warmup", "3").start()
-    agent = AgentProcess(tmp_path, cp.address, "fresh", "--slots", "3")
-    try:
-        with cp.client() as client:
-            wait_for_workers(client, ["fresh"])
-            ids = client.submit_many([task_spec("sleep", json.dumps({"seconds": 0.4})) for _ in range(6)])
-            tasks = started_in_order([client.wait(t, timeout_s=60) for t in ids])
-            assert all(t.state == common_pb2.TASK_STATE_SUCCEEDED for t in tasks)
-            first, second, third = tasks[:3]
-            assert second.started_at_ms >= first.finished_at_ms, "a fresh worker ran two tasks at once"
-            assert third.started_at_ms >= second.finished_at_ms, "one success was enough for a second slot"
-            overlapping = [t for t in tasks[3:] if t.started_at_ms < tasks[2].finished_at_ms]
-            assert overlapping, "the worker never got a second slot after two successes"
-    finally:
-        agent.stop()
-        cp.kill()
+    start_agent("fresh", "--slots", "3")
+    ids = client.submit_many([task_spec("sleep", json.dumps({"seconds": 0.4})) for _ in range(6)])
+    tasks = started_in_order([client.wait(t, timeout_s=60) for t in ids])
+    assert all(t.state == common_pb2.TASK_STATE_SUCCEEDED for t in tasks)
+    first, second, third = tasks[:3]
+    assert second.started_at_ms >= first.finished_at_ms, "a fresh worker ran two tasks at once"
+    assert third.started_at_ms >= second.finished_at_ms, "one success was enough for a second slot"
+    overlapping = [t for t in tasks[3:] if t.started_at_ms < third.finished_at_ms]
+    assert overlapping, "the worker never got a second slot after two successes"
 
 
-def test_composite_weights_show_in_the_placement(tmp_path):
-    cp = ControlPlaneProcess(tmp_path, "--weight", "availability=2", "--weight", "cost=0").start()
-    agent = AgentProcess(tmp_path, cp.address, "weighed", "--slots", "1")
-    try:
-        with cp.client() as client:
-            wait_for_workers(client, ["weighed"])
-            task_id = client.submit("sleep", json.dumps({"seconds": 2}))
-            eventually(lambda: client.get(task_id).state == common_pb2.TASK_STATE_RUNNING, 20, "the task to run")
-            placement = client.get(task_id).placement
-            # An idle worker's availability is 1, its cost term is weight / (1 + cost): 0 here.
-            assert "availability 2.00" in placement and "cost 0.00" in placement, placement
-    finally:
-        agent.stop()
-        cp.kill()
+@pytest.mark.parametrize("controlplane", [("--weight", "availability=2", "--weight", "cost=0")], indirect=True)
+def test_composite_weights_show_in_the_placement(controlplane, client, start_agent):
+    start_agent("weighed", "--slots", "1")
+    task_id = client.submit("sleep", json.dumps({"seconds": 2}))
+    eventually(lambda: client.get(task_id).state == common_pb2.TASK_STATE_RUNNING, 20, "the task to run")
+    placement = client.get(task_id).placement
+    # An idle worker's availability is 1, its cost term is weight / (1 + cost): 0 here.
+    assert "availability 2.00" in placement and "cost 0.00" in placement, placement
