@@ -15,7 +15,8 @@ policy can finish sooner than the GPU work of any set of kinds (expected runtime
 loads, no retries) spread perfectly over the GPUs that can run those kinds; a makespan near it
 leaves little for placement to win.
 
-    python benches/simulate.py                        # 20 and 200 workers, seed 1
+    python benches/simulate.py                        # 20, 200 and 1,000 workers, seed 1
+    python benches/simulate.py --workers 200 --seeds 6 # and the spread over seeds 1-6
     python benches/simulate.py --workers 1000 --tasks 40000 --seed 7
 """
 
@@ -340,15 +341,18 @@ def gini(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", default="20,200", help="comma-separated fleet sizes")
+    parser.add_argument("--workers", default="20,200,1000", help="comma-separated fleet sizes")
     parser.add_argument("--tasks", type=int, default=0, help="tasks per run (default 25 per worker)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="also run the next seeds and print each policy's makespan vs round_robin per seed")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--out", default=str(Path(__file__).parent / "out"))
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, float | int | list[float]]]] = {}
+    spread: dict[str, dict[str, list[float]]] = {}
     for workers in [int(x) for x in args.workers.split(",")]:
         tasks = args.tasks or 25 * workers
         rows = {}
@@ -361,8 +365,26 @@ def main() -> None:
             rows[policy]["work_bound_s"] = bound
         results[str(workers)] = rows
         print_table(workers, tasks, args.seed, rows, bound)
-    (out_dir / "simulate.json").write_text(json.dumps(results, indent=2))
+        if args.seeds > 1:
+            spread[str(workers)] = seed_spread(workers, tasks, range(args.seed, args.seed + args.seeds), rows, args.policies)
+    (out_dir / "simulate.json").write_text(json.dumps({**results, "seed_spread": spread} if spread else results, indent=2))
     plot(results, out_dir / "simulate.png")
+
+
+def seed_spread(
+    workers: int, tasks: int, seeds: range, first: dict[str, dict[str, float | int | list[float]]], policies: str
+) -> dict[str, list[float]]:
+    """Makespan / round_robin's per policy and seed (the first seed's runs are `first`); printed."""
+    makespans = {p: [float(first[p]["makespan_s"])] for p in policies.split(",")}  # type: ignore[arg-type]
+    for seed in seeds[1:]:
+        for policy in makespans:
+            makespans[policy].append(float(Simulation(policy, workers, tasks, seed).run()["makespan_s"]))  # type: ignore[arg-type]
+    base = makespans.get("round_robin", next(iter(makespans.values())))
+    ratios = {p: [m / b for m, b in zip(ms, base)] for p, ms in makespans.items()}
+    print(f"makespan vs round_robin, seeds {seeds.start}-{seeds.stop - 1}:")
+    for policy, rs in ratios.items():
+        print(f"{policy:<13} mean {statistics.fmean(rs):.2f}  worst {max(rs):.2f}  " + " ".join(f"{r:.2f}" for r in rs))
+    return ratios
 
 
 def print_table(
@@ -394,14 +416,15 @@ def plot(results: dict[str, dict[str, dict[str, float | int | list[float]]]], pa
         print("(matplotlib not installed: no plot)")
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(results)
     for i, (workers, rows) in enumerate(results.items()):
         policies = list(rows)
         base = float(rows.get("round_robin", rows[policies[0]])["makespan_s"])  # type: ignore[arg-type]
-        xs = [j + i * 0.4 for j in range(len(policies))]
-        axes[0].bar(xs, [float(rows[p]["makespan_s"]) / base for p in policies], width=0.4, label=f"{workers} workers")  # type: ignore[arg-type]
-        axes[1].bar(xs, [float(rows[p]["cold_share"]) for p in policies], width=0.4, label=f"{workers} workers")  # type: ignore[arg-type]
+        xs = [j + i * width for j in range(len(policies))]
+        axes[0].bar(xs, [float(rows[p]["makespan_s"]) / base for p in policies], width=width, label=f"{workers} workers")  # type: ignore[arg-type]
+        axes[1].bar(xs, [float(rows[p]["cold_share"]) for p in policies], width=width, label=f"{workers} workers")  # type: ignore[arg-type]
         for ax in axes:
-            ax.set_xticks([j + 0.2 for j in range(len(policies))], policies, rotation=30)
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(policies))], policies, rotation=30)
     axes[0].set_title("makespan / round_robin")
     axes[1].set_title("share of tasks started on a cold model")
     axes[0].legend()
