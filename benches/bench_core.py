@@ -245,10 +245,11 @@ def plot(rows: list[dict], path: Path) -> None:
         print("(matplotlib not installed: no plot)")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [str(r["workers"]) for r in rows]
+    xs = [f"{r['workers']:,}" for r in rows]
     ax.bar([x + " core" for x in xs], [r["placements_per_s"] for r in rows], label="Rust core via Python")
     ax.bar([x + " py index" for x in xs], [r["pure_python_indexed_per_s"] for r in rows], label="pure Python, indexed")
     ax.bar([x + " py scan" for x in xs], [r["pure_python_per_s"] for r in rows], label="pure Python, scan")
+    ax.tick_params(axis="x", rotation=30)
     ax.set_yscale("log")
     ax.set_ylabel("placements/s (log)")
     ax.set_title("placement rate by fleet size")
