@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import itertools
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -40,7 +41,7 @@ async def serve(port_file: Path) -> None:
         outboxes[next(turn) % len(outboxes)].put_nowait(n.to_bytes(8, "little") + request)
         return await reply
 
-    async def agent(replies: grpc.aio.ServicerContext, _: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def agent(replies: AsyncIterator[bytes], _: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         outbox: asyncio.Queue[bytes] = asyncio.Queue()
         outboxes.append(outbox)
 
