@@ -68,7 +68,8 @@ def noop(*_: object) -> None:
     return None
 
 
-def summarize(latencies_s: list[float], burst_n: int, accept_s: float, done_s: float) -> dict[str, Any]:
+def summarize(latencies_s: list[float], burst_n: int = 0, accept_s: float = 0.0, done_s: float = 0.0) -> dict[str, Any]:
+    """Latency percentiles and burst rates; no burst (the relay's) has no rates."""
     ms = [x * 1000 for x in latencies_s]
     return {
         "p50_ms": percentile(ms, 50),
@@ -76,8 +77,8 @@ def summarize(latencies_s: list[float], burst_n: int, accept_s: float, done_s: f
         "mean_ms": sum(ms) / len(ms),
         "latency_tasks": len(ms),
         "burst_tasks": burst_n,
-        "burst_accept_per_s": burst_n / accept_s,
-        "burst_done_per_s": burst_n / done_s,
+        "burst_accept_per_s": burst_n / accept_s if burst_n else None,
+        "burst_done_per_s": burst_n / done_s if burst_n else None,
     }
 
 
@@ -172,16 +173,9 @@ def run_relay(args: argparse.Namespace) -> dict[str, Any]:
             latencies = relay.closed_loop(address, args.latency_tasks, WARMUP_SEQUENTIAL)
         finally:
             stop_processes([*agents, server])
-    ms = [x * 1000 for x in latencies]
-    return {
-        "p50_ms": percentile(ms, 50),
-        "p99_ms": percentile(ms, 99),
-        "mean_ms": sum(ms) / len(ms),
-        "latency_tasks": len(ms),
-        "burst_accept_per_s": None,
-        "burst_done_per_s": None,
-        "setup": f"bare grpc.aio relay ({control_plane_loop()}), {args.workers} agent streams: no store, queue or placement",
-    }
+    result = summarize(latencies)
+    result["setup"] = f"bare grpc.aio relay ({control_plane_loop()}), {args.workers} agent streams: no store, queue or placement"
+    return result
 
 
 # ----- Ray ------------------------------------------------------------------------------------
