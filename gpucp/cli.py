@@ -163,10 +163,10 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.keep_finished >= 0:
         raise ValueError(f"--keep-finished {args.keep_finished:g}: give seconds >= 0 (0 keeps finished tasks forever)")
-    if not args.aging >= 0:
+    if not (math.isfinite(args.aging) and args.aging >= 0):
         raise ValueError(f"--aging {args.aging:g}: give seconds >= 0 (0: tasks never move up a class)")
-    if args.warmup < 0:
-        raise ValueError(f"--warmup {args.warmup}: give a number of successes >= 0 (0: all slots at once)")
+    if not 0 <= args.warmup < 2**32:
+        raise ValueError(f"--warmup {args.warmup}: give a number of successes from 0 (all slots at once) to {2**32 - 1}")
     config = ServerConfig(
         listen=args.listen,
         db=args.db,

@@ -92,7 +92,9 @@ def test_bad_scheduling_flags_stop_the_control_plane_before_it_listens(tmp_path)
         ("--priority-weights", "1,2,3"): "--priority-weights '1,2,3': give four shares, LOW,NORMAL,HIGH,URGENT",
         ("--priority-weights", "1,0,3,4"): "--priority-weights '1,0,3,4': give shares > 0",
         ("--aging", "-1"): "--aging -1: give seconds >= 0",
-        ("--warmup", "-2"): "--warmup -2: give a number of successes >= 0",
+        ("--aging", "inf"): "--aging inf: give seconds >= 0",
+        ("--warmup", "-2"): "--warmup -2: give a number of successes from 0 (all slots at once) to 4294967295",
+        ("--warmup", "4294967296"): "--warmup 4294967296: give a number of successes from 0",
     }
     for flags, message in cases.items():
         serve = gpucp("serve", "--listen", "127.0.0.1:0", "--db", str(db), *flags)
