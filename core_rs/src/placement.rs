@@ -359,12 +359,11 @@ impl ShapeIndex {
         avoid: Option<WorkerId>,
         admit: Admit<'_>,
     ) -> Option<(u64, WorkerId, Gpus)> {
-        if !self.warm.contains_key(&key) {
-            return None;
-        }
         let mut passed = Vec::new();
         let found = loop {
-            let members = self.warm.get_mut(&key).expect("checked above");
+            let Some(members) = self.warm.get_mut(&key) else {
+                break None;
+            };
             let Some((entry, slot)) = members.ready.first() else {
                 break None;
             };
@@ -389,9 +388,14 @@ impl ShapeIndex {
             members.ready.set(slot, None);
             passed.push((slot, entry));
         };
-        let members = self.warm.get_mut(&key).expect("checked above");
-        for (slot, entry) in passed {
-            members.ready.set(slot, Some(entry));
+        if !passed.is_empty() {
+            let members = self
+                .warm
+                .get_mut(&key)
+                .expect("a key with members passed over is listed");
+            for (slot, entry) in passed {
+                members.ready.set(slot, Some(entry));
+            }
         }
         found
     }

@@ -40,33 +40,8 @@ pub trait Key: Copy + Ord {
     fn slot(entry: Self::Entry) -> u32;
 }
 
-/// A worker's rank (best first) and handle in one `u128`: the rank inverted in the top 64 bits,
-/// then the handle and the slot in 32 bits each.
-impl Key for ReadyKey {
-    type Entry = u128;
-    const VACANT: u128 = u128::MAX;
-
-    fn entry(self, slot: u32) -> u128 {
-        let (Reverse(rank), worker) = self;
-        // Handles are indices of the worker table, which would need 32 GiB before one outgrew
-        // this.
-        let worker = u32::try_from(worker).expect("worker handles fit in 32 bits");
-        (u128::from(!rank) << 64) | (u128::from(worker) << 32) | u128::from(slot)
-    }
-
-    fn key(entry: u128) -> ReadyKey {
-        (
-            Reverse(!((entry >> 64) as u64)),
-            u64::from((entry >> 32) as u32),
-        )
-    }
-
-    fn slot(entry: u128) -> u32 {
-        entry as u32
-    }
-}
-
-/// (an order, an id): a tenant's finish tag and handle, the same packing.
+/// (an order, an id) in one `u128`: the order in the top 64 bits, then the id and the slot in 32
+/// bits each. A tenant's finish tag and handle.
 impl Key for (u64, u32) {
     type Entry = u128;
     const VACANT: u128 = u128::MAX;
@@ -81,6 +56,29 @@ impl Key for (u64, u32) {
 
     fn slot(entry: u128) -> u32 {
         entry as u32
+    }
+}
+
+/// A worker's rank (best first) and handle, packed as (order, id) with the rank inverted.
+impl Key for ReadyKey {
+    type Entry = u128;
+    const VACANT: u128 = u128::MAX;
+
+    fn entry(self, slot: u32) -> u128 {
+        let (Reverse(rank), worker) = self;
+        // Handles are indices of the worker table, which would need 32 GiB before one outgrew
+        // this.
+        let worker = u32::try_from(worker).expect("worker handles fit in 32 bits");
+        (!rank, worker).entry(slot)
+    }
+
+    fn key(entry: u128) -> ReadyKey {
+        let (order, worker) = <(u64, u32)>::key(entry);
+        (Reverse(!order), u64::from(worker))
+    }
+
+    fn slot(entry: u128) -> u32 {
+        <(u64, u32)>::slot(entry)
     }
 }
 

@@ -540,9 +540,7 @@ impl Scheduler {
         self.queue.promote(now_ms);
         self.locality_until = None;
         let mut holds = Vec::new();
-        // Sized up front: growing by doubling copies what was placed and writes it twice.
-        let most = max_tasks.min(self.queue.len());
-        let mut placements = Vec::with_capacity(most.min(self.workers.free_capacity() as usize));
+        let mut placements = Vec::new();
         let mut round = Round::default();
         while placements.len() < max_tasks && self.workers.free_capacity() > 0 {
             let Some((task, pending)) = self.queue.next(&mut round) else {
