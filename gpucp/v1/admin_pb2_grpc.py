@@ -50,6 +50,11 @@ class AdminStub:
                 request_serializer=gpucp_dot_v1_dot_admin__pb2.DrainWorkerRequest.SerializeToString,
                 response_deserializer=gpucp_dot_v1_dot_admin__pb2.DrainWorkerResponse.FromString,
                 _registered_method=True)
+        self.UndrainWorker = channel.unary_unary(
+                '/gpucp.v1.Admin/UndrainWorker',
+                request_serializer=gpucp_dot_v1_dot_admin__pb2.UndrainWorkerRequest.SerializeToString,
+                response_deserializer=gpucp_dot_v1_dot_admin__pb2.UndrainWorkerResponse.FromString,
+                _registered_method=True)
         self.GetCosts = channel.unary_unary(
                 '/gpucp.v1.Admin/GetCosts',
                 request_serializer=gpucp_dot_v1_dot_admin__pb2.GetCostsRequest.SerializeToString,
@@ -80,6 +85,13 @@ class AdminServicer:
 
     def DrainWorker(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndrainWorker(self, request, context):
+        """Ends a drain made with DrainWorker: the worker takes new tasks again.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -116,6 +128,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DrainWorker,
                     request_deserializer=gpucp_dot_v1_dot_admin__pb2.DrainWorkerRequest.FromString,
                     response_serializer=gpucp_dot_v1_dot_admin__pb2.DrainWorkerResponse.SerializeToString,
+            ),
+            'UndrainWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainWorker,
+                    request_deserializer=gpucp_dot_v1_dot_admin__pb2.UndrainWorkerRequest.FromString,
+                    response_serializer=gpucp_dot_v1_dot_admin__pb2.UndrainWorkerResponse.SerializeToString,
             ),
             'GetCosts': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCosts,
@@ -210,6 +227,33 @@ class Admin:
             '/gpucp.v1.Admin/DrainWorker',
             gpucp_dot_v1_dot_admin__pb2.DrainWorkerRequest.SerializeToString,
             gpucp_dot_v1_dot_admin__pb2.DrainWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpucp.v1.Admin/UndrainWorker',
+            gpucp_dot_v1_dot_admin__pb2.UndrainWorkerRequest.SerializeToString,
+            gpucp_dot_v1_dot_admin__pb2.UndrainWorkerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -89,7 +89,7 @@ class TaskSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., max_retries: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., affinity_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hard_affinity: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "spec", "state", "attempt", "worker_id", "result", "error", "pending_reason", "created_at_ms", "started_at_ms", "finished_at_ms", "gpu_indices", "attempt_errors", "placement")
+    __slots__ = ("id", "spec", "state", "attempt", "worker_id", "result", "error", "pending_reason", "created_at_ms", "started_at_ms", "finished_at_ms", "gpu_indices", "attempt_errors", "placement", "progress")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class Task(_message.Message):
     GPU_INDICES_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_ERRORS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: TaskSpec
     state: TaskState
@@ -118,7 +119,8 @@ class Task(_message.Message):
     gpu_indices: _containers.RepeatedScalarFieldContainer[int]
     attempt_errors: _containers.RepeatedScalarFieldContainer[str]
     placement: str
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., pending_reason: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., attempt_errors: _Optional[_Iterable[str]] = ..., placement: _Optional[str] = ...) -> None: ...
+    progress: float
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., pending_reason: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., attempt_errors: _Optional[_Iterable[str]] = ..., placement: _Optional[str] = ..., progress: _Optional[float] = ...) -> None: ...
 
 class Gpu(_message.Message):
     __slots__ = ("index", "uuid", "name", "memory_total_mb", "memory_free_mb", "compute_capability", "mig")

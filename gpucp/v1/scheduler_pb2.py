@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from gpucp.v1 import common_pb2 as gpucp_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gpucp/v1/scheduler.proto\x12\x08gpucp.v1\x1a\x15gpucp/v1/common.proto\"5\n\x11SubmitTaskRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.gpucp.v1.TaskSpec\"8\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"7\n\x12SubmitTasksRequest\x12!\n\x05specs\x18\x01 \x03(\x0b\x32\x12.gpucp.v1.TaskSpec\"\'\n\x13SubmitTasksResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"6\n\x0fWaitTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x04\"F\n\x0eRunTaskRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.gpucp.v1.TaskSpec\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x04\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"8\n\x12\x43\x61ncelTaskResponse\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.gpucp.v1.TaskState\"i\n\x10ListTasksRequest\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.gpucp.v1.TaskState\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"K\n\x11ListTasksResponse\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.gpucp.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x11WatchTasksRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"s\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.gpucp.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\r\n\x05\x61t_ms\x18\x05 \x01(\x03\x32\x92\x04\n\tScheduler\x12G\n\nSubmitTask\x12\x1b.gpucp.v1.SubmitTaskRequest\x1a\x1c.gpucp.v1.SubmitTaskResponse\x12J\n\x0bSubmitTasks\x12\x1c.gpucp.v1.SubmitTasksRequest\x1a\x1d.gpucp.v1.SubmitTasksResponse\x12\x33\n\x07GetTask\x12\x18.gpucp.v1.GetTaskRequest\x1a\x0e.gpucp.v1.Task\x12\x35\n\x08WaitTask\x12\x19.gpucp.v1.WaitTaskRequest\x1a\x0e.gpucp.v1.Task\x12\x33\n\x07RunTask\x12\x18.gpucp.v1.RunTaskRequest\x1a\x0e.gpucp.v1.Task\x12G\n\nCancelTask\x12\x1b.gpucp.v1.CancelTaskRequest\x1a\x1c.gpucp.v1.CancelTaskResponse\x12\x44\n\tListTasks\x12\x1a.gpucp.v1.ListTasksRequest\x1a\x1b.gpucp.v1.ListTasksResponse\x12@\n\nWatchTasks\x12\x1b.gpucp.v1.WatchTasksRequest\x1a\x13.gpucp.v1.TaskEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gpucp/v1/scheduler.proto\x12\x08gpucp.v1\x1a\x15gpucp/v1/common.proto\"5\n\x11SubmitTaskRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.gpucp.v1.TaskSpec\"8\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"7\n\x12SubmitTasksRequest\x12!\n\x05specs\x18\x01 \x03(\x0b\x32\x12.gpucp.v1.TaskSpec\"\'\n\x13SubmitTasksResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"6\n\x0fWaitTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x04\"F\n\x0eRunTaskRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.gpucp.v1.TaskSpec\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x04\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"8\n\x12\x43\x61ncelTaskResponse\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.gpucp.v1.TaskState\"\x99\x01\n\x10ListTasksRequest\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.gpucp.v1.TaskState\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12 \n\x04view\x18\x06 \x01(\x0e\x32\x12.gpucp.v1.TaskView\"K\n\x11ListTasksResponse\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.gpucp.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x11WatchTasksRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x94\x01\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.gpucp.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\r\n\x05\x61t_ms\x18\x05 \x01(\x03\x12\x10\n\x08progress\x18\x06 \x01(\x01\x12\r\n\x05\x65rror\x18\x07 \x01(\t*N\n\x08TaskView\x12\x19\n\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_VIEW_BASIC\x10\x01\x12\x12\n\x0eTASK_VIEW_FULL\x10\x02\x32\x92\x04\n\tScheduler\x12G\n\nSubmitTask\x12\x1b.gpucp.v1.SubmitTaskRequest\x1a\x1c.gpucp.v1.SubmitTaskResponse\x12J\n\x0bSubmitTasks\x12\x1c.gpucp.v1.SubmitTasksRequest\x1a\x1d.gpucp.v1.SubmitTasksResponse\x12\x33\n\x07GetTask\x12\x18.gpucp.v1.GetTaskRequest\x1a\x0e.gpucp.v1.Task\x12\x35\n\x08WaitTask\x12\x19.gpucp.v1.WaitTaskRequest\x1a\x0e.gpucp.v1.Task\x12\x33\n\x07RunTask\x12\x18.gpucp.v1.RunTaskRequest\x1a\x0e.gpucp.v1.Task\x12G\n\nCancelTask\x12\x1b.gpucp.v1.CancelTaskRequest\x1a\x1c.gpucp.v1.CancelTaskResponse\x12\x44\n\tListTasks\x12\x1a.gpucp.v1.ListTasksRequest\x1a\x1b.gpucp.v1.ListTasksResponse\x12@\n\nWatchTasks\x12\x1b.gpucp.v1.WatchTasksRequest\x1a\x13.gpucp.v1.TaskEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpucp.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TASKVIEW']._serialized_start=970
+  _globals['_TASKVIEW']._serialized_end=1048
   _globals['_SUBMITTASKREQUEST']._serialized_start=61
   _globals['_SUBMITTASKREQUEST']._serialized_end=114
   _globals['_SUBMITTASKRESPONSE']._serialized_start=116
@@ -50,14 +52,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELTASKREQUEST']._serialized_end=471
   _globals['_CANCELTASKRESPONSE']._serialized_start=473
   _globals['_CANCELTASKRESPONSE']._serialized_end=529
-  _globals['_LISTTASKSREQUEST']._serialized_start=531
-  _globals['_LISTTASKSREQUEST']._serialized_end=636
-  _globals['_LISTTASKSRESPONSE']._serialized_start=638
-  _globals['_LISTTASKSRESPONSE']._serialized_end=713
-  _globals['_WATCHTASKSREQUEST']._serialized_start=715
-  _globals['_WATCHTASKSREQUEST']._serialized_end=768
-  _globals['_TASKEVENT']._serialized_start=770
-  _globals['_TASKEVENT']._serialized_end=885
-  _globals['_SCHEDULER']._serialized_start=888
-  _globals['_SCHEDULER']._serialized_end=1418
+  _globals['_LISTTASKSREQUEST']._serialized_start=532
+  _globals['_LISTTASKSREQUEST']._serialized_end=685
+  _globals['_LISTTASKSRESPONSE']._serialized_start=687
+  _globals['_LISTTASKSRESPONSE']._serialized_end=762
+  _globals['_WATCHTASKSREQUEST']._serialized_start=764
+  _globals['_WATCHTASKSREQUEST']._serialized_end=817
+  _globals['_TASKEVENT']._serialized_start=820
+  _globals['_TASKEVENT']._serialized_end=968
+  _globals['_SCHEDULER']._serialized_start=1051
+  _globals['_SCHEDULER']._serialized_end=1581
 # @@protoc_insertion_point(module_scope)

@@ -1,11 +1,21 @@
 from gpucp.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class TaskView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_VIEW_UNSPECIFIED: _ClassVar[TaskView]
+    TASK_VIEW_BASIC: _ClassVar[TaskView]
+    TASK_VIEW_FULL: _ClassVar[TaskView]
+TASK_VIEW_UNSPECIFIED: TaskView
+TASK_VIEW_BASIC: TaskView
+TASK_VIEW_FULL: TaskView
 
 class SubmitTaskRequest(_message.Message):
     __slots__ = ("spec",)
@@ -68,16 +78,20 @@ class CancelTaskResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[_common_pb2.TaskState, str]] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("state", "tenant", "limit", "page_token")
+    __slots__ = ("state", "tenant", "limit", "page_token", "kind", "view")
     STATE_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     state: _common_pb2.TaskState
     tenant: str
     limit: int
     page_token: str
-    def __init__(self, state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., tenant: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    kind: str
+    view: TaskView
+    def __init__(self, state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., tenant: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., kind: _Optional[str] = ..., view: _Optional[_Union[TaskView, str]] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks", "next_page_token")
@@ -96,15 +110,19 @@ class WatchTasksRequest(_message.Message):
     def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
-    __slots__ = ("task_id", "state", "attempt", "worker_id", "at_ms")
+    __slots__ = ("task_id", "state", "attempt", "worker_id", "at_ms", "progress", "error")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     AT_MS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     state: _common_pb2.TaskState
     attempt: int
     worker_id: str
     at_ms: int
-    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., at_ms: _Optional[int] = ...) -> None: ...
+    progress: float
+    error: str
+    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., at_ms: _Optional[int] = ..., progress: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...

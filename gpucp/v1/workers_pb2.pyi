@@ -34,7 +34,7 @@ class RunningTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("worker_id", "provider", "slots", "gpus", "backend", "labels", "kinds", "cost_per_hour", "running", "accepts_batches")
+    __slots__ = ("worker_id", "provider", "slots", "gpus", "backend", "labels", "kinds", "cost_per_hour", "running", "accepts_batches", "instance_id")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class Register(_message.Message):
     COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     ACCEPTS_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     provider: str
     slots: int
@@ -55,7 +56,8 @@ class Register(_message.Message):
     cost_per_hour: float
     running: _containers.RepeatedCompositeFieldContainer[RunningTask]
     accepts_batches: bool
-    def __init__(self, worker_id: _Optional[str] = ..., provider: _Optional[str] = ..., slots: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[_common_pb2.Gpu, _Mapping]]] = ..., backend: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., kinds: _Optional[_Iterable[str]] = ..., cost_per_hour: _Optional[float] = ..., running: _Optional[_Iterable[_Union[RunningTask, _Mapping]]] = ..., accepts_batches: _Optional[bool] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, worker_id: _Optional[str] = ..., provider: _Optional[str] = ..., slots: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[_common_pb2.Gpu, _Mapping]]] = ..., backend: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., kinds: _Optional[_Iterable[str]] = ..., cost_per_hour: _Optional[float] = ..., running: _Optional[_Iterable[_Union[RunningTask, _Mapping]]] = ..., accepts_batches: _Optional[bool] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("gpus", "active", "draining")
@@ -68,34 +70,38 @@ class Heartbeat(_message.Message):
     def __init__(self, gpus: _Optional[_Iterable[_Union[_common_pb2.GpuStats, _Mapping]]] = ..., active: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class TaskUpdate(_message.Message):
-    __slots__ = ("task_id", "attempt", "state", "result", "error", "progress")
+    __slots__ = ("task_id", "attempt", "state", "result", "error", "progress", "task_error")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    TASK_ERROR_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     attempt: int
     state: _common_pb2.TaskState
     result: bytes
     error: str
     progress: float
-    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., progress: _Optional[float] = ...) -> None: ...
+    task_error: bool
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., progress: _Optional[float] = ..., task_error: _Optional[bool] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("registered", "assign", "cancel", "drain", "assign_many")
+    __slots__ = ("registered", "assign", "cancel", "drain", "assign_many", "undrain")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_MANY_FIELD_NUMBER: _ClassVar[int]
+    UNDRAIN_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     assign: Assignment
     cancel: CancelAssignment
     drain: Drain
     assign_many: Assignments
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAssignment, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., assign_many: _Optional[_Union[Assignments, _Mapping]] = ...) -> None: ...
+    undrain: Undrain
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAssignment, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., assign_many: _Optional[_Union[Assignments, _Mapping]] = ..., undrain: _Optional[_Union[Undrain, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("worker_id", "heartbeat_interval_ms")
@@ -128,5 +134,9 @@ class CancelAssignment(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., if_not_started: _Optional[bool] = ...) -> None: ...
 
 class Drain(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Undrain(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
