@@ -1,0 +1,178 @@
+"""The `gpucp serve` command: check its flags, build a ServerConfig and run the control plane."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+from controlplane.config import ServerConfig
+from controlplane.server import run
+from gpucp.auth import AGENT_TOKEN_ENV
+
+__all__ = ["main", "parser"]
+
+POLICIES = ("composite", "round_robin", "least_loaded", "performance", "affinity", "cost")
+# The composite score's terms, each weighted by ServerConfig's w_<term>.
+SCORE_TERMS = ("availability", "success", "speed", "affinity", "fit", "cost")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `gpucp serve`; return the exit code (1 for a bad flag or a control plane that cannot start)."""
+    args = parser().parse_args(argv)
+    try:
+        return run_serve(args)
+    except (OSError, ValueError) as exc:
+        print(f"gpucp: {exc}", file=sys.stderr)
+        return 1
+
+
+def parser() -> argparse.ArgumentParser:
+    """Return the argument parser of `gpucp serve`."""
+    p = argparse.ArgumentParser(prog="gpucp serve", description="Run the control plane.")
+    p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
+    p.add_argument("--db", default="gpucp.db", help="SQLite file (default %(default)s)")
+    p.add_argument("--heartbeat-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="a worker silent this long is lost (default %(default)s)")
+    p.add_argument("--max-queue", type=int, default=100_000, metavar="N",
+                   help="pending tasks before submissions are refused (default %(default)s)")
+    p.add_argument("--max-payload", type=int, default=4 * 1024 * 1024, metavar="BYTES")
+    p.add_argument("--default-timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="execution limit of tasks that set none (default %(default)s)")
+    p.add_argument("--default-retries", type=int, default=3, metavar="N")
+    p.add_argument("--retry-base", type=float, default=0.5, metavar="SECONDS",
+                   help="first retry backoff, doubled per failure with jitter (default %(default)s)")
+    p.add_argument("--retry-cap", type=float, default=30.0, metavar="SECONDS",
+                   help="longest retry backoff (default %(default)s)")
+    p.add_argument("--reconnect-grace", type=float, metavar="SECONDS",
+                   help="how long a disconnected worker keeps its tasks (default: one heartbeat interval)")
+    p.add_argument("--queue-timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="a task no connected worker can run fails after this long (default %(default)s)")
+    p.add_argument("--quarantine-after", type=int, default=3, metavar="N",
+                   help="quarantine a worker after N failures other workers fixed (default %(default)s)")
+    p.add_argument("--quarantine-cooling", type=float, default=60.0, metavar="SECONDS",
+                   help="first quarantine length, doubled on relapse (default %(default)s)")
+    p.add_argument("--policy", default="composite", choices=POLICIES,
+                   help="how a task's worker is chosen among those that can run it (default %(default)s)")
+    p.add_argument("--kind-policy", action="append", default=[], metavar="KIND=POLICY",
+                   help="another policy for one task kind (repeatable)")
+    p.add_argument("--tenant-weight", action="append", default=[], metavar="TENANT=WEIGHT",
+                   help="a tenant's fair share of the fleet, default 1 (repeatable)")
+    p.add_argument("--weight", action="append", default=[], metavar="TERM=WEIGHT",
+                   help="weight of one term of the composite score (repeatable): availability (default 0.5), "
+                   "success (0.3), speed (0.2), affinity (0.3), fit (0.2), cost (0.1)")
+    p.add_argument("--priority-weights", default="1,2,3,4", metavar="LOW,NORMAL,HIGH,URGENT",
+                   help="shares of the priority classes within a tenant (default %(default)s)")
+    p.add_argument("--aging", type=float, default=60.0, metavar="SECONDS",
+                   help="a pending task moves up one priority class per this long waiting (default 60; 0: never)")
+    p.add_argument("--warmup", type=int, default=0, metavar="N",
+                   help="a new or recovered worker ramps from 1 slot to all of them over N successes "
+                   "(default 0: all at once)")
+    p.add_argument("--prefetch-depth", type=int, default=0, metavar="N",
+                   help="tasks a worker may queue beyond its slots; idle workers steal those "
+                        "not yet started (default %(default)s: off)")
+    p.add_argument("--locality-wait", type=float, default=3.0, metavar="SECONDS",
+                   help="longest a task waits for a busy worker with its model warm instead of "
+                        "loading it on a free one; never longer than the learned load time "
+                        "(default %(default)s; 0: never wait)")
+    p.add_argument("--keep-finished", type=float, default=7 * 24 * 3600, metavar="SECONDS",
+                   help="delete finished tasks and their results this long after they end "
+                        "(default %(default)s: a week; 0: keep them forever)")
+    p.add_argument("--sync", choices=("normal", "full"), default="normal",
+                   help="full: also survive power loss, one fsync per group commit")
+    p.add_argument("--autoscale", metavar="CONFIG", default="",
+                   help="scale RunPod pools from the queue as this TOML/JSON file says "
+                        "(needs RUNPOD_API_KEY in the environment)")
+    p.add_argument("--ready-file", help="write the bound port here once serving")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Check the flags, build the ServerConfig and serve until SIGTERM."""
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.keep_finished >= 0:
+        raise ValueError(f"--keep-finished {args.keep_finished:g}: give seconds >= 0 (0 keeps finished tasks forever)")
+    if not (math.isfinite(args.aging) and args.aging >= 0):
+        raise ValueError(f"--aging {args.aging:g}: give seconds >= 0 (0: tasks never move up a class)")
+    if not 0 <= args.warmup < 2**32:
+        raise ValueError(f"--warmup {args.warmup}: give a number of successes from 0 (all slots at once) to {2**32 - 1}")
+    config = ServerConfig(
+        listen=args.listen,
+        db=args.db,
+        db_synchronous=args.sync.upper(),
+        heartbeat_timeout_s=args.heartbeat_timeout,
+        max_queue=args.max_queue,
+        max_payload_bytes=args.max_payload,
+        default_timeout_ms=int(args.default_timeout * 1000),
+        default_max_retries=args.default_retries,
+        retry_base_s=args.retry_base,
+        retry_cap_s=args.retry_cap,
+        reconnect_grace_s=args.reconnect_grace,
+        queue_timeout_s=args.queue_timeout,
+        policy=args.policy,
+        prefetch_depth=args.prefetch_depth,
+        locality_wait_s=args.locality_wait,
+        kind_policies=tuple(kind_policy(p) for p in args.kind_policy),
+        tenant_weights=tuple((k, float(v)) for k, v in (split_pair(w, "--tenant-weight") for w in args.tenant_weight)),
+        priority_weights=priority_weights(args.priority_weights),
+        aging_s=args.aging,
+        warmup_successes=args.warmup,
+        **{f"w_{term}": weight for term, weight in score_weights(args.weight).items()},
+        quarantine_after=args.quarantine_after,
+        quarantine_cooling_s=args.quarantine_cooling,
+        autoscale=args.autoscale,
+        keep_finished_s=args.keep_finished,
+        agent_token=os.environ.get(AGENT_TOKEN_ENV, ""),
+    )
+    run(config, ready_file=args.ready_file)
+    return 0
+
+
+def split_pair(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise ValueError(f"{flag} takes NAME=VALUE, got {text!r}")
+    return key, value
+
+
+def score_weights(texts: Sequence[str]) -> dict[str, float]:
+    """--weight TERM=WEIGHT flags as {term: weight}, each term one of SCORE_TERMS."""
+    weights = {}
+    for text in texts:
+        term, value = split_pair(text, "--weight")
+        if term not in SCORE_TERMS:
+            raise ValueError(f"--weight {text!r}: the term must be one of {', '.join(SCORE_TERMS)}")
+        weights[term] = number(value, f"--weight {text!r}", low=0.0, what="a weight >= 0")
+    return weights
+
+
+def priority_weights(text: str) -> tuple[float, float, float, float]:
+    """--priority-weights LOW,NORMAL,HIGH,URGENT: four shares > 0."""
+    flag = f"--priority-weights {text!r}"
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise ValueError(f"{flag}: give four shares, LOW,NORMAL,HIGH,URGENT (e.g. 1,2,3,4)")
+    low, normal, high, urgent = (number(p, flag, low=0.0, what="shares > 0", strict=True) for p in parts)
+    return low, normal, high, urgent
+
+
+def number(text: str, flag: str, *, low: float, what: str, strict: bool = False) -> float:
+    """A finite number above `low` (or equal to it unless strict), else a ValueError naming the flag."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < low or (strict and value == low):
+        raise ValueError(f"{flag}: give {what}")
+    return value
+
+
+def kind_policy(text: str) -> tuple[str, str]:
+    kind, policy = split_pair(text, "--kind-policy")
+    if policy not in POLICIES:
+        raise ValueError(f"--kind-policy {text!r}: the policy must be one of {', '.join(POLICIES)}")
+    return kind, policy
