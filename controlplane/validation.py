@@ -6,6 +6,7 @@ import math
 import re
 
 from controlplane.errors import InvalidArgument
+from gpucp.limits import MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, workers_pb2
 
 BACKENDS = ("", "cuda", "rocm", "cpu")
@@ -16,7 +17,8 @@ MAX_RETRIES = 100
 MAX_TEXT = 256
 MAX_LABELS = 64
 MAX_SLOTS = 4096
-_KIND = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+# Matched with fullmatch: `$` would also match before a final newline ("noop\n").
+_KIND = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 _PRIORITIES = frozenset(common_pb2.Priority.values())
 
 
@@ -24,7 +26,7 @@ def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> None:
     """Raise InvalidArgument naming the first problem with `spec`, if any."""
     if not spec.kind:
         raise InvalidArgument("kind is empty: name the handler that should run the task, e.g. 'exec'")
-    if not _KIND.match(spec.kind):
+    if not _KIND.fullmatch(spec.kind):
         raise InvalidArgument(
             f"kind {spec.kind[:140]!r} is not a handler name: use 1-128 letters, digits, '_.:-'"
         )
@@ -32,6 +34,15 @@ def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> None:
         raise InvalidArgument(
             f"payload is {len(spec.payload)} bytes, over the limit of {max_payload_bytes} bytes: "
             "store large inputs elsewhere and pass a reference"
+        )
+    size = spec.ByteSize()
+    if size > MAX_TASK_CONTENT_BYTES:
+        # Payload alone may be under --max-payload while labels and the rest push the Task that
+        # carries the spec (to an agent, in GetTask, in a list page) past the message limit.
+        raise InvalidArgument(
+            f"the spec is {size} bytes serialized, over the limit of {MAX_TASK_CONTENT_BYTES} bytes: every "
+            f"message that carries the task must fit in {MAX_MESSAGE_BYTES} bytes; shrink the payload or "
+            "labels and store large inputs elsewhere"
         )
     if spec.priority not in _PRIORITIES:
         names = ", ".join(common_pb2.Priority.keys())
