@@ -6,8 +6,10 @@ import asyncio
 import dataclasses
 import logging
 import os
+import errno
 import resource
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +23,7 @@ from controlplane.control import ControlPlane
 from controlplane.services import AdminService, SchedulerService, WorkersService
 from controlplane.store import Store
 from gpucp.auth import AGENT_TOKEN_ENV
+from gpucp.limits import MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import admin_pb2, admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 log = logging.getLogger("gpucp.controlplane")
@@ -46,8 +49,11 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # grpc turns SO_REUSEPORT on by default: a second `gpucp serve` on a busy port would then
+    # start, say it listens, and take part of the traffic with its own view of the fleet.
+    ("grpc.so_reuseport", 0),
     # Thousands of agents reconnect at once after a restart; do not refuse them. Past the
     # pending-request limits grpc cancels new calls (defaults about 1,000 and 3,000).
     ("grpc.max_concurrent_streams", 100_000),
@@ -88,13 +94,25 @@ async def start(config: ServerConfig) -> Running:
                 "refused; set the token in one place"
             )
         config = dataclasses.replace(config, agent_token=autoscale.agent_token)
+    if config.max_payload_bytes > MAX_TASK_CONTENT_BYTES:
+        raise ValueError(
+            f"--max-payload {config.max_payload_bytes} is over the {MAX_TASK_CONTENT_BYTES} bytes a whole task "
+            f"spec may weigh (each message is at most {MAX_MESSAGE_BYTES} bytes): give a smaller limit"
+        )
     # One socket per agent connection: take every file descriptor the system allows.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    store = Store(config.db, synchronous=config.db_synchronous)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    # The port first: a control plane that cannot listen must not open the database, which
+    # the one holding the port may be using.
+    port = _bind(server, config.listen)
+    try:
+        store = Store(config.db, synchronous=config.db_synchronous)
+    except BaseException:
+        await server.stop(None)  # unbind: a failed start leaves nothing behind
+        raise
     control = ControlPlane(config, store)
     await control.start()
-    server = grpc.aio.server(options=SERVER_OPTIONS)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(control), server)
     workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(control), server)
     admin = AdminService(control)
@@ -105,11 +123,6 @@ async def start(config: ServerConfig) -> Running:
         (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    try:
-        port = server.add_insecure_port(config.listen)
-    except RuntimeError as exc:
-        store.close()
-        raise OSError(f"cannot listen on {config.listen}: {exc}") from None
     await server.start()
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -126,6 +139,35 @@ async def start(config: ServerConfig) -> Running:
             await running.stop(0)
             raise
     return running
+
+
+def _bind(server: grpc.aio.Server, listen: str) -> int:
+    """Add the listening port; raise OSError with a sentence naming it when it cannot be had."""
+    try:
+        port: int = server.add_insecure_port(listen)
+        return port
+    except RuntimeError:
+        pass
+    # grpc only says "Failed to bind": ask the system why, binding a plain socket as grpc does.
+    host, _, port_text = listen.rpartition(":")
+    reason = "grpc could not bind to it"
+    try:
+        [(family, kind, proto, _, address), *_] = socket.getaddrinfo(
+            host.strip("[]") or None, int(port_text), type=socket.SOCK_STREAM
+        )
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(
+                f"cannot listen on {listen}: port {port_text} is already in use (is another gpucp serve running?); "
+                "stop it or choose another port with --listen"
+            ) from None
+        reason = exc.strerror or str(exc)
+    except ValueError:
+        reason = f"{port_text!r} is not a port number"
+    raise OSError(f"cannot listen on {listen}: {reason}") from None
 
 
 async def serve(config: ServerConfig, *, ready_file: str | None = None) -> None:

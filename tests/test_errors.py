@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import grpc
 import pytest
 
-from cluster import ControlPlaneProcess
+from cluster import ROOT, ControlPlaneProcess
 from gpucp import GpucpError, task_spec
 from gpucp.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
 
@@ -26,6 +30,7 @@ def refused(call, code: grpc.StatusCode, *words: str) -> str:  # type: ignore[no
     [
         ({"kind": ""}, ["kind is empty", "handler"]),
         ({"kind": "bad kind!"}, ["not a handler name"]),
+        ({"kind": "noop\n"}, ["not a handler name", "'noop\\n'"]),
         ({"payload": b"x" * (4 * 1024 * 1024 + 1)}, ["payload", "limit"]),
         ({"gpus": 1000}, ["gpus", "1000"]),
         ({"gpus": 1, "min_gpu_memory_mb": 80 * 1024**3}, ["MiB, not bytes"]),
@@ -89,6 +94,20 @@ def test_full_queue_is_resource_exhausted_and_keeps_what_it_accepted(tmp_path):
             assert [client.get(t).state for t in accepted] == [common_pb2.TASK_STATE_PENDING] * 5
     finally:
         cp.kill()
+
+
+def test_a_second_server_on_a_busy_port_refuses_naming_the_port(controlplane, tmp_path):
+    # grpc's default SO_REUSEPORT let a second server share the port and half the traffic.
+    second = subprocess.run(
+        [sys.executable, "-m", "gpucp", "serve", "--listen", controlplane.address, "--db", str(tmp_path / "second.db")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
+    )  # fmt: skip
+    assert second.returncode != 0, f"the second server must refuse to start: {second.stdout}{second.stderr}"
+    assert "listening" not in second.stdout, second.stdout
+    assert f"port {controlplane.port} is already in use" in second.stderr, second.stderr
+    assert not (tmp_path / "second.db").exists(), "a server that cannot listen must not create its database"
+    with controlplane.client() as client:
+        assert client.get(client.submit("noop")).state == common_pb2.TASK_STATE_PENDING, "the first server stopped"
 
 
 def _connect(address: str, *messages: workers_pb2.AgentMessage) -> grpc.RpcError:
