@@ -10,6 +10,7 @@ pub mod deadlines;
 mod decisions;
 pub mod error;
 mod explain;
+mod gpu_names;
 mod id_hash;
 pub mod learning;
 pub mod placement;

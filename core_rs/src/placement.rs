@@ -32,6 +32,7 @@ use smallvec::SmallVec;
 
 use crate::affinity::{Touch, WarmIndex};
 use crate::error::CoreResult;
+use crate::gpu_names;
 use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::learning::{KindId, Learning};
 use crate::policy::{fit, score_of, Context, Policy, Weights};
@@ -57,7 +58,7 @@ pub fn gpu_qualifies(shape: &Shape, gpu: &Gpu) -> bool {
             || shape
                 .gpu_models
                 .iter()
-                .any(|m| gpu.name_lower.contains(m.as_str())))
+                .any(|m| gpu_names::matches(&gpu.name_words, m)))
 }
 
 /// The static filter. Some(qualifying GPU indices, smallest memory first) if the worker could
@@ -959,8 +960,8 @@ mod tests {
             gpu_models: vec!["h100".into(), "A10".into()],
             ..ShapeSpec::default()
         });
-        // "a10" is a substring of "a100" too.
-        assert_eq!(&*static_fit(&two, &w).unwrap(), &[1, 2, 0]);
+        // "A10" names the A10 only, not the A100 (whole words of the name).
+        assert_eq!(&*static_fit(&two, &w).unwrap(), &[1, 0]);
         let cc = shape(ShapeSpec {
             gpus: 2,
             min_compute_capability: 8.9,

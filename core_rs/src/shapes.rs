@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::error::{invalid, unknown, CoreResult};
+use crate::gpu_names::words;
 use crate::ShapeId;
 
 /// What a task needs from a worker, as the caller gives it.
@@ -12,7 +13,8 @@ pub struct ShapeSpec {
     pub kind: String,
     pub gpus: u32,
     pub min_gpu_memory_mb: u64,
-    /// Any of these substrings of the GPU name (case-insensitive); empty = any model.
+    /// Any of these models: each matches a GPU whose name has its words, whole and in order
+    /// (case-insensitive, see `gpu_names`); empty = any model.
     pub gpu_models: Vec<String>,
     /// "" = any backend.
     pub backend: String,
@@ -28,7 +30,7 @@ pub struct Shape {
     pub kind: String,
     pub gpus: u32,
     pub min_gpu_memory_mb: u64,
-    /// Lowercased, sorted, deduplicated.
+    /// As `gpu_names::words`, sorted, deduplicated.
     pub gpu_models: Vec<String>,
     /// Lowercased.
     pub backend: String,
@@ -46,8 +48,7 @@ impl Shape {
                 "min_compute_capability must be a finite number >= 0, got {cc}"
             )));
         }
-        let mut gpu_models: Vec<String> =
-            spec.gpu_models.iter().map(|m| m.to_lowercase()).collect();
+        let mut gpu_models: Vec<String> = spec.gpu_models.iter().map(|m| words(m)).collect();
         gpu_models.sort();
         gpu_models.dedup();
         let mut labels = spec.labels;
@@ -117,7 +118,7 @@ mod tests {
             .intern(ShapeSpec {
                 kind: "infer".into(),
                 gpus: 1,
-                gpu_models: vec!["H100".into(), "a100".into(), "h100".into()],
+                gpu_models: vec!["H100".into(), "a100 80GB".into(), "h100".into()],
                 backend: "CUDA".into(),
                 labels: vec!["zone=eu".into(), "tier=a".into(), "zone=eu".into()],
                 ..ShapeSpec::default()
@@ -127,7 +128,7 @@ mod tests {
             .intern(ShapeSpec {
                 kind: "infer".into(),
                 gpus: 1,
-                gpu_models: vec!["a100".into(), "h100".into()],
+                gpu_models: vec!["A100-80gb".into(), "h100".into()],
                 backend: "cuda".into(),
                 labels: vec!["tier=a".into(), "zone=eu".into()],
                 ..ShapeSpec::default()

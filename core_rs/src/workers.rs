@@ -1,6 +1,7 @@
 //! The worker table: capabilities, slots, GPU allocation and the learned success/speed EWMAs.
 
 use crate::error::{invalid, unknown, CoreResult};
+use crate::gpu_names;
 use crate::learning::{KindId, Learning, ModelId, Start, EWMA_ALPHA};
 use crate::{ShapeId, TaskId, WorkerId};
 
@@ -18,6 +19,8 @@ pub struct Gpu {
     pub compute_capability: f64,
     /// Lowercased once, since model filters compare case-insensitively.
     pub name_lower: String,
+    /// Its name as `gpu_names::words`, what `gpu_models` asks are matched against.
+    pub name_words: String,
     /// Placed tasks using it: at most 1 + the prefetch depth (a prefetched task may be given a
     /// GPU a running task still uses; the agent starts it when the GPU frees).
     pub holders: u32,
@@ -113,6 +116,7 @@ impl Worker {
                     memory_total_mb: g.memory_total_mb,
                     compute_capability: g.compute_capability,
                     name_lower: g.name.to_lowercase(),
+                    name_words: gpu_names::words(&g.name),
                     holders: 0,
                     running: false,
                     healthy: true,
