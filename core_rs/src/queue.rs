@@ -1,14 +1,17 @@
-//! The pending queue: weighted fair sharing between tenants, priority classes as shares within a
-//! tenant, strict FIFO (by the caller's `seq`) within one tenant, class and shape, and aging.
+//! The pending queue: weighted fair sharing between tenants, priority classes in strict order
+//! (or as shares) within a tenant, strict FIFO (by the caller's `seq`) within one tenant, class
+//! and shape, and aging.
 //!
-//! Order. Weighted fair queuing, twice: each tenant has a virtual time (work placed / tenant
-//! weight) and the active tenant whose next unit of work would finish first in virtual time
-//! (vt + 1/weight) goes next; inside it, each priority class has a virtual time (work placed /
-//! class weight) and is chosen the same way (URGENT first on a tie). Finish tags, not start
-//! tags, so that near-zero weights give strict order. A tenant or class that becomes active again starts at the current
+//! Order. Weighted fair queuing between tenants: each tenant has a virtual time (work placed /
+//! tenant weight) and the active tenant whose next unit of work would finish first in virtual
+//! time (vt + 1/weight) goes next. Inside it, by [`PriorityMode`]: strict (the default) takes
+//! the highest class that has a task placement can use, so priority means "skip ahead"; shares
+//! gives each class a virtual time (work placed / class weight) and chooses the same way as
+//! between tenants (URGENT first on a tie). Finish tags, not start tags, so that near-zero
+//! weights give strict order. A tenant or class that becomes active again starts at the current
 //! virtual time, so an idle period earns no credit to burst with later. A task's work is its GPU
 //! count (at least 1). Aging moves a waiting task up one class per `aging_ms` of waiting, so a
-//! LOW task's wait is bounded even when LOW's share is tiny.
+//! LOW task's wait is bounded under a stream of higher-priority work, in either mode.
 //!
 //! Structure. A flow is one (tenant, class); inside it tasks are kept per shape, so placement
 //! can skip a shape no worker can take without touching its tasks. Each (flow, shape) queue is a
@@ -21,14 +24,17 @@
 //!
 //! A placement round walks the queue with [`Round`]: `next` returns the best task whose shape
 //! is not marked dead; a dead shape's heads (and flows or tenants left with nothing but dead
-//! shapes) are set aside for the round and restored by `end_round`, O(log n) each. A task held
-//! back to wait for a warm worker (`hold`) takes its (flow, shape) queue out of the round the
-//! same way, so the tasks behind it never overtake it.
+//! shapes) are set aside for the round and restored by `end_round`, O(log n) each. So in strict
+//! mode a lower class goes ahead of a higher one only with tasks no worker could take for the
+//! higher class this round. A task held back to wait for a warm worker (`hold`) takes its
+//! (flow, shape) queue out of the round the same way, so the tasks behind it never overtake it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
-use crate::error::{invalid, CoreResult};
+use std::str::FromStr;
+
+use crate::error::{invalid, CoreError, CoreResult};
 use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::ranked::Ranked;
 use crate::{ShapeId, TaskId, WorkerId, PRIORITY_CLASSES};
@@ -74,10 +80,37 @@ impl PendingTask {
     }
 }
 
+/// How priority classes share a tenant's turns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PriorityMode {
+    /// A higher class goes before any lower class of the same tenant ("skip ahead"); aging keeps
+    /// lower classes from starving.
+    #[default]
+    Strict,
+    /// Classes share placements by their weights (`Fairness::class_weights`).
+    Shares,
+}
+
+impl FromStr for PriorityMode {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> CoreResult<Self> {
+        match s {
+            "strict" => Ok(PriorityMode::Strict),
+            "shares" => Ok(PriorityMode::Shares),
+            other => Err(invalid(format!(
+                "unknown priority mode '{other}': use strict (a higher class always goes first) \
+                 or shares (classes share by their weights)"
+            ))),
+        }
+    }
+}
+
 /// How the queue orders tasks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fairness {
-    /// Shares of LOW, NORMAL, HIGH, URGENT.
+    pub mode: PriorityMode,
+    /// Shares of LOW, NORMAL, HIGH, URGENT (mode shares only; checked in both modes).
     pub class_weights: [f64; PRIORITY_CLASSES],
     /// 0 = no aging.
     pub aging_ms: u64,
@@ -86,6 +119,7 @@ pub struct Fairness {
 impl Default for Fairness {
     fn default() -> Self {
         Fairness {
+            mode: PriorityMode::default(),
             class_weights: [1.0, 2.0, 3.0, 4.0],
             aging_ms: 60_000,
         }
@@ -98,6 +132,16 @@ impl Fairness {
             check_weight("priority weight", w)?;
         }
         Ok(())
+    }
+
+    /// A flow's position among its tenant's classes, given its virtual time: the finish tag of
+    /// one unit of work with shares; with strict order the same for every class, so the class
+    /// alone decides (URGENT first).
+    fn class_key(&self, vt: f64, class: u8) -> u64 {
+        match self.mode {
+            PriorityMode::Strict => 0,
+            PriorityMode::Shares => bits(vt + 1.0 / self.class_weights[usize::from(class)]),
+        }
     }
 }
 
@@ -174,7 +218,7 @@ struct Flow {
     shapes: Vec<ShapeId>,
     /// Work placed / class weight: the start tag of its next task.
     vt: f64,
-    /// Its position among its tenant's classes: the finish tag of one unit of work.
+    /// Its position among its tenant's classes (`Fairness::class_key`).
     key: u64,
 }
 
@@ -336,7 +380,7 @@ impl PendingQueue {
             if !restore {
                 flow.vt = flow.vt.max(tenant.class_clock);
             }
-            flow.key = bits(flow.vt + 1.0 / self.fairness.class_weights[usize::from(class)]);
+            flow.key = self.fairness.class_key(flow.vt, class);
             tenant.classes.insert((flow.key, Reverse(class)));
         }
         tenant.len += 1;
@@ -401,7 +445,7 @@ impl PendingQueue {
             tenant.class_clock = flow.vt;
             let listed = tenant.classes.remove(&(flow.key, Reverse(class)));
             flow.vt += work / class_weight;
-            flow.key = bits(flow.vt + 1.0 / class_weight);
+            flow.key = self.fairness.class_key(flow.vt, class);
             if listed {
                 tenant.classes.insert((flow.key, Reverse(class)));
             }
@@ -634,8 +678,107 @@ impl PendingQueue {
 mod tests {
     use super::*;
 
+    const SHARES: Fairness = Fairness {
+        mode: PriorityMode::Shares,
+        class_weights: [1.0, 2.0, 3.0, 4.0],
+        aging_ms: 60_000,
+    };
+
     fn task(shape: ShapeId, priority: u8, seq: u64) -> PendingTask {
         PendingTask::basic(shape, priority, seq, 0)
+    }
+
+    /// Place one task at a time, as a single busy slot frees: the order they are served in.
+    fn one_by_one(q: &mut PendingQueue) -> Vec<TaskId> {
+        let mut out = Vec::new();
+        loop {
+            let mut round = Round::default();
+            let next = q.next(&mut round).map(|(t, _)| t);
+            if let Some(t) = next {
+                q.take(t, false);
+                out.push(t);
+            }
+            q.end_round(round);
+            if next.is_none() {
+                return out;
+            }
+        }
+    }
+
+    /// One NORMAL task placed (the busy slot), then LOW, NORMAL, HIGH, URGENT, NORMAL queued.
+    fn busy_slot_then_five(fairness: Fairness) -> Vec<u8> {
+        let mut q = PendingQueue::new(fairness).unwrap();
+        q.push(0, task(0, 1, 0)).unwrap();
+        assert_eq!(one_by_one(&mut q), vec![0]);
+        for (t, class) in [(1, 0), (2, 1), (3, 2), (4, 3), (5, 1)] {
+            q.push(t, task(0, class, t)).unwrap();
+        }
+        let classes = [0, 0, 1, 2, 3, 1];
+        one_by_one(&mut q)
+            .into_iter()
+            .map(|t| classes[t as usize])
+            .collect()
+    }
+
+    #[test]
+    fn strict_priority_skips_ahead_and_is_fifo_inside_a_class() {
+        assert_eq!(
+            busy_slot_then_five(Fairness::default()),
+            vec![3, 2, 1, 1, 0],
+            "URGENT, HIGH, NORMAL, NORMAL, LOW"
+        );
+        // With shares, LOW gets its turn between the two NORMAL tasks.
+        assert_eq!(busy_slot_then_five(SHARES), vec![3, 2, 1, 0, 1]);
+    }
+
+    #[test]
+    fn strict_priority_lets_a_lower_class_use_what_the_higher_cannot() {
+        let mut q = PendingQueue::default();
+        q.push(1, task(7, 3, 1)).unwrap();
+        q.push(2, task(8, 0, 2)).unwrap();
+        q.push(3, task(7, 2, 3)).unwrap();
+        let mut round = Round::default();
+        assert_eq!(q.next(&mut round).map(|x| x.0), Some(1));
+        // No worker can take shape 7 this round: the LOW task of shape 8 goes, HIGH 3 waits.
+        PendingQueue::shape_dead(&mut round, 7);
+        assert_eq!(q.next(&mut round).map(|x| x.0), Some(2));
+        q.take(2, false);
+        assert_eq!(q.next(&mut round), None);
+        q.end_round(round);
+        assert_eq!(order(&mut q), vec![1, 3]);
+    }
+
+    #[test]
+    fn strict_priority_keeps_tenants_sharing_by_weight() {
+        let mut q = PendingQueue::default();
+        q.set_tenant_weight(1, 3.0).unwrap();
+        // Tenant 1 has only LOW work, tenant 2 only URGENT: priority does not cross tenants.
+        for i in 0..40 {
+            let (tenant, class) = if i % 2 == 0 { (1, 0) } else { (2, 3) };
+            let mut p = task(0, class, i);
+            p.tenant = tenant;
+            q.push(i, p).unwrap();
+        }
+        let first: Vec<_> = order(&mut q).into_iter().take(20).collect();
+        let heavy = first.iter().filter(|&&t| t % 2 == 0).count();
+        assert_eq!(heavy, 15, "3:1 weights give 15 of 20: {first:?}");
+    }
+
+    #[test]
+    fn strict_priority_ages_a_low_task_past_newer_work() {
+        let mut q = PendingQueue::new(Fairness {
+            aging_ms: 100,
+            ..Fairness::default()
+        })
+        .unwrap();
+        q.push(1, task(0, 0, 1)).unwrap();
+        let mut high = task(0, 2, 2);
+        high.enqueued_ms = 150;
+        q.push(2, high).unwrap();
+        // After two periods the LOW task is HIGH too, and older: FIFO puts it first.
+        q.promote(200);
+        assert_eq!(q.class_of(1), Some(2));
+        assert_eq!(order(&mut q), vec![1, 2]);
     }
 
     /// Drain the queue through rounds (no dead shapes): the order tasks would be placed in.
@@ -652,7 +795,7 @@ mod tests {
 
     #[test]
     fn classes_share_by_weight_and_are_fifo_inside() {
-        let mut q = PendingQueue::new(Fairness::default()).unwrap();
+        let mut q = PendingQueue::new(SHARES).unwrap();
         // 8 of each class, pushed LOW first.
         let mut id = 0;
         for class in 0..4u8 {
@@ -718,6 +861,7 @@ mod tests {
         let mut q = PendingQueue::new(Fairness {
             class_weights: [1e-6, 1.0, 1.0, 1.0],
             aging_ms: 100,
+            ..SHARES
         })
         .unwrap();
         let mut low = task(0, 0, 0);
@@ -788,7 +932,8 @@ mod tests {
         assert_eq!(q.len(), 1);
         assert!(PendingQueue::new(Fairness {
             class_weights: [0.0, 1.0, 1.0, 1.0],
-            aging_ms: 0
+            aging_ms: 0,
+            mode: PriorityMode::Strict,
         })
         .is_err());
         assert!(q.set_tenant_weight(1, f64::NAN).is_err());

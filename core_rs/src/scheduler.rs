@@ -10,7 +10,7 @@ use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::learning::{KindId, Start};
 use crate::placement::{choose_gpus, Gpus, Need, Pick, PlacementIndex};
 use crate::policy::{Context, Policy, Weights};
-use crate::queue::{Fairness, PendingQueue, PendingTask, Round, TenantId};
+use crate::queue::{Fairness, PendingQueue, PendingTask, PriorityMode, Round, TenantId};
 use crate::shapes::{Shape, ShapeSpec, ShapeTable};
 use crate::workers::{GpuSpec, Worker, WorkerOptions, WorkerTable};
 use crate::{ShapeId, TaskId, WorkerId, PRIORITY_CLASSES};
@@ -27,7 +27,9 @@ pub struct SchedulerConfig {
     pub w_cost: f64,
     /// The policy for every kind without its own (`set_kind_policy`).
     pub policy: Policy,
-    /// Shares of LOW, NORMAL, HIGH, URGENT.
+    /// Priority classes in strict order within a tenant, or sharing by `priority_weights`.
+    pub priority_mode: PriorityMode,
+    /// Shares of LOW, NORMAL, HIGH, URGENT (priority_mode shares).
     pub priority_weights: [f64; PRIORITY_CLASSES],
     /// A task waiting this long moves up one class (0 = never).
     pub aging_ms: u64,
@@ -59,6 +61,7 @@ impl Default for SchedulerConfig {
             w_fit: w.fit,
             w_cost: w.cost,
             policy: Policy::Composite,
+            priority_mode: f.mode,
             priority_weights: f.class_weights,
             aging_ms: f.aging_ms,
             prefetch_depth: 0,
@@ -199,6 +202,7 @@ impl Scheduler {
             cost: config.w_cost,
         };
         let fairness = Fairness {
+            mode: config.priority_mode,
             class_weights: config.priority_weights,
             aging_ms: config.aging_ms,
         };

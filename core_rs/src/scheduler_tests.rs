@@ -205,7 +205,7 @@ fn multi_gpu_indices_are_sorted() {
 }
 
 #[test]
-fn classes_share_by_weight_and_stay_fifo_across_shapes() {
+fn classes_go_in_strict_order_or_share_by_weight_and_stay_fifo_across_shapes() {
     let run = |config: SchedulerConfig| {
         let mut s = Scheduler::new(config).unwrap();
         let a = cpu_shape(&mut s, "a");
@@ -221,15 +221,21 @@ fn classes_share_by_weight_and_stay_fifo_across_shapes() {
             .map(|p| p.task)
             .collect::<Vec<TaskId>>()
     };
-    // By finish tag: URGENT 1/4, NORMAL 1/2, then NORMAL's second (1) ties LOW's first (1) and
-    // the higher class wins the tie; FIFO by seq inside NORMAL across both shapes.
-    assert_eq!(run(SchedulerConfig::default()), vec![3, 5, 2, 4, 1]);
-    // Near-strict weights give strict priority order.
-    let strict = SchedulerConfig {
-        priority_weights: [1e-9, 1e-6, 1e-3, 1.0],
+    // Strict (the default): URGENT, then NORMAL in FIFO order by seq across both shapes, LOW.
+    assert_eq!(run(SchedulerConfig::default()), vec![3, 5, 2, 1, 4]);
+    // Shares, by finish tag: URGENT 1/4, NORMAL 1/2, then NORMAL's second (1) ties LOW's first
+    // (1) and the higher class wins the tie.
+    let shares = SchedulerConfig {
+        priority_mode: PriorityMode::Shares,
         ..SchedulerConfig::default()
     };
-    assert_eq!(run(strict), vec![3, 5, 2, 1, 4]);
+    assert_eq!(run(shares), vec![3, 5, 2, 4, 1]);
+    // Near-zero weights make shares strict.
+    let near_strict = SchedulerConfig {
+        priority_weights: [1e-9, 1e-6, 1e-3, 1.0],
+        ..shares
+    };
+    assert_eq!(run(near_strict), vec![3, 5, 2, 1, 4]);
 }
 
 #[test]

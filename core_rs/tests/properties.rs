@@ -902,6 +902,55 @@ proptest! {
         }
     }
 
+    /// Strict priority (the default) when every task fits every worker: a round places the
+    /// pending tasks highest class first, FIFO by (seq, task) within a class across shapes.
+    #[test]
+    fn strict_priority_places_every_higher_class_first(
+        slots in prop::collection::vec(1u32..4, 1..5),
+        tasks in prop::collection::vec((0usize..3, 0u8..4, 0u64..30), 1..40),
+        max in 1usize..20,
+    ) {
+        let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+        let shapes: Vec<u64> = KINDS.iter().map(|k| s.shape(ShapeSpec { kind: (*k).into(), ..ShapeSpec::default() }).unwrap()).collect();
+        for &n in &slots {
+            s.add_worker(n, vec![], "", vec![], vec![], 0).unwrap();
+        }
+        let mut want = Vec::new();
+        for (task, &(shape, priority, seq)) in tasks.iter().enumerate() {
+            s.push(task as u64, shapes[shape], priority, seq, 0).unwrap();
+            want.push((std::cmp::Reverse(priority), seq, task as u64));
+        }
+        want.sort();
+        let got: Vec<u64> = s.place(0, max).iter().map(|p| p.task).collect();
+        let want: Vec<u64> = want.iter().take(got.len()).map(|w| w.2).collect();
+        prop_assert_eq!(got, want);
+    }
+
+    /// Strict priority as work keeps arriving at one busy slot: each task it takes next is the
+    /// best one pending then, whatever was placed before (no class is owed turns).
+    #[test]
+    fn strict_priority_holds_as_work_arrives(
+        batches in prop::collection::vec(prop::collection::vec((0usize..3, 0u8..4), 0..4), 1..30),
+    ) {
+        let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+        let shapes: Vec<u64> = KINDS.iter().map(|k| s.shape(ShapeSpec { kind: (*k).into(), ..ShapeSpec::default() }).unwrap()).collect();
+        s.add_worker(1, vec![], "", vec![], vec![], 0).unwrap();
+        let mut pending = BTreeSet::new();
+        let mut next = 0u64;
+        for batch in &batches {
+            for &(shape, priority) in batch {
+                s.push(next, shapes[shape], priority, next, 0).unwrap();
+                pending.insert((std::cmp::Reverse(priority), next));
+                next += 1;
+            }
+            let placed = s.place(0, 1);
+            prop_assert_eq!(placed.first().map(|p| p.task), pending.pop_first().map(|p| p.1));
+            for p in placed {
+                s.finish(p.task, true, 1).unwrap();
+            }
+        }
+    }
+
     /// With affinity keys and delay scheduling at work (tasks waiting for warm workers, free
     /// workers taking tasks warm on them), every (tenant, class, shape) flow is still placed in
     /// FIFO order, and every task is placed in the end.
