@@ -20,20 +20,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpucp import Client
+from gpucp import Client, testing
+from gpucp.testing import stop_processes as stop_processes
 from gpucp.v1 import common_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "benches" / "out"
+PYTHONPATH = (ROOT,)
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def child_env() -> dict[str, str]:
     """The environment for gpucp children: the work tree importable, output unbuffered."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return testing.child_env(PYTHONPATH)
 
 
 def control_plane_loop() -> str:
@@ -45,45 +44,23 @@ def control_plane_loop() -> str:
 
 def start_control_plane(workdir: Path, *extra: str, log_level: str = "WARNING") -> tuple[str, subprocess.Popen[bytes]]:
     """Start `gpucp serve` on a free loopback port with an SQLite db in workdir; return (address, process)."""
-    ready = workdir / "ready"
-    ready.unlink(missing_ok=True)  # a kept workdir may hold the last run's port
-    with open(workdir / "controlplane.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gpucp", "serve", "--listen", "127.0.0.1:0", "--db", str(workdir / "bench.db"),
-             "--ready-file", str(ready), "--log-level", log_level, *extra],
-            cwd=workdir, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    while not (ready.exists() and ready.read_text()):
-        if proc.poll() is not None:
-            raise RuntimeError(f"gpucp serve exited with {proc.returncode}: {tail(workdir / 'controlplane.log')}")
-        if time.monotonic() > deadline:
-            stop_processes([proc])
-            raise RuntimeError(f"gpucp serve did not listen within 60 s: {tail(workdir / 'controlplane.log')}")
-        time.sleep(0.05)
-    return f"127.0.0.1:{ready.read_text()}", proc
+    cp = testing.ControlPlaneProcess(workdir, *extra, db=workdir / "bench.db", log_level=log_level,
+                                     pythonpath=PYTHONPATH).start()
+    return cp.address, cp.process
 
 
 def start_agents(address: str, workdir: Path, count: int, *agent_args: str) -> list[subprocess.Popen[bytes]]:
     """Start `count` agent processes (`python -m agents`) named bench-0.. with the given flags."""
-    procs = []
-    for i in range(count):
-        with open(workdir / f"agent-{i}.log", "wb") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "agents", "--server", address, "--worker-id", f"bench-{i}",
-                 "--log-level", "WARNING", *agent_args],
-                cwd=workdir, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
-            ))
-    return procs
+    return [
+        testing.AgentProcess(workdir, address, f"bench-{i}", "--log-level", "WARNING", *agent_args,
+                             pythonpath=PYTHONPATH).proc
+        for i in range(count)
+    ]
 
 
 def wait_for_workers(client: Client, count: int, timeout_s: float = 60) -> None:
     """Block until the control plane counts `count` connected workers."""
-    deadline = time.monotonic() + timeout_s
-    while client.stats().workers < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {client.stats().workers} of {count} workers registered within {timeout_s:g} s")
-        time.sleep(0.05)
+    testing.wait_for_workers(client, count, timeout_s)
 
 
 def submit_burst(client: Client, spec: common_pb2.TaskSpec, n: int, batch: int = 1000) -> tuple[float, float]:
@@ -113,24 +90,6 @@ def submit_burst(client: Client, spec: common_pb2.TaskSpec, n: int, batch: int =
     if ok - ok0 != n:
         raise RuntimeError(f"burst: {ok - ok0} of {n} tasks succeeded, {bad - bad0} ended otherwise")
     return accepted, done
-
-
-def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout_s: float = 15) -> None:
-    """SIGTERM each process (agents drain, the control plane flushes), then SIGKILL what is left."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def tail(path: Path, chars: int = 2000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -21,6 +18,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from gpucp import Client, task_spec
+from gpucp.testing import ControlPlaneProcess, LocalCluster, wait_for_workers
 from gpucp.v1 import common_pb2
 
 FLEET = {
@@ -54,53 +52,23 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="gpucp-demo-"))
-    procs: list[subprocess.Popen[bytes]] = []
     try:
-        address = start_control_plane(workdir, procs)
-        print(f"control plane on {address}, database {workdir / 'gpucp.db'}")
-        for worker_id, flags in FLEET.items():
-            procs.append(spawn(workdir, worker_id, ["-m", "agents", "--server", address, "--worker-id", worker_id, *flags]))
-        with Client(address) as client:
-            wait_for_fleet(client)
-            return run_workload(client, args.tasks, random.Random(args.seed))
+        with LocalCluster(ControlPlaneProcess(workdir, heartbeat_timeout=3)) as cluster:
+            print(f"control plane on {cluster.address}, database {cluster.controlplane.db}")
+            for worker_id, flags in FLEET.items():
+                cluster.add_agent(worker_id, *flags, wait_s=None)
+            with cluster.client() as client:
+                wait_for_fleet(client)
+                return run_workload(client, args.tasks, random.Random(args.seed))
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         print(f"logs in {workdir}")
 
 
-def spawn(workdir: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-    log = open(workdir / f"{name}.log", "wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
-
-
-def start_control_plane(workdir: Path, procs: list[subprocess.Popen[bytes]]) -> str:
-    ready = workdir / "ready"
-    proc = spawn(workdir, "controlplane", [
-        "-m", "gpucp", "serve", "--listen", "127.0.0.1:0", "--db", str(workdir / "gpucp.db"),
-        "--heartbeat-timeout", "3", "--ready-file", str(ready),
-    ])
-    procs.append(proc)
-    deadline = time.monotonic() + 30
-    while not (ready.exists() and ready.read_text()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the control plane did not start; see {workdir / 'controlplane.log'}")
-        time.sleep(0.05)
-    return f"127.0.0.1:{ready.read_text()}"
-
-
 def wait_for_fleet(client: Client) -> None:
-    deadline = time.monotonic() + 30
-    while len(client.workers()) < len(FLEET):
-        if time.monotonic() > deadline:
-            raise SystemExit("the agents did not register within 30 s")
-        time.sleep(0.1)
+    try:
+        wait_for_workers(client, list(FLEET), timeout_s=30)
+    except AssertionError:
+        raise SystemExit("the agents did not register within 30 s") from None
     print(f"{len(FLEET)} agents registered:")
     for w in sorted(client.workers(), key=lambda w: w.worker_id):
         gpus = f"{len(w.gpus)}x {w.gpus[0].name}" if w.gpus else "no GPU"

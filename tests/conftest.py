@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import AgentProcess, ControlPlaneProcess, wait_for_workers
+from cluster import ControlPlaneProcess
 from gpucp import Client
+from gpucp.testing import AgentProcess, LocalCluster
 
 
 @pytest.fixture
@@ -14,9 +15,8 @@ def controlplane(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Con
     # Extra `gpucp serve` flags via indirect parametrization, e.g. ("--sync", "full").
     cp = ControlPlaneProcess(tmp_path, *getattr(request, "param", ())).start()
     yield cp
-    if cp.proc is not None and cp.proc.poll() is None:
-        cp.proc.kill()
-        cp.proc.wait()
+    if cp.process.poll() is None:
+        cp.kill()
 
 
 @pytest.fixture
@@ -29,17 +29,14 @@ AgentFactory = Callable[..., AgentProcess]
 
 
 @pytest.fixture
-def start_agent(tmp_path: Path, controlplane: ControlPlaneProcess) -> Iterator[AgentFactory]:
+def start_agent(controlplane: ControlPlaneProcess) -> Iterator[AgentFactory]:
     """start_agent("w1", "--gpus", "2xA100-80GB", wait=True) starts an agent process."""
-    agents: list[AgentProcess] = []
+    cluster = LocalCluster(controlplane)
+    agents: list[AgentProcess] = []  # every one started, also when a test starts a worker id twice
 
     def start(worker_id: str, *args: str, wait: bool = True) -> AgentProcess:
-        agent = AgentProcess(tmp_path, controlplane.address, worker_id, *args)
-        agents.append(agent)
-        if wait:
-            with controlplane.client() as c:
-                wait_for_workers(c, [worker_id])
-        return agent
+        agents.append(cluster.add_agent(worker_id, *args, wait_s=30 if wait else None))
+        return agents[-1]
 
     yield start
     for agent in agents:
