@@ -31,8 +31,8 @@
 
 use crate::id_hash::IdHashMap;
 use crate::learning::KindId;
+use crate::placed::Placed;
 use crate::placement::{choose_gpus_where, Gpus, ShapeIndex};
-use crate::scheduler::Placed;
 use crate::workers::{Worker, WorkerTable};
 use crate::{ShapeId, TaskId, WorkerId};
 

@@ -13,6 +13,7 @@ mod explain;
 mod gpu_names;
 mod id_hash;
 pub mod learning;
+mod placed;
 pub mod placement;
 pub mod policy;
 pub mod queue;

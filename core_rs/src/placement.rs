@@ -36,7 +36,7 @@ use crate::gpu_names;
 use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::learning::{KindId, Learning};
 use crate::policy::{fit, score_of, Context, Policy, Weights};
-use crate::ranked::Ranked;
+use crate::ranked::{Ranked, ReadyKey};
 use crate::shapes::{Shape, ShapeTable};
 use crate::workers::{Gpu, Worker, WorkerTable};
 use crate::{ShapeId, WorkerId};
@@ -44,10 +44,6 @@ use crate::{ShapeId, WorkerId};
 /// The GPU indices one task gets, sorted. Inline up to four, so finding and recording a placement
 /// allocates nothing for the usual task.
 pub type Gpus = SmallVec<[u32; 4]>;
-
-/// Position in a ready set: best rank first, ties to the lowest worker handle so placement is
-/// deterministic.
-pub type ReadyKey = (Reverse<u64>, WorkerId);
 
 /// Does this GPU meet the shape's per-GPU requirements?
 pub fn gpu_qualifies(shape: &Shape, gpu: &Gpu) -> bool {

@@ -23,11 +23,15 @@ use std::fmt::Debug;
 
 use smallvec::SmallVec;
 
-use crate::placement::ReadyKey;
+use crate::WorkerId;
 
 const ARITY: usize = 4;
 /// The position of a slot whose entry is not in the heap.
 const ABSENT: u32 = u32::MAX;
+
+/// A worker's position in a ready set of the placement index: best rank first, ties to the
+/// lowest worker handle so placement is deterministic. Defined here, beside its packing.
+pub type ReadyKey = (Reverse<u64>, WorkerId);
 
 /// A key a [`Ranked`] heap orders by, smallest first.
 pub trait Key: Copy + Ord {

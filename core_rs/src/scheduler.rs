@@ -8,6 +8,7 @@ use crate::error::{invalid, unknown, CoreResult};
 use crate::explain;
 use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::learning::{KindId, Start};
+use crate::placed::Placed;
 use crate::placement::{choose_gpus, Gpus, Need, Pick, PlacementIndex};
 use crate::policy::{Context, Policy, Weights};
 use crate::queue::{Fairness, PendingQueue, PendingTask, PriorityMode, Round, TenantId};
@@ -146,29 +147,6 @@ impl WorkerStats {
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
-}
-
-/// A task the core has placed (or that was attached) and still tracks.
-#[derive(Debug, Clone)]
-pub(crate) struct Placed {
-    worker: WorkerId,
-    pub(crate) gpus: Gpus,
-    shape: ShapeId,
-    pub(crate) kind: KindId,
-    /// Generation of the task's timeout entry in the deadline heap.
-    generation: u64,
-    /// Its execution time limit (0 = none), counted again from the start of a prefetched task.
-    timeout_ms: u64,
-    /// The agent reported it running (a placed task that is not started is prefetched).
-    pub(crate) started: bool,
-    /// When it started (valid once `started`), for predicting when it ends.
-    pub(crate) started_ms: u64,
-    /// Its affinity key (0 = none) and whether it was warm on the worker when placed.
-    affinity: u64,
-    hard_affinity: bool,
-    pub(crate) start: Start,
-    /// When it was placed (for stealing: how long it has waited in a prefetch queue).
-    placed_ms: u64,
 }
 
 #[derive(Debug)]
