@@ -1,5 +1,14 @@
 """gpucp: the contract (gpucp.v1) and a small client for services that submit GPU work."""
 
-from gpucp.client import Client, GpucpError, priority_value, task_spec
+from importlib.metadata import PackageNotFoundError, version
 
-__all__ = ["Client", "GpucpError", "priority_value", "task_spec"]
+from gpucp.client import Client, GpucpError, TaskWatch, Unreachable, priority_value, server_address, task_spec
+
+try:
+    __version__ = version("gpucp")  # one source: Cargo.toml, through maturin's package metadata
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Client", "GpucpError", "TaskWatch", "Unreachable", "__version__", "priority_value", "server_address", "task_spec",
+]

@@ -1,28 +1,36 @@
-"""The `gpucp` command: serve, agent, submit, status, get, cancel."""
+"""The `gpucp` command: serve, agent, submit, list, get, cancel, status, costs, drain, undrain."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import grpc
 
-from gpucp.client import DEFAULT_SERVER, Client, GpucpError, task_spec
+from gpucp import __version__
+from gpucp.client import SERVER_ENV, TERMINAL_STATES, Client, GpucpError, TaskWatch, task_spec
 from gpucp.v1 import admin_pb2, common_pb2
 
-TERMINAL = {
-    common_pb2.TASK_STATE_SUCCEEDED,
-    common_pb2.TASK_STATE_FAILED,
-    common_pb2.TASK_STATE_CANCELLED,
-    common_pb2.TASK_STATE_TIMED_OUT,
-}
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+# Exit codes a shell gives a process killed by SIGINT and SIGPIPE.
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+# Up to this many ids, an interrupted submit prints the whole cancel command.
+CANCEL_COMMAND_IDS = 20
 
 
 def state_name(state: int) -> str:
     return common_pb2.TaskState.Name(state).removeprefix("TASK_STATE_").lower()  # type: ignore[arg-type]
+
+
+def priority_name(priority: int) -> str:
+    return common_pb2.Priority.Name(priority).removeprefix("PRIORITY_").lower()  # type: ignore[arg-type]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,132 +49,228 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args))
-    except GpucpError as exc:
+        code = int(args.run(args))
+        sys.stdout.flush()  # a reader that left (`| head`) shows up here, still inside the try
+        return code
+    except (GpucpError, OSError, ValueError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            return quiet_broken_pipe()
         print(f"gpucp: {exc}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
-        print(f"gpucp: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print("gpucp: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def quiet_broken_pipe() -> int:
+    """The reader of stdout left (`gpucp list | head`): stop without a word, as `cat` does."""
+    # Python flushes stdout again at exit and would report the broken pipe then: point it at /dev/null.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpucp", description="A control plane for GPU work.")
+    parser.add_argument("--version", action="version", version=f"gpucp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Every command that talks to a control plane takes --server the same way.
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--server", metavar="HOST[:PORT]",
+                        help=f"control plane (default: ${SERVER_ENV}, else 127.0.0.1:50051; port 50051 if left out)")
 
     sub.add_parser("serve", help="run the control plane (see gpucp serve --help)", add_help=False)
-
     sub.add_parser("agent", help="run an agent (see gpucp agent --help)", add_help=False)
 
-    submit = sub.add_parser("submit", help="submit tasks")
+    submit = sub.add_parser("submit", help="submit tasks", parents=[server])
     submit.add_argument("kind", help="handler to run: noop, sleep, exec or a registered one")
-    submit.add_argument("payload", nargs="?", default="", help="payload text (e.g. JSON)")
-    submit.add_argument("--server", default=DEFAULT_SERVER)
+    submit.add_argument("payload", nargs="?", default="",
+                        help="payload text (e.g. JSON), @FILE for a file's bytes, - for standard input")
     submit.add_argument("--priority", default="normal", help="low, normal, high or urgent")
     submit.add_argument("--tenant", default="")
-    submit.add_argument("--gpus", type=int, default=0)
-    submit.add_argument("--min-gpu-memory-mb", type=int, default=0)
+    submit.add_argument("--gpus", type=int, default=0, metavar="N")
+    submit.add_argument("--min-gpu-memory-mb", type=int, default=0, metavar="MB")
     submit.add_argument("--gpu-model", action="append", default=[], help="any of (repeatable)")
     submit.add_argument("--backend", default="")
     submit.add_argument("--label", action="append", default=[], help="worker label required (repeatable)")
-    submit.add_argument("--timeout", type=float, default=0, metavar="SECONDS")
-    submit.add_argument("--max-retries", type=int)
+    submit.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                        help="execution limit per attempt (default 0: the control plane's)")
+    submit.add_argument("--max-retries", type=int, metavar="N")
     submit.add_argument("--idempotency-key", default="")
-    submit.add_argument("--count", type=int, default=1, help="submit this many copies")
-    submit.add_argument("--wait", action="store_true", help="wait for the results, with progress")
+    submit.add_argument("--count", type=int, default=1, metavar="N", help="submit this many copies")
+    submit.add_argument("--wait", action="store_true",
+                        help="wait for the results, with progress; rides out a control plane restart")
     submit.set_defaults(run=run_submit)
 
-    status = sub.add_parser("status", help="cluster statistics and workers")
-    status.add_argument("--server", default=DEFAULT_SERVER)
+    listing = sub.add_parser("list", help="list tasks, by state, tenant or kind", parents=[server])
+    listing.add_argument("--state", help=f"only tasks in this state: {', '.join(STATES)}")
+    listing.add_argument("--tenant", default="", help="only this tenant's tasks")
+    listing.add_argument("--kind", default="", help="only tasks of this kind")
+    listing.add_argument("--limit", type=int, default=50, metavar="N", help="tasks per page (default %(default)s)")
+    listing.add_argument("--page", default="", metavar="TOKEN", help="the page a previous list pointed to")
+    listing.add_argument("--all", action="store_true", help="every page, not only the first")
+    listing.add_argument("--full", action="store_true", help="fetch results too and show their start")
+    listing.set_defaults(run=run_list)
+
+    get = sub.add_parser("get", help="show one task", parents=[server])
+    get.add_argument("task_id")
+    get.set_defaults(run=run_get)
+
+    cancel = sub.add_parser("cancel", help="cancel tasks", parents=[server])
+    cancel.add_argument("task_ids", nargs="+", metavar="TASK_ID")
+    cancel.set_defaults(run=run_cancel)
+
+    status = sub.add_parser("status", help="cluster statistics and workers", parents=[server])
     status.set_defaults(run=run_status)
 
-    costs = sub.add_parser("costs", help="what the autoscaled pods cost, per pod, pool and tenant")
-    costs.add_argument("--server", default=DEFAULT_SERVER)
+    costs = sub.add_parser("costs", help="what the autoscaled pods cost, per pod, pool and tenant", parents=[server])
     costs.add_argument("--events", type=int, default=10, metavar="N",
                        help="also show the last N scaling decisions (default %(default)s, 0: none)")
     costs.set_defaults(run=run_costs)
 
-    get = sub.add_parser("get", help="show one task")
-    get.add_argument("task_id")
-    get.add_argument("--server", default=DEFAULT_SERVER)
-    get.set_defaults(run=run_get)
+    drain = sub.add_parser("drain", help="stop placing tasks on a worker; its running tasks finish", parents=[server])
+    drain.add_argument("worker_id")
+    drain.set_defaults(run=run_drain)
 
-    cancel = sub.add_parser("cancel", help="cancel a task")
-    cancel.add_argument("task_id")
-    cancel.add_argument("--server", default=DEFAULT_SERVER)
-    cancel.set_defaults(run=run_cancel)
+    undrain = sub.add_parser("undrain", help="let a drained worker take tasks again", parents=[server])
+    undrain.add_argument("worker_id")
+    undrain.set_defaults(run=run_undrain)
     return parser
 
 
+# State names for --state, in the contract's order.
+STATES = tuple(state_name(s) for s in common_pb2.TaskState.values() if s != common_pb2.TASK_STATE_UNSPECIFIED)
+
+
+def count_flag(value: int, flag: str, what: str, low: int = 0, high: int = UINT32_MAX) -> int:
+    """`value` if low <= value <= high, else a ValueError naming the flag, as typed, and its unit."""
+    if not low <= value <= high:
+        raise ValueError(f"{flag} {value}: give {what} from {low} to {high}")
+    return value
+
+
+def seconds_flag(value: float, flag: str, what: str) -> int:
+    """`value` seconds as whole milliseconds, or a ValueError naming the flag in seconds, as typed."""
+    if not 0 <= value <= UINT64_MAX / 1000:  # also refuses nan and inf
+        raise ValueError(f"{flag} {value:g}: give seconds >= 0 ({what})")
+    return int(value * 1000)
+
+
+def payload_bytes(text: str) -> bytes:
+    """The payload argument: text, @FILE for the file's bytes, or - for standard input."""
+    if text == "-":
+        return sys.stdin.buffer.read()
+    if text.startswith("@"):
+        try:
+            return Path(text[1:]).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"payload {text}: cannot read {text[1:]!r}: {exc.strerror}") from None
+    return text.encode()
+
+
 def run_submit(args: argparse.Namespace) -> int:
-    if args.count < 1:
-        raise ValueError("--count must be at least 1")
+    count = count_flag(args.count, "--count", "a number of copies", low=1, high=1_000_000)
     spec = task_spec(
         args.kind,
-        args.payload,
+        payload_bytes(args.payload),
         priority=args.priority,
         tenant=args.tenant,
-        gpus=args.gpus,
-        min_gpu_memory_mb=args.min_gpu_memory_mb,
+        gpus=count_flag(args.gpus, "--gpus", "a number of GPUs"),
+        min_gpu_memory_mb=count_flag(args.min_gpu_memory_mb, "--min-gpu-memory-mb", "megabytes", high=UINT64_MAX),
         gpu_models=args.gpu_model,
         backend=args.backend,
         labels=args.label,
-        timeout_ms=int(args.timeout * 1000),
-        max_retries=args.max_retries,
+        timeout_ms=seconds_flag(args.timeout, "--timeout", "0: the control plane's default"),
+        max_retries=None if args.max_retries is None else count_flag(args.max_retries, "--max-retries", "retries"),
         idempotency_key=args.idempotency_key,
     )
+    submitted: list[str] = []
     with Client(args.server) as client:
-        if not args.wait:
-            ids = submit_in_batches(client, [spec] * args.count)
-            print("\n".join(ids))
-            return 0
-        return submit_and_follow(client, [spec] * args.count)
+        try:
+            if not args.wait:
+                submit_in_batches(client, [spec] * count, submitted)
+                print("\n".join(submitted))
+                return 0
+            return submit_and_follow(client, [spec] * count, submitted)
+        except KeyboardInterrupt:
+            left_behind(submitted, client.server, "interrupted")
+            return EXIT_INTERRUPTED
+        except GpucpError:
+            left_behind(submitted, client.server, "stopped waiting")
+            raise
 
 
-def submit_in_batches(client: Client, specs: list[common_pb2.TaskSpec], batch: int = 1000) -> list[str]:
-    ids: list[str] = []
+def left_behind(ids: Sequence[str], server: str, why: str) -> None:
+    """Tell the user which submitted tasks carry on without us, and how to cancel them."""
+    if not ids:
+        return
+    print("\n".join(ids), flush=True)
+    noun = "task keeps" if len(ids) == 1 else "tasks keep"
+    print(f"gpucp: {why}; {len(ids)} submitted {noun} running (ids above).", file=sys.stderr)
+    if len(ids) <= CANCEL_COMMAND_IDS:
+        print(f"cancel with: gpucp cancel --server {server} {' '.join(ids)}", file=sys.stderr)
+    else:
+        print(f"cancel by piping the ids to: xargs gpucp cancel --server {server}", file=sys.stderr)
+
+
+def submit_in_batches(
+    client: Client, specs: list[common_pb2.TaskSpec], submitted: list[str], watch: TaskWatch | None = None,
+    batch: int = 1000,
+) -> None:
+    """Submit `specs` a batch at a time, appending ids to `submitted` as each batch is stored."""
     for i in range(0, len(specs), batch):
-        ids.extend(client.submit_many(specs[i : i + batch]))
-    return ids
+        ids = client.submit_many(specs[i : i + batch])
+        if watch is not None:
+            watch.track(ids)
+        submitted.extend(ids)
 
 
-def submit_and_follow(client: Client, specs: list[common_pb2.TaskSpec]) -> int:
+def submit_and_follow(client: Client, specs: list[common_pb2.TaskSpec], submitted: list[str]) -> int:
     """Submit, then show progress until every task is finished; exit 1 if any did not succeed."""
     finished: dict[str, int] = {}
+    stopped: list[GpucpError] = []  # why the watch gave up, for the main thread to raise
     lock = threading.Lock()
-    events = client.watch()  # recording before the first submission: no outcome is missed
+    watch = client.watch()  # recording before the first submission: no outcome is missed
 
     def follow() -> None:
-        for event in events:
-            if event.state in TERMINAL:
-                with lock:
-                    finished[event.task_id] = event.state
+        try:
+            for event in watch:
+                if event.state in TERMINAL_STATES:
+                    with lock:
+                        finished[event.task_id] = event.state
+        except GpucpError as exc:
+            stopped.append(exc)
 
     threading.Thread(target=follow, daemon=True).start()
-    ids = submit_in_batches(client, specs)
-    mine = set(ids)
+    submit_in_batches(client, specs, submitted, watch)
+    mine = set(submitted)
     while True:
         with lock:
             done = {t: s for t, s in finished.items() if t in mine}
         if len(done) == len(mine):
             break
+        if stopped:
+            raise stopped[0]
         progress(len(done), len(mine), done.values())
         time.sleep(0.2)
+    watch.close()
     progress(len(done), len(mine), done.values(), final=True)
     failed = [t for t, s in done.items() if s != common_pb2.TASK_STATE_SUCCEEDED]
     for task_id in failed[:10]:
         task = client.get(task_id)
         print(f"{task_id} {state_name(task.state)}: {task.error}", file=sys.stderr)
-    if len(ids) == 1:
-        task = client.get(ids[0])
-        print(f"{ids[0]} {state_name(task.state)}")
+    if len(submitted) == 1:
+        task = client.get(submitted[0])
+        print(f"{task.id} {state_name(task.state)}", flush=True)
         sys.stdout.buffer.write(task.result)
+        if not task.result.endswith(b"\n"):
+            sys.stdout.buffer.write(b"\n")  # the shell prompt starts on its own line
     return 1 if failed else 0
 
 
-def progress(done: int, total: int, states: object, final: bool = False) -> None:
+def progress(done: int, total: int, states: Iterable[int], final: bool = False) -> None:
     counts: dict[str, int] = {}
-    for s in states:  # type: ignore[attr-defined]
+    for s in states:
         counts[state_name(s)] = counts.get(state_name(s), 0) + 1
     width = 30
     filled = int(width * done / total) if total else width
@@ -178,6 +282,151 @@ def progress(done: int, total: int, states: object, final: bool = False) -> None
         print(line, file=sys.stderr)
 
 
+def run_list(args: argparse.Namespace) -> int:
+    state = 0
+    if args.state is not None:
+        if args.state.lower() not in STATES:
+            raise ValueError(f"--state {args.state}: give one of {', '.join(STATES)}")
+        state = common_pb2.TaskState.Value("TASK_STATE_" + args.state.upper())
+    limit = count_flag(args.limit, "--limit", "a number of tasks per page", low=1, high=10_000)
+    rows: list[tuple[str, ...]] = [("ID", "KIND", "STATE", "PRIORITY", "TENANT", "ATTEMPT", "WORKER", "CREATED")]
+    if args.full:
+        rows[0] += ("RESULT",)
+    filters = {"state": state, "tenant": args.tenant, "kind": args.kind, "full": args.full, "limit": limit}
+    with Client(args.server) as client:
+        if args.all:
+            tasks, token = list(client.list(**filters)), ""
+        else:
+            tasks, token = client.list_page(**filters, page_token=args.page)
+    for t in tasks:
+        row: tuple[str, ...] = (t.id, t.spec.kind, state_name(t.state), priority_name(t.spec.priority), t.spec.tenant or "-",
+               str(t.attempt), t.worker_id or "-", clock(t.created_at_ms))
+        if args.full:
+            row += (t.result[:40].decode(errors="replace").splitlines()[0] if t.result.strip() else "-",)
+        rows.append(row)
+    print_table(rows)
+    if token:
+        print(f"more: add --page {token}", file=sys.stderr)
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    with Client(args.server) as client:
+        task = client.get(args.task_id)
+    now_ms = int(time.time() * 1000)
+    spec = task.spec
+    lines = [
+        ("id", task.id),
+        ("kind", spec.kind),
+        ("state", state_name(task.state)),
+        ("tenant", spec.tenant or "-"),
+        ("priority", priority_name(spec.priority)),
+        ("requires", requirements(spec.requirements)),
+        ("timeout", f"{duration(spec.timeout_ms)} per attempt" if spec.timeout_ms else "the control plane's default"),
+        ("created", when(task.created_at_ms, now_ms)),
+    ]
+    if task.started_at_ms:
+        lines.append(("started", when(task.started_at_ms, now_ms)))
+    if task.finished_at_ms:
+        lines.append(("finished", when(task.finished_at_ms, now_ms)))
+    # Waited: from submission to the current attempt's start (or until now, while pending).
+    # Ran: the current attempt, until it finished (or until now, while it runs).
+    waited_until = task.started_at_ms or (task.finished_at_ms if task.state in TERMINAL_STATES else now_ms)
+    lines.append(("waited", duration(waited_until - task.created_at_ms)))
+    if task.started_at_ms:
+        lines.append(("ran", duration((task.finished_at_ms or now_ms) - task.started_at_ms)))
+    lines.append(("attempt", str(task.attempt)))
+    worker = task.worker_id or "-"
+    if task.gpu_indices:
+        worker += f" (GPU {', '.join(str(i) for i in task.gpu_indices)})"
+    lines.append(("worker", worker))
+    if task.state == common_pb2.TASK_STATE_RUNNING or task.progress:
+        lines.append(("progress", f"{task.progress:.0%}"))
+    if task.pending_reason:
+        lines.append(("pending", task.pending_reason))
+    if task.placement:
+        lines.append(("placement", task.placement))
+    lines.extend(("attempts" if i == 0 else "", e) for i, e in enumerate(task.attempt_errors))
+    if task.error:
+        lines.append(("error", task.error))
+    if task.result:
+        lines.append(("result", task.result.decode(errors="replace")[:2000]))
+    for label, value in lines:
+        print(f"{label:<10}{value}")
+    return 0
+
+
+def requirements(req: common_pb2.Requirements) -> str:
+    """What a task needs of its worker, in words ("any worker" when nothing)."""
+    parts = []
+    if req.gpus:
+        parts.append(f"{req.gpus} GPU" + ("s" if req.gpus > 1 else ""))
+    if req.min_gpu_memory_mb:
+        parts.append(f">= {req.min_gpu_memory_mb} MB per GPU")
+    if req.gpu_models:
+        parts.append("model " + " or ".join(req.gpu_models))
+    if req.min_compute_capability:
+        parts.append(f"compute capability >= {req.min_compute_capability:g}")
+    if req.backend:
+        parts.append(f"backend {req.backend}")
+    if req.labels:
+        parts.append("labels " + ", ".join(req.labels))
+    return ", ".join(parts) or "any worker"
+
+
+def clock(at_ms: int) -> str:
+    """A timestamp in local time, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at_ms / 1000)) if at_ms else "-"
+
+
+def when(at_ms: int, now_ms: int) -> str:
+    return f"{clock(at_ms)} ({duration(now_ms - at_ms)} ago)"
+
+
+def duration(ms: int) -> str:
+    """A span for a person: 850 ms, 12.3 s, 4 min 5 s, 2 h 3 min, 3 d 4 h."""
+    ms = max(ms, 0)
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    s = ms // 1000
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    if s < 86_400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86_400} d {s % 86_400 // 3600} h"
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    """Cancel each task; one that cannot be cancelled is reported and the others still are."""
+    code = 0
+    with Client(args.server) as client:
+        for task_id in args.task_ids:
+            try:
+                print(f"{task_id} {state_name(client.cancel(task_id))}")
+            except GpucpError as exc:
+                print(f"gpucp: {task_id}: {exc}", file=sys.stderr)
+                code = 1
+    return code
+
+
+def run_drain(args: argparse.Namespace) -> int:
+    return admin_call(args, Client.drain, "drains: it takes no new tasks, and those it runs finish "
+                      "(gpucp undrain WORKER to end it)")
+
+
+def run_undrain(args: argparse.Namespace) -> int:
+    return admin_call(args, Client.undrain, "takes new tasks again")
+
+
+def admin_call(args: argparse.Namespace, call: Callable[[Client, str], None], outcome: str) -> int:
+    with Client(args.server) as client:
+        call(client, args.worker_id)
+    print(f"worker {args.worker_id} {outcome}")
+    return 0
+
+
 def run_status(args: argparse.Namespace) -> int:
     with Client(args.server) as client:
         stats = client.stats()
@@ -185,12 +434,17 @@ def run_status(args: argparse.Namespace) -> int:
         report = cost_report(client)
     print(f"workers {stats.workers}   slots {stats.slots_free} free of {stats.slots_total}   "
           f"placements/s {stats.placements_per_second:.1f}   stale updates {stats.stale_updates}")
-    states = ", ".join(f"{k.removeprefix('TASK_STATE_').lower()} {v}" for k, v in sorted(stats.tasks_by_state.items()))
-    queue = ", ".join(f"{k.removeprefix('PRIORITY_').lower()} {v}" for k, v in stats.queue_depth_by_priority.items())
+    # The maps come in no fixed order: show states in their lifecycle order and every priority
+    # class from urgent down, so two calls print the same lines.
+    states = ", ".join(f"{state_name(s)} {stats.tasks_by_state[common_pb2.TaskState.Name(s)]}"
+                       for s in common_pb2.TaskState.values() if common_pb2.TaskState.Name(s) in stats.tasks_by_state)
+    priorities = sorted((p for p in common_pb2.Priority.values() if p != common_pb2.PRIORITY_UNSPECIFIED), reverse=True)
+    queue = ", ".join(f"{priority_name(p)} {stats.queue_depth_by_priority.get(common_pb2.Priority.Name(p), 0)}"
+                      for p in priorities)
     print(f"tasks: {states or 'none'}")
     print(f"queue: {queue}")
     rows = [("WORKER", "PROVIDER", "SLOTS", "GPUS", "HEALTH", "OK", "FAILED", "SUCCESS", "SPEED", "$/H")]
-    for w in workers:
+    for w in sorted(workers, key=lambda w: w.worker_id):
         gpus = ",".join(sorted({g.name for g in w.gpus})) or "-"
         rows.append((
             w.worker_id, w.provider, f"{w.slots - w.slots_free}/{w.slots}", f"{len(w.gpus)}x {gpus}",
@@ -259,28 +513,6 @@ def run_costs(args: argparse.Namespace) -> int:
         for e in events:
             at = time.strftime("%H:%M:%S", time.localtime(e.at_ms / 1000))
             print(f"{at} {e.action:<16} {e.message}")
-    return 0
-
-
-def run_get(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
-        task = client.get(args.task_id)
-    print(f"id        {task.id}\nkind      {task.spec.kind}\nstate     {state_name(task.state)}")
-    print(f"attempt   {task.attempt}\nworker    {task.worker_id or '-'}")
-    if task.pending_reason:
-        print(f"pending   {task.pending_reason}")
-    if task.placement:
-        print(f"placement {task.placement}")
-    if task.error:
-        print(f"error     {task.error}")
-    if task.result:
-        print(f"result    {task.result.decode(errors='replace')[:2000]}")
-    return 0
-
-
-def run_cancel(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
-        print(state_name(client.cancel(args.task_id)))
     return 0
 
 

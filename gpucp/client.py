@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import builtins  # Client.list shadows the built-in in the class body
+import os
+import re
+import threading
+import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import grpc
@@ -14,12 +20,57 @@ from gpucp.v1 import (
     scheduler_pb2_grpc,
 )
 
-DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
+# Read by Client() when no address is given, as by `gpucp` commands and agents.
+SERVER_ENV = "GPUCP_SERVER"
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    # grpc's default reconnect backoff grows to 120 s: a watch would then notice a restarted
+    # control plane minutes late. Two seconds is still no storm for one client.
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
+
+TERMINAL_STATES = frozenset({
+    common_pb2.TASK_STATE_SUCCEEDED,
+    common_pb2.TASK_STATE_FAILED,
+    common_pb2.TASK_STATE_CANCELLED,
+    common_pb2.TASK_STATE_TIMED_OUT,
+})
+
+# grpc targets that name a transport rather than a host: passed to grpc as they are.
+_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.%]+\]|[^\[\]:]+)(?::(?P<port>[^:]*))?$")
+# How grpc words an UNAVAILABLE it made up itself, without reaching any server; UNAVAILABLE
+# from the control plane (e.g. "shutting down") keeps its own sentence.
+_TRANSPORT_FAILURES = (
+    "failed to connect", "errors resolving", "dns resolution failed", "socket closed", "connection reset",
+    "connection refused", "broken pipe", "goaway", "empty address list", "recvmsg", "connections to all backends",
+)
+
+
+def server_address(server: str | None = None) -> str:
+    """The grpc target for a server address: `server`, else $GPUCP_SERVER, else 127.0.0.1:50051.
+
+    A host without a port gets port 50051 (grpc alone would use 443); a bare IPv6 address gets
+    brackets. grpc URIs such as unix:/path pass unchanged. ValueError for a port that is not one.
+    """
+    text = (server if server is not None else os.environ.get(SERVER_ENV, "")).strip() or DEFAULT_SERVER
+    if text.startswith(_TARGET_SCHEMES):
+        return text
+    if text.count(":") > 1 and not text.startswith("["):
+        return f"[{text}]:{DEFAULT_PORT}"  # a bare IPv6 address: its colons are not a port
+    match = _HOST_PORT.match(text)
+    if match is None:
+        raise ValueError(f"server address {text!r}: give HOST or HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}")
+    port = match["port"]
+    if port is None:
+        return f"{text}:{DEFAULT_PORT}"
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"server address {text!r}: the port must be a number from 1 to 65535")
+    return text
 
 
 class GpucpError(Exception):
@@ -29,6 +80,24 @@ class GpucpError(Exception):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+
+
+class Unreachable(GpucpError):
+    """No control plane answers at the address (none running, wrong address, network down)."""
+
+    def __init__(self, server: str) -> None:
+        message = f"no gpucp control plane answers at {server} (is `gpucp serve` running?)"
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message)
+        self.args = (message,)  # str() is the sentence alone: "UNAVAILABLE" adds nothing here
+        self.server = server
+
+
+def rpc_error(exc: grpc.RpcError, server: str) -> GpucpError:
+    """The GpucpError for a failed call to `server`."""
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and details.lower().startswith(_TRANSPORT_FAILURES):
+        return Unreachable(server)
+    return GpucpError(exc.code(), details)
 
 
 def priority_value(priority: int | str) -> int:
@@ -95,11 +164,15 @@ def task_spec(
 
 
 class Client:
-    """A blocking client of one control plane. Use as a context manager or call close()."""
+    """A blocking client of one control plane. Use as a context manager or call close().
 
-    def __init__(self, server: str = DEFAULT_SERVER, *, timeout_s: float = 30.0) -> None:
-        self.server = server
+    `server` is HOST[:PORT] (port 50051 when left out); None reads $GPUCP_SERVER, else 127.0.0.1:50051.
+    """
+
+    def __init__(self, server: str | None = None, *, timeout_s: float = 30.0) -> None:
+        self.server = server_address(server)
         self.timeout_s = timeout_s
+        self.closed = False
         self._channel = grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
@@ -111,13 +184,14 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        self.closed = True
         self._channel.close()
 
     def _call(self, method, request, timeout_s: float | None = None):  # type: ignore[no-untyped-def]
         try:
             return method(request, timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as exc:
-            raise GpucpError(exc.code(), exc.details() or "") from None
+            raise rpc_error(exc, self.server) from None
 
     def submit(self, kind: str, payload: bytes | str = b"", **spec_fields: object) -> str:
         """Submit one task; returns its id once it is durably stored. See task_spec() for fields."""
@@ -127,7 +201,7 @@ class Client:
         reply = self._call(self._scheduler.SubmitTask, scheduler_pb2.SubmitTaskRequest(spec=spec))
         return str(reply.task_id)
 
-    def submit_many(self, specs: Iterable[common_pb2.TaskSpec]) -> list[str]:
+    def submit_many(self, specs: Iterable[common_pb2.TaskSpec]) -> builtins.list[str]:
         """Submit a batch: all are stored, or none (the first bad spec is named in the error)."""
         reply = self._call(
             self._scheduler.SubmitTasks, scheduler_pb2.SubmitTasksRequest(specs=list(specs))
@@ -136,6 +210,20 @@ class Client:
 
     def get(self, task_id: str) -> common_pb2.Task:
         return self._call(self._scheduler.GetTask, scheduler_pb2.GetTaskRequest(task_id=task_id))
+
+    def get_many(self, task_ids: Sequence[str], window: int = 256) -> Iterator[common_pb2.Task]:
+        """The tasks, `window` GetTask calls in flight at a time; ids the server does not know are skipped."""
+        for i in range(0, len(task_ids), window):
+            calls = [
+                self._scheduler.GetTask.future(scheduler_pb2.GetTaskRequest(task_id=t), timeout=self.timeout_s)
+                for t in task_ids[i : i + window]
+            ]
+            for call in calls:
+                try:
+                    yield call.result()
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.NOT_FOUND:  # deleted after --keep-finished
+                        raise rpc_error(exc, self.server) from None
 
     def wait(self, task_id: str, timeout_s: float = 60.0) -> common_pb2.Task:
         """Block until the task is finished, or return it as it is after timeout_s."""
@@ -155,62 +243,180 @@ class Client:
         )
         return int(reply.state)
 
+    def list_page(
+        self, *, state: int = 0, tenant: str = "", kind: str = "", full: bool = False, limit: int = 100,
+        page_token: str = "",
+    ) -> tuple[builtins.list[common_pb2.Task], str]:
+        """One page of matching tasks and the token of the next ("" after the last page).
+
+        Without `full` the tasks carry no payload and no result (ListTasks view BASIC).
+        """
+        request = scheduler_pb2.ListTasksRequest(
+            state=state,  # type: ignore[arg-type]
+            tenant=tenant,
+            kind=kind,
+            view=scheduler_pb2.TASK_VIEW_FULL if full else scheduler_pb2.TASK_VIEW_BASIC,
+            limit=limit,
+            page_token=page_token,
+        )
+        reply = self._call(self._scheduler.ListTasks, request)
+        return list(reply.tasks), str(reply.next_page_token)
+
     def list(
-        self, *, state: int = 0, tenant: str = "", limit: int = 100
+        self, *, state: int = 0, tenant: str = "", kind: str = "", full: bool = False, limit: int = 100
     ) -> Iterator[common_pb2.Task]:
-        """Every matching task, fetched a page at a time."""
+        """Every matching task, fetched a page at a time (see list_page)."""
         token = ""
         while True:
-            request = scheduler_pb2.ListTasksRequest(
-                state=state,  # type: ignore[arg-type]
-                tenant=tenant,
-                limit=limit,
-                page_token=token,
+            tasks, token = self.list_page(
+                state=state, tenant=tenant, kind=kind, full=full, limit=limit, page_token=token
             )
-            reply = self._call(self._scheduler.ListTasks, request)
-            yield from reply.tasks
-            token = reply.next_page_token
+            yield from tasks
             if not token:
                 return
 
-    def watch(
-        self, task_ids: Sequence[str] = (), tenant: str = ""
-    ) -> Iterator[scheduler_pb2.TaskEvent]:
-        """Task state changes from now on (all tasks when neither filter is given).
+    def watch(self, task_ids: Sequence[str] = (), tenant: str = "", *, give_up_s: float = 60.0) -> TaskWatch:
+        """Task state changes from now on (all tasks when neither filter is given), as a TaskWatch.
 
         Returns once the server records events for this watch, so nothing submitted after the
-        call is missed.
+        call is missed. When the control plane restarts, the watch re-subscribes and re-reads
+        the tasks it tracks (`task_ids`, and those given to TaskWatch.track), so their outcomes
+        are not lost; after `give_up_s` without a control plane it raises GpucpError.
         """
-        request = scheduler_pb2.WatchTasksRequest(task_ids=task_ids, tenant=tenant)
-        call = self._scheduler.WatchTasks(request)
-        try:
-            call.initial_metadata()
-        except grpc.RpcError as exc:
-            raise GpucpError(exc.code(), exc.details() or "") from None
-        return _events(call)
+        return TaskWatch(self, scheduler_pb2.WatchTasksRequest(task_ids=task_ids, tenant=tenant), give_up_s)
 
     def stats(self) -> admin_pb2.ClusterStats:
         return self._call(self._admin.GetClusterStats, admin_pb2.GetClusterStatsRequest())
 
-    def workers(self) -> list[admin_pb2.WorkerInfo]:
+    def workers(self) -> builtins.list[admin_pb2.WorkerInfo]:
         return list(self._call(self._admin.ListWorkers, admin_pb2.ListWorkersRequest()).workers)
 
     def drain(self, worker_id: str) -> None:
+        """Stop placing tasks on the worker; those it runs finish."""
         self._call(self._admin.DrainWorker, admin_pb2.DrainWorkerRequest(worker_id=worker_id))
+
+    def undrain(self, worker_id: str) -> None:
+        """End a drain(): the worker takes new tasks again."""
+        self._call(self._admin.UndrainWorker, admin_pb2.UndrainWorkerRequest(worker_id=worker_id))
 
     def costs(self) -> admin_pb2.CostReport:
         """Spend per pod, pool and tenant (FAILED_PRECONDITION when the autoscaler is off)."""
         return self._call(self._admin.GetCosts, admin_pb2.GetCostsRequest())
 
-    def scaling_events(self, limit: int = 0, pool: str = "") -> list[admin_pb2.ScalingEvent]:
+    def scaling_events(self, limit: int = 0, pool: str = "") -> builtins.list[admin_pb2.ScalingEvent]:
         """The autoscaler's decisions, newest last (limit 0: all that are kept)."""
         request = admin_pb2.ListScalingEventsRequest(limit=limit, pool=pool)
         return list(self._call(self._admin.ListScalingEvents, request).events)
 
 
-def _events(call) -> Iterator[scheduler_pb2.TaskEvent]:  # type: ignore[no-untyped-def]
-    try:
-        yield from call
-    except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.CANCELLED:
-            raise GpucpError(exc.code(), exc.details() or "") from None
+# A watch that ends with these re-subscribes: the control plane went away (UNAVAILABLE, or
+# CANCELLED and a clean end when it shuts down) or dropped this watch for falling behind.
+_RESUMABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+_RESUBSCRIBE_MAX_DELAY_S = 2.0
+
+
+class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
+    """Task events from one WatchTasks subscription, resumed across control plane restarts.
+
+    Events that happen while the control plane is away are not replayed; instead, after
+    re-subscribing, the watch reads the current state of every tracked task that has not yet
+    shown a terminal event and yields it as an event. A tracked task's outcome is never missed.
+    """
+
+    def __init__(self, client: Client, request: scheduler_pb2.WatchTasksRequest, give_up_s: float) -> None:
+        self._client = client
+        self._request = request
+        self.give_up_s = give_up_s
+        self._lock = threading.Lock()  # track() may run in another thread than the iteration
+        self._unsettled: set[str] = set(request.task_ids)
+        self._backlog: deque[scheduler_pb2.TaskEvent] = deque()
+        self._closed = False
+        try:
+            self._call = self._subscribe()
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, client.server) from None
+
+    def track(self, task_ids: Iterable[str]) -> None:
+        """Also re-read these tasks after a reconnect (for a watch of a tenant or of all tasks)."""
+        with self._lock:
+            self._unsettled.update(task_ids)
+
+    def close(self) -> None:
+        """End the watch; iteration stops."""
+        self._closed = True
+        self._call.cancel()
+
+    def __iter__(self) -> TaskWatch:
+        return self
+
+    def __next__(self) -> scheduler_pb2.TaskEvent:
+        while True:
+            if self._backlog:
+                return self._seen(self._backlog.popleft())
+            try:
+                return self._seen(next(self._call))
+            except StopIteration:
+                if self._ended():
+                    raise
+            except grpc.RpcError as exc:
+                if self._ended():
+                    raise StopIteration from None
+                if exc.code() not in _RESUMABLE:
+                    raise rpc_error(exc, self._client.server) from None
+            self._resume()
+
+    def _ended(self) -> bool:
+        return self._closed or self._client.closed
+
+    def _seen(self, event: scheduler_pb2.TaskEvent) -> scheduler_pb2.TaskEvent:
+        if event.state in TERMINAL_STATES:
+            with self._lock:
+                self._unsettled.discard(event.task_id)
+        return event
+
+    def _subscribe(self) -> grpc.Future:
+        call = self._client._scheduler.WatchTasks(self._request)
+        call.initial_metadata()  # the server sends headers once it records events for this watch
+        return call
+
+    def _resume(self) -> None:
+        """Re-subscribe with backoff, then queue the current state of every unsettled tracked task."""
+        deadline = time.monotonic() + self.give_up_s
+        delay = 0.1
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise grpc.FutureTimeoutError()
+                grpc.channel_ready_future(self._client._channel).result(timeout=remaining)
+                self._call = self._subscribe()
+                break
+            except grpc.FutureTimeoutError:
+                raise GpucpError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the control plane at {self._client.server} went away and did not come back within "
+                    f"{self.give_up_s:g} s; the tasks are kept in its database: look at them with gpucp get "
+                    "once it is back",
+                ) from None
+            except grpc.RpcError as exc:
+                if exc.code() not in _RESUMABLE:
+                    raise rpc_error(exc, self._client.server) from None
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 2, _RESUBSCRIBE_MAX_DELAY_S)
+        with self._lock:
+            unsettled = sorted(self._unsettled)
+        for task in self._client.get_many(unsettled):
+            self._backlog.append(_event_of(task))
+
+
+def _event_of(task: common_pb2.Task) -> scheduler_pb2.TaskEvent:
+    """A task's current state as the event that would have announced it."""
+    return scheduler_pb2.TaskEvent(
+        task_id=task.id,
+        state=task.state,
+        attempt=task.attempt,
+        worker_id=task.worker_id,
+        at_ms=task.finished_at_ms or task.started_at_ms or task.created_at_ms,
+        progress=task.progress,
+        error=task.error,
+    )
