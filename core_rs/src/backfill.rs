@@ -29,10 +29,11 @@
 //! per candidate check, T_w = tasks on it (at most slots + prefetch depth). Planning a round hold
 //! is O(M_s T_w) over the shape's members, at most once per shape per round.
 
+use crate::filters::{choose_gpus_where, Gpus};
 use crate::id_hash::IdHashMap;
 use crate::learning::KindId;
 use crate::placed::Placed;
-use crate::placement::{choose_gpus_where, Gpus, ShapeIndex};
+use crate::shape_index::ShapeIndex;
 use crate::workers::{Worker, WorkerTable};
 use crate::{ShapeId, TaskId, WorkerId};
 

@@ -1,7 +1,7 @@
 //! Sentences for `Scheduler::explain`: why a pending task is not running, in words an operator
 //! can act on (add a worker with X, wait for Y).
 
-use crate::placement::gpu_qualifies;
+use crate::filters::gpu_qualifies;
 use crate::shapes::Shape;
 use crate::workers::WorkerTable;
 

@@ -10,6 +10,7 @@ pub mod deadlines;
 mod decisions;
 pub mod error;
 mod explain;
+mod filters;
 mod gpu_names;
 mod id_hash;
 pub mod learning;
@@ -19,6 +20,7 @@ pub mod policy;
 pub mod queue;
 mod ranked;
 pub mod scheduler;
+mod shape_index;
 pub mod shapes;
 pub mod workers;
 

@@ -2,8 +2,8 @@
 //! keeps per task from placement to finish, and that reservations (`backfill`) read to predict
 //! when a worker's GPUs free.
 
+use crate::filters::Gpus;
 use crate::learning::{KindId, Start};
-use crate::placement::Gpus;
 use crate::{ShapeId, WorkerId};
 
 #[derive(Debug, Clone)]

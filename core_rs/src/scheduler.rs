@@ -6,12 +6,14 @@ use crate::deadlines::{Deadline, Deadlines};
 use crate::decisions::{Decision, Decisions, Snapshot};
 use crate::error::{invalid, unknown, CoreResult};
 use crate::explain;
+use crate::filters::{choose_gpus, Gpus};
 use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::learning::{KindId, Start};
 use crate::placed::Placed;
-use crate::placement::{choose_gpus, Gpus, Need, Pick, PlacementIndex};
+use crate::placement::PlacementIndex;
 use crate::policy::{Context, Policy, Weights};
 use crate::queue::{Fairness, PendingQueue, PendingTask, PriorityMode, Round, TenantId};
+use crate::shape_index::{Choice, Need, Pick};
 use crate::shapes::{Shape, ShapeSpec, ShapeTable};
 use crate::workers::{GpuSpec, Worker, WorkerOptions, WorkerTable};
 use crate::{ShapeId, TaskId, WorkerId, PRIORITY_CLASSES};
@@ -666,12 +668,7 @@ impl Scheduler {
 
     /// The score inputs explain_placement will weigh, taken before the placement changes the
     /// winner's load.
-    fn decision(
-        &self,
-        sid: ShapeId,
-        pending: &PendingTask,
-        choice: &crate::placement::Choice,
-    ) -> Decision {
+    fn decision(&self, sid: ShapeId, pending: &PendingTask, choice: &Choice) -> Decision {
         let index = self
             .placement
             .built(sid)
