@@ -7,7 +7,7 @@ import time
 
 from cluster import FAULT_REPORT, AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
 from faults.proxy import Proxy
-from faults.watch import percentile
+from faults.watch import EventLog, percentile
 from gpucp.v1 import common_pb2
 
 S = common_pb2
@@ -20,9 +20,11 @@ def test_cut_stream_moves_tasks_and_rejects_late_results(tmp_path):
     cut_agent = AgentProcess(tmp_path, f"127.0.0.1:{proxy.port}", "behind-proxy", "--slots", "1")
     rescuer = None
     moved_ms: list[float] = []
+    outcomes: dict[str, common_pb2.Task] = {}
     try:
         with cp.client() as client:
             wait_for_workers(client, ["behind-proxy"])
+            log = EventLog(cp.address)  # every outcome the control plane announces, per task
             for trial in range(TRIALS):
                 task_id = client.submit("sleep", json.dumps({"seconds": 1.5}))
                 eventually(lambda: client.get(task_id).state == S.TASK_STATE_RUNNING, 20, "the task to run")
@@ -39,16 +41,25 @@ def test_cut_stream_moves_tasks_and_rejects_late_results(tmp_path):
                 proxy.release()
                 # Back through the proxy, the agent's report about attempt 1 changes nothing.
                 eventually(lambda: client.stats().stale_updates > stale_before, 20, "its stale report")
-                done = client.wait(task_id, timeout_s=30)
-                assert (done.state, done.worker_id, done.attempt) == (S.TASK_STATE_SUCCEEDED, name, 2)
+                done = outcomes[task_id] = client.wait(task_id, timeout_s=30)
+                assert (done.worker_id, done.attempt) == (name, 2), f"the rescuer did not finish attempt 2: {done}"
                 rescuer.stop()
                 rescuer = None
                 eventually(lambda: name not in {w.worker_id for w in client.workers()}, 20, "the rescuer to leave")
                 wait_for_workers(client, ["behind-proxy"])
+            # Lost: did not succeed, or no outcome was announced; duplicated: announced more than once.
+            deadline = time.monotonic() + 10  # a missing outcome counts as lost, it does not stop the count
+            while not all(log.terminal[t] for t in outcomes) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            lost = [t for t, done in outcomes.items() if done.state != S.TASK_STATE_SUCCEEDED or not log.terminal[t]]
+            duplicated = [t for t in outcomes if log.terminal[t] > 1]
         FAULT_REPORT.append({
-            "trial": "stream cut by a loopback proxy", "trials": TRIALS, "tasks": TRIALS, "lost": 0,
-            "duplicated": 0, "requeue_p50_ms": percentile(moved_ms, 0.5), "requeue_p99_ms": percentile(moved_ms, 0.99),
+            "trial": "stream cut by a loopback proxy", "trials": TRIALS, "tasks": TRIALS, "lost": len(lost),
+            "duplicated": len(duplicated), "requeue_p50_ms": percentile(moved_ms, 0.5),
+            "requeue_p99_ms": percentile(moved_ms, 0.99),
         })
+        assert not lost, f"{len(lost)} tasks did not succeed or announced no outcome: {[outcomes[t] for t in lost]}"
+        assert not duplicated, f"{len(duplicated)} tasks announced two outcomes: the late result was not ignored"
     finally:
         cut_agent.stop()
         if rescuer is not None:
