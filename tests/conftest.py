@@ -51,7 +51,8 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
         return
     write = terminalreporter.write_line
     write("")
-    write(f"{'fault trial':<34}{'trials':>7}{'tasks':>7}{'lost':>6}{'dup':>5}{'re-run':>8}{'requeue p50':>13}{'p99':>9}")
+    write(f"{'fault trial':<34}{'trials':>7}{'tasks':>7}{'lost':>6}{'dup':>5}{'re-run':>8}"
+          f"{'requeue p50':>13}{'p99':>9}")
     for row in FAULT_REPORT:
         p50, p99 = row.get("requeue_p50_ms"), row.get("requeue_p99_ms")
         write(

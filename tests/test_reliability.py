@@ -79,7 +79,8 @@ def test_cancel_racing_completion_ends_in_exactly_one_terminal_state(tmp_path):
             final = {t: client.wait(t, timeout_s=30) for t in ids}
             eventually(lambda: len(terminal) == rounds, 20, "every terminal event")
             doubled = [t for t, states in terminal.items() if len(states) != 1]
-            lost = [t for t, task in final.items() if task.state not in (S.TASK_STATE_SUCCEEDED, S.TASK_STATE_CANCELLED)]
+            ended = (S.TASK_STATE_SUCCEEDED, S.TASK_STATE_CANCELLED)
+            lost = [t for t, task in final.items() if task.state not in ended]
             cancelled = sum(1 for t in final.values() if t.state == S.TASK_STATE_CANCELLED)
             FAULT_REPORT.append({"trial": "cancel racing completion", "trials": rounds, "tasks": rounds,
                                  "lost": len(lost), "duplicated": len(doubled)})
