@@ -1,6 +1,7 @@
 //! Unit tests of the engine through its public methods.
 
 use super::*;
+use crate::queue::PriorityMode;
 use crate::CoreError;
 use crate::Policy;
 use smallvec::smallvec;
