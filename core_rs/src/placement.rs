@@ -1,10 +1,10 @@
-//! Matching tasks to workers: one lazily built [`ShapeIndex`] per shape, the policies, and the
+//! Matching tasks to workers: one lazily built `ShapeIndex` per shape, the policies, and the
 //! fleet's changes carried into the indexes.
 //!
 //! Cost model. The filters (see `filters`) split into a static part (kind, backend, labels,
 //! which GPUs qualify by memory/model/compute capability) that only changes when workers join or
 //! leave, and a dynamic part (capacity, which qualifying healthy GPUs are free). Each shape gets
-//! a [`ShapeIndex`], built lazily on first use in O(W log W) and then kept up to date
+//! a `ShapeIndex`, built lazily on first use in O(W log W) and then kept up to date
 //! incrementally: a joining worker is checked against every built index (O(S) static checks), a
 //! leaving one is dropped from the indexes that list it. The best worker for a task is a lookup
 //! in its shape's index (see `shape_index`). The price is paid when a worker's rank or free GPUs
@@ -31,7 +31,7 @@ use crate::shapes::{Shape, ShapeTable};
 use crate::workers::{Worker, WorkerTable};
 use crate::{ShapeId, WorkerId};
 
-/// The weights, the policies and one lazily built [`ShapeIndex`] per shape.
+/// The weights, the policies and one lazily built `ShapeIndex` per shape.
 #[derive(Debug)]
 pub struct PlacementIndex {
     weights: Weights,

@@ -23,10 +23,10 @@ impl Scheduler {
     ///
     /// Delay scheduling (policies affinity and composite): a task whose affinity key is warm
     /// only on workers that cannot take it now declines the cold free ones for up to its
-    /// locality wait (see [`SchedulerConfig::locality_wait_ms`]), counted from the first round
-    /// that passed it over; the free workers meanwhile go to the tasks behind it in fair order,
-    /// which includes the tasks warm on them. Its (tenant, class, shape) queue waits with it, so
-    /// FIFO inside a flow holds; other flows go on. After the wait it takes any worker, so no
+    /// locality wait (see [`super::SchedulerConfig::locality_wait_ms`]), counted from the
+    /// first round that passed it over; the free workers meanwhile go to the tasks behind it in
+    /// fair order, which includes the tasks warm on them. Its (tenant, class, shape) queue waits
+    /// with it, so FIFO inside a flow holds; other flows go on. After the wait it takes any worker, so no
     /// task starves. `next_locality_ms` says when the earliest wait ends.
     ///
     /// Reservations (see `backfill`): the first task in fair order of a shape that needs several
