@@ -26,8 +26,8 @@ impl Scheduler {
     /// locality wait (see [`super::SchedulerConfig::locality_wait_ms`]), counted from the
     /// first round that passed it over; the free workers meanwhile go to the tasks behind it in
     /// fair order, which includes the tasks warm on them. Its (tenant, class, shape) queue waits
-    /// with it, so FIFO inside a flow holds; other flows go on. After the wait it takes any worker, so no
-    /// task starves. `next_locality_ms` says when the earliest wait ends.
+    /// with it, so FIFO inside a flow holds; other flows go on. After the wait it takes any
+    /// worker, so no task starves. `next_locality_ms` says when the earliest wait ends.
     ///
     /// Reservations (see `backfill`): the first task in fair order of a shape that needs several
     /// GPUs at once and finds no worker reserves, for the rest of the round, the worker whose
@@ -37,8 +37,8 @@ impl Scheduler {
     ///
     /// Cost per placement: O(log n) in the queue, the shape's best-worker lookup and the
     /// winner's re-ranking (see `placement`); a waiting task costs O(log n) to hold plus a
-    /// look at its key's warm capacity; a worker with holds costs O(T_w) more to check, and a round hold
-    /// O(M_s T_w) to plan, once per shape per round (see `backfill`).
+    /// look at its key's warm capacity; a worker with holds costs O(T_w) more to check, and a
+    /// round hold O(M_s T_w) to plan, once per shape per round (see `backfill`).
     pub fn place(&mut self, now_ms: u64, max_tasks: usize) -> Vec<Placement> {
         self.observe_clock(now_ms);
         self.queue.promote(now_ms);
