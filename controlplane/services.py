@@ -164,10 +164,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.cp = cp
 
     async def GetClusterStats(self, request, context):  # noqa: N802
-        return self.cp.cluster_stats()
+        return self.cp.views.cluster_stats()
 
     async def ListWorkers(self, request, context):  # noqa: N802
-        return admin_pb2.ListWorkersResponse(workers=self.cp.worker_infos())
+        return admin_pb2.ListWorkersResponse(workers=self.cp.views.worker_infos())
 
     async def DrainWorker(self, request, context):  # noqa: N802
         await answer(context, self._drain(request.worker_id))

@@ -1,0 +1,180 @@
+"""The task book: where every task the control plane tracks is, changed in one place.
+
+A task's proto state (PENDING, ASSIGNED, RUNNING, terminal) does not say everything the control
+plane must know about it: a PENDING task may sit in the core's queue or wait out a retry
+backoff, a RUNNING one may be held by the core on a worker or be an orphan of a restart whose
+agent has not re-attached it, a finished one may still be committing. `Hold` names those places,
+and `TaskBook.move` is the only function that changes a task's state or place: counts,
+side indexes and observers (watchers, and later events and metrics) follow from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from controlplane.store import TaskRecord
+from gpucp.v1 import common_pb2
+
+PENDING = common_pb2.TASK_STATE_PENDING
+ASSIGNED = common_pb2.TASK_STATE_ASSIGNED
+RUNNING = common_pb2.TASK_STATE_RUNNING
+SUCCEEDED = common_pb2.TASK_STATE_SUCCEEDED
+FAILED = common_pb2.TASK_STATE_FAILED
+CANCELLED = common_pb2.TASK_STATE_CANCELLED
+TIMED_OUT = common_pb2.TASK_STATE_TIMED_OUT
+
+# Finished tasks kept in memory after they end (older ones are read back from the store).
+RECENT_TERMINAL = 50_000
+
+
+class Hold(enum.Enum):
+    """Where a task is, beyond its proto state."""
+
+    QUEUED = "in the core's queue"
+    BACKOFF = "waiting out a retry backoff"
+    ORPHANED = "running before a restart, its agent not back yet"
+    PLACED = "held by the core on a worker"
+    SETTLING = "finished, its outcome being committed"
+    DONE = "finished and stored"
+
+
+@dataclass(eq=False, slots=True)
+class Entry:
+    """What the control plane keeps about one unfinished task beside its record."""
+
+    rec: TaskRecord
+    hold: Hold
+    retry_timer: asyncio.TimerHandle | None = None
+    queued_at: float = 0.0  # time.monotonic() when it last entered the queue
+    failed_on: list[str] = field(default_factory=list)  # workers its attempts failed on
+    # Work stealing: the attempt asked back from its worker and the idle worker that will take it.
+    revoke: tuple[int, int] | None = None
+
+
+class TaskBook:
+    """Every unfinished task and the recently finished ones, by id and by core handle."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskRecord] = {}  # every unfinished task and the recent finished
+        self.live: dict[int, Entry] = {}  # unfinished tasks by core handle
+        self.orphans: dict[int, Entry] = {}  # the live entries held ORPHANED
+        self.revoking: dict[int, Entry] = {}  # the live entries with a steal in flight
+        self.settling: set[str] = set()  # ids of finished tasks whose outcome is not yet durable
+        self.counts: collections.Counter[int] = collections.Counter()  # tasks by proto state
+        self._idempotency: dict[tuple[str, str], str] = {}
+        self._recent_terminal: collections.deque[str] = collections.deque()
+        self._observers: list[Callable[[TaskRecord], None]] = []
+
+    def observe(self, observer: Callable[[TaskRecord], None]) -> None:
+        """Call `observer` with the record after every visible change of a task's state."""
+        self._observers.append(observer)
+
+    def announce(self, rec: TaskRecord) -> None:
+        for observer in self._observers:
+            observer(rec)
+
+    # -- admission ------------------------------------------------------------------------------
+
+    def add(self, rec: TaskRecord, hold: Hold, *, counted: bool = True) -> Entry | None:
+        """Track a task that is new or was read back from the store; counted: add it to counts."""
+        self.tasks[rec.id] = rec
+        if counted:
+            self.counts[rec.state] += 1
+        if rec.spec.idempotency_key:
+            self._idempotency[(rec.tenant, rec.spec.idempotency_key)] = rec.id
+        if rec.terminal:
+            return None
+        entry = self.live[rec.handle] = Entry(rec, hold)
+        if hold is Hold.ORPHANED:
+            self.orphans[rec.handle] = entry
+        return entry
+
+    def idempotent(self, tenant: str, key: str) -> str | None:
+        return self._idempotency.get((tenant, key))
+
+    def claim_key(self, tenant: str, key: str, task_id: str) -> None:
+        self._idempotency[(tenant, key)] = task_id
+
+    def release_key(self, tenant: str, key: str, task_id: str) -> None:
+        if self._idempotency.get((tenant, key)) == task_id:
+            del self._idempotency[(tenant, key)]
+
+    def forget(self, task_id: str, tenant: str, key: str, state: int) -> None:
+        """A finished task was deleted from the store."""
+        self.counts[state] -= 1
+        self.tasks.pop(task_id, None)
+        if key:
+            self.release_key(tenant, key, task_id)
+
+    # -- the one transition ---------------------------------------------------------------------
+
+    def move(self, entry: Entry, state: int, hold: Hold, *, announce: bool = True) -> None:
+        """Put a live task in `state` and `hold`: the only place either changes.
+
+        A task that was backing off has its retry timer cancelled; one leaving ASSIGNED has its
+        steal request forgotten (it started, was handed back, requeued or finished); a finished
+        task leaves the live set (SETTLING until its outcome is durable, then `settled`).
+        Observers hear of the change unless `announce` is False (a finished task is announced
+        only once it is durable: see `settled`).
+        """
+        rec = entry.rec
+        if entry.retry_timer is not None:  # any move ends a backoff; a new one sets its timer after
+            entry.retry_timer.cancel()
+            entry.retry_timer = None
+        if entry.hold is Hold.ORPHANED and hold is not Hold.ORPHANED:
+            del self.orphans[rec.handle]
+        elif hold is Hold.ORPHANED and entry.hold is not Hold.ORPHANED:
+            self.orphans[rec.handle] = entry
+        if state != ASSIGNED and entry.revoke is not None:
+            entry.revoke = None
+            del self.revoking[rec.handle]
+        self.counts[rec.state] -= 1
+        self.counts[state] += 1
+        rec.state = state
+        entry.hold = hold
+        if hold is Hold.SETTLING:
+            self._retire(entry)
+        elif announce:
+            self.announce(rec)
+
+    def ask_back(self, entry: Entry, thief: int) -> None:
+        """Record a steal request for the entry's current attempt."""
+        entry.revoke = (entry.rec.attempt, thief)
+        self.revoking[entry.rec.handle] = entry
+
+    def _retire(self, entry: Entry) -> None:
+        rec = entry.rec
+        del self.live[rec.handle]
+        self.settling.add(rec.id)
+        self._recent_terminal.append(rec.id)
+        while len(self._recent_terminal) > RECENT_TERMINAL:
+            old = self.tasks.pop(self._recent_terminal.popleft(), None)
+            if old is not None and old.spec.idempotency_key:
+                self.release_key(old.tenant, old.spec.idempotency_key, old.id)
+
+    def settled(self, entry: Entry) -> None:
+        """The finished task's outcome is durable (or failed to be): announce it."""
+        entry.hold = Hold.DONE
+        self.settling.discard(entry.rec.id)
+        self.announce(entry.rec)
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def entry(self, task_id: str) -> Entry | None:
+        """The live entry of an unfinished task, by id."""
+        rec = self.tasks.get(task_id)
+        return None if rec is None or rec.terminal else self.live.get(rec.handle)
+
+    def orphans_of(self, worker_id: str) -> Iterator[Entry]:
+        return (e for e in list(self.orphans.values()) if e.rec.worker_id == worker_id)
+
+    def entries(self, handles: Iterable[int]) -> Iterator[Entry]:
+        """The live entries among `handles`."""
+        for handle in handles:
+            entry = self.live.get(handle)
+            if entry is not None:
+                yield entry

@@ -1,0 +1,160 @@
+"""Dispatch: one coroutine that places what can run, commits the assignments and sends them.
+
+Dispatch is event-driven: a task arriving, a slot freeing or a worker joining calls `wake`; the
+pump places, persists and sends. The core's deadlines (heartbeats, task timeouts) and delay
+scheduling are alarms on its clock, not polling loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import time
+
+from controlplane.book import ASSIGNED, Entry, TaskBook
+from controlplane.config import ServerConfig
+from controlplane.core import Core, mono_ms
+from controlplane.fleet import Fleet, WorkerConn
+from controlplane.lifecycle import Lifecycle
+from controlplane.store import Store
+from controlplane.timers import Alarm
+from gpucp.v1 import workers_pb2
+
+log = logging.getLogger("gpucp.controlplane")
+
+PLACE_BATCH = 4096
+STEAL_BATCH = 256
+
+
+class Dispatcher:
+    def __init__(self, config: ServerConfig, store: Store, book: TaskBook, core: Core) -> None:
+        self.config = config
+        self.store = store
+        self.book = book
+        self.core = core
+        self._event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._placements: collections.deque[tuple[float, int]] = collections.deque()
+        # Heartbeat and task deadlines the core keeps.
+        self._deadline_alarm = Alarm(self._on_deadline)
+        # Wakes the dispatcher when a task waiting for a warm worker may take any worker: a
+        # quiet fleet has no other event that would.
+        self._locality_alarm = Alarm(self.wake)
+        self.fleet: Fleet
+        self.tasks: Lifecycle
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._pump(), name="gpucp-dispatch")
+        self.wake()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._deadline_alarm.cancel()
+        self._locality_alarm.cancel()
+
+    async def _pump(self) -> None:
+        while True:
+            await self._event.wait()
+            self._event.clear()
+            try:
+                self._dispatch()
+            except Exception:
+                log.exception("dispatch failed; it runs again on the next event")
+
+    def _dispatch(self) -> None:
+        """Place what can be placed now; each batch goes to its agents once it is committed.
+
+        Placing does not wait for the commit: the next batch is placed while the last one is
+        being written, and a group commit carries both.
+        """
+        while True:
+            placements = self.core.scheduler.place(mono_ms(), PLACE_BATCH)
+            if not placements:
+                if self.config.prefetch_depth:
+                    self._steal()
+                self._locality_alarm.arm(self.core.scheduler.next_locality_ms())
+                return
+            self.arm_deadline()
+            assigned = self.tasks.assigned(placements)
+            self._count_placements(len(assigned))
+            # The assignment is durable before any agent hears of it, so after a restart no
+            # attempt number can be handed out twice.
+            self.store.save([entry.rec for entry, _, _ in assigned]).add_done_callback(
+                functools.partial(self._assignments_stored, assigned)
+            )
+
+    def _assignments_stored(
+        self, assigned: list[tuple[Entry, WorkerConn, int]], fut: asyncio.Future[None]
+    ) -> None:
+        # While the write was in flight a task may have been cancelled, lost with its worker, or
+        # placed again: only attempts that are still current go out (or back to the queue).
+        current = [
+            (entry, conn)
+            for entry, conn, attempt in assigned
+            if entry.rec.state == ASSIGNED and entry.rec.attempt == attempt
+        ]
+        if fut.cancelled() or fut.exception() is not None:
+            log.error("could not persist %d assignments (%s); requeueing them", len(assigned), fut.exception())
+            self.tasks.store_failed(entry for entry, _ in current)
+            return
+        batches: dict[WorkerConn, list[workers_pb2.Assignment]] = {}
+        for entry, conn in current:
+            if not conn.lost_reason:
+                batches.setdefault(conn, []).append(workers_pb2.Assignment(task=entry.rec.proto_fields()))
+        for conn, batch in batches.items():
+            conn.assign(batch)
+
+    def _steal(self) -> None:
+        """Ask backlogged workers for prefetched tasks that idle workers could run now.
+
+        Two-phase: the revoke is only a request. The agent hands the attempt back (PENDING) if it
+        has not started, and the task is queued again; if it started, RUNNING arrives instead and
+        the revoke simply failed. The agent decides, so the task runs exactly once either way.
+        """
+        busy_thieves = {e.revoke[1] for e in self.book.revoking.values() if e.revoke is not None}
+        for task, victim, thief in self.core.scheduler.steal_candidates(STEAL_BATCH):
+            entry = self.book.live.get(task)
+            conn = self.fleet.by_handle.get(victim)
+            if (
+                entry is None
+                or conn is None
+                or conn.lost_reason
+                or entry.rec.state != ASSIGNED
+                or entry.revoke is not None
+                or thief in busy_thieves  # one steal in flight per idle worker is enough
+            ):
+                continue
+            self.book.ask_back(entry, thief)
+            busy_thieves.add(thief)
+            conn.cancel(entry.rec.id, entry.rec.attempt, if_not_started=True)
+
+    def _count_placements(self, n: int) -> None:
+        now = time.monotonic()
+        self._placements.append((now, n))
+        while self._placements and self._placements[0][0] < now - 10:
+            self._placements.popleft()
+
+    def placements_per_second(self) -> float:
+        now = time.monotonic()
+        return sum(n for t, n in self._placements if t >= now - 10) / 10.0
+
+    # -- deadlines ------------------------------------------------------------------------------
+
+    def arm_deadline(self) -> None:
+        self._deadline_alarm.arm(self.core.scheduler.next_deadline_ms())
+
+    def _on_deadline(self) -> None:
+        workers, tasks = self.core.scheduler.expired(mono_ms())
+        self.fleet.overdue(workers)
+        self.tasks.timed_out(tasks)
+        self.arm_deadline()

@@ -1,0 +1,323 @@
+"""A task's life after it is accepted: queued, placed, started, retried, requeued, finished.
+
+Every change of a task's state goes through `TaskBook.move`; this module decides which change an
+event makes (an agent's update, a lost worker, a timeout, a cancel, a re-attach after a
+reconnect or a restart) and carries it out in the core and the store. A finished task is
+announced to watchers and waiters only once its outcome is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from controlplane._core import CoreError
+from controlplane.book import (
+    ASSIGNED,
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    TIMED_OUT,
+    Entry,
+    Hold,
+    TaskBook,
+)
+from controlplane.config import ServerConfig
+from controlplane.core import Core, mono_ms
+from controlplane.fleet import Fleet, WorkerConn
+from controlplane.notify import wall_ms
+from controlplane.store import Store
+from controlplane.timers import DueHeap
+from gpucp.v1 import workers_pb2
+
+log = logging.getLogger("gpucp.controlplane")
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        book: TaskBook,
+        core: Core,
+        fleet: Fleet,
+        wake: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.book = book
+        self.core = core
+        self.fleet = fleet
+        self.wake = wake
+        self.stale_updates = 0
+        self._queue_due = DueHeap(self._on_queue_due)
+
+    def close(self) -> None:
+        self._queue_due.cancel()
+        for entry in self.book.live.values():
+            if entry.retry_timer is not None:
+                entry.retry_timer.cancel()
+
+    # -- queueing -------------------------------------------------------------------------------
+
+    def queue(self, entries: Sequence[Entry], avoid_worker: str = "") -> None:
+        """Put pending tasks in the core's queue; `avoid_worker` (a retry's last worker) only if nobody else can."""
+        if not entries:
+            return
+        avoid = self.fleet.workers.get(avoid_worker) if avoid_worker else None
+        self.core.push([e.rec for e in entries], None if avoid is None else avoid.handle)
+        now = time.monotonic()
+        for entry in entries:
+            if entry.hold is not Hold.QUEUED:
+                self.book.move(entry, PENDING, Hold.QUEUED, announce=False)  # still PENDING: nothing to tell
+            entry.queued_at = now
+            self._queue_due.add(now + self.config.queue_timeout_s, entry.rec.handle)
+        self.wake()
+
+    def _on_queue_due(self, handle: int, now: float) -> None:
+        """Fail a task queued for the queue timeout that no connected worker could ever run.
+
+        A task that some worker could run is only waiting its turn: it is checked again one
+        queue timeout later, never failed for a busy fleet.
+        """
+        entry = self.book.live.get(handle)
+        timeout = self.config.queue_timeout_s
+        if entry is None or entry.hold is not Hold.QUEUED or now - entry.queued_at < timeout:
+            return  # placed, finished, or requeued since this time was set; a later one covers it
+        rec = entry.rec
+        if self.core.scheduler.can_run(self.core.shape(rec.spec)):
+            self._queue_due.add(now + timeout, handle)
+            return
+        reason = self.core.why_pending(rec)
+        self.core.scheduler.remove(handle)
+        rec.error = f"no connected worker could run it within the queue timeout of {timeout:g} s: {reason}"
+        rec.errors.append(rec.error)
+        self.finish(entry, FAILED)
+
+    # -- placement ------------------------------------------------------------------------------
+
+    def assigned(self, placements: Sequence[tuple[int, int, list[int]]]) -> list[tuple[Entry, WorkerConn, int]]:
+        """The core placed these tasks: each gets its next attempt, on its worker."""
+        now = wall_ms()
+        out: list[tuple[Entry, WorkerConn, int]] = []
+        for task, worker, gpus in placements:
+            entry = self.book.live[task]
+            conn = self.fleet.by_handle[worker]
+            rec = entry.rec
+            rec.attempt += 1
+            rec.worker_id = conn.worker_id
+            rec.gpu_indices = gpus
+            rec.started_at_ms = now
+            rec.error = ""
+            self.book.move(entry, ASSIGNED, Hold.PLACED)
+            out.append((entry, conn, rec.attempt))
+        return out
+
+    def store_failed(self, entries: Iterable[Entry]) -> None:
+        """Assignments that could not be made durable go back to the queue; no agent heard of them."""
+        back = []
+        for entry in entries:
+            self.core.scheduler.release(entry.rec.handle)
+            entry.rec.attempt -= 1
+            self.book.move(entry, PENDING, Hold.QUEUED)
+            back.append(entry)
+        self.queue(back)
+
+    def handed_back(self, entry: Entry) -> None:
+        """The agent gave back a prefetched attempt it never started: queue the task again."""
+        self.core.scheduler.release(entry.rec.handle)
+        self.book.move(entry, PENDING, Hold.QUEUED)
+        self.store.save([entry.rec])
+        self.queue([entry])  # its next assignment gets attempt + 1, which fences this one
+
+    # -- what agents report ---------------------------------------------------------------------
+
+    def update(self, conn: WorkerConn, upd: workers_pb2.TaskUpdate) -> None:
+        """Apply an agent's report about one attempt; reports about other attempts are stale."""
+        entry = self.book.entry(upd.task_id)
+        if entry is None or entry.rec.attempt != upd.attempt or entry.rec.worker_id != conn.worker_id or conn.lost_reason:
+            self.stale_updates += 1
+            return
+        rec = entry.rec
+        if upd.state == PENDING:
+            if rec.state != ASSIGNED or entry.revoke is None or entry.revoke[0] != upd.attempt:
+                self.stale_updates += 1
+                log.info("worker %s handed back task %s, which is no longer asked back", conn.worker_id, rec.id)
+                return
+            self.handed_back(entry)
+            return
+        if upd.state == RUNNING:
+            if rec.state == ASSIGNED and entry.hold is Hold.PLACED:
+                # Not persisted: after a restart ASSIGNED and RUNNING are the same (wait for the
+                # agent to re-attach), so the write would buy nothing on the hot path.
+                self.book.move(entry, RUNNING, Hold.PLACED)  # a revoke in flight has failed
+                try:
+                    self.core.scheduler.mark_started(rec.handle, now_ms=mono_ms())
+                except CoreError as exc:
+                    # More started tasks than slots, or two on one GPU: the agent broke its contract.
+                    log.error("worker %s started task %s, which the core refuses: %s", conn.worker_id, rec.id, exc)
+                if self.config.prefetch_depth:
+                    self.wake()  # a worker whose prefetched work all started may steal
+            return
+        if upd.state not in (SUCCEEDED, FAILED):
+            self.stale_updates += 1
+            log.warning("worker %s sent an update with state %d", conn.worker_id, upd.state)
+            return
+        if not self._withdraw(entry):
+            runtime = max(0, wall_ms() - rec.started_at_ms)
+            self.core.scheduler.finish(rec.handle, upd.state == SUCCEEDED, runtime)
+        self.wake()
+        if upd.state == SUCCEEDED:
+            rec.result = upd.result
+            rec.error = ""
+            self.fleet.judge(conn.worker_id, succeeded=True, fixed_after=entry.failed_on)
+            self.finish(entry, SUCCEEDED)
+        else:
+            self.attempt_failed(entry, upd.error or "the handler failed without a message", FAILED)
+
+    def _withdraw(self, entry: Entry) -> bool:
+        """Take a task that is not on a worker out of where it waits; False when the core holds it on one.
+
+        Queued: out of the core's queue. Backing off: its timer is cancelled by the next move. Orphaned:
+        it finished while the control plane was down, or the cancel comes before its agent did.
+        """
+        if entry.hold is Hold.QUEUED:
+            self.core.scheduler.remove(entry.rec.handle)
+        return entry.hold is not Hold.PLACED
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def finish(self, entry: Entry, state: int) -> None:
+        """Make a task terminal: persist it, then announce it to whoever waits for it."""
+        entry.rec.finished_at_ms = wall_ms()
+        self.book.move(entry, state, Hold.SETTLING)
+        self.store.save([entry.rec]).add_done_callback(functools.partial(self._settled, entry))
+
+    def _settled(self, entry: Entry, fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("the outcome of task %s could not be stored: %s", entry.rec.id, fut.exception())
+        self.book.settled(entry)
+
+    def _retries_allowed(self, entry: Entry) -> int:
+        spec = entry.rec.spec
+        return spec.max_retries if spec.HasField("max_retries") else self.config.default_max_retries
+
+    def attempt_failed(self, entry: Entry, error: str, final_state: int) -> None:
+        """An attempt failed or timed out: retry with backoff while the budget lasts."""
+        rec = entry.rec
+        rec.error = error
+        rec.errors.append(f"attempt {rec.attempt} on {rec.worker_id}: {error}")
+        entry.failed_on.append(rec.worker_id)
+        self.fleet.judge(rec.worker_id, succeeded=False)
+        failures = rec.attempt - rec.lost_count
+        if failures > self._retries_allowed(entry):
+            self.finish(entry, final_state)
+            self.wake()
+            return
+        self.book.move(entry, PENDING, Hold.BACKOFF)
+        self.store.save([rec])
+        delay = min(self.config.retry_cap_s, self.config.retry_base_s * 2 ** (failures - 1))
+        delay *= random.uniform(0.5, 1.0)  # jitter: failures of a burst do not retry in lockstep
+        entry.retry_timer = asyncio.get_running_loop().call_later(delay, self._retry, entry)
+        self.wake()
+
+    def _retry(self, entry: Entry) -> None:
+        entry.retry_timer = None
+        self.queue([entry], avoid_worker=entry.rec.worker_id)
+
+    def timed_out(self, handles: Sequence[int]) -> None:
+        """Tasks the core found past their timeout: stop them where they run, retry or fail."""
+        for entry in self.book.entries(handles):
+            self.fleet.send_cancel(entry.rec.worker_id, entry.rec.id, entry.rec.attempt)
+            self.core.scheduler.release(entry.rec.handle)
+            self.attempt_failed(entry, f"timed out after {self.core.timeout_ms(entry.rec)} ms", TIMED_OUT)
+
+    def requeue_lost(self, handles: Iterable[int], reason: str) -> None:
+        for entry in self.book.entries(handles):
+            self._requeue_lost(entry, reason)
+
+    def _requeue_lost(self, entry: Entry, reason: str) -> None:
+        rec = entry.rec
+        rec.lost_count += 1
+        rec.error = reason
+        rec.errors.append(f"attempt {rec.attempt} on {rec.worker_id}: {reason}")
+        if rec.lost_count > self.config.max_worker_losses:
+            rec.error = (
+                f"lost its worker {rec.lost_count} times; the task may be what crashes its "
+                f"workers (last: {reason})"
+            )
+            self.finish(entry, FAILED)
+            return
+        self.book.move(entry, PENDING, Hold.QUEUED)
+        self.store.save([rec])
+        self.queue([entry])
+
+    def cancel(self, entry: Entry) -> None:
+        if not self._withdraw(entry):
+            self.fleet.send_cancel(entry.rec.worker_id, entry.rec.id, entry.rec.attempt)
+            self.core.scheduler.release(entry.rec.handle)
+            self.wake()
+        entry.rec.error = "cancelled"
+        self.finish(entry, CANCELLED)
+
+    # -- re-attachment --------------------------------------------------------------------------
+
+    def requeue_orphans(self, entries: Iterable[Entry]) -> None:
+        """Requeue tasks that were running before a restart and whose agent did not re-attach them."""
+        for entry in entries:
+            if entry.hold is Hold.ORPHANED:
+                self._requeue_lost(entry, "its worker did not re-attach it after a control-plane restart")
+
+    def reattach(self, conn: WorkerConn, running: Sequence[workers_pb2.RunningTask], carried: set[int]) -> None:
+        """A worker (re)joined: keep the tasks it still runs; requeue those it came back without.
+
+        `carried` are the tasks its previous connection held.
+        """
+        attached: set[int] = set()
+        for task in running:
+            entry = self._reattach_one(conn, task.task_id, task.attempt, carried)
+            if entry is not None:
+                attached.add(entry.rec.handle)
+        self.requeue_lost(
+            (h for h in carried if h not in attached), f"worker {conn.worker_id} came back without it"
+        )
+        left = [e for e in self.book.orphans_of(conn.worker_id) if e.rec.handle not in attached]
+        if left:
+            # It came back without these; give the outcomes it resends on reconnect a moment first.
+            asyncio.get_running_loop().call_later(
+                self.config.heartbeat_interval_ms / 1000, self.requeue_orphans, left
+            )
+
+    def _reattach_one(self, conn: WorkerConn, task_id: str, attempt: int, carried: set[int]) -> Entry | None:
+        """Keep a task the agent still runs, if that attempt is still the task's current one."""
+        entry = self.book.entry(task_id)
+        if (
+            entry is None
+            or entry.rec.attempt != attempt
+            or entry.rec.worker_id != conn.worker_id
+            or not (entry.rec.state == PENDING or entry.hold is Hold.ORPHANED or entry.rec.handle in carried)
+        ):
+            self.stale_updates += 1
+            conn.cancel(task_id, attempt)
+            return None
+        rec = entry.rec
+        try:
+            self.core.attach(rec, conn.handle)
+        except CoreError as exc:
+            log.warning("cannot re-attach %s to %s: %s", task_id, conn.worker_id, exc)
+            conn.cancel(task_id, attempt)
+            return None
+        if rec.state == PENDING and rec.lost_count > 0 and rec.errors:
+            # The loss that requeued it did not happen after all: the same attempt runs on.
+            rec.lost_count -= 1
+            rec.errors.pop()
+        rec.error = ""
+        self.book.move(entry, RUNNING, Hold.PLACED)
+        self.store.save([rec])
+        return entry

@@ -1,0 +1,110 @@
+"""Who hears of task changes: watchers (WatchTasks streams) and waiters (WaitTask, RunTask).
+
+Both hear a finished task only once its outcome is durable: the task book announces an outcome
+after its commit, never before, so nobody learns of one that a crash could still undo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from controlplane.errors import ResourceExhausted
+from controlplane.store import TaskRecord
+from gpucp.v1 import scheduler_pb2
+
+WATCH_BUFFER = 10_000
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(eq=False)
+class Watcher:
+    task_ids: frozenset[str]
+    tenant: str
+    queue: asyncio.Queue[scheduler_pb2.TaskEvent | None] = field(
+        default_factory=lambda: asyncio.Queue(WATCH_BUFFER)
+    )
+    overflowed: bool = False
+
+    async def events(self) -> AsyncIterator[scheduler_pb2.TaskEvent]:
+        while True:
+            event = await self.queue.get()
+            if event is None:
+                if self.overflowed:
+                    raise ResourceExhausted(
+                        f"this watcher fell more than {WATCH_BUFFER} events behind; watch again"
+                    )
+                return
+            yield event
+
+    def wants(self, rec: TaskRecord) -> bool:
+        if self.task_ids and rec.id not in self.task_ids:
+            return False
+        return not self.tenant or rec.tenant == self.tenant
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self._watchers: set[Watcher] = set()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    def announce(self, rec: TaskRecord) -> None:
+        """A task changed (a finished one: durably): tell its watchers, and its waiters if it ended."""
+        if self._watchers:
+            self._emit(rec)
+        if rec.terminal:
+            for waiter in self._waiters.pop(rec.id, []):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _emit(self, rec: TaskRecord) -> None:
+        event = scheduler_pb2.TaskEvent(
+            task_id=rec.id,
+            state=rec.state,  # type: ignore[arg-type]
+            attempt=rec.attempt,
+            worker_id=rec.worker_id,
+            at_ms=wall_ms(),
+        )
+        for watcher in self._watchers:
+            if watcher.overflowed or not watcher.wants(rec):
+                continue
+            try:
+                watcher.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                watcher.overflowed = True
+                watcher.queue.get_nowait()
+                watcher.queue.put_nowait(None)
+
+    async def wait(self, task_id: str, timeout_ms: int) -> None:
+        """Until the task's outcome is announced, or timeout_ms (0: no limit) passes."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout_ms / 1000 if timeout_ms else None)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._waiters.get(task_id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    def watch(self, task_ids: Sequence[str], tenant: str) -> Watcher:
+        """Start recording events for a watcher; call unwatch() when done with it."""
+        watcher = Watcher(frozenset(task_ids), tenant)
+        self._watchers.add(watcher)
+        return watcher
+
+    def unwatch(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+
+    def close(self) -> None:
+        """The server stops: end every watch."""
+        for watcher in self._watchers:
+            watcher.queue.put_nowait(None)

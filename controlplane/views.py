@@ -1,0 +1,92 @@
+"""Read views: what the control plane shows of its tasks and workers, built without changing them."""
+
+from __future__ import annotations
+
+from controlplane.book import ASSIGNED, PENDING, RUNNING, Hold, TaskBook
+from controlplane.core import Core
+from controlplane.dispatch import Dispatcher
+from controlplane.fleet import Fleet
+from controlplane.lifecycle import Lifecycle
+from controlplane.store import TaskRecord
+from gpucp.v1 import admin_pb2, common_pb2
+
+
+class Views:
+    def __init__(self, book: TaskBook, core: Core, fleet: Fleet, tasks: Lifecycle, dispatcher: Dispatcher) -> None:
+        self.book = book
+        self.core = core
+        self.fleet = fleet
+        self.tasks = tasks
+        self.dispatcher = dispatcher
+
+    def pending_reason(self, rec: TaskRecord) -> str:
+        entry = self.book.live.get(rec.handle)
+        if entry is None or entry.rec is not rec:
+            return ""  # finished, or a stored copy read back after it left memory
+        if entry.hold is Hold.ORPHANED:
+            return f"waiting for worker {rec.worker_id} to re-attach after a control-plane restart"
+        if rec.state != PENDING:
+            return ""
+        if entry.hold is Hold.BACKOFF:
+            return f"waiting to retry after attempt {rec.attempt} failed: {rec.error}"
+        return self.core.why_pending(rec)
+
+    def describe(self, rec: TaskRecord) -> common_pb2.Task:
+        task = rec.to_proto(self.pending_reason(rec))
+        entry = self.book.live.get(rec.handle)
+        if rec.state in (ASSIGNED, RUNNING) and entry is not None and entry.hold is Hold.PLACED:
+            task.placement = self.core.why_placed(rec)
+        return task
+
+    def predict_runtime_s(self, spec: common_pb2.TaskSpec, worker_id: str) -> float | None:
+        """What the core has learned a task like `spec` takes on this worker (None: not yet)."""
+        conn = self.fleet.workers.get(worker_id)
+        if conn is None:
+            return None
+        ms = self.core.scheduler.predict_runtime_ms(self.core.shape(spec), conn.handle)
+        return None if ms is None else ms / 1000
+
+    def cluster_stats(self) -> admin_pb2.ClusterStats:
+        total, free = self.core.scheduler.slots()
+        by_prio = self.core.scheduler.pending_by_priority()
+        return admin_pb2.ClusterStats(
+            workers=len(self.fleet.workers),
+            slots_total=total,
+            slots_free=free,
+            tasks_by_state={
+                common_pb2.TaskState.Name(s): n for s, n in self.book.counts.items() if n > 0  # type: ignore[arg-type]
+            },
+            queue_depth_by_priority={
+                common_pb2.Priority.Name(i + 1): n for i, n in enumerate(by_prio)  # type: ignore[arg-type]
+            },
+            placements_per_second=self.dispatcher.placements_per_second(),
+            stale_updates=self.tasks.stale_updates,
+        )
+
+    def worker_infos(self) -> list[admin_pb2.WorkerInfo]:
+        out = []
+        for conn in self.fleet.workers.values():
+            slots, free, success, speed, ok, failed = self.core.scheduler.worker_stats(conn.handle)
+            reg = conn.register
+            out.append(
+                admin_pb2.WorkerInfo(
+                    worker_id=conn.worker_id,
+                    provider=reg.provider,
+                    slots=slots,
+                    slots_free=free,
+                    gpus=reg.gpus,
+                    backend=reg.backend,
+                    labels=reg.labels,
+                    kinds=reg.kinds,
+                    cost_per_hour=reg.cost_per_hour,
+                    health=self.fleet.health(conn),
+                    success_rate=success,
+                    speed=speed,
+                    tasks_succeeded=ok,
+                    tasks_failed=failed,
+                    connected_at_ms=conn.connected_at_ms,
+                    last_heartbeat_ms=conn.last_heartbeat_ms,
+                    gpu_stats=conn.gpu_stats,
+                )
+            )
+        return out
