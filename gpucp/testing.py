@@ -133,11 +133,6 @@ class ControlPlaneProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    @property
-    def log_path(self) -> Path:
-        """The log of the latest start (each start writes its own)."""
-        return self.workdir / f"controlplane-{max(0, self.starts - 1)}.log"
-
     def start(self, timeout_s: float = 60.0) -> ControlPlaneProcess:
         """Start the server and return once it serves (it has written its port to the ready file)."""
         ready = self.workdir / f"ready-{self.starts}"
@@ -146,17 +141,14 @@ class ControlPlaneProcess:
             self.proc = self._spawn(ready, log)
         self.starts += 1
         proc = self.proc
-
-        def bound() -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not (ready.exists() and ready.read_text()):
             if proc.poll() is not None:
-                raise RuntimeError(f"gpucp serve exited with {proc.returncode}: {self.log()}")
-            return ready.exists() and ready.read_text() != ""
-
-        try:
-            eventually(bound, timeout_s, "the control plane to listen")
-        except AssertionError:
-            self.kill()
-            raise AssertionError(f"gpucp serve did not listen within {timeout_s:g} s: {self.log()}") from None
+                raise AssertionError(f"gpucp serve exited with {proc.returncode}: {self.log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"gpucp serve did not listen within {timeout_s:g} s: {self.log()}")
+            time.sleep(0.05)
         self.port = int(ready.read_text())
         return self
 
