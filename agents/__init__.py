@@ -1,7 +1,7 @@
 """gpucp worker agents: the connection runtime, task handlers and a simulated GPU inventory."""
 
-from agents.handlers import Handler, TaskContext, load_handler
+from agents.handlers import Handler, TaskContext, TaskError, load_handler
 from agents.inventory import parse_gpus
 from agents.runtime import Agent
 
-__all__ = ["Agent", "Handler", "TaskContext", "load_handler", "parse_gpus"]
+__all__ = ["Agent", "Handler", "TaskContext", "TaskError", "load_handler", "parse_gpus"]

@@ -23,7 +23,8 @@ __all__ = ["build_agent", "main", "open_nvidia", "parser"]
 
 log = logging.getLogger("gpucp.agent")
 
-_LABEL = re.compile(r"^[A-Za-z0-9_.\-/]+(=[^\s]*)?$")
+# Matched with fullmatch: `$` would also match before a final newline.
+_LABEL = re.compile(r"[A-Za-z0-9_.\-/]+(=[^\s]*)?")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,7 +40,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="control plane address (default: $GPUCP_SERVER, else 127.0.0.1:50051)",
     )
-    p.add_argument("--worker-id", default=None, help="worker name (default: <hostname>-<pid>)")
+    p.add_argument(
+        "--worker-id", default=None, help="worker name, unique in the fleet (default: <hostname>-<6 random hex digits>)"
+    )
     p.add_argument("--slots", type=int, default=None, help="tasks run at once (default: number of GPUs, or 1)")
     p.add_argument("--gpus", default="", metavar="SPEC", help='simulated GPUs, e.g. "2xA100-80GB,1xT4-16GB"')
     p.add_argument(
@@ -68,7 +71,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backend", default=None, help='"cuda", "rocm" or "cpu" (default: cuda with GPUs, else cpu)')
     p.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE", help="worker label, KEY=VALUE or a bare word (repeatable)"
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="worker label, KEY=VALUE or a bare word (repeatable)",
     )
     p.add_argument("--kinds", default=None, metavar="A,B", help="handler kinds to announce (default: every handler)")
     p.add_argument(
@@ -84,7 +91,9 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help='where the worker runs: "local", "nvidia", "runpod", ... (default: "nvidia" with --nvidia, else "local")',
     )
-    p.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS", help="how long a drain waits for tasks")
+    p.add_argument(
+        "--drain-timeout", type=float, default=60.0, metavar="SECONDS", help="how long a drain waits for tasks"
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
     return p
 
@@ -145,7 +154,7 @@ def build_agent(args: argparse.Namespace, nvidia: NvidiaGpus | None = None) -> A
     if slots < 1:
         raise ValueError(f"--slots must be at least 1, got {slots}.")
     for label in labels:
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise ValueError(f"--label {label!r} must be KEY=VALUE or a bare word without spaces.")
     handlers: dict[str, Handler] = dict(BUILTIN_HANDLERS)
     for item in args.handler:
@@ -181,8 +190,8 @@ def build_agent(args: argparse.Namespace, nvidia: NvidiaGpus | None = None) -> A
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `gpucp agent`; return the exit code (0 after a drain; 2 for bad flags, a missing NVIDIA driver
-    or a token the control plane refuses)."""
+    """Run `gpucp agent`; return the exit code (0 after a drain; 2 for bad flags, a missing NVIDIA driver,
+    a token the control plane refuses or a worker id another agent holds)."""
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -22,6 +22,7 @@ __all__ = [
     "ExecError",
     "Handler",
     "TaskContext",
+    "TaskError",
     "exec_handler",
     "load_handler",
     "noop_handler",
@@ -77,6 +78,14 @@ class TaskContext:
 Handler = Callable[[common_pb2.Task, TaskContext], Awaitable[bytes]]
 
 
+class TaskError(Exception):
+    """Raise it from a handler when the task itself is wrong (a payload it cannot parse, bad arguments).
+
+    The task then fails at once with this message, without a retry elsewhere, and the worker is
+    not blamed for it. Any other exception counts as this attempt failing: the task is retried.
+    """
+
+
 class ExecError(RuntimeError):
     """An exec task's process exited with a non-zero code."""
 
@@ -98,11 +107,11 @@ def _parse_seconds(payload: bytes) -> float:
     try:
         value: Any = json.loads(payload.decode("utf-8")) if payload.strip() else None
     except (UnicodeDecodeError, ValueError):
-        raise ValueError(f"{expected}; got {payload[:100]!r}.") from None
+        raise TaskError(f"{expected}; got {payload[:100]!r}.") from None
     if isinstance(value, dict):
         value = value.get("seconds")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{expected} (a finite number of seconds >= 0); got {payload[:100]!r}.")
+        raise TaskError(f"{expected} (a finite number of seconds >= 0); got {payload[:100]!r}.")
     return float(value)
 
 
@@ -122,21 +131,21 @@ def _parse_exec_payload(payload: bytes) -> _ExecRequest:
     try:
         value: Any = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise ValueError(f"{expected}; got {payload[:100]!r}.") from None
+        raise TaskError(f"{expected}; got {payload[:100]!r}.") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{expected}; got {payload[:100]!r}.")
+        raise TaskError(f"{expected}; got {payload[:100]!r}.")
     argv = value.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        raise ValueError(f"{expected}; argv must be a non-empty list of strings.")
+        raise TaskError(f"{expected}; argv must be a non-empty list of strings.")
     env = value.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ValueError(f"{expected}; env must map strings to strings.")
+        raise TaskError(f"{expected}; env must map strings to strings.")
     cwd = value.get("cwd")
     stdin = value.get("stdin")
     if cwd is not None and not isinstance(cwd, str):
-        raise ValueError(f"{expected}; cwd must be a string.")
+        raise TaskError(f"{expected}; cwd must be a string.")
     if stdin is not None and not isinstance(stdin, str):
-        raise ValueError(f"{expected}; stdin must be a string.")
+        raise TaskError(f"{expected}; stdin must be a string.")
     return _ExecRequest(argv, env, cwd, stdin)
 
 
@@ -255,7 +264,9 @@ def load_handler(reference: str) -> Handler:
         try:
             fn = getattr(fn, part)
         except AttributeError:
-            raise ValueError(f"module {module_name!r} has no attribute {attr_path!r} (handler {reference!r}).") from None
+            raise ValueError(
+                f"module {module_name!r} has no attribute {attr_path!r} (handler {reference!r})."
+            ) from None
     if not callable(fn):
         raise ValueError(f"handler {reference!r} is a {type(fn).__name__}, not a callable.")
 

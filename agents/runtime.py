@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import random
+import secrets
 import signal
 import socket
 import time
@@ -15,17 +15,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import grpc
 
-from agents.handlers import BUILTIN_HANDLERS, Handler, TaskContext
+from agents.handlers import BUILTIN_HANDLERS, Handler, TaskContext, TaskError
 from agents.inventory import simulated_gpu_stats
 from gpucp.auth import token_metadata
 from gpucp.batching import by_size
+from gpucp.limits import MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
 
 __all__ = ["CHANNEL_OPTIONS", "Agent", "Refused", "default_worker_id"]
 
 log = logging.getLogger("gpucp.agent")
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -34,9 +34,6 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
-# A result must fit in one message with room for the envelope.
-MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
-MAX_ERROR_BYTES = 4096
 _DEFAULT_HEARTBEAT_MS = 5_000
 _MIN_HEARTBEAT_MS = 10
 # A final update written on a stream counts as delivered once that stream stayed up this long
@@ -50,18 +47,26 @@ TaskKey = tuple[str, int]
 
 
 class Refused(Exception):
-    """The control plane will not take this agent as it is (its token): retrying cannot help."""
+    """The control plane will not take this agent as it is (its token, or a worker id another
+    agent holds): retrying cannot help."""
 
 
 def default_worker_id() -> str:
-    """Return "<hostname>-<pid>", unique enough for one agent process per host and pid."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """Return "<hostname>-<random>", a new id on each call.
+
+    Not the pid: agents in containers are all PID 1, and containers sharing the host's network
+    share its hostname too. Six random hex digits make two such agents collide once in millions.
+    """
+    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
 
 
 def format_error(exc: BaseException) -> str:
-    """Return "<ExceptionType>: <message>", cut to at most 4 KiB of UTF-8."""
+    """Return "<ExceptionType>: <message>" (a TaskError's message alone), cut to at most 4 KiB of UTF-8."""
     message = str(exc)
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if isinstance(exc, TaskError) and message:
+        text = message  # written for the submitter; the type adds nothing
+    else:
+        text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     encoded = text.encode("utf-8")
     if len(encoded) <= MAX_ERROR_BYTES:
         return text
@@ -157,7 +162,13 @@ class Agent:
         self._slot_waiters = 0
         self._stream: _Stream | None = None
         self._generation = 0
-        self._draining = False
+        # Sent with every Register: the control plane lets a reconnect of this agent replace its
+        # old stream, and refuses another agent process that claims the same worker id.
+        self._instance_id = secrets.token_hex(8)
+        # Draining because the control plane said so (Drain; Undrain ends it) or because this
+        # agent is stopping (SIGTERM, request_stop; nothing ends that).
+        self._drained_by_control_plane = False
+        self._stopping = False
         self._closing = False
         self._stop_requested: asyncio.Event | None = None
         self._force_stop: asyncio.Event | None = None
@@ -167,8 +178,14 @@ class Agent:
 
     @property
     def draining(self) -> bool:
-        """True once the agent was told to drain (Drain message, SIGTERM or request_stop)."""
-        return self._draining
+        """True while the agent takes no new work: told to drain (Drain message, until an Undrain),
+        or stopping (SIGTERM or request_stop)."""
+        return self._drained_by_control_plane or self._stopping
+
+    @property
+    def instance_id(self) -> str:
+        """Random per Agent, the same across its reconnects: tells its own old stream from another agent's."""
+        return self._instance_id
 
     @property
     def active(self) -> int:
@@ -219,7 +236,8 @@ class Agent:
     async def _shutdown(self, connection: asyncio.Task[None]) -> None:
         assert self._force_stop is not None
         log.info("draining: %d task(s) running, waiting up to %.0f s", len(self._attempts), self.drain_timeout_s)
-        self._set_draining()
+        self._stopping = True
+        self._send(self._heartbeat_message())
         deadline = time.monotonic() + self.drain_timeout_s
         force = asyncio.create_task(self._force_stop.wait())
         try:
@@ -258,7 +276,9 @@ class Agent:
         while not self._outbox_written():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                log.warning("could not deliver %d final update(s) within %.0f s", len(self._outbox), self.flush_timeout_s)
+                log.warning(
+                    "could not deliver %d final update(s) within %.0f s", len(self._outbox), self.flush_timeout_s
+                )
                 return
             self._progress_made.clear()
             with contextlib.suppress(TimeoutError):
@@ -290,6 +310,12 @@ class Agent:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     raise Refused(f"the control plane at {self.server} refused this agent: {exc.details()}") from None
+                if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    # Another agent process holds this worker id: retrying would knock it off, or be
+                    # refused forever. Exit and let a person pick another --worker-id.
+                    raise Refused(
+                        f"the control plane at {self.server} refused worker id {self.worker_id!r}: {exc.details()}"
+                    ) from None
                 log.warning("stream to %s failed: %s %s", self.server, exc.code().name, exc.details())
             except TimeoutError:
                 log.warning("%s did not answer Register within %.0f s", self.server, self.register_timeout_s)
@@ -319,6 +345,7 @@ class Agent:
                     workers_pb2.RunningTask(task_id=task_id, attempt=attempt) for task_id, attempt in self._attempts
                 ],
                 accepts_batches=True,
+                instance_id=self._instance_id,
             )
         )
 
@@ -463,7 +490,10 @@ class Agent:
                     task_id, attempt = item.key
                     updates.append(
                         workers_pb2.TaskUpdate(
-                            task_id=task_id, attempt=attempt, state=common_pb2.TASK_STATE_RUNNING, progress=item.progress
+                            task_id=task_id,
+                            attempt=attempt,
+                            state=common_pb2.TASK_STATE_RUNNING,
+                            progress=item.progress,
                         )
                     )
             elif isinstance(item, workers_pb2.AgentMessage) and item.WhichOneof("msg") == "update":
@@ -498,7 +528,7 @@ class Agent:
             log.exception("cannot read GPU stats; sending the heartbeat without them")
             stats = []
         return workers_pb2.AgentMessage(
-            heartbeat=workers_pb2.Heartbeat(gpus=stats, active=len(self._attempts), draining=self._draining)
+            heartbeat=workers_pb2.Heartbeat(gpus=stats, active=len(self._attempts), draining=self.draining)
         )
 
     def _send(self, message: workers_pb2.AgentMessage | _Running) -> None:
@@ -506,9 +536,9 @@ class Agent:
         if self._stream is not None:
             self._stream.queue.put_nowait(message)
 
-    def _set_draining(self) -> None:
-        if not self._draining:
-            self._draining = True
+    def _drain_for_control_plane(self, draining: bool) -> None:
+        """Follow a Drain (True) or an Undrain (False); the heartbeat tells the control plane at once."""
+        self._drained_by_control_plane = draining
         self._send(self._heartbeat_message())
 
     # ----- control messages -------------------------------------------------------------------
@@ -524,7 +554,11 @@ class Agent:
             self._on_cancel(message.cancel)
         elif kind == "drain":
             log.info("control plane asked this agent to drain")
-            self._set_draining()
+            self._drain_for_control_plane(True)
+        elif kind == "undrain":
+            stays = "; this agent is stopping, so it stays draining" if self._stopping else ""
+            log.info("control plane ended the drain%s", stays)
+            self._drain_for_control_plane(False)
         elif kind == "registered":
             stream.heartbeat_s = self._heartbeat_seconds(message.registered.heartbeat_interval_ms)
         else:
@@ -543,7 +577,9 @@ class Agent:
         # Only a retry (attempt 2 or later) can find one here.
         for old_key, old in list(self._attempts.items()) if task.attempt > 1 else ():
             if old_key[0] == task.id and old_key[1] < task.attempt and old.runner is not None:
-                log.info("task %s attempt %d superseded by attempt %d; cancelling it", task.id, old_key[1], task.attempt)
+                log.info(
+                    "task %s attempt %d superseded by attempt %d; cancelling it", task.id, old_key[1], task.attempt
+                )
                 old.runner.cancel()
         attempt = _Attempt(task=task)
         self._attempts[key] = attempt
@@ -582,7 +618,9 @@ class Agent:
     @staticmethod
     def _update(key: TaskKey, state: int, **fields: object) -> workers_pb2.AgentMessage:
         return workers_pb2.AgentMessage(
-            update=workers_pb2.TaskUpdate(task_id=key[0], attempt=key[1], state=state, **fields)  # type: ignore[arg-type]
+            update=workers_pb2.TaskUpdate(
+                task_id=key[0], attempt=key[1], state=state, **fields  # type: ignore[arg-type]
+            )
         )
 
     async def _execute(self, key: TaskKey, attempt: _Attempt) -> None:
@@ -616,13 +654,22 @@ class Agent:
                     freed.set()
             if not isinstance(result, (bytes, bytearray, memoryview)):
                 raise TypeError(f"handler for {task.spec.kind!r} returned {type(result).__name__}, not bytes")
-            if len(result) > MAX_RESULT_BYTES:
-                raise ValueError(f"result of {len(result)} bytes is over the {MAX_RESULT_BYTES}-byte limit")
+            # The Task that will carry the result carries the spec too, and must fit in one message.
+            room = MAX_TASK_CONTENT_BYTES - task.spec.ByteSize()
+            if len(result) > room:
+                raise ValueError(
+                    f"result of {len(result)} bytes does not fit: beside the task's spec it may be {room} bytes "
+                    f"(spec and result together at most {MAX_TASK_CONTENT_BYTES}, to fit a "
+                    f"{MAX_MESSAGE_BYTES}-byte message)"
+                )
             final = self._update(key, common_pb2.TASK_STATE_SUCCEEDED, result=bytes(result))
             log.info("task %s attempt %d succeeded", *key)
         except asyncio.CancelledError:
             log.info("task %s attempt %d cancelled", *key)
             raise
+        except TaskError as exc:
+            log.info("task %s attempt %d is wrong: %s", key[0], key[1], exc)
+            final = self._update(key, common_pb2.TASK_STATE_FAILED, error=format_error(exc), task_error=True)
         except Exception as exc:
             log.info("task %s attempt %d failed: %s", key[0], key[1], exc)
             final = self._update(key, common_pb2.TASK_STATE_FAILED, error=format_error(exc))

@@ -15,7 +15,7 @@ import pytest
 
 from agents import TaskContext, load_handler
 from agents import handlers as handlers_module
-from agents.handlers import ExecError, exec_handler, noop_handler, sleep_handler
+from agents.handlers import ExecError, TaskError, exec_handler, noop_handler, sleep_handler
 from agents.runtime import format_error
 from gpucp.v1 import common_pb2
 
@@ -58,7 +58,8 @@ def test_sleep_accepts_a_number_or_an_object(payload: bytes) -> None:
 
 @pytest.mark.parametrize("payload", [b"", b"soon", b'{"secs": 1}', b"-1", b"true", b'"1"'])
 def test_sleep_rejects_a_bad_payload_saying_what_is_expected(payload: bytes) -> None:
-    with pytest.raises(ValueError, match=r'JSON \{"seconds": <number>\} or a bare number'):
+    # A TaskError: the task is wrong, and running it elsewhere would not help.
+    with pytest.raises(TaskError, match=r'JSON \{"seconds": <number>\} or a bare number'):
         call(sleep_handler, make_task("sleep", payload))
 
 
@@ -96,7 +97,7 @@ def test_exec_keeps_only_the_last_64_kib_of_output() -> None:
     [b"ls", b"[]", b'{"argv": []}', b'{"argv": "ls -l"}', b'{"argv": ["ls"], "env": {"A": 1}}', b'{"argv": ["ls"], "cwd": 3}'],
 )
 def test_exec_rejects_a_bad_payload_saying_what_is_expected(payload: bytes) -> None:
-    with pytest.raises(ValueError, match=r'the exec payload must be a JSON object \{"argv"'):
+    with pytest.raises(TaskError, match=r'the exec payload must be a JSON object \{"argv"'):
         call(exec_handler, make_task("exec", payload))
 
 
@@ -169,3 +170,6 @@ def test_format_error_keeps_errors_short() -> None:
     assert format_error(ValueError("bad")) == "ValueError: bad"
     assert format_error(KeyError()) == "KeyError"
     assert len(format_error(RuntimeError("é" * 10_000)).encode()) <= 4096
+    # A TaskError's message is written for the submitter: it goes without the type's name.
+    assert format_error(TaskError("argv must be a list")) == "argv must be a list"
+    assert len(format_error(TaskError("x" * 10_000)).encode()) <= 4096

@@ -15,8 +15,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from agents import Agent, TaskContext, parse_gpus
+import pytest
+
+from agents import Agent, TaskContext, TaskError, parse_gpus
 from agents.handlers import BUILTIN_HANDLERS
+from agents.runtime import Refused
+from gpucp.limits import MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,6 +161,23 @@ async def start_server(plane: ScriptedControlPlane, port: int = 0) -> tuple[grpc
     return server, bound
 
 
+class RefusingControlPlane(ScriptedControlPlane):
+    """Reads each Register, then ends the stream with the next status of `refusals` while any are left."""
+
+    def __init__(self, *refusals: tuple[grpc.StatusCode, str]) -> None:
+        super().__init__()
+        self.refusals = list(refusals)
+
+    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        if not self.refusals:
+            return await super().Connect(request_iterator, context)
+        first = await context.read()
+        if first is not grpc.aio.EOF:
+            await self._record(-1, first)
+        code, details = self.refusals.pop(0)
+        await context.abort(code, details)
+
+
 @contextlib.asynccontextmanager
 async def control_plane(heartbeat_interval_ms: int = 50) -> AsyncIterator[tuple[ScriptedControlPlane, int]]:
     plane = ScriptedControlPlane(heartbeat_interval_ms)
@@ -232,6 +253,36 @@ def test_handler_exception_fails_the_task_with_its_message() -> None:
                 plane.assign("t2", "no-such-kind")
                 _, message = await plane.wait_update("t2", FAILED)
                 assert "no handler for kind 'no-such-kind'" in message.update.error
+
+    run(scenario())
+
+
+def test_a_task_error_says_the_task_is_wrong_and_other_failures_do_not() -> None:
+    async def scenario() -> None:
+        async def picky(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+            if task.spec.payload == b"unknown model":
+                raise TaskError("model 'gpt-17' is not one this worker knows: use one of llama, mistral")
+            raise RuntimeError("CUDA out of memory")
+
+        async with control_plane() as (plane, port):
+            async with running_agent(port, handlers={**BUILTIN_HANDLERS, "picky": picky}):
+                await plane.wait_sessions(1)
+                plane.assign("bad-exec", "exec", b'{"argv": "ls -l"}')
+                plane.assign("bad-sleep", "sleep", b"soon")
+                plane.assign("bad-model", "picky", b"unknown model")
+                plane.assign("oom", "picky", b"")
+                _, message = await plane.wait_update("bad-exec", FAILED)
+                assert message.update.task_error, "a bad exec payload is the task's fault, not the worker's"
+                assert message.update.error.startswith('the exec payload must be a JSON object {"argv"')
+                assert "argv must be a non-empty list of strings" in message.update.error
+                _, message = await plane.wait_update("bad-sleep", FAILED)
+                assert message.update.task_error, "a bad sleep payload is the task's fault"
+                _, message = await plane.wait_update("bad-model", FAILED)
+                assert message.update.task_error
+                assert message.update.error == "model 'gpt-17' is not one this worker knows: use one of llama, mistral"
+                _, message = await plane.wait_update("oom", FAILED)
+                assert not message.update.task_error, "any other exception may be the worker's: retried elsewhere"
+                assert message.update.error == "RuntimeError: CUDA out of memory"
 
     run(scenario())
 
@@ -371,6 +422,26 @@ def test_big_results_that_end_together_still_fit_the_message_limit() -> None:
     run(scenario())
 
 
+def test_a_result_that_would_not_fit_beside_its_spec_fails_with_the_sizes() -> None:
+    async def scenario() -> None:
+        async def echo_twice(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+            return task.spec.payload * 2
+
+        async with control_plane() as (plane, port):
+            async with running_agent(port, handlers={"echo2": echo_twice}):
+                await plane.wait_sessions(1)
+                # 6 MiB of spec and 12 MiB of result: each fits a message, the Task holding both would not.
+                plane.assign("t1", "echo2", b"x" * (6 * 1024 * 1024))
+                _, message = await plane.wait_update("t1", FAILED)
+                assert f"result of {12 * 1024 * 1024} bytes does not fit" in message.update.error, message.update.error
+                assert f"spec and result together at most {MAX_TASK_CONTENT_BYTES}" in message.update.error
+                plane.assign("t2", "echo2", b"y" * (3 * 1024 * 1024))
+                _, message = await plane.wait_update("t2", SUCCEEDED)
+                assert len(message.update.result) == 6 * 1024 * 1024
+
+    run(scenario())
+
+
 async def _wait_file(path: Path, timeout: float = 10.0) -> str:
     async def poll() -> str:
         while not path.exists() or not path.read_text().strip():
@@ -474,6 +545,45 @@ def test_reconnects_reattaches_running_tasks_and_resends_final_updates() -> None
     run(scenario())
 
 
+def test_reconnects_keep_the_instance_id_and_each_agent_has_its_own() -> None:
+    async def scenario() -> None:
+        plane = RefusingControlPlane((grpc.StatusCode.UNAVAILABLE, "restarting"))
+        server, port = await start_server(plane)
+        try:
+            async with running_agent(port, reconnect_base_s=0.05) as agent:
+                await plane.wait_sessions(1)
+                first, second = plane.registrations()
+                assert first.instance_id, "Register must carry the agent's instance id"
+                assert first.instance_id == second.instance_id == agent.instance_id, (
+                    "a reconnect of the same agent must present the same instance id"
+                )
+            assert Agent(worker_id="w-test").instance_id != agent.instance_id, "each agent needs its own instance id"
+        finally:
+            await server.stop(None)
+
+    run(scenario())
+
+
+HELD = "worker id 'w-test' is held by another agent process, connected since 12:00:00 (40 s ago)"
+
+
+def test_a_worker_id_held_by_another_agent_stops_the_agent_without_retrying() -> None:
+    async def scenario() -> None:
+        plane = RefusingControlPlane((grpc.StatusCode.ALREADY_EXISTS, HELD))
+        server, port = await start_server(plane)
+        try:
+            agent = Agent(server=f"127.0.0.1:{port}", worker_id="w-test", install_signal_handlers=False)
+            with pytest.raises(Refused) as info:
+                await asyncio.wait_for(agent.run(), 20)
+            assert HELD in str(info.value), str(info.value)
+            assert "'w-test'" in str(info.value)
+            assert len(plane.registrations()) == 1, "a refused worker id must not be tried again and again"
+        finally:
+            await server.stop(None)
+
+    run(scenario())
+
+
 class Gated:
     """A handler that records each task it starts and finishes them all when `gate` is set."""
 
@@ -563,6 +673,41 @@ def test_bad_control_messages_are_ignored_and_drain_shows_in_heartbeats() -> Non
     run(scenario())
 
 
+def _next_heartbeat(plane: ScriptedControlPlane) -> Awaitable[Received]:
+    """Wait for a heartbeat sent after this call."""
+    seen = {id(m) for _, m in plane.received}
+    return plane.wait_for(lambda _, m: m.HasField("heartbeat") and id(m) not in seen, "a new heartbeat")
+
+
+def test_undrain_ends_a_control_plane_drain_but_not_a_stop() -> None:
+    async def scenario() -> None:
+        async with control_plane() as (plane, port):
+            async with running_agent(port) as agent:
+                await plane.wait_sessions(1)
+                plane.send(workers_pb2.ControlMessage(drain=workers_pb2.Drain()))
+                await plane.wait_for(lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat")
+                plane.send(workers_pb2.ControlMessage(undrain=workers_pb2.Undrain()))
+                await plane.wait_for(
+                    lambda _, m: m.HasField("heartbeat") and not m.heartbeat.draining and agent.draining is False,
+                    "a heartbeat saying the drain ended",
+                )
+                _, heartbeat = await _next_heartbeat(plane)
+                assert not heartbeat.heartbeat.draining, "the agent went back to draining by itself"
+
+                plane.assign("t1", "sleep", b"0.5")  # keeps the stopping agent alive a moment
+                await plane.wait_update("t1", RUNNING)
+                agent.request_stop()
+                await plane.wait_for(lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat")
+                plane.send(workers_pb2.ControlMessage(undrain=workers_pb2.Undrain()))
+                _, heartbeat = await _next_heartbeat(plane)
+                _, heartbeat = await _next_heartbeat(plane)  # one sent after the Undrain arrived
+                assert heartbeat.heartbeat.draining, "an agent that is stopping must stay draining after an Undrain"
+                assert agent.draining
+                await plane.wait_update("t1", SUCCEEDED)
+
+    run(scenario())
+
+
 def test_stop_waits_for_running_tasks_and_flushes_their_results() -> None:
     async def scenario() -> None:
         async with control_plane() as (plane, port):
@@ -645,6 +790,25 @@ def test_cli_rejects_a_bad_gpu_spec_with_the_expected_format() -> None:
         stderr = stderr_bytes.decode(errors="replace")
         assert process.returncode == 2, f"a bad --gpus spec must exit 2, got {process.returncode}: {stderr}"
         assert "[COUNTx]MODEL-MEMGB" in stderr, stderr
+
+    run(scenario())
+
+
+def test_cli_exits_2_with_the_reason_when_its_worker_id_is_held() -> None:
+    async def scenario() -> None:
+        plane = RefusingControlPlane((grpc.StatusCode.ALREADY_EXISTS, HELD))
+        server, port = await start_server(plane)
+        try:
+            process = await _start_agent_process(port, "--worker-id", "w-test")
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            finally:
+                code, stderr = await _stop_process(process)
+        finally:
+            await server.stop(None)
+        assert code == 2, f"an agent whose worker id is held must exit 2, got {code}: {stderr}"
+        assert HELD in stderr, stderr
+        assert "Traceback" not in stderr, stderr
 
     run(scenario())
 
