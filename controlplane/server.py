@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane.autoscaler import Autoscaler, load_config
+from controlplane.autoscaler import Autoscaler, ControlPlaneView, load_config
 from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
 from controlplane.services import AdminService, SchedulerService, WorkersService
@@ -131,13 +131,9 @@ async def start(config: ServerConfig) -> Running:
     if autoscale is not None:
         host = config.listen.rpartition(":")[0]
         running.autoscaler = admin.autoscaler = Autoscaler(
-            control, autoscale, server_address=f"{host}:{port}", agent_token=config.agent_token
+            ControlPlaneView(control), autoscale, server_address=f"{host}:{port}", agent_token=config.agent_token
         )
-        try:
-            await running.autoscaler.start()
-        except ValueError:
-            await running.stop(0)
-            raise
+        await running.autoscaler.start()
     return running
 
 

@@ -1,4 +1,5 @@
-"""The RunPod provider on the real `runpod` SDK, pointed at the fake API server."""
+"""The RunPod provider (the autoscaler's) and the pod identity (the agent's) on the real `runpod`
+SDK, pointed at the fake API server."""
 
 from __future__ import annotations
 
@@ -10,14 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.runpod import (
-    RunPodAuthError,
-    RunPodInvalidRequest,
-    RunPodProvider,
-    RunPodUnavailable,
-    apply_pod_identity,
-    pod_identity,
-)
+from agents.runpod import apply_pod_identity, pod_identity
+from controlplane.autoscaler.runpod import RunPodAuthError, RunPodInvalidRequest, RunPodProvider, RunPodUnavailable
 from fake_runpod import FakeRunPod
 
 A100 = "NVIDIA A100 80GB PCIe"

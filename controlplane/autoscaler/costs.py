@@ -8,20 +8,20 @@ GPUs; one slot out of the worker's slots for a task that asked for no GPU). Fail
 attempts are charged too: the GPU time was spent. The difference between the pods' total and
 the tenants' total is idle and cold-start time.
 
-Attribution follows the control plane's task events (ControlPlane.watch): an attempt opens when
-its task is assigned and closes at the task's next state change. A watcher that falls behind is
-replaced, and attempts whose closing event was missed are closed by sweep() from the task record.
+Attribution follows the control plane's task events (ControlView.task_events): an attempt opens
+when its task is assigned and closes at the task's next state change. A stream that falls behind
+is replaced, and attempts whose closing event was missed are closed by sweep() from the task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
-from controlplane.control import ControlPlane
-from controlplane.errors import ResourceExhausted
+from controlplane.autoscaler.view import ControlView, EventsMissed, WorkerPrice
 from gpucp.v1 import admin_pb2, common_pb2, scheduler_pb2
 
 log = logging.getLogger("gpucp.costs")
@@ -76,13 +76,6 @@ class TenantUsage:
     attempts: int = 0
 
 
-@dataclass(frozen=True)
-class WorkerPrice:
-    cost_per_hour: float
-    gpus: int
-    slots: int
-
-
 @dataclass
 class _OpenAttempt:
     attempt: int
@@ -95,8 +88,8 @@ class _OpenAttempt:
 class CostTracker:
     """Pod bills and per-tenant charges; run() follows the control plane's task events."""
 
-    def __init__(self, control: ControlPlane) -> None:
-        self.control = control
+    def __init__(self, view: ControlView) -> None:
+        self.view = view
         self.pods: dict[str, PodBill] = {}
         self.tenants: dict[str, TenantUsage] = {}
         self._open: dict[str, _OpenAttempt] = {}
@@ -106,25 +99,20 @@ class CostTracker:
     # -- tenants ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Follow task events until cancelled; a watcher that fell behind is replaced."""
+        """Follow task events until cancelled; a stream that fell behind is replaced."""
         while True:
-            watcher = self.control.watch([], "")
             try:
-                async for event in watcher.events():
+                async for event in self.view.task_events():
                     self.on_event(event)
                 return
-            except ResourceExhausted:
+            except EventsMissed:
                 self.missed_events += 1
                 log.warning("cost attribution fell behind the task events; sweeping from task records")
                 self.sweep()
-            finally:
-                self.control.unwatch(watcher)
 
     def price_of(self, worker_id: str) -> WorkerPrice | None:
-        conn = self.control.workers.get(worker_id)
-        if conn is not None:
-            reg = conn.register
-            price = WorkerPrice(reg.cost_per_hour, len(reg.gpus), max(1, reg.slots))
+        price = self.view.worker_price(worker_id)
+        if price is not None:
             if len(self._prices) >= MAX_REMEMBERED_WORKERS and worker_id not in self._prices:
                 self._prices.pop(next(iter(self._prices)))
             self._prices[worker_id] = price
@@ -141,10 +129,10 @@ class CostTracker:
 
     def _start(self, task_id: str, attempt: int, worker_id: str, at_ms: int) -> None:
         price = self.price_of(worker_id)
-        rec = self.control.tasks.get(task_id)
+        rec = self.view.task(task_id)
         if price is None or price.cost_per_hour <= 0 or rec is None:
             return
-        gpus = len(rec.gpu_indices) if rec.attempt == attempt else 0
+        gpus = rec.gpus if rec.attempt == attempt else 0
         started = rec.started_at_ms if rec.attempt == attempt and rec.started_at_ms else at_ms
         self._open[task_id] = _OpenAttempt(attempt, rec.tenant, started, price, gpus)
 
@@ -166,7 +154,7 @@ class CostTracker:
         """Close attempts whose closing event was missed, from the task records."""
         now_ms = int(time.time() * 1000)
         for task_id, opened in list(self._open.items()):
-            rec = self.control.tasks.get(task_id)
+            rec = self.view.task(task_id)
             if rec is None:
                 self._close(task_id, now_ms)
             elif rec.attempt != opened.attempt or rec.state not in (ASSIGNED, RUNNING):
@@ -196,7 +184,5 @@ async def cancel_quietly(task: asyncio.Task[None] | None) -> None:
     if task is None:
         return
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
