@@ -18,6 +18,7 @@ leaves little for placement to win.
     python benches/simulate.py                        # 20, 200 and 1,000 workers, seed 1
     python benches/simulate.py --workers 200 --seeds 6 # and the spread over seeds 1-6
     python benches/simulate.py --workers 1000 --tasks 40000 --seed 7
+    python benches/simulate.py --priority-mode shares  # classes share by weight instead
 """
 
 from __future__ import annotations
@@ -98,9 +99,11 @@ def pick(rng: random.Random, weights: list[float]) -> int:
 
 
 class Simulation:
-    def __init__(self, policy: str, workers: int, tasks: int, seed: int) -> None:
+    def __init__(self, policy: str, workers: int, tasks: int, seed: int, priority_mode: str = "strict") -> None:
         self.rng = random.Random(seed)
-        self.core = Scheduler(policy=policy, prefetch_depth=2, aging_ms=30_000, warmup_successes=4)
+        self.core = Scheduler(
+            policy=policy, priority_mode=priority_mode, prefetch_depth=2, aging_ms=30_000, warmup_successes=4
+        )
         for tenant, weight in TENANT_WEIGHTS.items():
             self.core.set_tenant_weight(tenant, weight)
         self.shapes = [self.core.shape(k[0], k[1], k[2], [], "cuda", [], 0.0) for k in KINDS]
@@ -347,6 +350,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1,
                         help="also run the next seeds and print each policy's makespan vs round_robin per seed")
     parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--priority-mode", default="strict", choices=("strict", "shares"),
+                        help="priority classes within a tenant: strict order or shares by weight (default %(default)s)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "out"))
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -358,7 +363,7 @@ def main() -> None:
         rows = {}
         for policy in args.policies.split(","):
             t0 = time.perf_counter()
-            sim = Simulation(policy, workers, tasks, args.seed)
+            sim = Simulation(policy, workers, tasks, args.seed, args.priority_mode)
             bound = sim.work_bound_s()
             rows[policy] = sim.run()
             rows[policy]["wall_s"] = time.perf_counter() - t0
@@ -366,19 +371,26 @@ def main() -> None:
         results[str(workers)] = rows
         print_table(workers, tasks, args.seed, rows, bound)
         if args.seeds > 1:
-            spread[str(workers)] = seed_spread(workers, tasks, range(args.seed, args.seed + args.seeds), rows, args.policies)
+            seeds = range(args.seed, args.seed + args.seeds)
+            spread[str(workers)] = seed_spread(workers, tasks, seeds, rows, args.policies, args.priority_mode)
     (out_dir / "simulate.json").write_text(json.dumps({**results, "seed_spread": spread} if spread else results, indent=2))
     plot(results, out_dir / "simulate.png")
 
 
 def seed_spread(
-    workers: int, tasks: int, seeds: range, first: dict[str, dict[str, float | int | list[float]]], policies: str
+    workers: int,
+    tasks: int,
+    seeds: range,
+    first: dict[str, dict[str, float | int | list[float]]],
+    policies: str,
+    priority_mode: str,
 ) -> dict[str, list[float]]:
     """Makespan / round_robin's per policy and seed (the first seed's runs are `first`); printed."""
     makespans = {p: [float(first[p]["makespan_s"])] for p in policies.split(",")}  # type: ignore[arg-type]
     for seed in seeds[1:]:
         for policy in makespans:
-            makespans[policy].append(float(Simulation(policy, workers, tasks, seed).run()["makespan_s"]))  # type: ignore[arg-type]
+            sim = Simulation(policy, workers, tasks, seed, priority_mode)
+            makespans[policy].append(float(sim.run()["makespan_s"]))  # type: ignore[arg-type]
     base = makespans.get("round_robin", next(iter(makespans.values())))
     ratios = {p: [m / b for m, b in zip(ms, base)] for p, ms in makespans.items()}
     print(f"makespan vs round_robin, seeds {seeds.start}-{seeds.stop - 1}:")

@@ -32,6 +32,7 @@ class Scheduler:
         w_fit: float = 0.2,
         w_cost: float = 0.1,
         policy: str = "composite",
+        priority_mode: str = "strict",
         priority_weights: list[float] | None = None,
         aging_ms: int = 60_000,
         prefetch_depth: int = 0,
@@ -42,11 +43,13 @@ class Scheduler:
     ) -> Scheduler:
         """A scheduler. Every keyword is optional; the defaults are a sensible server.
 
-        Queue order (see push): tenants share by weight (set_tenant_weight), priority classes
-        share by priority_weights (LOW, NORMAL, HIGH, URGENT; default [1, 2, 3, 4]: URGENT gets
-        4 placements for every LOW one while both wait; near-zero weights give strict order),
-        FIFO by seq inside one tenant, class and shape. A task waiting aging_ms moves up one
-        class per aging_ms (0 = never), which bounds a LOW task's wait.
+        Queue order (see push): tenants share by weight (set_tenant_weight); within a tenant,
+        priority_mode "strict" (the default) places a higher class before any lower class that a
+        worker could take it instead of ("skip ahead"), and "shares" lets the classes share by
+        priority_weights (LOW, NORMAL, HIGH, URGENT; default [1, 2, 3, 4]: URGENT gets 4
+        placements for every LOW one while both wait); FIFO by seq inside one tenant, class and
+        shape. A task waiting aging_ms moves up one class per aging_ms (0 = never), which bounds
+        a LOW task's wait in both modes. InvalidArgument for another priority_mode.
 
         policy (default for every kind; set_kind_policy overrides per kind): "round_robin" (the
         worker that got work least recently), "least_loaded" (largest share of capacity free),
@@ -83,7 +86,13 @@ class Scheduler:
         labels: list[str],
         min_compute_capability: float,
     ) -> int:
-        """Intern a requirement shape and return its id (the same inputs give the same id)."""
+        """Intern a requirement shape and return its id (the same inputs give the same id).
+
+        gpu_models: any of these; each matches a GPU whose name has its words, whole, in order,
+        case-insensitively (words split on anything but letters and digits): "A100" matches
+        "NVIDIA A100-SXM4-80GB" and "A100 80GB" matches "NVIDIA A100 80GB"; "A10" matches
+        neither. An entry without letters or digits matches no GPU.
+        """
 
     # -- the queue
     def push(
@@ -102,8 +111,9 @@ class Scheduler:
     ) -> None:
         """Queue a task. timeout_ms 0 = none.
 
-        Order: weighted fair share between tenants, then between priority classes (shares, see
-        the constructor), FIFO by seq within one tenant, class and shape; aging lifts long waits.
+        Order: weighted fair share between tenants, then priority classes (strict order or
+        shares, see the constructor), FIFO by seq within one tenant, class and shape; aging lifts
+        long waits.
 
         avoid_worker (-1 = none): the task is not placed on that worker while any other worker in
         the fleet passes the task's static filters (it waits for one of them); if the avoided

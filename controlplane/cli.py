@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from controlplane.config import ServerConfig
+from controlplane.config import PRIORITY_MODES, ServerConfig
 from controlplane.server import run
 from gpucp.auth import AGENT_TOKEN_ENV
 
@@ -64,8 +64,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weight", action="append", default=[], metavar="TERM=WEIGHT",
                    help="weight of one term of the composite score (repeatable): availability (default 0.5), "
                    "success (0.3), speed (0.2), affinity (0.3), fit (0.2), cost (0.1)")
+    p.add_argument("--priority-mode", default="strict", metavar="strict|shares",
+                   help="strict: a higher priority class always goes before a lower one of the same tenant; "
+                        "shares: the classes share by --priority-weights (default %(default)s)")
     p.add_argument("--priority-weights", default="1,2,3,4", metavar="LOW,NORMAL,HIGH,URGENT",
-                   help="shares of the priority classes within a tenant (default %(default)s)")
+                   help="shares of the priority classes within a tenant with --priority-mode shares "
+                        "(default %(default)s)")
     p.add_argument("--aging", type=float, default=60.0, metavar="SECONDS",
                    help="a pending task moves up one priority class per this long waiting (default 60; 0: never)")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
@@ -96,6 +100,11 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.keep_finished >= 0:
         raise ValueError(f"--keep-finished {args.keep_finished:g}: give seconds >= 0 (0 keeps finished tasks forever)")
+    if args.priority_mode not in PRIORITY_MODES:
+        raise ValueError(
+            f"--priority-mode {args.priority_mode!r}: give strict (a higher class always goes first) "
+            "or shares (classes share by --priority-weights)"
+        )
     if not (math.isfinite(args.aging) and args.aging >= 0):
         raise ValueError(f"--aging {args.aging:g}: give seconds >= 0 (0: tasks never move up a class)")
     if not 0 <= args.warmup < 2**32:
@@ -118,6 +127,7 @@ def run_serve(args: argparse.Namespace) -> int:
         locality_wait_s=args.locality_wait,
         kind_policies=tuple(kind_policy(p) for p in args.kind_policy),
         tenant_weights=tuple((k, float(v)) for k, v in (split_pair(w, "--tenant-weight") for w in args.tenant_weight)),
+        priority_mode=args.priority_mode,
         priority_weights=priority_weights(args.priority_weights),
         aging_s=args.aging,
         warmup_successes=args.warmup,

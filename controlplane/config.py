@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# How priority classes share a tenant's turns (the core's PriorityMode).
+PRIORITY_MODES = ("strict", "shares")
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -32,8 +35,10 @@ class ServerConfig:
     w_affinity: float = 0.3
     w_fit: float = 0.2
     w_cost: float = 0.1
-    # Shares of the priority classes LOW, NORMAL, HIGH, URGENT within a tenant, and how long a
-    # pending task waits before it moves up one class (0 = never).
+    # Priority classes within a tenant: "strict" (a higher class always goes first) or "shares"
+    # (classes LOW, NORMAL, HIGH, URGENT share by priority_weights); and how long a pending task
+    # waits before it moves up one class (0 = never), which bounds the wait of lower classes.
+    priority_mode: str = "strict"
     priority_weights: tuple[float, float, float, float] = (1.0, 2.0, 3.0, 4.0)
     aging_s: float = 60.0
     # Successes over which a new worker, or one back from quarantine, ramps from 1 slot to all

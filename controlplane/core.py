@@ -43,6 +43,7 @@ class Core:
             w_fit=config.w_fit,
             w_cost=config.w_cost,
             policy=config.policy,
+            priority_mode=config.priority_mode,
             priority_weights=list(config.priority_weights),
             aging_ms=int(config.aging_s * 1000),
             prefetch_depth=config.prefetch_depth,

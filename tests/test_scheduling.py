@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -96,7 +98,7 @@ def started_in_order(tasks):  # type: ignore[no-untyped-def]
     return sorted(tasks, key=lambda t: (t.started_at_ms, t.finished_at_ms))
 
 
-@pytest.mark.parametrize("controlplane", [("--priority-weights", "1,1,1,1")], indirect=True)
+@pytest.mark.parametrize("controlplane", [("--priority-mode", "shares", "--priority-weights", "1,1,1,1")], indirect=True)
 def test_priority_classes_share_by_the_configured_weights(controlplane, client, start_agent):
     # Equal shares: LOW gets as many of the first slots as URGENT, instead of 1 in 5.
     ids = client.submit_many([task_spec("noop", priority=p) for p in ("low", "urgent") for _ in range(30)])
@@ -129,3 +131,43 @@ def test_composite_weights_show_in_the_placement(controlplane, client, start_age
     placement = client.get(task_id).placement
     # An idle worker's availability is 1, its cost term is weight / (1 + cost): 0 here.
     assert "availability 2.00" in placement and "cost 0.00" in placement, placement
+
+
+def test_priority_skips_ahead_within_a_tenant(controlplane, client, start_agent):
+    # The only slot is busy while five tasks queue. Priority means "skip ahead": every higher
+    # class runs before a lower one, FIFO within a class (with shares by class, the order was
+    # URGENT, HIGH, NORMAL, LOW, NORMAL).
+    start_agent("only", "--slots", "1")
+    busy = client.submit("sleep", json.dumps({"seconds": 1}))
+    eventually(lambda: client.get(busy).state == common_pb2.TASK_STATE_RUNNING, 20, "the first task to run")
+    order = ["low", "normal", "high", "urgent", "normal"]
+    ids = client.submit_many([task_spec("noop", priority=p, task_labels={"n": str(i)}) for i, p in enumerate(order)])
+    served = started_in_order([client.wait(t, timeout_s=60) for t in ids])
+    names = [common_pb2.Priority.Name(t.spec.priority).removeprefix("PRIORITY_") for t in served]
+    assert names == ["URGENT", "HIGH", "NORMAL", "NORMAL", "LOW"], f"served in the order {names}"
+    normals = [t.spec.labels["n"] for t in served if t.spec.priority == common_pb2.PRIORITY_NORMAL]
+    assert normals == ["1", "4"], "two NORMAL tasks ran out of their submission order"
+
+
+def test_an_unknown_priority_mode_is_refused_before_listening(tmp_path):
+    serve = subprocess.run(
+        [sys.executable, "-m", "gpucp", "serve", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "cp.db"),
+         "--priority-mode", "fifo"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert serve.returncode == 1, serve
+    assert "--priority-mode 'fifo': give strict (a higher class always goes first) or shares" in serve.stderr, serve.stderr
+
+
+def test_a_gpu_model_names_whole_words_of_the_gpu_name(controlplane, client, start_agent):
+    start_agent("big", "--slots", "1", "--gpus", "1xA100-80GB")  # "NVIDIA A100 80GB"
+    # Queued first on a 1-slot worker: if "A10" matched the A100, it would run first.
+    a10 = client.submit("noop", gpus=1, gpu_models=["A10"])
+    a100 = client.wait(client.submit("noop", gpus=1, gpu_models=["a100 80gb"]), timeout_s=30)
+    assert (a100.state, a100.worker_id) == (common_pb2.TASK_STATE_SUCCEEDED, "big"), a100
+    waiting = client.get(a10)
+    assert waiting.state == common_pb2.TASK_STATE_PENDING, f"a task asking for an A10 ran on {waiting.worker_id}"
+    assert "'a10'" in waiting.pending_reason, waiting.pending_reason
+    start_agent("small", "--slots", "1", "--gpus", "1xA10-24GB")
+    done = client.wait(a10, timeout_s=30)
+    assert (done.state, done.worker_id) == (common_pb2.TASK_STATE_SUCCEEDED, "small"), done

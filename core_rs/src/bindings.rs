@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 
 use crate::error::CoreError as EngineError;
 use crate::policy::Policy;
+use crate::queue::PriorityMode;
 use crate::scheduler::{Scheduler, SchedulerConfig, TaskOptions};
 use crate::shapes::ShapeSpec;
 use crate::workers::GpuSpec;
@@ -83,7 +84,7 @@ impl PyScheduler {
 #[pymethods]
 impl PyScheduler {
     #[new]
-    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2, w_affinity = 0.3, w_fit = 0.2, w_cost = 0.1, policy = "composite", priority_weights = None, aging_ms = 60_000, prefetch_depth = 0, warmup_successes = 0, affinity_memory = 4, explain_memory = 4096, locality_wait_ms = 3_000))]
+    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2, w_affinity = 0.3, w_fit = 0.2, w_cost = 0.1, policy = "composite", priority_mode = "strict", priority_weights = None, aging_ms = 60_000, prefetch_depth = 0, warmup_successes = 0, affinity_memory = 4, explain_memory = 4096, locality_wait_ms = 3_000))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         heartbeat_timeout_ms: i64,
@@ -94,6 +95,7 @@ impl PyScheduler {
         w_fit: f64,
         w_cost: f64,
         policy: &str,
+        priority_mode: &str,
         priority_weights: Option<Vec<f64>>,
         aging_ms: i64,
         prefetch_depth: i64,
@@ -121,6 +123,7 @@ impl PyScheduler {
             w_fit,
             w_cost,
             policy: policy.parse::<Policy>()?,
+            priority_mode: priority_mode.parse::<PriorityMode>()?,
             priority_weights,
             aging_ms: in_range("aging_ms", aging_ms)?,
             prefetch_depth: in_range("prefetch_depth", prefetch_depth)?,
