@@ -2,7 +2,16 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from gpucp.client import Client, GpucpError, TaskWatch, Unreachable, priority_value, server_address, task_spec
+from gpucp.client import (
+    TERMINAL_STATES,
+    Client,
+    GpucpError,
+    TaskWatch,
+    Unreachable,
+    priority_value,
+    server_address,
+    task_spec,
+)
 
 try:
     __version__ = version("gpucp")  # one source: Cargo.toml, through maturin's package metadata
@@ -10,5 +19,13 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
     __version__ = "0+unknown"
 
 __all__ = [
-    "Client", "GpucpError", "TaskWatch", "Unreachable", "__version__", "priority_value", "server_address", "task_spec",
+    "TERMINAL_STATES",
+    "Client",
+    "GpucpError",
+    "TaskWatch",
+    "Unreachable",
+    "__version__",
+    "priority_value",
+    "server_address",
+    "task_spec",
 ]

@@ -26,21 +26,22 @@ CANCEL_COMMAND_IDS = 20
 
 
 def state_name(state: int) -> str:
-    return common_pb2.TaskState.Name(state).removeprefix("TASK_STATE_").lower()  # type: ignore[arg-type]
+    return str(common_pb2.TaskState.Name(state)).removeprefix("TASK_STATE_").lower()
 
 
 def priority_name(priority: int) -> str:
-    return common_pb2.Priority.Name(priority).removeprefix("PRIORITY_").lower()  # type: ignore[arg-type]
+    return str(common_pb2.Priority.Name(priority)).removeprefix("PRIORITY_").lower()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "agent":
-        from agents.cli import main as agent_main  # agents are optional for a pure client
+        # Imported here: agents and the control plane are optional for a pure client.
+        from agents.cli import main as agent_main
 
         return agent_main(argv[1:])
     if argv and argv[0] == "serve":
-        from controlplane.cli import main as serve_main  # the control plane is optional for a pure client
+        from controlplane.cli import main as serve_main
 
         return serve_main(argv[1:])
     parser = build_parser()
@@ -299,8 +300,10 @@ def run_list(args: argparse.Namespace) -> int:
         else:
             tasks, token = client.list_page(**filters, page_token=args.page)
     for t in tasks:
-        row: tuple[str, ...] = (t.id, t.spec.kind, state_name(t.state), priority_name(t.spec.priority), t.spec.tenant or "-",
-               str(t.attempt), t.worker_id or "-", clock(t.created_at_ms))
+        row: tuple[str, ...] = (
+            t.id, t.spec.kind, state_name(t.state), priority_name(t.spec.priority), t.spec.tenant or "-",
+            str(t.attempt), t.worker_id or "-", clock(t.created_at_ms),
+        )
         if args.full:
             row += (t.result[:40].decode(errors="replace").splitlines()[0] if t.result.strip() else "-",)
         rows.append(row)
@@ -465,7 +468,7 @@ def money(dollars: float) -> str:
 def print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def cost_report(client: Client) -> admin_pb2.CostReport | None:

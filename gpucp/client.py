@@ -173,7 +173,7 @@ class Client:
         self.server = server_address(server)
         self.timeout_s = timeout_s
         self.closed = False
-        self._channel = grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(self.server, options=CHANNEL_OPTIONS)
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
@@ -230,7 +230,9 @@ class Client:
         request = scheduler_pb2.WaitTaskRequest(task_id=task_id, timeout_ms=int(timeout_s * 1000))
         return self._call(self._scheduler.WaitTask, request, timeout_s=timeout_s + 10)
 
-    def run(self, kind: str, payload: bytes | str = b"", *, wait_s: float = 60.0, **spec_fields: object) -> common_pb2.Task:
+    def run(
+        self, kind: str, payload: bytes | str = b"", *, wait_s: float = 60.0, **spec_fields: object
+    ) -> common_pb2.Task:
         """Submit one task and wait for it in one call (RunTask); returns it terminal, or as it
         is after wait_s (it keeps running: follow it with wait(task.id)). Errors as submit()'s."""
         spec = task_spec(kind, payload, **spec_fields)  # type: ignore[arg-type]

@@ -31,6 +31,6 @@ def test_submit_wait_rides_out_a_control_plane_restart(controlplane, start_agent
             waiting.kill()
             out, err = waiting.communicate()
             pytest.fail(f"gpucp submit --wait was still waiting 120 s after the control plane came back: {err}")
-    assert waiting.returncode == 0, err
+    assert waiting.returncode == 0, f"{out}\n{err}\n{controlplane.log()}"
     assert "3/3" in err and "succeeded 3" in err, err
     assert "Traceback" not in err
