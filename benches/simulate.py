@@ -36,6 +36,7 @@ from itertools import combinations
 from pathlib import Path
 
 from controlplane._core import Scheduler
+from controlplane.config import SchedulerConfig
 
 POLICIES = ["round_robin", "least_loaded", "performance", "cost", "affinity", "composite"]
 PRIORITIES = ["LOW", "NORMAL", "HIGH", "URGENT"]
@@ -101,9 +102,10 @@ def pick(rng: random.Random, weights: list[float]) -> int:
 class Simulation:
     def __init__(self, policy: str, workers: int, tasks: int, seed: int, priority_mode: str = "strict") -> None:
         self.rng = random.Random(seed)
-        self.core = Scheduler(
+        config = SchedulerConfig(
             policy=policy, priority_mode=priority_mode, prefetch_depth=2, aging_ms=30_000, warmup_successes=4
         )
+        self.core = Scheduler(config)
         for tenant, weight in TENANT_WEIGHTS.items():
             self.core.set_tenant_weight(tenant, weight)
         self.shapes = [self.core.shape(k[0], k[1], k[2], [], "cuda", [], 0.0) for k in KINDS]

@@ -8,6 +8,8 @@ Priorities are 0..3 = LOW, NORMAL, HIGH, URGENT. Times are milliseconds on the c
 
 from typing import final
 
+from controlplane.config import SchedulerConfig
+
 __version__: str
 
 class CoreError(Exception):
@@ -21,32 +23,16 @@ class InvalidArgument(CoreError):
 
 @final
 class Scheduler:
-    def __new__(
-        cls,
-        *,
-        heartbeat_timeout_ms: int = 10_000,
-        w_availability: float = 0.5,
-        w_success: float = 0.3,
-        w_speed: float = 0.2,
-        w_affinity: float = 0.3,
-        w_fit: float = 0.2,
-        w_cost: float = 0.1,
-        policy: str = "composite",
-        priority_mode: str = "strict",
-        priority_weights: list[float] | None = None,
-        aging_ms: int = 60_000,
-        prefetch_depth: int = 0,
-        warmup_successes: int = 0,
-        affinity_memory: int = 4,
-        explain_memory: int = 4096,
-        locality_wait_ms: int = 3_000,
-    ) -> Scheduler:
-        """A scheduler. Every keyword is optional; the defaults are a sensible server.
+    def __new__(cls, config: SchedulerConfig | None = None) -> Scheduler:
+        """A scheduler built from `config` (None: SchedulerConfig(), a sensible server).
+
+        InvalidArgument names the first field out of range (a negative time, an unknown policy
+        or priority_mode, priority_weights not four numbers > 0, a weight below 0).
 
         Queue order (see push): tenants share by weight (set_tenant_weight); within a tenant,
-        priority_mode "strict" (the default) places a higher class before any lower class that a
+        priority_mode "strict" places a higher class before any lower class that a
         worker could take it instead of ("skip ahead"), and "shares" lets the classes share by
-        priority_weights (LOW, NORMAL, HIGH, URGENT; default [1, 2, 3, 4]: URGENT gets 4
+        priority_weights (LOW, NORMAL, HIGH, URGENT; with [1, 2, 3, 4] URGENT gets 4
         placements for every LOW one while both wait); FIFO by seq inside one tenant, class and
         shape. A task waiting aging_ms moves up one class per aging_ms (0 = never), which bounds
         a LOW task's wait in both modes. InvalidArgument for another priority_mode.

@@ -9,15 +9,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from controlplane.config import PRIORITY_MODES, ServerConfig
+from controlplane.config import PRIORITY_MODES, SchedulerConfig, ServerConfig
 from controlplane.server import run
 from gpucp.auth import AGENT_TOKEN_ENV
 
 __all__ = ["main", "parser"]
 
 POLICIES = ("composite", "round_robin", "least_loaded", "performance", "affinity", "cost")
-# The composite score's terms, each weighted by ServerConfig's w_<term>.
+# The composite score's terms, each weighted by SchedulerConfig's w_<term>.
 SCORE_TERMS = ("availability", "success", "speed", "affinity", "fit", "cost")
+# Where the scheduling flags' defaults come from.
+CORE = SchedulerConfig()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpucp serve", description="Run the control plane.")
     p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
     p.add_argument("--db", default="gpucp.db", help="SQLite file (default %(default)s)")
-    p.add_argument("--heartbeat-timeout", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--heartbeat-timeout", type=float, default=CORE.heartbeat_timeout_ms / 1000, metavar="SECONDS",
                    help="a worker silent this long is lost (default %(default)s)")
     p.add_argument("--max-queue", type=int, default=100_000, metavar="N",
                    help="pending tasks before submissions are refused (default %(default)s)")
@@ -55,30 +57,32 @@ def parser() -> argparse.ArgumentParser:
                    help="quarantine a worker after N failures other workers fixed (default %(default)s)")
     p.add_argument("--quarantine-cooling", type=float, default=60.0, metavar="SECONDS",
                    help="first quarantine length, doubled on relapse (default %(default)s)")
-    p.add_argument("--policy", default="composite", choices=POLICIES,
+    p.add_argument("--policy", default=CORE.policy, choices=POLICIES,
                    help="how a task's worker is chosen among those that can run it (default %(default)s)")
     p.add_argument("--kind-policy", action="append", default=[], metavar="KIND=POLICY",
                    help="another policy for one task kind (repeatable)")
     p.add_argument("--tenant-weight", action="append", default=[], metavar="TENANT=WEIGHT",
                    help="a tenant's fair share of the fleet, default 1 (repeatable)")
     p.add_argument("--weight", action="append", default=[], metavar="TERM=WEIGHT",
-                   help="weight of one term of the composite score (repeatable): availability (default 0.5), "
-                   "success (0.3), speed (0.2), affinity (0.3), fit (0.2), cost (0.1)")
-    p.add_argument("--priority-mode", default="strict", metavar="strict|shares",
+                   help="weight of one term of the composite score (repeatable): "
+                   + ", ".join(f"{t} (default {getattr(CORE, f'w_{t}'):g})" for t in SCORE_TERMS))
+    p.add_argument("--priority-mode", default=CORE.priority_mode, metavar="strict|shares",
                    help="strict: a higher priority class always goes before a lower one of the same tenant; "
                         "shares: the classes share by --priority-weights (default %(default)s)")
-    p.add_argument("--priority-weights", default="1,2,3,4", metavar="LOW,NORMAL,HIGH,URGENT",
+    p.add_argument("--priority-weights", default=",".join(f"{w:g}" for w in CORE.priority_weights),
+                   metavar="LOW,NORMAL,HIGH,URGENT",
                    help="shares of the priority classes within a tenant with --priority-mode shares "
                         "(default %(default)s)")
-    p.add_argument("--aging", type=float, default=60.0, metavar="SECONDS",
-                   help="a pending task moves up one priority class per this long waiting (default 60; 0: never)")
-    p.add_argument("--warmup", type=int, default=0, metavar="N",
+    p.add_argument("--aging", type=float, default=CORE.aging_ms / 1000, metavar="SECONDS",
+                   help="a pending task moves up one priority class per this long waiting "
+                        "(default %(default)g; 0: never)")
+    p.add_argument("--warmup", type=int, default=CORE.warmup_successes, metavar="N",
                    help="a new or recovered worker ramps from 1 slot to all of them over N successes "
-                   "(default 0: all at once)")
-    p.add_argument("--prefetch-depth", type=int, default=0, metavar="N",
+                   "(default %(default)s; 0: all at once)")
+    p.add_argument("--prefetch-depth", type=int, default=CORE.prefetch_depth, metavar="N",
                    help="tasks a worker may queue beyond its slots; idle workers steal those "
                         "not yet started (default %(default)s: off)")
-    p.add_argument("--locality-wait", type=float, default=3.0, metavar="SECONDS",
+    p.add_argument("--locality-wait", type=float, default=CORE.locality_wait_ms / 1000, metavar="SECONDS",
                    help="longest a task waits for a busy worker with its model warm instead of "
                         "loading it on a free one; never longer than the learned load time "
                         "(default %(default)s; 0: never wait)")
@@ -105,15 +109,35 @@ def run_serve(args: argparse.Namespace) -> int:
             f"--priority-mode {args.priority_mode!r}: give strict (a higher class always goes first) "
             "or shares (classes share by --priority-weights)"
         )
+    if not (math.isfinite(args.heartbeat_timeout) and args.heartbeat_timeout > 0):
+        raise ValueError(f"--heartbeat-timeout {args.heartbeat_timeout:g}: give seconds > 0")
+    if not (math.isfinite(args.locality_wait) and args.locality_wait >= 0):
+        raise ValueError(f"--locality-wait {args.locality_wait:g}: give seconds >= 0 (0: never wait)")
     if not (math.isfinite(args.aging) and args.aging >= 0):
         raise ValueError(f"--aging {args.aging:g}: give seconds >= 0 (0: tasks never move up a class)")
     if not 0 <= args.warmup < 2**32:
         raise ValueError(f"--warmup {args.warmup}: give a number of successes from 0 (all slots at once) to {2**32 - 1}")
+    weights = score_weights(args.weight)
+    scheduler = SchedulerConfig(
+        heartbeat_timeout_ms=int(args.heartbeat_timeout * 1000),
+        policy=args.policy,
+        w_availability=weights.get("availability", CORE.w_availability),
+        w_success=weights.get("success", CORE.w_success),
+        w_speed=weights.get("speed", CORE.w_speed),
+        w_affinity=weights.get("affinity", CORE.w_affinity),
+        w_fit=weights.get("fit", CORE.w_fit),
+        w_cost=weights.get("cost", CORE.w_cost),
+        priority_mode=args.priority_mode,
+        priority_weights=priority_weights(args.priority_weights),
+        aging_ms=int(args.aging * 1000),
+        prefetch_depth=args.prefetch_depth,
+        warmup_successes=args.warmup,
+        locality_wait_ms=int(args.locality_wait * 1000),
+    )
     config = ServerConfig(
         listen=args.listen,
         db=args.db,
         db_synchronous=args.sync.upper(),
-        heartbeat_timeout_s=args.heartbeat_timeout,
         max_queue=args.max_queue,
         max_payload_bytes=args.max_payload,
         default_timeout_ms=int(args.default_timeout * 1000),
@@ -122,16 +146,9 @@ def run_serve(args: argparse.Namespace) -> int:
         retry_cap_s=args.retry_cap,
         reconnect_grace_s=args.reconnect_grace,
         queue_timeout_s=args.queue_timeout,
-        policy=args.policy,
-        prefetch_depth=args.prefetch_depth,
-        locality_wait_s=args.locality_wait,
         kind_policies=tuple(kind_policy(p) for p in args.kind_policy),
         tenant_weights=tuple((k, float(v)) for k, v in (split_pair(w, "--tenant-weight") for w in args.tenant_weight)),
-        priority_mode=args.priority_mode,
-        priority_weights=priority_weights(args.priority_weights),
-        aging_s=args.aging,
-        warmup_successes=args.warmup,
-        **{f"w_{term}": weight for term, weight in score_weights(args.weight).items()},
+        scheduler=scheduler,
         quarantine_after=args.quarantine_after,
         quarantine_cooling_s=args.quarantine_cooling,
         autoscale=args.autoscale,

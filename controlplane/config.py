@@ -1,33 +1,27 @@
-"""Settings of one control-plane process, with the defaults `gpucp serve` uses."""
+"""Settings of one control-plane process, with the defaults `gpucp serve` uses.
+
+Each default is written here once: `gpucp serve`'s flags and the Rust core take theirs from
+these classes (the core reads a `SchedulerConfig` field by field, see `_core.pyi`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # How priority classes share a tenant's turns (the core's PriorityMode).
 PRIORITY_MODES = ("strict", "shares")
 
 
 @dataclass(frozen=True, slots=True)
-class ServerConfig:
-    listen: str = "127.0.0.1:50051"
-    db: str = "gpucp.db"
-    # "NORMAL" survives a crash of the process; "FULL" also survives power loss.
-    db_synchronous: str = "NORMAL"
-    heartbeat_timeout_s: float = 10.0
-    max_queue: int = 100_000
-    max_payload_bytes: int = 4 * 1024 * 1024
-    default_timeout_ms: int = 3_600_000
-    default_max_retries: int = 3
-    retry_base_s: float = 0.5
-    retry_cap_s: float = 30.0
-    # A task that keeps losing its worker may be what kills it: fail it after this many losses.
-    max_worker_losses: int = 5
-    # Placement policy (round_robin, least_loaded, performance, affinity, cost, composite),
-    # per-kind overrides, and tenants' fair-share weights (default 1 each).
+class SchedulerConfig:
+    """How the Rust core queues and places tasks: `Scheduler(config)`. Times in ms, as the core
+    counts them; the core refuses out-of-range values with InvalidArgument."""
+
+    # A worker silent this long is lost.
+    heartbeat_timeout_ms: int = 10_000
+    # Placement policy for every kind without its own (round_robin, least_loaded, performance,
+    # affinity, cost, composite).
     policy: str = "composite"
-    kind_policies: tuple[tuple[str, str], ...] = ()
-    tenant_weights: tuple[tuple[str, float], ...] = ()
     # Weights of the composite policy's score terms (each >= 0).
     w_availability: float = 0.5
     w_success: float = 0.3
@@ -40,17 +34,41 @@ class ServerConfig:
     # waits before it moves up one class (0 = never), which bounds the wait of lower classes.
     priority_mode: str = "strict"
     priority_weights: tuple[float, float, float, float] = (1.0, 2.0, 3.0, 4.0)
-    aging_s: float = 60.0
-    # Successes over which a new worker, or one back from quarantine, ramps from 1 slot to all
-    # of them (a failure while warming halves its progress); 0 = all slots at once.
-    warmup_successes: int = 0
+    aging_ms: int = 60_000
     # Tasks each worker may hold beyond its slots (queued on the agent to hide dispatch latency);
     # idle workers steal those not yet started. 0 = off.
     prefetch_depth: int = 0
+    # Successes over which a new worker, or one back from quarantine, ramps from 1 slot to all
+    # of them (a failure while warming halves its progress); 0 = all slots at once.
+    warmup_successes: int = 0
     # Delay scheduling: how long a task may wait for a busy worker that has its affinity_key
     # (model) warm rather than load it cold on a free one (affinity and composite policies;
     # the core also caps it at the learned load time). 0 = never wait.
-    locality_wait_s: float = 3.0
+    locality_wait_ms: int = 3_000
+    # Affinity keys each worker remembers (its last tasks'), and placements explained on request.
+    affinity_memory: int = 4
+    explain_memory: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    db: str = "gpucp.db"
+    # "NORMAL" survives a crash of the process; "FULL" also survives power loss.
+    db_synchronous: str = "NORMAL"
+    max_queue: int = 100_000
+    max_payload_bytes: int = 4 * 1024 * 1024
+    default_timeout_ms: int = 3_600_000
+    default_max_retries: int = 3
+    retry_base_s: float = 0.5
+    retry_cap_s: float = 30.0
+    # A task that keeps losing its worker may be what kills it: fail it after this many losses.
+    max_worker_losses: int = 5
+    # Per-kind placement policies and tenants' fair-share weights (default 1 each).
+    kind_policies: tuple[tuple[str, str], ...] = ()
+    tenant_weights: tuple[tuple[str, float], ...] = ()
+    # The core's queue and placement, heartbeat timeout included.
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Finished tasks (their results too) are deleted this long after they end; 0 keeps them
     # forever. Idempotency keys are remembered as long as their task.
     keep_finished_s: float = 7 * 24 * 3600.0
@@ -70,6 +88,15 @@ class ServerConfig:
     blame_window_s: float = 600.0
     quarantine_cooling_s: float = 60.0
     quarantine_max_cooling_s: float = 3600.0
+
+    # The two scheduler settings the server acts on itself, read from the one place they live.
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        return self.scheduler.heartbeat_timeout_ms / 1000
+
+    @property
+    def prefetch_depth(self) -> int:
+        return self.scheduler.prefetch_depth
 
     @property
     def heartbeat_interval_ms(self) -> int:

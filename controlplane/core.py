@@ -34,22 +34,7 @@ class Core:
 
     def __init__(self, config: ServerConfig, worker_name: Callable[[int], str | None]) -> None:
         self.config = config
-        self.scheduler = Scheduler(
-            heartbeat_timeout_ms=int(config.heartbeat_timeout_s * 1000),
-            w_availability=config.w_availability,
-            w_success=config.w_success,
-            w_speed=config.w_speed,
-            w_affinity=config.w_affinity,
-            w_fit=config.w_fit,
-            w_cost=config.w_cost,
-            policy=config.policy,
-            priority_mode=config.priority_mode,
-            priority_weights=list(config.priority_weights),
-            aging_ms=int(config.aging_s * 1000),
-            prefetch_depth=config.prefetch_depth,
-            warmup_successes=config.warmup_successes,
-            locality_wait_ms=int(config.locality_wait_s * 1000),
-        )
+        self.scheduler = Scheduler(config.scheduler)
         for kind, policy in config.kind_policies:
             self.scheduler.set_kind_policy(kind, policy)
         self._worker_name = worker_name

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from controlplane._core import InvalidArgument, Scheduler
+from controlplane.config import SchedulerConfig
 
 
 def learned(locality_wait_ms: int = 3_000) -> tuple[Scheduler, int, int, int]:
     """Two 1-slot workers; "infer" learned as 1 s warm, 9 s cold; model 7 warm on the first."""
-    s = Scheduler(policy="affinity", locality_wait_ms=locality_wait_ms)
+    s = Scheduler(SchedulerConfig(policy="affinity", locality_wait_ms=locality_wait_ms))
     shape = s.shape("infer", 0, 0, [], "", [], 0.0)
     warm = s.add_worker(1, [], "", [], [], 0)
     cold = s.add_worker(1, [], "", [], [], 0)
@@ -37,4 +38,4 @@ def test_locality_wait_zero_never_waits() -> None:
     s.push(4, shape, 1, 4, 0, affinity=7)
     assert s.place(10_000, 10) == [(3, warm, []), (4, cold, [])]
     with pytest.raises(InvalidArgument, match="locality_wait_ms"):
-        Scheduler(locality_wait_ms=-1)
+        Scheduler(SchedulerConfig(locality_wait_ms=-1))

@@ -5,19 +5,24 @@ from __future__ import annotations
 import pytest
 
 from controlplane._core import InvalidArgument, Scheduler, UnknownHandle
+from controlplane.config import SchedulerConfig
 
 T4 = (16384, 7.5, "Tesla T4")
 H100 = (81920, 9.0, "NVIDIA H100")
 
 
-def test_constructor_keywords_are_checked() -> None:
-    Scheduler(policy="round_robin", priority_weights=[1, 1, 1, 1], aging_ms=0, prefetch_depth=2)
+def test_config_fields_are_checked() -> None:
+    Scheduler(SchedulerConfig(policy="round_robin", priority_weights=(1, 1, 1, 1), aging_ms=0, prefetch_depth=2))
     with pytest.raises(InvalidArgument, match="unknown policy"):
-        Scheduler(policy="fastest")
+        Scheduler(SchedulerConfig(policy="fastest"))
     with pytest.raises(InvalidArgument, match="priority_weights"):
-        Scheduler(priority_weights=[1.0, 2.0])
+        Scheduler(SchedulerConfig(priority_weights=(1.0, 2.0)))  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="unknown priority mode 'fifo': use strict"):
+        Scheduler(SchedulerConfig(priority_mode="fifo"))
+    with pytest.raises(InvalidArgument, match="heartbeat_timeout_ms out of range: -1"):
+        Scheduler(SchedulerConfig(heartbeat_timeout_ms=-1))
     with pytest.raises(InvalidArgument):
-        Scheduler(w_fit=-1.0)
+        Scheduler(SchedulerConfig(w_fit=-1.0))
 
 
 def test_tenant_shares_follow_weights() -> None:
@@ -38,7 +43,7 @@ def test_tenant_shares_follow_weights() -> None:
 
 
 def test_aging_lifts_a_low_task_over_a_stream_of_urgent_work() -> None:
-    s = Scheduler(priority_weights=[1e-9, 1e-6, 1e-3, 1.0], aging_ms=100)
+    s = Scheduler(SchedulerConfig(priority_weights=(1e-9, 1e-6, 1e-3, 1.0), aging_ms=100))
     shape = s.shape("k", 0, 0, [], "", [], 0.0)
     s.add_worker(1, [], "", [], [], 0)
     s.push(10_000, shape, 0, 0, 0, now_ms=0)
@@ -56,7 +61,7 @@ def test_aging_lifts_a_low_task_over_a_stream_of_urgent_work() -> None:
 
 
 def test_affinity_keeps_a_model_warm_and_explain_placement_says_why() -> None:
-    s = Scheduler(policy="affinity")
+    s = Scheduler(SchedulerConfig(policy="affinity"))
     shape = s.shape("infer", 0, 0, [], "", [], 0.0)
     s.add_worker(4, [], "", [], [], 0)
     s.add_worker(4, [], "", [], [], 0)
@@ -70,7 +75,7 @@ def test_affinity_keeps_a_model_warm_and_explain_placement_says_why() -> None:
 
 
 def test_kind_policy_cost_and_runtime_prediction() -> None:
-    s = Scheduler(policy="performance")
+    s = Scheduler(SchedulerConfig(policy="performance"))
     shape = s.shape("train", 1, 0, [], "", [], 0.0)
     cheap = s.add_worker(2, [T4, T4], "cuda", [], [], 0, cost_per_hour=0.5)
     fast = s.add_worker(2, [H100, H100], "cuda", [], [], 0, cost_per_hour=4.0)
@@ -92,7 +97,7 @@ def test_kind_policy_cost_and_runtime_prediction() -> None:
 
 
 def test_prefetch_and_steal_candidates() -> None:
-    s = Scheduler(prefetch_depth=1)
+    s = Scheduler(SchedulerConfig(prefetch_depth=1))
     shape = s.shape("k", 0, 0, [], "", [], 0.0)
     a = s.add_worker(1, [], "", [], [], 0)
     s.push_many([1, 2, 3], [shape] * 3, [1] * 3, [1, 2, 3], [0] * 3)
@@ -111,7 +116,7 @@ def test_prefetch_and_steal_candidates() -> None:
 
 
 def test_warming_gives_a_new_worker_one_slot_first() -> None:
-    s = Scheduler(warmup_successes=2)
+    s = Scheduler(SchedulerConfig(warmup_successes=2))
     shape = s.shape("k", 0, 0, [], "", [], 0.0)
     w = s.add_worker(3, [], "", [], [], 0)
     s.push_many(list(range(6)), [shape] * 6, [1] * 6, list(range(6)), [0] * 6)

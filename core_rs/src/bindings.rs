@@ -53,6 +53,58 @@ fn in_range<T: TryFrom<i64>>(name: &str, value: i64) -> Result<T, EngineError> {
         .map_err(|_| EngineError::InvalidArgument(format!("{name} out of range: {value}")))
 }
 
+/// `controlplane.config.SchedulerConfig`, read attribute by attribute. Ints arrive as i64 and
+/// are range-checked with sentences naming the field (see `in_range`).
+#[derive(FromPyObject)]
+struct ConfigArg {
+    heartbeat_timeout_ms: i64,
+    policy: String,
+    w_availability: f64,
+    w_success: f64,
+    w_speed: f64,
+    w_affinity: f64,
+    w_fit: f64,
+    w_cost: f64,
+    priority_mode: String,
+    priority_weights: Vec<f64>,
+    aging_ms: i64,
+    prefetch_depth: i64,
+    warmup_successes: i64,
+    locality_wait_ms: i64,
+    affinity_memory: i64,
+    explain_memory: i64,
+}
+
+impl ConfigArg {
+    fn into_engine(self) -> Result<SchedulerConfig, EngineError> {
+        let weights = self.priority_weights;
+        let priority_weights = <[f64; 4]>::try_from(weights.as_slice()).map_err(|_| {
+            EngineError::InvalidArgument(format!(
+                "priority_weights needs 4 numbers (LOW, NORMAL, HIGH, URGENT), got {}",
+                weights.len()
+            ))
+        })?;
+        Ok(SchedulerConfig {
+            heartbeat_timeout_ms: in_range("heartbeat_timeout_ms", self.heartbeat_timeout_ms)?,
+            w_availability: self.w_availability,
+            w_success: self.w_success,
+            w_speed: self.w_speed,
+            w_affinity: self.w_affinity,
+            w_fit: self.w_fit,
+            w_cost: self.w_cost,
+            policy: self.policy.parse::<Policy>()?,
+            priority_mode: self.priority_mode.parse::<PriorityMode>()?,
+            priority_weights,
+            aging_ms: in_range("aging_ms", self.aging_ms)?,
+            prefetch_depth: in_range("prefetch_depth", self.prefetch_depth)?,
+            warmup_successes: in_range("warmup_successes", self.warmup_successes)?,
+            affinity_memory: in_range("affinity_memory", self.affinity_memory)?,
+            explain_memory: in_range("explain_memory", self.explain_memory)?,
+            locality_wait_ms: in_range("locality_wait_ms", self.locality_wait_ms)?,
+        })
+    }
+}
+
 #[pyclass(name = "Scheduler", module = "controlplane._core", frozen)]
 pub struct PyScheduler {
     engine: Mutex<Scheduler>,
@@ -84,56 +136,19 @@ impl PyScheduler {
 #[pymethods]
 impl PyScheduler {
     #[new]
-    #[pyo3(signature = (*, heartbeat_timeout_ms = 10_000, w_availability = 0.5, w_success = 0.3, w_speed = 0.2, w_affinity = 0.3, w_fit = 0.2, w_cost = 0.1, policy = "composite", priority_mode = "strict", priority_weights = None, aging_ms = 60_000, prefetch_depth = 0, warmup_successes = 0, affinity_memory = 4, explain_memory = 4096, locality_wait_ms = 3_000))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        heartbeat_timeout_ms: i64,
-        w_availability: f64,
-        w_success: f64,
-        w_speed: f64,
-        w_affinity: f64,
-        w_fit: f64,
-        w_cost: f64,
-        policy: &str,
-        priority_mode: &str,
-        priority_weights: Option<Vec<f64>>,
-        aging_ms: i64,
-        prefetch_depth: i64,
-        warmup_successes: i64,
-        affinity_memory: i64,
-        explain_memory: i64,
-        locality_wait_ms: i64,
-    ) -> PyResult<Self> {
-        let defaults = SchedulerConfig::default();
-        let priority_weights = match priority_weights {
-            None => defaults.priority_weights,
-            Some(w) => <[f64; 4]>::try_from(w.as_slice()).map_err(|_| {
-                InvalidArgument::new_err(format!(
-                    "priority_weights needs 4 numbers (LOW, NORMAL, HIGH, URGENT), got {}",
-                    w.len()
-                ))
-            })?,
-        };
-        let config = SchedulerConfig {
-            heartbeat_timeout_ms: in_range("heartbeat_timeout_ms", heartbeat_timeout_ms)?,
-            w_availability,
-            w_success,
-            w_speed,
-            w_affinity,
-            w_fit,
-            w_cost,
-            policy: policy.parse::<Policy>()?,
-            priority_mode: priority_mode.parse::<PriorityMode>()?,
-            priority_weights,
-            aging_ms: in_range("aging_ms", aging_ms)?,
-            prefetch_depth: in_range("prefetch_depth", prefetch_depth)?,
-            warmup_successes: in_range("warmup_successes", warmup_successes)?,
-            affinity_memory: in_range("affinity_memory", affinity_memory)?,
-            explain_memory: in_range("explain_memory", explain_memory)?,
-            locality_wait_ms: in_range("locality_wait_ms", locality_wait_ms)?,
+    #[pyo3(signature = (config = None))]
+    fn new(py: Python<'_>, config: Option<ConfigArg>) -> PyResult<Self> {
+        let config = match config {
+            Some(config) => config,
+            // The defaults live in the Python dataclass alone.
+            None => py
+                .import("controlplane.config")?
+                .getattr("SchedulerConfig")?
+                .call0()?
+                .extract()?,
         };
         Ok(PyScheduler {
-            engine: Mutex::new(Scheduler::new(config)?),
+            engine: Mutex::new(Scheduler::new(config.into_engine()?)?),
         })
     }
 
