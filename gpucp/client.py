@@ -382,7 +382,11 @@ class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
         return call
 
     def _resume(self) -> None:
-        """Re-subscribe with backoff, then queue the current state of every unsettled tracked task."""
+        """Re-subscribe with backoff, then queue the current state of every unsettled tracked task.
+
+        A control plane that is still shutting down may take the new subscription or refuse the
+        reads: either way, start over until one that stays up answers both.
+        """
         deadline = time.monotonic() + self.give_up_s
         delay = 0.1
         while True:
@@ -391,8 +395,12 @@ class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
                 if remaining <= 0:
                     raise grpc.FutureTimeoutError()
                 grpc.channel_ready_future(self._client._channel).result(timeout=remaining)
+                self._call.cancel()  # the ended or half-made subscription this one replaces
                 self._call = self._subscribe()
-                break
+                with self._lock:
+                    unsettled = sorted(self._unsettled)
+                self._backlog.extend(_event_of(task) for task in self._client.get_many(unsettled))
+                return
             except grpc.FutureTimeoutError:
                 raise GpucpError(
                     grpc.StatusCode.UNAVAILABLE,
@@ -400,15 +408,13 @@ class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
                     f"{self.give_up_s:g} s; the tasks are kept in its database: look at them with gpucp get "
                     "once it is back",
                 ) from None
-            except grpc.RpcError as exc:
-                if exc.code() not in _RESUMABLE:
-                    raise rpc_error(exc, self._client.server) from None
+            except (grpc.RpcError, GpucpError) as exc:
+                error = exc if isinstance(exc, GpucpError) else rpc_error(exc, self._client.server)
+                if error.code not in _RESUMABLE:
+                    raise error from None
+                self._backlog.clear()
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, _RESUBSCRIBE_MAX_DELAY_S)
-        with self._lock:
-            unsettled = sorted(self._unsettled)
-        for task in self._client.get_many(unsettled):
-            self._backlog.append(_event_of(task))
 
 
 def _event_of(task: common_pb2.Task) -> scheduler_pb2.TaskEvent:
