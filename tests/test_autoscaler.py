@@ -5,6 +5,8 @@ and run the tasks."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,10 +16,11 @@ from typing import Any
 import grpc
 import pytest
 
-from cluster import ControlPlaneProcess, eventually
+from cluster import PYTHONPATH, ControlPlaneProcess, eventually
 from fake_runpod import FakeRunPod
 from gpucp import Client
 from gpucp.client import task_spec
+from gpucp.testing import child_env
 from gpucp.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 A100 = "NVIDIA A100 80GB PCIe"
@@ -160,6 +163,34 @@ def test_burst_scales_up_runs_on_pods_scales_down_and_bills(tmp_path: Path, monk
         assert report.attributed_cost == pytest.approx(sum(t.cost for t in tenants.values()))
         assert report.attributed_cost < report.total_cost, "tenants cannot be charged more than the pods cost"
 
+        # 6. `gpucp costs` shows the same report to a person: pool, pods, tenants, and the decisions.
+        out = gpucp_costs(cp.address)
+        assert out.startswith(f"total ${report.total_cost:.4f}   now $0.00/h   "
+                              f"attributed to tenants ${report.attributed_cost:.4f}"), out
+        assert row(out, "a100") == ["a100", "NVIDIA", "A100", "80GB", "PCIe", "0", "0", "0-3", "0", "0.00",
+                                    f"{report.pools[0].cost:.4f}"], out
+        for billed in report.pods:
+            assert row(out, billed.pod_id)[:4] == [billed.pod_id, "a100", "terminated", billed.worker_id], out
+        for tenant, attempts in (("alice", "4"), ("bob", "2")):
+            assert row(out, tenant) == [tenant, attempts, f"{tenants[tenant].gpu_seconds:.1f}",
+                                        f"{tenants[tenant].cost:.4f}"], out
+        assert " scale_up " in out and "scaled pool a100 from 0 to 3" in out, out
+
+
+def gpucp_costs(address: str) -> str:
+    """`gpucp costs` as a person runs it; its output."""
+    done = subprocess.run([sys.executable, "-m", "gpucp", "costs", "--server", address], capture_output=True,
+                          text=True, timeout=60, env=child_env(PYTHONPATH))
+    assert done.returncode == 0, f"gpucp costs exited with {done.returncode}: {done.stderr}"
+    return done.stdout
+
+
+def row(table: str, first: str) -> list[str]:
+    """The cells of the line of `table` whose first cell is `first`."""
+    found = [line.split() for line in table.splitlines() if line.split()[:1] == [first]]
+    assert len(found) == 1, f"expected one row for {first!r} in:\n{table}"
+    return found[0]
+
 
 def test_min_max_and_cooldown_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = pool(min=1, max=3, scale_up_cooldown_s=3)
@@ -249,3 +280,48 @@ def test_costs_without_autoscaler_say_how_to_turn_it_on(controlplane: ControlPla
         assert "--autoscale" in (err.value.details() or "")
     finally:
         admin.close()
+
+
+def test_a_failed_terminate_is_retried_and_the_pod_not_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each API call makes 3 attempts: the first terminate fails all 3, the next evaluation's succeeds.
+    config = pool(max=1, idle_timeout_s=0.3, scale_down_cooldown_s=0)
+    with autoscaled(tmp_path, monkeypatch, [config], before_start=lambda f: f.fail_next("terminate", 3, "http500")) as (
+        fake, cp, client, admin,
+    ):
+        task = client.wait(client.submit_spec(gpu_task("t", 0.2)), timeout_s=60)
+        assert task.state == common_pb2.TASK_STATE_SUCCEEDED, task.error
+        failed = eventually(lambda: admin.events("terminate_failed"), 20, "the failed terminate to be reported")
+        assert failed[0].pod_id == task.worker_id and "after 3 attempts" in failed[0].message, failed[0].message
+        eventually(lambda: fake.pods[task.worker_id].status == "TERMINATED", 20, "the terminate to be tried again")
+        assert fake.count("terminate") == 4, f"{fake.count('terminate')} terminate calls, expected 3 failed + 1"
+        [billed] = eventually(lambda: [p for p in admin.costs().pods if p.state == "terminated"], 5,
+                              "the pod's bill to close")
+        assert billed.pod_id == task.worker_id
+        assert abs(billed.uptime_s - fake.pods[billed.pod_id].uptime_s()) < UPTIME_TOLERANCE_S, (
+            "billed until the terminate that succeeded, not the one that failed"
+        )
+
+
+def test_running_pods_are_adopted_after_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with autoscaled(tmp_path, monkeypatch, [pool(min=1, max=2)]) as (fake, cp, client, admin):
+        registered = eventually(lambda: admin.events("registered"), 30, "the minimum pod to register")
+        pod_id = registered[0].pod_id
+        admin.close()
+        assert cp.terminate() == 0, cp.log()
+        assert fake.pods[pod_id].status == "RUNNING", "stopping the control plane must leave its pods running"
+
+        cp.start()  # same port, same config: the pod's agent dials it again
+        admin = Admin(cp.address)
+        try:
+            adopted = eventually(lambda: admin.events("adopted"), 20, "the running pod to be adopted")
+            assert adopted[0].pod_id == pod_id and "into pool a100" in adopted[0].message
+            again = eventually(lambda: admin.events("registered"), 30, "the adopted pod's agent to register again")
+            assert again[0].pod_id == pod_id
+            assert fake.count("create") == 1 and len(fake.live_pods()) == 1, (
+                "the adopted pod fills the minimum: no second pod may be created"
+            )
+            assert [p.pod_id for p in admin.costs().pods] == [pod_id], "the adopted pod is billed"
+        finally:
+            admin.close()
