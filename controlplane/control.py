@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 
 from controlplane.book import CANCELLED, PENDING, Hold, TaskBook
@@ -32,7 +33,22 @@ from gpucp.v1 import common_pb2, workers_pb2
 log = logging.getLogger("gpucp.controlplane")
 
 MAX_BATCH = 10_000
+MAX_PAGE = 1000
+# A page token is the handle of a page's last task: decimal digits that fit SQLite's integers.
+_PAGE_TOKEN = re.compile(r"[0-9]{1,19}")
 SWEEP_BATCH = 500  # finished tasks deleted per commit: each batch holds the loop a few ms
+
+
+def parse_page_token(token: str) -> int:
+    """The handle a page token continues after (0 for the first page); InvalidArgument if it is not one."""
+    if not token:
+        return 0
+    if not _PAGE_TOKEN.fullmatch(token) or int(token) >= 2**63:
+        raise InvalidArgument(
+            f"page_token {token[:40]!r} is not one this server issued: pass the next_page_token of the "
+            "previous ListTasks response unchanged, or none for the first page"
+        )
+    return int(token)
 
 
 class ControlPlane:
@@ -203,8 +219,8 @@ class ControlPlane:
 
     # -- agents ---------------------------------------------------------------------------------
 
-    def register(self, reg: workers_pb2.Register) -> WorkerConn:
-        return self.fleet.register(reg)
+    def register(self, reg: workers_pb2.Register, peer: str = "") -> WorkerConn:
+        return self.fleet.register(reg, peer)
 
     def heartbeat(self, conn: WorkerConn, hb: workers_pb2.Heartbeat) -> None:
         self.fleet.heartbeat(conn, hb)
@@ -217,6 +233,9 @@ class ControlPlane:
 
     def drain(self, worker_id: str) -> None:
         self.fleet.drain(worker_id)
+
+    def undrain(self, worker_id: str) -> None:
+        self.fleet.undrain(worker_id)
 
     # -- queries and commands -------------------------------------------------------------------
 
@@ -232,8 +251,8 @@ class ControlPlane:
             )
         return rec
 
-    def describe(self, rec: TaskRecord) -> common_pb2.Task:
-        return self.views.describe(rec)
+    def describe(self, rec: TaskRecord, *, full: bool = True) -> common_pb2.Task:
+        return self.views.describe(rec, full=full)
 
     async def run(self, spec: common_pb2.TaskSpec, timeout_ms: int) -> TaskRecord:
         """Submit one task and wait for it (RunTask)."""
@@ -257,19 +276,19 @@ class ControlPlane:
         await self.store.flush()
         return CANCELLED
 
-    async def list(self, state: int, tenant: str, limit: int, page_token: str) -> tuple[list[TaskRecord], str]:
+    async def list(
+        self, state: int, tenant: str, kind: str, limit: int, page_token: str
+    ) -> tuple[list[TaskRecord], str]:
+        """A page of tasks in submission order: up to `limit` (100 by default, 1,000 at most) and as
+        many as fit in one response; the token continues after it ("" once there are no more)."""
         if state not in common_pb2.TaskState.values():
             raise InvalidArgument(f"state {state} is not a TaskState")
-        try:
-            after = int(page_token) if page_token else 0
-        except ValueError:
-            raise InvalidArgument(f"page_token {page_token[:40]!r} is not one this server issued") from None
-        limit = min(limit or 100, 1000)
+        after = parse_page_token(page_token)
+        limit = min(limit or 100, MAX_PAGE)
         await self.store.flush()  # the page reflects every transition made so far
-        rows = await self.store.page(state, tenant, after, limit)
+        rows, more = await self.store.page(state, tenant, kind, after, limit)
         recs = [self.book.tasks.get(r.id, r) for r in rows]
-        token = str(rows[-1].handle) if len(rows) == limit else ""
-        return recs, token
+        return recs, str(rows[-1].handle) if rows and more else ""
 
     def watch(self, task_ids: Sequence[str], tenant: str) -> Watcher:
         """Start recording events for a watcher; call unwatch() when done with it."""

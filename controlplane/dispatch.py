@@ -39,6 +39,7 @@ class Dispatcher:
         self._placements: collections.deque[tuple[float, int]] = collections.deque()
         # Heartbeat and task deadlines the core keeps.
         self._deadline_alarm = Alarm(self._on_deadline)
+        self._judge_after_ms = 0  # after the loop was held, no deadline is judged before this
         # Wakes the dispatcher when a task waiting for a warm worker may take any worker: a
         # quiet fleet has no other event that would.
         self._locality_alarm = Alarm(self.wake)
@@ -151,9 +152,19 @@ class Dispatcher:
     # -- deadlines ------------------------------------------------------------------------------
 
     def arm_deadline(self) -> None:
-        self._deadline_alarm.arm(self.core.scheduler.next_deadline_ms())
+        at = self.core.scheduler.next_deadline_ms()
+        self._deadline_alarm.arm(None if at is None else max(at, self._judge_after_ms))
 
     def _on_deadline(self) -> None:
+        late_ms = self._deadline_alarm.late_ms()
+        if late_ms > self.config.heartbeat_interval_ms / 2:
+            # The event loop was held (a long call, a swap storm): the heartbeats that arrived
+            # meanwhile are still unread, so every worker would look silent. Look again once the
+            # readers have caught up: only a deadline met on time judges a worker.
+            log.warning("the event loop was held for %d ms; deadlines are checked again shortly", late_ms)
+            self._judge_after_ms = mono_ms() + self.config.heartbeat_interval_ms // 4
+            self.arm_deadline()
+            return
         workers, tasks = self.core.scheduler.expired(mono_ms())
         self.fleet.overdue(workers)
         self.tasks.timed_out(tasks)

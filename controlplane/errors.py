@@ -19,6 +19,10 @@ class NotFound(ControlError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(ControlError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class FailedPrecondition(ControlError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from controlplane.config import ServerConfig
 from controlplane.core import Core, mono_ms
-from controlplane.errors import NotFound, Unavailable
+from controlplane.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from controlplane.notify import wall_ms
 from controlplane.reputation import Reputation
 from controlplane.validation import validate_register
@@ -38,15 +38,23 @@ class WorkerConn:
     handle: int
     register: workers_pb2.Register
     connected_at_ms: int
+    peer: str = ""  # the stream's remote address, as gRPC names it
     outbox: asyncio.Queue[workers_pb2.ControlMessage | None] = field(
         default_factory=asyncio.Queue
     )
     last_heartbeat_ms: int = 0
     gpu_stats: Sequence[common_pb2.GpuStats] = ()
-    draining: bool = False
+    # Draining: an operator asked (DrainWorker, until UndrainWorker), or the agent says it is
+    # (it is leaving, or it echoes the operator's drain) in its heartbeats.
+    drained_by_operator: bool = False
+    agent_draining: bool = False
     lost_reason: str = ""
     grace_timer: asyncio.TimerHandle | None = None
     gpu_health: dict[int, bool] = field(default_factory=dict)  # GPUs last reported unhealthy: False
+
+    @property
+    def draining(self) -> bool:
+        return self.drained_by_operator or self.agent_draining
 
     def send(self, msg: workers_pb2.ControlMessage) -> None:
         self.outbox.put_nowait(msg)
@@ -100,12 +108,21 @@ class Fleet:
 
     # -- joining and leaving --------------------------------------------------------------------
 
-    def register(self, reg: workers_pb2.Register) -> WorkerConn:
-        """Admit an agent: validate what it says it has, then re-attach its running tasks."""
+    def register(self, reg: workers_pb2.Register, peer: str = "") -> WorkerConn:
+        """Admit an agent: validate what it says it has, then re-attach its running tasks.
+
+        A worker id held by a live stream is not taken over: only a reconnect of the same agent
+        process (the same instance id) replaces that stream. A holder whose stream already
+        closed (waiting out its reconnect grace) is replaced by whoever registers.
+        """
         validate_register(reg)
         if not self.accepting:
             raise Unavailable("the control plane is shutting down")
         old = self.workers.get(reg.worker_id)
+        if old is not None and not old.lost_reason:
+            if not reg.instance_id or reg.instance_id != old.register.instance_id:
+                raise AlreadyExists(self._held(old))
+            log.info("worker %s reconnected; its new stream replaces the old one", reg.worker_id)
         # The tasks of the connection this one replaces: re-attached if the agent still runs them.
         carried = set(self._retire(old, "replaced by a new connection")) if old is not None else set()
         gpus = sorted(reg.gpus, key=lambda g: g.index)
@@ -118,7 +135,7 @@ class Fleet:
             mono_ms(),
             cost_per_hour=reg.cost_per_hour,
         )
-        conn = WorkerConn(reg.worker_id, handle, reg, connected_at_ms=wall_ms())
+        conn = WorkerConn(reg.worker_id, handle, reg, connected_at_ms=wall_ms(), peer=peer)
         if self.reputation.quarantined(reg.worker_id, time.monotonic()):
             self.core.scheduler.set_quarantined(handle, True)  # reconnecting does not end a quarantine
         conn.last_heartbeat_ms = conn.connected_at_ms
@@ -137,6 +154,16 @@ class Fleet:
         self.wake()
         log.info("worker %s joined: %d slots, %d GPUs", reg.worker_id, reg.slots, len(gpus))
         return conn
+
+    @staticmethod
+    def _held(holder: WorkerConn) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.connected_at_ms / 1000))
+        age_s = max(0.0, (wall_ms() - holder.connected_at_ms) / 1000)
+        where = f" from {holder.peer}" if holder.peer else ""
+        return (
+            f"worker id {holder.worker_id!r} is held by another agent connected{where} since {since} "
+            f"({age_s:.0f} s ago); give this agent its own --worker-id, or stop the other one first"
+        )
 
     def _retire(self, conn: WorkerConn, reason: str) -> list[int]:
         """Forget a connection; returns the handles of the tasks it held (not yet requeued)."""
@@ -202,10 +229,14 @@ class Fleet:
                 self.core.scheduler.set_gpu_healthy(conn.handle, stats.index, stats.healthy)
                 state = "healthy again" if stats.healthy else "unhealthy: no new tasks get it"
                 log.warning("worker %s GPU %d is %s", conn.worker_id, stats.index, state)
-        if hb.draining and not conn.draining:
-            conn.draining = True
-            self.core.scheduler.set_draining(conn.handle, True)
-            log.info("worker %s is draining", conn.worker_id)
+        if hb.draining != conn.agent_draining:
+            was = conn.draining
+            conn.agent_draining = hb.draining
+            if conn.draining != was:
+                self.core.scheduler.set_draining(conn.handle, conn.draining)
+                log.info("worker %s %s", conn.worker_id, "is draining" if conn.draining else "takes new tasks again")
+                if not conn.draining:
+                    self.wake()
 
     def send_cancel(self, worker_id: str, task_id: str, attempt: int) -> None:
         """Tell the worker running an attempt to stop it, if that worker is connected."""
@@ -217,9 +248,27 @@ class Fleet:
         conn = self.workers.get(worker_id)
         if conn is None:
             raise NotFound(f"no connected worker has id {worker_id!r}")
-        conn.draining = True
+        conn.drained_by_operator = True
         self.core.scheduler.set_draining(conn.handle, True)
         conn.send(workers_pb2.ControlMessage(drain=workers_pb2.Drain()))
+        log.info("worker %s drained by request: it takes no new tasks", worker_id)
+
+    def undrain(self, worker_id: str) -> None:
+        """End an operator's drain: the worker takes new tasks again (an agent that is leaving stays drained)."""
+        conn = self.workers.get(worker_id)
+        if conn is None:
+            raise NotFound(f"no connected worker has id {worker_id!r}")
+        if conn.lost_reason:
+            raise FailedPrecondition(f"worker {worker_id!r} is disconnected ({conn.lost_reason}); undrain it once it is back")
+        conn.drained_by_operator = False
+        conn.send(workers_pb2.ControlMessage(undrain=workers_pb2.Undrain()))
+        if conn.agent_draining:
+            # It echoed the drain: its next heartbeat ends it, unless the agent itself is leaving.
+            log.info("worker %s undrained: it takes new tasks once its agent confirms", worker_id)
+            return
+        self.core.scheduler.set_draining(conn.handle, False)
+        log.info("worker %s undrained: it takes new tasks again", worker_id)
+        self.wake()
 
     # -- reputation -----------------------------------------------------------------------------
 

@@ -34,9 +34,18 @@ from controlplane.fleet import Fleet, WorkerConn
 from controlplane.notify import wall_ms
 from controlplane.store import Store
 from controlplane.timers import DueHeap
+from gpucp.limits import MAX_ERROR_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import workers_pb2
 
 log = logging.getLogger("gpucp.controlplane")
+
+
+def cut_error(text: str) -> str:
+    """An agent's error text, cut to MAX_ERROR_BYTES of UTF-8: every attempt's error is kept with the task."""
+    encoded = text.encode()
+    if len(encoded) <= MAX_ERROR_BYTES:
+        return text
+    return encoded[: MAX_ERROR_BYTES - 3].decode(errors="ignore") + "..."
 
 
 class Lifecycle:
@@ -115,6 +124,7 @@ class Lifecycle:
             rec.gpu_indices = gpus
             rec.started_at_ms = now
             rec.error = ""
+            rec.progress = 0.0
             self.book.move(entry, ASSIGNED, Hold.PLACED)
             out.append((entry, conn, rec.attempt))
         return out
@@ -153,7 +163,12 @@ class Lifecycle:
             self.handed_back(entry)
             return
         if upd.state == RUNNING:
+            if upd.progress != rec.progress and rec.state == RUNNING:
+                rec.progress = upd.progress
+                self.book.announce(rec)  # progress is news for watchers, not a change of state
+                return
             if rec.state == ASSIGNED and entry.hold is Hold.PLACED:
+                rec.progress = upd.progress
                 # Not persisted: after a restart ASSIGNED and RUNNING are the same (wait for the
                 # agent to re-attach), so the write would buy nothing on the hot path.
                 self.book.move(entry, RUNNING, Hold.PLACED)  # a revoke in flight has failed
@@ -169,17 +184,34 @@ class Lifecycle:
             self.stale_updates += 1
             log.warning("worker %s sent an update with state %d", conn.worker_id, upd.state)
             return
-        if not self._withdraw(entry):
-            runtime = max(0, wall_ms() - rec.started_at_ms)
-            self.core.scheduler.finish(rec.handle, upd.state == SUCCEEDED, runtime)
+        succeeded, wrong, error = upd.state == SUCCEEDED, upd.state == FAILED and upd.task_error, cut_error(upd.error)
+        if succeeded and len(upd.result) + rec.spec.ByteSize() > MAX_TASK_CONTENT_BYTES:
+            # The Task carrying both could not be read back in one message: the result is refused.
+            succeeded, wrong = False, True
+            error = (
+                f"its result of {len(upd.result)} bytes does not fit beside its spec in one message "
+                f"(together at most {MAX_TASK_CONTENT_BYTES} bytes); return less, or store it elsewhere and return where"
+            )
+        if self._withdraw(entry):
+            pass
+        elif wrong:
+            self.core.scheduler.release(rec.handle)  # the worker did its part: nothing to learn of it
+        else:
+            self.core.scheduler.finish(rec.handle, succeeded, max(0, wall_ms() - rec.started_at_ms))
         self.wake()
-        if upd.state == SUCCEEDED:
+        if wrong:
+            # The task itself is wrong (its payload, its arguments, its result): another attempt or
+            # another worker would fail the same way, and this worker is not to blame.
+            rec.error = error or "the handler refused the task without a message"
+            rec.errors.append(f"attempt {rec.attempt} on {rec.worker_id}: {rec.error} (not retried: the task is wrong)")
+            self.finish(entry, FAILED)
+        elif succeeded:
             rec.result = upd.result
             rec.error = ""
             self.fleet.judge(conn.worker_id, succeeded=True, fixed_after=entry.failed_on)
             self.finish(entry, SUCCEEDED)
         else:
-            self.attempt_failed(entry, upd.error or "the handler failed without a message", FAILED)
+            self.attempt_failed(entry, error or "the handler failed without a message", FAILED)
 
     def _withdraw(self, entry: Entry) -> bool:
         """Take a task that is not on a worker out of where it waits; False when the core holds it on one.

@@ -69,6 +69,8 @@ class Notifier:
             attempt=rec.attempt,
             worker_id=rec.worker_id,
             at_ms=wall_ms(),
+            progress=rec.progress,
+            error=rec.error,
         )
         for watcher in self._watchers:
             if watcher.overflowed or not watcher.wants(rec):

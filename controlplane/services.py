@@ -70,10 +70,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def ListTasks(self, request, context):  # noqa: N802
         recs, token = await answer(
             context,
-            self.cp.list(request.state, request.tenant, request.limit, request.page_token),
+            self.cp.list(request.state, request.tenant, request.kind, request.limit, request.page_token),
         )
+        full = request.view == scheduler_pb2.TASK_VIEW_FULL
         return scheduler_pb2.ListTasksResponse(
-            tasks=[self.cp.describe(r) for r in recs], next_page_token=token
+            tasks=[self.cp.describe(r, full=full) for r in recs], next_page_token=token
         )
 
     async def WatchTasks(self, request, context):  # noqa: N802
@@ -113,7 +114,7 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
                 "the first message on Connect must be register, "
                 f"not {first.WhichOneof('msg') or 'an empty message'}",
             )
-        conn = await answer(context, self._register(first.register))
+        conn = await answer(context, self._register(first.register, context.peer()))
         reader = asyncio.create_task(self._read(conn, requests))
         try:
             while True:
@@ -125,9 +126,9 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
             reader.cancel()
             self.cp.disconnected(conn, conn.lost_reason or "its stream closed")
 
-    async def _register(self, reg: workers_pb2.Register) -> WorkerConn:
+    async def _register(self, reg: workers_pb2.Register, peer: str) -> WorkerConn:
         # async only so that answer() can map its ControlError like any other call's
-        return self.cp.register(reg)
+        return self.cp.register(reg, peer)
 
     async def _read(self, conn: WorkerConn, requests: AsyncIterator[workers_pb2.AgentMessage]) -> None:
         try:
@@ -175,6 +176,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def _drain(self, worker_id: str) -> None:
         self.cp.drain(worker_id)
+
+    async def UndrainWorker(self, request, context):  # noqa: N802
+        await answer(context, self._undrain(request.worker_id))
+        return admin_pb2.UndrainWorkerResponse()
+
+    async def _undrain(self, worker_id: str) -> None:
+        self.cp.undrain(worker_id)
 
     async def GetCosts(self, request, context):  # noqa: N802
         if self.autoscaler is None:

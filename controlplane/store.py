@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from gpucp.limits import MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2
 
 log = logging.getLogger("gpucp.store")
@@ -48,7 +49,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     lost_count INTEGER NOT NULL,
     created_at_ms INTEGER NOT NULL,
     started_at_ms INTEGER NOT NULL,
-    finished_at_ms INTEGER NOT NULL
+    finished_at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency
     ON tasks (tenant, idempotency_key) WHERE idempotency_key != '';
@@ -60,6 +62,9 @@ COLUMNS = (
     "handle, id, tenant, idempotency_key, spec, state, attempt, worker_id, gpu_indices, result, "
     "error, errors, lost_count, created_at_ms, started_at_ms, finished_at_ms"
 )
+# A list page reads at most this many bytes of specs and results, so a page with every payload
+# and result (view FULL) fits in one message, and a page without them is read in bounded time.
+PAGE_CONTENT_BYTES = MAX_TASK_CONTENT_BYTES
 
 TERMINAL_STATES = frozenset(
     {
@@ -112,13 +117,21 @@ class TaskRecord:
     created_at_ms: int = 0
     started_at_ms: int = 0
     finished_at_ms: int = 0
+    # The handler's latest progress report (0 to 1) for the current attempt. Kept in memory only:
+    # the agent reports again, and a restart loses at most one report's worth.
+    progress: float = 0.0
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
-    def to_proto(self, pending_reason: str = "") -> common_pb2.Task:
-        return common_pb2.Task(**self.proto_fields(pending_reason))
+    def to_proto(self, pending_reason: str = "", *, full: bool = True) -> common_pb2.Task:
+        """The Task message; without `full`, the spec's payload and the result are left out."""
+        task = common_pb2.Task(**self.proto_fields(pending_reason))
+        if not full:
+            task.spec.ClearField("payload")
+            task.ClearField("result")
+        return task
 
     def proto_fields(self, pending_reason: str = "") -> dict[str, object]:
         """The Task message's fields: a message field given as a dict is built in place, where a
@@ -137,6 +150,7 @@ class TaskRecord:
             "finished_at_ms": self.finished_at_ms,
             "gpu_indices": self.gpu_indices,
             "attempt_errors": self.errors,
+            "progress": self.progress,
         }
 
     def state_row(self) -> tuple[object, ...]:
@@ -158,7 +172,7 @@ class TaskRecord:
     def row(self) -> tuple[object, ...]:
         """All columns, in _INSERT's order: what never changes, then state_row() but its handle."""
         fixed = (self.handle, self.id, self.tenant, self.spec.idempotency_key, self.spec.SerializeToString())
-        return (*fixed, self.created_at_ms, *self.state_row()[:-1])
+        return (*fixed, self.created_at_ms, *self.state_row()[:-1], self.spec.kind)
 
 
 def _json_ints(items: list[int]) -> str:
@@ -198,8 +212,8 @@ class StoreError(Exception):
 
 _INSERT = (
     "INSERT INTO tasks (handle, id, tenant, idempotency_key, spec, created_at_ms, state, attempt,"
-    " worker_id, gpu_indices, result, error, errors, lost_count, started_at_ms, finished_at_ms)"
-    f" VALUES ({', '.join('?' * 16)})"
+    " worker_id, gpu_indices, result, error, errors, lost_count, started_at_ms, finished_at_ms, kind)"
+    f" VALUES ({', '.join('?' * 17)})"
 )
 _UPDATE = (
     "UPDATE tasks SET state = ?, attempt = ?, worker_id = ?, gpu_indices = ?, result = ?, error = ?,"
@@ -227,6 +241,7 @@ class Store:
         self._lock_file = _claim(path)
         self._write = self._connect(synchronous)
         self._write.executescript(SCHEMA)
+        _add_kind_column(self._write)
         # Checkpoints are the background thread's: run inside a commit they would stall it.
         self._write.execute("PRAGMA wal_autocheckpoint=0")
         self._read = self._connect(synchronous)
@@ -390,21 +405,39 @@ class Store:
         return str(rows[0][0]) if rows else None
 
     async def page(
-        self, state: int, tenant: str, after_handle: int, limit: int
-    ) -> list[TaskRecord]:
+        self, state: int, tenant: str, kind: str, after_handle: int, limit: int
+    ) -> tuple[list[TaskRecord], bool]:
+        """Tasks after `after_handle` in submission order, up to `limit` and PAGE_CONTENT_BYTES of
+        specs and results (always at least one); and whether more may follow.
+
+        Read and parsed off the event loop: a page of large payloads takes a while to read.
+        """
         where = ["handle > ?"]
         args: list[object] = [after_handle]
-        if state:
-            where.append("state = ?")
-            args.append(state)
-        if tenant:
-            where.append("tenant = ?")
-            args.append(tenant)
-        rows = await self.query(
-            f"SELECT {COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY handle LIMIT ?",
+        for column, value in (("state", state), ("tenant", tenant), ("kind", kind)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        return await asyncio.to_thread(self._page, " AND ".join(where), args, limit)
+
+    def _page(self, where: str, args: list[object], limit: int) -> tuple[list[TaskRecord], bool]:
+        sizes = self._query(
+            f"SELECT handle, length(spec) + length(result) FROM tasks WHERE {where} ORDER BY handle LIMIT ?",
             (*args, limit),
         )
-        return [record_from_row(r) for r in rows]
+        taken, total = 0, 0
+        for _, size in sizes:
+            total += int(size)  # type: ignore[call-overload]
+            if taken and total > PAGE_CONTENT_BYTES:
+                break
+            taken += 1
+        if not taken:
+            return [], False
+        last = sizes[taken - 1][0]
+        rows = self._query(
+            f"SELECT {COLUMNS} FROM tasks WHERE {where} AND handle <= ? ORDER BY handle", (*args, last)
+        )
+        return [record_from_row(r) for r in rows], taken < len(sizes) or len(sizes) == limit
 
     async def expired(self, cutoff_ms: int, limit: int) -> list[tuple[int, str, str, str, int]]:
         """Up to `limit` finished tasks that ended before `cutoff_ms`, as (handle, id, tenant,
@@ -456,6 +489,21 @@ class Store:
     def max_handle(self) -> int:
         rows = self._query("SELECT COALESCE(MAX(handle), 0) FROM tasks", ())
         return int(rows[0][0])  # type: ignore[call-overload]
+
+
+def _add_kind_column(conn: sqlite3.Connection) -> None:
+    """Databases made before tasks could be listed by kind get the column, filled from the specs."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if "kind" in columns:
+        return
+    log.info("adding the kind column to the tasks of %s (once)", conn)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT ''")
+    spec = common_pb2.TaskSpec()
+    for handle, blob in conn.execute("SELECT handle, spec FROM tasks").fetchall():
+        spec.ParseFromString(blob)
+        conn.execute("UPDATE tasks SET kind = ? WHERE handle = ?", (spec.kind, handle))
+    conn.execute("COMMIT")
 
 
 def _claim(path: str) -> IO[str]:

@@ -21,6 +21,7 @@ class Alarm:
         self._callback = callback
         self._timer: asyncio.TimerHandle | None = None
         self._at = 0
+        self._expected = 0  # when the loop should run the callback: at_ms, or at once if that has passed
 
     def arm(self, at_ms: int | None) -> None:
         """Fire at at_ms, unless already set to fire earlier; None leaves it as it is."""
@@ -28,7 +29,13 @@ class Alarm:
             return
         self.cancel()
         self._at = at_ms
-        self._timer = asyncio.get_running_loop().call_later(max(0.0, (at_ms - mono_ms()) / 1000), self._fire)
+        now = mono_ms()
+        self._expected = max(at_ms, now)
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, (at_ms - now) / 1000), self._fire)
+
+    def late_ms(self) -> int:
+        """From inside the callback: how much later than it should have the loop ran it."""
+        return mono_ms() - self._expected
 
     def cancel(self) -> None:
         if self._timer is not None:

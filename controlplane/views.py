@@ -31,8 +31,9 @@ class Views:
             return f"waiting to retry after attempt {rec.attempt} failed: {rec.error}"
         return self.core.why_pending(rec)
 
-    def describe(self, rec: TaskRecord) -> common_pb2.Task:
-        task = rec.to_proto(self.pending_reason(rec))
+    def describe(self, rec: TaskRecord, *, full: bool = True) -> common_pb2.Task:
+        """The Task as services show it; without `full`, no payload and no result (list views)."""
+        task = rec.to_proto(self.pending_reason(rec), full=full)
         entry = self.book.live.get(rec.handle)
         if rec.state in (ASSIGNED, RUNNING) and entry is not None and entry.hold is Hold.PLACED:
             task.placement = self.core.why_placed(rec)
