@@ -5,24 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from gpucp.gpus import COMPUTE_CAPABILITY
 from gpucp.v1 import common_pb2
 
-__all__ = ["COMPUTE_CAPABILITY", "parse_gpus", "simulated_gpu_stats"]
-
-# Compute capability per model; the spelling here is also the one put into the GPU name.
-COMPUTE_CAPABILITY: dict[str, float] = {
-    "V100": 7.0,
-    "T4": 7.5,
-    "A10": 8.6,
-    "A10G": 8.6,
-    "A100": 8.0,
-    "L4": 8.9,
-    "L40S": 8.9,
-    "RTX4090": 8.9,
-    "H100": 9.0,
-    "H200": 9.0,
-    "B200": 10.0,
-}
+__all__ = ["parse_gpus", "simulated_gpu_stats"]
 
 _EXPECTED_FORMAT = (
     "expected comma-separated entries of the form [COUNTx]MODEL-MEMGB, "

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agents import parse_gpus
-from agents.inventory import COMPUTE_CAPABILITY, simulated_gpu_stats
+from agents.inventory import simulated_gpu_stats
+from gpucp.gpus import COMPUTE_CAPABILITY
 
 
 def test_parses_counts_models_and_memory_in_order() -> None:

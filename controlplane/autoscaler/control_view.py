@@ -1,7 +1,7 @@
 """The ControlView the autoscaler reads, built from a running ControlPlane.
 
 This is the only module of the autoscaler that knows the ControlPlane; it uses its public
-surface: `tasks`, `workers`, `views` (worker_infos, predict_runtime_s), `watch`/`unwatch` and
+surface: `book` (its live tasks), `tasks`, `workers`, `views` (worker_infos, predict_runtime_s), `watch`/`unwatch` and
 `drain`.
 """
 
@@ -24,9 +24,9 @@ class ControlPlaneView:
         self._control = control
 
     def pending_specs(self) -> Iterator[common_pb2.TaskSpec]:
-        for rec in self._control.tasks.values():
-            if rec.state == common_pb2.TASK_STATE_PENDING:
-                yield rec.spec
+        for entry in self._control.book.live.values():  # unfinished tasks only, not the recent finished
+            if entry.rec.state == common_pb2.TASK_STATE_PENDING:
+                yield entry.rec.spec
 
     def connected_workers(self) -> Iterator[WorkerSnapshot]:
         for info in self._control.views.worker_infos():
