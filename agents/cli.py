@@ -15,6 +15,7 @@ from agents.handlers import BUILTIN_HANDLERS, Handler, load_handler
 from agents.inventory import parse_gpus
 from agents.runtime import Agent, Refused, default_worker_id
 from gpucp.auth import AGENT_TOKEN_ENV
+from gpucp.client import SERVER_ENV, server_address
 
 if TYPE_CHECKING:
     from agents.nvidia import NvidiaGpus
@@ -36,9 +37,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--server",
-        default=os.environ.get("GPUCP_SERVER", "127.0.0.1:50051"),
+        default=None,
         metavar="HOST:PORT",
-        help="control plane address (default: $GPUCP_SERVER, else 127.0.0.1:50051)",
+        help=f"control plane address (default: ${SERVER_ENV}, else 127.0.0.1:50051; port 50051 if left out)",
     )
     p.add_argument(
         "--worker-id", default=None, help="worker name, unique in the fleet (default: <hostname>-<6 random hex digits>)"
@@ -173,7 +174,7 @@ def build_agent(args: argparse.Namespace, nvidia: NvidiaGpus | None = None) -> A
     if args.drain_timeout < 0:
         raise ValueError("--drain-timeout must be 0 or more seconds.")
     return Agent(
-        server=args.server,
+        server=server_address(args.server),
         worker_id=worker_id,
         provider=provider,
         slots=slots,

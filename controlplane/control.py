@@ -17,7 +17,7 @@ import logging
 import re
 from collections.abc import Sequence
 
-from controlplane.book import CANCELLED, PENDING, Hold, TaskBook
+from controlplane.book import ASSIGNED, CANCELLED, PENDING, RUNNING, Hold, TaskBook
 from controlplane.config import ServerConfig
 from controlplane.core import Core
 from controlplane.dispatch import Dispatcher
@@ -286,8 +286,13 @@ class ControlPlane:
         after = parse_page_token(page_token)
         limit = min(limit or 100, MAX_PAGE)
         await self.store.flush()  # the page reflects every transition made so far
-        rows, more = await self.store.page(state, tenant, kind, after, limit)
+        # A start (ASSIGNED -> RUNNING) is not written to the store: ask it for both, and let the
+        # records in memory, which know, tell them apart.
+        placed = state in (ASSIGNED, RUNNING)
+        rows, more = await self.store.page((ASSIGNED, RUNNING) if placed else (state,) if state else (), tenant, kind, after, limit)
         recs = [self.book.tasks.get(r.id, r) for r in rows]
+        if placed:
+            recs = [r for r in recs if r.state == state]
         return recs, str(rows[-1].handle) if rows and more else ""
 
     def watch(self, task_ids: Sequence[str], tenant: str) -> Watcher:

@@ -405,16 +405,19 @@ class Store:
         return str(rows[0][0]) if rows else None
 
     async def page(
-        self, state: int, tenant: str, kind: str, after_handle: int, limit: int
+        self, states: Sequence[int], tenant: str, kind: str, after_handle: int, limit: int
     ) -> tuple[list[TaskRecord], bool]:
-        """Tasks after `after_handle` in submission order, up to `limit` and PAGE_CONTENT_BYTES of
-        specs and results (always at least one); and whether more may follow.
+        """Tasks in `states` (all if empty) after `after_handle` in submission order, up to `limit` and
+        PAGE_CONTENT_BYTES of specs and results (always at least one); and whether more may follow.
 
         Read and parsed off the event loop: a page of large payloads takes a while to read.
         """
         where = ["handle > ?"]
         args: list[object] = [after_handle]
-        for column, value in (("state", state), ("tenant", tenant), ("kind", kind)):
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args.extend(states)
+        for column, value in (("tenant", tenant), ("kind", kind)):
             if value:
                 where.append(f"{column} = ?")
                 args.append(value)

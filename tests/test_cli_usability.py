@@ -42,6 +42,12 @@ def test_a_server_without_a_port_means_port_50051_and_an_unreachable_one_gets_a_
     assert "server address '127.0.0.1:http': the port must be a number from 1 to 65535" in bad_port.stderr
 
 
+def test_an_agent_given_a_server_without_a_port_dials_port_50051():
+    from agents.cli import build_agent, parser
+
+    assert build_agent(parser().parse_args(["--server", "127.0.0.1"]), None).server == "127.0.0.1:50051"
+
+
 def test_ctrl_c_during_submit_wait_prints_the_ids_and_how_to_cancel_them(controlplane, client):
     # No agent: the tasks stay pending, and Ctrl-C leaves them behind on the control plane.
     waiting = subprocess.Popen(

@@ -34,7 +34,8 @@ from controlplane.autoscaler.runpod import GpuType, RunPodError, RunPodProvider
 from controlplane.autoscaler.shapes import PoolProbe, ShapeKey, shape_key
 from controlplane.autoscaler.view import ControlView, WorkerSnapshot
 from gpucp.auth import AGENT_TOKEN_ENV
-from gpucp.pods import POD_COST_ENV, POD_POOL_ENV, POD_SERVER_ENV
+from gpucp.client import SERVER_ENV
+from gpucp.pods import POD_COST_ENV, POD_POOL_ENV
 from gpucp.v1 import admin_pb2, common_pb2
 
 log = logging.getLogger("gpucp.autoscaler")
@@ -250,7 +251,7 @@ class Autoscaler:
     async def _create(self, action: Create) -> None:
         cfg = self.state.pools[action.pool].config
         name = f"gpucp-{cfg.name}-{secrets.token_hex(4)}"
-        env = {**cfg.env, POD_SERVER_ENV: self.server_address, POD_POOL_ENV: cfg.name}
+        env = {**cfg.env, SERVER_ENV: self.server_address, POD_POOL_ENV: cfg.name}
         if self.agent_token:
             env[AGENT_TOKEN_ENV] = self.agent_token
         price = self._price_per_gpu(cfg.name) * cfg.gpu_count
