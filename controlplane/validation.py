@@ -20,6 +20,7 @@ MAX_SLOTS = 4096
 # Matched with fullmatch: `$` would also match before a final newline ("noop\n").
 _KIND = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 _PRIORITIES = frozenset(common_pb2.Priority.values())
+_WORD = re.compile(r"[^\W_]")  # a letter or a digit: what a word of a GPU model name is made of
 
 
 def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> None:
@@ -99,6 +100,12 @@ def _validate_requirements(req: common_pb2.Requirements) -> None:
         if not text or len(text) > MAX_TEXT:
             raise InvalidArgument(
                 f"requirements labels and gpu_models must be 1-{MAX_TEXT} characters, got {text[:40]!r}"
+            )
+    for model in models:
+        if not _WORD.search(model):
+            # Models match whole words of a GPU's name: one without a word matches no GPU at all.
+            raise InvalidArgument(
+                f"requirements.gpu_models {model[:40]!r} names no model: give words of a GPU's name, e.g. 'A100'"
             )
 
 

@@ -40,6 +40,7 @@ def refused(call, code: grpc.StatusCode, *words: str) -> str:  # type: ignore[no
         ({"backend": "tpu"}, ["backend", "cuda"]),
         ({"timeout_ms": 30 * 24 * 3600 * 1000}, ["timeout_ms", "7 days"]),
         ({"max_retries": 1000}, ["max_retries"]),
+        ({"gpus": 1, "gpu_models": ["--"]}, ["gpu_models", "names no model"]),
     ],
 )
 def test_bad_specs_are_invalid_argument_with_a_reason(client, fields, words):
