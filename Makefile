@@ -25,7 +25,7 @@ install: controlplane/_core.abi3.so ## Create .venv with gpucp (editable) and it
 run: install ## Run the control plane with simulated agents and a sample workload, then print a summary
 	$(PY) -m controlplane.demo
 
-test: test-rust proto-check lint test-python ## Run every test (Rust, contract drift, stubs, Python)
+test: test-rust proto-check lint test-python ## Run every test (Rust, contract drift, lint, Python)
 
 test-rust: ## Rust unit and property tests of the core
 	cargo test -p gpucp-core --quiet
@@ -33,8 +33,14 @@ test-rust: ## Rust unit and property tests of the core
 test-python: install ## Python tests over real gRPC on loopback
 	$(PY) -m pytest -q
 
-lint: install ## ruff, and the native module against its hand-written stub
+# Rust first: it needs no .venv and fails fastest. The python feature is checked apart because
+# the bindings only compile with it. mypy reads its files and strictness from pyproject.toml.
+lint: install ## cargo fmt and clippy, ruff, mypy (strict), and the native module against its stub
+	cargo fmt --check
+	cargo clippy -p gpucp-core --all-targets -- -D warnings
+	PYO3_PYTHON=$(abspath $(PY)) cargo clippy -p gpucp-core --all-targets --features python -- -D warnings
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m mypy.stubtest controlplane._core
 
 proto: install ## Regenerate gpucp/v1 from proto/
