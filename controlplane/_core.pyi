@@ -22,6 +22,48 @@ class InvalidArgument(CoreError):
     """An argument outside its range (e.g. a priority above 3, a weight below 0)."""
 
 @final
+class WorkerStats:
+    """What the core knows about one worker (Scheduler.worker_stats); read-only."""
+
+    @property
+    def slots(self) -> int:
+        """Slots it registered with."""
+    @property
+    def free_slots(self) -> int:
+        """Slots with no task placed."""
+    @property
+    def success_rate(self) -> float:
+        """Learned share of its tasks that succeed (an EWMA; 1.0 for a new worker)."""
+    @property
+    def speed(self) -> float:
+        """Learned speed against the fleet over all kinds (1.0 = the fleet's average)."""
+    @property
+    def succeeded(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def quarantined(self) -> bool: ...
+    @property
+    def unhealthy_gpus(self) -> int:
+        """GPUs marked unhealthy with set_gpu_healthy."""
+    @property
+    def held(self) -> int:
+        """Tasks placed here, started or not."""
+    @property
+    def started(self) -> int:
+        """Of those, the ones mark_started (or attach) reported running."""
+    @property
+    def prefetched(self) -> int:
+        """Held but not started: queued on the agent, may be stolen."""
+    @property
+    def effective_slots(self) -> int:
+        """Slots it may use now (fewer than slots while warming up)."""
+    @property
+    def cost_per_hour(self) -> float: ...
+
+@final
 class Scheduler:
     def __new__(cls, config: SchedulerConfig | None = None) -> Scheduler:
         """A scheduler built from `config` (None: SchedulerConfig(), a sensible server).
@@ -161,15 +203,8 @@ class Scheduler:
     def set_gpu_healthy(self, worker: int, gpu_index: int, healthy: bool) -> None:
         """Mark one GPU healthy or not. An unhealthy GPU is never given to a task (tasks already
         on it keep running); a worker whose GPUs are all unhealthy still runs CPU tasks."""
-    def worker_stats(self, worker: int) -> tuple[int, int, float, float, int, int]:
-        """(slots, free_slots, success_rate, speed, succeeded, failed)."""
-    def worker_info(self, worker: int) -> dict[str, float]:
-        """Everything the core knows about a worker; flags are 0.0/1.0.
-
-        Keys: slots, free_slots, success_rate, speed, succeeded, failed, draining, quarantined,
-        unhealthy_gpus, held (placed tasks), started, prefetched (held, not started),
-        effective_slots (fewer than slots while warming), cost_per_hour.
-        """
+    def worker_stats(self, worker: int) -> WorkerStats:
+        """Everything the core knows about a worker. UnknownHandle for a worker it does not know."""
     def set_tenant_weight(self, tenant: int, weight: float) -> None:
         """A tenant's share relative to other tenants (default 1; must be > 0)."""
     def set_kind_policy(self, kind: str, policy: str) -> None:

@@ -67,24 +67,24 @@ class Views:
     def worker_infos(self) -> list[admin_pb2.WorkerInfo]:
         out = []
         for conn in self.fleet.workers.values():
-            slots, free, success, speed, ok, failed = self.core.scheduler.worker_stats(conn.handle)
+            stats = self.core.scheduler.worker_stats(conn.handle)
             reg = conn.register
             out.append(
                 admin_pb2.WorkerInfo(
                     worker_id=conn.worker_id,
                     provider=reg.provider,
-                    slots=slots,
-                    slots_free=free,
+                    slots=stats.slots,
+                    slots_free=stats.free_slots,
                     gpus=reg.gpus,
                     backend=reg.backend,
                     labels=reg.labels,
                     kinds=reg.kinds,
                     cost_per_hour=reg.cost_per_hour,
                     health=self.fleet.health(conn),
-                    success_rate=success,
-                    speed=speed,
-                    tasks_succeeded=ok,
-                    tasks_failed=failed,
+                    success_rate=stats.success_rate,
+                    speed=stats.speed,
+                    tasks_succeeded=stats.succeeded,
+                    tasks_failed=stats.failed,
                     connected_at_ms=conn.connected_at_ms,
                     last_heartbeat_ms=conn.last_heartbeat_ms,
                     gpu_stats=conn.gpu_stats,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane._core import InvalidArgument, Scheduler
+from controlplane._core import InvalidArgument, Scheduler, UnknownHandle
 
 A10 = (24576, 8.6, "NVIDIA A10")
 
@@ -20,14 +20,33 @@ def test_unhealthy_gpu_is_never_given_but_cpu_work_still_runs() -> None:
     s.push(2, cpu, 1, 2, 0)
     assert s.place(0, 10) == [(2, w, [])], "only the CPU task may run"
     assert "healthy GPUs" in s.explain(one_gpu, 1)
-    assert s.worker_info(w)["unhealthy_gpus"] == 2
+    assert s.worker_stats(w).unhealthy_gpus == 2
     s.set_gpu_healthy(w, 1, True)
     assert s.place(0, 10) == [(1, w, [1])]
     with pytest.raises(InvalidArgument):
         s.set_gpu_healthy(w, 5, False)
 
 
-def test_quarantine_does_not_undo_a_drain_and_shows_in_worker_info() -> None:
+def test_worker_stats_are_named_read_only_and_printable() -> None:
+    s = Scheduler()
+    w = s.add_worker(2, [A10], "cuda", [], [], 0, cost_per_hour=0.75)
+    shape = s.shape("k", 0, 0, [], "", [], 0.0)
+    s.push(1, shape, 1, 1, 0)
+    s.place(0, 10)
+    s.finish(1, False, 5)
+    stats = s.worker_stats(w)
+    assert (stats.slots, stats.free_slots, stats.succeeded, stats.failed) == (2, 2, 0, 1)
+    assert stats.success_rate < 1.0, "a failure lowers the success rate"
+    assert stats.cost_per_hour == 0.75
+    with pytest.raises(AttributeError):
+        stats.slots = 5  # type: ignore[misc]
+    assert repr(stats).startswith("WorkerStats(slots=2, free_slots=2, success_rate=0.")
+    assert "draining=False" in repr(stats) and "cost_per_hour=0.75)" in repr(stats)
+    with pytest.raises(UnknownHandle):
+        s.worker_stats(w + 1)
+
+
+def test_quarantine_does_not_undo_a_drain_and_shows_in_worker_stats() -> None:
     s = Scheduler()
     w = s.add_worker(2, [], "", [], [], 0)
     shape = s.shape("k", 0, 0, [], "", [], 0.0)
@@ -37,8 +56,8 @@ def test_quarantine_does_not_undo_a_drain_and_shows_in_worker_info() -> None:
     s.push(1, shape, 1, 1, 0)
     assert s.place(0, 10) == [], "still quarantined after the drain ended"
     assert s.explain(shape, 1) == "the 1 worker that can run it is quarantined"
-    info = s.worker_info(w)
-    assert (info["quarantined"], info["draining"]) == (1.0, 0.0)
+    stats = s.worker_stats(w)
+    assert (stats.quarantined, stats.draining) == (True, False)
     assert s.slots() == (0, 0)
     s.set_quarantined(w, False)
     assert s.place(0, 10) == [(1, w, [])]

@@ -105,8 +105,8 @@ def test_prefetch_and_steal_candidates() -> None:
     s.mark_started(1)
     with pytest.raises(InvalidArgument):
         s.mark_started(2)
-    info = s.worker_info(a)
-    assert (info["held"], info["started"], info["prefetched"]) == (2, 1, 1)
+    stats = s.worker_stats(a)
+    assert (stats.held, stats.started, stats.prefetched) == (2, 1, 1)
     b = s.add_worker(1, [], "", [], [], 0)
     assert s.steal_candidates(10) == [(2, a, b)]
     s.release(2)
@@ -121,7 +121,7 @@ def test_warming_gives_a_new_worker_one_slot_first() -> None:
     w = s.add_worker(3, [], "", [], [], 0)
     s.push_many(list(range(6)), [shape] * 6, [1] * 6, list(range(6)), [0] * 6)
     assert len(s.place(0, 10)) == 1
-    assert s.worker_info(w)["effective_slots"] == 1
+    assert s.worker_stats(w).effective_slots == 1
 
 
 def test_explain_gives_an_eta_once_runtimes_are_known() -> None:

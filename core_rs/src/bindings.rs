@@ -9,11 +9,12 @@ use std::sync::{Mutex, MutexGuard};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::IntoPyObjectExt;
 
 use crate::error::CoreError as EngineError;
 use crate::policy::Policy;
 use crate::queue::PriorityMode;
-use crate::scheduler::{Scheduler, SchedulerConfig, TaskOptions};
+use crate::scheduler::{Scheduler, SchedulerConfig, TaskOptions, WorkerStats as EngineWorkerStats};
 use crate::shapes::ShapeSpec;
 use crate::workers::GpuSpec;
 use crate::{ShapeId, TaskId, WorkerId};
@@ -102,6 +103,78 @@ impl ConfigArg {
             explain_memory: in_range("explain_memory", self.explain_memory)?,
             locality_wait_ms: in_range("locality_wait_ms", self.locality_wait_ms)?,
         })
+    }
+}
+
+/// A frozen Python class of named, read-only fields, built by the core and read by the caller,
+/// with a repr like a dataclass's so a printed value reads as what it holds.
+macro_rules! py_record {
+    (
+        $(#[$doc:meta])*
+        $name:ident {
+            $($(#[$field_doc:meta])* $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$doc])*
+        #[pyclass(module = "controlplane._core", frozen, get_all)]
+        pub struct $name {
+            $($(#[$field_doc])* $field: $ty,)*
+        }
+
+        #[pymethods]
+        impl $name {
+            fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+                let fields: Vec<String> = vec![$(
+                    format!(
+                        "{}={}",
+                        stringify!($field),
+                        self.$field.clone().into_bound_py_any(py)?.repr()?
+                    ),
+                )*];
+                Ok(format!("{}({})", stringify!($name), fields.join(", ")))
+            }
+        }
+    };
+}
+
+py_record! {
+    /// What the core knows about one worker (see the stub for each field).
+    WorkerStats {
+        slots: u32,
+        free_slots: u32,
+        success_rate: f64,
+        speed: f64,
+        succeeded: u64,
+        failed: u64,
+        draining: bool,
+        quarantined: bool,
+        unhealthy_gpus: u32,
+        held: u32,
+        started: u32,
+        prefetched: u32,
+        effective_slots: u32,
+        cost_per_hour: f64,
+    }
+}
+
+impl From<EngineWorkerStats> for WorkerStats {
+    fn from(s: EngineWorkerStats) -> WorkerStats {
+        WorkerStats {
+            slots: s.slots,
+            free_slots: s.free_slots,
+            success_rate: s.success_rate,
+            speed: s.speed,
+            succeeded: s.succeeded,
+            failed: s.failed,
+            draining: s.draining,
+            quarantined: s.quarantined,
+            unhealthy_gpus: s.unhealthy_gpus,
+            held: s.held,
+            started: s.started,
+            prefetched: s.held.saturating_sub(s.started),
+            effective_slots: s.effective_slots,
+            cost_per_hour: s.cost_per_hour,
+        }
     }
 }
 
@@ -348,12 +421,6 @@ impl PyScheduler {
         Ok(self.engine()?.set_gpu_healthy(worker, gpu, healthy)?)
     }
 
-    /// Everything the core knows about a worker, by name (see the stub for the keys).
-    fn worker_info(&self, worker: WorkerId) -> PyResult<std::collections::HashMap<String, f64>> {
-        let s = self.engine()?.worker_stats(worker)?;
-        Ok(s.to_map())
-    }
-
     /// A tenant's share relative to other tenants (default 1).
     fn set_tenant_weight(&self, tenant: i64, weight: f64) -> PyResult<()> {
         let tenant = in_range("tenant", tenant)?;
@@ -392,17 +459,9 @@ impl PyScheduler {
         Ok(self.engine()?.explain_placement(task)?)
     }
 
-    /// (slots, free_slots, success_rate, speed, succeeded, failed).
-    fn worker_stats(&self, worker: WorkerId) -> PyResult<(u32, u32, f64, f64, u64, u64)> {
-        let s = self.engine()?.worker_stats(worker)?;
-        Ok((
-            s.slots,
-            s.free_slots,
-            s.success_rate,
-            s.speed,
-            s.succeeded,
-            s.failed,
-        ))
+    /// Everything the core knows about a worker.
+    fn worker_stats(&self, worker: WorkerId) -> PyResult<WorkerStats> {
+        Ok(self.engine()?.worker_stats(worker)?.into())
     }
 
     fn workers(&self) -> PyResult<usize> {
@@ -501,7 +560,7 @@ fn optional_worker(worker: i64) -> Option<WorkerId> {
 #[pymodule]
 mod _core {
     #[pymodule_export]
-    use super::{CoreError, InvalidArgument, PyScheduler, UnknownHandle};
+    use super::{CoreError, InvalidArgument, PyScheduler, UnknownHandle, WorkerStats};
 
     use pyo3::prelude::*;
 

@@ -60,35 +60,6 @@ pub struct WorkerStats {
     pub cost_per_hour: f64,
 }
 
-impl WorkerStats {
-    /// Name -> value, booleans as 0/1 (what `worker_info` returns to Python).
-    pub fn to_map(&self) -> std::collections::HashMap<String, f64> {
-        let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        [
-            ("slots", f64::from(self.slots)),
-            ("free_slots", f64::from(self.free_slots)),
-            ("success_rate", self.success_rate),
-            ("speed", self.speed),
-            ("succeeded", self.succeeded as f64),
-            ("failed", self.failed as f64),
-            ("draining", flag(self.draining)),
-            ("quarantined", flag(self.quarantined)),
-            ("unhealthy_gpus", f64::from(self.unhealthy_gpus)),
-            ("held", f64::from(self.held)),
-            ("started", f64::from(self.started)),
-            (
-                "prefetched",
-                f64::from(self.held.saturating_sub(self.started)),
-            ),
-            ("effective_slots", f64::from(self.effective_slots)),
-            ("cost_per_hour", self.cost_per_hour),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-    }
-}
-
 #[derive(Debug)]
 pub struct Scheduler {
     config: SchedulerConfig,
