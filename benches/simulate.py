@@ -75,7 +75,7 @@ class Task:
     arrival: float
     gpus_needed: int
     attempt: int = 0
-    avoid: int = -1
+    avoid: int | None = None
     start: float = -1.0
     worker: int = -1
     gpus: list[int] = field(default_factory=list)
@@ -303,7 +303,7 @@ class Simulation:
         for task_id in self.core.remove_worker(handle):
             task = self.tasks[task_id]
             task.attempt += 1
-            task.avoid = -1
+            task.avoid = None
             self.queue_task(task)
         self.join(like=w)
 

@@ -131,11 +131,11 @@ class Scheduler:
         seq: int,
         timeout_ms: int,
         *,
-        avoid_worker: int = -1,
+        avoid_worker: int | None = None,
         tenant: int = 0,
         affinity: int = 0,
         hard_affinity: bool = False,
-        now_ms: int = -1,
+        now_ms: int | None = None,
     ) -> None:
         """Queue a task. timeout_ms 0 = none.
 
@@ -143,13 +143,13 @@ class Scheduler:
         shares, see the constructor), FIFO by seq within one tenant, class and shape; aging lifts
         long waits.
 
-        avoid_worker (-1 = none): the task is not placed on that worker while any other worker in
+        avoid_worker: the task is not placed on that worker while any other worker in
         the fleet passes the task's static filters (it waits for one of them); if the avoided
         worker is the only one that could ever run it, it may be used. For retries.
         tenant: interned tenant handle (0 = default). affinity: interned affinity key, e.g. a
         model (0 = none); soft by default (a bonus in composite, the rule in the affinity
         policy); hard_affinity=True: only workers where the key is warm while any such worker
-        exists (else any). now_ms: enqueue time for aging (-1 = the latest clock the core saw).
+        exists (else any). now_ms: enqueue time for aging (None = the latest clock the core saw).
         """
     def push_many(
         self,
@@ -159,13 +159,14 @@ class Scheduler:
         seqs: list[int],
         timeouts_ms: list[int],
         *,
-        avoid_workers: list[int] | None = None,
+        avoid_workers: list[int | None] | None = None,
         tenants: list[int] | None = None,
         affinities: list[int] | None = None,
         hard_affinities: list[bool] | None = None,
-        now_ms: int = -1,
+        now_ms: int | None = None,
     ) -> None:
-        """push() for many tasks in one call; all or nothing. Optional lists match `tasks`."""
+        """push() for many tasks in one call; all or nothing. Optional lists match `tasks`
+        (an avoid_workers entry may be None: that task avoids no worker)."""
     def remove(self, task: int) -> bool:
         """Drop a pending task from the queue; False if it was not pending."""
     def pending(self) -> int: ...
@@ -226,10 +227,10 @@ class Scheduler:
     def release(self, task: int) -> int:
         """A placed task left its worker without an outcome (cancelled, lost, stolen); returns
         the worker."""
-    def mark_started(self, task: int, now_ms: int = -1) -> None:
+    def mark_started(self, task: int, now_ms: int | None = None) -> None:
         """The agent started a placed task (its RUNNING update); a repeat is a no-op.
 
-        With now_ms (>= 0) the task's timeout counts from then: time queued on the agent does not.
+        With now_ms the task's timeout counts from then: time queued on the agent does not.
         A worker never has more started tasks than slots: InvalidArgument if it would.
         Placed tasks not yet started are prefetched and may be stolen.
         """

@@ -97,7 +97,7 @@ class Core:
             [core_priority(r.spec.priority) for r in recs],
             [r.handle for r in recs],  # FIFO by arrival; a retried task keeps its place
             [self.timeout_ms(r) for r in recs],
-            avoid_workers=None if avoid_worker is None else [avoid_worker] * len(recs),
+            avoid_workers=[avoid_worker] * len(recs),
             tenants=[self.tenant(r.tenant) for r in recs],
             affinities=[self.affinity(r.spec.affinity_key) for r in recs],
             hard_affinities=[r.spec.hard_affinity for r in recs],

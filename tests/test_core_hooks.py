@@ -79,3 +79,20 @@ def test_avoid_worker_waits_for_another_eligible_worker() -> None:
     assert s.place(0, 10) == [], "task 5 waits for a rather than run on b"
     with pytest.raises(InvalidArgument):
         s.push_many([6], [shape], [1], [6], [0], avoid_workers=[])
+    s.push_many([6, 7], [shape, shape], [1, 1], [6, 7], [0, 0], avoid_workers=[None, b])
+    assert s.place(0, 10) == [(6, b, [])], "a None entry avoids no worker; task 7 waits for a, as 5 does"
+
+
+def test_a_negative_handle_or_time_is_refused_not_read_as_none() -> None:
+    s = Scheduler()
+    shape = s.shape("k", 0, 0, [], "", [], 0.0)
+    with pytest.raises(InvalidArgument, match="avoid_worker out of range: -1"):
+        s.push(1, shape, 1, 1, 0, avoid_worker=-1)
+    with pytest.raises(InvalidArgument, match="now_ms out of range: -5"):
+        s.push_many([1], [shape], [1], [1], [0], now_ms=-5)
+    s.add_worker(1, [], "", [], [], 0)
+    s.push(1, shape, 1, 1, 0, avoid_worker=None, now_ms=None)
+    s.place(0, 10)
+    with pytest.raises(InvalidArgument, match="now_ms out of range: -1"):
+        s.mark_started(1, now_ms=-1)
+    s.mark_started(1, now_ms=None)

@@ -54,6 +54,14 @@ fn in_range<T: TryFrom<i64>>(name: &str, value: i64) -> Result<T, EngineError> {
         .map_err(|_| EngineError::InvalidArgument(format!("{name} out of range: {value}")))
 }
 
+/// `in_range` for an argument that Python may leave out as None.
+fn optional_in_range<T: TryFrom<i64>>(
+    name: &str,
+    value: Option<i64>,
+) -> Result<Option<T>, EngineError> {
+    value.map(|v| in_range(name, v)).transpose()
+}
+
 /// `controlplane.config.SchedulerConfig`, read attribute by attribute. Ints arrive as i64 and
 /// are range-checked with sentences naming the field (see `in_range`).
 #[derive(FromPyObject)]
@@ -251,8 +259,8 @@ impl PyScheduler {
 
     /// Queue a task. Order: see the stub. timeout_ms 0 = none.
     #[pyo3(
-        signature = (task, shape, priority, seq, timeout_ms, *, avoid_worker = -1, tenant = 0, affinity = 0, hard_affinity = false, now_ms = -1),
-        text_signature = "(self, /, task, shape, priority, seq, timeout_ms, *, avoid_worker=-1, tenant=0, affinity=0, hard_affinity=False, now_ms=-1)"
+        signature = (task, shape, priority, seq, timeout_ms, *, avoid_worker = None, tenant = 0, affinity = 0, hard_affinity = false, now_ms = None),
+        text_signature = "(self, /, task, shape, priority, seq, timeout_ms, *, avoid_worker=None, tenant=0, affinity=0, hard_affinity=False, now_ms=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn push(
@@ -262,20 +270,20 @@ impl PyScheduler {
         priority: i64,
         seq: u64,
         timeout_ms: i64,
-        avoid_worker: i64,
+        avoid_worker: Option<i64>,
         tenant: i64,
         affinity: i64,
         hard_affinity: bool,
-        now_ms: i64,
+        now_ms: Option<i64>,
     ) -> PyResult<()> {
         let priority = in_range("priority", priority)?;
         let timeout_ms = in_range("timeout_ms", timeout_ms)?;
         let options = TaskOptions {
-            avoid_worker: optional_worker(avoid_worker),
+            avoid_worker: optional_in_range("avoid_worker", avoid_worker)?,
             tenant: in_range("tenant", tenant)?,
             affinity: in_range("affinity", affinity)?,
             hard_affinity,
-            enqueued_ms: u64::try_from(now_ms).ok(),
+            enqueued_ms: optional_in_range("now_ms", now_ms)?,
         };
         Ok(self
             .engine()?
@@ -284,8 +292,8 @@ impl PyScheduler {
 
     /// push() for many tasks in one call.
     #[pyo3(
-        signature = (tasks, shapes, priorities, seqs, timeouts_ms, *, avoid_workers = None, tenants = None, affinities = None, hard_affinities = None, now_ms = -1),
-        text_signature = "(self, /, tasks, shapes, priorities, seqs, timeouts_ms, *, avoid_workers=None, tenants=None, affinities=None, hard_affinities=None, now_ms=-1)"
+        signature = (tasks, shapes, priorities, seqs, timeouts_ms, *, avoid_workers = None, tenants = None, affinities = None, hard_affinities = None, now_ms = None),
+        text_signature = "(self, /, tasks, shapes, priorities, seqs, timeouts_ms, *, avoid_workers=None, tenants=None, affinities=None, hard_affinities=None, now_ms=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn push_many(
@@ -296,11 +304,11 @@ impl PyScheduler {
         priorities: Vec<i64>,
         seqs: Vec<u64>,
         timeouts_ms: Vec<i64>,
-        avoid_workers: Option<Vec<i64>>,
+        avoid_workers: Option<Vec<Option<i64>>>,
         tenants: Option<Vec<i64>>,
         affinities: Option<Vec<i64>>,
         hard_affinities: Option<Vec<bool>>,
-        now_ms: i64,
+        now_ms: Option<i64>,
     ) -> PyResult<()> {
         let n = tasks.len();
         let optional = [
@@ -325,14 +333,16 @@ impl PyScheduler {
         }
         let at =
             |v: &Option<Vec<i64>>, i: usize, default: i64| v.as_ref().map_or(default, |v| v[i]);
+        let enqueued_ms = optional_in_range("now_ms", now_ms)?;
         let mut batch = Vec::with_capacity(n);
         for i in 0..n {
+            let avoid_worker = avoid_workers.as_ref().and_then(|v| v[i]);
             let options = TaskOptions {
-                avoid_worker: optional_worker(at(&avoid_workers, i, -1)),
+                avoid_worker: optional_in_range("avoid_worker", avoid_worker)?,
                 tenant: in_range("tenant", at(&tenants, i, 0))?,
                 affinity: in_range("affinity", at(&affinities, i, 0))?,
                 hard_affinity: hard_affinities.as_ref().is_some_and(|h| h[i]),
-                enqueued_ms: u64::try_from(now_ms).ok(),
+                enqueued_ms,
             };
             batch.push((
                 tasks[i],
@@ -440,11 +450,10 @@ impl PyScheduler {
     }
 
     /// The agent started a placed task (its RUNNING update).
-    #[pyo3(signature = (task, now_ms = -1), text_signature = "(self, /, task, now_ms=-1)")]
-    fn mark_started(&self, task: TaskId, now_ms: i64) -> PyResult<()> {
-        Ok(self
-            .engine()?
-            .mark_started(task, u64::try_from(now_ms).ok())?)
+    #[pyo3(signature = (task, now_ms = None), text_signature = "(self, /, task, now_ms=None)")]
+    fn mark_started(&self, task: TaskId, now_ms: Option<i64>) -> PyResult<()> {
+        let now_ms = optional_in_range("now_ms", now_ms)?;
+        Ok(self.engine()?.mark_started(task, now_ms)?)
     }
 
     /// (task, from_worker, to_worker) moves that let idle workers run prefetched work.
@@ -549,11 +558,6 @@ impl PyScheduler {
     fn expired(&self, now_ms: u64) -> PyResult<(Vec<WorkerId>, Vec<TaskId>)> {
         Ok(self.engine()?.expired(now_ms))
     }
-}
-
-/// A negative worker handle means "none".
-fn optional_worker(worker: i64) -> Option<WorkerId> {
-    WorkerId::try_from(worker).ok()
 }
 
 /// Placement core of gpucp (Rust, PyO3): the queue, the worker table, placement and deadlines.
