@@ -103,7 +103,7 @@ class TaskBook:
         if self._idempotency.get((tenant, key)) == task_id:
             del self._idempotency[(tenant, key)]
 
-    def forget(self, task_id: str, tenant: str, key: str, state: int) -> None:
+    def forget(self, task_id: str, tenant: str, key: str, state: common_pb2.TaskState) -> None:
         """A finished task was deleted from the store."""
         self.counts[state] -= 1
         self.tasks.pop(task_id, None)
@@ -112,7 +112,7 @@ class TaskBook:
 
     # -- the one transition ---------------------------------------------------------------------
 
-    def move(self, entry: Entry, state: int, hold: Hold, *, announce: bool = True) -> None:
+    def move(self, entry: Entry, state: common_pb2.TaskState, hold: Hold, *, announce: bool = True) -> None:
         """Put a live task in `state` and `hold`: the only place either changes.
 
         A task that was backing off has its retry timer cancelled; one leaving ASSIGNED has its

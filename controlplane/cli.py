@@ -116,7 +116,9 @@ def run_serve(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.aging) and args.aging >= 0):
         raise ValueError(f"--aging {args.aging:g}: give seconds >= 0 (0: tasks never move up a class)")
     if not 0 <= args.warmup < 2**32:
-        raise ValueError(f"--warmup {args.warmup}: give a number of successes from 0 (all slots at once) to {2**32 - 1}")
+        raise ValueError(
+            f"--warmup {args.warmup}: give a number of successes from 0 (all slots at once) to {2**32 - 1}"
+        )
     weights = score_weights(args.weight)
     scheduler = SchedulerConfig(
         heartbeat_timeout_ms=int(args.heartbeat_timeout * 1000),

@@ -13,6 +13,7 @@ This module admits tasks, answers queries, and starts and stops the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Sequence
@@ -104,7 +105,8 @@ class ControlPlane:
                 self.config.heartbeat_timeout_s,
             )
             asyncio.get_running_loop().call_later(
-                self.config.heartbeat_timeout_s, lambda: self.lifecycle.requeue_orphans(list(self.book.orphans.values()))
+                self.config.heartbeat_timeout_s,
+                lambda: self.lifecycle.requeue_orphans(list(self.book.orphans.values())),
             )
         self.dispatcher.start()
         if self.config.keep_finished_s > 0:
@@ -115,10 +117,8 @@ class ControlPlane:
         await self.dispatcher.stop()
         if self._sweep_task is not None:
             self._sweep_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._sweep_task
-            except asyncio.CancelledError:
-                pass
         self.lifecycle.close()
         self.fleet.close()
         self.notifier.close()
@@ -266,11 +266,11 @@ class ControlPlane:
         await self.notifier.wait(task_id, timeout_ms)
         return self.book.tasks.get(task_id, rec)
 
-    async def cancel(self, task_id: str) -> int:
+    async def cancel(self, task_id: str) -> common_pb2.TaskState:
         rec = await self.get(task_id)
         entry = self.book.entry(task_id)
         if entry is None:
-            name = common_pb2.TaskState.Name(rec.state).removeprefix("TASK_STATE_").lower()  # type: ignore[arg-type]
+            name = common_pb2.TaskState.Name(rec.state).removeprefix("TASK_STATE_").lower()
             raise FailedPrecondition(f"task {task_id} is already {name}; only unfinished tasks can be cancelled")
         self.lifecycle.cancel(entry)
         await self.store.flush()
@@ -289,7 +289,8 @@ class ControlPlane:
         # A start (ASSIGNED -> RUNNING) is not written to the store: ask it for both, and let the
         # records in memory, which know, tell them apart.
         placed = state in (ASSIGNED, RUNNING)
-        rows, more = await self.store.page((ASSIGNED, RUNNING) if placed else (state,) if state else (), tenant, kind, after, limit)
+        states = (ASSIGNED, RUNNING) if placed else (state,) if state else ()
+        rows, more = await self.store.page(states, tenant, kind, after, limit)
         recs = [self.book.tasks.get(r.id, r) for r in rows]
         if placed:
             recs = [r for r in recs if r.state == state]

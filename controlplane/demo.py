@@ -15,7 +15,9 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 from gpucp import Client, task_spec
 from gpucp.testing import ControlPlaneProcess, LocalCluster, wait_for_workers
@@ -28,14 +30,26 @@ FLEET = {
     "cpu-node": ["--slots", "8", "--backend", "cpu"],
 }
 
-# (share of the workload, description, spec fields)
-WORKLOAD = [
-    (0.30, "batch scoring on CPU", {"kind": "sleep", "gpus": 0}),
-    (0.25, "inference on any GPU", {"kind": "sleep", "gpus": 1}),
-    (0.20, "LLM inference, >= 40 GB", {"kind": "sleep", "gpus": 1, "min_gpu_memory_mb": 40_000}),
-    (0.10, "video generation on H100", {"kind": "sleep", "gpus": 1, "gpu_models": ["H100"]}),
-    (0.10, "fine-tune on 2 GPUs", {"kind": "sleep", "gpus": 2, "min_compute_capability": 8.0}),
-    (0.05, "EU-only test suite", {"kind": "exec", "gpus": 0, "labels": ["zone=eu"]}),
+
+
+class Needs(TypedDict, total=False):
+    """What a part of the workload asks of a worker: task_spec()'s keyword arguments."""
+
+    gpus: int
+    min_gpu_memory_mb: int
+    gpu_models: list[str]
+    min_compute_capability: float
+    labels: list[str]
+
+
+# (share of the workload, description, task kind, what it needs)
+WORKLOAD: list[tuple[float, str, str, Needs]] = [
+    (0.30, "batch scoring on CPU", "sleep", {"gpus": 0}),
+    (0.25, "inference on any GPU", "sleep", {"gpus": 1}),
+    (0.20, "LLM inference, >= 40 GB", "sleep", {"gpus": 1, "min_gpu_memory_mb": 40_000}),
+    (0.10, "video generation on H100", "sleep", {"gpus": 1, "gpu_models": ["H100"]}),
+    (0.10, "fine-tune on 2 GPUs", "sleep", {"gpus": 2, "min_compute_capability": 8.0}),
+    (0.05, "EU-only test suite", "exec", {"gpus": 0, "labels": ["zone=eu"]}),
 ]
 PRIORITIES = ["low", "normal", "high", "urgent"]
 TERMINAL = {
@@ -76,19 +90,17 @@ def wait_for_fleet(client: Client) -> None:
 
 
 def make_workload(n: int, rng: random.Random) -> list[tuple[str, common_pb2.TaskSpec]]:
-    shares = [share for share, _, _ in WORKLOAD]
+    shares = [share for share, _, _, _ in WORKLOAD]
     out = []
     for i in range(n):
-        _, what, fields = rng.choices(WORKLOAD, shares)[0]
-        fields = dict(fields)
-        kind = fields.pop("kind")
+        _, what, kind, needs = rng.choices(WORKLOAD, shares)[0]
         payload = (
             json.dumps({"argv": [sys.executable, "-c", "print('ok')"]})
             if kind == "exec"
             else json.dumps({"seconds": round(rng.uniform(0.02, 0.25), 3)})
         )
         spec = task_spec(kind, payload, priority=rng.choice(PRIORITIES), tenant=rng.choice(["research", "product"]),
-                         idempotency_key=f"demo-{i}", **fields)  # type: ignore[arg-type]
+                         idempotency_key=f"demo-{i}", **needs)
         out.append((what, spec))
     return out
 
@@ -127,7 +139,7 @@ def run_workload(client: Client, n: int, rng: random.Random) -> int:
     return summarize(tasks, [what for what, _ in workload], ids, elapsed)
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -137,7 +149,7 @@ def summarize(tasks: dict[str, common_pb2.Task], whats: list[str], ids: list[str
     print(f"\nfinished {len(tasks)} tasks in {elapsed:.2f} s ({len(tasks) / elapsed:.0f} tasks/s): "
           + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
     per_worker: dict[str, Counter[str]] = defaultdict(Counter)
-    for task_id, what in zip(ids, whats):
+    for task_id, what in zip(ids, whats, strict=True):
         per_worker[tasks[task_id].worker_id][what] += 1
     print("\nper worker:")
     for worker, counts in sorted(per_worker.items()):
@@ -151,7 +163,7 @@ def summarize(tasks: dict[str, common_pb2.Task], whats: list[str], ids: list[str
     for t in tasks.values():
         waits[t.spec.priority].append(t.started_at_ms - t.created_at_ms)
     for prio in sorted(waits, reverse=True):
-        name = common_pb2.Priority.Name(prio).removeprefix("PRIORITY_").lower()  # type: ignore[arg-type]
+        name = common_pb2.Priority.Name(prio).removeprefix("PRIORITY_").lower()
         w = waits[prio]
         print(f"  {name:<7} mean {statistics.mean(w):>7.0f}  p99 {percentile(w, .99):>7.0f}  ({len(w)} tasks)")
     return 0 if states.get("succeeded", 0) == len(tasks) else 1

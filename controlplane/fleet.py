@@ -259,7 +259,9 @@ class Fleet:
         if conn is None:
             raise NotFound(f"no connected worker has id {worker_id!r}")
         if conn.lost_reason:
-            raise FailedPrecondition(f"worker {worker_id!r} is disconnected ({conn.lost_reason}); undrain it once it is back")
+            raise FailedPrecondition(
+                f"worker {worker_id!r} is disconnected ({conn.lost_reason}); undrain it once it is back"
+            )
         conn.drained_by_operator = False
         conn.send(workers_pb2.ControlMessage(undrain=workers_pb2.Undrain()))
         if conn.agent_draining:

@@ -35,7 +35,7 @@ from controlplane.notify import wall_ms
 from controlplane.store import Store
 from controlplane.timers import DueHeap
 from gpucp.limits import MAX_ERROR_BYTES, MAX_TASK_CONTENT_BYTES
-from gpucp.v1 import workers_pb2
+from gpucp.v1 import common_pb2, workers_pb2
 
 log = logging.getLogger("gpucp.controlplane")
 
@@ -151,7 +151,12 @@ class Lifecycle:
     def update(self, conn: WorkerConn, upd: workers_pb2.TaskUpdate) -> None:
         """Apply an agent's report about one attempt; reports about other attempts are stale."""
         entry = self.book.entry(upd.task_id)
-        if entry is None or entry.rec.attempt != upd.attempt or entry.rec.worker_id != conn.worker_id or conn.lost_reason:
+        if (
+            entry is None
+            or entry.rec.attempt != upd.attempt
+            or entry.rec.worker_id != conn.worker_id
+            or conn.lost_reason
+        ):
             self.stale_updates += 1
             return
         rec = entry.rec
@@ -190,7 +195,8 @@ class Lifecycle:
             succeeded, wrong = False, True
             error = (
                 f"its result of {len(upd.result)} bytes does not fit beside its spec in one message "
-                f"(together at most {MAX_TASK_CONTENT_BYTES} bytes); return less, or store it elsewhere and return where"
+                f"(together at most {MAX_TASK_CONTENT_BYTES} bytes); "
+                "return less, or store it elsewhere and return where"
             )
         if self._withdraw(entry):
             pass
@@ -225,7 +231,7 @@ class Lifecycle:
 
     # -- outcomes -------------------------------------------------------------------------------
 
-    def finish(self, entry: Entry, state: int) -> None:
+    def finish(self, entry: Entry, state: common_pb2.TaskState) -> None:
         """Make a task terminal: persist it, then announce it to whoever waits for it."""
         entry.rec.finished_at_ms = wall_ms()
         self.book.move(entry, state, Hold.SETTLING)
@@ -240,7 +246,7 @@ class Lifecycle:
         spec = entry.rec.spec
         return spec.max_retries if spec.HasField("max_retries") else self.config.default_max_retries
 
-    def attempt_failed(self, entry: Entry, error: str, final_state: int) -> None:
+    def attempt_failed(self, entry: Entry, error: str, final_state: common_pb2.TaskState) -> None:
         """An attempt failed or timed out: retry with backoff while the budget lasts."""
         rec = entry.rec
         rec.error = error

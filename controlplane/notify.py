@@ -65,7 +65,7 @@ class Notifier:
     def _emit(self, rec: TaskRecord) -> None:
         event = scheduler_pb2.TaskEvent(
             task_id=rec.id,
-            state=rec.state,  # type: ignore[arg-type]
+            state=rec.state,
             attempt=rec.attempt,
             worker_id=rec.worker_id,
             at_ms=wall_ms(),

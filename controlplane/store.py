@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 from gpucp.limits import MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2
@@ -98,6 +98,25 @@ def new_task_id() -> str:
     return f"{value:032x}"
 
 
+class TaskFields(TypedDict):
+    """The Task message's fields, as TaskRecord.proto_fields() gives them."""
+
+    id: str
+    spec: common_pb2.TaskSpec
+    state: common_pb2.TaskState
+    attempt: int
+    worker_id: str
+    result: bytes
+    error: str
+    pending_reason: str
+    created_at_ms: int
+    started_at_ms: int
+    finished_at_ms: int
+    gpu_indices: list[int]
+    attempt_errors: list[str]
+    progress: float
+
+
 @dataclass(slots=True, eq=False)
 class TaskRecord:
     """A task as the control plane tracks it; the row it is stored as mirrors these fields."""
@@ -106,7 +125,7 @@ class TaskRecord:
     id: str
     tenant: str
     spec: common_pb2.TaskSpec
-    state: int = common_pb2.TASK_STATE_PENDING
+    state: common_pb2.TaskState = common_pb2.TASK_STATE_PENDING
     attempt: int = 0
     worker_id: str = ""
     gpu_indices: list[int] = field(default_factory=list)
@@ -133,7 +152,7 @@ class TaskRecord:
             task.ClearField("result")
         return task
 
-    def proto_fields(self, pending_reason: str = "") -> dict[str, object]:
+    def proto_fields(self, pending_reason: str = "") -> TaskFields:
         """The Task message's fields: a message field given as a dict is built in place, where a
         Task given to an enclosing message (an Assignment) would be built, then copied."""
         return {
@@ -387,11 +406,12 @@ class Store:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def _query(self, sql: str, args: Sequence[object]) -> list[tuple[object, ...]]:
+    def _query(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        # Any: a value's type is its column's in SCHEMA, which the type checker cannot read.
         with self._read_lock:
             return self._read.execute(sql, args).fetchall()
 
-    async def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
+    async def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         return await asyncio.to_thread(self._query, sql, args)
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -430,7 +450,7 @@ class Store:
         )
         taken, total = 0, 0
         for _, size in sizes:
-            total += int(size)  # type: ignore[call-overload]
+            total += int(size)
             if taken and total > PAGE_CONTENT_BYTES:
                 break
             taken += 1
@@ -442,7 +462,7 @@ class Store:
         )
         return [record_from_row(r) for r in rows], taken < len(sizes) or len(sizes) == limit
 
-    async def expired(self, cutoff_ms: int, limit: int) -> list[tuple[int, str, str, str, int]]:
+    async def expired(self, cutoff_ms: int, limit: int) -> list[tuple[int, str, str, str, common_pb2.TaskState]]:
         """Up to `limit` finished tasks that ended before `cutoff_ms`, as (handle, id, tenant,
         idempotency_key, state).
 
@@ -452,12 +472,12 @@ class Store:
         """
         return await asyncio.to_thread(self._expired, cutoff_ms, limit)
 
-    def _expired(self, cutoff_ms: int, limit: int) -> list[tuple[int, str, str, str, int]]:
-        found: list[tuple[int, str, str, str, int]] = []
+    def _expired(self, cutoff_ms: int, limit: int) -> list[tuple[int, str, str, str, common_pb2.TaskState]]:
+        found: list[tuple[int, str, str, str, common_pb2.TaskState]] = []
         for state in sorted(TERMINAL_STATES):
             after = 0
             while len(found) < limit:
-                rows: list[tuple[Any, ...]] = self._query(
+                rows = self._query(
                     "SELECT handle, id, tenant, idempotency_key, created_at_ms, finished_at_ms FROM tasks"
                     " WHERE state = ? AND handle > ? ORDER BY handle LIMIT ?",
                     (state, after, _EXPIRED_PAGE),
@@ -487,11 +507,11 @@ class Store:
 
     def count_by_state(self) -> dict[int, int]:
         rows = self._query("SELECT state, COUNT(*) FROM tasks GROUP BY state", ())
-        return {int(s): int(n) for s, n in rows}  # type: ignore[call-overload]
+        return {int(s): int(n) for s, n in rows}
 
     def max_handle(self) -> int:
         rows = self._query("SELECT COALESCE(MAX(handle), 0) FROM tasks", ())
-        return int(rows[0][0])  # type: ignore[call-overload]
+        return int(rows[0][0])
 
 
 def _add_kind_column(conn: sqlite3.Connection) -> None:
@@ -516,7 +536,7 @@ def _claim(path: str) -> IO[str]:
     in memory), so the second is refused. The lock is an flock: the kernel drops it when the
     holder exits, even by SIGKILL, so a restart never finds a stale one.
     """
-    f = open(f"{path}.lock", "a+")  # held until close()
+    f = open(f"{path}.lock", "a+")  # noqa: SIM115 (held open past this function, until close())
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

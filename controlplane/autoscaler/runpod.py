@@ -72,7 +72,7 @@ class RunPodUnavailable(RunPodError):
 def classify(what: str, exc: BaseException) -> RunPodError:
     """Map an exception raised by the SDK (or `requests` under it) to a RunPodError."""
     import requests
-    from runpod import error as sdk_error  # type: ignore[import-untyped]
+    from runpod import error as sdk_error
 
     if isinstance(exc, RunPodError):
         return exc
@@ -248,7 +248,7 @@ class RunPodProvider:
 
     async def list_gpu_types(self) -> list[GpuType]:
         """Every GPU type (ids, names and memory; prices need gpu_type())."""
-        from runpod.api import ctl_commands  # type: ignore[import-untyped]
+        from runpod.api import ctl_commands
 
         raw = await self._call("list GPU types", ctl_commands.get_gpus, api_key=self.api_key)
         return [
