@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-import pynvml  # type: ignore[import-untyped]
+import pynvml
 
 from gpucp.v1 import common_pb2
 

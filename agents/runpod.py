@@ -58,7 +58,7 @@ def pod_identity(env: Mapping[str, str] | None = None) -> PodIdentity:
 def _price_from_api(pod_id: str, api_key: str) -> float:
     """The pod's price as RunPod states it; 0 when it cannot be read (the agent still serves)."""
     try:
-        from runpod.api import ctl_commands  # type: ignore[import-untyped]
+        from runpod.api import ctl_commands
 
         raw = ctl_commands.get_pod(pod_id, api_key=api_key)
         return float((raw or {}).get("costPerHr") or 0.0)

@@ -12,6 +12,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
 
@@ -21,6 +22,10 @@ from gpucp.auth import token_metadata
 from gpucp.batching import by_size
 from gpucp.limits import MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
+
+if TYPE_CHECKING:
+    # Subscripted only for the type checker: grpc's classes are not generic at run time.
+    ConnectCall: TypeAlias = grpc.aio.StreamStreamCall[workers_pb2.AgentMessage, workers_pb2.ControlMessage]
 
 __all__ = ["CHANNEL_OPTIONS", "Agent", "Refused", "default_worker_id"]
 
@@ -322,7 +327,8 @@ class Agent:
             except Exception:
                 log.exception("stream to %s failed", self.server)
             if self._closing:
-                return
+                # mypy keeps `while not self._closing` narrowed across the awaits above, during which close() may run.
+                return  # type: ignore[unreachable]
             failures = 0 if registered else failures
             # Full jitter: a restarted control plane is not hit by every agent at once.
             delay = random.uniform(0.0, min(self.reconnect_cap_s, self.reconnect_base_s * 2**failures))
@@ -374,10 +380,10 @@ class Agent:
             if not attempt.started:
                 self._hand_back(key, attempt)
 
-    async def _converse(self, call: grpc.aio.StreamStreamCall) -> bool:
+    async def _converse(self, call: ConnectCall) -> bool:
         await call.write(self._register_message())
         first = await asyncio.wait_for(call.read(), self.register_timeout_s)
-        if first is grpc.aio.EOF:
+        if not isinstance(first, workers_pb2.ControlMessage):  # grpc.aio.EOF
             log.warning("control plane at %s closed the stream before registering", self.server)
             return False
         if first.WhichOneof("msg") != "registered":
@@ -419,10 +425,10 @@ class Agent:
             return _DEFAULT_HEARTBEAT_MS / 1000
         return max(interval_ms, _MIN_HEARTBEAT_MS) / 1000
 
-    async def _read_loop(self, call: grpc.aio.StreamStreamCall, stream: _Stream) -> None:
+    async def _read_loop(self, call: ConnectCall, stream: _Stream) -> None:
         while True:
             message = await call.read()
-            if message is grpc.aio.EOF:
+            if not isinstance(message, workers_pb2.ControlMessage):  # grpc.aio.EOF
                 if self._closing:
                     stream.closed_cleanly = True
                 else:
@@ -433,7 +439,7 @@ class Agent:
             except Exception:
                 log.exception("ignoring control message that could not be handled: %s", message)
 
-    async def _write_loop(self, call: grpc.aio.StreamStreamCall, stream: _Stream) -> None:
+    async def _write_loop(self, call: ConnectCall, stream: _Stream) -> None:
         while True:
             items = [await stream.queue.get()]
             # Everything produced while the last write was in flight leaves in one go.
@@ -448,7 +454,7 @@ class Agent:
                 # Keep the session alive until the server ends the stream (the reader sees EOF).
                 await asyncio.Future()
 
-    async def _write_batch(self, call: grpc.aio.StreamStreamCall, stream: _Stream, items: list[object]) -> None:
+    async def _write_batch(self, call: ConnectCall, stream: _Stream, items: list[object]) -> None:
         """Write queued items in order; consecutive task updates go as one `updates` message.
 
         A RUNNING update followed in the same batch by its attempt's final update is left out: the

@@ -7,7 +7,7 @@ from typing import Protocol, TypeVar
 
 
 class _Sized(Protocol):
-    def ByteSize(self) -> int: ...  # noqa: N802
+    def ByteSize(self) -> int: ...
 
 
 M = TypeVar("M", bound=_Sized)

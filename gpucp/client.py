@@ -9,6 +9,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -19,6 +20,9 @@ from gpucp.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
+
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
 
 DEFAULT_PORT = 50051
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
@@ -109,12 +113,9 @@ def priority_value(priority: int | str) -> int:
     name = priority.upper()
     if not name.startswith("PRIORITY_"):
         name = "PRIORITY_" + name
-    if name not in common_pb2.Priority.keys():
-        names = ", ".join(
-            k.removeprefix("PRIORITY_").lower()
-            for k in common_pb2.Priority.keys()
-            if k != "PRIORITY_UNSPECIFIED"
-        )
+    known = common_pb2.Priority.keys()  # an enum wrapper: `in` and iteration need the list
+    if name not in known:
+        names = ", ".join(k.removeprefix("PRIORITY_").lower() for k in known if k != "PRIORITY_UNSPECIFIED")
         raise ValueError(f"priority {priority!r} is not one of {names}")
     return common_pb2.Priority.Value(name)
 
@@ -187,7 +188,10 @@ class Client:
         self.closed = True
         self._channel.close()
 
-    def _call(self, method, request, timeout_s: float | None = None):  # type: ignore[no-untyped-def]
+    def _call(
+        self, method: grpc.UnaryUnaryMultiCallable[Request, Reply], request: Request, timeout_s: float | None = None
+    ) -> Reply:
+        # The generated stubs carry no types, so Reply is whatever the caller declares it gets.
         try:
             return method(request, timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as exc:
@@ -209,7 +213,8 @@ class Client:
         return list(reply.task_ids)
 
     def get(self, task_id: str) -> common_pb2.Task:
-        return self._call(self._scheduler.GetTask, scheduler_pb2.GetTaskRequest(task_id=task_id))
+        task: common_pb2.Task = self._call(self._scheduler.GetTask, scheduler_pb2.GetTaskRequest(task_id=task_id))
+        return task
 
     def get_many(self, task_ids: Sequence[str], window: int = 256) -> Iterator[common_pb2.Task]:
         """The tasks, `window` GetTask calls in flight at a time; ids the server does not know are skipped."""
@@ -228,7 +233,8 @@ class Client:
     def wait(self, task_id: str, timeout_s: float = 60.0) -> common_pb2.Task:
         """Block until the task is finished, or return it as it is after timeout_s."""
         request = scheduler_pb2.WaitTaskRequest(task_id=task_id, timeout_ms=int(timeout_s * 1000))
-        return self._call(self._scheduler.WaitTask, request, timeout_s=timeout_s + 10)
+        task: common_pb2.Task = self._call(self._scheduler.WaitTask, request, timeout_s=timeout_s + 10)
+        return task
 
     def run(
         self, kind: str, payload: bytes | str = b"", *, wait_s: float = 60.0, **spec_fields: object
@@ -237,7 +243,8 @@ class Client:
         is after wait_s (it keeps running: follow it with wait(task.id)). Errors as submit()'s."""
         spec = task_spec(kind, payload, **spec_fields)  # type: ignore[arg-type]
         request = scheduler_pb2.RunTaskRequest(spec=spec, timeout_ms=int(wait_s * 1000))
-        return self._call(self._scheduler.RunTask, request, timeout_s=wait_s + 10)
+        task: common_pb2.Task = self._call(self._scheduler.RunTask, request, timeout_s=wait_s + 10)
+        return task
 
     def cancel(self, task_id: str) -> int:
         reply = self._call(
@@ -288,7 +295,8 @@ class Client:
         return TaskWatch(self, scheduler_pb2.WatchTasksRequest(task_ids=task_ids, tenant=tenant), give_up_s)
 
     def stats(self) -> admin_pb2.ClusterStats:
-        return self._call(self._admin.GetClusterStats, admin_pb2.GetClusterStatsRequest())
+        stats: admin_pb2.ClusterStats = self._call(self._admin.GetClusterStats, admin_pb2.GetClusterStatsRequest())
+        return stats
 
     def workers(self) -> builtins.list[admin_pb2.WorkerInfo]:
         return list(self._call(self._admin.ListWorkers, admin_pb2.ListWorkersRequest()).workers)
@@ -303,7 +311,8 @@ class Client:
 
     def costs(self) -> admin_pb2.CostReport:
         """Spend per pod, pool and tenant (FAILED_PRECONDITION when the autoscaler is off)."""
-        return self._call(self._admin.GetCosts, admin_pb2.GetCostsRequest())
+        report: admin_pb2.CostReport = self._call(self._admin.GetCosts, admin_pb2.GetCostsRequest())
+        return report
 
     def scaling_events(self, limit: int = 0, pool: str = "") -> builtins.list[admin_pb2.ScalingEvent]:
         """The autoscaler's decisions, newest last (limit 0: all that are kept)."""
@@ -315,6 +324,16 @@ class Client:
 # CANCELLED and a clean end when it shuts down) or dropped this watch for falling behind.
 _RESUMABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED})
 _RESUBSCRIBE_MAX_DELAY_S = 2.0
+
+
+class _EventCall(Protocol):
+    """What WatchTasks returns: the events as an iterator that is also the call."""
+
+    def __next__(self) -> scheduler_pb2.TaskEvent: ...
+
+    def initial_metadata(self) -> object: ...
+
+    def cancel(self) -> bool: ...
 
 
 class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
@@ -376,8 +395,8 @@ class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
                 self._unsettled.discard(event.task_id)
         return event
 
-    def _subscribe(self) -> grpc.Future:
-        call = self._client._scheduler.WatchTasks(self._request)
+    def _subscribe(self) -> _EventCall:
+        call: _EventCall = self._client._scheduler.WatchTasks(self._request)
         call.initial_metadata()  # the server sends headers once it records events for this watch
         return call
 
