@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from common import control_plane_loop, start_agents, start_control_plane, stop_processes, submit_burst, wait_for_workers
-
 from gpucp import Client, task_spec
 from gpucp.v1 import common_pb2
 
@@ -24,10 +23,7 @@ def closed_loop(client: Client, n: int, *, one_call: bool) -> list[float]:
     latencies = []
     for _ in range(n):
         t0 = time.perf_counter()
-        if one_call:
-            task = client.run("noop", wait_s=30)
-        else:
-            task = client.wait(client.submit("noop"), timeout_s=30)
+        task = client.run("noop", wait_s=30) if one_call else client.wait(client.submit("noop"), timeout_s=30)
         latencies.append((time.perf_counter() - t0) * 1000)
         assert task.state == common_pb2.TASK_STATE_SUCCEEDED, task
     return sorted(latencies)

@@ -72,7 +72,7 @@ def count(binary: Path, workers: int, rounds: int) -> dict[str, float]:
                 events = line.split()[1:]
             elif line.startswith(("summary:", "totals:")):
                 totals = [int(v) for v in line.split()[1:]]
-    got = dict(zip(events, totals))
+    got = dict(zip(events, totals, strict=True))
     placements = rounds * BATCH
     return {
         "instructions": got["Ir"] / placements,
@@ -109,12 +109,16 @@ def main() -> None:
     rows = measure(build(ROOT, ROOT / "target"), args.rounds)
     base = against(args.against, args.rounds) if args.against else None
     print(f"per placement, {args.rounds} batches of {BATCH:,} out of 100,000 queued (callgrind)")
-    print(f"{'workers':>8} {'instructions':>13} {'D1 misses':>10} {'LL misses':>10}" + ("   vs " + args.against if base else ""))
+    vs = "   vs " + args.against if base else ""
+    print(f"{'workers':>8} {'instructions':>13} {'D1 misses':>10} {'LL misses':>10}{vs}")
     for i, r in enumerate(rows):
         line = f"{r['workers']:>8,} {r['instructions']:>13,.0f} {r['d1_misses']:>10.1f} {r['ll_misses']:>10.2f}"
         if base:
             b = base[i]
-            line += f"   instructions {r['instructions'] / b['instructions']:.3f}x, D1 misses {r['d1_misses'] / b['d1_misses']:.3f}x"
+            line += (
+                f"   instructions {r['instructions'] / b['instructions']:.3f}x, "
+                f"D1 misses {r['d1_misses'] / b['d1_misses']:.3f}x"
+            )
         print(line)
     data = {"machine": machine(), "rounds": args.rounds, "rows": rows, "against": args.against, "base": base}
     path = write_json("instructions.json", data)
@@ -122,7 +126,8 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = [f"{r['workers']:,}" for r in rows]
     width = 0.4 if base else 0.6
-    ax.bar([i - (width / 2 if base else 0) for i in range(len(rows))], [r["instructions"] for r in rows], width, label="this tree")
+    offset = width / 2 if base else 0
+    ax.bar([i - offset for i in range(len(rows))], [r["instructions"] for r in rows], width, label="this tree")
     if base:
         ax.bar([i + width / 2 for i in range(len(rows))], [b["instructions"] for b in base], width, label=args.against)
         ax.legend()

@@ -44,16 +44,16 @@ from common import (
     control_plane_loop,
     cpu_seconds,
     machine,
-    print_profile,
     percentile,
+    print_profile,
     pyplot,
     save_figure,
     start_agents,
+    start_control_plane,
     start_profiler,
+    stop_processes,
     stop_profiler,
     submit_burst,
-    start_control_plane,
-    stop_processes,
     wait_for_workers,
     write_json,
 )
@@ -96,7 +96,9 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
         address, cp = start_control_plane(
             workdir, "--max-queue", "1000000", "--prefetch-depth", str(args.prefetch_depth)
         )
-        agents = start_agents(address, workdir, args.workers, "--gpus", f"{args.slots}xA100-80GB", "--slots", str(args.slots))
+        agents = start_agents(
+            address, workdir, args.workers, "--gpus", f"{args.slots}xA100-80GB", "--slots", str(args.slots)
+        )
         try:
             with Client(address) as client:
                 wait_for_workers(client, args.workers)
@@ -145,12 +147,15 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_relay(args: argparse.Namespace) -> dict[str, Any]:
     import grpc
+
     import relay
 
     script = Path(__file__).with_name("relay.py")
     with tempfile.TemporaryDirectory(prefix="gpucp-bench-relay-") as tmp:
         port_file = Path(tmp) / "port"
-        server = subprocess.Popen([sys.executable, str(script), "serve", "--port-file", str(port_file)], env=child_env())
+        server = subprocess.Popen(
+            [sys.executable, str(script), "serve", "--port-file", str(port_file)], env=child_env()
+        )
         agents: list[subprocess.Popen[bytes]] = []
         try:
             deadline = time.monotonic() + 30
@@ -174,7 +179,9 @@ def run_relay(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             stop_processes([*agents, server])
     result = summarize(latencies)
-    result["setup"] = f"bare grpc.aio relay ({control_plane_loop()}), {args.workers} agent streams: no store, queue or placement"
+    result["setup"] = (
+        f"bare grpc.aio relay ({control_plane_loop()}), {args.workers} agent streams: no store, queue or placement"
+    )
     return result
 
 
@@ -218,7 +225,10 @@ def run_ray(args: argparse.Namespace) -> dict[str, Any]:
         ray.shutdown()
     result = summarize(latencies, args.burst_tasks, accept_s, done_s)
     result.update(
-        setup=f"ray {ray.__version__}: 1 node, num_gpus={args.workers * args.slots}, num_cpus={args.ray_cpus}, max_calls=0",
+        setup=(
+            f"ray {ray.__version__}: 1 node, num_gpus={args.workers * args.slots}, "
+            f"num_cpus={args.ray_cpus}, max_calls=0"
+        ),
         startup_s=startup_s,
     )
     return result
@@ -271,7 +281,10 @@ def run_dask(args: argparse.Namespace) -> dict[str, Any]:
         cluster.close()
     result = summarize(latencies, args.burst_tasks, accept_s, done_s)
     result.update(
-        setup=f"dask distributed {distributed.__version__}: LocalCluster {args.workers} processes x {args.slots} threads, GPU={args.slots}",
+        setup=(
+            f"dask distributed {distributed.__version__}: LocalCluster {args.workers} processes "
+            f"x {args.slots} threads, GPU={args.slots}"
+        ),
         startup_s=startup_s,
     )
     return result
@@ -340,7 +353,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: d
     ]
     for system, r in results.items():
         if "error" in r:
-            lines.append(f"{system:<7} FAILED: {r['error'].strip().splitlines()[-1] if r['error'].strip() else r['error']}")
+            last_line = r["error"].strip().splitlines()[-1] if r["error"].strip() else r["error"]
+            lines.append(f"{system:<7} FAILED: {last_line}")
             continue
         lines.append(
             f"{system:<7} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_ms']:>8.2f} "
@@ -354,7 +368,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: d
             if not p or "error" in p:
                 continue
             lines.append(
-                f"gpucp / {peer:<4}  p50 {ratio(g['p50_ms'], p['p50_ms']):5.2f}x   p99 {ratio(g['p99_ms'], p['p99_ms']):5.2f}x   "
+                f"gpucp / {peer:<4}  p50 {ratio(g['p50_ms'], p['p50_ms']):5.2f}x   "
+                f"p99 {ratio(g['p99_ms'], p['p99_ms']):5.2f}x   "
                 f"burst done/s {ratio(g['burst_done_per_s'], p['burst_done_per_s']):5.2f}x"
             )
         if "ray" in results and "error" not in results["ray"]:
@@ -363,7 +378,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: d
             floor = results.get("relay")
             if floor and "error" not in floor:
                 lines.append(
-                    f"  the layout's floor, a bare relay: {ratio(floor['p50_ms'], results['ray']['p50_ms']):.2f}x Ray's p50; "
+                    "  the layout's floor, a bare relay: "
+                    f"{ratio(floor['p50_ms'], results['ray']['p50_ms']):.2f}x Ray's p50; "
                     f"gpucp's own work adds {g['p50_ms'] - floor['p50_ms']:.2f} ms to it"
                 )
         lines.append(
@@ -403,9 +419,11 @@ def plot(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> Path:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=int, default=4, help="K workers (agents / Dask workers; Ray: one node) (default 4)")
+    p.add_argument("--workers", type=int, default=4,
+                   help="K workers (agents / Dask workers; Ray: one node) (default 4)")
     p.add_argument("--slots", type=int, default=4, help="GPU slots per worker (default 4)")
-    p.add_argument("--latency-tasks", type=int, default=500, help="N sequential tasks timed in the closed loop (default 500)")
+    p.add_argument("--latency-tasks", type=int, default=500,
+                   help="N sequential tasks timed in the closed loop (default 500)")
     p.add_argument("--burst-tasks", type=int, default=10_000, help="M tasks in the burst (default 10000)")
     p.add_argument("--prefetch-depth", type=int, default=16,
                    help="gpucp serve --prefetch-depth: tasks an agent may hold beyond its slots (default 16; 0 = none)")
@@ -444,7 +462,8 @@ def main() -> None:
     g = results.get("gpucp", {})
     if "profile" in g:
         print_profile(g["profile"], "control plane during the gpucp burst")
-    json_path = write_json("peers.json", {"machine": info, "args": {k: v for k, v in vars(args).items() if k not in ("system", "result_file")},
+    kept_args = {k: v for k, v in vars(args).items() if k not in ("system", "result_file")}
+    json_path = write_json("peers.json", {"machine": info, "args": kept_args,
                                           "results": results, "rounds": rounds, "table": text})
     png = plot(results, args)
     print(f"\nwrote {json_path.relative_to(OUT_DIR.parent.parent)} and {png.relative_to(OUT_DIR.parent.parent)}")

@@ -377,11 +377,13 @@ def collect(pipes: list[multiprocessing.connection.Connection], n: int, timeout_
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, Any]) -> str:
     lines = [
-        f"scale: agent streams on one control plane ({info['cores']} cores, load avg {info['load_average_1m']} at start; "
-        f"drivers share the cores), {SLOTS} slots + {GPU_SPEC} per stream, {args.streams_per_connection} streams per connection",
+        f"scale: agent streams on one control plane ({info['cores']} cores, "
+        f"load avg {info['load_average_1m']} at start; drivers share the cores), "
+        f"{SLOTS} slots + {GPU_SPEC} per stream, {args.streams_per_connection} streams per connection",
         "",
-        f"{'streams':>8} {'registered':>11} {'retries':>8} {'reg s':>7} {'reg/s':>7} {'hb/s':>7} {'hb CPU %':>9} {'us/hb':>7} "
-        f"{'steady p50':>11} {'steady p99':>11} {'batch p50':>10} {'batch p99':>10} {'RSS MB':>7} {'KB/stream':>10} {'lost':>5}",
+        f"{'streams':>8} {'registered':>11} {'retries':>8} {'reg s':>7} {'reg/s':>7} {'hb/s':>7} "
+        f"{'hb CPU %':>9} {'us/hb':>7} {'steady p50':>11} {'steady p99':>11} {'batch p50':>10} "
+        f"{'batch p99':>10} {'RSS MB':>7} {'KB/stream':>10} {'lost':>5}",
     ]
     for r in results:
         if "error" in r:
@@ -389,28 +391,33 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
             continue
         lost = r["streams"] - r["server_workers_at_end"]
         lines.append(
-            f"{r['streams']:>8,} {r['registered']:>11,} {r['register_retries']:>8,} {r['registration_s']:>7.2f} {r['registrations_per_s']:>7,.0f} "
+            f"{r['streams']:>8,} {r['registered']:>11,} {r['register_retries']:>8,} "
+            f"{r['registration_s']:>7.2f} {r['registrations_per_s']:>7,.0f} "
             f"{r['heartbeats_per_s']:>7,.0f} {r['heartbeat_cpu_pct']:>9.1f} {r['cpu_us_per_heartbeat']:>7.0f} "
             f"{r['steady']['p50_ms']:>9.2f}ms {r['steady']['p99_ms']:>9.2f}ms {r['batch']['p50_ms']:>8.1f}ms "
             f"{r['batch']['p99_ms']:>8.1f}ms {r['rss_mb_registered']:>7.0f} {r['rss_kb_per_stream']:>10.1f} {lost:>5}"
         )
     lines += [
         "",
-        "retries: registrations the server cancelled (retried with backoff); reg s: first connect -> last `registered`; hb CPU %: control-plane CPU over a "
+        "retries: registrations the server cancelled (retried with backoff); "
+        "reg s: first connect -> last `registered`; hb CPU %: control-plane CPU over a "
         f"{args.quiet_s:g} s quiet window at the heartbeat interval the server asks for "
         f"({results[0].get('heartbeat_interval_ms', '?')} ms, --heartbeat-timeout {args.heartbeat_timeout:g} s);",
-        f"steady: {args.dispatch_tasks} tasks at {args.dispatch_rate:g}/s, submit -> assign; batch: {args.batch_tasks} tasks in one "
+        f"steady: {args.dispatch_tasks} tasks at {args.dispatch_rate:g}/s, submit -> assign; "
+        f"batch: {args.batch_tasks} tasks in one "
         "SubmitTasks, each timed from before the call; RSS after registration; lost: streams the server no longer "
         "counts at the end",
     ]
     for r in results:
         if "error" not in r:
+            failed = f", {r['register_failed']} registrations failed: {r['failure_examples']}"
             lines.append(
                 f"  {r['streams']:,} streams: idle CPU with no streams {r['idle_cpu_pct_no_streams']:.1f} %, "
-                f"RSS {r['rss_mb_no_streams']:.0f} MB -> {r['rss_mb_registered']:.0f} MB -> {r['rss_mb_end']:.0f} MB at end, "
+                f"RSS {r['rss_mb_no_streams']:.0f} MB -> {r['rss_mb_registered']:.0f} MB -> "
+                f"{r['rss_mb_end']:.0f} MB at end, "
                 f"registration used {r['registration_cpu_s']:.1f} s control-plane CPU, "
                 f"{r['driver_processes']} driver processes / {r['connections']} connections"
-                + (f", {r['register_failed']} registrations failed: {r['failure_examples']}" if r["register_failed"] else "")
+                + (failed if r["register_failed"] else "")
             )
     return "\n".join(lines)
 
@@ -425,7 +432,7 @@ def plot(results: list[dict[str, Any]]) -> Path:
         ("heartbeat CPU, % of a core", [r["heartbeat_cpu_pct"] for r in ok]),
         ("control-plane RSS, MB", [r["rss_mb_registered"] for r in ok]),
     ]
-    for ax, (title, values) in zip([axes[0], axes[1], axes[3]], panels):
+    for ax, (title, values) in zip([axes[0], axes[1], axes[3]], panels, strict=True):
         ax.bar(labels, values, color="tab:blue")
         ax.set_title(title)
         ax.set_xlabel("agent streams")
@@ -442,23 +449,28 @@ def plot(results: list[dict[str, Any]]) -> Path:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--streams", default="1000,10000", help="comma-separated stream counts, one fresh control plane each "
-                   "(default 1000,10000)")
+    p.add_argument("--streams", default="1000,10000",
+                   help="comma-separated stream counts, one fresh control plane each (default 1000,10000)")
     p.add_argument("--processes", type=int, default=4, help="driver processes the streams are spread over (default 4)")
     p.add_argument("--streams-per-connection", type=int, default=10,
-                   help="streams sharing one HTTP/2 connection (1 = one connection per agent, as real agents do; default 10)")
+                   help="streams sharing one HTTP/2 connection "
+                        "(1 = one connection per agent, as real agents do; default 10)")
     p.add_argument("--connect-concurrency", type=int, default=1000,
                    help="registrations in flight per driver process (default 1000; the server raises grpc's "
                         "pending-request limits, so a storm is not cancelled: the retries column shows it)")
     p.add_argument("--heartbeat-timeout", type=float, default=10.0,
                    help="the server's --heartbeat-timeout; it asks agents to heartbeat twice per timeout (default 10)")
-    p.add_argument("--quiet-s", type=float, default=10.0, help="quiet window for the heartbeat CPU measure (default 10)")
-    p.add_argument("--dispatch-tasks", type=int, default=300, help="tasks submitted one by one at --dispatch-rate (default 300)")
+    p.add_argument("--quiet-s", type=float, default=10.0,
+                   help="quiet window for the heartbeat CPU measure (default 10)")
+    p.add_argument("--dispatch-tasks", type=int, default=300,
+                   help="tasks submitted one by one at --dispatch-rate (default 300)")
     p.add_argument("--dispatch-rate", type=float, default=100.0, help="tasks/s of the steady submissions (default 100)")
-    p.add_argument("--batch-tasks", type=int, default=1000, help="tasks submitted in one SubmitTasks call (default 1000)")
+    p.add_argument("--batch-tasks", type=int, default=1000,
+                   help="tasks submitted in one SubmitTasks call (default 1000)")
     p.add_argument("--profile", metavar="PATH", help="py-spy record the control plane during the quiet (heartbeat) "
                    "window of the largest stream count into PATH; the top frames are printed")
-    p.add_argument("--keep-logs", metavar="DIR", help="run the control planes in DIR/streams-N and keep their logs and db")
+    p.add_argument("--keep-logs", metavar="DIR",
+                   help="run the control planes in DIR/streams-N and keep their logs and db")
     p.add_argument("--log-level", default="WARNING", help="the control plane's --log-level (default WARNING)")
     return p.parse_args()
 
@@ -469,7 +481,9 @@ def main() -> None:
     limit = raise_fd_limit()
     needed = max(counts) // args.streams_per_connection + 1000
     if needed > limit:
-        raise SystemExit(f"{needed} file descriptors needed but the hard limit is {limit}: raise --streams-per-connection")
+        raise SystemExit(
+            f"{needed} file descriptors needed but the hard limit is {limit}: raise --streams-per-connection"
+        )
     info = machine()
     results = []
     for n in counts:

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import machine, pyplot, save_figure, write_json
-
 from controlplane.control import SWEEP_BATCH
 from controlplane.store import Store, TaskRecord, new_task_id
 from gpucp import task_spec

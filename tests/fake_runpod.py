@@ -166,7 +166,7 @@ class FakeRunPod:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 status, payload = fake.handle(self.path, self.headers.get("Authorization", ""), body)
@@ -241,7 +241,10 @@ class FakeRunPod:
                     "communityCloud": True,
                     "securePrice": g.secure_price,
                     "communityPrice": g.community_price,
-                    "lowestPrice": {"minimumBidPrice": g.community_price / 2, "uninterruptablePrice": g.price("ALL") * count},
+                    "lowestPrice": {
+                        "minimumBidPrice": g.community_price / 2,
+                        "uninterruptablePrice": g.price("ALL") * count,
+                    },
                 }
                 for g in types
             ]

@@ -64,10 +64,17 @@ def test_sleep_rejects_a_bad_payload_saying_what_is_expected(payload: bytes) -> 
 
 
 def test_exec_returns_exit_code_and_output(tmp_path: Path) -> None:
-    script = "import os, sys; print(os.getcwd(), os.environ['GREETING'], sys.stdin.read()); print('warn', file=sys.stderr)"
+    script = (
+        "import os, sys; print(os.getcwd(), os.environ['GREETING'], sys.stdin.read()); print('warn', file=sys.stderr)"
+    )
     task = make_task(
         "exec",
-        {"argv": [sys.executable, "-c", script], "env": {"GREETING": "hi"}, "cwd": str(tmp_path), "stdin": "from stdin"},
+        {
+            "argv": [sys.executable, "-c", script],
+            "env": {"GREETING": "hi"},
+            "cwd": str(tmp_path),
+            "stdin": "from stdin",
+        },
     )
     result = json.loads(call(exec_handler, task))
     assert result == {"exit_code": 0, "stdout": f"{tmp_path} hi from stdin\n", "stderr": "warn\n"}
@@ -94,7 +101,14 @@ def test_exec_keeps_only_the_last_64_kib_of_output() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"ls", b"[]", b'{"argv": []}', b'{"argv": "ls -l"}', b'{"argv": ["ls"], "env": {"A": 1}}', b'{"argv": ["ls"], "cwd": 3}'],
+    [
+        b"ls",
+        b"[]",
+        b'{"argv": []}',
+        b'{"argv": "ls -l"}',
+        b'{"argv": ["ls"], "env": {"A": 1}}',
+        b'{"argv": ["ls"], "cwd": 3}',
+    ],
 )
 def test_exec_rejects_a_bad_payload_saying_what_is_expected(payload: bytes) -> None:
     with pytest.raises(TaskError, match=r'the exec payload must be a JSON object \{"argv"'):

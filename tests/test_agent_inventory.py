@@ -27,7 +27,9 @@ def test_empty_spec_means_no_gpus() -> None:
     assert parse_gpus("", "w") == []
 
 
-@pytest.mark.parametrize("spec", ["A100", "2xA100", "2xA100-80", "x A100-80GB", "2xA100-80GB,", "0xA100-80GB", "A100-0GB"])
+@pytest.mark.parametrize(
+    "spec", ["A100", "2xA100", "2xA100-80", "x A100-80GB", "2xA100-80GB,", "0xA100-80GB", "A100-0GB"]
+)
 def test_bad_spec_names_the_expected_format(spec: str) -> None:
     with pytest.raises(ValueError, match=r"\[COUNTx\]MODEL-MEMGB"):
         parse_gpus(spec, "w")
@@ -38,7 +40,13 @@ def test_unknown_model_lists_the_known_ones() -> None:
         parse_gpus("1xK80-12GB", "w")
 
 
-@given(st.lists(st.tuples(st.integers(1, 8), st.sampled_from(sorted(COMPUTE_CAPABILITY)), st.integers(1, 192)), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 8), st.sampled_from(sorted(COMPUTE_CAPABILITY)), st.integers(1, 192)),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_any_valid_spec_yields_every_gpu_with_consecutive_indices(entries: list[tuple[int, str, int]]) -> None:
     spec = ",".join(f"{count}x{model}-{memory}GB" for count, model, memory in entries)
     gpus = parse_gpus(spec, "w")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-
 import pytest
 
 from agents import Agent, TaskContext, TaskError, parse_gpus
@@ -57,7 +56,7 @@ class ScriptedControlPlane(workers_pb2_grpc.WorkersServicer):
         self.sessions: list[asyncio.Queue[workers_pb2.ControlMessage]] = []
         self._changed = asyncio.Condition()
 
-    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         session = len(self.sessions)
         outgoing: asyncio.Queue[workers_pb2.ControlMessage] = asyncio.Queue()
         first = await context.read()
@@ -103,7 +102,9 @@ class ScriptedControlPlane(workers_pb2_grpc.WorkersServicer):
     def send(self, message: workers_pb2.ControlMessage, session: int = -1) -> None:
         self.sessions[session].put_nowait(message)
 
-    def assign(self, task_id: str, kind: str, payload: bytes = b"", attempt: int = 1, gpus: tuple[int, ...] = ()) -> None:
+    def assign(
+        self, task_id: str, kind: str, payload: bytes = b"", attempt: int = 1, gpus: tuple[int, ...] = ()
+    ) -> None:
         task = common_pb2.Task(
             id=task_id, spec=common_pb2.TaskSpec(kind=kind, payload=payload), attempt=attempt, gpu_indices=gpus
         )
@@ -150,7 +151,10 @@ class ScriptedControlPlane(workers_pb2_grpc.WorkersServicer):
         return [m.register for _, m in self.received if m.HasField("register")]
 
     def summary(self) -> str:
-        return "; ".join(f"[{s}] {m.WhichOneof('msg')}: {str(getattr(m, m.WhichOneof('msg') or 'register')).strip()[:80]!r}" for s, m in self.received[-15:])
+        return "; ".join(
+            f"[{s}] {m.WhichOneof('msg')}: {str(getattr(m, m.WhichOneof('msg') or 'register')).strip()[:80]!r}"
+            for s, m in self.received[-15:]
+        )
 
 
 async def start_server(plane: ScriptedControlPlane, port: int = 0) -> tuple[grpc.aio.Server, int]:
@@ -168,7 +172,7 @@ class RefusingControlPlane(ScriptedControlPlane):
         super().__init__()
         self.refusals = list(refusals)
 
-    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         if not self.refusals:
             return await super().Connect(request_iterator, context)
         first = await context.read()
@@ -212,7 +216,15 @@ def test_registers_capabilities_and_runs_a_task() -> None:
         async with control_plane() as (plane, port):
             gpus = parse_gpus("2xA100-80GB,1xT4-16GB", "w-test")
             handlers = {**BUILTIN_HANDLERS, "shout": shout}
-            async with running_agent(port, slots=3, gpus=gpus, backend="cuda", labels=["zone=a", "spot"], handlers=handlers, cost_per_hour=2.5):
+            async with running_agent(
+                port,
+                slots=3,
+                gpus=gpus,
+                backend="cuda",
+                labels=["zone=a", "spot"],
+                handlers=handlers,
+                cost_per_hour=2.5,
+            ):
                 await plane.wait_sessions(1)
                 register = plane.registrations()[0]
                 assert register.worker_id == "w-test"
@@ -387,7 +399,9 @@ def test_takes_assignments_in_one_message_and_answers_in_one() -> None:
                 await plane.wait_update("long", SUCCEEDED)
                 # Three no-op tasks that ended in one turn: one message with their three outcomes,
                 # and a RUNNING only for the task still running when that message left.
-                assert max(plane.batches, default=0) >= 3, f"expected the outcomes in one message, got batches {plane.batches}"
+                assert max(plane.batches, default=0) >= 3, (
+                    f"expected the outcomes in one message, got batches {plane.batches}"
+                )
                 assert [u.state for u in plane.updates("t0")] == [SUCCEEDED]
                 assert [u.state for u in plane.updates("long")] == [RUNNING, SUCCEEDED]
 
@@ -407,7 +421,9 @@ def test_big_results_that_end_together_still_fit_the_message_limit() -> None:
                         assign_many=workers_pb2.Assignments(
                             assignments=[
                                 workers_pb2.Assignment(
-                                    task=common_pb2.Task(id=f"b{i}", spec=common_pb2.TaskSpec(kind="big", payload=b"%d" % i), attempt=1)
+                                    task=common_pb2.Task(
+                                        id=f"b{i}", spec=common_pb2.TaskSpec(kind="big", payload=b"%d" % i), attempt=1
+                                    )
                                 )
                                 for i in range(3)
                             ]
@@ -483,7 +499,9 @@ def test_cancel_kills_the_exec_subprocess_and_sends_no_final_update(tmp_path: Pa
                 # Everything sent before this noop's result has arrived by then.
                 plane.assign("t2", "noop", b"x")
                 await plane.wait_update("t2", SUCCEEDED)
-                await plane.wait_for(lambda _, m: m.HasField("heartbeat") and m.heartbeat.active == 0, "a heartbeat with 0 active")
+                await plane.wait_for(
+                    lambda _, m: m.HasField("heartbeat") and m.heartbeat.active == 0, "a heartbeat with 0 active"
+                )
                 states = [u.state for u in plane.updates("t1")]
                 assert states == [RUNNING], f"a cancelled attempt must get no final update, got {states}"
 
@@ -665,7 +683,9 @@ def test_bad_control_messages_are_ignored_and_drain_shows_in_heartbeats() -> Non
                 assert message.update.result == b"still alive"
 
                 plane.send(workers_pb2.ControlMessage(drain=workers_pb2.Drain()))
-                await plane.wait_for(lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat")
+                await plane.wait_for(
+                    lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat"
+                )
                 plane.assign("t2", "noop", b"drained agents finish what they get")
                 await plane.wait_update("t2", SUCCEEDED)
                 assert len(plane.registrations()) == 1, "a bad message must not break the stream"
@@ -685,7 +705,9 @@ def test_undrain_ends_a_control_plane_drain_but_not_a_stop() -> None:
             async with running_agent(port) as agent:
                 await plane.wait_sessions(1)
                 plane.send(workers_pb2.ControlMessage(drain=workers_pb2.Drain()))
-                await plane.wait_for(lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat")
+                await plane.wait_for(
+                    lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat"
+                )
                 plane.send(workers_pb2.ControlMessage(undrain=workers_pb2.Undrain()))
                 await plane.wait_for(
                     lambda _, m: m.HasField("heartbeat") and not m.heartbeat.draining and agent.draining is False,
@@ -697,7 +719,9 @@ def test_undrain_ends_a_control_plane_drain_but_not_a_stop() -> None:
                 plane.assign("t1", "sleep", b"0.5")  # keeps the stopping agent alive a moment
                 await plane.wait_update("t1", RUNNING)
                 agent.request_stop()
-                await plane.wait_for(lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat")
+                await plane.wait_for(
+                    lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat"
+                )
                 plane.send(workers_pb2.ControlMessage(undrain=workers_pb2.Undrain()))
                 _, heartbeat = await _next_heartbeat(plane)
                 _, heartbeat = await _next_heartbeat(plane)  # one sent after the Undrain arrived
@@ -717,7 +741,9 @@ def test_stop_waits_for_running_tasks_and_flushes_their_results() -> None:
             plane.assign("t1", "sleep", b"0.3")
             await plane.wait_update("t1", RUNNING)
             agent.request_stop()
-            await plane.wait_for(lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat")
+            await plane.wait_for(
+                lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat"
+            )
             await asyncio.wait_for(runner, 10)
             assert [u.state for u in plane.updates("t1")] == [RUNNING, SUCCEEDED]
 
@@ -822,7 +848,9 @@ def test_sigterm_drains_running_tasks_then_exits_zero() -> None:
                 plane.assign("t1", "sleep", json.dumps({"seconds": 1.0}).encode())
                 await plane.wait_update("t1", RUNNING)
                 process.send_signal(signal.SIGTERM)
-                await plane.wait_for(lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat")
+                await plane.wait_for(
+                    lambda _, m: m.HasField("heartbeat") and m.heartbeat.draining, "a draining heartbeat"
+                )
                 assert process.returncode is None, "the agent must not exit before its task finished"
                 await plane.wait_update("t1", SUCCEEDED)
                 code = await asyncio.wait_for(process.wait(), 15)

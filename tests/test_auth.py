@@ -51,6 +51,8 @@ def test_a_raw_stream_without_the_token_is_unauthenticated_before_it_registers(g
 def test_an_autoscale_token_other_than_the_servers_stops_serve(tmp_path: Path) -> None:
     config = tmp_path / "autoscale.json"
     config.write_text(json.dumps({"agent_token": "pods", "pool": [{"name": "a", "gpu_type_id": "x", "image": "i"}]}))
-    cp = ControlPlaneProcess(tmp_path, "--autoscale", str(config), env={"GPUCP_AGENT_TOKEN": "server", "RUNPOD_API_KEY": "k"})
-    with pytest.raises(AssertionError, match="sets an agent_token other than GPUCP_AGENT_TOKEN: its pods would be refused"):
+    env = {"GPUCP_AGENT_TOKEN": "server", "RUNPOD_API_KEY": "k"}
+    cp = ControlPlaneProcess(tmp_path, "--autoscale", str(config), env=env)
+    refusal = "sets an agent_token other than GPUCP_AGENT_TOKEN: its pods would be refused"
+    with pytest.raises(AssertionError, match=refusal):
         cp.start()

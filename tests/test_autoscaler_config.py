@@ -11,9 +11,9 @@ import pytest
 
 from cluster import PYTHONPATH
 from controlplane.autoscaler import AutoscaleConfigError, load_config, parse_config
-from gpucp.testing import child_env
 from controlplane.autoscaler.shapes import PoolProbe, describe_need, shape_key
 from gpucp.client import task_spec
+from gpucp.testing import child_env
 
 EXAMPLE = """
 interval_s = 0.5

@@ -3,6 +3,7 @@ quarantined worker that relapses cools down twice as long."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import statistics
@@ -56,7 +57,7 @@ def test_retry_delays_double_with_jitter_and_every_attempt_keeps_its_error(tmp_p
                 assert max(seen) <= nominal + 1.5, f"a retry came late after failure {failures}: {seen}"
                 ratios += [d / nominal for d in seen]
             means = [statistics.mean(delays[f]) for f in sorted(delays)]
-            assert all(b > 1.3 * a for a, b in zip(means, means[1:])), f"mean delays do not grow: {means}"
+            assert all(b > 1.3 * a for a, b in itertools.pairwise(means)), f"mean delays do not grow: {means}"
             # Without jitter every delay would be its nominal length or more.
             assert min(ratios) < 0.75 and max(ratios) - min(ratios) > 0.2, f"no jitter in {sorted(ratios)}"
     finally:

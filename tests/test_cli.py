@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from cluster import ROOT
-
 from gpucp.v1 import common_pb2
 
 

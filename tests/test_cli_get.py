@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 
 from cluster import eventually
-from test_cli import gpucp
-
 from gpucp.v1 import common_pb2
+from test_cli import gpucp
 
 
 def test_get_shows_times_durations_owner_requirements_and_every_attempts_error(controlplane, start_agent):

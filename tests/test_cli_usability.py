@@ -9,11 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from cluster import ROOT, _env, eventually
-from test_cli import gpucp
 
+from cluster import ROOT, _env, eventually
 from gpucp import Client
 from gpucp.v1 import common_pb2
+from test_cli import gpucp
 
 
 def test_every_command_and_the_client_read_gpucp_server(controlplane, start_agent, monkeypatch):

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from cluster import ROOT, _env, eventually
 
+from cluster import ROOT, _env, eventually
 from gpucp.v1 import common_pb2
 
 

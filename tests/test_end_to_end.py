@@ -62,9 +62,9 @@ def test_thousand_mixed_tasks_all_succeed_on_fitting_workers_within_slots(contro
     workers = {w.worker_id: w for w in client.workers()}
 
     rng = random.Random(7)
-    weights, reqs = zip(*MIX)
+    weights, reqs = zip(*MIX, strict=True)
     specs = []
-    for i in range(1000):
+    for _ in range(1000):
         req = rng.choices(reqs, weights)[0]
         specs.append(
             task_spec(

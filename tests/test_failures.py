@@ -43,7 +43,9 @@ def test_sigkill_of_an_agent_moves_its_tasks_to_other_workers_and_each_finishes_
     ids = client.submit_many([task_spec("sleep", json.dumps({"seconds": 0.4})) for _ in range(40)])
 
     def victim_busy() -> list[str]:
-        return [t.id for t in map(client.get, ids) if t.worker_id == "victim" and t.state == common_pb2.TASK_STATE_RUNNING]
+        return [
+            t.id for t in map(client.get, ids) if t.worker_id == "victim" and t.state == common_pb2.TASK_STATE_RUNNING
+        ]
 
     on_victim = eventually(victim_busy, 20, "the victim agent to run tasks")
     victim.kill()
@@ -122,7 +124,7 @@ def test_idempotency_keys_survive_a_restart(controlplane):
     controlplane.kill()
     controlplane.start()
     with controlplane.client() as client:
-        again = client._scheduler.SubmitTask(  # noqa: SLF001 - the raw reply carries `duplicate`
+        again = client._scheduler.SubmitTask(  # the raw reply carries `duplicate`
             scheduler_pb2.SubmitTaskRequest(spec=task_spec("noop", idempotency_key="invoice-42", tenant="billing")),
             timeout=10,
         )

@@ -63,7 +63,7 @@ class RecordingWorkers(workers_pb2_grpc.WorkersServicer):
         self.received: list[workers_pb2.AgentMessage] = []
         self.outgoing: asyncio.Queue[workers_pb2.ControlMessage] = asyncio.Queue()
 
-    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         first = await context.read()
         if first is grpc.aio.EOF:
             return
@@ -94,7 +94,9 @@ class RecordingWorkers(workers_pb2_grpc.WorkersServicer):
         deadline = time.monotonic() + timeout
         while not (found := find()):
             if agent.proc.poll() is not None:
-                raise AssertionError(f"the agent exited with {agent.proc.returncode} while waiting for {what}: {agent.log()}")
+                raise AssertionError(
+                    f"the agent exited with {agent.proc.returncode} while waiting for {what}: {agent.log()}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}; agent log: {agent.log()}")
             await asyncio.sleep(0.02)
@@ -223,7 +225,9 @@ def test_gpu_falling_off_the_bus_is_unhealthy_and_the_agent_keeps_working(
 def test_mig_gpu_task_sees_its_mig_instances(
     tmp_path: Path, box: FakeBox, library_dir: Path, agents: list[AgentProcess]
 ) -> None:
-    box.gpus[0] = FakeGpu("NVIDIA A100-SXM4-80GB", "GPU-a100-mig", 81920, "8.0", mig=1, mig_uuids=["MIG-one", "MIG-two"])
+    box.gpus[0] = FakeGpu(
+        "NVIDIA A100-SXM4-80GB", "GPU-a100-mig", 81920, "8.0", mig=1, mig_uuids=["MIG-one", "MIG-two"]
+    )
     box.write()
 
     async def scenario() -> None:
@@ -259,7 +263,8 @@ def test_no_driver_fails_fast_with_exit_2_naming_what_is_missing(tmp_path: Path)
     env = _env()
     env["LD_LIBRARY_PATH"] = str(tmp_path)  # an empty directory: no libnvidia-ml.so.1 anywhere we point to
     env.pop(fake_nvml.CONFIG_ENV, None)
-    probe = subprocess.run([sys.executable, "-c", "import ctypes; ctypes.CDLL('libnvidia-ml.so.1')"], env=env, check=False)
+    load = "import ctypes; ctypes.CDLL('libnvidia-ml.so.1')"
+    probe = subprocess.run([sys.executable, "-c", load], env=env, check=False)
     if probe.returncode == 0:
         pytest.skip("this machine has a real NVIDIA driver, so 'no driver' cannot be shown here")
     started = time.monotonic()

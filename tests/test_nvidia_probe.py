@@ -13,7 +13,7 @@ from fake_nvml import FakeBox, FakeGpu
 
 pynvml = pytest.importorskip("pynvml")
 
-from agents.nvidia import NvidiaGpus  # noqa: E402
+from agents.nvidia import NvidiaGpus  # noqa: E402 (imports pynvml: only once importorskip found it)
 
 HW_SLOWDOWN = pynvml.nvmlClocksEventReasonHwSlowdown
 SW_POWER_CAP = pynvml.nvmlClocksEventReasonSwPowerCap
@@ -109,7 +109,10 @@ def test_mig_gpus_give_tasks_their_instance_uuids(box: FakeBox) -> None:
     try:
         gpus = nvidia.discover()
         assert [g.mig for g in gpus] == [True, False, False]
-        assert nvidia.task_env([0, 2]) == {"CUDA_VISIBLE_DEVICES": "MIG-aaa,MIG-bbb,2", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        assert nvidia.task_env([0, 2]) == {
+            "CUDA_VISIBLE_DEVICES": "MIG-aaa,MIG-bbb,2",
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        }
         assert nvidia.task_env([1])["CUDA_VISIBLE_DEVICES"] == "1"
     finally:
         nvidia.close()

@@ -96,7 +96,8 @@ def test_revokes_racing_starts_under_churn_never_run_a_task_twice(tmp_path):
             # Small waves: the queue keeps running dry, so idle agents keep stealing while the
             # victims' slots free up and start the very tasks being asked back.
             for _ in range(60):
-                ids += client.submit_many([record_spec(rng.choice([0.0, 0.0, 0.002, 0.01])) for _ in range(rng.randint(3, 12))])
+                batch = rng.randint(3, 12)
+                ids += client.submit_many([record_spec(rng.choice([0.0, 0.0, 0.002, 0.01])) for _ in range(batch)])
                 time.sleep(rng.uniform(0.0, 0.05))
             tasks = [client.wait(t, timeout_s=60) for t in ids]
         failed = [t for t in tasks if t.state != S.TASK_STATE_SUCCEEDED]

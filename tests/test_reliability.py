@@ -75,7 +75,7 @@ def test_cancel_racing_completion_ends_in_exactly_one_terminal_state(tmp_path):
 
             # Cancels land before, during and after the tasks' runs, from 8 threads at once.
             with ThreadPoolExecutor(8) as pool:
-                answers = dict(zip(order, pool.map(cancel, order)))
+                answers = dict(zip(order, pool.map(cancel, order), strict=True))
             final = {t: client.wait(t, timeout_s=30) for t in ids}
             eventually(lambda: len(terminal) == rounds, 20, "every terminal event")
             doubled = [t for t, states in terminal.items() if len(states) != 1]

@@ -31,7 +31,8 @@ def build(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     library = directory / LIBRARY_NAME
     subprocess.run(
-        [gcc, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", f"-Wl,-soname,{LIBRARY_NAME}", "-o", str(library), str(SOURCE)],
+        [gcc, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", f"-Wl,-soname,{LIBRARY_NAME}"]
+        + ["-o", str(library), str(SOURCE)],
         check=True,
         capture_output=True,
     )
@@ -103,7 +104,9 @@ def mixed_box(path: Path) -> FakeBox:
         [
             FakeGpu("NVIDIA A100-SXM4-80GB", "GPU-a100-0000", 81920, "8.0", memory_used_mib=1024, power_mw=95_000),
             FakeGpu("NVIDIA A100-SXM4-80GB", "GPU-a100-0001", 81920, "8.0"),
-            FakeGpu("Tesla T4", "GPU-t4-0002", 15360, "7.5", ecc_uncorrected=None, power_mw=None, throttle_reasons=None),
+            FakeGpu(
+                "Tesla T4", "GPU-t4-0002", 15360, "7.5", ecc_uncorrected=None, power_mw=None, throttle_reasons=None
+            ),
         ],
     )
     box.write()

@@ -27,7 +27,8 @@ def test_cut_stream_moves_tasks_and_rejects_late_results(tmp_path):
             log = EventLog(cp.address)  # every outcome the control plane announces, per task
             for trial in range(TRIALS):
                 task_id = client.submit("sleep", json.dumps({"seconds": 1.5}))
-                eventually(lambda: client.get(task_id).state == S.TASK_STATE_RUNNING, 20, "the task to run")
+                # The lambdas take this trial's values as defaults rather than read the loop's variables when called.
+                eventually(lambda t=task_id: client.get(t).state == S.TASK_STATE_RUNNING, 20, "the task to run")
                 # A fresh rescuer per trial, started once the task runs behind the proxy.
                 name = f"rescuer-{trial}"
                 rescuer = AgentProcess(tmp_path, cp.address, name, "--slots", "1")
@@ -35,17 +36,17 @@ def test_cut_stream_moves_tasks_and_rejects_late_results(tmp_path):
                 stale_before = client.stats().stale_updates
                 cut_at = time.time() * 1000
                 proxy.cut(hold=True)
-                moved = eventually(lambda: (t := client.get(task_id)).worker_id == name and t, 20,
+                moved = eventually(lambda t=task_id, n=name: (task := client.get(t)).worker_id == n and task, 20,
                                    "the task to move to the rescuer")
                 moved_ms.append(moved.started_at_ms - cut_at)
                 proxy.release()
                 # Back through the proxy, the agent's report about attempt 1 changes nothing.
-                eventually(lambda: client.stats().stale_updates > stale_before, 20, "its stale report")
+                eventually(lambda n=stale_before: client.stats().stale_updates > n, 20, "its stale report")
                 done = outcomes[task_id] = client.wait(task_id, timeout_s=30)
                 assert (done.worker_id, done.attempt) == (name, 2), f"the rescuer did not finish attempt 2: {done}"
                 rescuer.stop()
                 rescuer = None
-                eventually(lambda: name not in {w.worker_id for w in client.workers()}, 20, "the rescuer to leave")
+                eventually(lambda n=name: n not in {w.worker_id for w in client.workers()}, 20, "the rescuer to leave")
                 wait_for_workers(client, ["behind-proxy"])
             # Lost: did not succeed, or no outcome was announced; duplicated: announced more than once.
             deadline = time.monotonic() + 10  # a missing outcome counts as lost, it does not stop the count
