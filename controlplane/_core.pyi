@@ -64,6 +64,83 @@ class WorkerStats:
     def cost_per_hour(self) -> float: ...
 
 @final
+class PlacementExplanation:
+    """Why a placed task went where it went (Scheduler.explain_placement); read-only.
+
+    Workers appear as handles: the caller words the sentence with their names.
+    """
+
+    @property
+    def policy(self) -> str:
+        """The policy that placed it (a constructor policy name)."""
+    @property
+    def kind(self) -> str:
+        """The task's kind (performance compares speeds at it)."""
+    @property
+    def worker(self) -> int:
+        """The winner."""
+    @property
+    def terms(self) -> list[tuple[str, float]]:
+        """The winner's inputs to its ranking, by name, in the order the policy weighs them.
+
+        composite: the weighted terms availability, success, speed, fit, cost, affinity (they sum
+        to score); least_loaded: availability (share of its capacity free); performance: speed
+        (against the fleet at the kind); cost: cost_per_hour, share (of the worker the task
+        takes), speed; affinity: availability when no worker had the key warm, else none;
+        round_robin: none.
+        """
+    @property
+    def score(self) -> float | None:
+        """What the policy ranked by: composite, the sum of the terms; least_loaded,
+        availability; performance, speed; cost, $/h per unit of speed (lowest wins). None for
+        round_robin and affinity, which do not rank by one number."""
+    @property
+    def warm(self) -> bool:
+        """The task's affinity key was warm on the winner."""
+    @property
+    def affinity(self) -> int:
+        """The task's affinity key handle (0 = none)."""
+    @property
+    def hard_affinity(self) -> bool: ...
+    @property
+    def runner_up(self) -> int | None:
+        """The next best worker; None if no other worker could take the task."""
+    @property
+    def runner_up_score(self) -> float | None:
+        """The runner-up's score (None with it, or where score is None)."""
+
+@final
+class PendingReason:
+    """Why a pending task is not running (Scheduler.explain); read-only.
+
+    A reserved worker appears as a handle: the caller words it with the worker's name.
+    """
+
+    @property
+    def reason(self) -> str:
+        """A sentence that names no worker: "waiting for placement" when a worker could take it
+        now; else the requirement no connected worker meets, or why the workers that could run it
+        cannot take it now (busy, draining, quarantined, too few healthy GPUs)."""
+    @property
+    def runtime_ms(self) -> float | None:
+        """Once runtimes of its kind are learned (and a worker that can run it takes work): what a
+        task of its kind takes here."""
+    @property
+    def start_in_ms(self) -> float | None:
+        """With runtime_ms: when it should start, the tasks ahead of it spread over the slots
+        that could run it."""
+    @property
+    def reserved_worker(self) -> int | None:
+        """The worker the last place() reserved for its shape (backfill); shorter tasks fill the
+        gap until then."""
+    @property
+    def reserved_gpus(self) -> list[int]:
+        """The GPUs reserved there (empty without a reservation)."""
+    @property
+    def reserved_free_in_ms(self) -> float | None:
+        """When the reserved GPUs should be free."""
+
+@final
 class Scheduler:
     def __new__(cls, config: SchedulerConfig | None = None) -> Scheduler:
         """A scheduler built from `config` (None: SchedulerConfig(), a sensible server).
@@ -246,14 +323,13 @@ class Scheduler:
     def can_run(self, shape: int) -> bool:
         """Whether any connected worker passes the shape's static filters (kind, backend, labels,
         GPUs); False means no worker here could ever run it, however long it waits."""
-    def explain(self, shape: int, priority: int) -> str:
-        """Why a pending task of this shape and priority is not running, in words (with an ETA
-        once runtimes of its kind are known)."""
-    def explain_placement(self, task: int) -> str:
+    def explain(self, shape: int, priority: int) -> PendingReason:
+        """Why a pending task of this shape and priority is not running (with an ETA once runtimes
+        of its kind are known, and the worker reserved for it if any)."""
+    def explain_placement(self, task: int) -> PlacementExplanation:
         """Why a placed task went where it went: the policy, the winner's score terms and the
-        runner-up, e.g. "placed on worker 3 by composite: availability 0.50, ... = 1.00; next
-        best worker 7 at 0.91". UnknownHandle for tasks not placed by place() or older than
-        the last explain_memory placements."""
+        runner-up. UnknownHandle for tasks not placed by place() or older than the last
+        explain_memory placements."""
 
     # -- deadlines
     def next_deadline_ms(self) -> int | None:

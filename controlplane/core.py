@@ -7,16 +7,13 @@ records and names.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 
-from controlplane._core import CoreError, Scheduler
+from controlplane._core import CoreError, PendingReason, PlacementExplanation, Scheduler
 from controlplane.config import ServerConfig
 from controlplane.store import TaskRecord
 from gpucp.v1 import common_pb2
-
-_WORKER_HANDLE = re.compile(r"\bworker (\d+)\b")  # how the core names workers in its explanations
 
 
 def mono_ms() -> int:
@@ -112,18 +109,80 @@ class Core:
 
     # -- explanations ---------------------------------------------------------------------------
 
-    def _named(self, text: str) -> str:
-        def name(match: re.Match[str]) -> str:
-            found = self._worker_name(int(match.group(1)))
-            return found if found is not None else match.group(0)
-
-        return _WORKER_HANDLE.sub(name, text)
+    def _name(self, worker: int) -> str:
+        name = self._worker_name(worker)
+        return name if name is not None else f"worker {worker}"  # gone since the core decided
 
     def why_pending(self, rec: TaskRecord) -> str:
-        return self.scheduler.explain(self.shape(rec.spec), core_priority(rec.spec.priority))
+        why = self.scheduler.explain(self.shape(rec.spec), core_priority(rec.spec.priority))
+        return pending_sentence(why, rec.spec.kind, self._name)
 
     def why_placed(self, rec: TaskRecord) -> str:
         try:
-            return self._named(self.scheduler.explain_placement(rec.handle))
+            why = self.scheduler.explain_placement(rec.handle)
         except CoreError:
             return ""  # re-attached rather than placed, or its decision aged out of the core's memory
+        return placement_sentence(why, rec.spec.affinity_key, self._name)
+
+
+def duration(ms: float) -> str:
+    """A wait or a runtime for a person: "850 ms", "3.6 s", "12 min"."""
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.1f} s"
+    return f"{ms / 60_000:.0f} min"
+
+
+def pending_sentence(why: PendingReason, kind: str, name: Callable[[int], str]) -> str:
+    """The core's reason a task of `kind` waits, with its estimate and reservation, naming workers by `name`."""
+    text = why.reason
+    if why.runtime_ms is not None and why.start_in_ms is not None:
+        text += (
+            f"; tasks of kind '{kind}' take about {duration(why.runtime_ms)} here, "
+            f"so it should start in about {duration(why.start_in_ms)}"
+        )
+    if why.reserved_worker is not None and why.reserved_free_in_ms is not None:
+        text += (
+            f"; {name(why.reserved_worker)} is reserved for it (GPUs {why.reserved_gpus}), "
+            f"free in about {duration(why.reserved_free_in_ms)}; shorter tasks fill the gap"
+        )
+    return text
+
+
+# How the runner-up's score reads after "next best NAME", by policy (round_robin and affinity have none).
+_RUNNER_UP_SCORE = {"composite": " at {:.2f}", "least_loaded": " with {:.0%} free", "performance": " at {:.2f}x",
+                    "cost": " at {:.3f}"}
+
+
+def placement_sentence(why: PlacementExplanation, affinity_key: str, name: Callable[[int], str]) -> str:
+    """One sentence: the policy, why the winner, and the next best, naming workers by `name`."""
+    terms = dict(why.terms)
+    key = f"affinity key {affinity_key!r}"
+    match why.policy:
+        case "composite":
+            reason = ", ".join(f"{term} {value:.2f}" for term, value in why.terms) + f" = {why.score:.2f}"
+        case "least_loaded":
+            reason = f"{terms['availability']:.0%} of its capacity free"
+        case "performance":
+            reason = f"speed {terms['speed']:.2f}x the fleet at kind '{why.kind}'"
+        case "cost":
+            reason = (
+                f"${terms['cost_per_hour']:.2f}/h x {terms['share']:.2f} of the worker at speed {terms['speed']:.2f}x "
+                f"= {why.score:.3f} $/h per unit of speed"
+            )
+        case "affinity" if why.warm:
+            reason = f"{key} is warm there"
+        case "affinity":
+            reason = f"no warm worker for {key}; least loaded ({terms['availability']:.0%} free)"
+        case _:
+            reason = "it had gone longest without new work"  # round_robin
+    text = f"placed on {name(why.worker)} by {why.policy}: {reason}"
+    if why.hard_affinity:
+        text += " (hard affinity)"
+    elif why.policy != "affinity" and why.warm:
+        text += f" ({key} warm)"
+    if why.runner_up is None:
+        return text + "; no other worker could take it"
+    score = "" if why.runner_up_score is None else _RUNNER_UP_SCORE[why.policy].format(why.runner_up_score)
+    return text + f"; next best {name(why.runner_up)}{score}"

@@ -19,7 +19,7 @@ def test_unhealthy_gpu_is_never_given_but_cpu_work_still_runs() -> None:
     s.push(1, one_gpu, 1, 1, 0)
     s.push(2, cpu, 1, 2, 0)
     assert s.place(0, 10) == [(2, w, [])], "only the CPU task may run"
-    assert "healthy GPUs" in s.explain(one_gpu, 1)
+    assert "healthy GPUs" in s.explain(one_gpu, 1).reason
     assert s.worker_stats(w).unhealthy_gpus == 2
     s.set_gpu_healthy(w, 1, True)
     assert s.place(0, 10) == [(1, w, [1])]
@@ -55,7 +55,7 @@ def test_quarantine_does_not_undo_a_drain_and_shows_in_worker_stats() -> None:
     s.set_draining(w, False)
     s.push(1, shape, 1, 1, 0)
     assert s.place(0, 10) == [], "still quarantined after the drain ended"
-    assert s.explain(shape, 1) == "the 1 worker that can run it is quarantined"
+    assert s.explain(shape, 1).reason == "the 1 worker that can run it is quarantined"
     stats = s.worker_stats(w)
     assert (stats.quarantined, stats.draining) == (True, False)
     assert s.slots() == (0, 0)

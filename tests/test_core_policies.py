@@ -32,7 +32,9 @@ def test_tenant_shares_follow_weights() -> None:
     s.set_tenant_weight(1, 3.0)
     n = 40
     tasks = list(range(2 * n))
-    s.push_many(tasks, [shape] * len(tasks), [1] * len(tasks), tasks, [0] * len(tasks), tenants=[1 + t % 2 for t in tasks])
+    s.push_many(
+        tasks, [shape] * len(tasks), [1] * len(tasks), tasks, [0] * len(tasks), tenants=[1 + t % 2 for t in tasks]
+    )
     first = []
     for _ in range(20):
         [(task, _, _)] = s.place(0, 1)
@@ -69,7 +71,8 @@ def test_affinity_keeps_a_model_warm_and_explain_placement_says_why() -> None:
     [(_, warm, _)] = s.place(0, 1)
     s.push(2, shape, 1, 2, 0, affinity=42)
     assert s.place(0, 1) == [(2, warm, [])], "the warm worker keeps the model"
-    assert "affinity key 42 is warm there" in s.explain_placement(2)
+    why = s.explain_placement(2)
+    assert (why.policy, why.worker, why.warm, why.affinity) == ("affinity", warm, True, 42), why
     with pytest.raises(UnknownHandle):
         s.explain_placement(999)
 
@@ -91,7 +94,8 @@ def test_kind_policy_cost_and_runtime_prediction() -> None:
     s.set_kind_policy("train", "cost")
     s.push(11, shape, 1, 11, 0)
     assert s.place(0, 1)[0][1] == cheap, "cost picks the cheaper $ per task"
-    assert s.explain_placement(11).startswith(f"placed on worker {cheap} by cost")
+    why = s.explain_placement(11)
+    assert (why.policy, why.worker, why.terms[0]) == ("cost", cheap, ("cost_per_hour", 0.5)), why
     with pytest.raises(InvalidArgument):
         s.set_kind_policy("train", "nope")
 
@@ -134,5 +138,6 @@ def test_explain_gives_an_eta_once_runtimes_are_known() -> None:
     s.push(2, shape, 1, 2, 0)
     s.place(0, 1)
     s.push(3, shape, 1, 3, 0)
-    reason = s.explain(shape, 1)
-    assert "take about 2.0 s here, so it should start in about 2.0 s" in reason, reason
+    why = s.explain(shape, 1)
+    assert (why.runtime_ms, why.start_in_ms) == (2_000, 2_000), why
+    assert why.reason == "the 1 worker that can run it is busy; no task of higher priority is queued", why

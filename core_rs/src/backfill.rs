@@ -283,7 +283,7 @@ mod tests {
                 span[p.task as usize] = (now, now + runtime(p.task));
             }
             let why = s.explain(gang, 1).unwrap();
-            explained |= why.contains(&format!("worker {big} is reserved"));
+            explained |= why.reservation.is_some_and(|r| r.worker == big);
             running.sort_unstable();
             let (end, task) = running.remove(0);
             now = end;
@@ -379,7 +379,11 @@ mod tests {
         s.push(2, task, 1, 2, 0).unwrap();
         assert_eq!(s.place(0, 1)[0].worker, cheap);
         let why = s.explain_placement(2).unwrap();
-        assert!(why.contains("$6.40/h x 0.12 of the worker"), "{why}");
+        assert_eq!(
+            why.terms[..2],
+            [("cost_per_hour", 6.4), ("share", 0.125)],
+            "the 8-GPU box's price, one GPU's share of it: {why:?}"
+        );
         let _ = eight;
     }
 }

@@ -11,7 +11,9 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
 
+use crate::decisions::Explanation;
 use crate::error::CoreError as EngineError;
+use crate::explain::PendingReason as EnginePendingReason;
 use crate::policy::Policy;
 use crate::queue::PriorityMode;
 use crate::scheduler::{Scheduler, SchedulerConfig, TaskOptions, WorkerStats as EngineWorkerStats};
@@ -182,6 +184,69 @@ impl From<EngineWorkerStats> for WorkerStats {
             prefetched: s.held.saturating_sub(s.started),
             effective_slots: s.effective_slots,
             cost_per_hour: s.cost_per_hour,
+        }
+    }
+}
+
+py_record! {
+    /// Why a placed task went where it went (see the stub for each field).
+    PlacementExplanation {
+        policy: String,
+        kind: String,
+        worker: WorkerId,
+        terms: Vec<(String, f64)>,
+        score: Option<f64>,
+        warm: bool,
+        affinity: u64,
+        hard_affinity: bool,
+        runner_up: Option<WorkerId>,
+        runner_up_score: Option<f64>,
+    }
+}
+
+impl From<Explanation> for PlacementExplanation {
+    fn from(e: Explanation) -> PlacementExplanation {
+        PlacementExplanation {
+            policy: e.policy.to_string(),
+            kind: e.kind,
+            worker: e.worker,
+            terms: e
+                .terms
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), v))
+                .collect(),
+            score: e.score,
+            warm: e.warm,
+            affinity: e.affinity,
+            hard_affinity: e.hard_affinity,
+            runner_up: e.runner_up,
+            runner_up_score: e.runner_up_score,
+        }
+    }
+}
+
+py_record! {
+    /// Why a pending task is not running (see the stub for each field).
+    PendingReason {
+        reason: String,
+        runtime_ms: Option<f64>,
+        start_in_ms: Option<f64>,
+        reserved_worker: Option<WorkerId>,
+        reserved_gpus: Vec<u32>,
+        reserved_free_in_ms: Option<f64>,
+    }
+}
+
+impl From<EnginePendingReason> for PendingReason {
+    fn from(p: EnginePendingReason) -> PendingReason {
+        let reservation = p.reservation;
+        PendingReason {
+            reason: p.reason,
+            runtime_ms: p.eta.map(|e| e.runtime_ms),
+            start_in_ms: p.eta.map(|e| e.start_in_ms),
+            reserved_worker: reservation.as_ref().map(|r| r.worker),
+            reserved_free_in_ms: reservation.as_ref().map(|r| r.free_in_ms),
+            reserved_gpus: reservation.map(|r| r.gpus).unwrap_or_default(),
         }
     }
 }
@@ -463,9 +528,9 @@ impl PyScheduler {
         Ok(self.engine()?.steal_candidates(max))
     }
 
-    /// Why a placed task went where it went, in words.
-    fn explain_placement(&self, task: TaskId) -> PyResult<String> {
-        Ok(self.engine()?.explain_placement(task)?)
+    /// Why a placed task went where it went.
+    fn explain_placement(&self, task: TaskId) -> PyResult<PlacementExplanation> {
+        Ok(self.engine()?.explain_placement(task)?.into())
     }
 
     /// Everything the core knows about a worker.
@@ -533,15 +598,15 @@ impl PyScheduler {
         Ok(self.engine()?.release(task)?)
     }
 
-    /// Why a pending task of this shape and priority is not running, in words.
     /// Whether any connected worker could ever run tasks of this shape (its static filters).
     fn can_run(&self, shape: ShapeId) -> PyResult<bool> {
         Ok(self.engine()?.can_run(shape)?)
     }
 
-    fn explain(&self, shape: ShapeId, priority: i64) -> PyResult<String> {
+    /// Why a pending task of this shape and priority is not running.
+    fn explain(&self, shape: ShapeId, priority: i64) -> PyResult<PendingReason> {
         let priority = in_range("priority", priority)?;
-        Ok(self.engine()?.explain(shape, priority)?)
+        Ok(self.engine()?.explain(shape, priority)?.into())
     }
 
     /// The earliest heartbeat or task deadline, or None when nothing is tracked.
@@ -564,7 +629,10 @@ impl PyScheduler {
 #[pymodule]
 mod _core {
     #[pymodule_export]
-    use super::{CoreError, InvalidArgument, PyScheduler, UnknownHandle, WorkerStats};
+    use super::{
+        CoreError, InvalidArgument, PendingReason, PlacementExplanation, PyScheduler,
+        UnknownHandle, WorkerStats,
+    };
 
     use pyo3::prelude::*;
 

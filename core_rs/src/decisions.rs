@@ -1,7 +1,8 @@
 //! Placement decisions kept for `explain_placement`: the last `capacity` placements' policy,
 //! winner and runner-up with the score inputs they had, recorded at placement time into a ring
-//! (O(1) per placement, no hashing, the oldest overwritten). The weighing and the sentence are
-//! left to `explain_placement`, which is rare: it scans the ring, O(capacity).
+//! (O(1) per placement, no hashing, the oldest overwritten). The weighing is left to
+//! `explain_placement`, which is rare: it scans the ring, O(capacity); the sentence to the caller,
+//! who knows the workers' names.
 
 use crate::policy::{Inputs, Policy, Terms, Weights};
 use crate::{ShapeId, TaskId, WorkerId};
@@ -32,70 +33,85 @@ pub struct Decision {
     pub runner_up: Option<Snapshot>,
 }
 
+/// A placement decision as data (what `explain_placement` returns), for the caller to word with
+/// the workers' names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub policy: Policy,
+    /// The task's kind (performance compares speeds at it).
+    pub kind: String,
+    pub worker: WorkerId,
+    /// The winner's inputs to its ranking, by name, in the order the policy weighs them:
+    /// composite, the weighted terms (availability, success, speed, fit, cost, affinity) that sum
+    /// to `score`; least_loaded, availability (the share of its capacity free); performance,
+    /// speed (against the fleet at the kind); cost, cost_per_hour, share (of the worker the task
+    /// takes) and speed; affinity, availability when no worker was warm; round_robin, none.
+    pub terms: Vec<(&'static str, f64)>,
+    /// What the policy ranked by (composite: the sum of the terms; least_loaded: availability;
+    /// performance: speed; cost: $/h per unit of speed, lowest wins); None for round_robin and
+    /// affinity, which do not rank by one number.
+    pub score: Option<f64>,
+    /// The task's affinity key was warm on the winner.
+    pub warm: bool,
+    /// The task's affinity key handle (0 = none).
+    pub affinity: u64,
+    pub hard_affinity: bool,
+    /// The next best worker, if another could take the task.
+    pub runner_up: Option<WorkerId>,
+    /// Its `score`.
+    pub runner_up_score: Option<f64>,
+}
+
 impl Decision {
-    /// One sentence: the policy, why the winner, and the next best; `kind` is the shape's.
-    pub fn describe(&self, kind: &str, weights: &Weights) -> String {
+    /// The decision as data; `kind` is the shape's.
+    pub fn explain(&self, kind: &str, weights: &Weights) -> Explanation {
         let w = &self.winner;
-        let why = match self.policy {
+        let terms = match self.policy {
             Policy::Composite => {
                 let t = w.terms(weights);
-                format!(
-                    "availability {:.2}, success {:.2}, speed {:.2}, fit {:.2}, cost {:.2}, \
-                     affinity {:.2} = {:.2}",
-                    t.availability,
-                    t.success,
-                    t.speed,
-                    t.fit,
-                    t.cost,
-                    t.affinity,
-                    t.total()
-                )
+                vec![
+                    ("availability", t.availability),
+                    ("success", t.success),
+                    ("speed", t.speed),
+                    ("fit", t.fit),
+                    ("cost", t.cost),
+                    ("affinity", t.affinity),
+                ]
             }
-            Policy::RoundRobin => "it had gone longest without new work".to_owned(),
-            Policy::LeastLoaded => {
-                format!("{:.0}% of its capacity free", 100.0 * w.inputs.availability)
+            Policy::RoundRobin => vec![],
+            Policy::Affinity if w.warm => vec![],
+            Policy::LeastLoaded | Policy::Affinity => {
+                vec![("availability", w.inputs.availability)]
             }
-            Policy::Performance => {
-                format!("speed {:.2}x the fleet at kind '{kind}'", w.inputs.speed)
-            }
-            Policy::Cost => format!(
-                "${:.2}/h x {:.2} of the worker at speed {:.2}x = {:.3} $/h per unit of speed",
-                w.inputs.cost_per_hour,
-                w.inputs.share,
-                w.inputs.speed,
-                w.inputs.relative_cost()
-            ),
-            Policy::Affinity if w.warm => {
-                format!("affinity key {} is warm there", self.affinity)
-            }
-            Policy::Affinity => format!(
-                "no warm worker for affinity key {}; least loaded ({:.0}% free)",
-                self.affinity,
-                100.0 * w.inputs.availability
-            ),
+            Policy::Performance => vec![("speed", w.inputs.speed)],
+            Policy::Cost => vec![
+                ("cost_per_hour", w.inputs.cost_per_hour),
+                ("share", w.inputs.share),
+                ("speed", w.inputs.speed),
+            ],
         };
-        let mut out = format!("placed on worker {} by {}: {why}", w.worker, self.policy);
-        if self.hard_affinity {
-            out.push_str(" (hard affinity)");
-        } else if self.policy != Policy::Affinity && w.warm {
-            out.push_str(&format!(" (affinity key {} warm)", self.affinity));
+        Explanation {
+            policy: self.policy,
+            kind: kind.to_owned(),
+            worker: w.worker,
+            terms,
+            score: self.score(w, weights),
+            warm: w.warm,
+            affinity: self.affinity,
+            hard_affinity: self.hard_affinity,
+            runner_up: self.runner_up.map(|r| r.worker),
+            runner_up_score: self.runner_up.and_then(|r| self.score(&r, weights)),
         }
-        match &self.runner_up {
-            Some(r) => {
-                let value = match self.policy {
-                    Policy::Composite => format!(" at {:.2}", r.terms(weights).total()),
-                    Policy::LeastLoaded => {
-                        format!(" with {:.0}% free", 100.0 * r.inputs.availability)
-                    }
-                    Policy::Performance => format!(" at {:.2}x", r.inputs.speed),
-                    Policy::Cost => format!(" at {:.3}", r.inputs.relative_cost()),
-                    Policy::RoundRobin | Policy::Affinity => String::new(),
-                };
-                out.push_str(&format!("; next best worker {}{value}", r.worker));
-            }
-            None => out.push_str("; no other worker could take it"),
+    }
+
+    fn score(&self, candidate: &Snapshot, weights: &Weights) -> Option<f64> {
+        match self.policy {
+            Policy::Composite => Some(candidate.terms(weights).total()),
+            Policy::LeastLoaded => Some(candidate.inputs.availability),
+            Policy::Performance => Some(candidate.inputs.speed),
+            Policy::Cost => Some(candidate.inputs.relative_cost()),
+            Policy::RoundRobin | Policy::Affinity => None,
         }
-        out
     }
 }
 

@@ -1,9 +1,50 @@
-//! Sentences for `Scheduler::explain`: why a pending task is not running, in words an operator
-//! can act on (add a worker with X, wait for Y).
+//! `Scheduler::explain`: why a pending task is not running. The reason is a sentence an operator
+//! can act on (add a worker with X, wait for Y) that names requirements, never a worker; the
+//! estimate and the reservation are numbers and a worker handle, for the caller to word with the
+//! worker's name.
 
 use crate::filters::gpu_qualifies;
 use crate::shapes::Shape;
 use crate::workers::WorkerTable;
+use crate::WorkerId;
+
+/// Why a pending task waits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingReason {
+    /// "waiting for placement" when a worker could take it now; else which requirement no
+    /// connected worker meets, or why the workers that could run it cannot take it now.
+    pub reason: String,
+    /// Once runtimes of its kind are learned and a worker that can run it takes work.
+    pub eta: Option<Eta>,
+    /// The reservation the last placement round made for its shape (see `backfill`).
+    pub reservation: Option<Reservation>,
+}
+
+impl PendingReason {
+    pub fn new(reason: impl Into<String>) -> PendingReason {
+        PendingReason {
+            reason: reason.into(),
+            eta: None,
+            reservation: None,
+        }
+    }
+}
+
+/// A task of its kind takes about `runtime_ms` here, so it should start in about `start_in_ms`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Eta {
+    pub runtime_ms: f64,
+    pub start_in_ms: f64,
+}
+
+/// `worker` is reserved for it (these GPUs), free in about `free_in_ms`; shorter tasks fill the
+/// gap meanwhile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    pub worker: WorkerId,
+    pub gpus: Vec<u32>,
+    pub free_in_ms: f64,
+}
 
 /// No live worker passes the static filters: name the requirement nobody meets, checking each
 /// on its own in the order kind, backend, labels, GPUs, so the sentence points at one fix.
@@ -149,34 +190,12 @@ fn py_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-/// "; tasks of kind 'k' take about 1.2 s here, so it should start in about 3.6 s": the wait is
-/// the tasks ahead of it spread over the slots that could run it, one runtime per wave.
-pub fn eta(kind: &str, runtime_ms: f64, ahead: u64, slots: u64) -> String {
+/// When a task should start: the tasks ahead of it spread over the slots that could run it, one
+/// learned runtime of its kind per wave.
+pub fn eta(runtime_ms: f64, ahead: u64, slots: u64) -> Eta {
     let waves = ahead / slots.max(1) + 1;
-    format!(
-        "; tasks of kind '{kind}' take about {} here, so it should start in about {}",
-        duration(runtime_ms),
-        duration(runtime_ms * waves as f64)
-    )
-}
-
-/// "; worker 7 is reserved for it (GPUs [0, 1]), free in about 12.0 s; shorter tasks fill the
-/// gap": the reservation the last placement round made for its shape.
-pub fn reserved(worker: u64, gpus: &[u32], wait_ms: f64) -> String {
-    format!(
-        "; worker {worker} is reserved for it (GPUs {gpus:?}), free in about {}; shorter tasks \
-         fill the gap",
-        duration(wait_ms.max(0.0))
-    )
-}
-
-/// A duration for a person: "850 ms", "3.6 s", "12 min".
-pub fn duration(ms: f64) -> String {
-    if ms < 1000.0 {
-        format!("{ms:.0} ms")
-    } else if ms < 120_000.0 {
-        format!("{:.1} s", ms / 1000.0)
-    } else {
-        format!("{:.0} min", ms / 60_000.0)
+    Eta {
+        runtime_ms,
+        start_in_ms: runtime_ms * waves as f64,
     }
 }

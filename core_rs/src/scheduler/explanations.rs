@@ -1,22 +1,22 @@
 //! Why tasks are where they are: a placed task's decision, a pending task's reason to wait.
 
 use super::Scheduler;
-use crate::decisions::Decision;
+use crate::decisions::{Decision, Explanation};
 use crate::error::{unknown, CoreResult};
-use crate::explain;
+use crate::explain::{self, PendingReason};
 use crate::queue::PendingQueue;
 use crate::shapes::Shape;
 use crate::{ShapeId, TaskId};
 
 impl Scheduler {
-    /// Why a placed task went where it went, in words: the policy, the winner's score terms and
-    /// the runner-up. Kept for the last `explain_memory` placements.
-    pub fn explain_placement(&self, task: TaskId) -> CoreResult<String> {
+    /// Why a placed task went where it went: the policy, the winner's score terms and the
+    /// runner-up. Kept for the last `explain_memory` placements.
+    pub fn explain_placement(&self, task: TaskId) -> CoreResult<Explanation> {
         let shapes = &self.shapes;
         let weights = self.placement.weights();
-        let describe =
-            |d: &Decision| d.describe(shapes.get(d.shape).map_or("", |s| &s.kind), &weights);
-        self.decisions.get(task).map(describe).ok_or_else(|| {
+        let explain =
+            |d: &Decision| d.explain(shapes.get(d.shape).map_or("", |s| &s.kind), &weights);
+        self.decisions.get(task).map(explain).ok_or_else(|| {
             unknown(format!(
                 "no placement decision is recorded for task {task} (not placed by place(), or \
                  older than the last {} placements)",
@@ -33,18 +33,18 @@ impl Scheduler {
         Ok(!self.placement.built(shape).expect("just built").is_empty())
     }
 
-    /// Why a pending task of this shape and priority is not running, in words.
-    pub fn explain(&mut self, shape: ShapeId, priority: u8) -> CoreResult<String> {
+    /// Why a pending task of this shape and priority is not running.
+    pub fn explain(&mut self, shape: ShapeId, priority: u8) -> CoreResult<PendingReason> {
         PendingQueue::check_priority(priority)?;
         let s: &Shape = self.shapes.get(shape)?;
         self.placement.index(shape, s, &mut self.workers);
         let weights = self.placement.weights();
         let index = self.placement.built_mut(shape).expect("just built");
         if index.is_empty() {
-            return Ok(explain::no_fit(s, &self.workers));
+            return Ok(PendingReason::new(explain::no_fit(s, &self.workers)));
         }
         if index.best(s, &self.workers, &weights).is_some() {
-            return Ok("waiting for placement".to_owned());
+            return Ok(PendingReason::new("waiting for placement"));
         }
         let mut unavailable = explain::Unavailable::default();
         let mut slots = 0u64;
@@ -67,14 +67,19 @@ impl Scheduler {
             }
         }
         let ahead = self.queue.queued_above(priority);
-        let mut reason = explain::busy(index.len(), unavailable, ahead);
+        let mut reason = PendingReason::new(explain::busy(index.len(), unavailable, ahead));
         if let (Some(ms), true) = (self.workers.learning.fleet_ms(index.kind), slots > 0) {
-            reason.push_str(&explain::eta(&s.kind, ms, ahead, slots));
+            reason.eta = Some(explain::eta(ms, ahead, slots));
         }
-        if let Some(hold) = self.holds.iter().find(|h| h.shape == shape) {
-            let wait = hold.usable_ms - self.now_ms as f64;
-            reason.push_str(&explain::reserved(hold.worker, &hold.gpus, wait));
-        }
+        reason.reservation =
+            self.holds
+                .iter()
+                .find(|h| h.shape == shape)
+                .map(|hold| explain::Reservation {
+                    worker: hold.worker,
+                    gpus: hold.gpus.clone(),
+                    free_in_ms: (hold.usable_ms - self.now_ms as f64).max(0.0),
+                });
         Ok(reason)
     }
 }
