@@ -27,7 +27,9 @@ pub mod workers;
 #[cfg(feature = "python")]
 mod bindings;
 
+pub use decisions::Explanation;
 pub use error::CoreError;
+pub use explain::{Eta, PendingReason, Reservation};
 pub use policy::Policy;
 pub use scheduler::{Scheduler, SchedulerConfig, TaskOptions};
 pub use shapes::ShapeSpec;
