@@ -55,10 +55,10 @@ class Views:
             slots_total=total,
             slots_free=free,
             tasks_by_state={
-                common_pb2.TaskState.Name(s): n for s, n in self.book.counts.items() if n > 0  # type: ignore[arg-type]
+                common_pb2.TaskState.Name(s): n for s, n in self.book.counts.items() if n > 0
             },
             queue_depth_by_priority={
-                common_pb2.Priority.Name(i + 1): n for i, n in enumerate(by_prio)  # type: ignore[arg-type]
+                common_pb2.Priority.Name(i + 1): n for i, n in enumerate(by_prio)
             },
             placements_per_second=self.dispatcher.placements_per_second(),
             stale_updates=self.tasks.stale_updates,
