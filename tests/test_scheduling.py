@@ -73,7 +73,9 @@ def test_a_task_waits_briefly_for_its_warm_worker_instead_of_loading_the_model_e
 
             # The warm worker is busy for a moment, the cold one is free: waiting beats a load.
             busy = infer(client, "m1", 0.3)
-            eventually(lambda: client.get(busy).state == common_pb2.TASK_STATE_RUNNING, 20, "m1 to run on the warm worker")
+            eventually(
+                lambda: client.get(busy).state == common_pb2.TASK_STATE_RUNNING, 20, "m1 to run on the warm worker"
+            )
             waited = client.wait(infer(client, "m1", 0.05), timeout_s=30)
             assert (waited.worker_id, waited.result) == ("warm", b"warm"), (
                 f"the task went to {waited.worker_id} ({waited.result!r}) instead of waiting for the warm worker"
@@ -98,7 +100,9 @@ def started_in_order(tasks):  # type: ignore[no-untyped-def]
     return sorted(tasks, key=lambda t: (t.started_at_ms, t.finished_at_ms))
 
 
-@pytest.mark.parametrize("controlplane", [("--priority-mode", "shares", "--priority-weights", "1,1,1,1")], indirect=True)
+@pytest.mark.parametrize(
+    "controlplane", [("--priority-mode", "shares", "--priority-weights", "1,1,1,1")], indirect=True
+)
 def test_priority_classes_share_by_the_configured_weights(controlplane, client, start_agent):
     # Equal shares: LOW gets as many of the first slots as URGENT, instead of 1 in 5.
     ids = client.submit_many([task_spec("noop", priority=p) for p in ("low", "urgent") for _ in range(30)])
@@ -156,7 +160,8 @@ def test_an_unknown_priority_mode_is_refused_before_listening(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert serve.returncode == 1, serve
-    assert "--priority-mode 'fifo': give strict (a higher class always goes first) or shares" in serve.stderr, serve.stderr
+    expected = "--priority-mode 'fifo': give strict (a higher class always goes first) or shares"
+    assert expected in serve.stderr, serve.stderr
 
 
 def test_a_gpu_model_names_whole_words_of_the_gpu_name(controlplane, client, start_agent):
