@@ -30,7 +30,12 @@ from pathlib import Path
 
 from controlplane._core import Scheduler
 
-GPU_KINDS = [(81920, 8.0, "NVIDIA A100 80GB"), (16384, 7.5, "Tesla T4"), (81920, 9.0, "NVIDIA H100"), (24576, 8.9, "NVIDIA L4")]
+GPU_KINDS = [
+    (81920, 8.0, "NVIDIA A100 80GB"),
+    (16384, 7.5, "Tesla T4"),
+    (81920, 9.0, "NVIDIA H100"),
+    (24576, 8.9, "NVIDIA L4"),
+]
 
 
 def fleet(sched: Scheduler, workers: int, rng: random.Random) -> None:
@@ -64,7 +69,8 @@ def placements_per_second(workers: int, batch: int, rounds: int) -> float:
     for _ in range(rounds):
         tasks = list(range(handle, handle + batch))
         handle += batch
-        sched.push_many(tasks, [rng.choice(kinds) for _ in tasks], [rng.randrange(4) for _ in tasks], tasks, [0] * batch)
+        chosen, priorities = [rng.choice(kinds) for _ in tasks], [rng.randrange(4) for _ in tasks]
+        sched.push_many(tasks, chosen, priorities, tasks, [0] * batch)
         t0 = time.perf_counter()
         result = sched.place(1, batch)
         spent += time.perf_counter() - t0
@@ -106,12 +112,15 @@ def py_fleet(workers: int) -> list[dict]:
     fleet = []
     for i in range(workers):
         if i % 5 == 4:
-            fleet.append({"slots": 8, "free": 8, "gpus": [], "backend": "cpu", "labels": {"zone=eu"}, "success": 1.0, "speed": 1.0})
+            cpu = {"slots": 8, "free": 8, "gpus": [], "backend": "cpu", "labels": {"zone=eu"}}
+            fleet.append({**cpu, "success": 1.0, "speed": 1.0})
         else:
             mb, cc, name = GPU_KINDS[i % len(GPU_KINDS)]
             gpus = [{"mb": mb, "cc": cc, "name": name.lower(), "busy": False} for _ in range(8)]
             labels = {"zone=eu"} if i % 2 else {"zone=us"}
-            fleet.append({"slots": 8, "free": 8, "gpus": gpus, "backend": "cuda", "labels": labels, "success": 1.0, "speed": 1.0})
+            fleet.append(
+                {"slots": 8, "free": 8, "gpus": gpus, "backend": "cuda", "labels": labels, "success": 1.0, "speed": 1.0}
+            )
     return fleet
 
 
@@ -305,7 +314,8 @@ def main() -> None:
           f"  {'scan':>9}  {'indexed':>9}")
     for r in rows:
         print(
-            f"{r['workers']:>8}  {r['placements_per_s']:>21,.0f}  {r['single_p50_us']:>8.1f} us  {r['single_p99_us']:>8.1f} us"
+            f"{r['workers']:>8}  {r['placements_per_s']:>21,.0f}  "
+            f"{r['single_p50_us']:>8.1f} us  {r['single_p99_us']:>8.1f} us"
             f"  {r['pure_python_per_s']:>12,.0f}  {r['pure_python_indexed_per_s']:>12,.0f}"
             f"  {r['ratio']:>8,.0f}x  {r['ratio_indexed']:>8,.1f}x"
         )

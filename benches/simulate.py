@@ -375,7 +375,8 @@ def main() -> None:
         if args.seeds > 1:
             seeds = range(args.seed, args.seed + args.seeds)
             spread[str(workers)] = seed_spread(workers, tasks, seeds, rows, args.policies, args.priority_mode)
-    (out_dir / "simulate.json").write_text(json.dumps({**results, "seed_spread": spread} if spread else results, indent=2))
+    report = {**results, "seed_spread": spread} if spread else results
+    (out_dir / "simulate.json").write_text(json.dumps(report, indent=2))
     plot(results, out_dir / "simulate.png")
 
 
@@ -394,7 +395,7 @@ def seed_spread(
             sim = Simulation(policy, workers, tasks, seed, priority_mode)
             makespans[policy].append(float(sim.run()["makespan_s"]))  # type: ignore[arg-type]
     base = makespans.get("round_robin", next(iter(makespans.values())))
-    ratios = {p: [m / b for m, b in zip(ms, base)] for p, ms in makespans.items()}
+    ratios = {p: [m / b for m, b in zip(ms, base, strict=True)] for p, ms in makespans.items()}
     print(f"makespan vs round_robin, seeds {seeds.start}-{seeds.stop - 1}:")
     for policy, rs in ratios.items():
         print(f"{policy:<13} mean {statistics.fmean(rs):.2f}  worst {max(rs):.2f}  " + " ".join(f"{r:.2f}" for r in rs))
@@ -407,16 +408,24 @@ def print_table(
     base = float(rows.get("round_robin", next(iter(rows.values())))["makespan_s"])  # type: ignore[arg-type]
     print(f"\n{workers} workers, {tasks} tasks, seed {seed}; work bound {bound_s:.1f}s "
           f"(about the best any policy can do: {bound_s / base:.2f} of round_robin)")
-    print(f"{'policy':<13} {'makespan':>9} {'vs rr':>6} {'/bound':>6} {'util':>6} {'CV':>6} {'Gini':>6} {'cold':>6} {'max LOW wait':>13} {'done':>6}")
+    print(
+        f"{'policy':<13} {'makespan':>9} {'vs rr':>6} {'/bound':>6} {'util':>6} {'CV':>6} {'Gini':>6} {'cold':>6} "
+        f"{'max LOW wait':>13} {'done':>6}"
+    )
     for policy, r in rows.items():
         m = float(r["makespan_s"])  # type: ignore[arg-type]
         print(
-            f"{policy:<13} {m:>8.1f}s {m / base:>6.2f} {m / bound_s:>6.2f} {float(r['utilisation']):>6.1%} {float(r['cv']):>6.1%} "  # type: ignore[arg-type]
-            f"{float(r['gini']):>6.3f} {float(r['cold_share']):>6.1%} {float(r['max_low_wait_s']):>12.1f}s {r['completed']:>6}"  # type: ignore[arg-type]
+            f"{policy:<13} {m:>8.1f}s {m / base:>6.2f} {m / bound_s:>6.2f} "
+            f"{float(r['utilisation']):>6.1%} {float(r['cv']):>6.1%} "  # type: ignore[arg-type]
+            f"{float(r['gini']):>6.3f} {float(r['cold_share']):>6.1%} "  # type: ignore[arg-type]
+            f"{float(r['max_low_wait_s']):>12.1f}s {r['completed']:>6}"  # type: ignore[arg-type]
         )
     print(f"{'waits (s)':<13} " + " ".join(f"{p + ' mean/p99':>17}" for p in reversed(PRIORITIES)))
     for policy, r in rows.items():
-        cells = [f"{float(r[f'wait_{p}_mean_s']):>8.1f}/{float(r[f'wait_{p}_p99_s']):<8.1f}" for p in reversed(PRIORITIES)]  # type: ignore[arg-type]
+        cells = [
+            f"{float(r[f'wait_{p}_mean_s']):>8.1f}/{float(r[f'wait_{p}_p99_s']):<8.1f}"  # type: ignore[arg-type]
+            for p in reversed(PRIORITIES)
+        ]
         print(f"{policy:<13} " + " ".join(cells))
 
 
@@ -435,7 +444,8 @@ def plot(results: dict[str, dict[str, dict[str, float | int | list[float]]]], pa
         policies = list(rows)
         base = float(rows.get("round_robin", rows[policies[0]])["makespan_s"])  # type: ignore[arg-type]
         xs = [j + i * width for j in range(len(policies))]
-        axes[0].bar(xs, [float(rows[p]["makespan_s"]) / base for p in policies], width=width, label=f"{workers} workers")  # type: ignore[arg-type]
+        ratios = [float(rows[p]["makespan_s"]) / base for p in policies]  # type: ignore[arg-type]
+        axes[0].bar(xs, ratios, width=width, label=f"{workers} workers")
         axes[1].bar(xs, [float(rows[p]["cold_share"]) for p in policies], width=width, label=f"{workers} workers")  # type: ignore[arg-type]
         for ax in axes:
             ax.set_xticks([j + 0.4 - width / 2 for j in range(len(policies))], policies, rotation=30)
