@@ -24,7 +24,8 @@ from pathlib import Path
 
 from common import machine, pyplot, save_figure, write_json
 from controlplane.control import SWEEP_BATCH
-from controlplane.store import Store, TaskRecord, new_task_id
+from controlplane.record import TaskRecord, new_task_id
+from controlplane.store import Store
 from gpucp import task_spec
 from gpucp.v1 import common_pb2
 

@@ -16,7 +16,7 @@ import enum
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from controlplane.store import TaskRecord
+from controlplane.record import TaskRecord
 from gpucp.v1 import common_pb2
 
 PENDING = common_pb2.TASK_STATE_PENDING

@@ -26,7 +26,8 @@ from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, R
 from controlplane.fleet import Fleet, WorkerConn
 from controlplane.lifecycle import Lifecycle
 from controlplane.notify import Notifier, Watcher, wall_ms
-from controlplane.store import Store, StoreError, TaskRecord, new_task_id
+from controlplane.record import TaskRecord, new_task_id
+from controlplane.store import Store, StoreError
 from controlplane.validation import validate_spec
 from controlplane.views import Views
 from gpucp.v1 import common_pb2, workers_pb2

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from controlplane._core import CoreError, PendingReason, PlacementExplanation, Scheduler
 from controlplane.config import ServerConfig
-from controlplane.store import TaskRecord
+from controlplane.record import TaskRecord
 from gpucp.v1 import common_pb2
 
 
@@ -24,6 +24,30 @@ def mono_ms() -> int:
 def core_priority(priority: int) -> int:
     """Proto Priority (UNSPECIFIED=NORMAL, LOW..URGENT = 1..4) to the core's classes 0..3."""
     return 1 if priority == common_pb2.PRIORITY_UNSPECIFIED else priority - 1
+
+
+# What the core tells tasks apart by: kind, GPUs, min GPU memory (MiB), GPU models, backend,
+# labels, min compute capability.
+ShapeKey = tuple[str, int, int, tuple[str, ...], str, tuple[str, ...], float]
+
+
+def shape_key(spec: common_pb2.TaskSpec) -> ShapeKey:
+    req = spec.requirements
+    return (
+        spec.kind,
+        req.gpus,
+        req.min_gpu_memory_mb,
+        tuple(req.gpu_models),
+        req.backend,
+        tuple(req.labels),
+        req.min_compute_capability,
+    )
+
+
+def core_shape(scheduler: Scheduler, key: ShapeKey) -> int:
+    """The core's handle for a shape (the core interns it: the same key gives the same handle)."""
+    kind, gpus, memory_mb, models, backend, labels, cc = key
+    return scheduler.shape(kind, gpus, memory_mb, list(models), backend, list(labels), cc)
 
 
 class Core:
@@ -38,32 +62,15 @@ class Core:
         self._tenant_weights = dict(config.tenant_weights)
         self._tenants: dict[str, int] = {}
         self._affinities: dict[str, int] = {"": 0}
-        self._shapes: dict[tuple[object, ...], int] = {}
+        self._shapes: dict[ShapeKey, int] = {}
 
     # -- interning ------------------------------------------------------------------------------
 
     def shape(self, spec: common_pb2.TaskSpec) -> int:
-        req = spec.requirements
-        key = (
-            spec.kind,
-            req.gpus,
-            req.min_gpu_memory_mb,
-            tuple(req.gpu_models),
-            req.backend,
-            tuple(req.labels),
-            req.min_compute_capability,
-        )
+        key = shape_key(spec)
         shape = self._shapes.get(key)
         if shape is None:
-            shape = self._shapes[key] = self.scheduler.shape(
-                spec.kind,
-                req.gpus,
-                req.min_gpu_memory_mb,
-                list(req.gpu_models),
-                req.backend,
-                list(req.labels),
-                req.min_compute_capability,
-            )
+            shape = self._shapes[key] = core_shape(self.scheduler, key)
         return shape
 
     def tenant(self, name: str) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from gpucp import Client, task_spec
+from gpucp.states import TERMINAL_STATES
 from gpucp.testing import ControlPlaneProcess, LocalCluster, wait_for_workers
 from gpucp.v1 import common_pb2
 
@@ -52,12 +53,6 @@ WORKLOAD: list[tuple[float, str, str, Needs]] = [
     (0.05, "EU-only test suite", "exec", {"gpus": 0, "labels": ["zone=eu"]}),
 ]
 PRIORITIES = ["low", "normal", "high", "urgent"]
-TERMINAL = {
-    common_pb2.TASK_STATE_SUCCEEDED,
-    common_pb2.TASK_STATE_FAILED,
-    common_pb2.TASK_STATE_CANCELLED,
-    common_pb2.TASK_STATE_TIMED_OUT,
-}
 
 
 def main() -> int:
@@ -112,7 +107,7 @@ def run_workload(client: Client, n: int, rng: random.Random) -> int:
 
     def follow() -> None:
         for event in events:
-            if event.state in TERMINAL:
+            if event.state in TERMINAL_STATES:
                 done[event.task_id] = event.state
 
     threading.Thread(target=follow, daemon=True).start()

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.errors import ResourceExhausted
-from controlplane.store import TaskRecord
+from controlplane.record import TaskRecord
 from gpucp.v1 import scheduler_pb2
 
 WATCH_BUFFER = 10_000

@@ -7,7 +7,7 @@ from controlplane.core import Core
 from controlplane.dispatch import Dispatcher
 from controlplane.fleet import Fleet
 from controlplane.lifecycle import Lifecycle
-from controlplane.store import TaskRecord
+from controlplane.record import TaskRecord
 from gpucp.v1 import admin_pb2, common_pb2
 
 

@@ -3,7 +3,6 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from gpucp.client import (
-    TERMINAL_STATES,
     Client,
     GpucpError,
     TaskWatch,
@@ -12,6 +11,7 @@ from gpucp.client import (
     server_address,
     task_spec,
 )
+from gpucp.states import TERMINAL_STATES
 
 try:
     __version__ = version("gpucp")  # one source: Cargo.toml, through maturin's package metadata

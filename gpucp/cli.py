@@ -13,7 +13,8 @@ from pathlib import Path
 import grpc
 
 from gpucp import __version__
-from gpucp.client import SERVER_ENV, TERMINAL_STATES, Client, GpucpError, TaskWatch, task_spec
+from gpucp.client import SERVER_ENV, Client, GpucpError, TaskWatch, task_spec
+from gpucp.states import TERMINAL_STATES
 from gpucp.v1 import admin_pb2, common_pb2
 
 UINT32_MAX = 2**32 - 1

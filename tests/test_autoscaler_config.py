@@ -11,7 +11,8 @@ import pytest
 
 from cluster import PYTHONPATH
 from controlplane.autoscaler import AutoscaleConfigError, load_config, parse_config
-from controlplane.autoscaler.shapes import PoolProbe, describe_need, shape_key
+from controlplane.autoscaler.shapes import PoolProbe, describe_need
+from controlplane.core import shape_key
 from gpucp.client import task_spec
 from gpucp.testing import child_env
 

@@ -29,8 +29,8 @@ from controlplane.autoscaler.plan import (
     terminate_failed,
 )
 from controlplane.autoscaler.runpod import Pod
-from controlplane.autoscaler.shapes import shape_key
 from controlplane.autoscaler.view import WorkerSnapshot
+from controlplane.core import shape_key
 from gpucp.client import task_spec
 
 GPU_TASK = shape_key(task_spec("sleep", gpus=1))

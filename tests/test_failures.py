@@ -11,10 +11,10 @@ import pytest
 
 from cluster import eventually, wait_for_workers
 from gpucp import task_spec
+from gpucp.states import TERMINAL_STATES
 from gpucp.v1 import common_pb2, scheduler_pb2
 
 SUCCEEDED = common_pb2.TASK_STATE_SUCCEEDED
-TERMINAL = {SUCCEEDED, common_pb2.TASK_STATE_FAILED, common_pb2.TASK_STATE_CANCELLED, common_pb2.TASK_STATE_TIMED_OUT}
 
 
 def watch_outcomes(client):  # type: ignore[no-untyped-def]
@@ -26,7 +26,7 @@ def watch_outcomes(client):  # type: ignore[no-untyped-def]
         events = client.watch()
         started.set()
         for event in events:
-            if event.state in TERMINAL:
+            if event.state in TERMINAL_STATES:
                 outcomes[event.task_id] += 1
 
     threading.Thread(target=follow, daemon=True).start()

@@ -31,8 +31,9 @@ from controlplane.autoscaler.plan import (
     Terminate,
 )
 from controlplane.autoscaler.runpod import GpuType, RunPodError, RunPodProvider
-from controlplane.autoscaler.shapes import PoolProbe, ShapeKey, shape_key
+from controlplane.autoscaler.shapes import PoolProbe
 from controlplane.autoscaler.view import ControlView, WorkerSnapshot
+from controlplane.core import ShapeKey, shape_key
 from gpucp.auth import AGENT_TOKEN_ENV
 from gpucp.client import SERVER_ENV
 from gpucp.pods import POD_COST_ENV, POD_POOL_ENV

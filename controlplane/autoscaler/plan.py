@@ -31,8 +31,9 @@ from dataclasses import dataclass, field, replace
 
 from controlplane.autoscaler.config import PoolConfig
 from controlplane.autoscaler.runpod import Pod
-from controlplane.autoscaler.shapes import ShapeKey, describe_need
+from controlplane.autoscaler.shapes import describe_need
 from controlplane.autoscaler.view import WorkerSnapshot
+from controlplane.core import ShapeKey
 
 __all__ = [
     "Action", "Adopt", "Create", "Drain", "Observation", "PendingShape", "PodRecord", "PoolState", "Record",

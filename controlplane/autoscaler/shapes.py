@@ -9,26 +9,10 @@ from __future__ import annotations
 
 from controlplane._core import Scheduler
 from controlplane.autoscaler.config import PoolConfig
+from controlplane.core import ShapeKey, core_shape
 from gpucp.gpus import compute_capability_of
-from gpucp.v1 import common_pb2
 
-__all__ = ["PoolProbe", "ShapeKey", "describe_need", "shape_key"]
-
-# kind, GPUs, min GPU memory (MB), GPU models, backend, labels, min compute capability
-ShapeKey = tuple[str, int, int, tuple[str, ...], str, tuple[str, ...], float]
-
-
-def shape_key(spec: common_pb2.TaskSpec) -> ShapeKey:
-    req = spec.requirements
-    return (
-        spec.kind,
-        req.gpus,
-        req.min_gpu_memory_mb,
-        tuple(req.gpu_models),
-        req.backend,
-        tuple(req.labels),
-        req.min_compute_capability,
-    )
+__all__ = ["PoolProbe", "describe_need"]
 
 
 def describe_need(key: ShapeKey) -> str:
@@ -72,8 +56,7 @@ class PoolProbe:
             return known
         self._seq += 1
         task = self._seq
-        kind, gpus, mem, models, backend, labels, cc = key
-        shape = self._core.shape(kind, gpus, mem, list(models), backend, list(labels), cc)
+        shape = core_shape(self._core, key)
         self._core.push(task, shape, 1, task, 0)
         fits = bool(self._core.place(0, 1))
         # Leave the probe worker empty for the next question.

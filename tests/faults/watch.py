@@ -7,14 +7,8 @@ import threading
 import time
 
 from gpucp import Client, GpucpError
-from gpucp.v1 import common_pb2, scheduler_pb2
-
-TERMINAL = {
-    common_pb2.TASK_STATE_SUCCEEDED,
-    common_pb2.TASK_STATE_FAILED,
-    common_pb2.TASK_STATE_CANCELLED,
-    common_pb2.TASK_STATE_TIMED_OUT,
-}
+from gpucp.states import TERMINAL_STATES
+from gpucp.v1 import scheduler_pb2
 
 
 class EventLog:
@@ -40,7 +34,7 @@ class EventLog:
                         with self._lock:
                             self.events.append(event)
                             self.seen.add(event.task_id)
-                            if event.state in TERMINAL:
+                            if event.state in TERMINAL_STATES:
                                 self.terminal[event.task_id] += 1
             except GpucpError:
                 time.sleep(0.05)  # the control plane went away; watch again once it is back
