@@ -13,6 +13,8 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from gpucp.limits import MAX_MESSAGE_BYTES
+from gpucp.states import TERMINAL_STATES
 from gpucp.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -30,19 +32,17 @@ DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
 SERVER_ENV = "GPUCP_SERVER"
 
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     # grpc's default reconnect backoff grows to 120 s: a watch would then notice a restarted
     # control plane minutes late. Two seconds is still no storm for one client.
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # grpc shares connections between channels to one address in a process, backoff included:
+    # a Client made just after a control plane restart would fail at once because another
+    # channel's connection attempt failed a moment before. Each Client connects for itself.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
-TERMINAL_STATES = frozenset({
-    common_pb2.TASK_STATE_SUCCEEDED,
-    common_pb2.TASK_STATE_FAILED,
-    common_pb2.TASK_STATE_CANCELLED,
-    common_pb2.TASK_STATE_TIMED_OUT,
-})
 
 # grpc targets that name a transport rather than a host: passed to grpc as they are.
 _TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
