@@ -204,7 +204,10 @@ impl PlacementIndex {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
-            if !now(sid) {
+            // A fragmentation rank may rise when the worker's free GPUs fall (a task that splits
+            // a whole node costs more than one that fills a gap), so a stale entry could sit
+            // below its truth: those indexes rank the worker again at once.
+            if !now(sid) && index.policy != Policy::Fragmentation {
                 index.lowered(member);
                 continue;
             }
@@ -215,6 +218,20 @@ impl PlacementIndex {
                 gpus: index.gpus,
             };
             index.rekey(member, worker, &ctx);
+        }
+    }
+
+    /// A task of shape `id` was queued: fold it into the demand mix, and rank the fragmentation
+    /// indexes again when the mix moved (O(S W log W) then; see `demand`).
+    pub fn demanded(&mut self, id: ShapeId, shape: &Shape, workers: &mut WorkerTable) {
+        let supply = |sid: ShapeId| self.built(sid).map_or(0, ShapeIndex::supply);
+        if !workers.learning.demand.record(id, shape.gpus, supply) {
+            return;
+        }
+        for index in self.shapes.iter_mut().flatten() {
+            if index.policy == Policy::Fragmentation {
+                index.set_policy(Policy::Fragmentation, workers, &self.weights);
+            }
         }
     }
 

@@ -33,16 +33,21 @@ pub enum Policy {
     Cost,
     /// A weighted sum of availability, success, speed, fit, cost and affinity.
     Composite,
+    /// The worker where the task costs the recent mix of demand the least GPU capacity, then
+    /// the one it leaves with the fewest GPUs free (see `demand`); a ready worker where the
+    /// task's affinity key is warm first, as `Affinity`.
+    Fragmentation,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 6] = [
+    pub const ALL: [Policy; 7] = [
         Policy::RoundRobin,
         Policy::LeastLoaded,
         Policy::Performance,
         Policy::Affinity,
         Policy::Cost,
         Policy::Composite,
+        Policy::Fragmentation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +58,7 @@ impl Policy {
             Policy::Affinity => "affinity",
             Policy::Cost => "cost",
             Policy::Composite => "composite",
+            Policy::Fragmentation => "fragmentation",
         }
     }
 }
@@ -236,8 +242,9 @@ impl Context<'_> {
         self.inputs(w, fit).terms(self.weights)
     }
 
-    /// The policy's rank of a worker for the shape, higher = better. Composite: the score's bits
-    /// (scores are finite and >= 0, so their bits order like the numbers).
+    /// The policy's rank of a worker for the shape, higher = better. Composite and
+    /// fragmentation: the score's bits (scores are finite and >= 0, so their bits order like the
+    /// numbers).
     pub fn rank(&self, policy: Policy, w: &Worker, fit: f64) -> u64 {
         let with_load = |primary: f64| score_bits(primary + 1e-6 * w.availability());
         match policy {
@@ -252,8 +259,19 @@ impl Context<'_> {
                 with_load(1.0 / (1.0 + cost))
             }
             Policy::Composite => score_bits(self.terms(w, fit).total()),
+            // A worker where the task starts at once ranks above every one where it would
+            // wait behind a running task (prefetch): by the top bit, which no score sets.
+            Policy::Fragmentation if starts_now(w, self.gpus) => {
+                (1 << 63) | score_bits(self.learning.demand.score(w, self.gpus, fit))
+            }
+            Policy::Fragmentation => score_bits(w.availability()),
         }
     }
+}
+
+/// A task of `gpus` GPUs placed on the worker would start now: a slot and its GPUs are free.
+fn starts_now(w: &Worker, gpus: u32) -> bool {
+    w.accepting() && w.held() < w.effective_slots() && crate::demand::free_gpus(w) >= gpus
 }
 
 /// +0.0 folds a -0.0 into 0.0 so the bit pattern orders correctly.

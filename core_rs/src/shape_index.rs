@@ -132,6 +132,8 @@ pub struct ShapeIndex {
     ready: Ranked<ReadyKey>,
     /// Per affinity key, the members where it is warm.
     warm: IdHashMap<u64, WarmMembers>,
+    /// Qualifying GPUs over the members: how much of the fleet can serve the shape.
+    supply: u64,
 }
 
 impl ShapeIndex {
@@ -144,7 +146,13 @@ impl ShapeIndex {
             slots: IdHashMap::default(),
             ready: Ranked::default(),
             warm: IdHashMap::default(),
+            supply: 0,
         }
+    }
+
+    /// Qualifying GPUs over the members.
+    pub fn supply(&self) -> u64 {
+        self.supply
     }
 
     pub fn member(&self, id: WorkerId) -> Option<&Member> {
@@ -220,7 +228,8 @@ impl ShapeIndex {
     ) -> Pick {
         let avoid = self.avoided(need);
         let soft = match self.policy {
-            Policy::Affinity => true,
+            // A model load costs more than the GPUs a warm worker's placement may strand.
+            Policy::Affinity | Policy::Fragmentation => true,
             Policy::Composite => weights.affinity > 0.0,
             _ => false,
         };
@@ -573,6 +582,7 @@ impl ShapeIndex {
     ) -> u32 {
         let slot = self.ready.slot();
         let at = slot as usize;
+        self.supply += gpus.len() as u64;
         if self.members.len() <= at {
             self.members.resize_with(at + 1, || None);
         }
@@ -594,6 +604,7 @@ impl ShapeIndex {
         let member = self.members[slot as usize]
             .take()
             .expect("a listed slot has a member");
+        self.supply -= member.gpus.len() as u64;
         self.slots.remove(&member.id);
         self.ready.release(slot);
         for (key, warm_slot) in member.warm {
