@@ -14,7 +14,8 @@ constraints on a third of the tasks, multigpu50 with more multi-GPU tasks) and p
   i takes default task i's arrival and runtime.
 - Saturation on the whole cluster (as in the FGD paper): tasks arrive in trace order (then again,
   shuffled, until the end), none leave; the GPUs requested when the core first cannot place the
-  arriving task, as a share of the cluster's GPUs.
+  arriving task, as a share of the cluster's GPUs; beside it the bound no policy can pass (when
+  the tasks that accept only some GPU models ask for more GPUs than those models have).
 
 Tasks without GPUs are left out (they use no GPU, so no GPU placement decides them), as are tasks
 no node of the sample could ever run (counted in the table's header). A share of a GPU (gpu_milli)
@@ -34,6 +35,7 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ POLICIES: dict[str, SchedulerConfig] = {
     "best_fit": SchedulerConfig(
         policy="composite", w_availability=0, w_success=0, w_speed=0, w_affinity=0, w_fit=1, w_cost=0
     ),
+    "fragmentation": SchedulerConfig(policy="fragmentation"),
     "default": SchedulerConfig(),
 }
 # GPU memory by model (MB); the trace names the models only. Tasks ask for no memory, so this
@@ -173,25 +176,48 @@ def wait_stats(name: str, ws: list[float]) -> dict[str, float | int]:
     }
 
 
+def arrivals(tasks: list[Task], seed: int) -> Iterator[Task]:
+    """The saturation experiment's arrivals: the trace in order, then shuffled rounds of it."""
+    rng = random.Random(seed)
+    order = list(tasks)
+    while True:
+        yield from order
+        rng.shuffle(order)
+
+
 def saturate(config: SchedulerConfig, nodes: list[Node], tasks: list[Task], seed: int) -> dict[str, Any]:
     """Tasks arrive and never leave: the GPUs requested when one first cannot be placed."""
     cluster = Cluster(config, nodes)
-    rng = random.Random(seed)
-    order = list(tasks)
     requested = placed = 0
-    i = 0
-    while True:
-        if i == len(order):
-            rng.shuffle(order)
-            i = 0
-        task = order[i]
-        i += 1
+    for task in arrivals(tasks, seed):
         requested += task.gpus
         cluster.core.push(placed, cluster.shape(task), 1, placed, 0, now_ms=0)
         if not cluster.core.place(0, 1):
             break
         placed += 1
     return {"requested_share": requested / cluster.gpus, "placed_tasks": placed}
+
+
+def saturation_bound(nodes: list[Node], tasks: list[Task], seed: int) -> dict[str, Any]:
+    """Where any policy must refuse by: the first arrival after which the tasks accepting only some
+    set of GPU models ask for more GPUs than those models have (Hall's condition on GPU counts;
+    node sizes ignored, so a policy may have to refuse sooner)."""
+    models = sorted({n.model for n in nodes})
+    supply = [sum(n.gpus for n in nodes if mask >> models.index(n.model) & 1) for mask in range(1 << len(models))]
+    need = [0] * len(supply)
+    requested = placed = 0
+    for task in arrivals(tasks, seed):
+        requested += task.gpus
+        allowed = sum(1 << i for i, m in enumerate(models) if not task.models or m in task.models)
+        over = False
+        for mask in range(len(need)):
+            if mask & allowed == allowed:
+                need[mask] += task.gpus
+                over = over or need[mask] > supply[mask]
+        if over:
+            break
+        placed += 1
+    return {"requested_share": requested / supply[-1], "placed_tasks": placed}
 
 
 def main() -> None:
@@ -231,6 +257,7 @@ def main() -> None:
             print_replay(key, len(sample), probe.gpus, len(runnable), len(tasks), compress, rows)
         if not args.no_saturation:
             rows = {name: saturate(config, nodes, tasks, args.seed) for name, config in policies.items()}
+            rows["(bound)"] = saturation_bound(nodes, tasks, args.seed)
             report["saturation"][variant] = rows
             print_saturation(variant, len(nodes), sum(n.gpus for n in nodes), rows)
     out = Path(args.out)
@@ -287,7 +314,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axes[0].set_title("mean wait / round_robin's")
     axes[0].legend()
     sat = report["saturation"]
-    for j, policy in enumerate(policies):
+    for j, policy in enumerate([*policies, "(bound)"]):
         shares = [rows[policy]["requested_share"] for rows in sat.values() if policy in rows]
         axes[1].bar([i + j * width for i in range(len(shares))], shares, width=width, label=policy)
     axes[1].set_xticks([i + 0.4 for i in range(len(sat))], list(sat))
