@@ -204,20 +204,21 @@ impl PlacementIndex {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
-            // A fragmentation rank may rise when the worker's free GPUs fall (a task that splits
-            // a whole node costs more than one that fills a gap), so a stale entry could sit
-            // below its truth: those indexes rank the worker again at once.
-            if !now(sid) && index.policy != Policy::Fragmentation {
-                index.lowered(member);
-                continue;
-            }
             let ctx = Context {
                 weights: &self.weights,
                 learning,
                 kind: index.kind,
                 gpus: index.gpus,
             };
-            index.rekey(member, worker, &ctx);
+            if now(sid) {
+                index.rekey(member, worker, &ctx);
+            } else if index.policy == Policy::Fragmentation {
+                // A fragmentation rank may rise when the worker's free GPUs fall (it may strand
+                // fewer GPUs now), and a stale entry must never sit below its truth.
+                index.shifted(member, worker, &ctx);
+            } else {
+                index.lowered(member);
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::demand::free_gpus;
 use crate::error::{invalid, CoreError, CoreResult};
 use crate::learning::{KindId, Learning};
 use crate::shapes::Shape;
@@ -259,19 +260,19 @@ impl Context<'_> {
                 with_load(1.0 / (1.0 + cost))
             }
             Policy::Composite => score_bits(self.terms(w, fit).total()),
-            // A worker where the task starts at once ranks above every one where it would
-            // wait behind a running task (prefetch): by the top bit, which no score sets.
-            Policy::Fragmentation if starts_now(w, self.gpus) => {
-                (1 << 63) | score_bits(self.learning.demand.score(w, self.gpus, fit))
+            // A worker where the task starts at once (a slot and its GPUs free) ranks above every
+            // one where it would wait behind a running task (prefetch): by the top bit, which no
+            // score sets.
+            Policy::Fragmentation => {
+                let free = free_gpus(w);
+                if w.accepting() && w.held() < w.effective_slots() && free >= self.gpus {
+                    (1 << 63) | score_bits(self.learning.demand.score(w, free, self.gpus, fit))
+                } else {
+                    score_bits(w.availability())
+                }
             }
-            Policy::Fragmentation => score_bits(w.availability()),
         }
     }
-}
-
-/// A task of `gpus` GPUs placed on the worker would start now: a slot and its GPUs are free.
-fn starts_now(w: &Worker, gpus: u32) -> bool {
-    w.accepting() && w.held() < w.effective_slots() && crate::demand::free_gpus(w) >= gpus
 }
 
 /// +0.0 folds a -0.0 into 0.0 so the bit pattern orders correctly.

@@ -1635,7 +1635,7 @@ proptest::proptest! {
                 .workers
                 .iter()
                 .filter(|(_, w)| w.is_ready() && crate::demand::free_gpus(w) >= k)
-                .map(|(_, w)| s.workers.learning.demand.score(w, k, 0.0))
+                .map(|(_, w)| s.workers.learning.demand.score(w, crate::demand::free_gpus(w), k, 0.0))
                 .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
             let got = s.place(0, 1);
             match (best, got.first()) {

@@ -503,25 +503,43 @@ impl ShapeIndex {
 
     /// Rank the member in `slot` again, in the ready heap and in its warm keys' heaps.
     pub(crate) fn rekey(&mut self, slot: u32, worker: &Worker, ctx: &Context<'_>) {
-        let member = listed_mut(&mut self.members, slot);
-        member.stale = false;
-        let member = &*member;
-        let key = (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus)).then(|| {
+        let key = self.key_of(slot, worker, ctx);
+        self.set_key(slot, key);
+    }
+
+    /// A task of another shape went to the member in `slot`, and under the fragmentation policy
+    /// that may raise its rank here (it strands fewer GPUs now): ranked again at once if it
+    /// rose, else left above its truth as `lowered` leaves it. O(S_w) for the rank, O(log W)
+    /// only for a rise.
+    pub(crate) fn shifted(&mut self, slot: u32, worker: &Worker, ctx: &Context<'_>) {
+        let key = self.key_of(slot, worker, ctx);
+        if rose(self.ready.get(slot), key) {
+            self.set_key(slot, key);
+        } else {
+            self.lowered(slot);
+        }
+    }
+
+    /// The member's ready entry as it stands: None unless it can take a task of the shape now.
+    fn key_of(&self, slot: u32, worker: &Worker, ctx: &Context<'_>) -> Option<ReadyKey> {
+        let member = listed(&self.members, slot);
+        (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus)).then(|| {
             (
                 Reverse(ctx.rank(self.policy, worker, member.fit)),
                 member.id,
             )
-        });
+        })
+    }
+
+    fn set_key(&mut self, slot: u32, key: Option<ReadyKey>) {
+        let member = listed_mut(&mut self.members, slot);
+        member.stale = false;
+        let member = &*member;
         let old = self.ready.get(slot);
         self.ready.set(slot, key);
         // The warm heaps may rank a member above its truth (see `WarmMembers`): only a rise
         // must reach them now; a fall waits for a lookup to meet the entry.
-        let rose = match (old, key) {
-            (None, Some(_)) => true,
-            (Some(old), Some(new)) => new < old,
-            (_, None) => false,
-        };
-        if !rose {
+        if !rose(old, key) {
             return;
         }
         for (k, warm_slot) in &member.warm {
@@ -610,6 +628,15 @@ impl ShapeIndex {
         for (key, warm_slot) in member.warm {
             Self::cooled(&mut self.warm, member.id, key, warm_slot);
         }
+    }
+}
+
+/// A ready entry moved from `old` to `new` ranks better (or is listed anew).
+fn rose(old: Option<ReadyKey>, new: Option<ReadyKey>) -> bool {
+    match (old, new) {
+        (None, Some(_)) => true,
+        (Some(old), Some(new)) => new < old,
+        (_, None) => false,
     }
 }
 
