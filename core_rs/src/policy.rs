@@ -2,8 +2,9 @@
 //!
 //! Every policy turns a (worker, shape) pair into one `u64` rank, higher = better, so each
 //! shape's ready workers can sit in one ordered set (see `placement`). Ranks depend on the
-//! worker's load and what the core learned about it, on the shape's kind and on a static best-fit
-//! measure of the shape against the worker; they never depend on the individual task. The one
+//! worker's load and what the core learned about it (the fragmentation policy's also on the
+//! recent mix of demand, see `demand`), on the shape's kind and on a static best-fit measure of
+//! the shape against the worker; they never depend on the individual task. The one
 //! task-dependent term, affinity (is the task's model warm on the worker?), is applied on top:
 //! each shape's index also keeps its warm members per key, in the same rank order.
 

@@ -10,9 +10,10 @@
 //! for the k-th entry looked at (k is 2 unless workers are passed over for the task itself: the
 //! one it avoids, one a reservation keeps), instead of a scan of the fleet. Per affinity key the
 //! index keeps its warm members in the same order, so the best warm worker for a task is found
-//! the same way, never walking past workers of other shapes. A placement only lowers ranks: the
-//! worker is moved in its own shape's ready heap and marked stale in the others (see
-//! `Member::stale`); a stale entry is moved when a lookup meets it. A fall reaches a warm heap
+//! the same way, never walking past workers of other shapes. A placement lowers ranks (under
+//! fragmentation, see `shifted`, where it may raise them): the worker is moved in its own shape's
+//! ready heap and marked stale in the others (see `Member::stale`); a stale entry is moved when a
+//! lookup meets it. A fall reaches a warm heap
 //! only when a lookup meets the entry (see `WarmMembers`).
 
 use std::cmp::Reverse;
@@ -494,9 +495,9 @@ impl ShapeIndex {
         self.rekey(slot, worker, &ctx);
     }
 
-    /// A task of another shape went to the member in `slot`: its rank here can only have
-    /// fallen (less capacity, fewer GPUs free, later in round-robin order), so its entry is
-    /// left where it is, above its truth, until a lookup meets it.
+    /// A task of another shape went to the member in `slot` and its rank here fell (less
+    /// capacity, fewer GPUs free, later in round-robin order), so its entry is left where it is,
+    /// above its truth, until a lookup meets it.
     pub(crate) fn lowered(&mut self, slot: u32) {
         listed_mut(&mut self.members, slot).stale = true;
     }
