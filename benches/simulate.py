@@ -38,7 +38,7 @@ from pathlib import Path
 from controlplane._core import Scheduler
 from controlplane.config import SchedulerConfig
 
-POLICIES = ["round_robin", "least_loaded", "performance", "cost", "affinity", "composite"]
+POLICIES = ["round_robin", "least_loaded", "performance", "cost", "affinity", "composite", "fragmentation"]
 PRIORITIES = ["LOW", "NORMAL", "HIGH", "URGENT"]
 
 # name, memory MB, compute capability, speed (T4 = 1), $/h, share of the fleet

@@ -87,13 +87,13 @@ class PlacementExplanation:
         to score); least_loaded: availability (share of its capacity free); performance: speed
         (against the fleet at the kind); cost: cost_per_hour, share (of the worker the task
         takes), speed; affinity: availability when no worker had the key warm, else none;
-        round_robin: none.
+        round_robin and fragmentation: none.
         """
     @property
     def score(self) -> float | None:
         """What the policy ranked by: composite, the sum of the terms; least_loaded,
         availability; performance, speed; cost, $/h per unit of speed (lowest wins). None for
-        round_robin and affinity, which do not rank by one number."""
+        round_robin, affinity and fragmentation, which do not rank by one number."""
     @property
     def warm(self) -> bool:
         """The task's affinity key was warm on the winner."""
@@ -156,14 +156,19 @@ class Scheduler:
         shape. A task waiting aging_ms moves up one class per aging_ms (0 = never), which bounds
         a LOW task's wait in both modes. InvalidArgument for another priority_mode.
 
-        policy (default for every kind; set_kind_policy overrides per kind): "round_robin" (the
-        worker that got work least recently), "least_loaded" (largest share of capacity free),
-        "performance" (fastest learned speed at the task's kind), "affinity" (a worker where the
-        task's affinity key is warm, else least loaded), "cost" (cheapest expected $ per task:
-        cost_per_hour x predicted runtime), "composite" (weighted sum of availability w_*,
-        success rate, speed at the kind, best fit, cheapness and a warm-affinity bonus).
-        Best fit (w_fit) steers small tasks to workers with the least spare GPUs and GPU memory
-        so big-memory workers stay free for big tasks.
+        policy (default for every kind; set_kind_policy overrides per kind): "fragmentation"
+        (the default: a worker where the task's affinity key is warm, else the one where the task
+        strands the fewest GPUs that the recent mix of queued shapes could use, each shape weighed
+        by its share of the mix over the GPUs that can run it, so GPUs only a few shapes can use
+        are kept for them; ties to the worker left with the fewest GPUs free), "round_robin" (the
+        worker that got work least recently), "least_loaded" (largest share of capacity free: of
+        its task places and of its GPUs, so a 4-GPU task loads a worker four times as much as a
+        1-GPU task), "performance" (fastest learned speed at the task's kind), "affinity" (a
+        worker where the task's affinity key is warm, else least loaded), "cost" (cheapest
+        expected $ per task: cost_per_hour x predicted runtime), "composite" (weighted sum of
+        availability w_*, success rate, speed at the kind, best fit, cheapness and a
+        warm-affinity bonus). Best fit (w_fit) steers small tasks to workers with the least spare
+        GPUs and GPU memory so big-memory workers stay free for big tasks.
 
         prefetch_depth: a worker may hold up to slots + prefetch_depth placed tasks; those
         beyond its slots are prefetched (queued by the agent) and may be stolen (see
@@ -172,7 +177,7 @@ class Scheduler:
         halves the progress); 0 = full slots at once. affinity_memory: affinity keys each worker
         remembers (its last tasks'). explain_memory: placements explain_placement remembers.
 
-        locality_wait_ms (delay scheduling, policies affinity and composite): a task whose
+        locality_wait_ms (delay scheduling, policies affinity, fragmentation and composite): a task whose
         affinity key is warm only on busy workers declines cold free workers for up to this long
         (or the learned cost of a cold start of its kind, if less), counted from the first
         place() that passed it over; the free workers take the tasks behind it meanwhile, and

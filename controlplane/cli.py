@@ -15,7 +15,7 @@ from gpucp.auth import AGENT_TOKEN_ENV
 
 __all__ = ["main", "parser"]
 
-POLICIES = ("composite", "round_robin", "least_loaded", "performance", "affinity", "cost")
+POLICIES = ("fragmentation", "composite", "round_robin", "least_loaded", "performance", "affinity", "cost")
 # The composite score's terms, each weighted by SchedulerConfig's w_<term>.
 SCORE_TERMS = ("availability", "success", "speed", "affinity", "fit", "cost")
 # Where the scheduling flags' defaults come from.

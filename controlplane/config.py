@@ -19,9 +19,9 @@ class SchedulerConfig:
 
     # A worker silent this long is lost.
     heartbeat_timeout_ms: int = 10_000
-    # Placement policy for every kind without its own (round_robin, least_loaded, performance,
-    # affinity, cost, composite).
-    policy: str = "composite"
+    # Placement policy for every kind without its own (fragmentation, round_robin, least_loaded,
+    # performance, affinity, cost, composite).
+    policy: str = "fragmentation"
     # Weights of the composite policy's score terms (each >= 0).
     w_availability: float = 0.5
     w_success: float = 0.3
@@ -42,7 +42,7 @@ class SchedulerConfig:
     # of them (a failure while warming halves its progress); 0 = all slots at once.
     warmup_successes: int = 0
     # Delay scheduling: how long a task may wait for a busy worker that has its affinity_key
-    # (model) warm rather than load it cold on a free one (affinity and composite policies;
+    # (model) warm rather than load it cold on a free one (affinity, fragmentation and composite policies;
     # the core also caps it at the learned load time). 0 = never wait.
     locality_wait_ms: int = 3_000
     # Affinity keys each worker remembers (its last tasks'), and placements explained on request.

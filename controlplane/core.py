@@ -157,7 +157,7 @@ def pending_sentence(why: PendingReason, kind: str, name: Callable[[int], str]) 
     return text
 
 
-# How the runner-up's score reads after "next best NAME", by policy (round_robin and affinity have none).
+# How the runner-up's score reads after "next best NAME", by policy (round_robin, affinity and fragmentation have none).
 _RUNNER_UP_SCORE = {"composite": " at {:.2f}", "least_loaded": " with {:.0%} free", "performance": " at {:.2f}x",
                     "cost": " at {:.3f}"}
 
@@ -182,12 +182,16 @@ def placement_sentence(why: PlacementExplanation, affinity_key: str, name: Calla
             reason = f"{key} is warm there"
         case "affinity":
             reason = f"no warm worker for {key}; least loaded ({terms['availability']:.0%} free)"
+        case "fragmentation" if why.warm:
+            reason = f"{key} is warm there"
+        case "fragmentation":
+            reason = "it strands the fewest GPUs the recent mix of tasks could use, then keeps the fewest free"
         case _:
             reason = "it had gone longest without new work"  # round_robin
     text = f"placed on {name(why.worker)} by {why.policy}: {reason}"
     if why.hard_affinity:
         text += " (hard affinity)"
-    elif why.policy != "affinity" and why.warm:
+    elif why.policy not in ("affinity", "fragmentation") and why.warm:
         text += f" ({key} warm)"
     if why.runner_up is None:
         return text + "; no other worker could take it"

@@ -17,7 +17,7 @@ def namer(names: dict[int, str]) -> Callable[[int], str]:
 
 
 def test_a_composite_placement_names_the_winner_its_terms_and_the_runner_up() -> None:
-    s = Scheduler()
+    s = Scheduler(SchedulerConfig(policy="composite"))
     shape = s.shape("k", 0, 0, [], "", [], 0.0)
     a = s.add_worker(2, [], "", [], [], 0)
     b = s.add_worker(2, [], "", [], [], 0)
@@ -31,6 +31,21 @@ def test_a_composite_placement_names_the_winner_its_terms_and_the_runner_up() ->
     )
     assert placement_sentence(why, "", namer({a: "gpu-a"})).endswith("; next best worker 1 at 1.20"), (
         "a worker gone since the decision is named by its handle"
+    )
+
+
+def test_a_fragmentation_placement_says_it_strands_the_fewest_gpus() -> None:
+    s = Scheduler()
+    shape = s.shape("k", 1, 0, [], "", [], 0.0)
+    big = s.add_worker(8, [A100] * 8, "", [], [], 0)
+    small = s.add_worker(2, [A100] * 2, "", [], [], 0)
+    s.push(1, shape, 1, 1, 0)
+    s.place(0, 1)
+    why = s.explain_placement(1)
+    assert (why.policy, why.worker, why.runner_up) == ("fragmentation", small, big), why
+    assert placement_sentence(why, "", namer({small: "gpu-s", big: "gpu-b"})) == (
+        "placed on gpu-s by fragmentation: it strands the fewest GPUs the recent mix of tasks could use, "
+        "then keeps the fewest free; next best gpu-b"
     )
 
 

@@ -47,7 +47,7 @@ def test_a_running_task_says_why_it_went_where_it_went(controlplane, client, sta
     task_id = client.submit("sleep", json.dumps({"seconds": 2}))
     eventually(lambda: client.get(task_id).state == common_pb2.TASK_STATE_RUNNING, 20, "the task to run")
     placement = client.get(task_id).placement
-    assert placement.startswith("placed on explained by composite") and "availability" in placement, placement
+    assert placement.startswith("placed on explained by fragmentation: it strands the fewest GPUs"), placement
 
 
 INFER = ["--slots", "1", "--handler", "infer=model_handler:infer", "--kinds", "infer"]
@@ -127,7 +127,9 @@ def test_a_new_worker_warms_up_on_one_task_at_a_time(controlplane, client, start
     assert overlapping, "the worker never got a second slot after two successes"
 
 
-@pytest.mark.parametrize("controlplane", [("--weight", "availability=2", "--weight", "cost=0")], indirect=True)
+@pytest.mark.parametrize(
+    "controlplane", [("--policy", "composite", "--weight", "availability=2", "--weight", "cost=0")], indirect=True
+)
 def test_composite_weights_show_in_the_placement(controlplane, client, start_agent):
     start_agent("weighed", "--slots", "1")
     task_id = client.submit("sleep", json.dumps({"seconds": 2}))

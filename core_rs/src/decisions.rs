@@ -78,7 +78,7 @@ impl Decision {
                     ("affinity", t.affinity),
                 ]
             }
-            Policy::RoundRobin => vec![],
+            Policy::RoundRobin | Policy::Fragmentation => vec![],
             Policy::Affinity if w.warm => vec![],
             Policy::LeastLoaded | Policy::Affinity => {
                 vec![("availability", w.inputs.availability)]
@@ -110,7 +110,7 @@ impl Decision {
             Policy::LeastLoaded => Some(candidate.inputs.availability),
             Policy::Performance => Some(candidate.inputs.speed),
             Policy::Cost => Some(candidate.inputs.relative_cost()),
-            Policy::RoundRobin | Policy::Affinity => None,
+            Policy::RoundRobin | Policy::Affinity | Policy::Fragmentation => None,
         }
     }
 }

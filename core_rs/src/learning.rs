@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use crate::demand::Demand;
 use crate::id_hash::IdHashMap;
 
 /// Weight of a new sample in every EWMA the core keeps.
@@ -40,6 +41,8 @@ pub struct Learning {
     /// Runtime EWMA per (kind, GPU model, start class): the prediction for a worker with that
     /// model.
     by_model: IdHashMap<(KindId, ModelId, u8), f64>,
+    /// The recent mix of demand per shape (what the fragmentation policy weighs).
+    pub demand: Demand,
 }
 
 impl Learning {

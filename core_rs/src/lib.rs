@@ -8,6 +8,7 @@ mod affinity;
 mod backfill;
 pub mod deadlines;
 mod decisions;
+pub mod demand;
 pub mod error;
 mod explain;
 mod filters;

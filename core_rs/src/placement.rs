@@ -10,10 +10,14 @@
 //! in its shape's index (see `shape_index`). The price is paid when a worker's rank or free GPUs
 //! change (a finish, a drain): O(S_w log W) to move it in the ready heaps of the S_w indexes that
 //! list it, and, when its rank rises, O(S_w M log W) more in the heaps of its M warm keys. A
-//! placement only lowers ranks: it moves the worker in its own shape's ready heap, O(log W), and
-//! marks it stale in the other S_w - 1, O(1) each; a stale entry is moved when a lookup meets
-//! it, O(log W) then, and a worker that finishes first is never moved for it (see
-//! `Member::stale`).
+//! placement lowers ranks under every policy but fragmentation: it moves the worker in its own
+//! shape's ready heap, O(log W), and marks it stale in the other S_w - 1, O(1) each; a stale
+//! entry is moved when a lookup meets it, O(log W) then, and a worker that finishes first is
+//! never moved for it (see `Member::stale`). Under fragmentation a placement may raise the
+//! worker's rank for other shapes (it may strand fewer of their GPUs now), so each of those
+//! indexes ranks it again, O(S_w) each, and moves it at once where it rose (see
+//! `ShapeIndex::shifted`). The demand mix those ranks weigh re-ranks the fragmentation indexes
+//! when it moves, O(S W log W), rarely (see `demand`).
 //!
 //! Ranks that depend on what the fleet learned (a GPU model's runtime for a kind) are refreshed
 //! when the worker itself is ranked again (its own placements and finishes, a lookup meeting its
@@ -179,17 +183,18 @@ impl PlacementIndex {
         self.rekey_where(id, workers, |_| true);
     }
 
-    /// A task of shape `placed` went to the worker, which can only have lowered its rank
-    /// everywhere. It is moved in that shape's ready heap at once, where the next lookup meets
-    /// it at the top; the other indexes that list it mark it stale and move it when a lookup
-    /// meets it (see `Member::stale`), often never before a finish raises it again. So a
+    /// A task of shape `placed` went to the worker, which lowered its rank everywhere except,
+    /// maybe, in fragmentation indexes. It is moved in that shape's ready heap at once, where the
+    /// next lookup meets it at the top; the other indexes that list it mark it stale and move it
+    /// when a lookup meets it (see `Member::stale`), often never before a finish raises it again,
+    /// or, under fragmentation, move it at once where its rank rose (`ShapeIndex::shifted`). So a
     /// placement re-ranks the worker in one heap instead of one per shape it fits.
     pub fn lowered(&mut self, id: WorkerId, workers: &mut WorkerTable, placed: ShapeId) {
         self.rekey_where(id, workers, |sid| sid == placed);
     }
 
-    /// Rank the worker again in the indexes of the shapes `now` accepts; mark it stale in the
-    /// others.
+    /// Rank the worker again in the indexes of the shapes `now` accepts; in the others, mark it
+    /// stale (or, under fragmentation, rank it again where it rose).
     fn rekey_where(
         &mut self,
         id: WorkerId,
@@ -204,17 +209,35 @@ impl PlacementIndex {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
-            if !now(sid) {
-                index.lowered(member);
-                continue;
-            }
             let ctx = Context {
                 weights: &self.weights,
                 learning,
                 kind: index.kind,
                 gpus: index.gpus,
             };
-            index.rekey(member, worker, &ctx);
+            if now(sid) {
+                index.rekey(member, worker, &ctx);
+            } else if index.policy == Policy::Fragmentation {
+                // A fragmentation rank may rise when the worker's free GPUs fall (it may strand
+                // fewer GPUs now), and a stale entry must never sit below its truth.
+                index.shifted(member, worker, &ctx);
+            } else {
+                index.lowered(member);
+            }
+        }
+    }
+
+    /// A task of shape `id` was queued: fold it into the demand mix, and rank the fragmentation
+    /// indexes again when the mix moved (O(S W log W) then; see `demand`).
+    pub fn demanded(&mut self, id: ShapeId, shape: &Shape, workers: &mut WorkerTable) {
+        let supply = |sid: ShapeId| self.built(sid).map_or(0, ShapeIndex::supply);
+        if !workers.learning.demand.record(id, shape.gpus, supply) {
+            return;
+        }
+        for index in self.shapes.iter_mut().flatten() {
+            if index.policy == Policy::Fragmentation {
+                index.set_policy(Policy::Fragmentation, workers, &self.weights);
+            }
         }
     }
 

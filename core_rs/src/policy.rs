@@ -2,14 +2,16 @@
 //!
 //! Every policy turns a (worker, shape) pair into one `u64` rank, higher = better, so each
 //! shape's ready workers can sit in one ordered set (see `placement`). Ranks depend on the
-//! worker's load and what the core learned about it, on the shape's kind and on a static best-fit
-//! measure of the shape against the worker; they never depend on the individual task. The one
+//! worker's load and what the core learned about it (the fragmentation policy's also on the
+//! recent mix of demand, see `demand`), on the shape's kind and on a static best-fit measure of
+//! the shape against the worker; they never depend on the individual task. The one
 //! task-dependent term, affinity (is the task's model warm on the worker?), is applied on top:
 //! each shape's index also keeps its warm members per key, in the same rank order.
 
 use std::fmt;
 use std::str::FromStr;
 
+use crate::demand::free_gpus;
 use crate::error::{invalid, CoreError, CoreResult};
 use crate::learning::{KindId, Learning};
 use crate::shapes::Shape;
@@ -33,16 +35,21 @@ pub enum Policy {
     Cost,
     /// A weighted sum of availability, success, speed, fit, cost and affinity.
     Composite,
+    /// The worker where the task costs the recent mix of demand the least GPU capacity, then
+    /// the one it leaves with the fewest GPUs free (see `demand`); a ready worker where the
+    /// task's affinity key is warm first, as `Affinity`.
+    Fragmentation,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 6] = [
+    pub const ALL: [Policy; 7] = [
         Policy::RoundRobin,
         Policy::LeastLoaded,
         Policy::Performance,
         Policy::Affinity,
         Policy::Cost,
         Policy::Composite,
+        Policy::Fragmentation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +60,7 @@ impl Policy {
             Policy::Affinity => "affinity",
             Policy::Cost => "cost",
             Policy::Composite => "composite",
+            Policy::Fragmentation => "fragmentation",
         }
     }
 }
@@ -236,8 +244,9 @@ impl Context<'_> {
         self.inputs(w, fit).terms(self.weights)
     }
 
-    /// The policy's rank of a worker for the shape, higher = better. Composite: the score's bits
-    /// (scores are finite and >= 0, so their bits order like the numbers).
+    /// The policy's rank of a worker for the shape, higher = better. Composite and
+    /// fragmentation: the score's bits (scores are finite and >= 0, so their bits order like the
+    /// numbers).
     pub fn rank(&self, policy: Policy, w: &Worker, fit: f64) -> u64 {
         let with_load = |primary: f64| score_bits(primary + 1e-6 * w.availability());
         match policy {
@@ -252,6 +261,17 @@ impl Context<'_> {
                 with_load(1.0 / (1.0 + cost))
             }
             Policy::Composite => score_bits(self.terms(w, fit).total()),
+            // A worker where the task starts at once (a slot and its GPUs free) ranks above every
+            // one where it would wait behind a running task (prefetch): by the top bit, which no
+            // score sets.
+            Policy::Fragmentation => {
+                let free = free_gpus(w);
+                if w.accepting() && w.held() < w.effective_slots() && free >= self.gpus {
+                    (1 << 63) | score_bits(self.learning.demand.score(w, free, self.gpus, fit))
+                } else {
+                    score_bits(w.availability())
+                }
+            }
         }
     }
 }

@@ -158,7 +158,15 @@ impl Scheduler {
     ) -> CoreResult<()> {
         self.check_push(task, shape)?;
         let pending = self.pending_task(shape, priority, seq, timeout_ms, options)?;
-        self.queue.push(task, pending)
+        self.queue.push(task, pending)?;
+        self.demanded(shape);
+        Ok(())
+    }
+
+    /// Fold a queued task of `shape` into the demand mix the fragmentation policy weighs.
+    fn demanded(&mut self, shape: ShapeId) {
+        let spec = self.shapes.get(shape).expect("pushed shapes are interned");
+        self.placement.demanded(shape, spec, &mut self.workers);
     }
 
     fn pending_task(
@@ -208,6 +216,7 @@ impl Scheduler {
         for &(task, shape, priority, seq, timeout_ms, options) in tasks {
             let pending = self.pending_task(shape, priority, seq, timeout_ms, options)?;
             self.queue.push(task, pending)?;
+            self.demanded(shape);
         }
         Ok(())
     }

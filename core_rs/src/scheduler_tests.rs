@@ -6,8 +6,17 @@ use crate::CoreError;
 use crate::Policy;
 use smallvec::smallvec;
 
+/// Most tests here were written against the composite policy's spreading; the default
+/// (fragmentation) has its own tests below.
+fn composite() -> SchedulerConfig {
+    SchedulerConfig {
+        policy: Policy::Composite,
+        ..SchedulerConfig::default()
+    }
+}
+
 fn sched() -> Scheduler {
-    Scheduler::new(SchedulerConfig::default()).unwrap()
+    Scheduler::new(composite()).unwrap()
 }
 
 fn gpu(mb: u64, cc: f64, name: &str) -> GpuSpec {
@@ -223,12 +232,12 @@ fn classes_go_in_strict_order_or_share_by_weight_and_stay_fifo_across_shapes() {
             .collect::<Vec<TaskId>>()
     };
     // Strict (the default): URGENT, then NORMAL in FIFO order by seq across both shapes, LOW.
-    assert_eq!(run(SchedulerConfig::default()), vec![3, 5, 2, 1, 4]);
+    assert_eq!(run(composite()), vec![3, 5, 2, 1, 4]);
     // Shares, by finish tag: URGENT 1/4, NORMAL 1/2, then NORMAL's second (1) ties LOW's first
     // (1) and the higher class wins the tie.
     let shares = SchedulerConfig {
         priority_mode: PriorityMode::Shares,
-        ..SchedulerConfig::default()
+        ..composite()
     };
     assert_eq!(run(shares), vec![3, 5, 2, 4, 1]);
     // Near-zero weights make shares strict.
@@ -278,7 +287,7 @@ fn failures_and_slowness_lower_a_workers_score() {
         w_availability: 0.0,
         w_success: 1.0,
         w_speed: 0.0,
-        ..SchedulerConfig::default()
+        ..composite()
     })
     .unwrap();
     let shape = cpu_shape(&mut s, "k");
@@ -299,7 +308,7 @@ fn failures_and_slowness_lower_a_workers_score() {
         w_availability: 0.0,
         w_success: 0.0,
         w_speed: 1.0,
-        ..SchedulerConfig::default()
+        ..composite()
     })
     .unwrap();
     let shape = cpu_shape(&mut s, "k");
@@ -403,7 +412,7 @@ fn bad_arguments_are_refused() {
     assert!(matches!(s.explain(77, 1), Err(CoreError::UnknownHandle(_))));
     let bad = SchedulerConfig {
         w_speed: -1.0,
-        ..SchedulerConfig::default()
+        ..composite()
     };
     assert!(matches!(
         Scheduler::new(bad),
@@ -544,7 +553,7 @@ fn draining_workers_get_no_new_tasks() {
 fn heartbeat_deadlines_expire_once_and_heartbeats_push_them_back() {
     let mut s = Scheduler::new(SchedulerConfig {
         heartbeat_timeout_ms: 1000,
-        ..SchedulerConfig::default()
+        ..composite()
     })
     .unwrap();
     assert_eq!(s.next_deadline_ms(), None);
@@ -581,7 +590,7 @@ fn heartbeat_deadlines_expire_once_and_heartbeats_push_them_back() {
 fn task_timeouts_expire_unless_finished() {
     let mut s = Scheduler::new(SchedulerConfig {
         heartbeat_timeout_ms: 1_000_000,
-        ..SchedulerConfig::default()
+        ..composite()
     })
     .unwrap();
     let shape = cpu_shape(&mut s, "k");
@@ -773,7 +782,7 @@ fn workers_joining_later_are_indexed() {
 fn compacting_stale_deadlines_keeps_current_ones() {
     let mut s = Scheduler::new(SchedulerConfig {
         heartbeat_timeout_ms: 1_000_000,
-        ..SchedulerConfig::default()
+        ..composite()
     })
     .unwrap();
     let shape = cpu_shape(&mut s, "k");
@@ -907,7 +916,7 @@ fn avoided_worker_is_used_only_when_it_is_the_only_one() {
 fn with_policy(policy: Policy) -> Scheduler {
     Scheduler::new(SchedulerConfig {
         policy,
-        ..SchedulerConfig::default()
+        ..composite()
     })
     .unwrap()
 }
@@ -1215,7 +1224,7 @@ fn composite_explanation_names_terms_and_runner_up() {
 fn warming_ramps_a_new_worker_and_restarts_after_quarantine() {
     let mut s = Scheduler::new(SchedulerConfig {
         warmup_successes: 3,
-        ..SchedulerConfig::default()
+        ..composite()
     })
     .unwrap();
     let shape = cpu_shape(&mut s, "k");
@@ -1250,7 +1259,7 @@ fn warming_ramps_a_new_worker_and_restarts_after_quarantine() {
 fn prefetch_holds_extra_tasks_and_idle_workers_steal_them() {
     let mut s = Scheduler::new(SchedulerConfig {
         prefetch_depth: 2,
-        ..SchedulerConfig::default()
+        ..composite()
     })
     .unwrap();
     let shape = cpu_shape(&mut s, "k");
@@ -1318,7 +1327,7 @@ fn can_run_ignores_load_but_not_static_filters() {
 fn a_prefetched_task_times_out_from_its_start_not_its_placement() {
     let mut s = Scheduler::new(SchedulerConfig {
         prefetch_depth: 1,
-        ..SchedulerConfig::default()
+        ..composite()
     })
     .unwrap();
     let shape = cpu_shape(&mut s, "k");
@@ -1397,7 +1406,7 @@ fn the_wait_never_exceeds_the_learned_load_cost() {
     let mut s = Scheduler::new(SchedulerConfig {
         policy: Policy::Affinity,
         locality_wait_ms: 60_000,
-        ..SchedulerConfig::default()
+        ..composite()
     })
     .unwrap();
     let shape = cpu_shape(&mut s, "infer");
@@ -1464,7 +1473,7 @@ fn stealing_does_not_trade_a_warm_start_for_a_load() {
     let mut s = Scheduler::new(SchedulerConfig {
         policy: Policy::Affinity,
         prefetch_depth: 1,
-        ..SchedulerConfig::default()
+        ..composite()
     })
     .unwrap();
     let shape = cpu_shape(&mut s, "infer");
@@ -1485,4 +1494,165 @@ fn stealing_does_not_trade_a_warm_start_for_a_load() {
         vec![(2, a, b)],
         "after the locality wait it may go cold"
     );
+}
+
+// -- fragmentation (the default policy)
+
+fn gpu_worker(s: &mut Scheduler, gpus: u32, model: &str) -> WorkerId {
+    let specs = (0..gpus).map(|_| gpu(16_384, 7.5, model)).collect();
+    s.add_worker(gpus, specs, "", vec![], vec![], 0).unwrap()
+}
+
+fn gpu_shape(s: &mut Scheduler, gpus: u32, models: &[&str]) -> ShapeId {
+    let shape = s
+        .shape(ShapeSpec {
+            kind: "k".into(),
+            gpus,
+            gpu_models: models.iter().map(|&m| m.into()).collect(),
+            ..ShapeSpec::default()
+        })
+        .unwrap();
+    // Builds the shape's index, so the workers it lists serve it from now on.
+    s.can_run(shape).unwrap();
+    shape
+}
+
+/// Queue tasks of `shapes` in turn (ids from `first`), so the demand mix is theirs, and take
+/// them out again unplaced.
+fn learn_mix(s: &mut Scheduler, shapes: &[ShapeId], first: TaskId, n: u64) {
+    for i in 0..n {
+        let shape = shapes[(i % shapes.len() as u64) as usize];
+        s.push(first + i, shape, 1, first + i, 0).unwrap();
+        assert!(s.remove(first + i));
+    }
+}
+
+#[test]
+fn fragmentation_is_the_default_policy() {
+    assert_eq!(SchedulerConfig::default().policy, Policy::Fragmentation);
+}
+
+#[test]
+fn a_small_task_fills_a_gap_and_keeps_whole_nodes_for_whole_node_tasks() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let big = gpu_worker(&mut s, 8, "G2");
+    let other_big = gpu_worker(&mut s, 8, "G2");
+    let small = gpu_worker(&mut s, 2, "G2");
+    let (one, eight) = (gpu_shape(&mut s, 1, &[]), gpu_shape(&mut s, 8, &[]));
+    learn_mix(&mut s, &[one, eight], 100, 64);
+    for t in 1..=3 {
+        s.push(t, one, 1, t, 0).unwrap();
+    }
+    s.push(4, eight, 1, 4, 0).unwrap();
+    s.push(5, eight, 1, 5, 0).unwrap();
+    let got = placed(&s.place(0, 10));
+    // The third 1-GPU task breaks one 8-GPU node (the lower handle), so only one 8-GPU task
+    // can start; spreading would have broken both.
+    assert_eq!(got, vec![(1, small), (2, small), (3, big), (4, other_big)]);
+}
+
+#[test]
+fn a_node_only_constrained_tasks_can_use_is_kept_for_them() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let t4 = gpu_worker(&mut s, 2, "T4");
+    let v100 = gpu_worker(&mut s, 2, "V100");
+    let (any, only_t4) = (gpu_shape(&mut s, 1, &[]), gpu_shape(&mut s, 1, &["T4"]));
+    learn_mix(&mut s, &[any, only_t4], 100, 64);
+    s.push(1, any, 1, 1, 0).unwrap();
+    s.push(2, any, 1, 2, 0).unwrap();
+    assert_eq!(
+        placed(&s.place(0, 10)),
+        vec![(1, v100), (2, v100)],
+        "tasks that run anywhere leave the T4s to T4-only tasks"
+    );
+    s.push(3, only_t4, 1, 3, 0).unwrap();
+    s.push(4, only_t4, 1, 4, 0).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(3, t4), (4, t4)]);
+}
+
+#[test]
+fn a_task_starts_on_a_free_worker_rather_than_queue_behind_a_running_one() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        prefetch_depth: 1,
+        ..SchedulerConfig::default()
+    })
+    .unwrap();
+    let busy = gpu_worker(&mut s, 1, "G2");
+    let roomy = gpu_worker(&mut s, 8, "G2");
+    let one = gpu_shape(&mut s, 1, &[]);
+    s.push(1, one, 1, 1, 0).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(1, busy)], "the tightest fit");
+    s.push(2, one, 1, 2, 0).unwrap();
+    assert_eq!(
+        placed(&s.place(0, 10)),
+        vec![(2, roomy)],
+        "a full worker leaves nothing to strand, but the task would wait there"
+    );
+}
+
+#[test]
+fn a_multi_gpu_task_loads_a_worker_as_many_times_as_its_gpus() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        policy: Policy::LeastLoaded,
+        ..SchedulerConfig::default()
+    })
+    .unwrap();
+    let a = gpu_worker(&mut s, 8, "G2");
+    let b = gpu_worker(&mut s, 8, "G2");
+    let (one, four) = (gpu_shape(&mut s, 1, &[]), gpu_shape(&mut s, 4, &[]));
+    s.push(1, four, 1, 1, 0).unwrap();
+    s.push(2, one, 1, 2, 0).unwrap();
+    s.push(3, one, 1, 3, 0).unwrap();
+    // After the 4-GPU task a has half its GPUs free; two 1-GPU tasks on b leave it 6 of 8.
+    assert_eq!(placed(&s.place(0, 10)), vec![(1, a), (2, b), (3, b)]);
+}
+
+proptest::proptest! {
+    /// Whatever the fleet has been through, the worker fragmentation picks scores best among
+    /// the workers that could take the task: a placement that raises a worker's score for
+    /// other shapes reaches their indexes at once.
+    #[test]
+    fn fragmentation_picks_the_best_scoring_worker(
+        sizes in proptest::collection::vec(proptest::sample::select(vec![1u32, 2, 4, 8]), 2..8),
+        ops in proptest::collection::vec((0usize..4, proptest::bool::ANY, 0usize..64), 1..80),
+    ) {
+        let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+        for &n in &sizes {
+            gpu_worker(&mut s, n, "G2");
+        }
+        let shapes: Vec<ShapeId> = [1, 2, 4, 8].iter().map(|&k| gpu_shape(&mut s, k, &[])).collect();
+        let mut running: Vec<TaskId> = Vec::new();
+        for (task, (shape, finish, which)) in ops.into_iter().enumerate() {
+            let task = task as TaskId;
+            if finish && !running.is_empty() {
+                let done = running.swap_remove(which % running.len());
+                s.finish(done, true, 10).unwrap();
+                continue;
+            }
+            let k = [1, 2, 4, 8][shape];
+            s.push(task, shapes[shape], 1, task, 0).unwrap();
+            let best = s
+                .workers
+                .iter()
+                .filter(|(_, w)| w.is_ready() && crate::demand::free_gpus(w) >= k)
+                .map(|(_, w)| s.workers.learning.demand.score(w, crate::demand::free_gpus(w), k, 0.0))
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+            let got = s.place(0, 1);
+            match (best, got.first()) {
+                (None, None) => assert!(s.remove(task)),
+                (Some(best), Some(p)) => {
+                    let w = s.workers.get(p.worker).unwrap();
+                    // Scored as it was before the task took its GPUs.
+                    let free = crate::demand::free_gpus(w) + k;
+                    let served = w.shapes.iter().map(|&(id, _)| id);
+                    let lost = s.workers.learning.demand.lost(free, k, served);
+                    let left = f64::from(free - k) / w.gpus.len() as f64;
+                    let score = 1.0 / (1.0 + lost + 1e-3 * left);
+                    proptest::prop_assert!(score >= best - 1e-12, "placed at {score}, best {best}");
+                    running.push(p.task);
+                }
+                (best, got) => proptest::prop_assert!(false, "best {best:?} but placed {got:?}"),
+            }
+        }
+    }
 }

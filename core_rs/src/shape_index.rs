@@ -10,9 +10,10 @@
 //! for the k-th entry looked at (k is 2 unless workers are passed over for the task itself: the
 //! one it avoids, one a reservation keeps), instead of a scan of the fleet. Per affinity key the
 //! index keeps its warm members in the same order, so the best warm worker for a task is found
-//! the same way, never walking past workers of other shapes. A placement only lowers ranks: the
-//! worker is moved in its own shape's ready heap and marked stale in the others (see
-//! `Member::stale`); a stale entry is moved when a lookup meets it. A fall reaches a warm heap
+//! the same way, never walking past workers of other shapes. A placement lowers ranks (under
+//! fragmentation, see `shifted`, where it may raise them): the worker is moved in its own shape's
+//! ready heap and marked stale in the others (see `Member::stale`); a stale entry is moved when a
+//! lookup meets it. A fall reaches a warm heap
 //! only when a lookup meets the entry (see `WarmMembers`).
 
 use std::cmp::Reverse;
@@ -132,6 +133,8 @@ pub struct ShapeIndex {
     ready: Ranked<ReadyKey>,
     /// Per affinity key, the members where it is warm.
     warm: IdHashMap<u64, WarmMembers>,
+    /// Qualifying GPUs over the members: how much of the fleet can serve the shape.
+    supply: u64,
 }
 
 impl ShapeIndex {
@@ -144,7 +147,13 @@ impl ShapeIndex {
             slots: IdHashMap::default(),
             ready: Ranked::default(),
             warm: IdHashMap::default(),
+            supply: 0,
         }
+    }
+
+    /// Qualifying GPUs over the members.
+    pub fn supply(&self) -> u64 {
+        self.supply
     }
 
     pub fn member(&self, id: WorkerId) -> Option<&Member> {
@@ -220,7 +229,8 @@ impl ShapeIndex {
     ) -> Pick {
         let avoid = self.avoided(need);
         let soft = match self.policy {
-            Policy::Affinity => true,
+            // A model load costs more than the GPUs a warm worker's placement may strand.
+            Policy::Affinity | Policy::Fragmentation => true,
             Policy::Composite => weights.affinity > 0.0,
             _ => false,
         };
@@ -485,34 +495,52 @@ impl ShapeIndex {
         self.rekey(slot, worker, &ctx);
     }
 
-    /// A task of another shape went to the member in `slot`: its rank here can only have
-    /// fallen (less capacity, fewer GPUs free, later in round-robin order), so its entry is
-    /// left where it is, above its truth, until a lookup meets it.
+    /// A task of another shape went to the member in `slot` and its rank here fell (less
+    /// capacity, fewer GPUs free, later in round-robin order), so its entry is left where it is,
+    /// above its truth, until a lookup meets it.
     pub(crate) fn lowered(&mut self, slot: u32) {
         listed_mut(&mut self.members, slot).stale = true;
     }
 
     /// Rank the member in `slot` again, in the ready heap and in its warm keys' heaps.
     pub(crate) fn rekey(&mut self, slot: u32, worker: &Worker, ctx: &Context<'_>) {
-        let member = listed_mut(&mut self.members, slot);
-        member.stale = false;
-        let member = &*member;
-        let key = (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus)).then(|| {
+        let key = self.key_of(slot, worker, ctx);
+        self.set_key(slot, key);
+    }
+
+    /// A task of another shape went to the member in `slot`, and under the fragmentation policy
+    /// that may raise its rank here (it strands fewer GPUs now): ranked again at once if it
+    /// rose, else left above its truth as `lowered` leaves it. O(S_w) for the rank, O(log W)
+    /// only for a rise.
+    pub(crate) fn shifted(&mut self, slot: u32, worker: &Worker, ctx: &Context<'_>) {
+        let key = self.key_of(slot, worker, ctx);
+        if rose(self.ready.get(slot), key) {
+            self.set_key(slot, key);
+        } else {
+            self.lowered(slot);
+        }
+    }
+
+    /// The member's ready entry as it stands: None unless it can take a task of the shape now.
+    fn key_of(&self, slot: u32, worker: &Worker, ctx: &Context<'_>) -> Option<ReadyKey> {
+        let member = listed(&self.members, slot);
+        (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus)).then(|| {
             (
                 Reverse(ctx.rank(self.policy, worker, member.fit)),
                 member.id,
             )
-        });
+        })
+    }
+
+    fn set_key(&mut self, slot: u32, key: Option<ReadyKey>) {
+        let member = listed_mut(&mut self.members, slot);
+        member.stale = false;
+        let member = &*member;
         let old = self.ready.get(slot);
         self.ready.set(slot, key);
         // The warm heaps may rank a member above its truth (see `WarmMembers`): only a rise
         // must reach them now; a fall waits for a lookup to meet the entry.
-        let rose = match (old, key) {
-            (None, Some(_)) => true,
-            (Some(old), Some(new)) => new < old,
-            (_, None) => false,
-        };
-        if !rose {
+        if !rose(old, key) {
             return;
         }
         for (k, warm_slot) in &member.warm {
@@ -573,6 +601,7 @@ impl ShapeIndex {
     ) -> u32 {
         let slot = self.ready.slot();
         let at = slot as usize;
+        self.supply += gpus.len() as u64;
         if self.members.len() <= at {
             self.members.resize_with(at + 1, || None);
         }
@@ -594,11 +623,21 @@ impl ShapeIndex {
         let member = self.members[slot as usize]
             .take()
             .expect("a listed slot has a member");
+        self.supply -= member.gpus.len() as u64;
         self.slots.remove(&member.id);
         self.ready.release(slot);
         for (key, warm_slot) in member.warm {
             Self::cooled(&mut self.warm, member.id, key, warm_slot);
         }
+    }
+}
+
+/// A ready entry moved from `old` to `new` ranks better (or is listed anew).
+fn rose(old: Option<ReadyKey>, new: Option<ReadyKey>) -> bool {
+    match (old, new) {
+        (None, Some(_)) => true,
+        (Some(old), Some(new)) => new < old,
+        (_, None) => false,
     }
 }
 

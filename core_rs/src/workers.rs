@@ -230,10 +230,15 @@ impl Worker {
         self.accepting() && self.held() < self.capacity()
     }
 
-    /// Share of its capacity still free, in [0, 1].
+    /// Share of its capacity still free, in [0, 1]: of its task places, and of its GPUs when it
+    /// has some (a 4-GPU task loads a worker four times as much as a 1-GPU task).
     pub fn availability(&self) -> f64 {
         let free = self.capacity().saturating_sub(self.held());
-        f64::from(free) / f64::from(self.slots + self.prefetch_depth)
+        let places = f64::from(free) / f64::from(self.slots + self.prefetch_depth);
+        if self.gpus.is_empty() {
+            return places;
+        }
+        places.min(f64::from(crate::demand::free_gpus(self)) / self.gpus.len() as f64)
     }
 
     /// Its speed at `kind` against the fleet: its own EWMA once it has run the kind, else what

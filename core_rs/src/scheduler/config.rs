@@ -49,7 +49,7 @@ impl Default for SchedulerConfig {
             w_affinity: w.affinity,
             w_fit: w.fit,
             w_cost: w.cost,
-            policy: Policy::Composite,
+            policy: Policy::Fragmentation,
             priority_mode: f.mode,
             priority_weights: f.class_weights,
             aging_ms: f.aging_ms,

@@ -1,0 +1,328 @@
+"""Placement quality of the real Rust core on a production GPU trace (Alibaba openb).
+
+shared/traces/openb: 1,213 nodes with 6,212 GPUs of seven models, 8,152 tasks of 0-8 GPUs. Every
+placement is the core's (controlplane._core.Scheduler, driven as benches/simulate.py drives it);
+time is simulated. Two experiments per trace variant (default, gpuspec33 with GPU-model
+constraints on a third of the tasks, multigpu50 with more multi-GPU tasks) and per policy:
+
+- Time replay on a seeded sample of the nodes (--fractions) with arrivals compressed until the
+  offered load is --load (the GPU-seconds the tasks ask for over the sample's GPU-seconds during the
+  arrivals; the full trace keeps only about 17 GPUs busy on average, so queues form only on a
+  subset and with compressed arrivals): tasks arrive at their creation time, run for deletion -
+  scheduled time, and wait in the core's queue until it places them. Mean and p99 wait overall
+  and by GPU count, and GPU utilisation while some task waits. multigpu50 has no times: its task
+  i takes default task i's arrival and runtime.
+- Saturation on the whole cluster (as in the FGD paper): tasks arrive in trace order (then again,
+  shuffled, until the end), none leave; the GPUs requested when the core first cannot place the
+  arriving task, as a share of the cluster's GPUs; beside it the bound no policy can pass (when
+  the tasks that accept only some GPU models ask for more GPUs than those models have).
+
+Tasks without GPUs are left out (they use no GPU, so no GPU placement decides them), as are tasks
+no node of the sample could ever run (counted in the table's header). A share of a GPU (gpu_milli)
+is placed as a whole GPU here. Ratios are against round_robin.
+
+    python benches/replay.py                          # all variants, 10% and 20% of the nodes
+    python benches/replay.py --variants gpuspec33 --fractions 0.1 --policies round_robin,fragmentation
+    python benches/replay.py --tasks 3000 --no-saturation   # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import heapq
+import json
+import random
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controlplane._core import Scheduler
+from controlplane.config import SchedulerConfig
+
+TRACE = Path(__file__).resolve().parent.parent.parent / "shared" / "traces" / "openb"
+VARIANTS = ("default", "gpuspec33", "multigpu50")
+# name -> the scheduler config it runs with; best_fit is composite weighing fit alone.
+POLICIES: dict[str, SchedulerConfig] = {
+    "round_robin": SchedulerConfig(policy="round_robin"),
+    "least_loaded": SchedulerConfig(policy="least_loaded"),
+    "composite": SchedulerConfig(policy="composite"),
+    "best_fit": SchedulerConfig(
+        policy="composite", w_availability=0, w_success=0, w_speed=0, w_affinity=0, w_fit=1, w_cost=0
+    ),
+    "fragmentation": SchedulerConfig(policy="fragmentation"),
+    "default": SchedulerConfig(),
+}
+# GPU memory by model (MB); the trace names the models only. Tasks ask for no memory, so this
+# only makes the workers look like GPU servers.
+MEMORY_MB = {"V100M32": 32768, "A10": 24576}
+GPU_BUCKETS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Node:
+    gpus: int
+    model: str
+
+
+@dataclass(frozen=True)
+class Task:
+    gpus: int
+    models: tuple[str, ...]
+    arrival_s: float
+    runtime_s: float
+
+
+def load_nodes(trace: Path) -> list[Node]:
+    with open(trace / "openb_node_list_gpu_node.csv") as f:
+        return [Node(int(r["gpu"]), r["model"]) for r in csv.DictReader(f)]
+
+
+def load_tasks(trace: Path, variant: str) -> list[Task]:
+    """The variant's GPU tasks, in arrival order."""
+    with open(trace / "openb_pod_list_default.csv") as f:
+        timed = list(csv.DictReader(f))
+    with open(trace / f"openb_pod_list_{variant}.csv") as f:
+        rows = list(csv.DictReader(f))
+    # Tasks still running at the trace's end run to its end.
+    end = max(int(r["deletion_time"]) for r in timed if r["deletion_time"])
+    tasks = []
+    for i, row in enumerate(rows):
+        gpus = int(row["num_gpu"])
+        if gpus == 0:
+            continue
+        times = row if row.get("creation_time") else timed[i % len(timed)]
+        start = int(times["scheduled_time"] or times["creation_time"])
+        runtime = (int(times["deletion_time"]) if times["deletion_time"] else end) - start
+        models = tuple(m for m in row.get("gpu_spec", "").split("|") if m)
+        tasks.append(Task(gpus, models, float(times["creation_time"]), float(max(runtime, 1))))
+    tasks.sort(key=lambda t: t.arrival_s)
+    return tasks
+
+
+class Cluster:
+    """The core with one worker per node (slots = GPUs) and one shape per (GPUs, models)."""
+
+    def __init__(self, config: SchedulerConfig, nodes: list[Node]) -> None:
+        self.core = Scheduler(config)
+        self.gpus = sum(n.gpus for n in nodes)
+        self.nodes = nodes
+        for n in nodes:
+            gpu = (MEMORY_MB.get(n.model, 16384), 7.0, n.model)
+            self.core.add_worker(n.gpus, [gpu] * n.gpus, "cuda", [], [], 0)
+        self.shapes: dict[tuple[int, tuple[str, ...]], int] = {}
+
+    def shape(self, task: Task) -> int:
+        key = (task.gpus, task.models)
+        if key not in self.shapes:
+            self.shapes[key] = self.core.shape("openb", task.gpus, 0, list(task.models), "cuda", [], 0.0)
+        return self.shapes[key]
+
+    def could_run(self, task: Task) -> bool:
+        """Some node has the GPUs, of a model the task accepts."""
+        return any(n.gpus >= task.gpus and (not task.models or n.model in task.models) for n in self.nodes)
+
+
+def replay(config: SchedulerConfig, nodes: list[Node], tasks: list[Task], compress: float) -> dict[str, Any]:
+    """Time replay: waits and utilisation."""
+    cluster = Cluster(config, nodes)
+    core = cluster.core
+    events: list[tuple[float, int, int]] = []  # (time s, 0 = finish / 1 = arrive, task)
+    for i, t in enumerate(tasks):
+        heapq.heappush(events, (t.arrival_s / compress, 1, i))
+    arrived: dict[int, float] = {}
+    waits: list[tuple[int, float]] = []
+    busy = 0
+    now = 0.0
+    waited_s = busy_gpu_s = 0.0
+    while events:
+        at, kind, i = heapq.heappop(events)
+        if arrived:
+            # GPU time while at least one task waits: what placement could have used.
+            waited_s += at - now
+            busy_gpu_s += busy * (at - now)
+        now = at
+        if kind == 1:
+            core.push(i, cluster.shape(tasks[i]), 1, i, 0, now_ms=int(now * 1000))
+            arrived[i] = now
+        else:
+            core.finish(i, True, int(tasks[i].runtime_s * 1000))
+            busy -= tasks[i].gpus
+        if events and events[0][0] == now:
+            continue  # place once per instant
+        for task, _, _ in core.place(int(now * 1000), 1_000_000):
+            core.mark_started(task)
+            waits.append((tasks[task].gpus, now - arrived.pop(task)))
+            busy += tasks[task].gpus
+            heapq.heappush(events, (now + tasks[task].runtime_s, 0, task))
+    if arrived:
+        raise RuntimeError(f"{len(arrived)} tasks never placed although some node could run each")
+    out: dict[str, Any] = {"utilisation": busy_gpu_s / (waited_s * cluster.gpus) if waited_s else 0.0}
+    out.update(wait_stats("all", [w for _, w in waits]))
+    for b in GPU_BUCKETS:
+        out.update(wait_stats(f"{b}gpu", [w for g, w in waits if g == b]))
+    return out
+
+
+def wait_stats(name: str, ws: list[float]) -> dict[str, float | int]:
+    ws = sorted(ws)
+    return {
+        f"{name}_n": len(ws),
+        f"{name}_mean_s": statistics.fmean(ws) if ws else 0.0,
+        f"{name}_p99_s": ws[int(0.99 * (len(ws) - 1))] if ws else 0.0,
+    }
+
+
+def arrivals(tasks: list[Task], seed: int) -> Iterator[Task]:
+    """The saturation experiment's arrivals: the trace in order, then shuffled rounds of it."""
+    rng = random.Random(seed)
+    order = list(tasks)
+    while True:
+        yield from order
+        rng.shuffle(order)
+
+
+def saturate(config: SchedulerConfig, nodes: list[Node], tasks: list[Task], seed: int) -> dict[str, Any]:
+    """Tasks arrive and never leave: the GPUs requested when one first cannot be placed."""
+    cluster = Cluster(config, nodes)
+    requested = placed = 0
+    for task in arrivals(tasks, seed):
+        requested += task.gpus
+        cluster.core.push(placed, cluster.shape(task), 1, placed, 0, now_ms=0)
+        if not cluster.core.place(0, 1):
+            break
+        placed += 1
+    return {"requested_share": requested / cluster.gpus, "placed_tasks": placed}
+
+
+def saturation_bound(nodes: list[Node], tasks: list[Task], seed: int) -> dict[str, Any]:
+    """Where any policy must refuse by: the first arrival after which the tasks accepting only some
+    set of GPU models ask for more GPUs than those models have (Hall's condition on GPU counts;
+    node sizes ignored, so a policy may have to refuse sooner)."""
+    models = sorted({n.model for n in nodes})
+    supply = [sum(n.gpus for n in nodes if mask >> models.index(n.model) & 1) for mask in range(1 << len(models))]
+    need = [0] * len(supply)
+    requested = placed = 0
+    for task in arrivals(tasks, seed):
+        requested += task.gpus
+        allowed = sum(1 << i for i, m in enumerate(models) if not task.models or m in task.models)
+        over = False
+        for mask in range(len(need)):
+            if mask & allowed == allowed:
+                need[mask] += task.gpus
+                over = over or need[mask] > supply[mask]
+        if over:
+            break
+        placed += 1
+    return {"requested_share": requested / supply[-1], "placed_tasks": placed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trace", default=str(TRACE))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--fractions", default="0.1,0.2", help="shares of the nodes the time replay runs on")
+    parser.add_argument("--load", type=float, default=1.2, help="offered load of the time replay (see above)")
+    parser.add_argument("--tasks", type=int, default=0, help="replay only the first N GPU tasks (0 = all)")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--seed", type=int, default=1, help="node sample and saturation order")
+    parser.add_argument("--no-saturation", action="store_true")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "out"))
+    args = parser.parse_args()
+    trace = Path(args.trace)
+    policies = {p: POLICIES[p] for p in args.policies.split(",")}
+    nodes = load_nodes(trace)
+    report: dict[str, Any] = {"load": args.load, "compress": {}, "seed": args.seed, "replay": {}, "saturation": {}}
+    for variant in args.variants.split(","):
+        tasks = load_tasks(trace, variant)
+        if args.tasks:
+            tasks = tasks[: args.tasks]
+        for fraction in [float(x) for x in args.fractions.split(",")]:
+            sample = random.Random(args.seed).sample(nodes, max(1, round(fraction * len(nodes))))
+            probe = Cluster(policies[next(iter(policies))], sample)
+            runnable = [t for t in tasks if probe.could_run(t)]
+            span = runnable[-1].arrival_s - runnable[0].arrival_s
+            compress = args.load * probe.gpus * span / sum(t.gpus * t.runtime_s for t in runnable)
+            rows = {}
+            for name, config in policies.items():
+                t0 = time.perf_counter()
+                rows[name] = replay(config, sample, runnable, compress)
+                rows[name]["wall_s"] = time.perf_counter() - t0
+            key = f"{variant}@{fraction:g}"
+            report["replay"][key] = rows
+            report["compress"][key] = compress
+            print_replay(key, len(sample), probe.gpus, len(runnable), len(tasks), compress, rows)
+        if not args.no_saturation:
+            rows = {name: saturate(config, nodes, tasks, args.seed) for name, config in policies.items()}
+            rows["(bound)"] = saturation_bound(nodes, tasks, args.seed)
+            report["saturation"][variant] = rows
+            print_saturation(variant, len(nodes), sum(n.gpus for n in nodes), rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "replay.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {out / 'replay.json'}")
+    plot(report, out / "replay.png")
+
+
+def print_replay(
+    key: str, nodes: int, gpus: int, runnable: int, tasks: int, compress: float, rows: dict[str, dict[str, Any]]
+) -> None:
+    base = rows.get("round_robin", next(iter(rows.values())))
+    print(
+        f"\n{key}: time replay on {nodes} nodes, {gpus} GPUs; {runnable} of {tasks} GPU tasks "
+        f"(the rest fit no node here); arrivals x{compress:.1f}"
+    )
+    header = f"{'policy':<13} {'mean wait':>10} {'vs rr':>6} {'p99 wait':>10} {'util':>6}"
+    header += "".join(f" {f'{b}-GPU mean/p99':>20}" for b in GPU_BUCKETS) + f" {'wall':>6}"
+    print(header)
+    for name, r in rows.items():
+        ratio = r["all_mean_s"] / base["all_mean_s"] if base["all_mean_s"] else float("nan")
+        line = f"{name:<13} {r['all_mean_s']:>9.0f}s {ratio:>6.2f} {r['all_p99_s']:>9.0f}s {r['utilisation']:>6.1%}"
+        for b in GPU_BUCKETS:
+            cell = f"{r[f'{b}gpu_mean_s']:.0f}/{r[f'{b}gpu_p99_s']:.0f}s" if r[f"{b}gpu_n"] else "-"
+            line += f" {cell:>20}"
+        print(line + f" {r['wall_s']:>5.1f}s")
+
+
+def print_saturation(variant: str, nodes: int, gpus: int, rows: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{variant}: saturation on {nodes} nodes, {gpus} GPUs (tasks arrive, none leave)")
+    print(f"{'policy':<13} {'GPUs requested at first refusal':>32} {'tasks placed':>13}")
+    for name, r in rows.items():
+        print(f"{name:<13} {r['requested_share']:>32.1%} {r['placed_tasks']:>13}")
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+        return
+    runs = report["replay"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    policies = list(next(iter(runs.values())))
+    width = 0.8 / len(policies)
+    for j, policy in enumerate(policies):
+        ratios = [rows[policy]["all_mean_s"] / max(rows["round_robin"]["all_mean_s"], 1e-9) for rows in runs.values()]
+        axes[0].bar([i + j * width for i in range(len(runs))], ratios, width=width, label=policy)
+    axes[0].set_xticks([i + 0.4 for i in range(len(runs))], list(runs), rotation=30)
+    axes[0].set_title("mean wait / round_robin's")
+    axes[0].legend()
+    sat = report["saturation"]
+    for j, policy in enumerate([*policies, "(bound)"]):
+        shares = [rows[policy]["requested_share"] for rows in sat.values() if policy in rows]
+        axes[1].bar([i + j * width for i in range(len(shares))], shares, width=width, label=policy)
+    axes[1].set_xticks([i + 0.4 for i in range(len(sat))], list(sat))
+    axes[1].set_title("GPUs requested at the first refusal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+//! The recent mix of demand per shape, and what a placement costs it: the fragmentation policy's
+//! rank (after FGD, "Beware of Fragmentation", ATC '23).
+//!
+//! A worker's free GPUs serve a shape of k GPUs in whole multiples of k: 7 free GPUs serve one
+//! task of 4, 3 more go unused by it. Placing a task lowers what the worker can still serve; the
+//! capacity lost is weighed over the shapes that can run there (the worker's built indexes), each
+//! by its share of recent demand over the GPUs that can serve it, so a shape that only a few
+//! workers can run (a scarce GPU model) weighs more on those workers, and tasks that could run
+//! anywhere keep off them. The least capacity lost wins; ties go to the worker left with fewer
+//! free GPUs (best fit on what is left, not on the worker's size).
+//!
+//! Cost model. `record` is O(1) per push, and O(S) at the end of each window of pushes, where the
+//! mix is decayed; ranks follow (O(S W log W)) only when a shape's share moved by more than
+//! `DRIFT` of itself or its supply by more than a tenth (workers joined or left, or its index was
+//! built), so a steady mix on a steady fleet does not re-rank it. A rank is O(S_w) for the S_w shapes the
+//! worker serves.
+
+use crate::workers::Worker;
+use crate::ShapeId;
+
+/// Pushes per window: the mix halves its weight each window, so it follows the last few
+/// thousand pushes.
+const WINDOW: u64 = 1024;
+/// A shape's share must move by this part of itself, and by `MIN_DRIFT` at least, before ranks
+/// follow the mix: far beyond the sampling noise of a steady mix (a share of 0.25 over the
+/// 2,048 pushes the window weighs wobbles by about 0.01), since following it costs a re-rank of
+/// every worker in every fragmentation index.
+const DRIFT: f64 = 0.25;
+const MIN_DRIFT: f64 = 0.02;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ShapeDemand {
+    /// GPUs a task of the shape uses.
+    gpus: u32,
+    /// Tasks pushed, halved each window.
+    recent: f64,
+    /// Its share of the mix and its supply when the weights were last taken.
+    share: f64,
+    supply: u64,
+    /// Share over supply, scaled by the fleet's GPUs: the capacity it loses per GPU, in units
+    /// where a shape every GPU serves weighs its share.
+    weight: f64,
+}
+
+/// The recent demand per shape and the weights ranks are computed with.
+#[derive(Debug, Default)]
+pub struct Demand {
+    shapes: Vec<ShapeDemand>,
+    pushes: u64,
+}
+
+impl Demand {
+    /// A task of `shape` (`gpus` GPUs) was queued. `supply(s)` is the GPUs of the workers that
+    /// can run shape `s`. True when the weights changed, so ranks must be computed again.
+    pub fn record(&mut self, shape: ShapeId, gpus: u32, supply: impl Fn(ShapeId) -> u64) -> bool {
+        let i = usize::try_from(shape).expect("shape ids are vector indices");
+        if self.shapes.len() <= i {
+            self.shapes.resize(i + 1, ShapeDemand::default());
+        }
+        self.shapes[i].gpus = gpus;
+        self.shapes[i].recent += 1.0;
+        self.pushes += 1;
+        // Early on, at every power of two, so a young scheduler learns its mix quickly.
+        if !(self.pushes.is_power_of_two() || self.pushes.is_multiple_of(WINDOW)) {
+            return false;
+        }
+        let total: f64 = self.shapes.iter().map(|s| s.recent).sum();
+        let supplies: Vec<u64> = (0..self.shapes.len() as ShapeId).map(supply).collect();
+        let drifted =
+            |s: &ShapeDemand| (s.recent / total - s.share).abs() > (DRIFT * s.share).max(MIN_DRIFT);
+        let moved = |s: &ShapeDemand, now: u64| now.abs_diff(s.supply) * 10 > s.supply;
+        let retake = self
+            .shapes
+            .iter()
+            .zip(&supplies)
+            .any(|(s, &n)| drifted(s) || moved(s, n));
+        if retake {
+            let fleet = supplies.iter().copied().max().unwrap_or(0) as f64;
+            for (s, &supply) in self.shapes.iter_mut().zip(&supplies) {
+                s.share = s.recent / total;
+                s.supply = supply;
+                s.weight = if supply == 0 || s.gpus == 0 {
+                    0.0
+                } else {
+                    s.share * fleet / supply as f64
+                };
+            }
+        }
+        if self.pushes.is_multiple_of(WINDOW) {
+            for s in &mut self.shapes {
+                s.recent /= 2.0;
+            }
+        }
+        retake
+    }
+
+    /// The demand-weighted GPUs a worker with `free` free GPUs can no longer serve once it gives
+    /// `take` of them to a task, over the shapes it serves (`served`).
+    pub fn lost(&self, free: u32, take: u32, served: impl Iterator<Item = ShapeId>) -> f64 {
+        let after = free.saturating_sub(take);
+        served
+            .filter_map(|s| self.shapes.get(usize::try_from(s).ok()?))
+            .filter(|s| s.weight > 0.0)
+            .map(|s| f64::from(usable(free, s.gpus) - usable(after, s.gpus)) * s.weight)
+            .sum()
+    }
+
+    /// The fragmentation rank's score of a worker with `free` free GPUs for a task of `gpus`
+    /// GPUs, in (0, 1], higher =
+    /// better: the capacity lost first, then the share of its GPUs left free (for a task without
+    /// GPUs: the less GPU capacity it would idle beside, by `static_fit`, and the freer the
+    /// worker, the better).
+    pub fn score(&self, worker: &Worker, free: u32, gpus: u32, static_fit: f64) -> f64 {
+        let tiebreak = if gpus == 0 || worker.gpus.is_empty() {
+            0.5 * (1.0 - static_fit) + 0.5 * (1.0 - worker.availability())
+        } else {
+            let left = free.saturating_sub(gpus);
+            f64::from(left) / worker.gpus.len() as f64
+        };
+        let lost = if gpus == 0 {
+            0.0
+        } else {
+            let served = worker.shapes.iter().map(|&(s, _)| s);
+            self.lost(free, gpus, served)
+        };
+        1.0 / (1.0 + lost + 1e-3 * tiebreak)
+    }
+}
+
+/// GPUs a shape of `k` GPUs can use out of `free`: whole multiples of k.
+fn usable(free: u32, k: u32) -> u32 {
+    free / k * k
+}
+
+/// Healthy GPUs no placed task holds.
+pub fn free_gpus(worker: &Worker) -> u32 {
+    worker
+        .gpus
+        .iter()
+        .filter(|g| g.healthy && g.holders == 0)
+        .count() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mix(shapes: &[(ShapeId, u32, u64)], supply: &[u64]) -> Demand {
+        let mut d = Demand::default();
+        for &(shape, gpus, n) in shapes {
+            for _ in 0..n {
+                d.record(shape, gpus, |s| supply[s as usize]);
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn a_task_that_splits_a_whole_node_loses_the_big_shapes_capacity() {
+        // Half the demand 1-GPU, half 8-GPU, both served by the same 64 GPUs.
+        let d = mix(&[(0, 1, 64), (1, 8, 64)], &[64, 64]);
+        let on_empty = d.lost(8, 1, [0, 1].into_iter());
+        let on_nearly_full = d.lost(1, 1, [0, 1].into_iter());
+        assert!(
+            on_nearly_full < on_empty,
+            "one GPU on an empty 8-GPU node costs the 8-GPU tasks a node: {on_nearly_full} vs {on_empty}"
+        );
+    }
+
+    #[test]
+    fn gpus_only_a_scarce_shape_can_use_weigh_more() {
+        // Shape 0 runs anywhere (100 GPUs); shape 1 only on 10 of them; equal demand.
+        let d = mix(&[(0, 1, 50), (1, 1, 50)], &[100, 10]);
+        let scarce = d.lost(2, 1, [0, 1].into_iter());
+        let common = d.lost(2, 1, [0].into_iter());
+        assert!(scarce > common, "{scarce} <= {common}");
+    }
+
+    #[test]
+    fn a_steady_mix_keeps_its_weights_through_its_noise() {
+        let mut d = Demand::default();
+        let mut rng: u64 = 7;
+        let mut late = 0;
+        for i in 0..50 * WINDOW {
+            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            // The first windows learn the mix; after that it only wobbles.
+            if d.record((rng >> 33) % 4, 1, |_| 8) && i >= 4 * WINDOW {
+                late += 1;
+            }
+        }
+        assert_eq!(
+            late, 0,
+            "re-ranked {late} times for a mix that never changed"
+        );
+    }
+
+    #[test]
+    fn a_new_mix_is_followed() {
+        let mut d = Demand::default();
+        let mut retakes = |shape| {
+            (0..4 * WINDOW)
+                .filter(|_| d.record(shape, 1, |_| 8))
+                .count()
+        };
+        retakes(0);
+        assert!(
+            retakes(1) > 0,
+            "demand moved to another shape and ranks never followed"
+        );
+    }
+
+    proptest! {
+        /// Losing capacity is never negative and never more than the weighted GPUs taken and
+        /// stranded: each shape loses at most the GPUs it could use before.
+        #[test]
+        fn capacity_lost_is_bounded_by_what_the_worker_could_serve(
+            free in 0u32..9, take in 1u32..9, sizes in prop::collection::vec(1u32..9, 1..5),
+        ) {
+            let shapes: Vec<_> = sizes.iter().enumerate().map(|(i, &k)| (i as ShapeId, k, 10)).collect();
+            let d = mix(&shapes, &vec![64; sizes.len()]);
+            let served = 0..sizes.len() as ShapeId;
+            let lost = d.lost(free, take, served.clone());
+            let bound: f64 = d.shapes.iter().map(|s| f64::from(usable(free, s.gpus)) * s.weight).sum();
+            prop_assert!(lost >= 0.0 && lost <= bound + 1e-9, "{lost} outside [0, {bound}]");
+        }
+    }
+}
