@@ -74,6 +74,10 @@ class ServerConfig:
     keep_finished_s: float = 7 * 24 * 3600.0
     # Agents must present this token on Connect (GPUCP_AGENT_TOKEN); "" takes any agent.
     agent_token: str = ""
+    # The principals file (controlplane.auth); "" = none: every caller is an anonymous admin, so
+    # the server listens on loopback only unless `insecure` says otherwise.
+    auth: str = ""
+    insecure: bool = False
     # An autoscaler config file (TOML or JSON): RunPod pools scaled from the queue; "" = none.
     autoscale: str = ""
 

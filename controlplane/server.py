@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import ipaddress
 import logging
 import os
 import resource
@@ -17,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.auth import load_authority
 from controlplane.autoscaler import Autoscaler, ControlPlaneView, load_config
 from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
@@ -99,6 +101,18 @@ async def start(config: ServerConfig) -> Running:
             f"--max-payload {config.max_payload_bytes} is over the {MAX_TASK_CONTENT_BYTES} bytes a whole task "
             f"spec may weigh (each message is at most {MAX_MESSAGE_BYTES} bytes): give a smaller limit"
         )
+    authority = load_authority(config.auth, config.agent_token)
+    open_to_network = not is_loopback(config.listen)
+    if open_to_network and not authority.enabled:
+        if not config.insecure:
+            raise ValueError(
+                f"--listen {config.listen} is reachable from other machines, and without --auth anyone there may "
+                "submit, cancel and run commands on agents: give --auth FILE, listen on 127.0.0.1, "
+                "or add --insecure if this network is yours alone"
+            )
+        log.warning(
+            "INSECURE: listening on %s without --auth: every caller that reaches the port is an admin", config.listen
+        )
     # One socket per agent connection: take every file descriptor the system allows.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -113,9 +127,9 @@ async def start(config: ServerConfig) -> Running:
         raise
     control = ControlPlane(config, store)
     await control.start()
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(control), server)
-    workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(control), server)
-    admin = AdminService(control)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(control, authority), server)
+    workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(control, authority), server)
+    admin = AdminService(control, authority)
     admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -126,7 +140,12 @@ async def start(config: ServerConfig) -> Running:
     await server.start()
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gpucp control plane listening on port %d (db %s)", port, config.db)
+    log.info(
+        "gpucp control plane listening on port %d (db %s, %s)",
+        port,
+        config.db,
+        f"{len(authority.by_digest)} principals from {config.auth}" if authority.enabled else "no --auth",
+    )
     running = Running(server, port, control, health_servicer, store)
     if autoscale is not None:
         host = config.listen.rpartition(":")[0]
@@ -135,6 +154,24 @@ async def start(config: ServerConfig) -> Running:
         )
         await running.autoscaler.start()
     return running
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether HOST:PORT (or a unix: socket) can only be reached from this machine."""
+    if listen.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:  # a host name: loopback only if every address it has is
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addresses)
 
 
 def _bind(server: grpc.aio.Server, listen: str) -> int:

@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from gpucp.auth import read_token, with_token
 from gpucp.limits import MAX_MESSAGE_BYTES
 from gpucp.states import TERMINAL_STATES
 from gpucp.v1 import (
@@ -168,13 +169,15 @@ class Client:
     """A blocking client of one control plane. Use as a context manager or call close().
 
     `server` is HOST[:PORT] (port 50051 when left out); None reads $GPUCP_SERVER, else 127.0.0.1:50051.
+    `token` is the bearer token presented on every call; None reads $GPUCP_TOKEN.
     """
 
-    def __init__(self, server: str | None = None, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, server: str | None = None, *, timeout_s: float = 30.0, token: str | None = None) -> None:
         self.server = server_address(server)
         self.timeout_s = timeout_s
         self.closed = False
-        self._channel = grpc.insecure_channel(self.server, options=CHANNEL_OPTIONS)
+        self._raw_channel = grpc.insecure_channel(self.server, options=CHANNEL_OPTIONS)
+        self._channel = with_token(self._raw_channel, read_token() if token is None else token)
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
@@ -186,7 +189,7 @@ class Client:
 
     def close(self) -> None:
         self.closed = True
-        self._channel.close()
+        self._raw_channel.close()
 
     def _call(
         self, method: grpc.UnaryUnaryMultiCallable[Request, Reply], request: Request, timeout_s: float | None = None
@@ -413,7 +416,7 @@ class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
             try:
                 if remaining <= 0:
                     raise grpc.FutureTimeoutError()
-                grpc.channel_ready_future(self._client._channel).result(timeout=remaining)
+                grpc.channel_ready_future(self._client._raw_channel).result(timeout=remaining)
                 self._call.cancel()  # the ended or half-made subscription this one replaces
                 self._call = self._subscribe()
                 with self._lock:

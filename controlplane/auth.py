@@ -1,0 +1,234 @@
+"""Who is calling and what they may do: principals from `gpucp serve --auth FILE`, and the one
+place every call is checked.
+
+Every servicer method asks `Guard.check` (gRPC) and any other front end (HTTP) asks
+`Authority.principal(token)` then `authorize(principal, permission, tenant)`: the rules live here
+and nowhere else. Without an auth file every caller is the anonymous admin (so the server must
+then listen on loopback only, which `gpucp serve` enforces); GPUCP_AGENT_TOKEN, the single-token
+shortcut, still guards Workers.Connect as before.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from controlplane.errors import ControlError
+from gpucp.auth import AGENT_TOKEN_ENV
+
+__all__ = [
+    "ANONYMOUS",
+    "ROLES",
+    "Authority",
+    "Denied",
+    "Permission",
+    "Principal",
+    "authorize",
+    "load_authority",
+    "printable",
+]
+
+class Permission(enum.StrEnum):
+    """What a call needs, by name (an HTTP front end names the same ones)."""
+
+    READ = "read"  # Get/List/Wait/Watch tasks of the caller's tenants
+    SUBMIT = "submit"  # Submit/Run/Cancel in the caller's tenants
+    ADMIN_READ = "admin.read"  # cluster stats, workers, costs, scaling events
+    DRAIN = "drain"  # Drain/Undrain a worker
+    CONNECT = "connect"  # Workers.Connect as one of the principal's worker ids
+
+
+ROLES: Mapping[str, frozenset[Permission]] = {
+    "viewer": frozenset({Permission.READ}),
+    "submitter": frozenset({Permission.READ, Permission.SUBMIT}),
+    "operator": frozenset({Permission.READ, Permission.SUBMIT, Permission.ADMIN_READ, Permission.DRAIN}),
+    "admin": frozenset(Permission),
+    "agent": frozenset({Permission.CONNECT}),
+}
+# Roles that act in every tenant whatever their `tenants` say.
+_ALL_TENANTS_ROLES = frozenset({"operator", "admin"})
+_NAME = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_DEFAULT_TENANT = "default"
+
+
+class Denied(ControlError):
+    """A call refused for who makes it: UNAUTHENTICATED (no or unknown credential) or
+    PERMISSION_DENIED (a credential without the right)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: str
+    tenants: tuple[str, ...] = ()  # "*" = every tenant
+    workers: tuple[str, ...] = ()  # worker ids it may register as; "prefix-*" patterns
+
+    @property
+    def all_tenants(self) -> bool:
+        return self.role in _ALL_TENANTS_ROLES or "*" in self.tenants
+
+    def sees(self, tenant: str) -> bool:
+        """Whether the principal may see tasks of `tenant`."""
+        return self.all_tenants or tenant in self.tenants
+
+    def tenant_for(self, asked: str) -> str:
+        """The tenant a task this principal submits belongs to: `asked` if it holds it, its first
+        tenant when `asked` is empty; Denied otherwise."""
+        if not asked:
+            return next((t for t in self.tenants if t != "*"), _DEFAULT_TENANT)
+        if not self.sees(asked):
+            raise Denied(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{self.name} may not submit to tenant {printable(asked, 64)}: it acts in "
+                f"{', '.join(self.tenants) or 'no tenant'}; leave the tenant empty or name one of those",
+            )
+        return asked
+
+    def may_be_worker(self, worker_id: str) -> bool:
+        return any(
+            worker_id.startswith(p[:-1]) if p.endswith("*") else worker_id == p for p in self.workers
+        )
+
+
+# Without an auth file: every caller may do everything, as gpucp did before it had principals.
+ANONYMOUS = Principal("anonymous", "admin", ("*",), ("*",))
+# GPUCP_AGENT_TOKEN's holder: any worker id, nothing else.
+_SHARED_AGENT = Principal(AGENT_TOKEN_ENV, "agent", (), ("*",))
+
+
+def authorize(principal: Principal, permission: Permission | str, tenant: str | None = None) -> None:
+    """Raise Denied (PERMISSION_DENIED) unless `principal` holds `permission` (in `tenant`, if given)."""
+    permission = Permission(permission)
+    if permission not in ROLES[principal.role]:
+        raise Denied(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{principal.name} is a{'n' if principal.role[0] in 'aeiou' else ''} {principal.role}, "
+            f"which may not {permission.value}: ask an admin for a role that may",
+        )
+    if tenant is not None and not principal.sees(tenant):
+        raise Denied(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{principal.name} does not act in tenant {printable(tenant, 64)}",
+        )
+
+
+def printable(text: str, limit: int = 128) -> str:
+    """`text` quoted for a log line or an error: escapes instead of control characters (a newline
+    cannot start a forged line), cut to `limit` characters."""
+    cut = text[:limit]
+    return repr(cut) + ("…" if len(text) > limit else "")
+
+
+@dataclass(frozen=True)
+class Authority:
+    """Turns a bearer token into a Principal. `by_digest` maps sha256 hex digests to principals;
+    empty with `enabled` False means no auth file (every caller is ANONYMOUS)."""
+
+    by_digest: Mapping[str, Principal]
+    enabled: bool
+    agent_token: str = ""
+
+    def principal(self, token: str | None, *, connect: bool = False) -> Principal:
+        """The principal a bearer token stands for (None: no credential given); Denied if none.
+
+        `connect`: the call is Workers.Connect, where GPUCP_AGENT_TOKEN is also taken and,
+        without an auth file, required when it is set.
+        """
+        if token:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            for known, principal in self.by_digest.items():
+                if hmac.compare_digest(known, digest):
+                    return principal
+            if connect and self.agent_token and hmac.compare_digest(token.encode(), self.agent_token.encode()):
+                return _SHARED_AGENT
+        if not self.enabled and not (connect and self.agent_token):
+            return ANONYMOUS
+        if connect and not self.enabled:
+            # The single-token setup keeps its own sentences, which agents already print.
+            if not token:
+                raise Denied(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"this control plane only takes agents that present its token: start the agent with "
+                    f"{AGENT_TOKEN_ENV} set to the server's",
+                )
+            raise Denied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the agent's {AGENT_TOKEN_ENV} is not the control plane's: give it the server's token",
+            )
+        if not token:
+            raise Denied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this control plane needs a credential: set GPUCP_TOKEN (or --token-file) to your token",
+            )
+        raise Denied(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "the token is not one this control plane knows: check GPUCP_TOKEN, or ask an admin for one",
+        )
+
+    def from_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None, *, connect: bool = False) -> Principal:
+        """The principal of a gRPC call's `authorization: Bearer <token>` metadata."""
+        given = next((v for k, v in metadata or () if k == "authorization"), None)
+        token = given[7:] if isinstance(given, str) and given.startswith("Bearer ") else None
+        return self.principal(token, connect=connect)
+
+
+def load_authority(path: str, agent_token: str = "") -> Authority:
+    """Read `gpucp serve --auth FILE` (TOML); "" = no file. ValueError names what is wrong."""
+    if not path:
+        return Authority({}, enabled=False, agent_token=agent_token)
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"--auth {path}: {exc}") from None
+    entries = data.get("principal", [])
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"--auth {path}: name at least one [[principal]] (name, token_sha256, role)")
+    by_digest: dict[str, Principal] = {}
+    names: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"--auth {path}: principal {i + 1}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} is not a table")
+        unknown = set(entry) - {"name", "token_sha256", "role", "tenants", "workers", "cert_cn"}
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {sorted(unknown)}")
+        name, digest, role = entry.get("name"), entry.get("token_sha256"), entry.get("role")
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in names:
+            raise ValueError(f"{where}: name must be unique, 1-128 letters, digits or '_.:@-'")
+        if "cert_cn" in entry:
+            raise ValueError(f"{where} ({name}): cert_cn needs TLS, which this version does not serve yet")
+        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest.lower()):
+            raise ValueError(
+                f"{where} ({name}): token_sha256 must be 64 hex digits, e.g. the output of "
+                "`printf %s TOKEN | sha256sum`"
+            )
+        if not isinstance(role, str) or role not in ROLES:
+            raise ValueError(f"{where} ({name}): role must be one of {', '.join(ROLES)}")
+        tenants, workers = entry.get("tenants", []), entry.get("workers", [])
+        for field, values in (("tenants", tenants), ("workers", workers)):
+            if not isinstance(values, list) or not all(isinstance(v, str) and 0 < len(v) <= 128 for v in values):
+                raise ValueError(f"{where} ({name}): {field} must be a list of names")
+        if role in ("viewer", "submitter") and not tenants:
+            raise ValueError(f"{where} ({name}): a {role} needs tenants (\"*\" for all)")
+        if role == "agent" and not workers:
+            raise ValueError(f"{where} ({name}): an agent needs the worker ids it may register as (workers)")
+        if digest.lower() in by_digest:
+            raise ValueError(f"{where} ({name}) has the same token as {by_digest[digest.lower()].name}")
+        names.add(name)
+        by_digest[digest.lower()] = Principal(name, role, tuple(tenants), tuple(workers))
+    return Authority(by_digest, enabled=True, agent_token=agent_token)
+
+
