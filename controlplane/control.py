@@ -163,6 +163,9 @@ class ControlPlane:
         if len(specs) > MAX_BATCH:
             raise InvalidArgument(f"{len(specs)} specs in one batch; the limit is {MAX_BATCH}")
         for i, spec in enumerate(specs):
+            # Fields this version does not know are not stored, returned or sent to agents: they
+            # would be bytes no limit counts.
+            spec.DiscardUnknownFields()
             try:
                 validate_spec(spec, max_payload_bytes=self.config.max_payload_bytes)
             except InvalidArgument as exc:

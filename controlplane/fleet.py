@@ -118,6 +118,7 @@ class Fleet:
         closed (waiting out its reconnect grace) is replaced by whoever registers as the same
         principal; another principal never gets its tasks.
         """
+        reg.DiscardUnknownFields()  # kept for as long as the worker is: only what is known and bounded
         validate_register(reg)
         if not self.accepting:
             raise Unavailable("the control plane is shutting down")
