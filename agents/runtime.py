@@ -52,8 +52,8 @@ TaskKey = tuple[str, int]
 
 
 class Refused(Exception):
-    """The control plane will not take this agent as it is (its token, or a worker id another
-    agent holds): retrying cannot help."""
+    """The control plane will not take this agent as it is (its token, a worker id its token does
+    not cover, or one another agent holds): retrying cannot help."""
 
 
 def default_worker_id() -> str:
@@ -313,7 +313,8 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                # Refused for who it is (no or another's token, a worker id its token does not cover).
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     raise Refused(f"the control plane at {self.server} refused this agent: {exc.details()}") from None
                 if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
                     # Another agent process holds this worker id: retrying would knock it off, or be
