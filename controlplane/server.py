@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane.auth import load_authority
+from controlplane.auth import Authority, load_authority
 from controlplane.autoscaler import Autoscaler, ControlPlaneView, load_config
 from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
@@ -73,6 +73,9 @@ class Running:
     control: ControlPlane
     health: health.aio.HealthServicer
     store: Store
+    # Who callers are, for any front end besides gRPC: authority.principal(token), then
+    # controlplane.auth.authorize(principal, "admin.read").
+    authority: Authority
     autoscaler: Autoscaler | None = None
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -146,7 +149,7 @@ async def start(config: ServerConfig) -> Running:
         config.db,
         f"{len(authority.by_digest)} principals from {config.auth}" if authority.enabled else "no --auth",
     )
-    running = Running(server, port, control, health_servicer, store)
+    running = Running(server, port, control, health_servicer, store, authority)
     if autoscale is not None:
         host = config.listen.rpartition(":")[0]
         running.autoscaler = admin.autoscaler = Autoscaler(
