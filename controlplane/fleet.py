@@ -253,7 +253,7 @@ class Fleet:
     def drain(self, worker_id: str) -> None:
         conn = self.workers.get(worker_id)
         if conn is None:
-            raise NotFound(f"no connected worker has id {worker_id!r}")
+            raise NotFound(f"no connected worker has id {printable(worker_id, 64)}")
         conn.drained_by_operator = True
         self.core.scheduler.set_draining(conn.handle, True)
         conn.send(workers_pb2.ControlMessage(drain=workers_pb2.Drain()))
@@ -263,7 +263,7 @@ class Fleet:
         """End an operator's drain: the worker takes new tasks again (an agent that is leaving stays drained)."""
         conn = self.workers.get(worker_id)
         if conn is None:
-            raise NotFound(f"no connected worker has id {worker_id!r}")
+            raise NotFound(f"no connected worker has id {printable(worker_id, 64)}")
         if conn.lost_reason:
             raise FailedPrecondition(
                 f"worker {worker_id!r} is disconnected ({conn.lost_reason}); undrain it once it is back"
