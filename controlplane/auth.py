@@ -1,9 +1,9 @@
 """Who is calling and what they may do: principals from `gpucp serve --auth FILE`, and the one
 place every call is checked.
 
-Every servicer method asks `Guard.check` (gRPC) and any other front end (HTTP) asks
-`Authority.principal(token)` then `authorize(principal, permission, tenant)`: the rules live here
-and nowhere else. Without an auth file every caller is the anonymous admin (so the server must
+Every servicer method asks `services.caller` (which reads the gRPC metadata) and any other front
+end (HTTP) asks `Authority.principal(token)` then `authorize(principal, permission, tenant)`: the
+rules live here and nowhere else. Without an auth file every caller is the anonymous admin (so the server must
 then listen on loopback only, which `gpucp serve` enforces); GPUCP_AGENT_TOKEN, the single-token
 shortcut, still guards Workers.Connect as before.
 """
@@ -35,6 +35,7 @@ __all__ = [
     "load_authority",
     "printable",
 ]
+
 
 class Permission(enum.StrEnum):
     """What a call needs, by name (an HTTP front end names the same ones)."""
@@ -148,10 +149,11 @@ class Authority:
         without an auth file, required when it is set.
         """
         if token:
-            digest = hashlib.sha256(token.encode()).hexdigest()
-            for known, principal in self.by_digest.items():
-                if hmac.compare_digest(known, digest):
-                    return principal
+            # A lookup by digest: timing tells an attacker at most about digests, which they cannot
+            # turn back into tokens.
+            principal = self.by_digest.get(hashlib.sha256(token.encode()).hexdigest())
+            if principal is not None:
+                return principal
             if connect and self.agent_token and hmac.compare_digest(token.encode(), self.agent_token.encode()):
                 return _SHARED_AGENT
         if not self.enabled and not (connect and self.agent_token):

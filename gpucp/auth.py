@@ -9,9 +9,8 @@ TLS a token crosses the network in clear text, like the payloads themselves.
 
 from __future__ import annotations
 
-import hmac
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ AGENT_TOKEN_ENV = "GPUCP_AGENT_TOKEN"
 TOKEN_ENV = "GPUCP_TOKEN"
 MAX_TOKEN_BYTES = 4096
 _KEY = "authorization"
-_SCHEME = "Bearer "
+_SCHEME = "Bearer "  # the control plane reads it in controlplane.auth.Authority.from_metadata
 
 
 def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -29,21 +28,8 @@ def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return ((_KEY, _SCHEME + token),) if token else ()
 
 
-def token_problem(metadata: Iterable[tuple[str, str | bytes]] | None, expected: str) -> str | None:
-    """Why a call's metadata does not present `expected`, as a sentence; None if it does."""
-    given = next((v for k, v in metadata or () if k == _KEY), None)
-    if not isinstance(given, str) or not given.startswith(_SCHEME):
-        return (
-            f"this control plane only takes agents that present its token: start the agent with "
-            f"{AGENT_TOKEN_ENV} set to the server's"
-        )
-    if not hmac.compare_digest(given[len(_SCHEME) :].encode(), expected.encode()):
-        return f"the agent's {AGENT_TOKEN_ENV} is not the control plane's: give it the server's token"
-    return None
-
-
 def read_token(token_file: str | None = None, *, agent: bool = False) -> str:
-    """The caller's token: the first line of `token_file`, else $GPUCP_TOKEN (an agent: else
+    """The caller's token: the one line of `token_file`, else $GPUCP_TOKEN (an agent: else
     $GPUCP_AGENT_TOKEN); "" for none. ValueError for a file that cannot be read or is too long."""
     if token_file:
         try:
