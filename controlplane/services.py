@@ -199,6 +199,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             try:
                 authorize(principal, Permission.READ, asked)
             except Denied as exc:
+                audit.warning("refused read from %s: %s", principal.name, exc)
                 await context.abort(exc.code, str(exc))
             return (asked,)
         return () if principal.all_tenants else principal.tenants
