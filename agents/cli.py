@@ -16,6 +16,7 @@ from agents.inventory import parse_gpus
 from agents.runtime import Agent, Refused, default_worker_id
 from gpucp.auth import AGENT_TOKEN_ENV, TOKEN_ENV, read_token
 from gpucp.client import SERVER_ENV, server_address
+from gpucp.tls import TLS_CA_ENV, channel_credentials
 
 if TYPE_CHECKING:
     from agents.nvidia import NvidiaGpus
@@ -115,6 +116,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"the bearer token to present on Connect (default: ${TOKEN_ENV}, else ${AGENT_TOKEN_ENV})",
     )
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help=f"verify the control plane's TLS certificate with this CA (default: ${TLS_CA_ENV}; plaintext if unset)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate to present (mTLS), with --tls-key")
+    p.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
     return p
 
@@ -210,6 +218,7 @@ def build_agent(args: argparse.Namespace, nvidia: NvidiaGpus | None = None) -> A
         kinds=kinds,
         cost_per_hour=args.cost_per_hour,
         token=read_token(args.token_file, agent=True),
+        tls=channel_credentials(args.tls_ca, args.tls_cert, args.tls_key),
         handlers=handlers,
         drain_timeout_s=args.drain_timeout,
         **extra,  # type: ignore[arg-type]

@@ -13,10 +13,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import ipaddress
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -33,6 +34,7 @@ __all__ = [
     "Principal",
     "authorize",
     "load_authority",
+    "local_peer",
     "printable",
 ]
 
@@ -126,6 +128,18 @@ def authorize(principal: Principal, permission: Permission | str, tenant: str | 
         )
 
 
+def local_peer(peer: str) -> bool:
+    """Whether a gRPC peer ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "unix:...") is this machine."""
+    kind, _, address = peer.partition(":")
+    if kind in ("unix", "unix-abstract"):
+        return True
+    host = address.rpartition(":")[0].strip("[]").partition("%")[0]
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def printable(text: str, limit: int = 128) -> str:
     """`text` quoted for a log line or an error: escapes instead of control characters (a newline
     cannot start a forged line), cut to `limit` characters."""
@@ -141,13 +155,35 @@ class Authority:
     by_digest: Mapping[str, Principal]
     enabled: bool
     agent_token: str = ""
+    # mTLS: principals by the common name of the client certificate the server verified.
+    by_cn: Mapping[str, Principal] = field(default_factory=dict)
+    # Whether the server speaks TLS: without it, a token from another machine crossed the
+    # network in clear text and is refused.
+    tls: bool = False
 
-    def principal(self, token: str | None, *, connect: bool = False) -> Principal:
-        """The principal a bearer token stands for (None: no credential given); Denied if none.
+    def principal(
+        self,
+        token: str | None,
+        *,
+        connect: bool = False,
+        cert_cn: str | None = None,
+        remote: bool = False,
+    ) -> Principal:
+        """The principal a bearer token (None: none given) or else a verified client certificate's
+        common name stands for; Denied if none.
 
         `connect`: the call is Workers.Connect, where GPUCP_AGENT_TOKEN is also taken and,
-        without an auth file, required when it is set.
+        without an auth file, required when it is set. `remote`: the caller is not on this
+        machine (a token from it is refused over plaintext: anyone on the way has read it).
         """
+        if token and remote and not self.tls:
+            raise Denied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a token is refused over plaintext from another machine (anyone on the way could read it): "
+                "serve with --tls-cert and --tls-key, and give clients and agents --tls-ca",
+            )
+        if not token and cert_cn is not None and cert_cn in self.by_cn:
+            return self.by_cn[cert_cn]
         if token:
             # A lookup by digest: timing tells an attacker at most about digests, which they cannot
             # turn back into tokens.
@@ -180,17 +216,25 @@ class Authority:
             "the token is not one this control plane knows: check GPUCP_TOKEN, or ask an admin for one",
         )
 
-    def from_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None, *, connect: bool = False) -> Principal:
-        """The principal of a gRPC call's `authorization: Bearer <token>` metadata."""
+    def from_metadata(
+        self,
+        metadata: Iterable[tuple[str, str | bytes]] | None,
+        *,
+        connect: bool = False,
+        cert_cn: str | None = None,
+        remote: bool = False,
+    ) -> Principal:
+        """The principal of a gRPC call's `authorization: Bearer <token>` metadata (or its certificate)."""
         given = next((v for k, v in metadata or () if k == "authorization"), None)
         token = given[7:] if isinstance(given, str) and given.startswith("Bearer ") else None
-        return self.principal(token, connect=connect)
+        return self.principal(token, connect=connect, cert_cn=cert_cn, remote=remote)
 
 
-def load_authority(path: str, agent_token: str = "") -> Authority:
-    """Read `gpucp serve --auth FILE` (TOML); "" = no file. ValueError names what is wrong."""
+def load_authority(path: str, agent_token: str = "", *, tls: bool = False, mtls: bool = False) -> Authority:
+    """Read `gpucp serve --auth FILE` (TOML); "" = no file. ValueError names what is wrong.
+    `tls`: the server speaks TLS; `mtls`: it verifies client certificates (cert_cn principals)."""
     if not path:
-        return Authority({}, enabled=False, agent_token=agent_token)
+        return Authority({}, enabled=False, agent_token=agent_token, tls=tls)
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -199,6 +243,7 @@ def load_authority(path: str, agent_token: str = "") -> Authority:
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"--auth {path}: name at least one [[principal]] (name, token_sha256, role)")
     by_digest: dict[str, Principal] = {}
+    by_cn: dict[str, Principal] = {}
     names: set[str] = set()
     for i, entry in enumerate(entries):
         where = f"--auth {path}: principal {i + 1}"
@@ -208,11 +253,16 @@ def load_authority(path: str, agent_token: str = "") -> Authority:
         if unknown:
             raise ValueError(f"{where} has unknown keys {sorted(unknown)}")
         name, digest, role = entry.get("name"), entry.get("token_sha256"), entry.get("role")
+        cert_cn = entry.get("cert_cn")
         if not isinstance(name, str) or not _NAME.fullmatch(name) or name in names:
             raise ValueError(f"{where}: name must be unique, 1-128 letters, digits or '_.:@-'")
-        if "cert_cn" in entry:
-            raise ValueError(f"{where} ({name}): cert_cn needs TLS, which this version does not serve yet")
-        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest.lower()):
+        if (digest is None) == (cert_cn is None):
+            raise ValueError(f"{where} ({name}): give one of token_sha256 and cert_cn")
+        if cert_cn is not None and not mtls:
+            raise ValueError(f"{where} ({name}): cert_cn needs mTLS: serve with --tls-client-ca")
+        if cert_cn is not None and (not isinstance(cert_cn, str) or not cert_cn or cert_cn in by_cn):
+            raise ValueError(f"{where} ({name}): cert_cn must be a certificate's common name, one per principal")
+        if cert_cn is None and (not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest.lower())):
             raise ValueError(
                 f"{where} ({name}): token_sha256 must be 64 hex digits, e.g. the output of "
                 "`printf %s TOKEN | sha256sum`"
@@ -220,17 +270,22 @@ def load_authority(path: str, agent_token: str = "") -> Authority:
         if not isinstance(role, str) or role not in ROLES:
             raise ValueError(f"{where} ({name}): role must be one of {', '.join(ROLES)}")
         tenants, workers = entry.get("tenants", []), entry.get("workers", [])
-        for field, values in (("tenants", tenants), ("workers", workers)):
+        for key, values in (("tenants", tenants), ("workers", workers)):
             if not isinstance(values, list) or not all(isinstance(v, str) and 0 < len(v) <= 128 for v in values):
-                raise ValueError(f"{where} ({name}): {field} must be a list of names")
+                raise ValueError(f"{where} ({name}): {key} must be a list of names")
         if role in ("viewer", "submitter") and not tenants:
             raise ValueError(f"{where} ({name}): a {role} needs tenants (\"*\" for all)")
         if role == "agent" and not workers:
             raise ValueError(f"{where} ({name}): an agent needs the worker ids it may register as (workers)")
+        principal = Principal(name, role, tuple(tenants), tuple(workers))
+        names.add(name)
+        if isinstance(cert_cn, str):
+            by_cn[cert_cn] = principal
+            continue
+        assert isinstance(digest, str)  # checked above
         if digest.lower() in by_digest:
             raise ValueError(f"{where} ({name}) has the same token as {by_digest[digest.lower()].name}")
-        names.add(name)
-        by_digest[digest.lower()] = Principal(name, role, tuple(tenants), tuple(workers))
-    return Authority(by_digest, enabled=True, agent_token=agent_token)
+        by_digest[digest.lower()] = principal
+    return Authority(by_digest, enabled=True, agent_token=agent_token, by_cn=by_cn, tls=tls)
 
 

@@ -99,6 +99,10 @@ def parser() -> argparse.ArgumentParser:
                    "caller is an admin and only loopback --listen addresses are allowed")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --listen without --auth (anyone who reaches the port is an admin)")
+    p.add_argument("--tls-cert", metavar="FILE", default="", help="serve TLS with this certificate (PEM) and --tls-key")
+    p.add_argument("--tls-key", metavar="FILE", default="", help="the certificate's private key (PEM)")
+    p.add_argument("--tls-client-ca", metavar="FILE", default="",
+                   help="mTLS: clients must present a certificate this CA signed (principals' cert_cn)")
     p.add_argument("--ready-file", help="write the bound port here once serving")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -163,6 +167,9 @@ def run_serve(args: argparse.Namespace) -> int:
         agent_token=os.environ.get(AGENT_TOKEN_ENV, ""),
         auth=args.auth,
         insecure=args.insecure,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
     run(config, ready_file=args.ready_file)
     return 0

@@ -78,6 +78,11 @@ class ServerConfig:
     # the server listens on loopback only unless `insecure` says otherwise.
     auth: str = ""
     insecure: bool = False
+    # TLS: the server's certificate and key (PEM files); with a client CA, clients must present a
+    # certificate it signed (mTLS). "" = plaintext.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
     # An autoscaler config file (TOML or JSON): RunPod pools scaled from the queue; "" = none.
     autoscale: str = ""
 

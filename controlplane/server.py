@@ -26,6 +26,7 @@ from controlplane.services import AdminService, SchedulerService, WorkersService
 from controlplane.store import Store
 from gpucp.auth import AGENT_TOKEN_ENV
 from gpucp.limits import MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
+from gpucp.tls import read_pem
 from gpucp.v1 import admin_pb2, admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 log = logging.getLogger("gpucp.controlplane")
@@ -104,7 +105,8 @@ async def start(config: ServerConfig) -> Running:
             f"--max-payload {config.max_payload_bytes} is over the {MAX_TASK_CONTENT_BYTES} bytes a whole task "
             f"spec may weigh (each message is at most {MAX_MESSAGE_BYTES} bytes): give a smaller limit"
         )
-    authority = load_authority(config.auth, config.agent_token)
+    tls = server_credentials(config)
+    authority = load_authority(config.auth, config.agent_token, tls=tls is not None, mtls=bool(config.tls_client_ca))
     open_to_network = not is_loopback(config.listen)
     if open_to_network and not authority.enabled:
         if not config.insecure:
@@ -122,7 +124,7 @@ async def start(config: ServerConfig) -> Running:
     server = grpc.aio.server(options=SERVER_OPTIONS)
     # The port first: a control plane that cannot listen must not open the database, which
     # the one holding the port may be using.
-    port = _bind(server, config.listen)
+    port = _bind(server, config.listen, tls)
     try:
         store = Store(config.db, synchronous=config.db_synchronous)
     except BaseException:
@@ -144,10 +146,13 @@ async def start(config: ServerConfig) -> Running:
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "gpucp control plane listening on port %d (db %s, %s)",
+        "gpucp control plane listening on port %d (%s, db %s, %s)",
         port,
+        "mTLS" if config.tls_client_ca else "TLS" if tls is not None else "plaintext",
         config.db,
-        f"{len(authority.by_digest)} principals from {config.auth}" if authority.enabled else "no --auth",
+        f"{len(authority.by_digest) + len(authority.by_cn)} principals from {config.auth}"
+        if authority.enabled
+        else "no --auth",
     )
     running = Running(server, port, control, health_servicer, store, authority)
     if autoscale is not None:
@@ -177,10 +182,26 @@ def is_loopback(listen: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addresses)
 
 
-def _bind(server: grpc.aio.Server, listen: str) -> int:
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS for the listening port from --tls-cert/--tls-key (and --tls-client-ca: mTLS); None: plaintext."""
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together: give both, or neither")
+    if not config.tls_cert:
+        if config.tls_client_ca:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key: mTLS is TLS first")
+        return None
+    client_ca = read_pem(config.tls_client_ca, "--tls-client-ca") if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(read_pem(config.tls_key, "--tls-key"), read_pem(config.tls_cert, "--tls-cert"))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _bind(server: grpc.aio.Server, listen: str, tls: grpc.ServerCredentials | None = None) -> int:
     """Add the listening port; raise OSError with a sentence naming it when it cannot be had."""
     try:
-        port: int = server.add_insecure_port(listen)
+        port: int = server.add_secure_port(listen, tls) if tls is not None else server.add_insecure_port(listen)
         return port
     except RuntimeError:
         pass

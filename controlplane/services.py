@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 from grpc.aio import ServicerContext
 
-from controlplane.auth import ANONYMOUS, Authority, Denied, Permission, Principal, authorize, printable
+from controlplane.auth import (
+    ANONYMOUS,
+    Authority,
+    Denied,
+    Permission,
+    Principal,
+    authorize,
+    local_peer,
+    printable,
+)
 from controlplane.control import ControlPlane
 from controlplane.errors import ControlError
 from controlplane.fleet import WorkerConn
@@ -55,8 +64,14 @@ async def caller(
     """Who makes this call, if they may do `permission`; else abort UNAUTHENTICATED or
     PERMISSION_DENIED, with an audit line naming them."""
     principal = None
+    names = list(context.auth_context().get("x509_common_name", ())) if authority.by_cn else []
     try:
-        principal = authority.from_metadata(context.invocation_metadata(), connect=connect)
+        principal = authority.from_metadata(
+            context.invocation_metadata(),
+            connect=connect,
+            cert_cn=names[0].decode(errors="replace") if names else None,
+            remote=not local_peer(context.peer()),
+        )
         authorize(principal, permission)
     except Denied as exc:
         who = principal.name if principal is not None else "an unknown caller"

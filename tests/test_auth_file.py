@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from cluster import ROOT, _env
-from controlplane.auth import ANONYMOUS, Denied, Permission, authorize, load_authority
+from controlplane.auth import ANONYMOUS, Denied, Permission, authorize, load_authority, local_peer
 from controlplane.server import is_loopback
 
 DIGEST = hashlib.sha256(b"s3cret").hexdigest()
@@ -33,7 +33,8 @@ def write(tmp_path: Path, text: str) -> str:
         (f'[[principal]]\nname = "x"\ntoken_sha256 = "{DIGEST}"\nrole = "submitter"\n', "a submitter needs tenants"),
         (f'[[principal]]\nname = "x"\ntoken_sha256 = "{DIGEST}"\nrole = "agent"\n', "an agent needs the worker ids"),
         (f'[[principal]]\nname = "x"\ntoken_sha256 = "{DIGEST}"\nrole = "admin"\nwho = 1\n', "unknown keys ['who']"),
-        (f'[[principal]]\nname = "x"\ncert_cn = "x"\ntoken_sha256 = "{DIGEST}"\nrole = "admin"\n', "needs TLS"),
+        (f'[[principal]]\nname = "x"\ncert_cn = "x"\ntoken_sha256 = "{DIGEST}"\nrole = "admin"\n', "give one of"),
+        ('[[principal]]\nname = "x"\ncert_cn = "x"\nrole = "admin"\n', "cert_cn needs mTLS"),
         (
             f'[[principal]]\nname = "x"\ntoken_sha256 = "{DIGEST}"\nrole = "admin"\n'
             f'[[principal]]\nname = "y"\ntoken_sha256 = "{DIGEST}"\nrole = "admin"\n',
@@ -78,3 +79,12 @@ def test_tokens_map_to_their_principal_and_permissions_by_name(tmp_path: Path) -
 )
 def test_loopback_addresses(listen: str, loopback: bool) -> None:
     assert is_loopback(listen) is loopback
+
+
+@pytest.mark.parametrize(
+    ("peer", "local"),
+    [("ipv4:127.0.0.1:5000", True), ("ipv6:[::1]:5000", True), ("unix:/tmp/s", True),
+     ("ipv4:10.0.0.7:5000", False), ("ipv6:[2001:db8::1]:5000", False), ("ipv6:[::ffff:10.0.0.7]:1", False)],
+)
+def test_local_peers(peer: str, local: bool) -> None:
+    assert local_peer(peer) is local
