@@ -160,6 +160,9 @@ class Authority:
     # Whether the server speaks TLS: without it, a token from another machine crossed the
     # network in clear text and is refused.
     tls: bool = False
+    # [tenant.NAME] tables: fair-share weight and max_pending per tenant.
+    tenant_weights: Mapping[str, float] = field(default_factory=dict)
+    tenant_max_pending: Mapping[str, int] = field(default_factory=dict)
 
     def principal(
         self,
@@ -239,6 +242,12 @@ def load_authority(path: str, agent_token: str = "", *, tls: bool = False, mtls:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"--auth {path}: {exc}") from None
+    unknown_tables = set(data) - {"principal", "tenant"}
+    if unknown_tables:
+        raise ValueError(
+            f"--auth {path}: unknown tables {sorted(unknown_tables)}; it has [[principal]] and [tenant.NAME]"
+        )
+    weights, max_pending = _tenant_limits(path, data.get("tenant", {}))
     entries = data.get("principal", [])
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"--auth {path}: name at least one [[principal]] (name, token_sha256, role)")
@@ -286,6 +295,47 @@ def load_authority(path: str, agent_token: str = "", *, tls: bool = False, mtls:
         if digest.lower() in by_digest:
             raise ValueError(f"{where} ({name}) has the same token as {by_digest[digest.lower()].name}")
         by_digest[digest.lower()] = principal
-    return Authority(by_digest, enabled=True, agent_token=agent_token, by_cn=by_cn, tls=tls)
+    return Authority(
+        by_digest,
+        enabled=True,
+        agent_token=agent_token,
+        by_cn=by_cn,
+        tls=tls,
+        tenant_weights=weights,
+        tenant_max_pending=max_pending,
+    )
+
+
+# What DESIGN.md's [tenant.NAME] may also hold, which this version does not enforce: refused
+# rather than ignored, so that nobody relies on a limit that is not there.
+_TENANT_KEYS_TO_COME = ("max_running_gpus", "submit_rate")
+
+
+def _tenant_limits(path: str, tables: object) -> tuple[dict[str, float], dict[str, int]]:
+    """[tenant.NAME] weight (> 0) and max_pending (>= 1) from an --auth file."""
+    if not isinstance(tables, dict):
+        raise ValueError(f"--auth {path}: tenant must be tables such as [tenant.research]")
+    weights: dict[str, float] = {}
+    max_pending: dict[str, int] = {}
+    for name, table in tables.items():
+        where = f"--auth {path}: [tenant.{name}]"
+        if not isinstance(table, dict):
+            raise ValueError(f"{where} is not a table")
+        later = sorted(set(table) & set(_TENANT_KEYS_TO_COME))
+        if later:
+            raise ValueError(f"{where}: {', '.join(later)} are not enforced by this version; remove them")
+        unknown = set(table) - {"weight", "max_pending"}
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {sorted(unknown)}; it takes weight and max_pending")
+        weight, pending = table.get("weight"), table.get("max_pending")
+        if weight is not None:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+                raise ValueError(f"{where}: weight must be a number > 0")
+            weights[name] = float(weight)
+        if pending is not None:
+            if isinstance(pending, bool) or not isinstance(pending, int) or pending < 1:
+                raise ValueError(f"{where}: max_pending must be a whole number >= 1")
+            max_pending[name] = pending
+    return weights, max_pending
 
 

@@ -67,6 +67,9 @@ class ServerConfig:
     # Per-kind placement policies and tenants' fair-share weights (default 1 each).
     kind_policies: tuple[tuple[str, str], ...] = ()
     tenant_weights: tuple[tuple[str, float], ...] = ()
+    # Pending tasks a tenant may have before its submissions (only its) are refused; from the
+    # --auth file's [tenant.NAME] max_pending.
+    tenant_max_pending: tuple[tuple[str, int], ...] = ()
     # The core's queue and placement, heartbeat timeout included.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Finished tasks (their results too) are deleted this long after they end; 0 keeps them

@@ -13,6 +13,7 @@ This module admits tasks, answers queries, and starts and stops the rest.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -57,6 +58,7 @@ def parse_page_token(token: str) -> int:
 class ControlPlane:
     def __init__(self, config: ServerConfig, store: Store) -> None:
         self.config = config
+        self._max_pending = dict(config.tenant_max_pending)
         self.store = store
         self.book = TaskBook()
         self.notifier = Notifier()
@@ -176,6 +178,7 @@ class ControlPlane:
                 f"the queue is full ({queued} tasks pending, limit {self.config.max_queue}): "
                 "retry later, or raise --max-queue"
             )
+        self._check_tenant_quotas(specs)
         known = await self._find_idempotent(specs)
         out: list[tuple[str, bool]] = []
         new: list[TaskRecord] = []
@@ -210,6 +213,20 @@ class ControlPlane:
             entries.append(entry)
         self.lifecycle.queue(entries)
         return out
+
+    def _check_tenant_quotas(self, specs: Sequence[common_pb2.TaskSpec]) -> None:
+        """ResourceExhausted when the specs would take a tenant past its max_pending: that tenant
+        waits, the others keep submitting."""
+        if not self._max_pending:
+            return
+        for tenant, count in collections.Counter(spec.tenant or "default" for spec in specs).items():
+            limit = self._max_pending.get(tenant)
+            pending = self.book.pending_by_tenant[tenant]
+            if limit is not None and pending + count > limit:
+                raise ResourceExhausted(
+                    f"tenant {printable(tenant, 64)} has {pending} tasks pending, its limit is {limit} "
+                    f"(max_pending in the --auth file): wait for some to start, or ask an admin to raise it"
+                )
 
     async def _find_idempotent(self, specs: Sequence[common_pb2.TaskSpec]) -> dict[tuple[str, str], str]:
         """Earlier tasks with the specs' idempotency keys that are no longer held in memory."""

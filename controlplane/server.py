@@ -107,6 +107,7 @@ async def start(config: ServerConfig) -> Running:
         )
     tls = server_credentials(config)
     authority = load_authority(config.auth, config.agent_token, tls=tls is not None, mtls=bool(config.tls_client_ca))
+    config = with_tenant_limits(config, authority)
     open_to_network = not is_loopback(config.listen)
     if open_to_network and not authority.enabled:
         if not config.insecure:
@@ -180,6 +181,20 @@ def is_loopback(listen: str) -> bool:
     except OSError:
         return False
     return bool(addresses) and all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addresses)
+
+
+def with_tenant_limits(config: ServerConfig, authority: Authority) -> ServerConfig:
+    """The config with the --auth file's [tenant.NAME] weights and max_pending; ValueError for a
+    weight also given by --tenant-weight (set it in one place)."""
+    flagged = {name for name, _ in config.tenant_weights}
+    both = sorted(flagged & set(authority.tenant_weights))
+    if both:
+        raise ValueError(f"tenant weights of {', '.join(both)} are given by --tenant-weight and by --auth: keep one")
+    return dataclasses.replace(
+        config,
+        tenant_weights=(*config.tenant_weights, *authority.tenant_weights.items()),
+        tenant_max_pending=tuple(authority.tenant_max_pending.items()),
+    )
 
 
 def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

@@ -40,6 +40,10 @@ def write(tmp_path: Path, text: str) -> str:
             f'[[principal]]\nname = "y"\ntoken_sha256 = "{DIGEST}"\nrole = "admin"\n',
             "has the same token as x",
         ),
+        ("[tenant.lab]\nsubmit_rate = 5\n", "submit_rate are not enforced by this version"),
+        ("[tenant.lab]\nmax_pending = 0\n", "max_pending must be a whole number >= 1"),
+        ("[tenant.lab]\nweight = -1\n", "weight must be a number > 0"),
+        ("[tenants]\n", "unknown tables ['tenants']"),
     ],
 )
 def test_a_bad_auth_file_is_refused_with_a_sentence(tmp_path: Path, text: str, sentence: str) -> None:

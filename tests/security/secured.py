@@ -31,8 +31,9 @@ def token(name: str) -> str:
     return f"token-{name}"
 
 
-def auth_file(path: Path) -> Path:
-    """Write the --auth TOML for PRINCIPALS, tokens stored as their SHA-256 only."""
+def auth_file(path: Path, tenant_tables: str = "") -> Path:
+    """Write the --auth TOML for PRINCIPALS, tokens stored as their SHA-256 only, and `tenant_tables`
+    ([tenant.NAME] tables) after them."""
     lines = []
     for name, (role, tenants, workers) in PRINCIPALS.items():
         digest = hashlib.sha256(token(name).encode()).hexdigest()
@@ -41,12 +42,12 @@ def auth_file(path: Path) -> Path:
             lines.append(f"tenants = {tenants!r}".replace("'", '"'))
         if workers:
             lines.append(f"workers = {workers!r}".replace("'", '"'))
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + tenant_tables)
     return path
 
 
-def start_secured(workdir: Path, *extra: str) -> ControlPlaneProcess:
-    return ControlPlaneProcess(workdir, "--auth", str(auth_file(workdir / "auth.toml")), *extra).start()
+def start_secured(workdir: Path, *extra: str, tenants: str = "") -> ControlPlaneProcess:
+    return ControlPlaneProcess(workdir, "--auth", str(auth_file(workdir / "auth.toml", tenants)), *extra).start()
 
 
 def client_as(cp: ControlPlaneProcess, name: str | None) -> Client:

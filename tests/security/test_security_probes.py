@@ -214,6 +214,19 @@ def test_the_cli_presents_gpucp_token(secured: ControlPlaneProcess, tmp_path: Pa
           f"exit {without.returncode}" + (", says GPUCP_TOKEN" if "GPUCP_TOKEN" in without.stderr else ""))
 
 
+def test_one_tenant_filling_its_queue_refuses_only_that_tenant(tmp_path: Path) -> None:
+    cp = start_secured(tmp_path, tenants='[tenant.team-a]\nmax_pending = 3\nweight = 2\n')
+    try:
+        with client_as(cp, "submitter-a") as a, client_as(cp, "submitter-b") as b:
+            held = [a.submit("noop") for _ in range(3)]  # no agent: they stay pending
+            probe("a tenant past its max_pending", "RESOURCE_EXHAUSTED", refusal(a.submit, "noop"))
+            probe("another tenant meanwhile", "OK", refusal(b.submit, "noop"))
+            a.cancel(held[0])
+            probe("the tenant once one of its tasks left the queue", "OK", refusal(a.submit, "noop"))
+    finally:
+        cp.kill()
+
+
 # ----- worker identity ----------------------------------------------------------------------------
 
 
