@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import ipaddress
 import socket
@@ -11,13 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from cluster import AgentProcess, ControlPlaneProcess, wait_for_workers
 from gpucp import Client, GpucpError
+from gpucp.testing import make_pki
 from gpucp.tls import channel_credentials
 from gpucp.v1 import common_pb2
 from security.secured import auth_file, probe, token
@@ -25,50 +21,13 @@ from security.secured import auth_file, probe, token
 S = common_pb2
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(
-    directory: Path, stem: str, cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """Write STEM.pem and STEM.key: a CA (issuer None) or a certificate it signs, valid for loopback."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer[0].subject if issuer else _name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{stem}.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA with a server certificate and client certificates for "tls-box" and "ci", and a rogue CA
-    with a "tls-box" of its own."""
+    with a client certificate of its own ("rogue-box")."""
     directory = tmp_path_factory.mktemp("pki")
-    ca = _issue(directory, "ca", "gpucp test CA", None)
-    _issue(directory, "server", "localhost", ca)
-    _issue(directory, "tls-box", "tls-box", ca)
-    _issue(directory, "ci", "ci", ca)
-    rogue = _issue(directory, "rogue-ca", "rogue CA", None)
-    _issue(directory, "rogue-box", "tls-box", rogue)
+    make_pki(directory, ["tls-box", "ci"])
+    make_pki(directory, ["rogue-box"], ca="rogue-ca")
     return directory
 
 
