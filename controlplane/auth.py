@@ -34,6 +34,7 @@ __all__ = [
     "Principal",
     "authorize",
     "load_authority",
+    "local_address",
     "local_peer",
     "printable",
 ]
@@ -133,9 +134,14 @@ def local_peer(peer: str) -> bool:
     kind, _, address = peer.partition(":")
     if kind in ("unix", "unix-abstract"):
         return True
-    host = address.rpartition(":")[0].strip("[]").partition("%")[0]
+    return local_address(address.rpartition(":")[0])
+
+
+def local_address(host: str) -> bool:
+    """Whether an IP address ("127.0.0.1", "[::1]", "fe80::1%eth0") is a loopback one; for front
+    ends that know their caller's address but not a gRPC peer string."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]").partition("%")[0]).is_loopback
     except ValueError:
         return False
 
