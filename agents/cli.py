@@ -11,11 +11,12 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from agents.handlers import BUILTIN_HANDLERS, Handler, load_handler
+from agents.handlers import BUILTIN_HANDLERS, Handler, load_handler, make_exec_handler, run_as_user
 from agents.inventory import parse_gpus
 from agents.runtime import Agent, Refused, default_worker_id
-from gpucp.auth import AGENT_TOKEN_ENV
+from gpucp.auth import AGENT_TOKEN_ENV, TOKEN_ENV, read_token
 from gpucp.client import SERVER_ENV, server_address
+from gpucp.tls import TLS_CA_ENV, channel_credentials
 
 if TYPE_CHECKING:
     from agents.nvidia import NvidiaGpus
@@ -78,6 +79,21 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="worker label, KEY=VALUE or a bare word (repeatable)",
     )
+    p.add_argument(
+        "--allow-exec",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PROGRAM,...",
+        help="offer the exec kind: tasks run commands on this machine (off by default); with a list, only "
+        "those programs, as argv[0] names them (a program such as sh or python3 runs anything it is told)",
+    )
+    p.add_argument(
+        "--run-as",
+        default=None,
+        metavar="USER",
+        help="run exec tasks as this unprivileged user (the agent must run as root)",
+    )
     p.add_argument("--kinds", default=None, metavar="A,B", help="handler kinds to announce (default: every handler)")
     p.add_argument(
         "--handler",
@@ -95,6 +111,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--drain-timeout", type=float, default=60.0, metavar="SECONDS", help="how long a drain waits for tasks"
     )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"the bearer token to present on Connect (default: ${TOKEN_ENV}, else ${AGENT_TOKEN_ENV})",
+    )
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help=f"verify the control plane's TLS certificate with this CA (default: ${TLS_CA_ENV}; plaintext if unset)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate to present (mTLS), with --tls-key")
+    p.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
     return p
 
@@ -158,6 +186,12 @@ def build_agent(args: argparse.Namespace, nvidia: NvidiaGpus | None = None) -> A
         if not _LABEL.fullmatch(label):
             raise ValueError(f"--label {label!r} must be KEY=VALUE or a bare word without spaces.")
     handlers: dict[str, Handler] = dict(BUILTIN_HANDLERS)
+    if args.run_as is not None and args.allow_exec is None:
+        raise ValueError("--run-as applies to exec tasks: give --allow-exec too.")
+    if args.allow_exec is not None:
+        programs = [name.strip() for name in args.allow_exec.split(",") if name.strip()]
+        run_as = run_as_user(args.run_as) if args.run_as is not None else None
+        handlers["exec"] = make_exec_handler(programs, run_as)
     for item in args.handler:
         kind, sep, reference = item.partition("=")
         if not sep or not kind.strip() or not reference.strip():
@@ -183,7 +217,8 @@ def build_agent(args: argparse.Namespace, nvidia: NvidiaGpus | None = None) -> A
         labels=labels,
         kinds=kinds,
         cost_per_hour=args.cost_per_hour,
-        token=os.environ.get(AGENT_TOKEN_ENV, ""),
+        token=read_token(args.token_file, agent=True),
+        tls=channel_credentials(args.tls_ca, args.tls_cert, args.tls_key),
         handlers=handlers,
         drain_timeout_s=args.drain_timeout,
         **extra,  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Task handlers: the built-in kinds (noop, sleep, exec) and user handlers loaded by name."""
+"""Task handlers: the built-in kinds (noop, sleep; exec when the agent allows it) and user handlers loaded by name."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import json
 import logging
 import math
 import os
+import pwd
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from gpucp.v1 import common_pb2
@@ -25,6 +26,9 @@ __all__ = [
     "TaskError",
     "exec_handler",
     "load_handler",
+    "make_exec_handler",
+    "run_as_user",
+    "task_environment",
     "noop_handler",
     "sleep_handler",
 ]
@@ -36,6 +40,10 @@ OUTPUT_TAIL_BYTES = 64 * 1024
 # How long a cancelled subprocess gets between SIGTERM and SIGKILL.
 KILL_GRACE_S = 5.0
 _ERROR_TAIL_CHARS = 500
+# What a task's process inherits from the agent's environment: the basics a program needs, never
+# the agent's secrets (GPUCP_TOKEN, GPUCP_AGENT_TOKEN, RUNPOD_API_KEY, cloud keys...).
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "HOME", "USER", "LOGNAME")
+_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,19 +199,72 @@ async def _terminate(process: asyncio.subprocess.Process, grace_s: float) -> Non
     await process.wait()
 
 
-async def exec_handler(task: common_pb2.Task, ctx: TaskContext) -> bytes:
-    """Run a subprocess; return JSON {"exit_code", "stdout", "stderr"} (the last 64 KiB of each)."""
-    request = _parse_exec_payload(task.spec.payload)
-    env = {**os.environ, **ctx.env, **request.env}
-    process = await asyncio.create_subprocess_exec(
-        *request.argv,
-        stdin=asyncio.subprocess.PIPE if request.stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=request.cwd,
-        env=env,
-        start_new_session=True,
-    )
+@dataclasses.dataclass(frozen=True)
+class RunAs:
+    """The unprivileged user task processes run as (`gpucp agent --run-as USER`)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def run_as_user(name: str) -> RunAs:
+    """Look up `name` for --run-as; ValueError unless it exists, is not root and this agent can switch to it."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"--run-as {name!r}: no such user on this machine; create it (useradd) first") from None
+    if entry.pw_uid == 0:
+        raise ValueError(f"--run-as {name!r} is root: give an unprivileged user")
+    if os.geteuid() not in (0, entry.pw_uid):
+        raise ValueError(f"--run-as {name!r}: the agent must run as root to start processes as another user")
+    return RunAs(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def task_environment(
+    ctx_env: Mapping[str, str], own: Mapping[str, str], run_as: RunAs | None = None
+) -> dict[str, str]:
+    """A task process's environment: the basics of the agent's (BASE_ENV), the attempt's
+    variables (CUDA_VISIBLE_DEVICES, GPUCP_*), then the task's own; nothing else of the agent's."""
+    env = {name: os.environ[name] for name in BASE_ENV if name in os.environ}
+    env.setdefault("PATH", _DEFAULT_PATH)
+    if run_as is not None:
+        env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+    return {**env, **ctx_env, **own}
+
+
+def make_exec_handler(programs: Collection[str] = (), run_as: RunAs | None = None) -> Handler:
+    """The exec handler: runs argv, only a program named in `programs` when any are given (exactly
+    as listed: a bare name or an absolute path), as `run_as` when given."""
+    allowed = frozenset(programs)
+
+    async def exec_handler(task: common_pb2.Task, ctx: TaskContext) -> bytes:
+        """Run a subprocess; return JSON {"exit_code", "stdout", "stderr"} (the last 64 KiB of each)."""
+        request = _parse_exec_payload(task.spec.payload)
+        if allowed and request.argv[0] not in allowed:
+            raise TaskError(
+                f"program {request.argv[0][:100]!r} is not allowed on this agent, which runs only "
+                f"{', '.join(sorted(allowed))} (gpucp agent --allow-exec)"
+            )
+        users = {} if run_as is None else {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+        process = await asyncio.create_subprocess_exec(
+            *request.argv,
+            stdin=asyncio.subprocess.PIPE if request.stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=request.cwd,
+            env=task_environment(ctx.env, request.env, run_as),
+            start_new_session=True,
+            **users,  # type: ignore[arg-type]
+        )
+        return await _collect(process, request)
+
+    return exec_handler
+
+
+async def _collect(process: asyncio.subprocess.Process, request: _ExecRequest) -> bytes:
+    """Feed the process its input, wait for it and return its result (it dies with a cancelled attempt)."""
     stdin_data = request.stdin.encode("utf-8") if request.stdin is not None else None
     stdout_reader = asyncio.create_task(_read_tail(process.stdout, OUTPUT_TAIL_BYTES))
     stderr_reader = asyncio.create_task(_read_tail(process.stderr, OUTPUT_TAIL_BYTES))
@@ -229,10 +290,13 @@ async def exec_handler(task: common_pb2.Task, ctx: TaskContext) -> bytes:
     return json.dumps({"exit_code": exit_code, "stdout": stdout_text, "stderr": stderr_text}).encode("utf-8")
 
 
+# Any program, as the agent's user: what `gpucp agent --allow-exec` offers.
+exec_handler = make_exec_handler()
+
+# exec is not among them: an agent offers it only when started with --allow-exec.
 BUILTIN_HANDLERS: dict[str, Handler] = {
     "noop": noop_handler,
     "sleep": sleep_handler,
-    "exec": exec_handler,
 }
 
 

@@ -52,8 +52,8 @@ TaskKey = tuple[str, int]
 
 
 class Refused(Exception):
-    """The control plane will not take this agent as it is (its token, or a worker id another
-    agent holds): retrying cannot help."""
+    """The control plane will not take this agent as it is (its token, a worker id its token does
+    not cover, or one another agent holds): retrying cannot help."""
 
 
 def default_worker_id() -> str:
@@ -136,6 +136,8 @@ class Agent:
     cost_per_hour: float = 0.0
     # Presented on Connect; the control plane may require it (GPUCP_AGENT_TOKEN).
     token: str = ""
+    # TLS to the control plane (gpucp.tls.channel_credentials); None: plaintext.
+    tls: grpc.ChannelCredentials | None = None
     handlers: dict[str, Handler] = dataclasses.field(default_factory=lambda: dict(BUILTIN_HANDLERS))
     reconnect_base_s: float = 0.1
     reconnect_cap_s: float = 5.0
@@ -313,7 +315,8 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                # Refused for who it is (no or another's token, a worker id its token does not cover).
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     raise Refused(f"the control plane at {self.server} refused this agent: {exc.details()}") from None
                 if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
                     # Another agent process holds this worker id: retrying would knock it off, or be
@@ -357,7 +360,12 @@ class Agent:
 
     async def _session(self) -> bool:
         """Hold one stream until it ends; return whether it got as far as `registered`."""
-        async with grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS) as channel:
+        channel = (
+            grpc.aio.secure_channel(self.server, self.tls, options=CHANNEL_OPTIONS)
+            if self.tls is not None
+            else grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS)
+        )
+        async with channel:
             call = workers_pb2_grpc.WorkersStub(channel).Connect(metadata=token_metadata(self.token))
             try:
                 return await self._converse(call)

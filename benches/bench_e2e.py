@@ -8,6 +8,7 @@ again with GPUCP_EVENT_LOOP=asyncio to see it on Python's own loop.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import tempfile
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from common import control_plane_loop, start_agents, start_control_plane, stop_processes, submit_burst, wait_for_workers
 from gpucp import Client, task_spec
+from gpucp.testing import make_pki
+from gpucp.tls import channel_credentials
 from gpucp.v1 import common_pb2
 
 
@@ -46,6 +49,18 @@ def burst(client: Client, n: int) -> tuple[float, float]:
     return n / accepted, n / done
 
 
+def auth_file(workdir: Path) -> Path:
+    """An --auth file with one admin (the bench's client) and one agent principal (its agents)."""
+    path = workdir / "auth.toml"
+    rows = [("bench-admin", "admin", ""), ("bench-agent", "agent", 'workers = ["bench-*"]')]
+    path.write_text("".join(
+        f'[[principal]]\nname = "{name}"\ntoken_sha256 = "{hashlib.sha256(name.encode()).hexdigest()}"\n'
+        f'role = "{role}"\n{extra}\n'
+        for name, role, extra in rows
+    ))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--agents", type=int, default=4)
@@ -53,15 +68,26 @@ def main() -> None:
     parser.add_argument("--latency-tasks", type=int, default=500)
     parser.add_argument("--burst-tasks", type=int, default=10_000)
     parser.add_argument("--prefetch-depth", type=int, default=0, help="passed to gpucp serve (default: off)")
+    parser.add_argument("--auth", action="store_true",
+                        help="serve with --auth: the client presents an admin token, agents an agent token")
+    parser.add_argument("--tls", action="store_true", help="serve TLS with a test CA's certificate")
     parser.add_argument("--json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gpucp-bench-") as tmp:
+        flags = ["--auth", str(auth_file(Path(tmp)))] if args.auth else []
+        agent_flags = []
+        if args.tls:
+            make_pki(Path(tmp))
+            flags += ["--tls-cert", str(Path(tmp) / "server.pem"), "--tls-key", str(Path(tmp) / "server.key")]
+            agent_flags = ["--tls-ca", str(Path(tmp) / "ca.pem")]
         address, cp = start_control_plane(
-            Path(tmp), "--max-queue", "1000000", "--prefetch-depth", str(args.prefetch_depth)
+            Path(tmp), "--max-queue", "1000000", "--prefetch-depth", str(args.prefetch_depth), *flags
         )
-        agents = start_agents(address, Path(tmp), args.agents, "--slots", str(args.slots))
+        agent_env = {"GPUCP_TOKEN": "bench-agent"} if args.auth else None
+        agents = start_agents(address, Path(tmp), args.agents, "--slots", str(args.slots), *agent_flags, env=agent_env)
+        tls = channel_credentials(str(Path(tmp) / "ca.pem")) if args.tls else None
         try:
-            with Client(address) as client:
+            with Client(address, token="bench-admin" if args.auth else "", tls=tls) as client:
                 wait_for_workers(client, args.agents)
                 closed_loop(client, 50, one_call=True)  # warm up connections and caches
                 lat = {
@@ -74,7 +100,8 @@ def main() -> None:
             stop_processes(agents)
             stop_processes([cp])
     print(f"end to end, {args.agents} agents x {args.slots} slots, prefetch depth {args.prefetch_depth}, "
-          f"noop tasks, SQLite WAL durable accept, control plane on {control_plane_loop()}")
+          f"noop tasks, SQLite WAL durable accept, control plane on {control_plane_loop()}, "
+          f"{'--auth with tokens' if args.auth else 'no --auth'}, {'TLS' if args.tls else 'plaintext'}")
     out: dict[str, float] = {"accept_per_s": accept_rate, "done_per_s": done_rate}
     for how, xs in lat.items():
         p50, p99 = xs[len(xs) // 2], xs[int(len(xs) * 0.99)]

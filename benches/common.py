@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,13 @@ def start_control_plane(workdir: Path, *extra: str, log_level: str = "WARNING") 
     return cp.address, cp.process
 
 
-def start_agents(address: str, workdir: Path, count: int, *agent_args: str) -> list[subprocess.Popen[bytes]]:
+def start_agents(
+    address: str, workdir: Path, count: int, *agent_args: str, env: Mapping[str, str] | None = None
+) -> list[subprocess.Popen[bytes]]:
     """Start `count` agent processes (`python -m agents`) named bench-0.. with the given flags."""
     return [
         testing.AgentProcess(workdir, address, f"bench-{i}", "--log-level", "WARNING", *agent_args,
-                             pythonpath=PYTHONPATH).proc
+                             env=env, pythonpath=PYTHONPATH).proc
         for i in range(count)
     ]
 

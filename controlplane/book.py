@@ -65,6 +65,7 @@ class TaskBook:
         self.revoking: dict[int, Entry] = {}  # the live entries with a steal in flight
         self.settling: set[str] = set()  # ids of finished tasks whose outcome is not yet durable
         self.counts: collections.Counter[int] = collections.Counter()  # tasks by proto state
+        self.pending_by_tenant: collections.Counter[str] = collections.Counter()  # for max_pending quotas
         self._idempotency: dict[tuple[str, str], str] = {}
         self._recent_terminal: collections.deque[str] = collections.deque()
         self._observers: list[Callable[[TaskRecord], None]] = []
@@ -84,6 +85,8 @@ class TaskBook:
         self.tasks[rec.id] = rec
         if counted:
             self.counts[rec.state] += 1
+            if rec.state == PENDING:
+                self.pending_by_tenant[rec.tenant] += 1
         if rec.spec.idempotency_key:
             self._idempotency[(rec.tenant, rec.spec.idempotency_key)] = rec.id
         if rec.terminal:
@@ -134,6 +137,8 @@ class TaskBook:
             del self.revoking[rec.handle]
         self.counts[rec.state] -= 1
         self.counts[state] += 1
+        if (rec.state == PENDING) != (state == PENDING):
+            self.pending_by_tenant[rec.tenant] += 1 if state == PENDING else -1
         rec.state = state
         entry.hold = hold
         if hold is Hold.SETTLING:

@@ -94,6 +94,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--autoscale", metavar="CONFIG", default="",
                    help="scale RunPod pools from the queue as this TOML/JSON file says "
                         "(needs RUNPOD_API_KEY in the environment)")
+    p.add_argument("--auth", metavar="FILE", default="",
+                   help="principals (TOML: name, token_sha256, role, tenants, workers); without it every "
+                   "caller is an admin and only loopback --listen addresses are allowed")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --listen without --auth (anyone who reaches the port is an admin)")
+    p.add_argument("--tls-cert", metavar="FILE", default="", help="serve TLS with this certificate (PEM) and --tls-key")
+    p.add_argument("--tls-key", metavar="FILE", default="", help="the certificate's private key (PEM)")
+    p.add_argument("--tls-client-ca", metavar="FILE", default="",
+                   help="mTLS: clients must present a certificate this CA signed (principals' cert_cn)")
     p.add_argument("--ready-file", help="write the bound port here once serving")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -156,6 +165,11 @@ def run_serve(args: argparse.Namespace) -> int:
         autoscale=args.autoscale,
         keep_finished_s=args.keep_finished,
         agent_token=os.environ.get(AGENT_TOKEN_ENV, ""),
+        auth=args.auth,
+        insecure=args.insecure,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
     run(config, ready_file=args.ready_file)
     return 0

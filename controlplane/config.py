@@ -67,6 +67,9 @@ class ServerConfig:
     # Per-kind placement policies and tenants' fair-share weights (default 1 each).
     kind_policies: tuple[tuple[str, str], ...] = ()
     tenant_weights: tuple[tuple[str, float], ...] = ()
+    # Pending tasks a tenant may have before its submissions (only its) are refused; from the
+    # --auth file's [tenant.NAME] max_pending.
+    tenant_max_pending: tuple[tuple[str, int], ...] = ()
     # The core's queue and placement, heartbeat timeout included.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Finished tasks (their results too) are deleted this long after they end; 0 keeps them
@@ -74,6 +77,15 @@ class ServerConfig:
     keep_finished_s: float = 7 * 24 * 3600.0
     # Agents must present this token on Connect (GPUCP_AGENT_TOKEN); "" takes any agent.
     agent_token: str = ""
+    # The principals file (controlplane.auth); "" = none: every caller is an anonymous admin, so
+    # the server listens on loopback only unless `insecure` says otherwise.
+    auth: str = ""
+    insecure: bool = False
+    # TLS: the server's certificate and key (PEM files); with a client CA, clients must present a
+    # certificate it signed (mTLS). "" = plaintext.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
     # An autoscaler config file (TOML or JSON): RunPod pools scaled from the queue; "" = none.
     autoscale: str = ""
 

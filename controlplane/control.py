@@ -13,11 +13,13 @@ This module admits tasks, answers queries, and starts and stops the rest.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
 from collections.abc import Sequence
 
+from controlplane.auth import printable
 from controlplane.book import ASSIGNED, CANCELLED, PENDING, RUNNING, Hold, TaskBook
 from controlplane.config import ServerConfig
 from controlplane.core import Core
@@ -56,6 +58,7 @@ def parse_page_token(token: str) -> int:
 class ControlPlane:
     def __init__(self, config: ServerConfig, store: Store) -> None:
         self.config = config
+        self._max_pending = dict(config.tenant_max_pending)
         self.store = store
         self.book = TaskBook()
         self.notifier = Notifier()
@@ -162,6 +165,9 @@ class ControlPlane:
         if len(specs) > MAX_BATCH:
             raise InvalidArgument(f"{len(specs)} specs in one batch; the limit is {MAX_BATCH}")
         for i, spec in enumerate(specs):
+            # Fields this version does not know are not stored, returned or sent to agents: they
+            # would be bytes no limit counts.
+            spec.DiscardUnknownFields()
             try:
                 validate_spec(spec, max_payload_bytes=self.config.max_payload_bytes)
             except InvalidArgument as exc:
@@ -172,6 +178,7 @@ class ControlPlane:
                 f"the queue is full ({queued} tasks pending, limit {self.config.max_queue}): "
                 "retry later, or raise --max-queue"
             )
+        self._check_tenant_quotas(specs)
         known = await self._find_idempotent(specs)
         out: list[tuple[str, bool]] = []
         new: list[TaskRecord] = []
@@ -207,6 +214,20 @@ class ControlPlane:
         self.lifecycle.queue(entries)
         return out
 
+    def _check_tenant_quotas(self, specs: Sequence[common_pb2.TaskSpec]) -> None:
+        """ResourceExhausted when the specs would take a tenant past its max_pending: that tenant
+        waits, the others keep submitting."""
+        if not self._max_pending:
+            return
+        for tenant, count in collections.Counter(spec.tenant or "default" for spec in specs).items():
+            limit = self._max_pending.get(tenant)
+            pending = self.book.pending_by_tenant[tenant]
+            if limit is not None and pending + count > limit:
+                raise ResourceExhausted(
+                    f"tenant {printable(tenant, 64)} has {pending} tasks pending, its limit is {limit} "
+                    f"(max_pending in the --auth file): wait for some to start, or ask an admin to raise it"
+                )
+
     async def _find_idempotent(self, specs: Sequence[common_pb2.TaskSpec]) -> dict[tuple[str, str], str]:
         """Earlier tasks with the specs' idempotency keys that are no longer held in memory."""
         found: dict[tuple[str, str], str] = {}
@@ -220,8 +241,8 @@ class ControlPlane:
 
     # -- agents ---------------------------------------------------------------------------------
 
-    def register(self, reg: workers_pb2.Register, peer: str = "") -> WorkerConn:
-        return self.fleet.register(reg, peer)
+    def register(self, reg: workers_pb2.Register, peer: str = "", principal: str = "") -> WorkerConn:
+        return self.fleet.register(reg, peer, principal)
 
     def heartbeat(self, conn: WorkerConn, hb: workers_pb2.Heartbeat) -> None:
         self.fleet.heartbeat(conn, hb)
@@ -245,12 +266,17 @@ class ControlPlane:
             raise InvalidArgument("task_id is empty")
         rec = self.book.tasks.get(task_id) or await self.store.get(task_id)
         if rec is None:
-            kept = self.config.keep_finished_s
-            raise NotFound(
-                f"no task has id {task_id!r}"
-                + (f": if it was submitted here, it finished more than {kept:g} s ago and was deleted" if kept else "")
-            )
+            raise self.not_found(task_id)
         return rec
+
+    def not_found(self, task_id: str) -> NotFound:
+        """The error for a task that is not here, or not the caller's to see: the same words, so
+        that another tenant's task ids cannot be probed."""
+        kept = self.config.keep_finished_s
+        return NotFound(
+            f"no task has id {printable(task_id, 64)}"
+            + (f": if it was submitted here, it finished more than {kept:g} s ago and was deleted" if kept else "")
+        )
 
     def describe(self, rec: TaskRecord, *, full: bool = True) -> common_pb2.Task:
         return self.views.describe(rec, full=full)
@@ -278,10 +304,11 @@ class ControlPlane:
         return CANCELLED
 
     async def list(
-        self, state: int, tenant: str, kind: str, limit: int, page_token: str
+        self, state: int, tenants: Sequence[str], kind: str, limit: int, page_token: str
     ) -> tuple[list[TaskRecord], str]:
         """A page of tasks in submission order: up to `limit` (100 by default, 1,000 at most) and as
-        many as fit in one response; the token continues after it ("" once there are no more)."""
+        many as fit in one response; the token continues after it ("" once there are no more).
+        `tenants` empty: every tenant's."""
         if state not in common_pb2.TaskState.values():
             raise InvalidArgument(f"state {state} is not a TaskState")
         after = parse_page_token(page_token)
@@ -291,15 +318,16 @@ class ControlPlane:
         # records in memory, which know, tell them apart.
         placed = state in (ASSIGNED, RUNNING)
         states = (ASSIGNED, RUNNING) if placed else (state,) if state else ()
-        rows, more = await self.store.page(states, tenant, kind, after, limit)
+        rows, more = await self.store.page(states, tenants, kind, after, limit)
         recs = [self.book.tasks.get(r.id, r) for r in rows]
         if placed:
             recs = [r for r in recs if r.state == state]
         return recs, str(rows[-1].handle) if rows and more else ""
 
-    def watch(self, task_ids: Sequence[str], tenant: str) -> Watcher:
-        """Start recording events for a watcher; call unwatch() when done with it."""
-        return self.notifier.watch(task_ids, tenant)
+    def watch(self, task_ids: Sequence[str], tenant: str, allowed: frozenset[str] | None = None) -> Watcher:
+        """Start recording events for a watcher (of `allowed` tenants' tasks only, None: all);
+        call unwatch() when done with it."""
+        return self.notifier.watch(task_ids, tenant, allowed)
 
     def unwatch(self, watcher: Watcher) -> None:
         self.notifier.unwatch(watcher)

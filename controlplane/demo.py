@@ -25,7 +25,9 @@ from gpucp.testing import ControlPlaneProcess, LocalCluster, wait_for_workers
 from gpucp.v1 import common_pb2
 
 FLEET = {
-    "a100-node": ["--gpus", "4xA100-80GB", "--slots", "4", "--label", "zone=eu", "--cost-per-hour", "7.2"],
+    # The EU test suite's exec tasks run this Python, the one program this agent allows.
+    "a100-node": ["--gpus", "4xA100-80GB", "--slots", "4", "--label", "zone=eu", "--cost-per-hour", "7.2",
+                  f"--allow-exec={sys.executable}"],
     "h100-node": ["--gpus", "2xH100-80GB", "--slots", "2", "--cost-per-hour", "6.0"],
     "t4-node": ["--gpus", "4xT4-16GB", "--slots", "6", "--cost-per-hour", "1.4"],
     "cpu-node": ["--slots", "8", "--backend", "cpu"],

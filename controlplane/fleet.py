@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from controlplane.auth import printable
 from controlplane.config import ServerConfig
 from controlplane.core import Core, mono_ms
 from controlplane.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
@@ -39,6 +40,7 @@ class WorkerConn:
     register: workers_pb2.Register
     connected_at_ms: int
     peer: str = ""  # the stream's remote address, as gRPC names it
+    principal: str = ""  # who registered it (controlplane.auth): only they may replace it
     outbox: asyncio.Queue[workers_pb2.ControlMessage | None] = field(
         default_factory=asyncio.Queue
     )
@@ -108,21 +110,25 @@ class Fleet:
 
     # -- joining and leaving --------------------------------------------------------------------
 
-    def register(self, reg: workers_pb2.Register, peer: str = "") -> WorkerConn:
+    def register(self, reg: workers_pb2.Register, peer: str = "", principal: str = "") -> WorkerConn:
         """Admit an agent: validate what it says it has, then re-attach its running tasks.
 
         A worker id held by a live stream is not taken over: only a reconnect of the same agent
         process (the same instance id) replaces that stream. A holder whose stream already
-        closed (waiting out its reconnect grace) is replaced by whoever registers.
+        closed (waiting out its reconnect grace) is replaced by whoever registers as the same
+        principal; another principal never gets its tasks.
         """
+        reg.DiscardUnknownFields()  # kept for as long as the worker is: only what is known and bounded
         validate_register(reg)
         if not self.accepting:
             raise Unavailable("the control plane is shutting down")
         old = self.workers.get(reg.worker_id)
+        if old is not None and old.principal != principal:
+            raise AlreadyExists(self._held(old))
         if old is not None and not old.lost_reason:
             if not reg.instance_id or reg.instance_id != old.register.instance_id:
                 raise AlreadyExists(self._held(old))
-            log.info("worker %s reconnected; its new stream replaces the old one", reg.worker_id)
+            log.info("worker %s reconnected; its new stream replaces the old one", printable(reg.worker_id))
         # The tasks of the connection this one replaces: re-attached if the agent still runs them.
         carried = set(self._retire(old, "replaced by a new connection")) if old is not None else set()
         gpus = sorted(reg.gpus, key=lambda g: g.index)
@@ -135,7 +141,7 @@ class Fleet:
             mono_ms(),
             cost_per_hour=reg.cost_per_hour,
         )
-        conn = WorkerConn(reg.worker_id, handle, reg, connected_at_ms=wall_ms(), peer=peer)
+        conn = WorkerConn(reg.worker_id, handle, reg, connected_at_ms=wall_ms(), peer=peer, principal=principal)
         if self.reputation.quarantined(reg.worker_id, time.monotonic()):
             self.core.scheduler.set_quarantined(handle, True)  # reconnecting does not end a quarantine
         conn.last_heartbeat_ms = conn.connected_at_ms
@@ -152,7 +158,7 @@ class Fleet:
         self.tasks.reattach(conn, reg.running, carried)
         self.arm_deadline()
         self.wake()
-        log.info("worker %s joined: %d slots, %d GPUs", reg.worker_id, reg.slots, len(gpus))
+        log.info("worker %s joined: %d slots, %d GPUs", printable(reg.worker_id), reg.slots, len(gpus))
         return conn
 
     @staticmethod
@@ -247,7 +253,7 @@ class Fleet:
     def drain(self, worker_id: str) -> None:
         conn = self.workers.get(worker_id)
         if conn is None:
-            raise NotFound(f"no connected worker has id {worker_id!r}")
+            raise NotFound(f"no connected worker has id {printable(worker_id, 64)}")
         conn.drained_by_operator = True
         self.core.scheduler.set_draining(conn.handle, True)
         conn.send(workers_pb2.ControlMessage(drain=workers_pb2.Drain()))
@@ -257,7 +263,7 @@ class Fleet:
         """End an operator's drain: the worker takes new tasks again (an agent that is leaving stays drained)."""
         conn = self.workers.get(worker_id)
         if conn is None:
-            raise NotFound(f"no connected worker has id {worker_id!r}")
+            raise NotFound(f"no connected worker has id {printable(worker_id, 64)}")
         if conn.lost_reason:
             raise FailedPrecondition(
                 f"worker {worker_id!r} is disconnected ({conn.lost_reason}); undrain it once it is back"

@@ -26,6 +26,8 @@ def wall_ms() -> int:
 class Watcher:
     task_ids: frozenset[str]
     tenant: str
+    # The tenants the watching principal may see; None: every tenant.
+    allowed: frozenset[str] | None = None
     queue: asyncio.Queue[scheduler_pb2.TaskEvent | None] = field(
         default_factory=lambda: asyncio.Queue(WATCH_BUFFER)
     )
@@ -44,6 +46,8 @@ class Watcher:
 
     def wants(self, rec: TaskRecord) -> bool:
         if self.task_ids and rec.id not in self.task_ids:
+            return False
+        if self.allowed is not None and rec.tenant not in self.allowed:
             return False
         return not self.tenant or rec.tenant == self.tenant
 
@@ -97,9 +101,9 @@ class Notifier:
                 if not waiters:
                     del self._waiters[task_id]
 
-    def watch(self, task_ids: Sequence[str], tenant: str) -> Watcher:
+    def watch(self, task_ids: Sequence[str], tenant: str, allowed: frozenset[str] | None = None) -> Watcher:
         """Start recording events for a watcher; call unwatch() when done with it."""
-        watcher = Watcher(frozenset(task_ids), tenant)
+        watcher = Watcher(frozenset(task_ids), tenant, allowed)
         self._watchers.add(watcher)
         return watcher
 

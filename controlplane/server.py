@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import ipaddress
 import logging
 import os
 import resource
@@ -17,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.auth import Authority, load_authority
 from controlplane.autoscaler import Autoscaler, ControlPlaneView, load_config
 from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
@@ -24,6 +26,7 @@ from controlplane.services import AdminService, SchedulerService, WorkersService
 from controlplane.store import Store
 from gpucp.auth import AGENT_TOKEN_ENV
 from gpucp.limits import MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
+from gpucp.tls import read_pem
 from gpucp.v1 import admin_pb2, admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
 
 log = logging.getLogger("gpucp.controlplane")
@@ -71,6 +74,9 @@ class Running:
     control: ControlPlane
     health: health.aio.HealthServicer
     store: Store
+    # Who callers are, for any front end besides gRPC: authority.principal(token), then
+    # controlplane.auth.authorize(principal, "admin.read").
+    authority: Authority
     autoscaler: Autoscaler | None = None
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -99,13 +105,27 @@ async def start(config: ServerConfig) -> Running:
             f"--max-payload {config.max_payload_bytes} is over the {MAX_TASK_CONTENT_BYTES} bytes a whole task "
             f"spec may weigh (each message is at most {MAX_MESSAGE_BYTES} bytes): give a smaller limit"
         )
+    tls = server_credentials(config)
+    authority = load_authority(config.auth, config.agent_token, tls=tls is not None, mtls=bool(config.tls_client_ca))
+    config = with_tenant_limits(config, authority)
+    open_to_network = not is_loopback(config.listen)
+    if open_to_network and not authority.enabled:
+        if not config.insecure:
+            raise ValueError(
+                f"--listen {config.listen} is reachable from other machines, and without --auth anyone there may "
+                "submit, cancel and run commands on agents: give --auth FILE, listen on 127.0.0.1, "
+                "or add --insecure if this network is yours alone"
+            )
+        log.warning(
+            "INSECURE: listening on %s without --auth: every caller that reaches the port is an admin", config.listen
+        )
     # One socket per agent connection: take every file descriptor the system allows.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     server = grpc.aio.server(options=SERVER_OPTIONS)
     # The port first: a control plane that cannot listen must not open the database, which
     # the one holding the port may be using.
-    port = _bind(server, config.listen)
+    port = _bind(server, config.listen, tls)
     try:
         store = Store(config.db, synchronous=config.db_synchronous)
     except BaseException:
@@ -113,9 +133,9 @@ async def start(config: ServerConfig) -> Running:
         raise
     control = ControlPlane(config, store)
     await control.start()
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(control), server)
-    workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(control), server)
-    admin = AdminService(control)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(control, authority), server)
+    workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(control, authority), server)
+    admin = AdminService(control, authority)
     admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -126,8 +146,16 @@ async def start(config: ServerConfig) -> Running:
     await server.start()
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gpucp control plane listening on port %d (db %s)", port, config.db)
-    running = Running(server, port, control, health_servicer, store)
+    log.info(
+        "gpucp control plane listening on port %d (%s, db %s, %s)",
+        port,
+        "mTLS" if config.tls_client_ca else "TLS" if tls is not None else "plaintext",
+        config.db,
+        f"{len(authority.by_digest) + len(authority.by_cn)} principals from {config.auth}"
+        if authority.enabled
+        else "no --auth",
+    )
+    running = Running(server, port, control, health_servicer, store, authority)
     if autoscale is not None:
         host = config.listen.rpartition(":")[0]
         running.autoscaler = admin.autoscaler = Autoscaler(
@@ -137,10 +165,58 @@ async def start(config: ServerConfig) -> Running:
     return running
 
 
-def _bind(server: grpc.aio.Server, listen: str) -> int:
+def is_loopback(listen: str) -> bool:
+    """Whether HOST:PORT (or a unix: socket) can only be reached from this machine."""
+    if listen.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:  # a host name: loopback only if every address it has is
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addresses)
+
+
+def with_tenant_limits(config: ServerConfig, authority: Authority) -> ServerConfig:
+    """The config with the --auth file's [tenant.NAME] weights and max_pending; ValueError for a
+    weight also given by --tenant-weight (set it in one place)."""
+    flagged = {name for name, _ in config.tenant_weights}
+    both = sorted(flagged & set(authority.tenant_weights))
+    if both:
+        raise ValueError(f"tenant weights of {', '.join(both)} are given by --tenant-weight and by --auth: keep one")
+    return dataclasses.replace(
+        config,
+        tenant_weights=(*config.tenant_weights, *authority.tenant_weights.items()),
+        tenant_max_pending=tuple(authority.tenant_max_pending.items()),
+    )
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS for the listening port from --tls-cert/--tls-key (and --tls-client-ca: mTLS); None: plaintext."""
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together: give both, or neither")
+    if not config.tls_cert:
+        if config.tls_client_ca:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key: mTLS is TLS first")
+        return None
+    client_ca = read_pem(config.tls_client_ca, "--tls-client-ca") if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(read_pem(config.tls_key, "--tls-key"), read_pem(config.tls_cert, "--tls-cert"))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _bind(server: grpc.aio.Server, listen: str, tls: grpc.ServerCredentials | None = None) -> int:
     """Add the listening port; raise OSError with a sentence naming it when it cannot be had."""
     try:
-        port: int = server.add_insecure_port(listen)
+        port: int = server.add_secure_port(listen, tls) if tls is not None else server.add_insecure_port(listen)
         return port
     except RuntimeError:
         pass

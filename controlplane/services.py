@@ -10,10 +10,20 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 from grpc.aio import ServicerContext
 
+from controlplane.auth import (
+    ANONYMOUS,
+    Authority,
+    Denied,
+    Permission,
+    Principal,
+    authorize,
+    local_peer,
+    printable,
+)
 from controlplane.control import ControlPlane
 from controlplane.errors import ControlError
 from controlplane.fleet import WorkerConn
-from gpucp.auth import token_problem
+from controlplane.record import TaskRecord
 from gpucp.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -28,6 +38,7 @@ if TYPE_CHECKING:
     from controlplane.autoscaler import Autoscaler
 
 log = logging.getLogger("gpucp.controlplane")
+audit = logging.getLogger("gpucp.audit")
 
 REGISTER_TIMEOUT_S = 30.0
 T = TypeVar("T")
@@ -43,15 +54,67 @@ async def answer(context: ServicerContext[Request, Response], call: Awaitable[T]
         await context.abort(exc.code, str(exc))  # raises: abort() never returns
 
 
+async def caller(
+    authority: Authority,
+    context: ServicerContext[Request, Response],
+    permission: Permission,
+    *,
+    connect: bool = False,
+) -> Principal:
+    """Who makes this call, if they may do `permission`; else abort UNAUTHENTICATED or
+    PERMISSION_DENIED, with an audit line naming them."""
+    principal = None
+    names = list(context.auth_context().get("x509_common_name", ())) if authority.by_cn else []
+    try:
+        principal = authority.from_metadata(
+            context.invocation_metadata(),
+            connect=connect,
+            cert_cn=names[0].decode(errors="replace") if names else None,
+            remote=not local_peer(context.peer()),
+        )
+        authorize(principal, permission)
+    except Denied as exc:
+        who = principal.name if principal is not None else "an unknown caller"
+        audit.warning("refused %s from %s (%s): %s", permission.value, who, printable(context.peer(), 64), exc)
+        await context.abort(exc.code, str(exc))
+    return principal
+
+
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, cp: ControlPlane) -> None:
+    def __init__(self, cp: ControlPlane, authority: Authority) -> None:
         self.cp = cp
+        self.authority = authority
+
+    async def _visible(
+        self, context: ServicerContext[Request, Response], principal: Principal, task_id: str
+    ) -> TaskRecord:
+        """The task, or NOT_FOUND in the same words for another tenant's as for one not here."""
+        rec = await answer(context, self.cp.get(task_id))
+        if not principal.sees(rec.tenant):
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(self.cp.not_found(task_id)))
+        return rec
+
+    async def _own(
+        self, context: ServicerContext[Request, Response], principal: Principal, specs: list[common_pb2.TaskSpec]
+    ) -> None:
+        """Put each spec in the caller's tenant (its first when the spec names none); abort
+        PERMISSION_DENIED for a tenant it does not hold."""
+        if principal is ANONYMOUS:
+            return
+        for spec in specs:
+            try:
+                spec.tenant = principal.tenant_for(spec.tenant)
+            except Denied as exc:
+                audit.warning("refused submit from %s: %s", principal.name, exc)
+                await context.abort(exc.code, str(exc))
 
     async def SubmitTask(
         self,
         request: scheduler_pb2.SubmitTaskRequest,
         context: ServicerContext[scheduler_pb2.SubmitTaskRequest, scheduler_pb2.SubmitTaskResponse],
     ) -> scheduler_pb2.SubmitTaskResponse:
+        principal = await caller(self.authority, context, Permission.SUBMIT)
+        await self._own(context, principal, [request.spec])
         [(task_id, duplicate)] = await answer(context, self.cp.submit([request.spec]))
         return scheduler_pb2.SubmitTaskResponse(task_id=task_id, duplicate=duplicate)
 
@@ -60,7 +123,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         request: scheduler_pb2.SubmitTasksRequest,
         context: ServicerContext[scheduler_pb2.SubmitTasksRequest, scheduler_pb2.SubmitTasksResponse],
     ) -> scheduler_pb2.SubmitTasksResponse:
-        results = await answer(context, self.cp.submit(list(request.specs)))
+        principal = await caller(self.authority, context, Permission.SUBMIT)
+        specs = list(request.specs)
+        await self._own(context, principal, specs)
+        results = await answer(context, self.cp.submit(specs))
         return scheduler_pb2.SubmitTasksResponse(task_ids=[task_id for task_id, _ in results])
 
     async def GetTask(
@@ -68,14 +134,16 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         request: scheduler_pb2.GetTaskRequest,
         context: ServicerContext[scheduler_pb2.GetTaskRequest, common_pb2.Task],
     ) -> common_pb2.Task:
-        rec = await answer(context, self.cp.get(request.task_id))
-        return self.cp.describe(rec)
+        principal = await caller(self.authority, context, Permission.READ)
+        return self.cp.describe(await self._visible(context, principal, request.task_id))
 
     async def WaitTask(
         self,
         request: scheduler_pb2.WaitTaskRequest,
         context: ServicerContext[scheduler_pb2.WaitTaskRequest, common_pb2.Task],
     ) -> common_pb2.Task:
+        principal = await caller(self.authority, context, Permission.READ)
+        await self._visible(context, principal, request.task_id)
         rec = await answer(context, self.cp.wait(request.task_id, request.timeout_ms))
         return self.cp.describe(rec)
 
@@ -84,6 +152,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         request: scheduler_pb2.RunTaskRequest,
         context: ServicerContext[scheduler_pb2.RunTaskRequest, common_pb2.Task],
     ) -> common_pb2.Task:
+        principal = await caller(self.authority, context, Permission.SUBMIT)
+        await self._own(context, principal, [request.spec])
         rec = await answer(context, self.cp.run(request.spec, request.timeout_ms))
         return self.cp.describe(rec)
 
@@ -92,7 +162,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         request: scheduler_pb2.CancelTaskRequest,
         context: ServicerContext[scheduler_pb2.CancelTaskRequest, scheduler_pb2.CancelTaskResponse],
     ) -> scheduler_pb2.CancelTaskResponse:
+        principal = await caller(self.authority, context, Permission.SUBMIT)
+        await self._visible(context, principal, request.task_id)
         state = await answer(context, self.cp.cancel(request.task_id))
+        if principal.all_tenants and principal is not ANONYMOUS:
+            audit.info("%s (%s) cancelled task %s", principal.name, principal.role, printable(request.task_id, 64))
         return scheduler_pb2.CancelTaskResponse(state=state)
 
     async def ListTasks(
@@ -100,9 +174,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         request: scheduler_pb2.ListTasksRequest,
         context: ServicerContext[scheduler_pb2.ListTasksRequest, scheduler_pb2.ListTasksResponse],
     ) -> scheduler_pb2.ListTasksResponse:
+        principal = await caller(self.authority, context, Permission.READ)
+        tenants = await self._tenants(context, principal, request.tenant)
         recs, token = await answer(
             context,
-            self.cp.list(request.state, request.tenant, request.kind, request.limit, request.page_token),
+            self.cp.list(request.state, tenants, request.kind, request.limit, request.page_token),
         )
         full = request.view == scheduler_pb2.TASK_VIEW_FULL
         return scheduler_pb2.ListTasksResponse(
@@ -114,7 +190,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         request: scheduler_pb2.WatchTasksRequest,
         context: ServicerContext[scheduler_pb2.WatchTasksRequest, scheduler_pb2.TaskEvent],
     ) -> AsyncIterator[scheduler_pb2.TaskEvent]:
-        watcher = self.cp.watch(list(request.task_ids), request.tenant)
+        principal = await caller(self.authority, context, Permission.READ)
+        allowed = None if principal.all_tenants else frozenset(await self._tenants(context, principal, request.tenant))
+        watcher = self.cp.watch(list(request.task_ids), request.tenant, allowed)
         try:
             # Headers go out once the watcher is recording: a client that waits for them
             # misses no event of what it submits next.
@@ -127,19 +205,32 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             self.cp.unwatch(watcher)
 
 
+    async def _tenants(
+        self, context: ServicerContext[Request, Response], principal: Principal, asked: str
+    ) -> tuple[str, ...]:
+        """The tenants a list or watch covers: the one asked for (if the caller holds it), else
+        every tenant the caller holds (empty: every tenant)."""
+        if asked:
+            try:
+                authorize(principal, Permission.READ, asked)
+            except Denied as exc:
+                audit.warning("refused read from %s: %s", principal.name, exc)
+                await context.abort(exc.code, str(exc))
+            return (asked,)
+        return () if principal.all_tenants else principal.tenants
+
+
 class WorkersService(workers_pb2_grpc.WorkersServicer):
-    def __init__(self, cp: ControlPlane) -> None:
+    def __init__(self, cp: ControlPlane, authority: Authority) -> None:
         self.cp = cp
+        self.authority = authority
 
     async def Connect(
         self,
         request_iterator: AsyncIterator[workers_pb2.AgentMessage],
         context: ServicerContext[workers_pb2.AgentMessage, workers_pb2.ControlMessage],
     ) -> AsyncIterator[workers_pb2.ControlMessage]:
-        if self.cp.config.agent_token:
-            problem = token_problem(context.invocation_metadata(), self.cp.config.agent_token)
-            if problem is not None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+        principal = await caller(self.authority, context, Permission.CONNECT, connect=True)
         requests = aiter(request_iterator)
         try:
             first = await asyncio.wait_for(anext(requests), REGISTER_TIMEOUT_S)
@@ -154,7 +245,7 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
                 "the first message on Connect must be register, "
                 f"not {first.WhichOneof('msg') or 'an empty message'}",
             )
-        conn = await answer(context, self._register(first.register, context.peer()))
+        conn = await answer(context, self._register(first.register, context.peer(), principal))
         reader = asyncio.create_task(self._read(conn, requests))
         try:
             while True:
@@ -166,9 +257,16 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
             reader.cancel()
             self.cp.disconnected(conn, conn.lost_reason or "its stream closed")
 
-    async def _register(self, reg: workers_pb2.Register, peer: str) -> WorkerConn:
+    async def _register(self, reg: workers_pb2.Register, peer: str, principal: Principal) -> WorkerConn:
         # async only so that answer() can map its ControlError like any other call's
-        return self.cp.register(reg, peer)
+        if not principal.may_be_worker(reg.worker_id):
+            audit.warning("refused register as worker %s by %s", printable(reg.worker_id, 64), principal.name)
+            raise Denied(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{principal.name} may not register as worker {printable(reg.worker_id, 64)}: "
+                f"its worker ids are {', '.join(principal.workers)}",
+            )
+        return self.cp.register(reg, peer, principal.name)
 
     async def _read(self, conn: WorkerConn, requests: AsyncIterator[workers_pb2.AgentMessage]) -> None:
         try:
@@ -201,14 +299,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     # Set by the server when it runs with --autoscale.
     autoscaler: Autoscaler | None = None
 
-    def __init__(self, cp: ControlPlane) -> None:
+    def __init__(self, cp: ControlPlane, authority: Authority) -> None:
         self.cp = cp
+        self.authority = authority
 
     async def GetClusterStats(
         self,
         request: admin_pb2.GetClusterStatsRequest,
         context: ServicerContext[admin_pb2.GetClusterStatsRequest, admin_pb2.ClusterStats],
     ) -> admin_pb2.ClusterStats:
+        await caller(self.authority, context, Permission.ADMIN_READ)
         return self.cp.views.cluster_stats()
 
     async def ListWorkers(
@@ -216,6 +316,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         request: admin_pb2.ListWorkersRequest,
         context: ServicerContext[admin_pb2.ListWorkersRequest, admin_pb2.ListWorkersResponse],
     ) -> admin_pb2.ListWorkersResponse:
+        await caller(self.authority, context, Permission.ADMIN_READ)
         return admin_pb2.ListWorkersResponse(workers=self.cp.views.worker_infos())
 
     async def DrainWorker(
@@ -223,7 +324,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         request: admin_pb2.DrainWorkerRequest,
         context: ServicerContext[admin_pb2.DrainWorkerRequest, admin_pb2.DrainWorkerResponse],
     ) -> admin_pb2.DrainWorkerResponse:
+        principal = await caller(self.authority, context, Permission.DRAIN)
         await answer(context, self._drain(request.worker_id))
+        audit.info("%s (%s) drained worker %s", principal.name, principal.role, printable(request.worker_id, 64))
         return admin_pb2.DrainWorkerResponse()
 
     async def _drain(self, worker_id: str) -> None:
@@ -234,7 +337,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         request: admin_pb2.UndrainWorkerRequest,
         context: ServicerContext[admin_pb2.UndrainWorkerRequest, admin_pb2.UndrainWorkerResponse],
     ) -> admin_pb2.UndrainWorkerResponse:
+        principal = await caller(self.authority, context, Permission.DRAIN)
         await answer(context, self._undrain(request.worker_id))
+        audit.info("%s (%s) undrained worker %s", principal.name, principal.role, printable(request.worker_id, 64))
         return admin_pb2.UndrainWorkerResponse()
 
     async def _undrain(self, worker_id: str) -> None:
@@ -245,6 +350,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         request: admin_pb2.GetCostsRequest,
         context: ServicerContext[admin_pb2.GetCostsRequest, admin_pb2.CostReport],
     ) -> admin_pb2.CostReport:
+        await caller(self.authority, context, Permission.ADMIN_READ)
         if self.autoscaler is None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -257,6 +363,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         request: admin_pb2.ListScalingEventsRequest,
         context: ServicerContext[admin_pb2.ListScalingEventsRequest, admin_pb2.ListScalingEventsResponse],
     ) -> admin_pb2.ListScalingEventsResponse:
+        await caller(self.authority, context, Permission.ADMIN_READ)
         if self.autoscaler is None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -102,6 +102,9 @@ class Store:
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = path
         self._lock_file = _claim(path)
+        # SQLite gives the -wal and -shm files the database file's mode: payloads and results are
+        # for the control plane's user only.
+        os.close(_private(path))
         self._write = self._connect(synchronous)
         self._write.executescript(SCHEMA)
         _add_kind_column(self._write)
@@ -269,9 +272,9 @@ class Store:
         return str(rows[0][0]) if rows else None
 
     async def page(
-        self, states: Sequence[int], tenant: str, kind: str, after_handle: int, limit: int
+        self, states: Sequence[int], tenants: Sequence[str], kind: str, after_handle: int, limit: int
     ) -> tuple[list[TaskRecord], bool]:
-        """Tasks in `states` (all if empty) after `after_handle` in submission order, up to `limit` and
+        """Tasks in `states` and `tenants` (all if empty) after `after_handle` in submission order, up to `limit` and
         PAGE_CONTENT_BYTES of specs and results (always at least one); and whether more may follow.
 
         Read and parsed off the event loop: a page of large payloads takes a while to read.
@@ -281,10 +284,12 @@ class Store:
         if states:
             where.append(f"state IN ({', '.join('?' * len(states))})")
             args.extend(states)
-        for column, value in (("tenant", tenant), ("kind", kind)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
+        if tenants:
+            where.append(f"tenant IN ({', '.join('?' * len(tenants))})")
+            args.extend(tenants)
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
         return await asyncio.to_thread(self._page, " AND ".join(where), args, limit)
 
     def _page(self, where: str, args: list[object], limit: int) -> tuple[list[TaskRecord], bool]:
@@ -373,6 +378,13 @@ def _add_kind_column(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
+def _private(path: str) -> int:
+    """Open (creating) `path` readable and writable by this user only; an existing file is narrowed."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 def _claim(path: str) -> IO[str]:
     """Hold `<path>.lock` while the store is open.
 
@@ -380,7 +392,7 @@ def _claim(path: str) -> IO[str]:
     in memory), so the second is refused. The lock is an flock: the kernel drops it when the
     holder exits, even by SIGKILL, so a restart never finds a stale one.
     """
-    f = open(f"{path}.lock", "a+")  # noqa: SIM115 (held open past this function, until close())
+    f = os.fdopen(_private(f"{path}.lock"), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

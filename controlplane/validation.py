@@ -10,17 +10,47 @@ from gpucp.limits import MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, workers_pb2
 
 BACKENDS = ("", "cuda", "rocm", "cpu")
-MAX_GPUS = 64  # on one worker: what a Register may list and a task may ask for
-MAX_GPU_MEMORY_MB = 4 * 1024 * 1024  # 4 TiB: far above any GPU, below any typo in bytes
+# Physical limits: a worker that claims more is lying (it would draw the work of a fleet).
+MAX_GPUS = 32  # on one machine: what a Register may list and a task may ask for
+MAX_GPU_MEMORY_MB = 1024 * 1024  # 1 TiB: several times any GPU made, below any typo in bytes
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_RETRIES = 100
-MAX_TEXT = 256
+MAX_TEXT = 256  # bytes (UTF-8) of a free-form string: keys, labels, names
+MAX_ID = 128  # bytes of an id or a name: tenant, worker id
 MAX_LABELS = 64
+MAX_LABELS_BYTES = 16 * 1024  # all labels of a spec or a Register together
 MAX_SLOTS = 4096
+# A reconnecting agent lists what it still runs: its slots and what it queued beyond them.
+MAX_RUNNING = 2 * MAX_SLOTS
 # Matched with fullmatch: `$` would also match before a final newline ("noop\n").
 _KIND = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 _PRIORITIES = frozenset(common_pb2.Priority.values())
 _WORD = re.compile(r"[^\W_]")  # a letter or a digit: what a word of a GPU model name is made of
+
+
+def is_id(text: str) -> bool:
+    """Whether `text` may name a tenant or a worker: 1-MAX_ID bytes, printable, no spaces (so
+    that it can neither forge a log line nor hide in one)."""
+    return 0 < len(text.encode()) <= MAX_ID and text.isprintable() and not any(c.isspace() for c in text)
+
+
+def _text(name: str, value: str, limit: int = MAX_TEXT) -> None:
+    size = len(value.encode())
+    if size > limit:
+        raise InvalidArgument(f"{name} is {size} bytes; the limit is {limit}")
+
+
+def _labels(name: str, labels: list[str]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"{len(labels)} {name} given; the limit is {MAX_LABELS}")
+    total = 0
+    for label in labels:
+        size = len(label.encode())
+        if size > MAX_TEXT:
+            raise InvalidArgument(f"{name} {label[:40]!r}... is {size} bytes; the limit is {MAX_TEXT}")
+        total += size
+    if total > MAX_LABELS_BYTES:
+        raise InvalidArgument(f"{name} weigh {total} bytes together; the limit is {MAX_LABELS_BYTES}")
 
 
 def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> None:
@@ -48,15 +78,13 @@ def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> None:
     if spec.priority not in _PRIORITIES:
         names = ", ".join(common_pb2.Priority.keys())
         raise InvalidArgument(f"priority {spec.priority} is not one of {names}")
-    for name, value in (
-        ("tenant", spec.tenant),
-        ("idempotency_key", spec.idempotency_key),
-        ("affinity_key", spec.affinity_key),
-    ):
-        if len(value) > MAX_TEXT:
-            raise InvalidArgument(f"{name} is {len(value)} characters; the limit is {MAX_TEXT}")
-    if len(spec.labels) > MAX_LABELS:
-        raise InvalidArgument(f"{len(spec.labels)} labels given; the limit is {MAX_LABELS}")
+    if spec.tenant and not is_id(spec.tenant):
+        raise InvalidArgument(
+            f"tenant {spec.tenant[:40]!r} is not a name: use 1-{MAX_ID} bytes of printable characters, no spaces"
+        )
+    _text("idempotency_key", spec.idempotency_key)
+    _text("affinity_key", spec.affinity_key)
+    _labels("labels", [text for pair in spec.labels.items() for text in pair])
     if spec.timeout_ms > MAX_TIMEOUT_MS:
         raise InvalidArgument(
             f"timeout_ms {spec.timeout_ms} is over the limit of {MAX_TIMEOUT_MS} (7 days)"
@@ -94,13 +122,11 @@ def _validate_requirements(req: common_pb2.Requirements) -> None:
         raise InvalidArgument(f"requirements ask for {gpus} GPUs on the 'cpu' backend, which has none")
     if not (models or labels):
         return
-    if len(labels) > MAX_LABELS or len(models) > MAX_LABELS:
-        raise InvalidArgument(f"requirements list more than {MAX_LABELS} labels or GPU models")
+    _labels("requirements.labels", list(labels))
+    _labels("requirements.gpu_models", list(models))
     for text in (*labels, *models):
-        if not text or len(text) > MAX_TEXT:
-            raise InvalidArgument(
-                f"requirements labels and gpu_models must be 1-{MAX_TEXT} characters, got {text[:40]!r}"
-            )
+        if not text:
+            raise InvalidArgument("requirements labels and gpu_models must not be empty")
     for model in models:
         if not _WORD.search(model):
             # Models match whole words of a GPU's name: one without a word matches no GPU at all.
@@ -111,15 +137,31 @@ def _validate_requirements(req: common_pb2.Requirements) -> None:
 
 def validate_register(reg: workers_pb2.Register) -> None:
     """Raise InvalidArgument naming the first problem with what an agent says it has, if any."""
-    if not reg.worker_id or len(reg.worker_id) > 128:
-        raise InvalidArgument("register.worker_id must be 1-128 characters")
+    if not is_id(reg.worker_id):
+        raise InvalidArgument(
+            f"register.worker_id {reg.worker_id[:40]!r} is not a name: use 1-{MAX_ID} bytes of printable "
+            "characters, no spaces"
+        )
     if not 1 <= reg.slots <= MAX_SLOTS:
         raise InvalidArgument(f"register.slots is {reg.slots}; it must be 1-{MAX_SLOTS}")
     if len(reg.gpus) > MAX_GPUS:
         raise InvalidArgument(f"register lists {len(reg.gpus)} GPUs; the limit is {MAX_GPUS}")
     if sorted(g.index for g in reg.gpus) != list(range(len(reg.gpus))):
         raise InvalidArgument("register.gpus must be indexed 0..n-1, each index once")
+    _labels("register.labels", list(reg.labels))
+    _labels("register.kinds", list(reg.kinds))
+    for kind in reg.kinds:
+        if not _KIND.fullmatch(kind):
+            raise InvalidArgument(
+                f"register.kinds {kind[:40]!r} is not a handler name: use 1-128 letters, digits, '_.:-'"
+            )
+    for name, value in (("provider", reg.provider), ("backend", reg.backend), ("instance_id", reg.instance_id)):
+        _text(f"register.{name}", value, MAX_ID)
+    if len(reg.running) > MAX_RUNNING:
+        raise InvalidArgument(f"register.running lists {len(reg.running)} tasks; the limit is {MAX_RUNNING}")
     for gpu in reg.gpus:
+        _text(f"register.gpus[{gpu.index}].name", gpu.name)
+        _text(f"register.gpus[{gpu.index}].uuid", gpu.uuid)
         if not _is_compute_capability(gpu.compute_capability):
             raise InvalidArgument(
                 f"register.gpus[{gpu.index}].compute_capability is {gpu.compute_capability}; "

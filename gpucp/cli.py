@@ -13,8 +13,10 @@ from pathlib import Path
 import grpc
 
 from gpucp import __version__
+from gpucp.auth import TOKEN_ENV, read_token
 from gpucp.client import SERVER_ENV, Client, GpucpError, TaskWatch, task_spec
 from gpucp.states import TERMINAL_STATES
+from gpucp.tls import TLS_CA_ENV, channel_credentials
 from gpucp.v1 import admin_pb2, common_pb2
 
 UINT32_MAX = 2**32 - 1
@@ -72,6 +74,12 @@ def quiet_broken_pipe() -> int:
     return EXIT_BROKEN_PIPE
 
 
+def connect(args: argparse.Namespace) -> Client:
+    """A Client for --server with the token and TLS files the flags (or the environment) give."""
+    tls = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    return Client(args.server, token=read_token(args.token_file), tls=tls)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpucp", description="A control plane for GPU work.")
     parser.add_argument("--version", action="version", version=f"gpucp {__version__}")
@@ -80,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument("--server", metavar="HOST[:PORT]",
                         help=f"control plane (default: ${SERVER_ENV}, else 127.0.0.1:50051; port 50051 if left out)")
+    server.add_argument("--token-file", metavar="FILE",
+                        help=f"the bearer token to present (default: ${TOKEN_ENV}; none if unset)")
+    server.add_argument("--tls-ca", metavar="FILE",
+                        help=f"verify the control plane's TLS certificate with this CA (default: ${TLS_CA_ENV}; "
+                        "plaintext if unset)")
+    server.add_argument("--tls-cert", metavar="FILE", help="client certificate to present (mTLS), with --tls-key")
+    server.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key")
 
     sub.add_parser("serve", help="run the control plane (see gpucp serve --help)", add_help=False)
     sub.add_parser("agent", help="run an agent (see gpucp agent --help)", add_help=False)
@@ -187,7 +202,7 @@ def run_submit(args: argparse.Namespace) -> int:
         idempotency_key=args.idempotency_key,
     )
     submitted: list[str] = []
-    with Client(args.server) as client:
+    with connect(args) as client:
         try:
             if not args.wait:
                 submit_in_batches(client, [spec] * count, submitted)
@@ -295,7 +310,7 @@ def run_list(args: argparse.Namespace) -> int:
     if args.full:
         rows[0] += ("RESULT",)
     filters = {"state": state, "tenant": args.tenant, "kind": args.kind, "full": args.full, "limit": limit}
-    with Client(args.server) as client:
+    with connect(args) as client:
         if args.all:
             tasks, token = list(client.list(**filters)), ""
         else:
@@ -315,7 +330,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_get(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         task = client.get(args.task_id)
     now_ms = int(time.time() * 1000)
     spec = task.spec
@@ -405,7 +420,7 @@ def duration(ms: int) -> str:
 def run_cancel(args: argparse.Namespace) -> int:
     """Cancel each task; one that cannot be cancelled is reported and the others still are."""
     code = 0
-    with Client(args.server) as client:
+    with connect(args) as client:
         for task_id in args.task_ids:
             try:
                 print(f"{task_id} {state_name(client.cancel(task_id))}")
@@ -425,14 +440,14 @@ def run_undrain(args: argparse.Namespace) -> int:
 
 
 def admin_call(args: argparse.Namespace, call: Callable[[Client, str], None], outcome: str) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         call(client, args.worker_id)
     print(f"worker {args.worker_id} {outcome}")
     return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         stats = client.stats()
         workers = client.workers()
         report = cost_report(client)
@@ -483,7 +498,7 @@ def cost_report(client: Client) -> admin_pb2.CostReport | None:
 
 
 def run_costs(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         report = cost_report(client)
         if report is None:
             print("gpucp: the control plane runs without an autoscaler (gpucp serve --autoscale CONFIG)",

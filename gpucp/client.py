@@ -13,8 +13,10 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from gpucp.auth import read_token, with_token
 from gpucp.limits import MAX_MESSAGE_BYTES
 from gpucp.states import TERMINAL_STATES
+from gpucp.tls import channel_credentials
 from gpucp.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -168,13 +170,28 @@ class Client:
     """A blocking client of one control plane. Use as a context manager or call close().
 
     `server` is HOST[:PORT] (port 50051 when left out); None reads $GPUCP_SERVER, else 127.0.0.1:50051.
+    `token` is the bearer token presented on every call; None reads $GPUCP_TOKEN. `tls`: TLS
+    credentials (gpucp.tls.channel_credentials); None reads $GPUCP_TLS_CA, plaintext without it.
     """
 
-    def __init__(self, server: str | None = None, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        token: str | None = None,
+        tls: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.server = server_address(server)
         self.timeout_s = timeout_s
         self.closed = False
-        self._channel = grpc.insecure_channel(self.server, options=CHANNEL_OPTIONS)
+        tls = tls or channel_credentials()
+        self._raw_channel = (
+            grpc.secure_channel(self.server, tls, options=CHANNEL_OPTIONS)
+            if tls is not None
+            else grpc.insecure_channel(self.server, options=CHANNEL_OPTIONS)
+        )
+        self._channel = with_token(self._raw_channel, read_token() if token is None else token)
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
@@ -186,7 +203,7 @@ class Client:
 
     def close(self) -> None:
         self.closed = True
-        self._channel.close()
+        self._raw_channel.close()
 
     def _call(
         self, method: grpc.UnaryUnaryMultiCallable[Request, Reply], request: Request, timeout_s: float | None = None
@@ -413,7 +430,7 @@ class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
             try:
                 if remaining <= 0:
                     raise grpc.FutureTimeoutError()
-                grpc.channel_ready_future(self._client._channel).result(timeout=remaining)
+                grpc.channel_ready_future(self._client._raw_channel).result(timeout=remaining)
                 self._call.cancel()  # the ended or half-made subscription this one replaces
                 self._call = self._subscribe()
                 with self._lock:

@@ -33,6 +33,7 @@ __all__ = [
     "LocalCluster",
     "child_env",
     "eventually",
+    "make_pki",
     "stop_processes",
     "wait_for_workers",
 ]
@@ -307,3 +308,50 @@ class LocalCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def make_pki(directory: Path, clients: Sequence[str] = (), *, ca: str = "ca") -> None:
+    """Write a test CA (CA.pem, CA.key), a server certificate for loopback (server.pem/.key, when
+    none is there yet) and a client certificate NAME.pem/.key for each of `clients` (its common
+    name), all signed by that CA. Needs the cryptography package (a dev dependency)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(stem: str, cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None) -> tuple[
+        x509.Certificate, ec.EllipticCurvePrivateKey
+    ]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer[0].subject if issuer else name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+        )
+        if issuer is not None:
+            loopback = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(loopback), critical=False)
+        cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+        (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        (directory / f"{stem}.key").write_bytes(private)
+        return cert, key
+
+    authority = issue(ca, f"gpucp test CA {ca}", None)
+    if not (directory / "server.pem").exists():
+        issue("server", "localhost", authority)
+    for name in clients:
+        issue(name, name, authority)

@@ -12,13 +12,18 @@ from pathlib import Path
 from gpucp import testing
 from gpucp.testing import eventually, wait_for_workers
 
-__all__ = ["FAULT_REPORT", "ROOT", "AgentProcess", "ControlPlaneProcess", "_env", "eventually", "wait_for_workers"]
+__all__ = [
+    "FAULT_REPORT", "ROOT", "SECURITY_REPORT", "AgentProcess", "ControlPlaneProcess", "_env", "eventually",
+    "wait_for_workers",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHONPATH = (ROOT, ROOT / "tests")
 
 # Rows of the fault-injection report, printed at the end of the test session.
 FAULT_REPORT: list[dict[str, object]] = []
+# Rows of the security report (tests/security): probe, expected, observed.
+SECURITY_REPORT: list[dict[str, str]] = []
 
 
 def _env() -> dict[str, str]:

@@ -44,12 +44,18 @@ def start_agent(controlplane: ControlPlaneProcess) -> Iterator[AgentFactory]:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
-    """Print the fault-injection figures (trials, tasks, lost, duplicated, requeue times)."""
-    from cluster import FAULT_REPORT
+    """Print the fault-injection figures (trials, tasks, lost, duplicated, requeue times) and the
+    security probes (probe, expected, observed)."""
+    from cluster import FAULT_REPORT, SECURITY_REPORT
 
+    write = terminalreporter.write_line
+    if SECURITY_REPORT:
+        write("")
+        write(f"{'security probe':<64}{'expected':<28}observed")
+        for probe in SECURITY_REPORT:
+            write(f"{probe['probe']:<64}{probe['expected']:<28}{probe['observed']}")
     if not FAULT_REPORT:
         return
-    write = terminalreporter.write_line
     write("")
     write(f"{'fault trial':<34}{'trials':>7}{'tasks':>7}{'lost':>6}{'dup':>5}{'re-run':>8}"
           f"{'requeue p50':>13}{'p99':>9}")

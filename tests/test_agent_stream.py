@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from agents import Agent, TaskContext, TaskError, parse_gpus
-from agents.handlers import BUILTIN_HANDLERS
+from agents.handlers import BUILTIN_HANDLERS, exec_handler
 from agents.runtime import Refused
 from gpucp.limits import MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
@@ -197,6 +197,8 @@ async def running_agent(port: int, **config: Any) -> AsyncIterator[Agent]:
     config.setdefault("worker_id", "w-test")
     config.setdefault("reconnect_cap_s", 0.2)
     config.setdefault("flush_timeout_s", 2.0)
+    # As `gpucp agent --allow-exec`: these tests run exec tasks.
+    config.setdefault("handlers", {**BUILTIN_HANDLERS, "exec": exec_handler})
     agent = Agent(server=f"127.0.0.1:{port}", install_signal_handlers=False, **config)
     runner = asyncio.create_task(agent.run())
     try:
@@ -215,7 +217,7 @@ def test_registers_capabilities_and_runs_a_task() -> None:
 
         async with control_plane() as (plane, port):
             gpus = parse_gpus("2xA100-80GB,1xT4-16GB", "w-test")
-            handlers = {**BUILTIN_HANDLERS, "shout": shout}
+            handlers = {**BUILTIN_HANDLERS, "exec": exec_handler, "shout": shout}
             async with running_agent(
                 port,
                 slots=3,
@@ -277,7 +279,7 @@ def test_a_task_error_says_the_task_is_wrong_and_other_failures_do_not() -> None
             raise RuntimeError("CUDA out of memory")
 
         async with control_plane() as (plane, port):
-            async with running_agent(port, handlers={**BUILTIN_HANDLERS, "picky": picky}):
+            async with running_agent(port, handlers={**BUILTIN_HANDLERS, "exec": exec_handler, "picky": picky}):
                 await plane.wait_sessions(1)
                 plane.assign("bad-exec", "exec", b'{"argv": "ls -l"}')
                 plane.assign("bad-sleep", "sleep", b"soon")
@@ -785,7 +787,7 @@ def test_cli_registers_simulated_gpus_and_runs_a_user_handler(tmp_path: Path) ->
         async with control_plane() as (plane, port):
             process = await _start_agent_process(
                 port, "--worker-id", "cli-1", "--gpus", "2xA100-80GB,1xL4-24GB", "--label", "zone=eu",
-                "--handler", "reverse=user_tasks:reverse", pythonpath=str(tmp_path),
+                "--handler", "reverse=user_tasks:reverse", "--allow-exec", pythonpath=str(tmp_path),
             )  # fmt: skip
             try:
                 await plane.wait_sessions(1, timeout=20)

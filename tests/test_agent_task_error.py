@@ -14,7 +14,7 @@ def test_a_bad_exec_payload_fails_once_and_leaves_the_workers_success_rates_alon
 ) -> None:
     # Before: 4 attempts on 3 workers, and an innocent worker's success rate went down.
     for worker_id in ("w1", "w2", "w3"):
-        start_agent(worker_id)
+        start_agent(worker_id, "--allow-exec")
     before = {w.worker_id: (w.success_rate, w.tasks_failed) for w in client.workers()}
     task_id = client.submit("exec", b'{"argv": "ls -l"}', max_retries=3)
     task = client.wait(task_id, 30)

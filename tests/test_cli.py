@@ -35,7 +35,7 @@ def test_submit_wait_and_status(controlplane, start_agent):
 
 
 def test_failed_tasks_make_submit_exit_nonzero(controlplane, start_agent):
-    start_agent("cli-box", "--slots", "1")
+    start_agent("cli-box", "--slots", "1", "--allow-exec")
     failing = gpucp("submit", "exec", '{"argv": ["false"]}', "--max-retries", "0", "--wait",
                     "--server", controlplane.address)
     assert failing.returncode == 1

@@ -10,7 +10,7 @@ from test_cli import gpucp
 
 
 def test_get_shows_times_durations_owner_requirements_and_every_attempts_error(controlplane, start_agent):
-    start_agent("get-box", "--gpus", "2xL4-24GB")
+    start_agent("get-box", "--gpus", "2xL4-24GB", "--allow-exec")
     failed = gpucp("submit", "exec", '{"argv": ["false"]}', "--gpus", "1", "--min-gpu-memory-mb", "16000",
                    "--tenant", "lab", "--priority", "high", "--max-retries", "1", "--timeout", "90", "--wait",
                    "--server", controlplane.address)

@@ -132,7 +132,7 @@ async def recording_server() -> AsyncIterator[tuple[RecordingWorkers, str]]:
 def start_nvidia_agent(
     agents: list[AgentProcess], tmp_path: Path, server: str, box: FakeBox, library_dir: Path, *args: str
 ) -> AgentProcess:
-    agent = AgentProcess(tmp_path, server, "gpu-box", "--nvidia", *args, env=box.env(library_dir))
+    agent = AgentProcess(tmp_path, server, "gpu-box", "--nvidia", "--allow-exec", *args, env=box.env(library_dir))
     agents.append(agent)
     return agent
 
@@ -304,7 +304,7 @@ def test_cpu_fallback_registers_a_cpu_only_worker(
 def start_on_controlplane(
     agents: list[AgentProcess], tmp_path: Path, cp: ControlPlaneProcess, box: FakeBox, library_dir: Path
 ) -> AgentProcess:
-    agent = AgentProcess(tmp_path, cp.address, "gpu-box", "--nvidia", env=box.env(library_dir))
+    agent = AgentProcess(tmp_path, cp.address, "gpu-box", "--nvidia", "--allow-exec", env=box.env(library_dir))
     agents.append(agent)
     with cp.client() as c:
         wait_for_workers(c, ["gpu-box"])

@@ -19,8 +19,8 @@ FAILS_ON_BAD = json.dumps({"argv": ["sh", "-c", 'test "$GPUCP_WORKER_ID" != bad'
 def test_a_retry_goes_to_another_worker_and_a_bad_worker_is_quarantined(tmp_path):
     cp = ControlPlaneProcess(tmp_path, "--retry-base", "0.05", "--quarantine-after", "3",
                              "--quarantine-cooling", "2").start()
-    bad = AgentProcess(tmp_path, cp.address, "bad", "--slots", "2")
-    good = AgentProcess(tmp_path, cp.address, "good", "--slots", "2")
+    bad = AgentProcess(tmp_path, cp.address, "bad", "--slots", "2", "--allow-exec")
+    good = AgentProcess(tmp_path, cp.address, "good", "--slots", "2", "--allow-exec")
     try:
         with cp.client() as client:
             wait_for_workers(client, ["bad", "good"])

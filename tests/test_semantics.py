@@ -117,7 +117,7 @@ def test_cancel_pending_and_running(client, start_agent):
     assert client.cancel(pending) == S.TASK_STATE_CANCELLED
     assert client.get(pending).state == S.TASK_STATE_CANCELLED
 
-    agent = start_agent("runner", "--slots", "1")
+    agent = start_agent("runner", "--slots", "1", "--allow-exec")
     running = client.submit("exec", json.dumps({"argv": ["sleep", "30"]}))
     eventually(lambda: client.get(running).state == S.TASK_STATE_RUNNING, 20, "the exec task to run")
     assert client.cancel(running) == S.TASK_STATE_CANCELLED
@@ -129,7 +129,7 @@ def test_cancel_pending_and_running(client, start_agent):
 
 
 def test_failing_task_is_retried_then_fails_with_every_error(client, start_agent):
-    start_agent("worker", "--slots", "2")
+    start_agent("worker", "--slots", "2", "--allow-exec")
     task_id = client.submit(
         "exec", json.dumps({"argv": [sys.executable, "-c", "import sys; sys.exit('disk full')"]}), max_retries=2
     )

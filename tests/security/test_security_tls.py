@@ -1,0 +1,124 @@
+"""TLS and mTLS with certificates the test makes itself; a token over plaintext from another machine."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cluster import AgentProcess, ControlPlaneProcess, wait_for_workers
+from gpucp import Client, GpucpError
+from gpucp.testing import make_pki
+from gpucp.tls import channel_credentials
+from gpucp.v1 import common_pb2
+from security.secured import auth_file, probe, token
+
+S = common_pb2
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA with a server certificate and client certificates for "tls-box" and "ci", and a rogue CA
+    with a client certificate of its own ("rogue-box")."""
+    directory = tmp_path_factory.mktemp("pki")
+    make_pki(directory, ["tls-box", "ci"])
+    make_pki(directory, ["rogue-box"], ca="rogue-ca")
+    return directory
+
+
+def auth_toml(directory: Path) -> Path:
+    digest = hashlib.sha256(token("admin").encode()).hexdigest()
+    path = directory / "auth.toml"
+    path.write_text(
+        f'[[principal]]\nname = "admin"\ntoken_sha256 = "{digest}"\nrole = "admin"\n'
+        '[[principal]]\nname = "tls-box"\ncert_cn = "tls-box"\nrole = "agent"\nworkers = ["tls-box"]\n'
+        '[[principal]]\nname = "ci"\ncert_cn = "ci"\nrole = "submitter"\ntenants = ["ci"]\n'
+    )
+    return path
+
+
+@pytest.fixture
+def mtls(pki: Path, tmp_path: Path) -> Iterator[ControlPlaneProcess]:
+    cp = ControlPlaneProcess(
+        tmp_path, "--auth", str(auth_toml(tmp_path)), "--tls-cert", str(pki / "server.pem"),
+        "--tls-key", str(pki / "server.key"), "--tls-client-ca", str(pki / "ca.pem"),
+    ).start()
+    yield cp
+    cp.kill()
+
+
+def as_cert(pki: Path, stem: str, ca: str = "ca") -> grpc.ChannelCredentials:
+    creds = channel_credentials(str(pki / f"{ca}.pem"), str(pki / f"{stem}.pem"), str(pki / f"{stem}.key"))
+    assert creds is not None
+    return creds
+
+
+def outcome(client: Client) -> str:
+    try:
+        client.stats()
+    except GpucpError as exc:
+        return exc.code.name
+    return "OK"
+
+
+def test_mtls_names_agents_and_clients_by_their_certificates(mtls: ControlPlaneProcess, pki: Path) -> None:
+    agent = AgentProcess(
+        mtls.workdir, mtls.address, "tls-box", "--tls-ca", str(pki / "ca.pem"),
+        "--tls-cert", str(pki / "tls-box.pem"), "--tls-key", str(pki / "tls-box.key"),
+    )
+    try:
+        with Client(mtls.address, tls=as_cert(pki, "ci"), timeout_s=10) as ci, \
+                Client(mtls.address, tls=as_cert(pki, "ci"), token=token("admin"), timeout_s=10) as admin:
+            wait_for_workers(admin, ["tls-box"])
+            task = ci.run("noop", "over TLS", wait_s=30)
+            probe("mTLS: agent by certificate, task by a certificate's submitter", "SUCCEEDED",
+                  S.TaskState.Name(task.state).removeprefix("TASK_STATE_"))
+            probe("mTLS: the submitter's tenant comes from its principal", "ci", task.spec.tenant)
+            probe("mTLS: a submitter certificate calling Admin", "PERMISSION_DENIED", outcome(ci))
+            probe("mTLS: a certificate plus an admin token", "OK", outcome(admin))
+    finally:
+        agent.stop()
+
+
+def test_mtls_refuses_plaintext_unknown_cas_and_no_certificate(mtls: ControlPlaneProcess, pki: Path) -> None:
+    with Client(mtls.address, tls=channel_credentials(""), timeout_s=5) as plain:
+        probe("plaintext client to a TLS server", "UNAVAILABLE", outcome(plain))
+    with Client(mtls.address, tls=channel_credentials(str(pki / "ca.pem")), timeout_s=5) as anonymous:
+        probe("TLS client without a certificate to an mTLS server", "UNAVAILABLE", outcome(anonymous))
+    with Client(mtls.address, tls=as_cert(pki, "rogue-box", ca="ca"), timeout_s=5) as rogue:
+        probe("client certificate from another CA", "UNAVAILABLE", outcome(rogue))
+    with Client(mtls.address, tls=as_cert(pki, "ci", ca="rogue-ca"), timeout_s=5) as fooled:
+        probe("server not signed by the client's CA", "UNAVAILABLE", outcome(fooled))
+
+
+def _outward_address() -> str | None:
+    """An address of this machine that is not loopback (None if it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe_socket:
+        try:
+            probe_socket.connect(("192.0.2.1", 9))  # TEST-NET: nothing is sent, the route picks the source
+            address = str(probe_socket.getsockname()[0])
+        except OSError:
+            return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def test_a_token_over_plaintext_from_another_machine_is_refused(tmp_path: Path) -> None:
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no non-loopback address to call itself on")
+    auth = auth_file(tmp_path / "auth.toml")
+    cp = ControlPlaneProcess(tmp_path, "--listen", "0.0.0.0:0", "--auth", str(auth)).start()
+    try:
+        with Client(f"{outward}:{cp.port}", token=token("admin"), tls=channel_credentials(""), timeout_s=10) as far:
+            observed = outcome(far)
+        with Client(cp.address, token=token("admin"), tls=channel_credentials(""), timeout_s=10) as near:
+            local = outcome(near)
+    finally:
+        cp.kill()
+    probe("a token over plaintext from a non-loopback address", "UNAUTHENTICATED", observed)
+    probe("a token over plaintext on loopback", "OK", local)
