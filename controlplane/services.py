@@ -109,6 +109,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             tasks=[self.cp.describe(r, full=full) for r in recs], next_page_token=token
         )
 
+    async def GetTaskEvents(
+        self,
+        request: scheduler_pb2.GetTaskEventsRequest,
+        context: ServicerContext[scheduler_pb2.GetTaskEventsRequest, scheduler_pb2.GetTaskEventsResponse],
+    ) -> scheduler_pb2.GetTaskEventsResponse:
+        events, omitted = await answer(context, self.cp.events(request.task_id))
+        return scheduler_pb2.GetTaskEventsResponse(events=events, omitted=omitted)
+
     async def WatchTasks(
         self,
         request: scheduler_pb2.WatchTasksRequest,

@@ -1,4 +1,4 @@
-"""The `gpucp` command: serve, agent, submit, list, get, cancel, status, costs, drain, undrain."""
+"""The `gpucp` command: serve, agent, submit, list, get, events, cancel, status, costs, drain, undrain."""
 
 from __future__ import annotations
 
@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     get = sub.add_parser("get", help="show one task", parents=[server])
     get.add_argument("task_id")
     get.set_defaults(run=run_get)
+
+    events = sub.add_parser("events", help="what happened to a task, oldest first", parents=[server])
+    events.add_argument("task_id")
+    events.set_defaults(run=run_events)
 
     cancel = sub.add_parser("cancel", help="cancel tasks", parents=[server])
     cancel.add_argument("task_ids", nargs="+", metavar="TASK_ID")
@@ -358,6 +362,29 @@ def run_get(args: argparse.Namespace) -> int:
     for label, value in lines:
         print(f"{label:<10}{value}")
     return 0
+
+
+def run_events(args: argparse.Namespace) -> int:
+    with Client(args.server) as client:
+        events, omitted = client.events(args.task_id)
+    rows = [("#", "TIME", "STATE", "ATTEMPT", "WORKER", "WHAT")]
+    last_seq = 0
+    for e in events:
+        if e.seq > last_seq + 1 and last_seq:
+            left_out = f"({e.seq - last_seq - 1} events left out: a task keeps its first and its latest)"
+            rows.append(("", "", "", "", "", left_out))
+        last_seq = e.seq
+        what = f"{e.reason}: {e.error}" if e.error and e.error not in e.reason else e.reason
+        rows.append((str(e.seq), clock_ms(e.at_ms), state_name(e.state), str(e.attempt), e.worker_id or "-", what))
+    print_table(rows)
+    if omitted:
+        print(f"{omitted} events were left out of this history", file=sys.stderr)
+    return 0
+
+
+def clock_ms(at_ms: int) -> str:
+    """A timestamp in local time, to the millisecond: events of one task come close together."""
+    return f"{clock(at_ms)}.{at_ms % 1000:03d}"
 
 
 def requirements(req: common_pb2.Requirements) -> str:
