@@ -26,6 +26,7 @@ from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, R
 from controlplane.fleet import Fleet, WorkerConn
 from controlplane.history import History
 from controlplane.lifecycle import Lifecycle
+from controlplane.logs import log_event
 from controlplane.notify import Notifier, Watcher, wall_ms
 from controlplane.record import TaskRecord, new_task_id
 from controlplane.store import Store, StoreError
@@ -62,6 +63,7 @@ class ControlPlane:
         self.notifier = Notifier()
         self.book.observe(self.notifier.announce)
         self.history = History(self.book, store)
+        self.book.journal(log_event)
         self.core = Core(config, lambda handle: self.fleet.name(handle))
         self.dispatcher = Dispatcher(config, store, self.book, self.core)
         self.fleet = Fleet(config, self.core, self.dispatcher.wake, self.dispatcher.arm_deadline)

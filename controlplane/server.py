@@ -20,8 +20,11 @@ from grpc_reflection.v1alpha import reflection
 from controlplane.autoscaler import Autoscaler, ControlPlaneView, load_config
 from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
+from controlplane.metrics import Metrics
 from controlplane.services import AdminService, SchedulerService, WorkersService
 from controlplane.store import Store
+from controlplane.web import HttpApi
+from gpucp import __version__
 from gpucp.auth import AGENT_TOKEN_ENV
 from gpucp.limits import MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import admin_pb2, admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
@@ -71,17 +74,21 @@ class Running:
     control: ControlPlane
     health: health.aio.HealthServicer
     store: Store
+    http: HttpApi | None = None
+    http_port: int = 0
     autoscaler: Autoscaler | None = None
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new work, tell health checkers, finish in-flight calls, persist everything."""
-        self.control.accepting = False
+        self.control.accepting = False  # /readyz says 503 from here on; /healthz answers to the end
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.autoscaler is not None:
             await self.autoscaler.stop()
         await self.control.stop()
         await self.server.stop(grace_s)
+        if self.http is not None:
+            await self.http.stop()
         self.store.close()
 
 
@@ -107,12 +114,23 @@ async def start(config: ServerConfig) -> Running:
     # the one holding the port may be using.
     port = _bind(server, config.listen)
     try:
+        http_sock = _bind_http(config.http) if config.http else None
+    except BaseException:
+        await server.stop(None)
+        raise
+    try:
         store = Store(config.db, synchronous=config.db_synchronous)
     except BaseException:
         await server.stop(None)  # unbind: a failed start leaves nothing behind
+        if http_sock is not None:
+            http_sock.close()
         raise
     control = ControlPlane(config, store)
     await control.start()
+    metrics = Metrics(control)
+    http = HttpApi(control, metrics) if http_sock is not None else None
+    if http is not None and http_sock is not None:
+        await http.start(http_sock)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(control), server)
     workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(control), server)
     admin = AdminService(control)
@@ -126,15 +144,50 @@ async def start(config: ServerConfig) -> Running:
     await server.start()
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gpucp control plane listening on port %d (db %s)", port, config.db)
-    running = Running(server, port, control, health_servicer, store)
+    http_port = http_sock.getsockname()[1] if http_sock is not None else 0
+    log.info(
+        "gpucp %s serving gRPC on %s (port %d), HTTP %s, db %s (sync %s), policy %s, priority mode %s",
+        __version__, config.listen, port, f"on port {http_port} of {config.http}" if http_port else "off",
+        config.db, config.db_synchronous.lower(), config.scheduler.policy, config.scheduler.priority_mode,
+    )
+    running = Running(server, port, control, health_servicer, store, http, http_port)
     if autoscale is not None:
         host = config.listen.rpartition(":")[0]
-        running.autoscaler = admin.autoscaler = Autoscaler(
+        running.autoscaler = admin.autoscaler = metrics.autoscaler = Autoscaler(
             ControlPlaneView(control), autoscale, server_address=f"{host}:{port}", agent_token=config.agent_token
         )
         await running.autoscaler.start()
+    if http is not None:
+        http.ready = True
     return running
+
+
+def _bind_http(listen: str) -> socket.socket:
+    """A listening socket for --http; OSError with a sentence naming the flag when it cannot be had."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"--http {listen!r}: give HOST:PORT (e.g. 127.0.0.1:50052), or '' to turn it off")
+    try:
+        [(family, kind, proto, _, address), *_] = socket.getaddrinfo(
+            host.strip("[]") or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"cannot listen on --http {listen}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(
+                f"cannot listen on --http {listen}: port {port_text} is already in use (is another gpucp serve "
+                "running?); choose another port with --http, or turn it off with --http ''"
+            ) from None
+        raise OSError(f"cannot listen on --http {listen}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
 
 
 def _bind(server: grpc.aio.Server, listen: str) -> int:
@@ -171,12 +224,14 @@ async def serve(config: ServerConfig, *, ready_file: str | None = None) -> None:
     running = await start(config)
     if ready_file:
         with open(ready_file, "w") as f:
-            f.write(str(running.port))
+            # The gRPC port, and the HTTP port when it listens: one write, so a reader sees both or none.
+            f.write(f"{running.port} {running.http_port}" if running.http_port else str(running.port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"gpucp control plane listening on {config.listen} (port {running.port}), db {config.db}", flush=True)
+    http = f", http on port {running.http_port}" if running.http_port else ""
+    print(f"gpucp control plane listening on {config.listen} (port {running.port}){http}, db {config.db}", flush=True)
     await stop.wait()
     log.info("shutting down")
     await running.stop()

@@ -147,6 +147,7 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
         if self.cp.config.agent_token:
             problem = token_problem(context.invocation_metadata(), self.cp.config.agent_token)
             if problem is not None:
+                log.warning("refused an agent from %s: %s", context.peer(), problem)
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
         requests = aiter(request_iterator)
         try:

@@ -115,6 +115,7 @@ class ControlPlaneProcess:
         self.log_level = log_level
         self.pythonpath = list(pythonpath)
         self.port = 0  # 0 until the first start: the system picks a free port
+        self.http_port = 0  # the HTTP listener's (a new one each start), 0 when --http '' turns it off
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -149,7 +150,9 @@ class ControlPlaneProcess:
                 self.kill()
                 raise AssertionError(f"gpucp serve did not listen within {timeout_s:g} s: {self.log()}")
             time.sleep(0.05)
-        self.port = int(ready.read_text())
+        ports = ready.read_text().split()  # the gRPC port, then the HTTP port if it listens
+        self.port = int(ports[0])
+        self.http_port = int(ports[1]) if len(ports) > 1 else 0
         return self
 
     def _spawn(self, ready: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
@@ -160,6 +163,8 @@ class ControlPlaneProcess:
                 "--listen", f"127.0.0.1:{self.port}",
                 "--db", str(self.db),
                 *beat,
+                # A free port each: the default one would be shared by every control plane on the machine.
+                "--http", "127.0.0.1:0",
                 "--ready-file", str(ready),
                 "--log-level", self.log_level,
                 *self.extra,
