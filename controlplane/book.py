@@ -8,7 +8,8 @@ and `TaskBook.move` is the only function that changes a task's state or place: c
 side indexes and observers follow from it.
 
 Every move (and `note`, for what happens without one: a submission, a progress report) makes one
-TaskEvent with its time, attempt, worker, cause and reason. Journal observers (the durable
+Event with its time, attempt, worker, cause and reason: a plain tuple, made into a TaskEvent
+message only for those who ask (watchers, GetTaskEvents), since every task makes four. Journal observers (the durable
 event history, logs, metrics) hear every event as it happens; announce observers (watchers and
 waiters) hear the events meant for them, a finished task's only once its outcome is durable.
 """
@@ -21,6 +22,7 @@ import enum
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from controlplane.record import TaskRecord
 from gpucp.v1 import common_pb2, scheduler_pb2
@@ -57,7 +59,24 @@ class Cause(enum.StrEnum):
     FINISHED = "finished"
 
 
-Observer = Callable[[TaskRecord, scheduler_pb2.TaskEvent], None]
+class Event(NamedTuple):
+    """One thing that happened to a task; its fields are TaskEvent's but the task id."""
+
+    seq: int
+    at_ms: int
+    state: common_pb2.TaskState
+    attempt: int
+    worker_id: str
+    cause: str
+    reason: str
+    error: str
+    progress: float
+
+    def proto(self, task_id: str) -> scheduler_pb2.TaskEvent:
+        return scheduler_pb2.TaskEvent(task_id=task_id, **self._asdict())
+
+
+Observer = Callable[[TaskRecord, Event], None]
 
 
 class Hold(enum.Enum):
@@ -83,7 +102,7 @@ class Entry:
     # Work stealing: the attempt asked back from its worker and the idle worker that will take it.
     revoke: tuple[int, int] | None = None
     events: int = 0  # events recorded so far: the next one's seq is this plus one
-    outcome: scheduler_pb2.TaskEvent | None = None  # a finished task's event, announced once durable
+    outcome: Event | None = None  # a finished task's event, announced once durable
 
 
 class TaskBook:
@@ -109,7 +128,7 @@ class TaskBook:
         """Call `observer` with the record and its event after every event, as it happens."""
         self._journal.append(observer)
 
-    def announce(self, rec: TaskRecord, event: scheduler_pb2.TaskEvent) -> None:
+    def announce(self, rec: TaskRecord, event: Event) -> None:
         for observer in self._observers:
             observer(rec, event)
 
@@ -117,20 +136,14 @@ class TaskBook:
         """Record and announce an event that changes neither state nor place (a submission, progress)."""
         self.announce(entry.rec, self._record(entry, cause, reason))
 
-    def _record(self, entry: Entry, cause: Cause, reason: str) -> scheduler_pb2.TaskEvent:
+    def _record(self, entry: Entry, cause: Cause, reason: str) -> Event:
         rec = entry.rec
         entry.events += 1
-        event = scheduler_pb2.TaskEvent(
-            task_id=rec.id,
-            state=rec.state,
-            attempt=rec.attempt,
-            worker_id=rec.worker_id,
-            at_ms=int(time.time() * 1000),
-            progress=rec.progress,
-            error=rec.error,
-            reason=reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 3] + "...",
-            cause=cause,
-            seq=entry.events,
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 3] + "..."
+        event = Event(
+            entry.events, int(time.time() * 1000), rec.state, rec.attempt, rec.worker_id, cause, reason, rec.error,
+            rec.progress,
         )
         for observer in self._journal:
             observer(rec, event)

@@ -98,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--autoscale", metavar="CONFIG", default="",
                    help="scale RunPod pools from the queue as this TOML/JSON file says "
                         "(needs RUNPOD_API_KEY in the environment)")
-    p.add_argument("--ready-file", help="write the bound port here once serving")
+    p.add_argument("--ready-file", help="write the bound port here once serving (and the HTTP port to FILE.http)")
     p.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO (every task event a line, logger gpucp.tasks), WARNING... (default %(default)s)")
     p.add_argument("--log-format", default="text", choices=LOG_FORMATS,

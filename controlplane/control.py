@@ -24,7 +24,7 @@ from controlplane.core import Core
 from controlplane.dispatch import Dispatcher
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from controlplane.fleet import Fleet, WorkerConn
-from controlplane.history import History
+from controlplane.history import SUBMITTED, History
 from controlplane.lifecycle import Lifecycle
 from controlplane.logs import log_event
 from controlplane.notify import Notifier, Watcher, wall_ms
@@ -209,7 +209,7 @@ class ControlPlane:
         for rec in new:
             entry = self.book.add(rec, Hold.QUEUED)
             assert entry is not None  # a new task is unfinished
-            self.book.note(entry, Cause.SUBMITTED, "submitted")
+            self.book.note(entry, Cause.SUBMITTED, SUBMITTED)
             entries.append(entry)
         self.lifecycle.queue(entries)
         return out

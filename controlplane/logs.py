@@ -11,9 +11,9 @@ import json
 import logging
 import time
 
+from controlplane.book import Event
 from controlplane.metrics import STATE_NAMES
 from controlplane.record import TaskRecord
-from gpucp.v1 import scheduler_pb2
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -56,7 +56,7 @@ def setup(level: str, fmt: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
-def log_event(rec: TaskRecord, event: scheduler_pb2.TaskEvent) -> None:
+def log_event(rec: TaskRecord, event: Event) -> None:
     """A task event as an INFO line (a journal observer of the task book)."""
     if not task_log.isEnabledFor(logging.INFO):
         return  # the cheap way out at --log-level WARNING: a burst makes four events a task

@@ -1,8 +1,9 @@
 """Prometheus metrics of one control plane, in a registry of its own.
 
 Counters and histograms move where state changes: the task book's journal hears every task
-event (submitted, placed, requeued, finished). Gauges are read when scraped from what the control
-plane already keeps (the book's counts, the core's queue, the fleet's last heartbeats).
+event (submitted, placed, requeued, finished), and they are plain numbers until scraped. Gauges
+are read when scraped from what the control plane already keeps (the book's counts, the core's
+queue, the fleet's last heartbeats).
 
 Label sets stay bounded whatever the fleet and the tenants: tenant and kind labels take the first
 MAX_LABEL_VALUES values seen and then "other"; the per-GPU gauges (labelled by worker and GPU)
@@ -13,17 +14,20 @@ gpucp_gpu_workers_unreported says how many were left out (10,000 workers of 8 GP
 
 from __future__ import annotations
 
+import bisect
+import collections
+import itertools
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controlplane.book import PENDING, RUNNING, Cause
+from controlplane.book import PENDING, RUNNING, Cause, Event
 from controlplane.record import TaskRecord
-from gpucp.v1 import common_pb2, scheduler_pb2
+from gpucp.v1 import common_pb2
 
 if TYPE_CHECKING:
     from controlplane.autoscaler import Autoscaler
@@ -69,44 +73,105 @@ class Capped:
         return value
 
 
+class _Histogram:
+    """Counts by bucket and a sum: what a Prometheus histogram shows, kept as plain numbers."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(BUCKETS)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+
+
 class Metrics:
+    """The counters and histograms, moved by every task event; rendered with the gauges when scraped.
+
+    Plain integers, not prometheus_client's Counter and Histogram: every task makes four events,
+    and a labelled prometheus_client metric costs a lock and a lookup of its child per update.
+    """
+
     def __init__(self, cp: ControlPlane) -> None:
         self.cp = cp
         self.autoscaler: Autoscaler | None = None  # set by the server when it runs with --autoscale
-        self.registry = CollectorRegistry(auto_describe=False)
         self.tenant = Capped()
         self.kind = Capped()
-        r = self.registry
-        self.submitted = Counter("gpucp_tasks_submitted", "Tasks accepted", ["tenant", "priority"], registry=r)
-        self.finished = Counter("gpucp_tasks_finished", "Tasks that ended, by final state", ["tenant", "state"],
-                                registry=r)
-        self.requeues = Counter("gpucp_requeues", "Tasks sent back to the queue, by cause", ["reason"], registry=r)
-        self.placements = Counter("gpucp_placements", "Attempts placed on a worker", registry=r)
-        self.wait = Histogram("gpucp_task_wait_seconds", "From submission to the first placement", ["kind"],
-                              buckets=BUCKETS, registry=r)
-        self.run = Histogram("gpucp_task_run_seconds", "From the last attempt's placement to the end",
-                             ["kind"], buckets=BUCKETS, registry=r)
-        r.register(_Gauges(self))
+        self.submitted: collections.Counter[tuple[str, str]] = collections.Counter()  # (tenant, priority)
+        self.finished: collections.Counter[tuple[str, str]] = collections.Counter()  # (tenant, state)
+        self.requeues: collections.Counter[str] = collections.Counter()  # by cause
+        self.placements = 0
+        self.wait: dict[str, _Histogram] = {}  # by kind
+        self.run: dict[str, _Histogram] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Counts(self))
+        self.registry.register(_Gauges(self))
         cp.book.journal(self.record)
 
-    def record(self, rec: TaskRecord, event: scheduler_pb2.TaskEvent) -> None:
+    def record(self, rec: TaskRecord, event: Event) -> None:
         """One task event: move the counters and histograms it concerns."""
         cause = event.cause
         if cause == Cause.ASSIGNED:
-            self.placements.inc()
+            self.placements += 1
             if rec.attempt == 1:
-                self.wait.labels(self.kind(rec.spec.kind)).observe(max(0, event.at_ms - rec.created_at_ms) / 1000)
+                self._histogram(self.wait, rec).observe(max(0, event.at_ms - rec.created_at_ms) / 1000)
         elif cause == Cause.SUBMITTED:
-            self.submitted.labels(self.tenant(rec.tenant), PRIORITY_NAMES.get(rec.spec.priority, "normal")).inc()
+            self.submitted[(self.tenant(rec.tenant), PRIORITY_NAMES.get(rec.spec.priority, "normal"))] += 1
         elif cause == Cause.FINISHED:
-            self.finished.labels(self.tenant(rec.tenant), STATE_NAMES[rec.state]).inc()
+            self.finished[(self.tenant(rec.tenant), STATE_NAMES[rec.state])] += 1
             if rec.started_at_ms:
-                self.run.labels(self.kind(rec.spec.kind)).observe(max(0, rec.finished_at_ms - rec.started_at_ms) / 1000)
+                self._histogram(self.run, rec).observe(max(0, rec.finished_at_ms - rec.started_at_ms) / 1000)
         elif cause in _REQUEUES:
-            self.requeues.labels(cause).inc()
+            self.requeues[cause] += 1
+
+    def _histogram(self, by_kind: dict[str, _Histogram], rec: TaskRecord) -> _Histogram:
+        kind = self.kind(rec.spec.kind)
+        found = by_kind.get(kind)
+        if found is None:
+            found = by_kind[kind] = _Histogram()
+        return found
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Counts(Collector):
+    """The counters and histograms as Prometheus families."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        for name, doc, labels, values in (
+            ("gpucp_tasks_submitted", "Tasks accepted", ["tenant", "priority"], m.submitted),
+            ("gpucp_tasks_finished", "Tasks that ended, by final state", ["tenant", "state"], m.finished),
+        ):
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for key, n in sorted(values.items()):
+                family.add_metric(list(key), n)
+            yield family
+        family = CounterMetricFamily("gpucp_requeues", "Tasks sent back to the queue, by cause", labels=["reason"])
+        for cause, n in sorted(m.requeues.items()):
+            family.add_metric([cause], n)
+        yield family
+        yield CounterMetricFamily("gpucp_placements", "Attempts placed on a worker", value=m.placements)
+        for name, doc, by_kind in (
+            ("gpucp_task_wait_seconds", "From submission to the first placement", m.wait),
+            ("gpucp_task_run_seconds", "From the last attempt's placement to the end", m.run),
+        ):
+            histogram = HistogramMetricFamily(name, doc, labels=["kind"])
+            for kind, h in sorted(by_kind.items()):
+                cumulative = list(itertools.accumulate(h.counts))
+                buckets = [(_le(bound), n) for bound, n in zip(BUCKETS, cumulative, strict=True)]
+                histogram.add_metric([kind], buckets, sum_value=h.total)
+            yield histogram
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 class _Gauges(Collector):

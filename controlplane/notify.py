@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from controlplane.book import Event
 from controlplane.errors import ResourceExhausted
 from controlplane.record import TaskRecord
 from gpucp.v1 import scheduler_pb2
@@ -53,10 +54,10 @@ class Notifier:
         self._watchers: set[Watcher] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
-    def announce(self, rec: TaskRecord, event: scheduler_pb2.TaskEvent) -> None:
+    def announce(self, rec: TaskRecord, event: Event) -> None:
         """A task changed (a finished one: durably): tell its watchers, and its waiters if it ended."""
         if self._watchers:
-            self._emit(rec, event)
+            self._emit(rec, event.proto(rec.id))
         if rec.terminal:
             for waiter in self._waiters.pop(rec.id, []):
                 if not waiter.done():

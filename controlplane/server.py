@@ -223,9 +223,12 @@ async def serve(config: ServerConfig, *, ready_file: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down without losing anything accepted."""
     running = await start(config)
     if ready_file:
+        if running.http_port:
+            # Beside the ready file and before it: whoever sees the gRPC port can read this one too.
+            with open(f"{ready_file}.http", "w") as f:
+                f.write(str(running.http_port))
         with open(ready_file, "w") as f:
-            # The gRPC port, and the HTTP port when it listens: one write, so a reader sees both or none.
-            f.write(f"{running.port} {running.http_port}" if running.http_port else str(running.port))
+            f.write(str(running.port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

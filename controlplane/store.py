@@ -61,7 +61,14 @@ CREATE INDEX IF NOT EXISTS tasks_tenant ON tasks (tenant, handle);
 CREATE TABLE IF NOT EXISTS task_events (
     handle INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    event BLOB NOT NULL,
+    at_ms INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT NOT NULL,
+    progress REAL NOT NULL,
     PRIMARY KEY (handle, seq)
 ) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS task_events_follow_their_task AFTER DELETE ON tasks
@@ -97,7 +104,8 @@ _UPDATE = (
 )
 
 _DELETE = "DELETE FROM tasks WHERE handle = ?"
-_INSERT_EVENT = "INSERT OR REPLACE INTO task_events (handle, seq, event) VALUES (?, ?, ?)"
+_EVENT_COLUMNS = "seq, at_ms, state, attempt, worker_id, cause, reason, error, progress"
+_INSERT_EVENT = f"INSERT OR REPLACE INTO task_events (handle, {_EVENT_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 _TRIM_EVENT = "DELETE FROM task_events WHERE handle = ? AND seq = ?"
 # Rows one read of `_expired` looks at.
 _EXPIRED_PAGE = 1000
@@ -163,13 +171,13 @@ class Store:
             asyncio.get_running_loop().call_soon(self._end_turn)
         self._turn.append(write)
 
-    def add_event(self, handle: int, seq: int, event: bytes) -> None:
+    def add_event(self, handle: int, event: Sequence[object]) -> None:
         """Store a task's event with the writes of this loop turn (nobody waits for it)."""
         if self._closed:
             return  # shutting down: the history of the last moments is not worth an error
         if not self._turn and not self._events:
             asyncio.get_running_loop().call_soon(self._end_turn)
-        self._events.append((handle, seq, event))
+        self._events.append((handle, *event))
 
     def trim_event(self, handle: int, seq: int) -> None:
         """Delete a task's event `seq`, with the event that replaces it (always after an add_event)."""
@@ -377,10 +385,10 @@ class Store:
                 after = rows[-1][0]
         return found
 
-    async def events(self, handle: int) -> list[bytes]:
-        """A task's stored events, oldest first, serialized."""
-        rows = await self.query("SELECT event FROM task_events WHERE handle = ? ORDER BY seq", (handle,))
-        return [bytes(r[0]) for r in rows]
+    async def events(self, handle: int) -> list[tuple[Any, ...]]:
+        """A task's stored events, oldest first, as (seq, at_ms, state, attempt, worker_id, cause, reason,
+        error, progress)."""
+        return await self.query(f"SELECT {_EVENT_COLUMNS} FROM task_events WHERE handle = ? ORDER BY seq", (handle,))
 
     def last_event_seqs(self) -> dict[int, int]:
         """The seq of the latest stored event of every unfinished task (used once at start-up)."""

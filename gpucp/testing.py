@@ -138,6 +138,7 @@ class ControlPlaneProcess:
         """Start the server and return once it serves (it has written its port to the ready file)."""
         ready = self.workdir / f"ready-{self.starts}"
         ready.unlink(missing_ok=True)  # a kept workdir may hold an earlier run's port
+        Path(f"{ready}.http").unlink(missing_ok=True)
         with open(self.workdir / f"controlplane-{self.starts}.log", "wb") as log:
             self.proc = self._spawn(ready, log)
         self.starts += 1
@@ -150,9 +151,9 @@ class ControlPlaneProcess:
                 self.kill()
                 raise AssertionError(f"gpucp serve did not listen within {timeout_s:g} s: {self.log()}")
             time.sleep(0.05)
-        ports = ready.read_text().split()  # the gRPC port, then the HTTP port if it listens
-        self.port = int(ports[0])
-        self.http_port = int(ports[1]) if len(ports) > 1 else 0
+        self.port = int(ready.read_text())
+        http = Path(f"{ready}.http")  # written before the ready file when the HTTP listener runs
+        self.http_port = int(http.read_text()) if http.exists() else 0
         return self
 
     def _spawn(self, ready: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
