@@ -141,9 +141,11 @@ class TaskBook:
         entry.events += 1
         if len(reason) > MAX_REASON_CHARS:
             reason = reason[: MAX_REASON_CHARS - 3] + "..."
+        # The cause as a plain str: an enum member hashes and compares in Python, and every
+        # observer looks at it.
         event = Event(
-            entry.events, int(time.time() * 1000), rec.state, rec.attempt, rec.worker_id, cause, reason, rec.error,
-            rec.progress,
+            entry.events, int(time.time() * 1000), rec.state, rec.attempt, rec.worker_id, str(cause), reason,
+            rec.error, rec.progress,
         )
         for observer in self._journal:
             observer(rec, event)

@@ -18,7 +18,7 @@ from controlplane.record import TaskRecord
 from controlplane.store import Store
 from gpucp.v1 import scheduler_pb2
 
-SUBMITTED = "submitted"  # the reason of every submission event
+SUBMITTED = str(Cause.SUBMITTED)  # also the reason of every submission event
 FIRST_EVENTS = 20
 LAST_EVENTS = 100
 
@@ -36,7 +36,7 @@ class History:
             entry.events = seqs.get(entry.rec.handle, 1)  # 1: its submission, which is not stored
 
     def record(self, rec: TaskRecord, event: Event) -> None:
-        if event.cause == Cause.SUBMITTED:
+        if event.cause == SUBMITTED:
             return  # the task's row says it (see above)
         self.store.add_event(rec.handle, event)
         if event.seq > FIRST_EVENTS + LAST_EVENTS:

@@ -18,7 +18,7 @@ import bisect
 import collections
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -105,6 +105,13 @@ class Metrics:
         self.placements = 0
         self.wait: dict[str, _Histogram] = {}  # by kind
         self.run: dict[str, _Histogram] = {}
+        # What each cause moves; plain str keys, as events carry their cause.
+        self._on: dict[str, Callable[[TaskRecord, Event], None]] = {
+            str(Cause.ASSIGNED): self._assigned,
+            str(Cause.SUBMITTED): self._submitted,
+            str(Cause.FINISHED): self._finished,
+            **{str(cause): self._requeued for cause in _REQUEUES},
+        }
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Counts(self))
         self.registry.register(_Gauges(self))
@@ -112,19 +119,25 @@ class Metrics:
 
     def record(self, rec: TaskRecord, event: Event) -> None:
         """One task event: move the counters and histograms it concerns."""
-        cause = event.cause
-        if cause == Cause.ASSIGNED:
-            self.placements += 1
-            if rec.attempt == 1:
-                self._histogram(self.wait, rec).observe(max(0, event.at_ms - rec.created_at_ms) / 1000)
-        elif cause == Cause.SUBMITTED:
-            self.submitted[(self.tenant(rec.tenant), PRIORITY_NAMES.get(rec.spec.priority, "normal"))] += 1
-        elif cause == Cause.FINISHED:
-            self.finished[(self.tenant(rec.tenant), STATE_NAMES[rec.state])] += 1
-            if rec.started_at_ms:
-                self._histogram(self.run, rec).observe(max(0, rec.finished_at_ms - rec.started_at_ms) / 1000)
-        elif cause in _REQUEUES:
-            self.requeues[cause] += 1
+        on = self._on.get(event.cause)
+        if on is not None:
+            on(rec, event)
+
+    def _assigned(self, rec: TaskRecord, event: Event) -> None:
+        self.placements += 1
+        if rec.attempt == 1:
+            self._histogram(self.wait, rec).observe(max(0, event.at_ms - rec.created_at_ms) / 1000)
+
+    def _submitted(self, rec: TaskRecord, event: Event) -> None:
+        self.submitted[(self.tenant(rec.tenant), PRIORITY_NAMES.get(rec.spec.priority, "normal"))] += 1
+
+    def _finished(self, rec: TaskRecord, event: Event) -> None:
+        self.finished[(self.tenant(rec.tenant), STATE_NAMES[rec.state])] += 1
+        if rec.started_at_ms:
+            self._histogram(self.run, rec).observe(max(0, rec.finished_at_ms - rec.started_at_ms) / 1000)
+
+    def _requeued(self, rec: TaskRecord, event: Event) -> None:
+        self.requeues[event.cause] += 1
 
     def _histogram(self, by_kind: dict[str, _Histogram], rec: TaskRecord) -> _Histogram:
         kind = self.kind(rec.spec.kind)

@@ -105,7 +105,7 @@ _UPDATE = (
 
 _DELETE = "DELETE FROM tasks WHERE handle = ?"
 _EVENT_COLUMNS = "seq, at_ms, state, attempt, worker_id, cause, reason, error, progress"
-_INSERT_EVENT = f"INSERT OR REPLACE INTO task_events (handle, {_EVENT_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+_INSERT_EVENT = f"INSERT INTO task_events (handle, {_EVENT_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 _TRIM_EVENT = "DELETE FROM task_events WHERE handle = ? AND seq = ?"
 # Rows one read of `_expired` looks at.
 _EXPIRED_PAGE = 1000
