@@ -33,6 +33,7 @@ __all__ = [
     "Permission",
     "Principal",
     "authorize",
+    "listed_tenants",
     "load_authority",
     "local_address",
     "local_peer",
@@ -144,6 +145,15 @@ def local_address(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]").partition("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+def listed_tenants(principal: Principal, asked: str) -> tuple[str, ...]:
+    """The tenants a list or watch by `principal` covers: the one asked for (Denied if it does not
+    hold it), else every tenant it holds (empty: every tenant)."""
+    if asked:
+        authorize(principal, Permission.READ, asked)
+        return (asked,)
+    return () if principal.all_tenants else principal.tenants
 
 
 def printable(text: str, limit: int = 128) -> str:

@@ -5,7 +5,13 @@ plane must know about it: a PENDING task may sit in the core's queue or wait out
 backoff, a RUNNING one may be held by the core on a worker or be an orphan of a restart whose
 agent has not re-attached it, a finished one may still be committing. `Hold` names those places,
 and `TaskBook.move` is the only function that changes a task's state or place: counts,
-side indexes and observers (watchers, and later events and metrics) follow from it.
+side indexes and observers follow from it.
+
+Every move (and `note`, for what happens without one: a submission, a progress report) makes one
+Event with its time, attempt, worker, cause and reason: a plain tuple, made into a TaskEvent
+message only for those who ask (watchers, GetTaskEvents), since every task makes four. Journal observers (the durable
+event history, logs, metrics) hear every event as it happens; announce observers (watchers and
+waiters) hear the events meant for them, a finished task's only once its outcome is durable.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from controlplane.record import TaskRecord
-from gpucp.v1 import common_pb2
+from gpucp.v1 import common_pb2, scheduler_pb2
 
 PENDING = common_pb2.TASK_STATE_PENDING
 ASSIGNED = common_pb2.TASK_STATE_ASSIGNED
@@ -29,6 +37,46 @@ TIMED_OUT = common_pb2.TASK_STATE_TIMED_OUT
 
 # Finished tasks kept in memory after they end (older ones are read back from the store).
 RECENT_TERMINAL = 50_000
+# An event's reason is cut to this many characters: a lost worker's reason quotes a stream error,
+# and a task's whole history must fit in one response.
+MAX_REASON_CHARS = 1000
+
+
+class Cause(enum.StrEnum):
+    """What made a task's event: a stable word (TaskEvent.cause, a metric label, a log field)."""
+
+    SUBMITTED = "submitted"
+    QUEUED = "queued"  # back in the queue after a retry backoff
+    ASSIGNED = "assigned"
+    STARTED = "started"
+    PROGRESS = "progress"
+    RETRYING = "retrying"  # an attempt failed or timed out; the task waits out a backoff
+    REQUEUED_WORKER_LOST = "requeued_worker_lost"
+    REQUEUED_HANDED_BACK = "requeued_handed_back"  # its worker gave back an attempt asked back for a steal
+    REQUEUED_ORPHAN = "requeued_orphan"  # running before a restart; its agent did not re-attach it
+    REQUEUED_STORE_FAILED = "requeued_store_failed"  # its assignment could not be made durable
+    REATTACHED = "reattached"
+    FINISHED = "finished"
+
+
+class Event(NamedTuple):
+    """One thing that happened to a task; its fields are TaskEvent's but the task id."""
+
+    seq: int
+    at_ms: int
+    state: common_pb2.TaskState
+    attempt: int
+    worker_id: str
+    cause: str
+    reason: str
+    error: str
+    progress: float
+
+    def proto(self, task_id: str) -> scheduler_pb2.TaskEvent:
+        return scheduler_pb2.TaskEvent(task_id=task_id, **self._asdict())
+
+
+Observer = Callable[[TaskRecord, Event], None]
 
 
 class Hold(enum.Enum):
@@ -53,6 +101,8 @@ class Entry:
     failed_on: list[str] = field(default_factory=list)  # workers its attempts failed on
     # Work stealing: the attempt asked back from its worker and the idle worker that will take it.
     revoke: tuple[int, int] | None = None
+    events: int = 0  # events recorded so far: the next one's seq is this plus one
+    outcome: Event | None = None  # a finished task's event, announced once durable
 
 
 class TaskBook:
@@ -68,15 +118,39 @@ class TaskBook:
         self.pending_by_tenant: collections.Counter[str] = collections.Counter()  # for max_pending quotas
         self._idempotency: dict[tuple[str, str], str] = {}
         self._recent_terminal: collections.deque[str] = collections.deque()
-        self._observers: list[Callable[[TaskRecord], None]] = []
+        self._observers: list[Observer] = []
+        self._journal: list[Observer] = []
 
-    def observe(self, observer: Callable[[TaskRecord], None]) -> None:
-        """Call `observer` with the record after every visible change of a task's state."""
+    def observe(self, observer: Observer) -> None:
+        """Call `observer` with the record and its event after every change watchers are told of."""
         self._observers.append(observer)
 
-    def announce(self, rec: TaskRecord) -> None:
+    def journal(self, observer: Observer) -> None:
+        """Call `observer` with the record and its event after every event, as it happens."""
+        self._journal.append(observer)
+
+    def announce(self, rec: TaskRecord, event: Event) -> None:
         for observer in self._observers:
-            observer(rec)
+            observer(rec, event)
+
+    def note(self, entry: Entry, cause: Cause, reason: str) -> None:
+        """Record and announce an event that changes neither state nor place (a submission, progress)."""
+        self.announce(entry.rec, self._record(entry, cause, reason))
+
+    def _record(self, entry: Entry, cause: Cause, reason: str) -> Event:
+        rec = entry.rec
+        entry.events += 1
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 3] + "..."
+        # The cause as a plain str: an enum member hashes and compares in Python, and every
+        # observer looks at it.
+        event = Event(
+            entry.events, int(time.time() * 1000), rec.state, rec.attempt, rec.worker_id, str(cause), reason,
+            rec.error, rec.progress,
+        )
+        for observer in self._journal:
+            observer(rec, event)
+        return event
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -115,8 +189,11 @@ class TaskBook:
 
     # -- the one transition ---------------------------------------------------------------------
 
-    def move(self, entry: Entry, state: common_pb2.TaskState, hold: Hold, *, announce: bool = True) -> None:
-        """Put a live task in `state` and `hold`: the only place either changes.
+    def move(
+        self, entry: Entry, state: common_pb2.TaskState, hold: Hold, cause: Cause, reason: str, *, announce: bool = True
+    ) -> None:
+        """Put a live task in `state` and `hold` because of `cause` (`reason` in words): the only place
+        either changes.
 
         A task that was backing off has its retry timer cancelled; one leaving ASSIGNED has its
         steal request forgotten (it started, was handed back, requeued or finished); a finished
@@ -141,10 +218,12 @@ class TaskBook:
             self.pending_by_tenant[rec.tenant] += 1 if state == PENDING else -1
         rec.state = state
         entry.hold = hold
+        event = self._record(entry, cause, reason)
         if hold is Hold.SETTLING:
+            entry.outcome = event
             self._retire(entry)
         elif announce:
-            self.announce(rec)
+            self.announce(rec, event)
 
     def ask_back(self, entry: Entry, thief: int) -> None:
         """Record a steal request for the entry's current attempt."""
@@ -165,7 +244,8 @@ class TaskBook:
         """The finished task's outcome is durable (or failed to be): announce it."""
         entry.hold = Hold.DONE
         self.settling.discard(entry.rec.id)
-        self.announce(entry.rec)
+        assert entry.outcome is not None  # set by the move to SETTLING
+        self.announce(entry.rec, entry.outcome)
 
     # -- lookups --------------------------------------------------------------------------------
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import sys
 from collections.abc import Sequence
 
 from controlplane.config import PRIORITY_MODES, SchedulerConfig, ServerConfig
+from controlplane.logs import LOG_FORMATS
+from controlplane.logs import setup as setup_logs
 from controlplane.server import run
 from gpucp.auth import AGENT_TOKEN_ENV
 
@@ -36,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     """Return the argument parser of `gpucp serve`."""
     p = argparse.ArgumentParser(prog="gpucp serve", description="Run the control plane.")
     p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
+    p.add_argument("--http", default="127.0.0.1:50052", metavar="HOST:PORT",
+                   help="serve /metrics, /healthz, /readyz and the JSON API /api/v1 here "
+                        "(default %(default)s; '' turns it off)")
     p.add_argument("--db", default="gpucp.db", help="SQLite file (default %(default)s)")
     p.add_argument("--heartbeat-timeout", type=float, default=CORE.heartbeat_timeout_ms / 1000, metavar="SECONDS",
                    help="a worker silent this long is lost (default %(default)s)")
@@ -103,14 +107,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="FILE", default="", help="the certificate's private key (PEM)")
     p.add_argument("--tls-client-ca", metavar="FILE", default="",
                    help="mTLS: clients must present a certificate this CA signed (principals' cert_cn)")
-    p.add_argument("--ready-file", help="write the bound port here once serving")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--ready-file", help="write the bound port here once serving (and the HTTP port to FILE.http)")
+    p.add_argument("--log-level", default="INFO",
+                   help="DEBUG, INFO (every task event a line, logger gpucp.tasks), WARNING... (default %(default)s)")
+    p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="text for people, json for one object a line (default %(default)s)")
     return p
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Check the flags, build the ServerConfig and serve until SIGTERM."""
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logs(args.log_level, args.log_format)
     if not args.keep_finished >= 0:
         raise ValueError(f"--keep-finished {args.keep_finished:g}: give seconds >= 0 (0 keeps finished tasks forever)")
     if args.priority_mode not in PRIORITY_MODES:
@@ -147,6 +154,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     config = ServerConfig(
         listen=args.listen,
+        http=args.http,
         db=args.db,
         db_synchronous=args.sync.upper(),
         max_queue=args.max_queue,

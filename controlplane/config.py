@@ -53,6 +53,8 @@ class SchedulerConfig:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
+    # HTTP listener for metrics, health and the JSON API; "" turns it off.
+    http: str = "127.0.0.1:50052"
     db: str = "gpucp.db"
     # "NORMAL" survives a crash of the process; "FULL" also survives power loss.
     db_synchronous: str = "NORMAL"

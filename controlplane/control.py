@@ -20,19 +20,21 @@ import re
 from collections.abc import Sequence
 
 from controlplane.auth import printable
-from controlplane.book import ASSIGNED, CANCELLED, PENDING, RUNNING, Hold, TaskBook
+from controlplane.book import ASSIGNED, CANCELLED, PENDING, RUNNING, Cause, Hold, TaskBook
 from controlplane.config import ServerConfig
 from controlplane.core import Core
 from controlplane.dispatch import Dispatcher
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from controlplane.fleet import Fleet, WorkerConn
+from controlplane.history import SUBMITTED, History
 from controlplane.lifecycle import Lifecycle
+from controlplane.logs import log_event
 from controlplane.notify import Notifier, Watcher, wall_ms
 from controlplane.record import TaskRecord, new_task_id
 from controlplane.store import Store, StoreError
 from controlplane.validation import validate_spec
 from controlplane.views import Views
-from gpucp.v1 import common_pb2, workers_pb2
+from gpucp.v1 import common_pb2, scheduler_pb2, workers_pb2
 
 log = logging.getLogger("gpucp.controlplane")
 
@@ -63,6 +65,8 @@ class ControlPlane:
         self.book = TaskBook()
         self.notifier = Notifier()
         self.book.observe(self.notifier.announce)
+        self.history = History(self.book, store)
+        self.book.journal(log_event)
         self.core = Core(config, lambda handle: self.fleet.name(handle))
         self.dispatcher = Dispatcher(config, store, self.book, self.core)
         self.fleet = Fleet(config, self.core, self.dispatcher.wake, self.dispatcher.arm_deadline)
@@ -96,11 +100,14 @@ class ControlPlane:
         """Reload every unfinished task from the store and start dispatching."""
         self._next_handle = self.store.max_handle() + 1
         self.book.counts.update(self.store.count_by_state())
-        pending = []
+        pending, reloaded = [], []
         for rec in self.store.load_unfinished():
             entry = self.book.add(rec, Hold.QUEUED if rec.state == PENDING else Hold.ORPHANED, counted=False)
-            if entry is not None and entry.hold is Hold.QUEUED:
-                pending.append(entry)
+            if entry is not None:
+                reloaded.append(entry)
+                if entry.hold is Hold.QUEUED:
+                    pending.append(entry)
+        self.history.resume(reloaded)
         self.lifecycle.queue(pending)
         if self.book.orphans:
             log.info(
@@ -209,7 +216,7 @@ class ControlPlane:
         for rec in new:
             entry = self.book.add(rec, Hold.QUEUED)
             assert entry is not None  # a new task is unfinished
-            self.book.announce(rec)
+            self.book.note(entry, Cause.SUBMITTED, SUBMITTED)
             entries.append(entry)
         self.lifecycle.queue(entries)
         return out
@@ -302,6 +309,10 @@ class ControlPlane:
         self.lifecycle.cancel(entry)
         await self.store.flush()
         return CANCELLED
+
+    async def events(self, task_id: str) -> tuple[list[scheduler_pb2.TaskEvent], int]:
+        """A task's history (NotFound as `get`) and how many events were dropped from its middle."""
+        return await self.history.events(await self.get(task_id))
 
     async def list(
         self, state: int, tenants: Sequence[str], kind: str, limit: int, page_token: str

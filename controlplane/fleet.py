@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from controlplane.auth import printable
 from controlplane.config import ServerConfig
 from controlplane.core import Core, mono_ms
-from controlplane.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from controlplane.errors import AlreadyExists, ControlError, FailedPrecondition, NotFound, Unavailable
 from controlplane.notify import wall_ms
 from controlplane.reputation import Reputation
 from controlplane.validation import validate_register
@@ -119,15 +119,21 @@ class Fleet:
         principal; another principal never gets its tasks.
         """
         reg.DiscardUnknownFields()  # kept for as long as the worker is: only what is known and bounded
-        validate_register(reg)
-        if not self.accepting:
-            raise Unavailable("the control plane is shutting down")
-        old = self.workers.get(reg.worker_id)
-        if old is not None and old.principal != principal:
-            raise AlreadyExists(self._held(old))
-        if old is not None and not old.lost_reason:
-            if not reg.instance_id or reg.instance_id != old.register.instance_id:
+        try:
+            validate_register(reg)
+            if not self.accepting:
+                raise Unavailable("the control plane is shutting down")
+            old = self.workers.get(reg.worker_id)
+            if old is not None and old.principal != principal:
                 raise AlreadyExists(self._held(old))
+            if old is not None and not old.lost_reason and (
+                not reg.instance_id or reg.instance_id != old.register.instance_id
+            ):
+                raise AlreadyExists(self._held(old))
+        except ControlError as exc:
+            log.warning("refused agent %s%s: %s", printable(reg.worker_id), f" from {peer}" if peer else "", exc)
+            raise
+        if old is not None and not old.lost_reason:
             log.info("worker %s reconnected; its new stream replaces the old one", printable(reg.worker_id))
         # The tasks of the connection this one replaces: re-attached if the agent still runs them.
         carried = set(self._retire(old, "replaced by a new connection")) if old is not None else set()
@@ -202,7 +208,11 @@ class Fleet:
         if not self.accepting:
             # Shutting down: its tasks stay assigned in the store and re-attach after the restart.
             return
-        log.warning("worker %s lost: %s", conn.worker_id, reason)
+        if conn.draining:
+            # It drained (by request or on its own SIGTERM) and left: what it was asked to do.
+            log.info("worker %s left after draining (%s)", conn.worker_id, reason)
+        else:
+            log.warning("worker %s lost: %s", conn.worker_id, reason)
         self.tasks.requeue_lost(handles, f"worker {conn.worker_id} was lost ({reason})")
         self.wake()
 

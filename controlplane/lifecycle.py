@@ -24,6 +24,7 @@ from controlplane.book import (
     RUNNING,
     SUCCEEDED,
     TIMED_OUT,
+    Cause,
     Entry,
     Hold,
     TaskBook,
@@ -84,7 +85,10 @@ class Lifecycle:
         now = time.monotonic()
         for entry in entries:
             if entry.hold is not Hold.QUEUED:
-                self.book.move(entry, PENDING, Hold.QUEUED, announce=False)  # still PENDING: nothing to tell
+                # Only from a backoff (every other way back to the queue moved it first): still
+                # PENDING, so watchers have nothing to hear; the history keeps it.
+                self.book.move(entry, PENDING, Hold.QUEUED, Cause.QUEUED, "queued again after its retry backoff",
+                               announce=False)
             entry.queued_at = now
             self._queue_due.add(now + self.config.queue_timeout_s, entry.rec.handle)
         self.wake()
@@ -107,7 +111,7 @@ class Lifecycle:
         self.core.scheduler.remove(handle)
         rec.error = f"no connected worker could run it within the queue timeout of {timeout:g} s: {reason}"
         rec.errors.append(rec.error)
-        self.finish(entry, FAILED)
+        self.finish(entry, FAILED, "failed: no connected worker could run it")
 
     # -- placement ------------------------------------------------------------------------------
 
@@ -125,7 +129,10 @@ class Lifecycle:
             rec.started_at_ms = now
             rec.error = ""
             rec.progress = 0.0
-            self.book.move(entry, ASSIGNED, Hold.PLACED)
+            self.book.move(
+                entry, ASSIGNED, Hold.PLACED, Cause.ASSIGNED,
+                f"assigned to {conn.worker_id}" + (f" (GPUs {', '.join(map(str, gpus))})" if gpus else ""),
+            )
             out.append((entry, conn, rec.attempt))
         return out
 
@@ -135,14 +142,20 @@ class Lifecycle:
         for entry in entries:
             self.core.scheduler.release(entry.rec.handle)
             entry.rec.attempt -= 1
-            self.book.move(entry, PENDING, Hold.QUEUED)
+            self.book.move(
+                entry, PENDING, Hold.QUEUED, Cause.REQUEUED_STORE_FAILED,
+                "requeued: its assignment could not be stored, so no worker heard of it",
+            )
             back.append(entry)
         self.queue(back)
 
     def handed_back(self, entry: Entry) -> None:
         """The agent gave back a prefetched attempt it never started: queue the task again."""
         self.core.scheduler.release(entry.rec.handle)
-        self.book.move(entry, PENDING, Hold.QUEUED)
+        self.book.move(
+            entry, PENDING, Hold.QUEUED, Cause.REQUEUED_HANDED_BACK,
+            f"requeued: {entry.rec.worker_id} handed it back unstarted, for an idle worker to take",
+        )
         self.store.save([entry.rec])
         self.queue([entry])  # its next assignment gets attempt + 1, which fences this one
 
@@ -170,13 +183,14 @@ class Lifecycle:
         if upd.state == RUNNING:
             if upd.progress != rec.progress and rec.state == RUNNING:
                 rec.progress = upd.progress
-                self.book.announce(rec)  # progress is news for watchers, not a change of state
+                self.book.note(entry, Cause.PROGRESS, f"progress {upd.progress:.0%}")  # news, not a change of state
                 return
             if rec.state == ASSIGNED and entry.hold is Hold.PLACED:
                 rec.progress = upd.progress
                 # Not persisted: after a restart ASSIGNED and RUNNING are the same (wait for the
                 # agent to re-attach), so the write would buy nothing on the hot path.
-                self.book.move(entry, RUNNING, Hold.PLACED)  # a revoke in flight has failed
+                self.book.move(entry, RUNNING, Hold.PLACED, Cause.STARTED, f"started on {conn.worker_id}")
+                # (a revoke in flight has failed)
                 try:
                     self.core.scheduler.mark_started(rec.handle, now_ms=mono_ms())
                 except CoreError as exc:
@@ -210,12 +224,12 @@ class Lifecycle:
             # another worker would fail the same way, and this worker is not to blame.
             rec.error = error or "the handler refused the task without a message"
             rec.errors.append(f"attempt {rec.attempt} on {rec.worker_id}: {rec.error} (not retried: the task is wrong)")
-            self.finish(entry, FAILED)
+            self.finish(entry, FAILED, f"failed on {rec.worker_id}, not retried: the task is wrong")
         elif succeeded:
             rec.result = upd.result
             rec.error = ""
             self.fleet.judge(conn.worker_id, succeeded=True, fixed_after=entry.failed_on)
-            self.finish(entry, SUCCEEDED)
+            self.finish(entry, SUCCEEDED, f"succeeded on {rec.worker_id}")
         else:
             self.attempt_failed(entry, error or "the handler failed without a message", FAILED)
 
@@ -231,10 +245,10 @@ class Lifecycle:
 
     # -- outcomes -------------------------------------------------------------------------------
 
-    def finish(self, entry: Entry, state: common_pb2.TaskState) -> None:
+    def finish(self, entry: Entry, state: common_pb2.TaskState, reason: str) -> None:
         """Make a task terminal: persist it, then announce it to whoever waits for it."""
         entry.rec.finished_at_ms = wall_ms()
-        self.book.move(entry, state, Hold.SETTLING)
+        self.book.move(entry, state, Hold.SETTLING, Cause.FINISHED, reason)
         self.store.save([entry.rec]).add_done_callback(functools.partial(self._settled, entry))
 
     def _settled(self, entry: Entry, fut: asyncio.Future[None]) -> None:
@@ -254,14 +268,19 @@ class Lifecycle:
         entry.failed_on.append(rec.worker_id)
         self.fleet.judge(rec.worker_id, succeeded=False)
         failures = rec.attempt - rec.lost_count
-        if failures > self._retries_allowed(entry):
-            self.finish(entry, final_state)
+        allowed = self._retries_allowed(entry)
+        outcome = "timed out" if final_state == TIMED_OUT else "failed"
+        if failures > allowed:
+            self.finish(entry, final_state, f"{outcome} on {rec.worker_id}, its last attempt ({failures} failed)")
             self.wake()
             return
-        self.book.move(entry, PENDING, Hold.BACKOFF)
-        self.store.save([rec])
         delay = min(self.config.retry_cap_s, self.config.retry_base_s * 2 ** (failures - 1))
         delay *= random.uniform(0.5, 1.0)  # jitter: failures of a burst do not retry in lockstep
+        self.book.move(
+            entry, PENDING, Hold.BACKOFF, Cause.RETRYING,
+            f"attempt {rec.attempt} {outcome} on {rec.worker_id}; retry {failures} of {allowed} in {delay:.1f} s",
+        )
+        self.store.save([rec])
         entry.retry_timer = asyncio.get_running_loop().call_later(delay, self._retry, entry)
         self.wake()
 
@@ -278,9 +297,9 @@ class Lifecycle:
 
     def requeue_lost(self, handles: Iterable[int], reason: str) -> None:
         for entry in self.book.entries(handles):
-            self._requeue_lost(entry, reason)
+            self._requeue_lost(entry, reason, Cause.REQUEUED_WORKER_LOST)
 
-    def _requeue_lost(self, entry: Entry, reason: str) -> None:
+    def _requeue_lost(self, entry: Entry, reason: str, cause: Cause) -> None:
         rec = entry.rec
         rec.lost_count += 1
         rec.error = reason
@@ -290,9 +309,9 @@ class Lifecycle:
                 f"lost its worker {rec.lost_count} times; the task may be what crashes its "
                 f"workers (last: {reason})"
             )
-            self.finish(entry, FAILED)
+            self.finish(entry, FAILED, f"failed: lost its worker {rec.lost_count} times")
             return
-        self.book.move(entry, PENDING, Hold.QUEUED)
+        self.book.move(entry, PENDING, Hold.QUEUED, cause, f"requeued: {reason}")
         self.store.save([rec])
         self.queue([entry])
 
@@ -302,7 +321,7 @@ class Lifecycle:
             self.core.scheduler.release(entry.rec.handle)
             self.wake()
         entry.rec.error = "cancelled"
-        self.finish(entry, CANCELLED)
+        self.finish(entry, CANCELLED, "cancelled by request")
 
     # -- re-attachment --------------------------------------------------------------------------
 
@@ -310,7 +329,9 @@ class Lifecycle:
         """Requeue tasks that were running before a restart and whose agent did not re-attach them."""
         for entry in entries:
             if entry.hold is Hold.ORPHANED:
-                self._requeue_lost(entry, "its worker did not re-attach it after a control-plane restart")
+                self._requeue_lost(
+                    entry, "its worker did not re-attach it after a control-plane restart", Cause.REQUEUED_ORPHAN
+                )
 
     def reattach(self, conn: WorkerConn, running: Sequence[workers_pb2.RunningTask], carried: set[int]) -> None:
         """A worker (re)joined: keep the tasks it still runs; requeue those it came back without.
@@ -356,6 +377,6 @@ class Lifecycle:
             rec.lost_count -= 1
             rec.errors.pop()
         rec.error = ""
-        self.book.move(entry, RUNNING, Hold.PLACED)
+        self.book.move(entry, RUNNING, Hold.PLACED, Cause.REATTACHED, f"re-attached: {conn.worker_id} still runs it")
         self.store.save([rec])
         return entry

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from controlplane.book import Event
 from controlplane.errors import ResourceExhausted
 from controlplane.record import TaskRecord
 from gpucp.v1 import scheduler_pb2
@@ -57,25 +58,16 @@ class Notifier:
         self._watchers: set[Watcher] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
-    def announce(self, rec: TaskRecord) -> None:
+    def announce(self, rec: TaskRecord, event: Event) -> None:
         """A task changed (a finished one: durably): tell its watchers, and its waiters if it ended."""
         if self._watchers:
-            self._emit(rec)
+            self._emit(rec, event.proto(rec.id))
         if rec.terminal:
             for waiter in self._waiters.pop(rec.id, []):
                 if not waiter.done():
                     waiter.set_result(None)
 
-    def _emit(self, rec: TaskRecord) -> None:
-        event = scheduler_pb2.TaskEvent(
-            task_id=rec.id,
-            state=rec.state,
-            attempt=rec.attempt,
-            worker_id=rec.worker_id,
-            at_ms=wall_ms(),
-            progress=rec.progress,
-            error=rec.error,
-        )
+    def _emit(self, rec: TaskRecord, event: scheduler_pb2.TaskEvent) -> None:
         for watcher in self._watchers:
             if watcher.overflowed or not watcher.wants(rec):
                 continue

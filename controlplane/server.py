@@ -22,8 +22,11 @@ from controlplane.auth import Authority, load_authority
 from controlplane.autoscaler import Autoscaler, ControlPlaneView, load_config
 from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
+from controlplane.metrics import Metrics
 from controlplane.services import AdminService, SchedulerService, WorkersService
 from controlplane.store import Store
+from controlplane.web import HttpApi
+from gpucp import __version__
 from gpucp.auth import AGENT_TOKEN_ENV
 from gpucp.limits import MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.tls import read_pem
@@ -77,17 +80,21 @@ class Running:
     # Who callers are, for any front end besides gRPC: authority.principal(token), then
     # controlplane.auth.authorize(principal, "admin.read").
     authority: Authority
+    http: HttpApi | None = None
+    http_port: int = 0
     autoscaler: Autoscaler | None = None
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new work, tell health checkers, finish in-flight calls, persist everything."""
-        self.control.accepting = False
+        self.control.accepting = False  # /readyz says 503 from here on; /healthz answers to the end
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.autoscaler is not None:
             await self.autoscaler.stop()
         await self.control.stop()
         await self.server.stop(grace_s)
+        if self.http is not None:
+            await self.http.stop()
         self.store.close()
 
 
@@ -108,16 +115,19 @@ async def start(config: ServerConfig) -> Running:
     tls = server_credentials(config)
     authority = load_authority(config.auth, config.agent_token, tls=tls is not None, mtls=bool(config.tls_client_ca))
     config = with_tenant_limits(config, authority)
-    open_to_network = not is_loopback(config.listen)
-    if open_to_network and not authority.enabled:
+    if config.http:
+        _http_address(config.http)  # a malformed address is named as such, before it is judged exposed
+    exposed = [f"{flag} {addr}" for flag, addr in (("--listen", config.listen), ("--http", config.http))
+               if addr and not is_loopback(addr)]
+    if exposed and not authority.enabled:
         if not config.insecure:
             raise ValueError(
-                f"--listen {config.listen} is reachable from other machines, and without --auth anyone there may "
+                f"{' and '.join(exposed)} reachable from other machines, and without --auth anyone there may "
                 "submit, cancel and run commands on agents: give --auth FILE, listen on 127.0.0.1, "
                 "or add --insecure if this network is yours alone"
             )
         log.warning(
-            "INSECURE: listening on %s without --auth: every caller that reaches the port is an admin", config.listen
+            "INSECURE: %s without --auth: every caller that reaches the port is an admin", " and ".join(exposed)
         )
     # One socket per agent connection: take every file descriptor the system allows.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -127,12 +137,23 @@ async def start(config: ServerConfig) -> Running:
     # the one holding the port may be using.
     port = _bind(server, config.listen, tls)
     try:
+        http_sock = _bind_http(config.http) if config.http else None
+    except BaseException:
+        await server.stop(None)
+        raise
+    try:
         store = Store(config.db, synchronous=config.db_synchronous)
     except BaseException:
         await server.stop(None)  # unbind: a failed start leaves nothing behind
+        if http_sock is not None:
+            http_sock.close()
         raise
     control = ControlPlane(config, store)
     await control.start()
+    metrics = Metrics(control)
+    http = HttpApi(control, metrics, authority) if http_sock is not None else None
+    if http is not None and http_sock is not None:
+        await http.start(http_sock)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(control, authority), server)
     workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(control, authority), server)
     admin = AdminService(control, authority)
@@ -146,22 +167,27 @@ async def start(config: ServerConfig) -> Running:
     await server.start()
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    http_port = http_sock.getsockname()[1] if http_sock is not None else 0
     log.info(
-        "gpucp control plane listening on port %d (%s, db %s, %s)",
-        port,
+        "gpucp %s serving gRPC on %s (port %d, %s), HTTP %s, db %s (sync %s), %s, policy %s, priority mode %s",
+        __version__, config.listen, port,
         "mTLS" if config.tls_client_ca else "TLS" if tls is not None else "plaintext",
-        config.db,
+        f"on port {http_port} of {config.http}" if http_port else "off",
+        config.db, config.db_synchronous.lower(),
         f"{len(authority.by_digest) + len(authority.by_cn)} principals from {config.auth}"
         if authority.enabled
         else "no --auth",
+        config.scheduler.policy, config.scheduler.priority_mode,
     )
-    running = Running(server, port, control, health_servicer, store, authority)
+    running = Running(server, port, control, health_servicer, store, authority, http, http_port)
     if autoscale is not None:
         host = config.listen.rpartition(":")[0]
-        running.autoscaler = admin.autoscaler = Autoscaler(
+        running.autoscaler = admin.autoscaler = metrics.autoscaler = Autoscaler(
             ControlPlaneView(control), autoscale, server_address=f"{host}:{port}", agent_token=config.agent_token
         )
         await running.autoscaler.start()
+    if http is not None:
+        http.ready = True
     return running
 
 
@@ -213,6 +239,40 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     )
 
 
+def _http_address(listen: str) -> tuple[str, str]:
+    """--http's host and port; ValueError with a sentence for anything else."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"--http {listen!r}: give HOST:PORT (e.g. 127.0.0.1:50052), or '' to turn it off")
+    return host, port_text
+
+
+def _bind_http(listen: str) -> socket.socket:
+    """A listening socket for --http; OSError with a sentence naming the flag when it cannot be had."""
+    host, port_text = _http_address(listen)
+    try:
+        [(family, kind, proto, _, address), *_] = socket.getaddrinfo(
+            host.strip("[]") or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"cannot listen on --http {listen}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(
+                f"cannot listen on --http {listen}: port {port_text} is already in use (is another gpucp serve "
+                "running?); choose another port with --http, or turn it off with --http ''"
+            ) from None
+        raise OSError(f"cannot listen on --http {listen}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
 def _bind(server: grpc.aio.Server, listen: str, tls: grpc.ServerCredentials | None = None) -> int:
     """Add the listening port; raise OSError with a sentence naming it when it cannot be had."""
     try:
@@ -246,13 +306,18 @@ async def serve(config: ServerConfig, *, ready_file: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down without losing anything accepted."""
     running = await start(config)
     if ready_file:
+        if running.http_port:
+            # Beside the ready file and before it: whoever sees the gRPC port can read this one too.
+            with open(f"{ready_file}.http", "w") as f:
+                f.write(str(running.http_port))
         with open(ready_file, "w") as f:
             f.write(str(running.port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"gpucp control plane listening on {config.listen} (port {running.port}), db {config.db}", flush=True)
+    http = f", http on port {running.http_port}" if running.http_port else ""
+    print(f"gpucp control plane listening on {config.listen} (port {running.port}){http}, db {config.db}", flush=True)
     await stop.wait()
     log.info("shutting down")
     await running.stop()

@@ -17,6 +17,7 @@ from controlplane.auth import (
     Permission,
     Principal,
     authorize,
+    listed_tenants,
     local_peer,
     printable,
 )
@@ -185,6 +186,16 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             tasks=[self.cp.describe(r, full=full) for r in recs], next_page_token=token
         )
 
+    async def GetTaskEvents(
+        self,
+        request: scheduler_pb2.GetTaskEventsRequest,
+        context: ServicerContext[scheduler_pb2.GetTaskEventsRequest, scheduler_pb2.GetTaskEventsResponse],
+    ) -> scheduler_pb2.GetTaskEventsResponse:
+        principal = await caller(self.authority, context, Permission.READ)
+        await self._visible(context, principal, request.task_id)
+        events, omitted = await answer(context, self.cp.events(request.task_id))
+        return scheduler_pb2.GetTaskEventsResponse(events=events, omitted=omitted)
+
     async def WatchTasks(
         self,
         request: scheduler_pb2.WatchTasksRequest,
@@ -208,16 +219,13 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def _tenants(
         self, context: ServicerContext[Request, Response], principal: Principal, asked: str
     ) -> tuple[str, ...]:
-        """The tenants a list or watch covers: the one asked for (if the caller holds it), else
-        every tenant the caller holds (empty: every tenant)."""
-        if asked:
-            try:
-                authorize(principal, Permission.READ, asked)
-            except Denied as exc:
-                audit.warning("refused read from %s: %s", principal.name, exc)
-                await context.abort(exc.code, str(exc))
-            return (asked,)
-        return () if principal.all_tenants else principal.tenants
+        """The tenants a list or watch covers (auth.listed_tenants); abort for a tenant the caller
+        does not hold."""
+        try:
+            return listed_tenants(principal, asked)
+        except Denied as exc:
+            audit.warning("refused read from %s: %s", principal.name, exc)
+            await context.abort(exc.code, str(exc))
 
 
 class WorkersService(workers_pb2_grpc.WorkersServicer):

@@ -8,6 +8,9 @@ for an fsync, so a writer thread makes them while the loop goes on. Checkpoints 
 run on a background thread either way. Reads use their own connection (WAL lets them run beside
 the writer) and are made off the event loop. Finished tasks are deleted once they are older than
 the control plane keeps them (`expired`, `delete`).
+
+Each task's event history lives beside it in task_events, written in the same group commits as
+the task (`add_event`, `trim_event`) and deleted with it by a trigger, in the same statement.
 """
 
 from __future__ import annotations
@@ -55,6 +58,23 @@ CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency
     ON tasks (tenant, idempotency_key) WHERE idempotency_key != '';
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, handle);
 CREATE INDEX IF NOT EXISTS tasks_tenant ON tasks (tenant, handle);
+CREATE TABLE IF NOT EXISTS task_events (
+    handle INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT NOT NULL,
+    progress REAL NOT NULL,
+    PRIMARY KEY (handle, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS task_events_follow_their_task AFTER DELETE ON tasks
+BEGIN
+    DELETE FROM task_events WHERE handle = OLD.handle;
+END;
 """
 
 COLUMNS = (
@@ -84,6 +104,9 @@ _UPDATE = (
 )
 
 _DELETE = "DELETE FROM tasks WHERE handle = ?"
+_EVENT_COLUMNS = "seq, at_ms, state, attempt, worker_id, cause, reason, error, progress"
+_INSERT_EVENT = f"INSERT INTO task_events (handle, {_EVENT_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+_TRIM_EVENT = "DELETE FROM task_events WHERE handle = ? AND seq = ?"
 # Rows one read of `_expired` looks at.
 _EXPIRED_PAGE = 1000
 
@@ -114,6 +137,9 @@ class Store:
         self._read_lock = threading.Lock()
         # Writes made during one turn of the event loop, committed together at its end.
         self._turn: list[_Write] = []
+        # Events of this turn, written after its other writes in the same commit.
+        self._events: list[tuple[object, ...]] = []
+        self._trims: list[tuple[object, ...]] = []
         self._pending: list[_Write] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -144,12 +170,31 @@ class Store:
     def _add(self, write: _Write) -> None:
         if self._closed:
             raise StoreError("the store is closed")
-        if not self._turn:
+        if not self._turn and not self._events:
             asyncio.get_running_loop().call_soon(self._end_turn)
         self._turn.append(write)
 
+    def add_event(self, handle: int, event: Sequence[object]) -> None:
+        """Store a task's event with the writes of this loop turn (nobody waits for it)."""
+        if self._closed:
+            return  # shutting down: the history of the last moments is not worth an error
+        if not self._turn and not self._events:
+            asyncio.get_running_loop().call_soon(self._end_turn)
+        self._events.append((handle, *event))
+
+    def trim_event(self, handle: int, seq: int) -> None:
+        """Delete a task's event `seq`, with the event that replaces it (always after an add_event)."""
+        self._trims.append((handle, seq))
+
     def _end_turn(self) -> None:
         turn, self._turn = self._turn, []
+        if self._events:
+            fut = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(_log_lost_events)
+            turn.append((_INSERT_EVENT, self._events, fut))
+            if self._trims:
+                turn.append((_TRIM_EVENT, self._trims, fut))
+            self._events, self._trims = [], []
         if self._inline:
             _settle(self._commit(turn))
             return
@@ -238,7 +283,7 @@ class Store:
 
     def close(self) -> None:
         """Commit what is queued, then stop the threads and close both connections."""
-        if self._turn:
+        if self._turn or self._events:
             self._end_turn()
         with self._cond:
             self._closed = True
@@ -345,6 +390,20 @@ class Store:
                 after = rows[-1][0]
         return found
 
+    async def events(self, handle: int) -> list[tuple[Any, ...]]:
+        """A task's stored events, oldest first, as (seq, at_ms, state, attempt, worker_id, cause, reason,
+        error, progress)."""
+        return await self.query(f"SELECT {_EVENT_COLUMNS} FROM task_events WHERE handle = ? ORDER BY seq", (handle,))
+
+    def last_event_seqs(self) -> dict[int, int]:
+        """The seq of the latest stored event of every unfinished task (used once at start-up)."""
+        rows = self._query(
+            "SELECT handle, (SELECT MAX(seq) FROM task_events e WHERE e.handle = t.handle) FROM tasks t"
+            f" WHERE state IN ({_UNFINISHED})",
+            (),
+        )
+        return {int(h): int(seq) for h, seq in rows if seq is not None}
+
     def load_unfinished(self) -> list[TaskRecord]:
         """Every task not yet terminal, oldest first (used once at start-up)."""
         # Named states, not NOT IN the terminal ones: SQLite answers that by reading every row ever
@@ -406,6 +465,11 @@ def _claim(path: str) -> IO[str]:
     f.write(f"pid {os.getpid()}")
     f.flush()
     return f
+
+
+def _log_lost_events(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("task events could not be stored (their tasks are): %s", fut.exception())
 
 
 def _settle(items: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from controlplane.book import ASSIGNED, PENDING, RUNNING, Hold, TaskBook
 from controlplane.core import Core
 from controlplane.dispatch import Dispatcher
@@ -64,9 +66,12 @@ class Views:
             stale_updates=self.tasks.stale_updates,
         )
 
-    def worker_infos(self) -> list[admin_pb2.WorkerInfo]:
+    def worker_infos(self, ids: Iterable[str] | None = None) -> list[admin_pb2.WorkerInfo]:
+        """Every connected worker, or those of `ids` that are connected."""
+        workers = self.fleet.workers
+        conns = workers.values() if ids is None else (workers[i] for i in ids if i in workers)
         out = []
-        for conn in self.fleet.workers.values():
+        for conn in conns:
             stats = self.core.scheduler.worker_stats(conn.handle)
             reg = conn.register
             out.append(

@@ -1,23 +1,27 @@
-"""The `gpucp` command: serve, agent, submit, list, get, cancel, status, costs, drain, undrain."""
+"""The `gpucp` command: serve, agent, submit, list, get, events, watch, cancel, status, costs, drain, undrain."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from gpucp import __version__
 from gpucp.auth import TOKEN_ENV, read_token
 from gpucp.client import SERVER_ENV, Client, GpucpError, TaskWatch, task_spec
 from gpucp.states import TERMINAL_STATES
 from gpucp.tls import TLS_CA_ENV, channel_credentials
-from gpucp.v1 import admin_pb2, common_pb2
+from gpucp.v1 import admin_pb2, common_pb2, scheduler_pb2
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
@@ -96,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--tls-cert", metavar="FILE", help="client certificate to present (mTLS), with --tls-key")
     server.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key")
 
+    # Every listing takes -o json the same way.
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                        help="text for people (default), json for programs")
+
     sub.add_parser("serve", help="run the control plane (see gpucp serve --help)", add_help=False)
     sub.add_parser("agent", help="run an agent (see gpucp agent --help)", add_help=False)
 
@@ -119,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait for the results, with progress; rides out a control plane restart")
     submit.set_defaults(run=run_submit)
 
-    listing = sub.add_parser("list", help="list tasks, by state, tenant or kind", parents=[server])
+    listing = sub.add_parser("list", help="list tasks, by state, tenant or kind", parents=[server, output])
     listing.add_argument("--state", help=f"only tasks in this state: {', '.join(STATES)}")
     listing.add_argument("--tenant", default="", help="only this tenant's tasks")
     listing.add_argument("--kind", default="", help="only tasks of this kind")
@@ -129,15 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--full", action="store_true", help="fetch results too and show their start")
     listing.set_defaults(run=run_list)
 
-    get = sub.add_parser("get", help="show one task", parents=[server])
+    get = sub.add_parser("get", help="show one task", parents=[server, output])
     get.add_argument("task_id")
     get.set_defaults(run=run_get)
+
+    events = sub.add_parser("events", help="what happened to a task, oldest first", parents=[server, output])
+    events.add_argument("task_id")
+    events.set_defaults(run=run_events)
+
+    watch = sub.add_parser("watch", help="follow task events live (every task, a tenant's, or the ones named)",
+                           parents=[server, output])
+    watch.add_argument("task_ids", nargs="*", metavar="TASK_ID",
+                       help="only these; the watch ends once they have all finished")
+    watch.add_argument("--tenant", default="", help="only this tenant's tasks")
+    watch.set_defaults(run=run_watch)
 
     cancel = sub.add_parser("cancel", help="cancel tasks", parents=[server])
     cancel.add_argument("task_ids", nargs="+", metavar="TASK_ID")
     cancel.set_defaults(run=run_cancel)
 
-    status = sub.add_parser("status", help="cluster statistics and workers", parents=[server])
+    status = sub.add_parser("status", help="cluster statistics and workers", parents=[server, output])
     status.set_defaults(run=run_status)
 
     costs = sub.add_parser("costs", help="what the autoscaled pods cost, per pod, pool and tenant", parents=[server])
@@ -315,6 +335,9 @@ def run_list(args: argparse.Namespace) -> int:
             tasks, token = list(client.list(**filters)), ""
         else:
             tasks, token = client.list_page(**filters, page_token=args.page)
+    if args.output == "json":
+        print_json({"tasks": [message_dict(t) for t in tasks], "next_page_token": token})
+        return 0
     for t in tasks:
         row: tuple[str, ...] = (
             t.id, t.spec.kind, state_name(t.state), priority_name(t.spec.priority), t.spec.tenant or "-",
@@ -332,6 +355,9 @@ def run_list(args: argparse.Namespace) -> int:
 def run_get(args: argparse.Namespace) -> int:
     with connect(args) as client:
         task = client.get(args.task_id)
+    if args.output == "json":
+        print_json(message_dict(task))
+        return 0
     now_ms = int(time.time() * 1000)
     spec = task.spec
     lines = [
@@ -373,6 +399,77 @@ def run_get(args: argparse.Namespace) -> int:
     for label, value in lines:
         print(f"{label:<10}{value}")
     return 0
+
+
+def run_events(args: argparse.Namespace) -> int:
+    with Client(args.server) as client:
+        events, omitted = client.events(args.task_id)
+    if args.output == "json":
+        print_json({"events": [message_dict(e) for e in events], "omitted": omitted})
+        return 0
+    rows = [("#", "TIME", "STATE", "ATTEMPT", "WORKER", "WHAT")]
+    last_seq = 0
+    for e in events:
+        if e.seq > last_seq + 1 and last_seq:
+            left_out = f"({e.seq - last_seq - 1} events left out: a task keeps its first and its latest)"
+            rows.append(("", "", "", "", "", left_out))
+        last_seq = e.seq
+        rows.append((str(e.seq), clock_ms(e.at_ms), state_name(e.state), str(e.attempt), e.worker_id or "-", what(e)))
+    print_table(rows)
+    if omitted:
+        print(f"{omitted} events were left out of this history", file=sys.stderr)
+    return 0
+
+
+def what(event: scheduler_pb2.TaskEvent) -> str:
+    """An event's reason, and its error when the reason does not already say it."""
+    return f"{event.reason}: {event.error}" if event.error and event.error not in event.reason else event.reason
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    """Print task events as they happen (one line, or one JSON object, each); resumes across restarts."""
+    as_json = args.output == "json"
+    unfinished = set(args.task_ids)
+    with Client(args.server) as client:
+        watch = client.watch(args.task_ids, args.tenant)
+        # Subscribed first, then read: a task that ends in between shows in one or the other.
+        for task in client.get_many(args.task_ids):
+            if task.state in TERMINAL_STATES:
+                unfinished.discard(task.id)
+            line = {"task_id": task.id, "state": state_name(task.state), "attempt": task.attempt,
+                    "worker_id": task.worker_id, "now": True}
+            text = f"{task.id} {state_name(task.state)} attempt {task.attempt} {task.worker_id or '-'} (now)"
+            print(json.dumps(line) if as_json else text, flush=True)
+        if args.task_ids and not unfinished:
+            return 0
+        for event in watch:
+            if as_json:
+                print(json.dumps(message_dict(event)), flush=True)
+            else:
+                print(f"{clock_ms(event.at_ms)} {event.task_id} {state_name(event.state)} attempt {event.attempt} "
+                      f"{event.worker_id or '-'}: {what(event) or state_name(event.state)}", flush=True)
+            if event.state in TERMINAL_STATES:
+                unfinished.discard(event.task_id)
+                if args.task_ids and not unfinished:
+                    watch.close()
+                    return 0
+    return 0
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    """A message as JSON-ready values: field names as in the contract, zeros shown."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def print_json(value: object) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def clock_ms(at_ms: int) -> str:
+    """A timestamp in local time, to the millisecond: events of one task come close together."""
+    return f"{clock(at_ms)}.{at_ms % 1000:03d}"
 
 
 def requirements(req: common_pb2.Requirements) -> str:
@@ -451,6 +548,10 @@ def run_status(args: argparse.Namespace) -> int:
         stats = client.stats()
         workers = client.workers()
         report = cost_report(client)
+    if args.output == "json":
+        print_json({"stats": message_dict(stats), "workers": [message_dict(w) for w in workers],
+                    "costs": message_dict(report) if report is not None else None})
+        return 0
     print(f"workers {stats.workers}   slots {stats.slots_free} free of {stats.slots_total}   "
           f"placements/s {stats.placements_per_second:.1f}   stale updates {stats.stale_updates}")
     # The maps come in no fixed order: show states in their lifecycle order and every priority

@@ -269,6 +269,12 @@ class Client:
         )
         return int(reply.state)
 
+    def events(self, task_id: str) -> tuple[builtins.list[scheduler_pb2.TaskEvent], int]:
+        """The task's history, oldest first, and how many events were dropped from its middle
+        (a task keeps its first 20 and its latest 100)."""
+        reply = self._call(self._scheduler.GetTaskEvents, scheduler_pb2.GetTaskEventsRequest(task_id=task_id))
+        return list(reply.events), int(reply.omitted)
+
     def list_page(
         self, *, state: int = 0, tenant: str = "", kind: str = "", full: bool = False, limit: int = 100,
         page_token: str = "",

@@ -116,6 +116,7 @@ class ControlPlaneProcess:
         self.log_level = log_level
         self.pythonpath = list(pythonpath)
         self.port = 0  # 0 until the first start: the system picks a free port
+        self.http_port = 0  # the HTTP listener's (a new one each start), 0 when --http '' turns it off
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -138,6 +139,7 @@ class ControlPlaneProcess:
         """Start the server and return once it serves (it has written its port to the ready file)."""
         ready = self.workdir / f"ready-{self.starts}"
         ready.unlink(missing_ok=True)  # a kept workdir may hold an earlier run's port
+        Path(f"{ready}.http").unlink(missing_ok=True)
         with open(self.workdir / f"controlplane-{self.starts}.log", "wb") as log:
             self.proc = self._spawn(ready, log)
         self.starts += 1
@@ -151,6 +153,8 @@ class ControlPlaneProcess:
                 raise AssertionError(f"gpucp serve did not listen within {timeout_s:g} s: {self.log()}")
             time.sleep(0.05)
         self.port = int(ready.read_text())
+        http = Path(f"{ready}.http")  # written before the ready file when the HTTP listener runs
+        self.http_port = int(http.read_text()) if http.exists() else 0
         return self
 
     def _spawn(self, ready: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
@@ -161,6 +165,8 @@ class ControlPlaneProcess:
                 "--listen", f"127.0.0.1:{self.port}",
                 "--db", str(self.db),
                 *beat,
+                # A free port each: the default one would be shared by every control plane on the machine.
+                "--http", "127.0.0.1:0",
                 "--ready-file", str(ready),
                 "--log-level", self.log_level,
                 *self.extra,

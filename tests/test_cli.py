@@ -53,7 +53,7 @@ def test_bad_input_is_explained_without_a_traceback(controlplane):
 
 def test_a_second_control_plane_on_the_same_db_is_refused(controlplane, client):
     # Both would place the same tasks: the second must not start, and the first keeps serving.
-    second = gpucp("serve", "--listen", "127.0.0.1:0", "--db", str(controlplane.db))
+    second = gpucp("serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--db", str(controlplane.db))
     assert second.returncode == 1
     assert f"{controlplane.db} is in use by another control plane (pid {controlplane.proc.pid})" in second.stderr
     assert "Traceback" not in second.stderr

@@ -110,7 +110,7 @@ class WatchTasksRequest(_message.Message):
     def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
-    __slots__ = ("task_id", "state", "attempt", "worker_id", "at_ms", "progress", "error")
+    __slots__ = ("task_id", "state", "attempt", "worker_id", "at_ms", "progress", "error", "reason", "cause", "seq")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,9 @@ class TaskEvent(_message.Message):
     AT_MS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     state: _common_pb2.TaskState
     attempt: int
@@ -125,4 +128,21 @@ class TaskEvent(_message.Message):
     at_ms: int
     progress: float
     error: str
-    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., at_ms: _Optional[int] = ..., progress: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    reason: str
+    cause: str
+    seq: int
+    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., at_ms: _Optional[int] = ..., progress: _Optional[float] = ..., error: _Optional[str] = ..., reason: _Optional[str] = ..., cause: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class GetTaskEventsRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class GetTaskEventsResponse(_message.Message):
+    __slots__ = ("events", "omitted")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[TaskEvent]
+    omitted: int
+    def __init__(self, events: _Optional[_Iterable[_Union[TaskEvent, _Mapping]]] = ..., omitted: _Optional[int] = ...) -> None: ...

@@ -76,6 +76,11 @@ class SchedulerStub:
                 request_serializer=gpucp_dot_v1_dot_scheduler__pb2.WatchTasksRequest.SerializeToString,
                 response_deserializer=gpucp_dot_v1_dot_scheduler__pb2.TaskEvent.FromString,
                 _registered_method=True)
+        self.GetTaskEvents = channel.unary_unary(
+                '/gpucp.v1.Scheduler/GetTaskEvents',
+                request_serializer=gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsRequest.SerializeToString,
+                response_deserializer=gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -136,6 +141,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTaskEvents(self, request, context):
+        """A task's history, oldest first: its first and its latest events (see GetTaskEventsResponse).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +190,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.WatchTasks,
                     request_deserializer=gpucp_dot_v1_dot_scheduler__pb2.WatchTasksRequest.FromString,
                     response_serializer=gpucp_dot_v1_dot_scheduler__pb2.TaskEvent.SerializeToString,
+            ),
+            'GetTaskEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskEvents,
+                    request_deserializer=gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsRequest.FromString,
+                    response_serializer=gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,6 +414,33 @@ class Scheduler:
             '/gpucp.v1.Scheduler/WatchTasks',
             gpucp_dot_v1_dot_scheduler__pb2.WatchTasksRequest.SerializeToString,
             gpucp_dot_v1_dot_scheduler__pb2.TaskEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpucp.v1.Scheduler/GetTaskEvents',
+            gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsRequest.SerializeToString,
+            gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,8 @@ gets past authorization (any other status: a reply, NOT_FOUND, FAILED_PRECONDITI
 from __future__ import annotations
 
 import itertools
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -40,6 +42,7 @@ ALLOWED = {
     "gpucp.v1.Scheduler/WaitTask": READ,
     "gpucp.v1.Scheduler/ListTasks": READ,
     "gpucp.v1.Scheduler/WatchTasks": READ,
+    "gpucp.v1.Scheduler/GetTaskEvents": READ,
     "gpucp.v1.Admin/GetClusterStats": OPERATE,
     "gpucp.v1.Admin/ListWorkers": OPERATE,
     "gpucp.v1.Admin/GetCosts": OPERATE,
@@ -100,6 +103,9 @@ def call(cp: ControlPlaneProcess, rpc: str, name: str | None) -> str:
             "GetTask": lambda: scheduler.GetTask(scheduler_pb2.GetTaskRequest(task_id="none"), metadata=meta),
             "WaitTask": lambda: scheduler.WaitTask(scheduler_pb2.WaitTaskRequest(task_id="none"), metadata=meta),
             "ListTasks": lambda: scheduler.ListTasks(scheduler_pb2.ListTasksRequest(), metadata=meta),
+            "GetTaskEvents": lambda: scheduler.GetTaskEvents(
+                scheduler_pb2.GetTaskEventsRequest(task_id="none"), metadata=meta
+            ),
             "GetClusterStats": lambda: admin.GetClusterStats(admin_pb2.GetClusterStatsRequest(), metadata=meta),
             "ListWorkers": lambda: admin.ListWorkers(admin_pb2.ListWorkersRequest(), metadata=meta),
             "GetCosts": lambda: admin.GetCosts(admin_pb2.GetCostsRequest(), metadata=meta),
@@ -131,3 +137,33 @@ def test_each_role_gets_exactly_its_rights_on_each_rpc(secured: ControlPlaneProc
         else:
             expected = "PERMISSION_DENIED"
         probe(f"{rpc.removeprefix('gpucp.v1.')} as {name or 'stranger'}", expected, observed)
+
+
+# Who may read each HTTP endpoint: the same rights as the gRPC calls behind it.
+HTTP_ALLOWED = {
+    "/metrics": OPERATE,
+    "/api/v1/stats": OPERATE,
+    "/api/v1/workers": OPERATE,
+    "/api/v1/tasks": READ,
+    "/api/v1/tasks/none": READ,
+    "/api/v1/tasks/none/events": READ,
+    "/healthz": {*READ, "agent-box", None},  # probes carry no token and learn nothing
+    "/readyz": {*READ, "agent-box", None},
+}
+
+
+@pytest.mark.parametrize("path", sorted(HTTP_ALLOWED))
+def test_each_role_gets_exactly_its_rights_on_each_http_endpoint(secured: ControlPlaneProcess, path: str) -> None:
+    for name in ROLES:
+        request = urllib.request.Request(f"http://127.0.0.1:{secured.http_port}{path}", headers=dict(metadata(name)))
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                status = reply.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        observed = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}.get(status, "allowed")
+        if name in HTTP_ALLOWED[path]:
+            expected = "allowed"
+        else:
+            expected = "UNAUTHENTICATED" if name is None else "PERMISSION_DENIED"
+        probe(f"HTTP {path} as {name or 'stranger'}", expected, observed)

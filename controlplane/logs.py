@@ -1,0 +1,71 @@
+"""The control plane's logs: text for people, JSON lines for log pipelines (`--log-format`).
+
+Every task event is one INFO line of the logger `gpucp.tasks`, with the task, tenant, kind,
+worker and attempt as fields (in text, after the sentence; in JSON, as keys), so a log search
+for one task or one worker finds its whole story.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from controlplane.book import Event
+from controlplane.metrics import STATE_NAMES
+from controlplane.record import TaskRecord
+
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Fields a log call may carry in `extra`, written as JSON keys.
+FIELDS = ("task", "tenant", "kind", "worker", "attempt", "state", "cause")
+
+task_log = logging.getLogger("gpucp.tasks")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and the task fields a call gave."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                out[name] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup(level: str, fmt: str) -> None:
+    """Send every log record to stderr at `level` in the format `fmt` (text or json)."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"--log-format {fmt!r}: give text or json")
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime  # the "Z" in its timestamps
+    else:
+        formatter = logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def log_event(rec: TaskRecord, event: Event) -> None:
+    """A task event as an INFO line (a journal observer of the task book)."""
+    if not task_log.isEnabledFor(logging.INFO):
+        return  # the cheap way out at --log-level WARNING: a burst makes four events a task
+    worker = event.worker_id or "-"
+    task_log.info(
+        "task %s %s: %s (tenant %s, kind %s, worker %s, attempt %d)",
+        rec.id, event.cause, event.reason, rec.tenant, rec.spec.kind, worker, event.attempt,
+        extra={
+            "task": rec.id, "tenant": rec.tenant, "kind": rec.spec.kind, "worker": event.worker_id,
+            "attempt": event.attempt, "state": STATE_NAMES[event.state], "cause": event.cause,
+        },
+    )
