@@ -11,6 +11,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -153,7 +154,7 @@ async def start(config: ServerConfig) -> Running:
     metrics = Metrics(control)
     http = HttpApi(control, metrics, authority) if http_sock is not None else None
     if http is not None and http_sock is not None:
-        await http.start(http_sock)
+        await http.start(http_sock, http_tls(config))
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(control, authority), server)
     workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(control, authority), server)
     admin = AdminService(control, authority)
@@ -237,6 +238,18 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def http_tls(config: ServerConfig) -> ssl.SSLContext | None:
+    """HTTPS for --http with the gRPC port's certificate, and mTLS when --tls-client-ca asks for it."""
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.tls_client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=config.tls_client_ca)
+    return context
 
 
 def _http_address(listen: str) -> tuple[str, str]:

@@ -8,8 +8,9 @@ sizes instead). Errors are JSON objects with one sentence: {"error": "..."}.
 Callers are who gRPC callers are: the same bearer tokens (`Authorization: Bearer ...`), the same
 roles and tenants (auth.py). /healthz and /readyz answer everyone (probes carry no token and
 learn nothing); /metrics, stats and workers need admin.read; tasks need read, and another
-tenant's task is 404 in the same words as a missing one. There is no TLS here: a token from
-another machine is refused, as it is on plaintext gRPC.
+tenant's task is 404 in the same words as a missing one. It speaks HTTPS with the gRPC port's
+certificate (and asks for client certificates under mTLS); without TLS a token from another
+machine is refused, as it is on plaintext gRPC.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import bisect
 import json
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,11 +64,12 @@ class HttpApi:
         )
         self._runner: web.AppRunner | None = None
 
-    async def start(self, sock: socket.socket) -> None:
-        """Serve on a socket bound beforehand (the server binds it before it opens the database)."""
+    async def start(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        """Serve on a socket bound beforehand (the server binds it before it opens the database);
+        HTTPS with `tls`."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        await web.SockSite(self._runner, sock, ssl_context=tls).start()
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -97,6 +100,7 @@ class HttpApi:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         principal = self.authority.principal(
             token.strip() if scheme.lower() == "bearer" else None,
+            cert_cn=_common_name(request),
             remote=not local_address(request.remote or ""),
         )
         authorize(principal, permission)
@@ -171,6 +175,17 @@ class HttpApi:
         out["payload_bytes"] = len(rec.spec.payload)
         out["result_bytes"] = len(rec.result)
         return out
+
+
+def _common_name(request: web.Request) -> str | None:
+    """The common name of the client certificate the TLS layer verified (mTLS), if any."""
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 def _limit(request: web.Request) -> int:

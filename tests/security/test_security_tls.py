@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
+import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +125,32 @@ def test_a_token_over_plaintext_from_another_machine_is_refused(tmp_path: Path) 
         cp.kill()
     probe("a token over plaintext from a non-loopback address", "UNAUTHENTICATED", observed)
     probe("a token over plaintext on loopback", "OK", local)
+
+
+def test_the_http_listener_speaks_https_and_names_callers_by_their_certificates(
+    mtls: ControlPlaneProcess, pki: Path
+) -> None:
+    url = f"https://127.0.0.1:{mtls.http_port}"
+
+    def get(path: str, cert: str | None) -> str:
+        context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        if cert is not None:
+            context.load_cert_chain(str(pki / f"{cert}.pem"), str(pki / f"{cert}.key"))
+        try:
+            with urllib.request.urlopen(url + path, context=context, timeout=10) as reply:
+                return str(reply.status)
+        except urllib.error.HTTPError as exc:
+            return str(exc.code)
+        except (urllib.error.URLError, ssl.SSLError, ConnectionError):
+            return "refused"
+
+    probe("HTTPS tasks as the submitter's certificate", "200", get("/api/v1/tasks", "ci"))
+    probe("HTTPS metrics as the submitter's certificate", "403", get("/metrics", "ci"))
+    probe("HTTPS without a client certificate", "refused", get("/api/v1/tasks", None))
+    probe("HTTPS with a certificate from another CA", "refused", get("/api/v1/tasks", "rogue-box"))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{mtls.http_port}/healthz", timeout=10):
+            plain = "answered"
+    except (urllib.error.URLError, ConnectionError):
+        plain = "refused"
+    probe("plain HTTP to the HTTPS listener", "refused", plain)
