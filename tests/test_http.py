@@ -4,16 +4,13 @@ control plane with agents; bounded pages, clear errors, no payloads."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
-import pytest
-
-from cluster import AgentProcess, ControlPlaneProcess, wait_for_workers
+from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
 from gpucp import task_spec
 
 FAIL_ON = ("--handler", "fail=claims_handlers:fail_on")
@@ -31,23 +28,6 @@ def get_json(cp: ControlPlaneProcess, path: str, status: int = 200) -> Any:
     code, body = get(cp, path)
     assert code == status, f"GET {path}: {code} {body[:500]!r}"
     return json.loads(body)
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    """promtool, from Debian's prometheus package, installed when missing (as CI starts from scratch)."""
-    found = shutil.which("promtool")
-    if found:
-        return found
-    steps = (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"])
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True, timeout=600, check=False)
-        if done.returncode != 0:
-            pytest.skip(f"promtool is missing and `{' '.join(step)}` failed: {done.stderr[-500:]}")
-    found = shutil.which("promtool")
-    if not found:
-        pytest.skip("the prometheus package installed no promtool")
-    return found
 
 
 def test_metrics_pass_promtool_and_count_what_happened(tmp_path, promtool):
@@ -78,8 +58,12 @@ def test_metrics_pass_promtool_and_count_what_happened(tmp_path, promtool):
             'gpucp_task_wait_seconds_count{kind="fail"} 1.0',
             'gpucp_tasks_pending{priority="urgent"} 0.0',
             "gpucp_tasks_running 0.0",
+            "gpucp_workers_lost_total 0.0",
         ):
             assert line in text, f"{line!r} not in /metrics:\n{text}"
+        agents[1].kill()  # gone without draining: a loss, past the reconnect grace
+        eventually(lambda: "gpucp_workers_lost_total 1.0" in get(cp, "/metrics")[1].decode(), 30,
+                   "gpucp_workers_lost_total to count the killed agent")
     finally:
         for agent in agents:
             agent.stop()
