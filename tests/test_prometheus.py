@@ -89,12 +89,14 @@ def test_a_real_prometheus_scrapes_gpucp_and_answers_for_its_tasks(tmp_path: Pat
 
         try:
             eventually(lambda: finished() == 6, 90, "Prometheus to report the 6 finished tasks")
-        except AssertionError:
-            raise AssertionError(f"{(tmp_path / 'prometheus.log').read_text()[-3000:]}") from None
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; it counts {finished()}. Its log:\n"
+                                 f"{(tmp_path / 'prometheus.log').read_text()[-3000:]}") from None
         targets = prometheus_api(port, "targets")["activeTargets"]
         assert [(t["labels"]["job"], t["health"]) for t in targets] == [("gpucp", "up")], targets
         connected = prometheus_api(port, "query", query='gpucp_workers{state="connected"}')["result"]
         assert [r["value"][1] for r in connected] == ["2"], connected
+
         # The shipped rules load and evaluate against the real series without errors.
         def evaluated() -> list[Any]:
             data = prometheus_api(port, "rules")
