@@ -102,6 +102,7 @@ class Fleet:
             max_cooling_s=config.quarantine_max_cooling_s,
         )
         self.accepting = True
+        self.lost_total = 0  # workers lost without draining, since start (gpucp_workers_lost_total)
         self.tasks: Lifecycle  # set by the control plane: the two call each other
 
     def name(self, handle: int) -> str | None:
@@ -212,6 +213,7 @@ class Fleet:
             # It drained (by request or on its own SIGTERM) and left: what it was asked to do.
             log.info("worker %s left after draining (%s)", conn.worker_id, reason)
         else:
+            self.lost_total += 1
             log.warning("worker %s lost: %s", conn.worker_id, reason)
         self.tasks.requeue_lost(handles, f"worker {conn.worker_id} was lost ({reason})")
         self.wake()

@@ -242,6 +242,8 @@ class _Gauges(Collector):
         for state, n in workers.items():
             family.add_metric([state], n)
         yield family
+        yield CounterMetricFamily("gpucp_workers_lost", "Workers lost without draining (silent, or gone past the "
+                                  "reconnect grace)", value=fleet.lost_total)
         family = GaugeMetricFamily("gpucp_gpus", "GPUs of connected workers, by model and health",
                                    labels=["model", "state"])
         for (model, state), n in sorted(gpus.items()):
@@ -267,6 +269,17 @@ class _Gauges(Collector):
         for (pool_name, state), n in sorted(pods.items()):
             family.add_metric([pool_name, state], n)
         yield family
+        # Per pool, what an alert needs to tell "at its maximum with tasks still waiting for it".
+        for name, doc, field in (
+            ("gpucp_pool_pods", "Pods a pool counts toward its size (starting or serving)", "pods"),
+            ("gpucp_pool_max_pods", "A pool's maximum number of pods", "max_pods"),
+            ("gpucp_pool_pending_demand", "Pending tasks given to a pool at the autoscaler's last look",
+             "pending_demand"),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=["pool"])
+            for pool in report.pools:
+                gauge.add_metric([pool.pool], getattr(pool, field))
+            yield gauge
         # The cost report splits spend by pool and, apart, by tenant (not by both): a pool's spend
         # is under tenant "", a tenant's under pool "".
         spend: dict[tuple[str, str], float] = {}

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +25,32 @@ def controlplane(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Con
 def client(controlplane: ControlPlaneProcess) -> Iterator[Client]:
     with controlplane.client() as c:
         yield c
+
+
+def prometheus_tool(name: str) -> str:
+    """A binary of Debian's prometheus package, installed when missing (CI starts from scratch)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    steps = (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"])
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"{name} is missing and `{' '.join(step)}` failed: {done.stderr[-500:]}")
+    found = shutil.which(name)
+    if not found:
+        pytest.skip(f"the prometheus package installed no {name}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return prometheus_tool("promtool")
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> str:
+    return prometheus_tool("prometheus")
 
 
 AgentFactory = Callable[..., AgentProcess]

@@ -5,9 +5,11 @@ and run the tasks."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -208,6 +210,11 @@ def test_min_max_and_cooldown_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         time.sleep(1.5)  # a huge backlog, several evaluations: still no fourth pod
         assert fake.count("create") == 3 and fake.peak_live_pods == 3, f"created {fake.count('create')} pods"
         assert len(admin.events("scale_up")) == 2, admin.log()
+        # What GpucpAutoscalerAtMax (deploy/prometheus) alerts on: every pod it may have, tasks still waiting.
+        with urllib.request.urlopen(f"http://127.0.0.1:{cp.http_port}/metrics", timeout=30) as reply:
+            text = reply.read().decode()
+        assert 'gpucp_pool_pods{pool="a100"} 3.0' in text and 'gpucp_pool_max_pods{pool="a100"} 3.0' in text, text
+        assert re.search(r'gpucp_pool_pending_demand\{pool="a100"\} [1-9]', text), text
 
 
 def test_a_predicted_wait_over_the_target_scales_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

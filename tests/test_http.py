@@ -4,17 +4,18 @@ control plane with agents; bounded pages, clear errors, no payloads."""
 from __future__ import annotations
 
 import json
-import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Any
 
-import pytest
-
-from cluster import AgentProcess, ControlPlaneProcess, wait_for_workers
+from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
 from gpucp import task_spec
+from gpucp.v1 import common_pb2
 
 FAIL_ON = ("--handler", "fail=claims_handlers:fail_on")
 
@@ -31,23 +32,6 @@ def get_json(cp: ControlPlaneProcess, path: str, status: int = 200) -> Any:
     code, body = get(cp, path)
     assert code == status, f"GET {path}: {code} {body[:500]!r}"
     return json.loads(body)
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    """promtool, from Debian's prometheus package, installed when missing (as CI starts from scratch)."""
-    found = shutil.which("promtool")
-    if found:
-        return found
-    steps = (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"])
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True, timeout=600, check=False)
-        if done.returncode != 0:
-            pytest.skip(f"promtool is missing and `{' '.join(step)}` failed: {done.stderr[-500:]}")
-    found = shutil.which("promtool")
-    if not found:
-        pytest.skip("the prometheus package installed no promtool")
-    return found
 
 
 def test_metrics_pass_promtool_and_count_what_happened(tmp_path, promtool):
@@ -78,8 +62,12 @@ def test_metrics_pass_promtool_and_count_what_happened(tmp_path, promtool):
             'gpucp_task_wait_seconds_count{kind="fail"} 1.0',
             'gpucp_tasks_pending{priority="urgent"} 0.0',
             "gpucp_tasks_running 0.0",
+            "gpucp_workers_lost_total 0.0",
         ):
             assert line in text, f"{line!r} not in /metrics:\n{text}"
+        agents[1].kill()  # gone without draining: a loss, past the reconnect grace
+        eventually(lambda: "gpucp_workers_lost_total 1.0" in get(cp, "/metrics")[1].decode(), 30,
+                   "gpucp_workers_lost_total to count the killed agent")
     finally:
         for agent in agents:
             agent.stop()
@@ -178,3 +166,48 @@ def test_the_listener_can_be_turned_off_and_a_busy_port_is_named(tmp_path, contr
         assert bad.returncode == 1 and "--http 'nowhere': give HOST:PORT" in bad.stderr, bad.stderr
     finally:
         off.kill()
+
+
+def test_readyz_turns_503_when_shutdown_begins(tmp_path):
+    """SIGTERM with a task running: load balancers see 503 on /readyz before the process is gone.
+
+    The task is submitted with RunTask, whose call stays open until the task ends: the server
+    gives in-flight calls their grace (5 s) before it exits, so the shutdown lasts long enough
+    to be seen on any machine."""
+    cp = ControlPlaneProcess(tmp_path).start()
+    agent = AgentProcess(tmp_path, cp.address, "w0")
+    outcome: list[BaseException | common_pb2.Task] = []
+
+    def run() -> None:
+        try:
+            with cp.client() as client:
+                outcome.append(client.run("sleep", json.dumps({"seconds": 60}), wait_s=120))
+        except Exception as exc:  # cut off by the shutdown, as expected
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    try:
+        with cp.client() as client:
+            wait_for_workers(client, ["w0"])
+            runner.start()
+            eventually(lambda: client.list_page(state=common_pb2.TASK_STATE_RUNNING)[0], 30, "the task to run")
+        assert get_json(cp, "/readyz") == {"status": "ready"}
+        cp.process.send_signal(signal.SIGTERM)
+        seen = []
+        while cp.process.poll() is None:
+            try:
+                seen.append(get(cp, "/readyz"))
+            except (urllib.error.URLError, ConnectionError):
+                break  # the listener closed: the process is on its way out
+            time.sleep(0.05)
+        assert cp.process.wait(30) == 0, cp.log()
+        codes = [code for code, _ in seen]
+        assert 503 in codes, f"/readyz never answered 503 during shutdown: {codes}"
+        assert 200 not in codes[codes.index(503):], f"ready again after a 503: {codes}"
+        body = json.loads(next(body for code, body in seen if code == 503))
+        assert body == {"error": "the control plane is shutting down: send traffic to another replica"}, body
+        runner.join(30)
+        assert outcome and not isinstance(outcome[0], common_pb2.Task), "the 60 s task finished during shutdown?"
+    finally:
+        agent.stop()
+        cp.stop()
