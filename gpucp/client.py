@@ -414,6 +414,11 @@ class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
         with self._lock:
             self._unsettled.update(task_ids)
 
+    def untrack(self, task_ids: Iterable[str]) -> None:
+        """No longer re-read these tasks after a reconnect (their outcome is known some other way)."""
+        with self._lock:
+            self._unsettled.difference_update(task_ids)
+
     def close(self) -> None:
         """End the watch; iteration stops."""
         self._closed = True
@@ -531,6 +536,7 @@ def _completions(client: Client, ids: builtins.list[str], timeout_s: float | Non
         for task in _read(client, ids, watch.give_up_s):
             if task.state in TERMINAL_STATES:
                 done.add(task.id)
+                watch.untrack([task.id])  # finished before the watch began: a reconnect need not read it again
                 yield task
         while len(done) < len(ids):
             # Everything that finished since the last round is read in one window of calls.
