@@ -514,6 +514,8 @@ _READ_WINDOW = 256
 
 
 def _completions(client: Client, ids: builtins.list[str], timeout_s: float | None) -> Iterator[common_pb2.Task]:
+    if not ids:
+        return  # an empty watch request would follow every task
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     wanted = set(ids)
     # Subscribed before the first read: a task finishing between the read and the watch is in the stream.

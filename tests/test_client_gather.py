@@ -26,6 +26,7 @@ def test_gather_returns_every_task_of_a_batch_terminal_in_the_order_of_the_ids(c
     assert [t.id for t in tasks] == ids
     assert [t.state for t in tasks] == [SUCCEEDED] * 20
     assert [t.result for t in tasks] == [f"task {i}".encode() for i in range(20)]
+    assert client.gather([]) == []
 
 
 def test_as_completed_yields_each_task_once_in_the_order_they_finish(client, start_agent):
