@@ -49,20 +49,19 @@ def counted(client: Client) -> CountCalls:
     return counter
 
 
-def submit(client: Client, n: int) -> list[str]:
-    spec = common_pb2.TaskSpec(kind="noop")
+def submit(client: Client, spec: common_pb2.TaskSpec, n: int) -> list[str]:
     ids: list[str] = []
     for i in range(0, n, 1000):
         ids += client.submit_many([spec] * min(1000, n - i))
     return ids
 
 
-def by_gather(client: Client, n: int) -> list[common_pb2.Task]:
-    return client.gather(submit(client, n), timeout_s=600)
+def by_gather(client: Client, spec: common_pb2.TaskSpec, n: int) -> list[common_pb2.Task]:
+    return client.gather(submit(client, spec, n), timeout_s=600)
 
 
-def by_wait(client: Client, n: int) -> list[common_pb2.Task]:
-    return [client.wait(task_id, timeout_s=600) for task_id in submit(client, n)]
+def by_wait(client: Client, spec: common_pb2.TaskSpec, n: int) -> list[common_pb2.Task]:
+    return [client.wait(task_id, timeout_s=600) for task_id in submit(client, spec, n)]
 
 
 def main() -> None:
@@ -70,7 +69,13 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sleep", type=float, default=0.0,
+                        help="sleep tasks of this many seconds instead of no-ops (most unfinished when gather starts)")
     args = parser.parse_args()
+    spec = common_pb2.TaskSpec(kind="sleep", payload=str(args.sleep).encode()) if args.sleep else common_pb2.TaskSpec(
+        kind="noop"
+    )
+    what = f"sleep {args.sleep:g} s" if args.sleep else "no-op"
     ways = {"gather": by_gather, "wait per task": by_wait}
     with tempfile.TemporaryDirectory(prefix="gpucp-bench-") as tmp:
         address, cp = start_control_plane(Path(tmp))
@@ -78,13 +83,13 @@ def main() -> None:
         try:
             with Client(address) as client:
                 wait_for_workers(client, args.agents)
-                by_gather(client, 100)  # warm up connections and caches
-                print(f"{args.tasks} no-op tasks, {args.agents} agents, default flags: submit -> every outcome in hand")
+                by_gather(client, common_pb2.TaskSpec(kind="noop"), 100)  # warm up connections and caches
+                print(f"{args.tasks} {what} tasks, {args.agents} agents, default flags: submit -> all outcomes in hand")
                 for r in range(args.rounds):
                     for name, way in ways.items():
                         counter = counted(client)
                         start = time.perf_counter()
-                        tasks = way(client, args.tasks)
+                        tasks = way(client, spec, args.tasks)
                         seconds = time.perf_counter() - start
                         assert all(t.state == common_pb2.TASK_STATE_SUCCEEDED for t in tasks), name
                         calls = ", ".join(f"{m} {c}" for m, c in sorted(counter.calls.items()))

@@ -270,10 +270,11 @@ class Client:
     def as_completed(self, task_ids: Iterable[str], timeout_s: float | None = None) -> Iterator[common_pb2.Task]:
         """Each task, terminal, as it finishes: those finished already at once, the rest in finishing order.
 
-        One watch follows them all; a task is read once when its terminal event arrives, the
-        reads of tasks finishing together in flight at once. Rides out a control plane restart
-        (see watch()). Raises Unfinished after timeout_s (None: no limit), GpucpError NOT_FOUND
-        for an id the server does not know.
+        One watch follows them all. Each task is read once after the watch began (what is
+        finished is yielded then) and, if it was unfinished, once more when its terminal event
+        arrives, the reads of tasks finishing together in flight at once. Rides out a control
+        plane restart (see watch()). Raises Unfinished after timeout_s (None: no limit),
+        GpucpError NOT_FOUND for an id the server does not know.
         """
         return _completions(self, builtins.list(dict.fromkeys(task_ids)), timeout_s)
 
