@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from google.protobuf.message import Message
 
 from gpucp import __version__
 from gpucp.auth import TOKEN_ENV, read_token
-from gpucp.client import SERVER_ENV, Client, GpucpError, TaskWatch, task_spec
+from gpucp.client import SERVER_ENV, Client, GpucpError, task_spec
 from gpucp.states import TERMINAL_STATES
 from gpucp.tls import TLS_CA_ENV, channel_credentials
 from gpucp.v1 import admin_pb2, common_pb2, scheduler_pb2
@@ -251,53 +250,29 @@ def left_behind(ids: Sequence[str], server: str, why: str) -> None:
 
 
 def submit_in_batches(
-    client: Client, specs: list[common_pb2.TaskSpec], submitted: list[str], watch: TaskWatch | None = None,
-    batch: int = 1000,
+    client: Client, specs: list[common_pb2.TaskSpec], submitted: list[str], batch: int = 1000
 ) -> None:
     """Submit `specs` a batch at a time, appending ids to `submitted` as each batch is stored."""
     for i in range(0, len(specs), batch):
-        ids = client.submit_many(specs[i : i + batch])
-        if watch is not None:
-            watch.track(ids)
-        submitted.extend(ids)
+        submitted.extend(client.submit_many(specs[i : i + batch]))
 
 
 def submit_and_follow(client: Client, specs: list[common_pb2.TaskSpec], submitted: list[str]) -> int:
     """Submit, then show progress until every task is finished; exit 1 if any did not succeed."""
-    finished: dict[str, int] = {}
-    stopped: list[GpucpError] = []  # why the watch gave up, for the main thread to raise
-    lock = threading.Lock()
-    watch = client.watch()  # recording before the first submission: no outcome is missed
-
-    def follow() -> None:
-        try:
-            for event in watch:
-                if event.state in TERMINAL_STATES:
-                    with lock:
-                        finished[event.task_id] = event.state
-        except GpucpError as exc:
-            stopped.append(exc)
-
-    threading.Thread(target=follow, daemon=True).start()
-    submit_in_batches(client, specs, submitted, watch)
-    mine = set(submitted)
-    while True:
-        with lock:
-            done = {t: s for t, s in finished.items() if t in mine}
-        if len(done) == len(mine):
-            break
-        if stopped:
-            raise stopped[0]
-        progress(len(done), len(mine), done.values())
-        time.sleep(0.2)
-    watch.close()
-    progress(len(done), len(mine), done.values(), final=True)
-    failed = [t for t, s in done.items() if s != common_pb2.TASK_STATE_SUCCEEDED]
-    for task_id in failed[:10]:
-        task = client.get(task_id)
-        print(f"{task_id} {state_name(task.state)}: {task.error}", file=sys.stderr)
+    submit_in_batches(client, specs, submitted)
+    finished: dict[str, common_pb2.Task] = {}
+    shown = 0.0
+    for task in client.as_completed(submitted):
+        finished[task.id] = task
+        if time.monotonic() - shown >= 0.2:  # a redraw per task would cost more than the wait
+            progress(len(finished), len(submitted), (t.state for t in finished.values()))
+            shown = time.monotonic()
+    progress(len(finished), len(submitted), (t.state for t in finished.values()), final=True)
+    failed = [t for t in finished.values() if t.state != common_pb2.TASK_STATE_SUCCEEDED]
+    for task in failed[:10]:
+        print(f"{task.id} {state_name(task.state)}: {task.error}", file=sys.stderr)
     if len(submitted) == 1:
-        task = client.get(submitted[0])
+        task = finished[submitted[0]]
         print(f"{task.id} {state_name(task.state)}", flush=True)
         sys.stdout.buffer.write(task.result)
         if not task.result.endswith(b"\n"):

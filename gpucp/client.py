@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins  # Client.list shadows the built-in in the class body
 import os
+import queue
 import re
 import threading
 import time
@@ -96,6 +97,19 @@ class Unreachable(GpucpError):
         super().__init__(grpc.StatusCode.UNAVAILABLE, message)
         self.args = (message,)  # str() is the sentence alone: "UNAVAILABLE" adds nothing here
         self.server = server
+
+
+class Unfinished(GpucpError):
+    """gather() or as_completed() ran out of time; `unfinished` holds the ids still not finished."""
+
+    def __init__(self, unfinished: Sequence[str], total: int, timeout_s: float) -> None:
+        noun = "task is" if total == 1 else "tasks are"
+        message = (
+            f"{len(unfinished)} of {total} {noun} still unfinished after {timeout_s:g} s; "
+            "they keep running: wait again, or look at them with gpucp get"
+        )
+        super().__init__(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+        self.unfinished = builtins.list(unfinished)
 
 
 def rpc_error(exc: grpc.RpcError, server: str) -> GpucpError:
@@ -253,6 +267,22 @@ class Client:
         task: common_pb2.Task = self._call(self._scheduler.WaitTask, request, timeout_s=timeout_s + 10)
         return task
 
+    def as_completed(self, task_ids: Iterable[str], timeout_s: float | None = None) -> Iterator[common_pb2.Task]:
+        """Each task, terminal, as it finishes: those finished already at once, the rest in finishing order.
+
+        One watch follows them all. Each task is read once after the watch began (what is
+        finished is yielded then) and, if it was unfinished, once more when its terminal event
+        arrives, the reads of tasks finishing together in flight at once. Rides out a control
+        plane restart (see watch()). Raises Unfinished after timeout_s (None: no limit),
+        GpucpError NOT_FOUND for an id the server does not know.
+        """
+        return _completions(self, builtins.list(dict.fromkeys(task_ids)), timeout_s)
+
+    def gather(self, task_ids: Sequence[str], timeout_s: float | None = None) -> builtins.list[common_pb2.Task]:
+        """The tasks once all are finished, in the order of `task_ids` (see as_completed)."""
+        finished = {task.id: task for task in self.as_completed(task_ids, timeout_s)}
+        return [finished[task_id] for task_id in task_ids]
+
     def run(
         self, kind: str, payload: bytes | str = b"", *, wait_s: float = 60.0, **spec_fields: object
     ) -> common_pb2.Task:
@@ -385,6 +415,11 @@ class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
         with self._lock:
             self._unsettled.update(task_ids)
 
+    def untrack(self, task_ids: Iterable[str]) -> None:
+        """No longer re-read these tasks after a reconnect (their outcome is known some other way)."""
+        with self._lock:
+            self._unsettled.difference_update(task_ids)
+
     def close(self) -> None:
         """End the watch; iteration stops."""
         self._closed = True
@@ -470,3 +505,96 @@ def _event_of(task: common_pb2.Task) -> scheduler_pb2.TaskEvent:
         progress=task.progress,
         error=task.error,
     )
+
+
+# A watch request names at most this many ids (under 4 MB of them); a longer wait watches every
+# task it may see and picks its own from the stream.
+_WATCH_IDS_MAX = 100_000
+# GetTask calls in flight at once while reading many tasks.
+_READ_WINDOW = 256
+
+
+def _completions(client: Client, ids: builtins.list[str], timeout_s: float | None) -> Iterator[common_pb2.Task]:
+    if not ids:
+        return  # an empty watch request would follow every task
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    wanted = set(ids)
+    # Subscribed before the first read: a task finishing between the read and the watch is in the stream.
+    watch = client.watch(ids if len(ids) <= _WATCH_IDS_MAX else ())
+    watch.track(ids)
+    finishing: queue.Queue[str | GpucpError] = queue.Queue()
+
+    def follow() -> None:
+        try:
+            for event in watch:
+                if event.state in TERMINAL_STATES and event.task_id in wanted:
+                    finishing.put(event.task_id)
+        except GpucpError as exc:
+            finishing.put(exc)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        done: set[str] = set()
+        for task in _read(client, ids, watch.give_up_s):
+            if task.state in TERMINAL_STATES:
+                done.add(task.id)
+                watch.untrack([task.id])  # finished before the watch began: a reconnect need not read it again
+                yield task
+        while len(done) < len(ids):
+            # Everything that finished since the last round is read in one window of calls.
+            finished = [_next_finished(finishing, deadline, ids, done, timeout_s)]
+            while len(finished) < _READ_WINDOW and not finishing.empty():
+                finished.append(_next_finished(finishing, deadline, ids, done, timeout_s))
+            for task in _read(client, [t for t in dict.fromkeys(finished) if t not in done], watch.give_up_s):
+                done.add(task.id)  # terminal states are final: its read shows the outcome its event announced
+                yield task
+    finally:
+        watch.close()
+
+
+def _next_finished(
+    finishing: queue.Queue[str | GpucpError], deadline: float | None, ids: Sequence[str], done: set[str],
+    timeout_s: float | None,
+) -> str:
+    try:
+        item = finishing.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+    except queue.Empty:
+        raise Unfinished([t for t in ids if t not in done], len(ids), timeout_s or 0.0) from None
+    if isinstance(item, GpucpError):
+        raise item
+    return item
+
+
+def _read(client: Client, ids: Sequence[str], give_up_s: float) -> Iterator[common_pb2.Task]:
+    """The tasks, `_READ_WINDOW` GetTask calls in flight; a read the control plane could not answer
+    because it is restarting is made again until it is back or give_up_s passes."""
+    for i in range(0, len(ids), _READ_WINDOW):
+        window = ids[i : i + _READ_WINDOW]
+        calls = [
+            client._scheduler.GetTask.future(scheduler_pb2.GetTaskRequest(task_id=t), timeout=client.timeout_s)
+            for t in window
+        ]
+        for task_id, call in zip(window, calls, strict=True):
+            try:
+                yield call.result()
+            except grpc.RpcError as exc:
+                if exc.code() not in _RESUMABLE:
+                    raise rpc_error(exc, client.server) from None
+                yield _read_again(client, task_id, give_up_s)
+
+
+def _read_again(client: Client, task_id: str, give_up_s: float) -> common_pb2.Task:
+    deadline = time.monotonic() + give_up_s
+    delay = 0.1
+    while True:
+        try:
+            task: common_pb2.Task = client._scheduler.GetTask(
+                scheduler_pb2.GetTaskRequest(task_id=task_id), timeout=client.timeout_s, wait_for_ready=True
+            )
+            return task
+        except grpc.RpcError as exc:
+            if exc.code() not in _RESUMABLE or time.monotonic() + delay > deadline:
+                raise rpc_error(exc, client.server) from None
+        time.sleep(delay)
+        delay = min(delay * 2, _RESUBSCRIBE_MAX_DELAY_S)
