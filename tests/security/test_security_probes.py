@@ -99,7 +99,10 @@ def test_run_as_starts_tasks_as_the_unprivileged_user(controlplane: ControlPlane
     uid = pwd.getpwnam(user).pw_uid
     start_agent("unprivileged", "--allow-exec", "--run-as", user)
     with controlplane.client() as client:
-        task = client.run("exec", json.dumps({"argv": ["id", "-u"], "cwd": "/"}), wait_s=30)
+        task = client.run("exec", json.dumps({"argv": ["id", "-u"], "cwd": "/"}), wait_s=60)
+    assert task.state == common_pb2.TASK_STATE_SUCCEEDED, (
+        f"the task as {user} ended {common_pb2.TaskState.Name(task.state)}: {task.error} {list(task.attempt_errors)}"
+    )
     probe("exec with --run-as", f"uid {uid}", f"uid {json.loads(task.result)['stdout'].strip()}")
 
 
