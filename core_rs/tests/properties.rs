@@ -207,6 +207,26 @@ fn static_ok(shape: &ShapeSpec, w: &WorkerSpec) -> bool {
         && shape.labels.iter().all(|l| w.labels.contains(&l.as_str()))
 }
 
+/// A default scheduler with one CPU-only shape per kind in KINDS and a CPU worker of each of
+/// `slots`' sizes: every task fits every worker, so only the queue's order decides.
+fn cpu_fleet(slots: &[u32]) -> (Scheduler, Vec<u64>) {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let shapes = KINDS
+        .iter()
+        .map(|k| {
+            s.shape(ShapeSpec {
+                kind: (*k).into(),
+                ..ShapeSpec::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    for &n in slots {
+        s.add_worker(n, vec![], "", vec![], vec![], 0).unwrap();
+    }
+    (s, shapes)
+}
+
 fn pick<T: Copy + Ord>(items: impl Iterator<Item = T>, pick: usize) -> Option<T> {
     let mut v: Vec<T> = items.collect();
     v.sort();
@@ -881,11 +901,7 @@ proptest! {
         tasks in prop::collection::vec((0usize..3, 0u8..4, 0u64..30), 1..40),
         max in 1usize..20,
     ) {
-        let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
-        let shapes: Vec<u64> = KINDS.iter().map(|k| s.shape(ShapeSpec { kind: (*k).into(), ..ShapeSpec::default() }).unwrap()).collect();
-        for &n in &slots {
-            s.add_worker(n, vec![], "", vec![], vec![], 0).unwrap();
-        }
+        let (mut s, shapes) = cpu_fleet(&slots);
         let mut by_class: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 4];
         for (task, &(shape, priority, seq)) in tasks.iter().enumerate() {
             s.push(task as u64, shapes[shape], priority, seq, 0).unwrap();
@@ -910,11 +926,7 @@ proptest! {
         tasks in prop::collection::vec((0usize..3, 0u8..4, 0u64..30), 1..40),
         max in 1usize..20,
     ) {
-        let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
-        let shapes: Vec<u64> = KINDS.iter().map(|k| s.shape(ShapeSpec { kind: (*k).into(), ..ShapeSpec::default() }).unwrap()).collect();
-        for &n in &slots {
-            s.add_worker(n, vec![], "", vec![], vec![], 0).unwrap();
-        }
+        let (mut s, shapes) = cpu_fleet(&slots);
         let mut want = Vec::new();
         for (task, &(shape, priority, seq)) in tasks.iter().enumerate() {
             s.push(task as u64, shapes[shape], priority, seq, 0).unwrap();
@@ -932,9 +944,7 @@ proptest! {
     fn strict_priority_holds_as_work_arrives(
         batches in prop::collection::vec(prop::collection::vec((0usize..3, 0u8..4), 0..4), 1..30),
     ) {
-        let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
-        let shapes: Vec<u64> = KINDS.iter().map(|k| s.shape(ShapeSpec { kind: (*k).into(), ..ShapeSpec::default() }).unwrap()).collect();
-        s.add_worker(1, vec![], "", vec![], vec![], 0).unwrap();
+        let (mut s, shapes) = cpu_fleet(&[1]);
         let mut pending = BTreeSet::new();
         let mut next = 0u64;
         for batch in &batches {
