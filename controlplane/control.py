@@ -171,12 +171,13 @@ class ControlPlane:
             raise InvalidArgument("specs is empty: send at least one TaskSpec")
         if len(specs) > MAX_BATCH:
             raise InvalidArgument(f"{len(specs)} specs in one batch; the limit is {MAX_BATCH}")
+        sizes = []
         for i, spec in enumerate(specs):
             # Fields this version does not know are not stored, returned or sent to agents: they
             # would be bytes no limit counts.
             spec.DiscardUnknownFields()
             try:
-                validate_spec(spec, max_payload_bytes=self.config.max_payload_bytes)
+                sizes.append(validate_spec(spec, max_payload_bytes=self.config.max_payload_bytes))
             except InvalidArgument as exc:
                 raise InvalidArgument(f"specs[{i}]: {exc}" if len(specs) > 1 else str(exc)) from None
         queued = self.book.counts[PENDING]
@@ -190,14 +191,17 @@ class ControlPlane:
         out: list[tuple[str, bool]] = []
         new: list[TaskRecord] = []
         now = wall_ms()
-        for spec in specs:
+        for spec, spec_bytes in zip(specs, sizes, strict=True):
             tenant = spec.tenant or "default"
             key = spec.idempotency_key
             existing = key and (self.book.idempotent(tenant, key) or known.get((tenant, key)))
             if existing:
                 out.append((existing, True))
                 continue
-            rec = TaskRecord(handle=self._next_handle, id=new_task_id(), tenant=tenant, spec=spec, created_at_ms=now)
+            rec = TaskRecord(
+                handle=self._next_handle, id=new_task_id(), tenant=tenant, spec=spec, created_at_ms=now,
+                spec_bytes=spec_bytes,
+            )
             self._next_handle += 1
             if key:
                 self.book.claim_key(tenant, key, rec.id)

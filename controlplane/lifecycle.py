@@ -204,7 +204,7 @@ class Lifecycle:
             log.warning("worker %s sent an update with state %d", conn.worker_id, upd.state)
             return
         succeeded, wrong, error = upd.state == SUCCEEDED, upd.state == FAILED and upd.task_error, cut_error(upd.error)
-        if succeeded and len(upd.result) + rec.spec.ByteSize() > MAX_TASK_CONTENT_BYTES:
+        if succeeded and len(upd.result) + rec.spec_bytes > MAX_TASK_CONTENT_BYTES:
             # The Task carrying both could not be read back in one message: the result is refused.
             succeeded, wrong = False, True
             error = (

@@ -78,6 +78,9 @@ class TaskRecord:
     # The handler's latest progress report (0 to 1) for the current attempt. Kept in memory only:
     # the agent reports again, and a restart loses at most one report's worth.
     progress: float = 0.0
+    # The spec's serialized size, known from its validation (or its row): a result must fit
+    # beside it, and the spec is not serialized again to check that.
+    spec_bytes: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -144,8 +147,10 @@ def _json_strings(items: list[str]) -> str:
 
 def record_from_row(row: Sequence[object]) -> TaskRecord:
     spec = common_pb2.TaskSpec()
-    spec.ParseFromString(row[4])  # type: ignore[arg-type]
+    blob: bytes = row[4]  # type: ignore[assignment]
+    spec.ParseFromString(blob)
     return TaskRecord(
+        spec_bytes=len(blob),
         handle=row[0],  # type: ignore[arg-type]
         id=row[1],  # type: ignore[arg-type]
         tenant=row[2],  # type: ignore[arg-type]

@@ -53,8 +53,8 @@ def _labels(name: str, labels: list[str]) -> None:
         raise InvalidArgument(f"{name} weigh {total} bytes together; the limit is {MAX_LABELS_BYTES}")
 
 
-def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> None:
-    """Raise InvalidArgument naming the first problem with `spec`, if any."""
+def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> int:
+    """Raise InvalidArgument naming the first problem with `spec`, if any; else its serialized size."""
     if not spec.kind:
         raise InvalidArgument("kind is empty: name the handler that should run the task, e.g. 'exec'")
     if not _KIND.fullmatch(spec.kind):
@@ -92,6 +92,7 @@ def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> None:
     if spec.HasField("max_retries") and spec.max_retries > MAX_RETRIES:
         raise InvalidArgument(f"max_retries {spec.max_retries} is over the limit of {MAX_RETRIES}")
     _validate_requirements(spec.requirements)
+    return size
 
 
 def _validate_requirements(req: common_pb2.Requirements) -> None:
