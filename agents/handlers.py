@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import pwd
+import shutil
 import signal
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
@@ -207,6 +208,13 @@ class RunAs:
     uid: int
     gid: int
     home: str
+    setpriv: str  # util-linux's setpriv, which switches to the user and then runs the program
+
+    def command(self, argv: list[str]) -> list[str]:
+        """`argv` run as this user. setpriv switches, not Python: a Popen that switches user itself
+        must fork() rather than vfork(), and a plain fork of the agent runs gRPC's fork handlers
+        in the child, which now and then crash it before it execs (exit code -11)."""
+        return [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--", *argv]
 
 
 def run_as_user(name: str) -> RunAs:
@@ -219,7 +227,10 @@ def run_as_user(name: str) -> RunAs:
         raise ValueError(f"--run-as {name!r} is root: give an unprivileged user")
     if os.geteuid() not in (0, entry.pw_uid):
         raise ValueError(f"--run-as {name!r}: the agent must run as root to start processes as another user")
-    return RunAs(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise ValueError(f"--run-as {name!r} needs setpriv (Debian's util-linux package) on the PATH")
+    return RunAs(name, entry.pw_uid, entry.pw_gid, entry.pw_dir, setpriv)
 
 
 def task_environment(
@@ -247,16 +258,15 @@ def make_exec_handler(programs: Collection[str] = (), run_as: RunAs | None = Non
                 f"program {request.argv[0][:100]!r} is not allowed on this agent, which runs only "
                 f"{', '.join(sorted(allowed))} (gpucp agent --allow-exec)"
             )
-        users = {} if run_as is None else {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+        argv = request.argv if run_as is None else run_as.command(request.argv)
         process = await asyncio.create_subprocess_exec(
-            *request.argv,
+            *argv,
             stdin=asyncio.subprocess.PIPE if request.stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=request.cwd,
             env=task_environment(ctx.env, request.env, run_as),
             start_new_session=True,
-            **users,  # type: ignore[arg-type]
         )
         return await _collect(process, request)
 
