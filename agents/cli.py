@@ -15,7 +15,7 @@ from agents.handlers import BUILTIN_HANDLERS, Handler, load_handler, make_exec_h
 from agents.inventory import parse_gpus
 from agents.runtime import Agent, Refused, default_worker_id
 from gpucp.auth import AGENT_TOKEN_ENV, TOKEN_ENV, read_token
-from gpucp.client import SERVER_ENV, server_address
+from gpucp.channels import SERVER_ENV, server_address
 from gpucp.tls import TLS_CA_ENV, channel_credentials
 
 if TYPE_CHECKING:
@@ -39,8 +39,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--server",
         default=None,
-        metavar="HOST:PORT",
-        help=f"control plane address (default: ${SERVER_ENV}, else 127.0.0.1:50051; port 50051 if left out)",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help=f"control plane address (default: ${SERVER_ENV}, else 127.0.0.1:50051; port 50051 if left out); "
+        "several, or dns:///NAME:PORT, for replicas: the agent follows the one that serves",
     )
     p.add_argument(
         "--worker-id", default=None, help="worker name, unique in the fleet (default: <hostname>-<6 random hex digits>)"

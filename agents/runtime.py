@@ -20,6 +20,7 @@ from agents.handlers import BUILTIN_HANDLERS, Handler, TaskContext, TaskError
 from agents.inventory import simulated_gpu_stats
 from gpucp.auth import token_metadata
 from gpucp.batching import by_size
+from gpucp.channels import channel_target, open_aio_channel
 from gpucp.limits import MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
 
@@ -360,11 +361,9 @@ class Agent:
 
     async def _session(self) -> bool:
         """Hold one stream until it ends; return whether it got as far as `registered`."""
-        channel = (
-            grpc.aio.secure_channel(self.server, self.tls, options=CHANNEL_OPTIONS)
-            if self.tls is not None
-            else grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS)
-        )
+        # A new channel each session: the names of several replicas are resolved again.
+        target = await asyncio.to_thread(channel_target, self.server)
+        channel = open_aio_channel(target, self.tls, CHANNEL_OPTIONS)
         async with channel:
             call = workers_pb2_grpc.WorkersStub(channel).Connect(metadata=token_metadata(self.token))
             try:

@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from gpucp.channels import server_address
 from gpucp.client import (
     Client,
     GpucpError,
@@ -9,7 +10,6 @@ from gpucp.client import (
     Unfinished,
     Unreachable,
     priority_value,
-    server_address,
     task_spec,
 )
 from gpucp.states import TERMINAL_STATES

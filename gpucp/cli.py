@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Every command that talks to a control plane takes --server the same way.
     server = argparse.ArgumentParser(add_help=False)
-    server.add_argument("--server", metavar="HOST[:PORT]",
-                        help=f"control plane (default: ${SERVER_ENV}, else 127.0.0.1:50051; port 50051 if left out)")
+    server.add_argument("--server", metavar="HOST[:PORT][,...]",
+                        help=f"control plane (default: ${SERVER_ENV}, else 127.0.0.1:50051; port 50051 if left out); "
+                        "several, or dns:///NAME:PORT, for replicas: calls go to the one that serves")
     server.add_argument("--token-file", metavar="FILE",
                         help=f"the bearer token to present (default: ${TOKEN_ENV}; none if unset)")
     server.add_argument("--tls-ca", metavar="FILE",

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import builtins  # Client.list shadows the built-in in the class body
-import os
 import queue
-import re
 import threading
 import time
 from collections import deque
@@ -15,6 +13,8 @@ from typing import Protocol, TypeVar
 import grpc
 
 from gpucp.auth import read_token, with_token
+from gpucp.channels import SERVER_ENV as SERVER_ENV  # still imported from here by the CLI, agents, autoscaler
+from gpucp.channels import open_channel, server_address
 from gpucp.limits import MAX_MESSAGE_BYTES
 from gpucp.states import TERMINAL_STATES
 from gpucp.tls import channel_credentials
@@ -29,11 +29,6 @@ from gpucp.v1 import (
 Request = TypeVar("Request")
 Reply = TypeVar("Reply")
 
-DEFAULT_PORT = 50051
-DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
-# Read by Client() when no address is given, as by `gpucp` commands and agents.
-SERVER_ENV = "GPUCP_SERVER"
-
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -47,37 +42,12 @@ CHANNEL_OPTIONS = [
 ]
 
 
-# grpc targets that name a transport rather than a host: passed to grpc as they are.
-_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
-_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.%]+\]|[^\[\]:]+)(?::(?P<port>[^:]*))?$")
 # How grpc words an UNAVAILABLE it made up itself, without reaching any server; UNAVAILABLE
 # from the control plane (e.g. "shutting down") keeps its own sentence.
 _TRANSPORT_FAILURES = (
     "failed to connect", "errors resolving", "dns resolution failed", "socket closed", "connection reset",
     "connection refused", "broken pipe", "goaway", "empty address list", "recvmsg", "connections to all backends",
 )
-
-
-def server_address(server: str | None = None) -> str:
-    """The grpc target for a server address: `server`, else $GPUCP_SERVER, else 127.0.0.1:50051.
-
-    A host without a port gets port 50051 (grpc alone would use 443); a bare IPv6 address gets
-    brackets. grpc URIs such as unix:/path pass unchanged. ValueError for a port that is not one.
-    """
-    text = (server if server is not None else os.environ.get(SERVER_ENV, "")).strip() or DEFAULT_SERVER
-    if text.startswith(_TARGET_SCHEMES):
-        return text
-    if text.count(":") > 1 and not text.startswith("["):
-        return f"[{text}]:{DEFAULT_PORT}"  # a bare IPv6 address: its colons are not a port
-    match = _HOST_PORT.match(text)
-    if match is None:
-        raise ValueError(f"server address {text!r}: give HOST or HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}")
-    port = match["port"]
-    if port is None:
-        return f"{text}:{DEFAULT_PORT}"
-    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        raise ValueError(f"server address {text!r}: the port must be a number from 1 to 65535")
-    return text
 
 
 class GpucpError(Exception):
@@ -183,7 +153,9 @@ def task_spec(
 class Client:
     """A blocking client of one control plane. Use as a context manager or call close().
 
-    `server` is HOST[:PORT] (port 50051 when left out); None reads $GPUCP_SERVER, else 127.0.0.1:50051.
+    `server` is HOST[:PORT] (port 50051 when left out), several joined by commas (the replicas of
+    one control plane: calls go to the one that serves) or a grpc URI such as dns:///name:50051;
+    None reads $GPUCP_SERVER, else 127.0.0.1:50051 (gpucp.channels).
     `token` is the bearer token presented on every call; None reads $GPUCP_TOKEN. `tls`: TLS
     credentials (gpucp.tls.channel_credentials); None reads $GPUCP_TLS_CA, plaintext without it.
     """
@@ -200,11 +172,7 @@ class Client:
         self.timeout_s = timeout_s
         self.closed = False
         tls = tls or channel_credentials()
-        self._raw_channel = (
-            grpc.secure_channel(self.server, tls, options=CHANNEL_OPTIONS)
-            if tls is not None
-            else grpc.insecure_channel(self.server, options=CHANNEL_OPTIONS)
-        )
+        self._raw_channel = open_channel(self.server, tls, CHANNEL_OPTIONS)
         self._channel = with_token(self._raw_channel, read_token() if token is None else token)
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
