@@ -12,6 +12,7 @@ from controlplane.config import PRIORITY_MODES, SchedulerConfig, ServerConfig
 from controlplane.logs import LOG_FORMATS
 from controlplane.logs import setup as setup_logs
 from controlplane.server import run
+from controlplane.settings import CONFIG_ENV, ENV_PREFIX, layer
 from gpucp.auth import AGENT_TOKEN_ENV
 
 __all__ = ["main", "parser"]
@@ -24,18 +25,32 @@ CORE = SchedulerConfig()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `gpucp serve`; return the exit code (1 for a bad flag or a control plane that cannot start)."""
-    args = parser().parse_args(argv)
+    """Run `gpucp serve`; return the exit code (1 for a bad setting or a control plane that cannot start)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    try:
+        settings = layer(p, argv, os.environ)
+    except ValueError as exc:
+        print(f"gpucp: {exc}", file=sys.stderr)
+        return 1
+    args = p.parse_args(argv)
     try:
         return run_serve(args)
     except (OSError, ValueError) as exc:
-        print(f"gpucp: {exc}", file=sys.stderr)
+        print(f"gpucp: {settings.explain(str(exc))}", file=sys.stderr)
         return 1
 
 
 def parser() -> argparse.ArgumentParser:
     """Return the argument parser of `gpucp serve`."""
-    p = argparse.ArgumentParser(prog="gpucp serve", description="Run the control plane.")
+    p = argparse.ArgumentParser(
+        prog="gpucp serve", description="Run the control plane.",
+        epilog=f"Every flag is also a key of the --config file (max-queue = 1000) and a variable "
+        f"{ENV_PREFIX}<FLAG> ({ENV_PREFIX}MAX_QUEUE=1000; repeatable flags: values separated by commas). "
+        "A flag beats a variable, a variable beats the file.",
+    )
+    p.add_argument("--config", metavar="FILE", default="",
+                   help=f"read settings from this TOML file (default ${CONFIG_ENV}; none if unset)")
     p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
     p.add_argument("--http", default="127.0.0.1:50052", metavar="HOST:PORT",
                    help="serve /metrics, /healthz, /readyz and the JSON API /api/v1 here "
