@@ -57,9 +57,11 @@ def layer(parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping
     actions = {key(a): a for a in parser._actions if a.option_strings and key(a) not in _COMMAND_LINE_ONLY}
     settings = Settings()
     values: dict[str, object] = {}
-    config = _config_path(argv) or environ.get(CONFIG_ENV, "")
+    config, named_by = _config_path(argv), "--config"
+    if not config and environ.get(CONFIG_ENV):
+        config, named_by = environ[CONFIG_ENV], CONFIG_ENV
     if config:
-        for name, value in _read_toml(config).items():
+        for name, value in _read_toml(config, named_by).items():
             action = actions.get(name)
             if action is None:
                 raise ValueError(f"{config}: unknown setting {name!r}{_suggest(name, actions)}")
@@ -89,18 +91,19 @@ def _config_path(argv: Sequence[str]) -> str:
     return str(known.config)
 
 
-def _read_toml(path: str) -> dict[str, object]:
+def _read_toml(path: str, named_by: str) -> dict[str, object]:
+    where = f"{named_by} {path}" if named_by.startswith("--") else f"{named_by}={path}"
     try:
         with open(path, "rb") as file:
             data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ValueError(f"--config {path}: {exc.strerror or exc}") from None
+        raise ValueError(f"{where}: {exc.strerror or exc}") from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ValueError(f"--config {path}: over {MAX_CONFIG_BYTES} bytes; a settings file is a few lines")
+        raise ValueError(f"{where}: over {MAX_CONFIG_BYTES} bytes; a settings file is a few lines")
     try:
         return tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"--config {path}: not TOML: {exc}") from None
+        raise ValueError(f"{where}: not TOML: {exc}") from None
 
 
 def _suggest(name: str, actions: Mapping[str, argparse.Action]) -> str:

@@ -133,6 +133,22 @@ def test_every_reference_of_an_overlay_names_something_it_contains(rendered, ove
             assert secret is None or ("Secret", secret) in names, f"the ServiceMonitor names Secret {secret}"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_meets_the_restricted_pod_security_its_namespace_enforces(rendered, overlay) -> None:
+    (namespace,) = [d for d in rendered[overlay] if d["kind"] == "Namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for workload, template in pods(rendered[overlay]):
+        name, spec = workload["metadata"]["name"], template["spec"]
+        pod = spec.get("securityContext", {})
+        assert pod.get("runAsNonRoot") is True and pod.get("seccompProfile") == {"type": "RuntimeDefault"}, name
+        assert not spec.get("hostNetwork") and not spec.get("hostPID"), name
+        assert all("hostPath" not in v for v in spec.get("volumes", [])), name
+        for container in spec["containers"]:
+            security = container.get("securityContext", {})
+            assert security.get("allowPrivilegeEscalation") is False, f"{name}/{container['name']}"
+            assert security.get("capabilities", {}).get("drop") == ["ALL"], f"{name}/{container['name']}"
+
+
 def test_the_controlplane_is_probed_on_healthz_and_the_load_balancer_checks_readyz(rendered) -> None:
     (deployment,) = [d for d in rendered["prod"] if d["kind"] == "Deployment" and d["metadata"]["name"] == "gpucp"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]

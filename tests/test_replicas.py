@@ -14,7 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cluster import PYTHONPATH, eventually, wait_for_workers
 from gpucp import Client, GpucpError, server_address
-from gpucp.testing import AgentProcess, ControlPlaneProcess
+from gpucp.testing import AgentProcess, ControlPlaneProcess, make_pki
+from gpucp.tls import channel_credentials
 from gpucp.v1 import common_pb2
 from test_cli import gpucp
 
@@ -99,7 +100,7 @@ def test_calls_and_agents_go_to_the_serving_replica_not_the_standby_listed_first
             wait_for_workers(client, ["behind-standby"])
             task = client.run("noop", "through the list")
             assert (task.state, task.result) == (common_pb2.TASK_STATE_SUCCEEDED, b"through the list")
-        status = gpucp("status", "--server", servers)
+        status = gpucp("status", env={"GPUCP_SERVER": servers})
         assert status.returncode == 0 and "behind-standby" in status.stdout, status.stderr
         assert standby_of.calls == 0, "a call went to the standby, whose health says NOT_SERVING"
         # Named alone, the standby is reached and its refusal names the leader.
@@ -136,6 +137,19 @@ def test_after_the_leader_dies_client_cli_and_agent_follow_its_database_to_the_n
         agent.stop()
         first.stop()
         second.stop()
+
+
+def test_under_tls_a_list_verifies_the_replicas_certificate_against_the_first_name(tmp_path):
+    make_pki(tmp_path)  # the server certificate names 127.0.0.1 and localhost
+    cp = ControlPlaneProcess(tmp_path, "--tls-cert", str(tmp_path / "server.pem"), "--tls-key",
+                             str(tmp_path / "server.key"), pythonpath=PYTHONPATH).start()
+    try:
+        # A dead address first; the channel's calls reach the replica that serves, over TLS.
+        servers = f"localhost:{free_port()},{cp.address}"
+        with Client(servers, tls=channel_credentials(str(tmp_path / "ca.pem"))) as client:
+            assert client.stats().workers == 0
+    finally:
+        cp.stop()
 
 
 def test_a_dns_name_is_followed_across_a_restart(tmp_path):

@@ -86,13 +86,18 @@ def test_a_bad_setting_is_refused_with_a_sentence_naming_it(tmp_path, capsys, mo
     assert not (tmp_path / "never.db").exists(), "a bad setting must stop the server before it opens its database"
 
 
-def test_a_missing_or_huge_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_or_huge_config_file_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert cli.main(["--config", str(tmp_path / "absent.toml")]) == 1
     assert f"--config {tmp_path / 'absent.toml'}: No such file or directory" in capsys.readouterr().err
     huge = tmp_path / "huge.toml"
     huge.write_text("# padding\n" * 200_000)
     assert cli.main(["--config", str(huge)]) == 1
     assert "over 1048576 bytes" in capsys.readouterr().err
+    monkeypatch.setenv("GPUCP_CONFIG", str(tmp_path / "gone.toml"))
+    assert cli.main([]) == 1
+    assert f"GPUCP_CONFIG={tmp_path / 'gone.toml'}: No such file or directory" in capsys.readouterr().err
 
 
 def test_a_server_runs_with_settings_from_its_file_and_environment(tmp_path: Path) -> None:
