@@ -362,7 +362,11 @@ class Agent:
     async def _session(self) -> bool:
         """Hold one stream until it ends; return whether it got as far as `registered`."""
         # A new channel each session: the names of several replicas are resolved again.
-        target = await asyncio.to_thread(channel_target, self.server)
+        try:
+            target = await asyncio.to_thread(channel_target, self.server)
+        except ValueError as exc:  # no replica's name resolves now: as with dead addresses, try again later
+            log.warning("%s", exc)
+            return False
         channel = open_aio_channel(target, self.tls, CHANNEL_OPTIONS)
         async with channel:
             call = workers_pb2_grpc.WorkersStub(channel).Connect(metadata=token_metadata(self.token))

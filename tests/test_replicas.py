@@ -92,6 +92,16 @@ def test_a_bad_list_of_addresses_is_refused_with_a_sentence(text, says):
     assert refused.returncode == 1 and says in refused.stderr
 
 
+def test_an_agent_whose_replicas_do_not_resolve_says_so_and_keeps_trying(tmp_path):
+    agent = AgentProcess(tmp_path, "gpucp-a.invalid,gpucp-b.invalid", "lost", pythonpath=PYTHONPATH)
+    try:
+        eventually(lambda: agent.log().count("none of them resolves") >= 2, 30, "two attempts that say why they failed")
+        assert agent.proc.poll() is None, agent.log()
+        assert "Traceback" not in agent.log()
+    finally:
+        agent.stop()
+
+
 def test_calls_and_agents_go_to_the_serving_replica_not_the_standby_listed_first(controlplane, standby_of):
     servers = f"{standby_of.address},{controlplane.address}"
     agent = AgentProcess(controlplane.workdir, servers, "behind-standby", pythonpath=PYTHONPATH)
