@@ -72,15 +72,21 @@ def layer(parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping
         if variable in environ:
             values[action.dest] = _from_text(action, environ[variable], variable)
             settings.origins[action.option_strings[-1]] = variable
-    # A repeatable flag given on the command line replaces the lower sources' list instead of
-    # adding to it (argparse appends to its default).
     given, _ = parser.parse_known_args(argv)
     for action in actions.values():
-        if isinstance(action, argparse._AppendAction) and getattr(given, action.dest) != action.default:
-            values.pop(action.dest, None)
+        if _on_command_line(action, given, argv):
             settings.origins.pop(action.option_strings[-1], None)
+            if isinstance(action, argparse._AppendAction):
+                # The command line's list replaces the lower sources' (argparse would append to them).
+                values.pop(action.dest, None)
     parser.set_defaults(**values)
     return settings
+
+
+def _on_command_line(action: argparse.Action, given: argparse.Namespace, argv: Sequence[str]) -> bool:
+    """Whether argv sets this flag: named there, or (abbreviated) its parsed value is not the default."""
+    named = any(token == flag or token.startswith(flag + "=") for token in argv for flag in action.option_strings)
+    return named or getattr(given, action.dest) != action.default
 
 
 def _config_path(argv: Sequence[str]) -> str:

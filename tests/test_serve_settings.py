@@ -86,6 +86,13 @@ def test_a_bad_setting_is_refused_with_a_sentence_naming_it(tmp_path, capsys, mo
     assert not (tmp_path / "never.db").exists(), "a bad setting must stop the server before it opens its database"
 
 
+def test_a_bad_value_given_as_a_flag_is_not_blamed_on_the_variable_it_overrides(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GPUCP_AGING", "5")
+    assert cli.main(["--aging", "-1", "--db", str(tmp_path / "never.db")]) == 1
+    err = capsys.readouterr().err
+    assert "--aging -1: give seconds >= 0" in err and "GPUCP_AGING" not in err, err
+
+
 def test_a_missing_or_huge_config_file_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
