@@ -121,35 +121,45 @@ def _suggest(name: str, actions: Mapping[str, argparse.Action]) -> str:
 
 def _from_toml(action: argparse.Action, value: object, where: str) -> object:
     """A TOML value checked against the flag: TOML strings for text, numbers for numbers, true or
-    false for a switch, a list of strings for a repeatable flag."""
-    if isinstance(action, argparse._StoreTrueAction):
+    false for a switch (true: as if the flag were given), a list of strings for a repeatable flag."""
+    if action.nargs == 0:
         if not isinstance(value, bool):
             raise ValueError(f"{where} = {value!r}: give true or false")
-        return value
-    if isinstance(action, argparse._AppendAction):
+        return action.const if value else action.default
+    if _takes_a_list(action):
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise ValueError(f"{where} = {value!r}: give a list of strings, e.g. [\"{action.metavar or 'VALUE'}\"]")
         return [_convert(action, v, where) for v in value]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if action.type in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not number:
             raise ValueError(f"{where} = {value!r}: give {_what(action)}")
         return _convert(action, str(value), where)
-    if not isinstance(value, str):
-        raise ValueError(f"{where} = {value!r}: give a string, {_what(action)}")
-    return _convert(action, value, where)
+    if action.type in (None, str):
+        if not isinstance(value, str):
+            raise ValueError(f"{where} = {value!r}: give a string, {_what(action)}")
+        return _convert(action, value, where)
+    # A flag with a parser of its own (sizes, durations...) reads its text, given as a string or a number.
+    if not (number or isinstance(value, str)):
+        raise ValueError(f"{where} = {value!r}: give a string or a number, as its flag takes")
+    return _convert(action, str(value), where)
 
 
 def _from_text(action: argparse.Action, text: str, where: str) -> object:
     """An environment variable's text checked against the flag; a repeatable flag's values are
     separated by commas."""
-    if isinstance(action, argparse._StoreTrueAction):
+    if action.nargs == 0:
         lowered = text.strip().lower()
         if lowered not in _TRUE + _FALSE:
             raise ValueError(f"{where}={text!r}: give 1 or 0 (true or false)")
-        return lowered in _TRUE
-    if isinstance(action, argparse._AppendAction):
+        return action.const if lowered in _TRUE else action.default
+    if _takes_a_list(action):
         return [_convert(action, part.strip(), where) for part in text.split(",") if part.strip()]
     return _convert(action, text.strip(), where)
+
+
+def _takes_a_list(action: argparse.Action) -> bool:
+    return isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
 
 
 def _convert(action: argparse.Action, text: str, where: str) -> object:
