@@ -166,8 +166,10 @@ def _convert(action: argparse.Action, text: str, where: str) -> object:
     convert: Callable[[str], object] = action.type if callable(action.type) else str
     try:
         value = convert(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} = {text!r}: give {_what(action)}") from None
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+        if action.type in (int, float) or not str(exc):
+            raise ValueError(f"{where} = {text!r}: give {_what(action)}") from None
+        raise ValueError(f"{where} = {text!r}: {exc}") from None  # a flag's own parser says what it takes
     if action.choices is not None and value not in action.choices:
         raise ValueError(f"{where} = {text!r}: give one of {', '.join(map(str, action.choices))}")
     return value
