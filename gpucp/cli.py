@@ -1,4 +1,4 @@
-"""The `gpucp` command: serve, agent, submit, list, get, events, watch, cancel, status, costs, drain, undrain."""
+"""The `gpucp` command: serve, agent, submit, list, get, events, watch, cancel, status, top, costs, drain, undrain."""
 
 from __future__ import annotations
 
@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     drain = sub.add_parser("drain", help="stop placing tasks on a worker; its running tasks finish", parents=[server])
     drain.add_argument("worker_id")
     drain.set_defaults(run=run_drain)
+
+    top = sub.add_parser("top", help="the fleet and the queue, live (keys: s sort, t tenant, q quit)",
+                         parents=[server])
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                     help="seconds between redraws (default %(default)s)")
+    top.set_defaults(run=run_top)
 
     undrain = sub.add_parser("undrain", help="let a drained worker take tasks again", parents=[server])
     undrain.add_argument("worker_id")
@@ -453,6 +459,15 @@ def run_cancel(args: argparse.Namespace) -> int:
                 print(f"gpucp: {task_id}: {exc}", file=sys.stderr)
                 code = 1
     return code
+
+
+def run_top(args: argparse.Namespace) -> int:
+    if not 0.1 <= args.interval <= 3600:  # also refuses nan
+        raise ValueError(f"--interval {args.interval:g}: give seconds from 0.1 to 3600")
+    from gpucp import top  # rich is imported only by the command that draws with it
+
+    with connect(args) as client:
+        return top.run(client, args.interval)
 
 
 def run_drain(args: argparse.Namespace) -> int:
