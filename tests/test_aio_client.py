@@ -52,6 +52,11 @@ def test_admin_calls(controlplane: ControlPlaneProcess, start_agent) -> None:  #
             await client.drain("w1")
             assert (await client.workers())[0].health == "draining"
             await client.undrain("w1")
+            # The drain ends once the agent, which echoed it, confirms the undrain.
+            for _ in range(200):
+                if (await client.workers())[0].health == "healthy":
+                    break
+                await asyncio.sleep(0.05)
             assert (await client.workers())[0].health == "healthy"
 
     asyncio.run(session())
