@@ -48,6 +48,7 @@ from gpucp.requests import (
 )
 from gpucp.states import TERMINAL_STATES, TaskState
 from gpucp.tls import channel_credentials
+from gpucp.tracing import client_interceptors
 from gpucp.v1 import admin_pb2, admin_pb2_grpc, common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 __all__ = ["AsyncClient", "AsyncTaskWatch"]
@@ -76,9 +77,9 @@ class AsyncClient:
         self.closed = False
         tls = tls or channel_credentials()
         self._channel = (
-            grpc.aio.secure_channel(self.server, tls, options=CHANNEL_OPTIONS)
+            grpc.aio.secure_channel(self.server, tls, options=CHANNEL_OPTIONS, interceptors=client_interceptors())
             if tls is not None
-            else grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS)
+            else grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS, interceptors=client_interceptors())
         )
         self._metadata = token_metadata(read_token() if token is None else token)
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)

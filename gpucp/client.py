@@ -33,6 +33,7 @@ from gpucp.requests import (
 )
 from gpucp.states import TERMINAL_STATES, TaskState
 from gpucp.tls import channel_credentials
+from gpucp.tracing import traced_channel
 from gpucp.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -127,7 +128,7 @@ class Client:
             if tls is not None
             else grpc.insecure_channel(self.server, options=CHANNEL_OPTIONS)
         )
-        self._channel = with_token(self._raw_channel, read_token() if token is None else token)
+        self._channel = traced_channel(with_token(self._raw_channel, read_token() if token is None else token))
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
