@@ -32,6 +32,9 @@ try:
     from opentelemetry import propagate, trace
 except ImportError:  # the `tracing` extra is not installed
     trace = None  # type: ignore[assignment]
+# OpenTelemetry's own switch: OTEL_SDK_DISABLED=true turns everything here off, as if not installed.
+if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    trace = None  # type: ignore[assignment]
 
 __all__ = [
     "SUBMIT_METHODS",
@@ -58,7 +61,7 @@ _ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDP
 
 
 def enabled() -> bool:
-    """Whether opentelemetry is installed (the `tracing` extra)."""
+    """Whether opentelemetry is installed (the `tracing` extra) and not turned off (OTEL_SDK_DISABLED)."""
     return trace is not None
 
 
@@ -103,10 +106,12 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor):
     def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         if trace is None or details.method not in SUBMIT_METHODS:
             return continuation(details, request)
-        with trace.get_tracer("gpucp").start_as_current_span(details.method.lstrip("/"), kind=trace.SpanKind.CLIENT):
+        span = trace.get_tracer("gpucp").start_span(details.method.lstrip("/"), kind=trace.SpanKind.CLIENT)
+        with trace.use_span(span, end_on_exit=False):
             outcome = continuation(details._replace(metadata=_with_context(details.metadata)), request)
-            outcome.result()  # the call's error, if any, ends the span with it
-            return outcome
+        # Ended when the call is, without waiting for it here: a .future() call stays asynchronous.
+        outcome.add_done_callback(lambda call: _end(span, call))
+        return outcome
 
 
 class AsyncClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
@@ -121,6 +126,15 @@ class AsyncClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             call = await continuation(details._replace(metadata=metadata), request)
             await call  # the call's error, if any, ends the span with it
             return call
+
+
+def _end(span: Any, call: grpc.Future[Any]) -> None:
+    """End a call's span, marked as an error when the call failed."""
+    error = call.exception()
+    if error is not None:
+        span.record_exception(error)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+    span.end()
 
 
 def client_interceptors() -> list[AsyncClientInterceptor]:
