@@ -1,5 +1,7 @@
 """`gpucp top`: the fleet and the queue, live in a terminal, redrawn every --interval seconds.
 
+Into a pipe or a file it prints one frame, every worker, and ends (as `top -b -n 1`).
+
 Keys: s sorts the workers by the next column (worker, busy, GPU use, failed, health), t shows
 the next tenant's queue and tasks only (then every tenant again), r redraws now, q quits.
 
@@ -183,9 +185,12 @@ def _keys() -> Iterator[Callable[[float], str]]:
 
 
 def run(client: Client, interval_s: float) -> int:
-    """Redraw every interval_s until q (or Ctrl-C)."""
+    """Redraw every interval_s until q (or Ctrl-C); into a pipe or a file, print one frame and end."""
     view = View()
     console = Console()
+    if not console.is_terminal:
+        console.print(render(read(client, view), view, client.server, height=FIXED_LINES + 10_000))
+        return 0
     with _keys() as key, Live(console=console, screen=True, auto_refresh=False) as live:
         while True:
             live.update(render(read(client, view), view, client.server, console.size.height), refresh=True)

@@ -107,6 +107,16 @@ def test_top_shows_the_fleet_and_the_queue_live_and_sorts_and_filters_by_key(
     eventually(lambda: not terminal.alive(), 10, "gpucp top to exit on q")
 
 
+def test_top_into_a_pipe_prints_one_frame_and_ends(controlplane: ControlPlaneProcess, start_agent) -> None:  # type: ignore[no-untyped-def]
+    start_agent("w1")
+    done = subprocess.run(
+        [sys.executable, "-m", "gpucp", "top", "--server", controlplane.address], capture_output=True, text=True,
+        timeout=60, cwd=ROOT, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "workers 1" in done.stdout and "w1" in done.stdout and "healthy" in done.stdout
+
+
 def test_top_refuses_a_bad_interval_with_a_sentence() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "gpucp", "top", "--interval", "0"], capture_output=True, text=True, timeout=60,
