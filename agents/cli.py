@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from agents.handlers import BUILTIN_HANDLERS, Handler, load_handler, make_exec_handler, run_as_user
 from agents.inventory import parse_gpus
 from agents.runtime import Agent, Refused, default_worker_id
+from gpucp import tracing
 from gpucp.auth import AGENT_TOKEN_ENV, TOKEN_ENV, read_token
 from gpucp.channels import SERVER_ENV, server_address
 from gpucp.tls import TLS_CA_ENV, channel_credentials
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    tracing.configure("gpucp-agent")
     nvidia = None
     try:
         try:

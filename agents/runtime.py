@@ -18,6 +18,7 @@ import grpc
 
 from agents.handlers import BUILTIN_HANDLERS, Handler, TaskContext, TaskError
 from agents.inventory import simulated_gpu_stats
+from gpucp import tracing
 from gpucp.auth import token_metadata
 from gpucp.batching import by_size
 from gpucp.channels import channel_target, open_aio_channel
@@ -85,6 +86,8 @@ class _Attempt:
 
     task: common_pb2.Task
     runner: asyncio.Task[None] | None = None
+    # The control plane's trace context for this attempt (gpucp.tracing); empty when not traced.
+    trace: dict[str, str] = dataclasses.field(default_factory=dict)
     # Set once the handler got its slot; until then the attempt is prefetched and may be handed back.
     started: bool = False
 
@@ -598,7 +601,7 @@ class Agent:
                     "task %s attempt %d superseded by attempt %d; cancelling it", task.id, old_key[1], task.attempt
                 )
                 old.runner.cancel()
-        attempt = _Attempt(task=task)
+        attempt = _Attempt(task=task, trace=dict(assignment.trace_context))
         self._attempts[key] = attempt
         attempt.runner = asyncio.create_task(self._execute(key, attempt), name=f"task-{task.id}#{task.attempt}")
         attempt.runner.add_done_callback(lambda _: self._forget_attempt(key, attempt))
@@ -662,7 +665,12 @@ class Agent:
             self._busy_gpus.update(ctx.gpu_indices)
             self._send(_Running(key))
             try:
-                result = await handler(task, ctx)
+                attributes: dict[str, str | int] = {
+                    "gpucp.task_id": task.id, "gpucp.attempt": task.attempt, "gpucp.worker_id": self.worker_id,
+                    "gpucp.kind": task.spec.kind,
+                }
+                with tracing.span("gpucp.run", attempt.trace, "CONSUMER", attributes):
+                    result = await handler(task, ctx)
             finally:
                 self._executing -= 1
                 self._busy_gpus.difference_update(ctx.gpu_indices)

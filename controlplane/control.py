@@ -34,6 +34,7 @@ from controlplane.record import TaskRecord, new_task_id
 from controlplane.store import Store, StoreError
 from controlplane.validation import validate_spec
 from controlplane.views import Views
+from gpucp import tracing
 from gpucp.v1 import common_pb2, scheduler_pb2, workers_pb2
 
 log = logging.getLogger("gpucp.controlplane")
@@ -191,6 +192,7 @@ class ControlPlane:
         out: list[tuple[str, bool]] = []
         new: list[TaskRecord] = []
         now = wall_ms()
+        trace = tracing.current() or None  # the submitting call's span (controlplane.tracing), once per batch
         for spec, spec_bytes in zip(specs, sizes, strict=True):
             tenant = spec.tenant or "default"
             key = spec.idempotency_key
@@ -200,7 +202,7 @@ class ControlPlane:
                 continue
             rec = TaskRecord(
                 handle=self._next_handle, id=new_task_id(), tenant=tenant, spec=spec, created_at_ms=now,
-                spec_bytes=spec_bytes,
+                spec_bytes=spec_bytes, trace=trace,
             )
             self._next_handle += 1
             if key:

@@ -19,8 +19,10 @@ from controlplane.config import ServerConfig
 from controlplane.core import Core, mono_ms
 from controlplane.fleet import Fleet, WorkerConn
 from controlplane.lifecycle import Lifecycle
+from controlplane.record import TaskRecord
 from controlplane.store import Store
 from controlplane.timers import Alarm
+from gpucp import tracing
 from gpucp.v1 import workers_pb2
 
 log = logging.getLogger("gpucp.controlplane")
@@ -110,9 +112,23 @@ class Dispatcher:
         batches: dict[WorkerConn, list[workers_pb2.Assignment]] = {}
         for entry, conn in current:
             if not conn.lost_reason:
-                batches.setdefault(conn, []).append(workers_pb2.Assignment(task=entry.rec.proto_fields()))
+                batches.setdefault(conn, []).append(self._assignment(entry.rec, conn.worker_id))
         for conn, batch in batches.items():
             conn.assign(batch)
+
+    @staticmethod
+    def _assignment(rec: TaskRecord, worker_id: str) -> workers_pb2.Assignment:
+        """The Assignment of the task's current attempt; a traced task's carries the context of
+        a gpucp.queue span, from its submission (or, for a later attempt, now) to this dispatch."""
+        assignment = workers_pb2.Assignment(task=rec.proto_fields())
+        if rec.trace:
+            start_ns = rec.created_at_ms * 1_000_000 if rec.attempt == 1 else None
+            attributes: dict[str, str | int] = {
+                "gpucp.task_id": rec.id, "gpucp.attempt": rec.attempt, "gpucp.worker_id": worker_id
+            }
+            with tracing.span("gpucp.queue", rec.trace, attributes=attributes, start_ns=start_ns):
+                assignment.trace_context.update(tracing.current())
+        return assignment
 
     def _steal(self) -> None:
         """Ask backlogged workers for prefetched tasks that idle workers could run now.

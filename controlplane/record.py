@@ -81,6 +81,9 @@ class TaskRecord:
     # The spec's serialized size, known from its validation (or its row): a result must fit
     # beside it, and the spec is not serialized again to check that.
     spec_bytes: int = 0
+    # The trace context of the call that submitted it (gpucp.tracing), None when it was not traced.
+    # In memory only: after a restart the task's later spans start a trace of their own.
+    trace: dict[str, str] | None = None
 
     @property
     def terminal(self) -> bool:

@@ -26,8 +26,9 @@ from controlplane.control import ControlPlane
 from controlplane.metrics import Metrics
 from controlplane.services import AdminService, SchedulerService, WorkersService
 from controlplane.store import Store
+from controlplane.tracing import server_interceptors
 from controlplane.web import HttpApi
-from gpucp import __version__
+from gpucp import __version__, tracing
 from gpucp.auth import AGENT_TOKEN_ENV
 from gpucp.limits import MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.tls import read_pem
@@ -133,7 +134,8 @@ async def start(config: ServerConfig) -> Running:
     # One socket per agent connection: take every file descriptor the system allows.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    tracing.configure("gpucp-controlplane")
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=server_interceptors())
     # The port first: a control plane that cannot listen must not open the database, which
     # the one holding the port may be using.
     port = _bind(server, config.listen, tls)

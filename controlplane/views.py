@@ -12,6 +12,9 @@ from controlplane.lifecycle import Lifecycle
 from controlplane.record import TaskRecord
 from gpucp.v1 import admin_pb2, common_pb2
 
+# ClusterStats names at most this many tenants' queues (the deepest), whatever the number of tenants.
+QUEUE_TENANTS_SHOWN = 100
+
 
 class Views:
     def __init__(self, book: TaskBook, core: Core, fleet: Fleet, tasks: Lifecycle, dispatcher: Dispatcher) -> None:
@@ -64,6 +67,9 @@ class Views:
             },
             placements_per_second=self.dispatcher.placements_per_second(),
             stale_updates=self.tasks.stale_updates,
+            queue_depth_by_tenant={
+                t: n for t, n in self.book.pending_by_tenant.most_common(QUEUE_TENANTS_SHOWN) if n > 0
+            },
         )
 
     def worker_infos(self, ids: Iterable[str] | None = None) -> list[admin_pb2.WorkerInfo]:

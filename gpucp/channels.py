@@ -151,11 +151,11 @@ def open_channel(
 
 def open_aio_channel(
     target: tuple[str, list[tuple[str, str]]], credentials: grpc.ChannelCredentials | None,
-    options: Sequence[tuple[str, object]],
+    options: Sequence[tuple[str, object]], interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
 ) -> grpc.aio.Channel:
     """An asyncio channel to a channel_target() (resolved beforehand, off the event loop)."""
     address, extra = target
     merged = [*options, *extra]
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=merged)
-    return grpc.aio.secure_channel(address, credentials, options=merged)
+        return grpc.aio.insecure_channel(address, options=merged, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, credentials, options=merged, interceptors=interceptors)

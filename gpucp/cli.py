@@ -1,4 +1,4 @@
-"""The `gpucp` command: serve, agent, submit, list, get, events, watch, cancel, status, costs, drain, undrain."""
+"""The `gpucp` command: serve, agent, submit, list, get, events, watch, cancel, status, top, costs, drain, undrain."""
 
 from __future__ import annotations
 
@@ -9,16 +9,26 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
-from google.protobuf import json_format
-from google.protobuf.message import Message
 
 from gpucp import __version__
 from gpucp.auth import TOKEN_ENV, read_token
 from gpucp.client import SERVER_ENV, Client, GpucpError, task_spec
 from gpucp.states import TERMINAL_STATES
+from gpucp.text import (
+    clock,
+    clock_ms,
+    duration,
+    message_dict,
+    money,
+    print_json,
+    print_table,
+    priority_name,
+    requirements,
+    state_name,
+    when,
+)
 from gpucp.tls import TLS_CA_ENV, channel_credentials
 from gpucp.v1 import admin_pb2, common_pb2, scheduler_pb2
 
@@ -31,12 +41,6 @@ EXIT_BROKEN_PIPE = 141
 CANCEL_COMMAND_IDS = 20
 
 
-def state_name(state: int) -> str:
-    return str(common_pb2.TaskState.Name(state)).removeprefix("TASK_STATE_").lower()
-
-
-def priority_name(priority: int) -> str:
-    return str(common_pb2.Priority.Name(priority)).removeprefix("PRIORITY_").lower()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     drain = sub.add_parser("drain", help="stop placing tasks on a worker; its running tasks finish", parents=[server])
     drain.add_argument("worker_id")
     drain.set_defaults(run=run_drain)
+
+    top = sub.add_parser("top", help="the fleet and the queue, live (keys: s sort, t tenant, q quit)",
+                         parents=[server])
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                     help="seconds between redraws (default %(default)s)")
+    top.set_defaults(run=run_top)
 
     undrain = sub.add_parser("undrain", help="let a drained worker take tasks again", parents=[server])
     undrain.add_argument("worker_id")
@@ -378,7 +388,7 @@ def run_get(args: argparse.Namespace) -> int:
 
 
 def run_events(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with connect(args) as client:
         events, omitted = client.events(args.task_id)
     if args.output == "json":
         print_json({"events": [message_dict(e) for e in events], "omitted": omitted})
@@ -406,7 +416,7 @@ def run_watch(args: argparse.Namespace) -> int:
     """Print task events as they happen (one line, or one JSON object, each); resumes across restarts."""
     as_json = args.output == "json"
     unfinished = set(args.task_ids)
-    with Client(args.server) as client:
+    with connect(args) as client:
         watch = client.watch(args.task_ids, args.tenant)
         # Subscribed first, then read: a task that ends in between shows in one or the other.
         for task in client.get_many(args.task_ids):
@@ -432,62 +442,11 @@ def run_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def message_dict(message: Message) -> dict[str, Any]:
-    """A message as JSON-ready values: field names as in the contract, zeros shown."""
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
 
 
-def print_json(value: object) -> None:
-    print(json.dumps(value, indent=2))
 
 
-def clock_ms(at_ms: int) -> str:
-    """A timestamp in local time, to the millisecond: events of one task come close together."""
-    return f"{clock(at_ms)}.{at_ms % 1000:03d}"
 
-
-def requirements(req: common_pb2.Requirements) -> str:
-    """What a task needs of its worker, in words ("any worker" when nothing)."""
-    parts = []
-    if req.gpus:
-        parts.append(f"{req.gpus} GPU" + ("s" if req.gpus > 1 else ""))
-    if req.min_gpu_memory_mb:
-        parts.append(f">= {req.min_gpu_memory_mb} MB per GPU")
-    if req.gpu_models:
-        parts.append("model " + " or ".join(req.gpu_models))
-    if req.min_compute_capability:
-        parts.append(f"compute capability >= {req.min_compute_capability:g}")
-    if req.backend:
-        parts.append(f"backend {req.backend}")
-    if req.labels:
-        parts.append("labels " + ", ".join(req.labels))
-    return ", ".join(parts) or "any worker"
-
-
-def clock(at_ms: int) -> str:
-    """A timestamp in local time, to the second."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at_ms / 1000)) if at_ms else "-"
-
-
-def when(at_ms: int, now_ms: int) -> str:
-    return f"{clock(at_ms)} ({duration(now_ms - at_ms)} ago)"
-
-
-def duration(ms: int) -> str:
-    """A span for a person: 850 ms, 12.3 s, 4 min 5 s, 2 h 3 min, 3 d 4 h."""
-    ms = max(ms, 0)
-    if ms < 1000:
-        return f"{ms} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f} s"
-    s = ms // 1000
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    if s < 86_400:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86_400} d {s % 86_400 // 3600} h"
 
 
 def run_cancel(args: argparse.Namespace) -> int:
@@ -501,6 +460,15 @@ def run_cancel(args: argparse.Namespace) -> int:
                 print(f"gpucp: {task_id}: {exc}", file=sys.stderr)
                 code = 1
     return code
+
+
+def run_top(args: argparse.Namespace) -> int:
+    if not 0.1 <= args.interval <= 3600:  # also refuses nan
+        raise ValueError(f"--interval {args.interval:g}: give seconds from 0.1 to 3600")
+    from gpucp import top  # rich is imported only by the command that draws with it
+
+    with connect(args) as client:
+        return top.run(client, args.interval)
 
 
 def run_drain(args: argparse.Namespace) -> int:
@@ -554,14 +522,6 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def money(dollars: float) -> str:
-    return f"${dollars:.2f}" if dollars >= 1 or dollars == 0 else f"${dollars:.4f}"
-
-
-def print_table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def cost_report(client: Client) -> admin_pb2.CostReport | None:

@@ -7,17 +7,32 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol, TypeVar, Unpack
 
 import grpc
 
 from gpucp.auth import read_token, with_token
-from gpucp.channels import SERVER_ENV as SERVER_ENV  # still imported from here by the CLI, agents, autoscaler
-from gpucp.channels import open_channel, server_address
+from gpucp.channels import DEFAULT_SERVER, SERVER_ENV, open_channel, server_address
+from gpucp.errors import GpucpError, Unfinished, Unreachable, rpc_error, went_away
 from gpucp.limits import MAX_MESSAGE_BYTES
-from gpucp.states import TERMINAL_STATES
+from gpucp.requests import (
+    WAIT_GRACE_S,
+    SpecFields,
+    cancel_request,
+    cancelled_state,
+    events_of,
+    list_request,
+    page_of,
+    priority_value,
+    run_request,
+    task_spec,
+    wait_request,
+    waited,
+)
+from gpucp.states import TERMINAL_STATES, TaskState
 from gpucp.tls import channel_credentials
+from gpucp.tracing import traced_channel
 from gpucp.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -25,6 +40,21 @@ from gpucp.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "DEFAULT_SERVER",
+    "SERVER_ENV",
+    "Client",
+    "GpucpError",
+    "TaskWatch",
+    "Unfinished",
+    "Unreachable",
+    "priority_value",
+    "rpc_error",
+    "server_address",
+    "task_spec",
+]
 
 Request = TypeVar("Request")
 Reply = TypeVar("Reply")
@@ -40,114 +70,6 @@ CHANNEL_OPTIONS = [
     # channel's connection attempt failed a moment before. Each Client connects for itself.
     ("grpc.use_local_subchannel_pool", 1),
 ]
-
-
-# How grpc words an UNAVAILABLE it made up itself, without reaching any server; UNAVAILABLE
-# from the control plane (e.g. "shutting down") keeps its own sentence.
-_TRANSPORT_FAILURES = (
-    "failed to connect", "errors resolving", "dns resolution failed", "socket closed", "connection reset",
-    "connection refused", "broken pipe", "goaway", "empty address list", "recvmsg", "connections to all backends",
-)
-
-
-class GpucpError(Exception):
-    """A call the control plane refused; `code` is the gRPC status, the message says why."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-
-
-class Unreachable(GpucpError):
-    """No control plane answers at the address (none running, wrong address, network down)."""
-
-    def __init__(self, server: str) -> None:
-        message = f"no gpucp control plane answers at {server} (is `gpucp serve` running?)"
-        super().__init__(grpc.StatusCode.UNAVAILABLE, message)
-        self.args = (message,)  # str() is the sentence alone: "UNAVAILABLE" adds nothing here
-        self.server = server
-
-
-class Unfinished(GpucpError):
-    """gather() or as_completed() ran out of time; `unfinished` holds the ids still not finished."""
-
-    def __init__(self, unfinished: Sequence[str], total: int, timeout_s: float) -> None:
-        noun = "task is" if total == 1 else "tasks are"
-        message = (
-            f"{len(unfinished)} of {total} {noun} still unfinished after {timeout_s:g} s; "
-            "they keep running: wait again, or look at them with gpucp get"
-        )
-        super().__init__(grpc.StatusCode.DEADLINE_EXCEEDED, message)
-        self.unfinished = builtins.list(unfinished)
-
-
-def rpc_error(exc: grpc.RpcError, server: str) -> GpucpError:
-    """The GpucpError for a failed call to `server`."""
-    details = exc.details() or ""
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and details.lower().startswith(_TRANSPORT_FAILURES):
-        return Unreachable(server)
-    return GpucpError(exc.code(), details)
-
-
-def priority_value(priority: int | str) -> int:
-    """Accept 2, "high", "HIGH" or "PRIORITY_HIGH"; raise ValueError for anything else."""
-    if isinstance(priority, int):
-        if priority not in common_pb2.Priority.values():
-            raise ValueError(f"priority {priority} is not one of {common_pb2.Priority.keys()}")
-        return priority
-    name = priority.upper()
-    if not name.startswith("PRIORITY_"):
-        name = "PRIORITY_" + name
-    known = common_pb2.Priority.keys()  # an enum wrapper: `in` and iteration need the list
-    if name not in known:
-        names = ", ".join(k.removeprefix("PRIORITY_").lower() for k in known if k != "PRIORITY_UNSPECIFIED")
-        raise ValueError(f"priority {priority!r} is not one of {names}")
-    return common_pb2.Priority.Value(name)
-
-
-def task_spec(
-    kind: str,
-    payload: bytes | str = b"",
-    *,
-    priority: int | str = common_pb2.PRIORITY_NORMAL,
-    tenant: str = "",
-    gpus: int = 0,
-    min_gpu_memory_mb: int = 0,
-    gpu_models: Sequence[str] = (),
-    backend: str = "",
-    labels: Sequence[str] = (),
-    min_compute_capability: float = 0.0,
-    timeout_ms: int = 0,
-    max_retries: int | None = None,
-    idempotency_key: str = "",
-    affinity_key: str = "",
-    hard_affinity: bool = False,
-    task_labels: Mapping[str, str] | None = None,
-) -> common_pb2.TaskSpec:
-    """Build a TaskSpec from keyword arguments (`labels` are worker labels the task requires)."""
-    spec = common_pb2.TaskSpec(
-        kind=kind,
-        payload=payload.encode() if isinstance(payload, str) else payload,
-        priority=priority_value(priority),  # type: ignore[arg-type]
-        tenant=tenant,
-        requirements=common_pb2.Requirements(
-            gpus=gpus,
-            min_gpu_memory_mb=min_gpu_memory_mb,
-            gpu_models=gpu_models,
-            backend=backend,
-            labels=labels,
-            min_compute_capability=min_compute_capability,
-        ),
-        timeout_ms=timeout_ms,
-        idempotency_key=idempotency_key,
-        affinity_key=affinity_key,
-        hard_affinity=hard_affinity,
-        labels=task_labels or {},
-    )
-    if max_retries is not None:
-        spec.max_retries = max_retries
-    return spec
 
 
 class Client:
@@ -173,7 +95,7 @@ class Client:
         self.closed = False
         tls = tls or channel_credentials()
         self._raw_channel = open_channel(self.server, tls, CHANNEL_OPTIONS)
-        self._channel = with_token(self._raw_channel, read_token() if token is None else token)
+        self._channel = traced_channel(with_token(self._raw_channel, read_token() if token is None else token))
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
@@ -196,9 +118,9 @@ class Client:
         except grpc.RpcError as exc:
             raise rpc_error(exc, self.server) from None
 
-    def submit(self, kind: str, payload: bytes | str = b"", **spec_fields: object) -> str:
+    def submit(self, kind: str, payload: bytes | str = b"", **spec_fields: Unpack[SpecFields]) -> str:
         """Submit one task; returns its id once it is durably stored. See task_spec() for fields."""
-        return self.submit_spec(task_spec(kind, payload, **spec_fields))  # type: ignore[arg-type]
+        return self.submit_spec(task_spec(kind, payload, **spec_fields))
 
     def submit_spec(self, spec: common_pb2.TaskSpec) -> str:
         reply = self._call(self._scheduler.SubmitTask, scheduler_pb2.SubmitTaskRequest(spec=spec))
@@ -229,11 +151,12 @@ class Client:
                     if exc.code() != grpc.StatusCode.NOT_FOUND:  # deleted after --keep-finished
                         raise rpc_error(exc, self.server) from None
 
-    def wait(self, task_id: str, timeout_s: float = 60.0) -> common_pb2.Task:
-        """Block until the task is finished, or return it as it is after timeout_s."""
-        request = scheduler_pb2.WaitTaskRequest(task_id=task_id, timeout_ms=int(timeout_s * 1000))
-        task: common_pb2.Task = self._call(self._scheduler.WaitTask, request, timeout_s=timeout_s + 10)
-        return task
+    def wait(self, task_id: str, timeout_s: float = 60.0, *, raise_on_timeout: bool = False) -> common_pb2.Task:
+        """Block until the task is finished, or return it as it is after timeout_s (with
+        raise_on_timeout, raise gpucp.Timeout instead, holding the task as it was)."""
+        request = wait_request(task_id, timeout_s)
+        task: common_pb2.Task = self._call(self._scheduler.WaitTask, request, timeout_s=timeout_s + WAIT_GRACE_S)
+        return waited(task, timeout_s, raise_on_timeout)
 
     def as_completed(self, task_ids: Iterable[str], timeout_s: float | None = None) -> Iterator[common_pb2.Task]:
         """Each task, terminal, as it finishes: those finished already at once, the rest in finishing order.
@@ -252,48 +175,38 @@ class Client:
         return [finished[task_id] for task_id in task_ids]
 
     def run(
-        self, kind: str, payload: bytes | str = b"", *, wait_s: float = 60.0, **spec_fields: object
+        self, kind: str, payload: bytes | str = b"", *, wait_s: float = 60.0, **spec_fields: Unpack[SpecFields]
     ) -> common_pb2.Task:
         """Submit one task and wait for it in one call (RunTask); returns it terminal, or as it
         is after wait_s (it keeps running: follow it with wait(task.id)). Errors as submit()'s."""
-        spec = task_spec(kind, payload, **spec_fields)  # type: ignore[arg-type]
-        request = scheduler_pb2.RunTaskRequest(spec=spec, timeout_ms=int(wait_s * 1000))
-        task: common_pb2.Task = self._call(self._scheduler.RunTask, request, timeout_s=wait_s + 10)
+        request = run_request(task_spec(kind, payload, **spec_fields), wait_s)
+        task: common_pb2.Task = self._call(self._scheduler.RunTask, request, timeout_s=wait_s + WAIT_GRACE_S)
         return task
 
-    def cancel(self, task_id: str) -> int:
-        reply = self._call(
-            self._scheduler.CancelTask, scheduler_pb2.CancelTaskRequest(task_id=task_id)
-        )
-        return int(reply.state)
+    def cancel(self, task_id: str) -> TaskState:
+        """Cancel an unfinished task; returns its state (CANCELLED). FailedPrecondition for a finished one."""
+        return cancelled_state(self._call(self._scheduler.CancelTask, cancel_request(task_id)))
 
     def events(self, task_id: str) -> tuple[builtins.list[scheduler_pb2.TaskEvent], int]:
         """The task's history, oldest first, and how many events were dropped from its middle
         (a task keeps its first 20 and its latest 100)."""
-        reply = self._call(self._scheduler.GetTaskEvents, scheduler_pb2.GetTaskEventsRequest(task_id=task_id))
-        return list(reply.events), int(reply.omitted)
+        return events_of(self._call(self._scheduler.GetTaskEvents, scheduler_pb2.GetTaskEventsRequest(task_id=task_id)))
 
     def list_page(
-        self, *, state: int = 0, tenant: str = "", kind: str = "", full: bool = False, limit: int = 100,
-        page_token: str = "",
+        self, *, state: TaskState | int | str = 0, tenant: str = "", kind: str = "", full: bool = False,
+        limit: int = 100, page_token: str = "",
     ) -> tuple[builtins.list[common_pb2.Task], str]:
         """One page of matching tasks and the token of the next ("" after the last page).
 
-        Without `full` the tasks carry no payload and no result (ListTasks view BASIC).
+        `state`: TaskState.FAILED, "failed" or 5 (0: any). Without `full` the tasks carry no
+        payload and no result (ListTasks view BASIC).
         """
-        request = scheduler_pb2.ListTasksRequest(
-            state=state,  # type: ignore[arg-type]
-            tenant=tenant,
-            kind=kind,
-            view=scheduler_pb2.TASK_VIEW_FULL if full else scheduler_pb2.TASK_VIEW_BASIC,
-            limit=limit,
-            page_token=page_token,
-        )
-        reply = self._call(self._scheduler.ListTasks, request)
-        return list(reply.tasks), str(reply.next_page_token)
+        request = list_request(state=state, tenant=tenant, kind=kind, full=full, limit=limit, page_token=page_token)
+        return page_of(self._call(self._scheduler.ListTasks, request))
 
     def list(
-        self, *, state: int = 0, tenant: str = "", kind: str = "", full: bool = False, limit: int = 100
+        self, *, state: TaskState | int | str = 0, tenant: str = "", kind: str = "", full: bool = False,
+        limit: int = 100,
     ) -> Iterator[common_pb2.Task]:
         """Every matching task, fetched a page at a time (see list_page)."""
         token = ""
@@ -447,12 +360,7 @@ class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
                 self._backlog.extend(_event_of(task) for task in self._client.get_many(unsettled))
                 return
             except grpc.FutureTimeoutError:
-                raise GpucpError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"the control plane at {self._client.server} went away and did not come back within "
-                    f"{self.give_up_s:g} s; the tasks are kept in its database: look at them with gpucp get "
-                    "once it is back",
-                ) from None
+                raise went_away(self._client.server, self.give_up_s) from None
             except (grpc.RpcError, GpucpError) as exc:
                 error = exc if isinstance(exc, GpucpError) else rpc_error(exc, self._client.server)
                 if error.code not in _RESUMABLE:

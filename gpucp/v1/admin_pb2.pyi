@@ -12,7 +12,7 @@ class GetClusterStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterStats(_message.Message):
-    __slots__ = ("workers", "slots_total", "slots_free", "tasks_by_state", "queue_depth_by_priority", "placements_per_second", "stale_updates")
+    __slots__ = ("workers", "slots_total", "slots_free", "tasks_by_state", "queue_depth_by_priority", "placements_per_second", "stale_updates", "queue_depth_by_tenant")
     class TasksByStateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,13 @@ class ClusterStats(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class QueueDepthByTenantEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FREE_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +41,7 @@ class ClusterStats(_message.Message):
     QUEUE_DEPTH_BY_PRIORITY_FIELD_NUMBER: _ClassVar[int]
     PLACEMENTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     STALE_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_BY_TENANT_FIELD_NUMBER: _ClassVar[int]
     workers: int
     slots_total: int
     slots_free: int
@@ -41,7 +49,8 @@ class ClusterStats(_message.Message):
     queue_depth_by_priority: _containers.ScalarMap[str, int]
     placements_per_second: float
     stale_updates: int
-    def __init__(self, workers: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., queue_depth_by_priority: _Optional[_Mapping[str, int]] = ..., placements_per_second: _Optional[float] = ..., stale_updates: _Optional[int] = ...) -> None: ...
+    queue_depth_by_tenant: _containers.ScalarMap[str, int]
+    def __init__(self, workers: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., queue_depth_by_priority: _Optional[_Mapping[str, int]] = ..., placements_per_second: _Optional[float] = ..., stale_updates: _Optional[int] = ..., queue_depth_by_tenant: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()

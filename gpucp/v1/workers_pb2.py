@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from gpucp.v1 import common_pb2 as gpucp_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gpucp/v1/workers.proto\x12\x08gpucp.v1\x1a\x15gpucp/v1/common.proto\"\xb9\x01\n\x0c\x41gentMessage\x12&\n\x08register\x18\x01 \x01(\x0b\x32\x12.gpucp.v1.RegisterH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.gpucp.v1.HeartbeatH\x00\x12&\n\x06update\x18\x03 \x01(\x0b\x32\x14.gpucp.v1.TaskUpdateH\x00\x12(\n\x07updates\x18\x04 \x01(\x0b\x32\x15.gpucp.v1.TaskUpdatesH\x00\x42\x05\n\x03msg\"4\n\x0bTaskUpdates\x12%\n\x07updates\x18\x01 \x03(\x0b\x32\x14.gpucp.v1.TaskUpdate\"/\n\x0bRunningTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\xf8\x01\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x1b\n\x04gpus\x18\x04 \x03(\x0b\x32\r.gpucp.v1.Gpu\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\r\n\x05kinds\x18\x07 \x03(\t\x12\x15\n\rcost_per_hour\x18\x08 \x01(\x01\x12&\n\x07running\x18\t \x03(\x0b\x32\x15.gpucp.v1.RunningTask\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\n \x01(\x08\x12\x13\n\x0binstance_id\x18\x0b \x01(\t\"O\n\tHeartbeat\x12 \n\x04gpus\x18\x01 \x03(\x0b\x32\x12.gpucp.v1.GpuStats\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\r\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"\x97\x01\n\nTaskUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.gpucp.v1.TaskState\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08progress\x18\x06 \x01(\x01\x12\x12\n\ntask_error\x18\x07 \x01(\x08\"\x8f\x02\n\x0e\x43ontrolMessage\x12*\n\nregistered\x18\x01 \x01(\x0b\x32\x14.gpucp.v1.RegisteredH\x00\x12&\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x14.gpucp.v1.AssignmentH\x00\x12,\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1a.gpucp.v1.CancelAssignmentH\x00\x12 \n\x05\x64rain\x18\x04 \x01(\x0b\x32\x0f.gpucp.v1.DrainH\x00\x12,\n\x0b\x61ssign_many\x18\x05 \x01(\x0b\x32\x15.gpucp.v1.AssignmentsH\x00\x12$\n\x07undrain\x18\x06 \x01(\x0b\x32\x11.gpucp.v1.UndrainH\x00\x42\x05\n\x03msg\">\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x04\"*\n\nAssignment\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.gpucp.v1.Task\"8\n\x0b\x41ssignments\x12)\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x14.gpucp.v1.Assignment\"L\n\x10\x43\x61ncelAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x16\n\x0eif_not_started\x18\x03 \x01(\x08\"\x07\n\x05\x44rain\"\t\n\x07Undrain2J\n\x07Workers\x12?\n\x07\x43onnect\x12\x16.gpucp.v1.AgentMessage\x1a\x18.gpucp.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gpucp/v1/workers.proto\x12\x08gpucp.v1\x1a\x15gpucp/v1/common.proto\"\xb9\x01\n\x0c\x41gentMessage\x12&\n\x08register\x18\x01 \x01(\x0b\x32\x12.gpucp.v1.RegisterH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.gpucp.v1.HeartbeatH\x00\x12&\n\x06update\x18\x03 \x01(\x0b\x32\x14.gpucp.v1.TaskUpdateH\x00\x12(\n\x07updates\x18\x04 \x01(\x0b\x32\x15.gpucp.v1.TaskUpdatesH\x00\x42\x05\n\x03msg\"4\n\x0bTaskUpdates\x12%\n\x07updates\x18\x01 \x03(\x0b\x32\x14.gpucp.v1.TaskUpdate\"/\n\x0bRunningTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\xf8\x01\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x1b\n\x04gpus\x18\x04 \x03(\x0b\x32\r.gpucp.v1.Gpu\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\r\n\x05kinds\x18\x07 \x03(\t\x12\x15\n\rcost_per_hour\x18\x08 \x01(\x01\x12&\n\x07running\x18\t \x03(\x0b\x32\x15.gpucp.v1.RunningTask\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\n \x01(\x08\x12\x13\n\x0binstance_id\x18\x0b \x01(\t\"O\n\tHeartbeat\x12 \n\x04gpus\x18\x01 \x03(\x0b\x32\x12.gpucp.v1.GpuStats\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\r\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"\x97\x01\n\nTaskUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.gpucp.v1.TaskState\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08progress\x18\x06 \x01(\x01\x12\x12\n\ntask_error\x18\x07 \x01(\x08\"\x8f\x02\n\x0e\x43ontrolMessage\x12*\n\nregistered\x18\x01 \x01(\x0b\x32\x14.gpucp.v1.RegisteredH\x00\x12&\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x14.gpucp.v1.AssignmentH\x00\x12,\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1a.gpucp.v1.CancelAssignmentH\x00\x12 \n\x05\x64rain\x18\x04 \x01(\x0b\x32\x0f.gpucp.v1.DrainH\x00\x12,\n\x0b\x61ssign_many\x18\x05 \x01(\x0b\x32\x15.gpucp.v1.AssignmentsH\x00\x12$\n\x07undrain\x18\x06 \x01(\x0b\x32\x11.gpucp.v1.UndrainH\x00\x42\x05\n\x03msg\">\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\x04\"\x9e\x01\n\nAssignment\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.gpucp.v1.Task\x12=\n\rtrace_context\x18\x02 \x03(\x0b\x32&.gpucp.v1.Assignment.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x0b\x41ssignments\x12)\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x14.gpucp.v1.Assignment\"L\n\x10\x43\x61ncelAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x16\n\x0eif_not_started\x18\x03 \x01(\x08\"\x07\n\x05\x44rain\"\t\n\x07Undrain2J\n\x07Workers\x12?\n\x07\x43onnect\x12\x16.gpucp.v1.AgentMessage\x1a\x18.gpucp.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpucp.v1.workers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_AGENTMESSAGE']._serialized_start=60
   _globals['_AGENTMESSAGE']._serialized_end=245
   _globals['_TASKUPDATES']._serialized_start=247
@@ -48,16 +50,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTROLMESSAGE']._serialized_end=1108
   _globals['_REGISTERED']._serialized_start=1110
   _globals['_REGISTERED']._serialized_end=1172
-  _globals['_ASSIGNMENT']._serialized_start=1174
-  _globals['_ASSIGNMENT']._serialized_end=1216
-  _globals['_ASSIGNMENTS']._serialized_start=1218
-  _globals['_ASSIGNMENTS']._serialized_end=1274
-  _globals['_CANCELASSIGNMENT']._serialized_start=1276
-  _globals['_CANCELASSIGNMENT']._serialized_end=1352
-  _globals['_DRAIN']._serialized_start=1354
-  _globals['_DRAIN']._serialized_end=1361
-  _globals['_UNDRAIN']._serialized_start=1363
-  _globals['_UNDRAIN']._serialized_end=1372
-  _globals['_WORKERS']._serialized_start=1374
-  _globals['_WORKERS']._serialized_end=1448
+  _globals['_ASSIGNMENT']._serialized_start=1175
+  _globals['_ASSIGNMENT']._serialized_end=1333
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=1282
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=1333
+  _globals['_ASSIGNMENTS']._serialized_start=1335
+  _globals['_ASSIGNMENTS']._serialized_end=1391
+  _globals['_CANCELASSIGNMENT']._serialized_start=1393
+  _globals['_CANCELASSIGNMENT']._serialized_end=1469
+  _globals['_DRAIN']._serialized_start=1471
+  _globals['_DRAIN']._serialized_end=1478
+  _globals['_UNDRAIN']._serialized_start=1480
+  _globals['_UNDRAIN']._serialized_end=1489
+  _globals['_WORKERS']._serialized_start=1491
+  _globals['_WORKERS']._serialized_end=1565
 # @@protoc_insertion_point(module_scope)
