@@ -32,6 +32,7 @@ __all__ = [
     "Denied",
     "Permission",
     "Principal",
+    "TenantLimits",
     "authorize",
     "listed_tenants",
     "load_authority",
@@ -176,9 +177,8 @@ class Authority:
     # Whether the server speaks TLS: without it, a token from another machine crossed the
     # network in clear text and is refused.
     tls: bool = False
-    # [tenant.NAME] tables: fair-share weight and max_pending per tenant.
-    tenant_weights: Mapping[str, float] = field(default_factory=dict)
-    tenant_max_pending: Mapping[str, int] = field(default_factory=dict)
+    # [tenant.NAME] tables: weights, quotas and rates per tenant.
+    tenants: TenantLimits = field(default_factory=lambda: TenantLimits())
 
     def principal(
         self,
@@ -263,7 +263,7 @@ def load_authority(path: str, agent_token: str = "", *, tls: bool = False, mtls:
         raise ValueError(
             f"--auth {path}: unknown tables {sorted(unknown_tables)}; it has [[principal]] and [tenant.NAME]"
         )
-    weights, max_pending = _tenant_limits(path, data.get("tenant", {}))
+    limits = _tenant_limits(path, data.get("tenant", {}))
     entries = data.get("principal", [])
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"--auth {path}: name at least one [[principal]] (name, token_sha256, role)")
@@ -317,41 +317,56 @@ def load_authority(path: str, agent_token: str = "", *, tls: bool = False, mtls:
         agent_token=agent_token,
         by_cn=by_cn,
         tls=tls,
-        tenant_weights=weights,
-        tenant_max_pending=max_pending,
+        tenants=limits,
     )
 
 
-# What DESIGN.md's [tenant.NAME] may also hold, which this version does not enforce: refused
-# rather than ignored, so that nobody relies on a limit that is not there.
-_TENANT_KEYS_TO_COME = ("max_running_gpus", "submit_rate")
+@dataclass(frozen=True)
+class TenantLimits:
+    """An --auth file's [tenant.NAME] tables, by tenant name."""
+
+    weights: Mapping[str, float] = field(default_factory=dict)
+    max_pending: Mapping[str, int] = field(default_factory=dict)
+    max_running_gpus: Mapping[str, int] = field(default_factory=dict)
+    submit_rates: Mapping[str, float] = field(default_factory=dict)
 
 
-def _tenant_limits(path: str, tables: object) -> tuple[dict[str, float], dict[str, int]]:
-    """[tenant.NAME] weight (> 0) and max_pending (>= 1) from an --auth file."""
+_TENANT_KEYS = ("weight", "max_pending", "max_running_gpus", "submit_rate")
+
+
+def _tenant_limits(path: str, tables: object) -> TenantLimits:
+    """[tenant.NAME] weight (> 0), max_pending (>= 1), max_running_gpus (>= 0) and submit_rate
+    (tasks/s, > 0) from an --auth file."""
     if not isinstance(tables, dict):
         raise ValueError(f"--auth {path}: tenant must be tables such as [tenant.research]")
     weights: dict[str, float] = {}
+    rates: dict[str, float] = {}
     max_pending: dict[str, int] = {}
+    max_gpus: dict[str, int] = {}
     for name, table in tables.items():
         where = f"--auth {path}: [tenant.{name}]"
         if not isinstance(table, dict):
             raise ValueError(f"{where} is not a table")
-        later = sorted(set(table) & set(_TENANT_KEYS_TO_COME))
-        if later:
-            raise ValueError(f"{where}: {', '.join(later)} are not enforced by this version; remove them")
-        unknown = set(table) - {"weight", "max_pending"}
+        if "submit_rate" in table:
+            raise ValueError(f"{where}: submit_rate is not enforced by this version; remove it")
+        unknown = set(table) - set(_TENANT_KEYS)
         if unknown:
-            raise ValueError(f"{where} has unknown keys {sorted(unknown)}; it takes weight and max_pending")
-        weight, pending = table.get("weight"), table.get("max_pending")
+            raise ValueError(f"{where} has unknown keys {sorted(unknown)}; it takes {', '.join(_TENANT_KEYS)}")
+        weight, rate = table.get("weight"), table.get("submit_rate")
+        for key, value in (("weight", weight), ("submit_rate", rate)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf")
+            ):
+                raise ValueError(f"{where}: {key} must be a number > 0")
         if weight is not None:
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
-                raise ValueError(f"{where}: weight must be a number > 0")
             weights[name] = float(weight)
-        if pending is not None:
-            if isinstance(pending, bool) or not isinstance(pending, int) or pending < 1:
-                raise ValueError(f"{where}: max_pending must be a whole number >= 1")
-            max_pending[name] = pending
-    return weights, max_pending
-
-
+        if rate is not None:
+            rates[name] = float(rate)
+        for key, least, into in (("max_pending", 1, max_pending), ("max_running_gpus", 0, max_gpus)):
+            value = table.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value < 2**32:
+                raise ValueError(f"{where}: {key} must be a whole number >= {least}")
+            into[name] = value
+    return TenantLimits(weights, max_pending, max_gpus, rates)

@@ -72,6 +72,9 @@ class ServerConfig:
     # Pending tasks a tenant may have before its submissions (only its) are refused; from the
     # --auth file's [tenant.NAME] max_pending.
     tenant_max_pending: tuple[tuple[str, int], ...] = ()
+    # GPUs a tenant's placed tasks may hold together; past it its tasks stay pending while other
+    # tenants' are placed. From the --auth file's [tenant.NAME] max_running_gpus.
+    tenant_max_running_gpus: tuple[tuple[str, int], ...] = ()
     # The core's queue and placement, heartbeat timeout included.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Finished tasks (their results too) are deleted this long after they end; 0 keeps them

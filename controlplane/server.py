@@ -211,16 +211,17 @@ def is_loopback(listen: str) -> bool:
 
 
 def with_tenant_limits(config: ServerConfig, authority: Authority) -> ServerConfig:
-    """The config with the --auth file's [tenant.NAME] weights and max_pending; ValueError for a
+    """The config with the --auth file's [tenant.NAME] weights, max_pending and max_running_gpus; ValueError for a
     weight also given by --tenant-weight (set it in one place)."""
     flagged = {name for name, _ in config.tenant_weights}
-    both = sorted(flagged & set(authority.tenant_weights))
+    both = sorted(flagged & set(authority.tenants.weights))
     if both:
         raise ValueError(f"tenant weights of {', '.join(both)} are given by --tenant-weight and by --auth: keep one")
     return dataclasses.replace(
         config,
-        tenant_weights=(*config.tenant_weights, *authority.tenant_weights.items()),
-        tenant_max_pending=tuple(authority.tenant_max_pending.items()),
+        tenant_weights=(*config.tenant_weights, *authority.tenants.weights.items()),
+        tenant_max_pending=tuple(authority.tenants.max_pending.items()),
+        tenant_max_running_gpus=tuple(authority.tenants.max_running_gpus.items()),
     )
 
 
