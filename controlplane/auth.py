@@ -347,8 +347,6 @@ def _tenant_limits(path: str, tables: object) -> TenantLimits:
         where = f"--auth {path}: [tenant.{name}]"
         if not isinstance(table, dict):
             raise ValueError(f"{where} is not a table")
-        if "submit_rate" in table:
-            raise ValueError(f"{where}: submit_rate is not enforced by this version; remove it")
         unknown = set(table) - set(_TENANT_KEYS)
         if unknown:
             raise ValueError(f"{where} has unknown keys {sorted(unknown)}; it takes {', '.join(_TENANT_KEYS)}")

@@ -75,6 +75,9 @@ class ServerConfig:
     # GPUs a tenant's placed tasks may hold together; past it its tasks stay pending while other
     # tenants' are placed. From the --auth file's [tenant.NAME] max_running_gpus.
     tenant_max_running_gpus: tuple[tuple[str, int], ...] = ()
+    # Tasks per second a tenant may submit (token bucket, burst 2 s of it); past it
+    # RESOURCE_EXHAUSTED says how long to wait. From [tenant.NAME] submit_rate.
+    tenant_submit_rates: tuple[tuple[str, float], ...] = ()
     # The core's queue and placement, heartbeat timeout included.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Finished tasks (their results too) are deleted this long after they end; 0 keeps them

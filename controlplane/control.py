@@ -30,6 +30,7 @@ from controlplane.history import SUBMITTED, History
 from controlplane.lifecycle import Lifecycle
 from controlplane.logs import log_event
 from controlplane.notify import Notifier, Watcher, wall_ms
+from controlplane.rates import SubmitRates
 from controlplane.record import TaskRecord, new_task_id
 from controlplane.store import Store, StoreError
 from controlplane.validation import validate_spec
@@ -61,6 +62,7 @@ class ControlPlane:
     def __init__(self, config: ServerConfig, store: Store) -> None:
         self.config = config
         self._max_pending = dict(config.tenant_max_pending)
+        self._rates = SubmitRates(dict(config.tenant_submit_rates))
         self.store = store
         self.book = TaskBook()
         self.notifier = Notifier()
@@ -226,11 +228,11 @@ class ControlPlane:
         return out
 
     def _check_tenant_quotas(self, specs: Sequence[common_pb2.TaskSpec]) -> None:
-        """ResourceExhausted when the specs would take a tenant past its max_pending: that tenant
-        waits, the others keep submitting."""
-        if not self._max_pending:
-            return
-        for tenant, count in collections.Counter(spec.tenant or "default" for spec in specs).items():
+        """ResourceExhausted when the specs would take a tenant past its max_pending or its
+        submit_rate (RateLimited, with the delay): that tenant waits, the others keep submitting.
+        A batch refused for its max_pending takes none of its tenants' rates."""
+        counts = collections.Counter(spec.tenant or "default" for spec in specs)
+        for tenant, count in counts.items():
             limit = self._max_pending.get(tenant)
             pending = self.book.pending_by_tenant[tenant]
             if limit is not None and pending + count > limit:
@@ -238,6 +240,7 @@ class ControlPlane:
                     f"tenant {printable(tenant, 64)} has {pending} tasks pending, its limit is {limit} "
                     f"(max_pending in the --auth file): wait for some to start, or ask an admin to raise it"
                 )
+        self._rates.take(counts)
 
     async def _find_idempotent(self, specs: Sequence[common_pb2.TaskSpec]) -> dict[tuple[str, str], str]:
         """Earlier tasks with the specs' idempotency keys that are no longer held in memory."""

@@ -211,7 +211,7 @@ def is_loopback(listen: str) -> bool:
 
 
 def with_tenant_limits(config: ServerConfig, authority: Authority) -> ServerConfig:
-    """The config with the --auth file's [tenant.NAME] weights, max_pending and max_running_gpus; ValueError for a
+    """The config with the --auth file's [tenant.NAME] weights and limits; ValueError for a
     weight also given by --tenant-weight (set it in one place)."""
     flagged = {name for name, _ in config.tenant_weights}
     both = sorted(flagged & set(authority.tenants.weights))
@@ -222,6 +222,7 @@ def with_tenant_limits(config: ServerConfig, authority: Authority) -> ServerConf
         tenant_weights=(*config.tenant_weights, *authority.tenants.weights.items()),
         tenant_max_pending=tuple(authority.tenants.max_pending.items()),
         tenant_max_running_gpus=tuple(authority.tenants.max_running_gpus.items()),
+        tenant_submit_rates=tuple(authority.tenants.submit_rates.items()),
     )
 
 

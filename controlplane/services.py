@@ -24,6 +24,7 @@ from controlplane.auth import (
 from controlplane.control import ControlPlane
 from controlplane.errors import ControlError
 from controlplane.fleet import WorkerConn
+from controlplane.rates import status_details
 from controlplane.record import TaskRecord
 from gpucp.v1 import (
     admin_pb2,
@@ -52,7 +53,7 @@ async def answer(context: ServicerContext[Request, Response], call: Awaitable[T]
     try:
         return await call
     except ControlError as exc:
-        await context.abort(exc.code, str(exc))  # raises: abort() never returns
+        await context.abort(exc.code, str(exc), status_details(exc))  # raises: abort() never returns
 
 
 async def caller(

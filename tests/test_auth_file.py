@@ -40,7 +40,7 @@ def write(tmp_path: Path, text: str) -> str:
             f'[[principal]]\nname = "y"\ntoken_sha256 = "{DIGEST}"\nrole = "admin"\n',
             "has the same token as x",
         ),
-        ("[tenant.lab]\nsubmit_rate = 5\n", "submit_rate is not enforced by this version"),
+        ("[tenant.lab]\nsubmit_rate = 0\n", "submit_rate must be a number > 0"),
         ("[tenant.lab]\nmax_running_gpus = -1\n", "max_running_gpus must be a whole number >= 0"),
         ("[tenant.lab]\nmax_running_gpus = 1.5\n", "max_running_gpus must be a whole number >= 0"),
         ("[tenant.lab]\nmax_pending = 0\n", "max_pending must be a whole number >= 1"),

@@ -3,11 +3,18 @@ and real agents; each prints one row of the security report."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import grpc
+import pytest
+from google.rpc.error_details_pb2 import RetryInfo
+from google.rpc.status_pb2 import Status
+
 from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
-from gpucp.v1 import common_pb2
-from security.secured import client_as, probe, start_secured, token
+from gpucp.client import GpucpError
+from gpucp.v1 import common_pb2, scheduler_pb2
+from security.secured import client_as, code_of, metadata, probe, scheduler, start_secured, token
 
 S = common_pb2
 
@@ -46,4 +53,50 @@ def test_a_tenant_at_max_running_gpus_waits_with_a_reason_while_others_run(tmp_p
                 b.cancel(t)
     finally:
         agent.stop()
+        cp.kill()
+
+
+def retry_delay(exc: grpc.RpcError) -> float | None:
+    """The google.rpc.RetryInfo delay in a refusal's status details, as any gRPC client reads it."""
+    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == "grpc-status-details-bin":
+            status = Status.FromString(value)
+            for detail in status.details:
+                info = RetryInfo()
+                if detail.Unpack(info):
+                    return info.retry_delay.ToTimedelta().total_seconds()
+    return None
+
+
+def test_a_tenant_past_its_submit_rate_is_told_how_long_to_wait(tmp_path: Path) -> None:
+    cp = start_secured(tmp_path, tenants="[tenant.team-a]\nsubmit_rate = 5\n")  # burst: 10
+    try:
+        stub = scheduler(cp)
+        spec = S.TaskSpec(kind="noop")
+
+        def submit(name: str, n: int = 1) -> scheduler_pb2.SubmitTasksResponse:
+            request = scheduler_pb2.SubmitTasksRequest(specs=[spec] * n)
+            return stub.SubmitTasks(request, metadata=metadata(name), timeout=10)
+
+        submit("submitter-a", 10)  # the whole burst at once
+        with pytest.raises(grpc.RpcError) as refused:
+            submit("submitter-a")
+        delay = retry_delay(refused.value)
+        probe("a tenant past its submit_rate", "RESOURCE_EXHAUSTED, delay",
+              code_of(refused.value) + (", delay" if delay is not None else ", no RetryInfo"))
+        assert delay is not None and 0 < delay <= 0.2, delay  # one token at 5/s
+        assert f"retry in {delay:.3f} s" in refused.value.details(), refused.value.details()
+        probe("another tenant meanwhile", "OK", code_of(submit("submitter-b", 20)))
+        with pytest.raises(grpc.RpcError) as too_big:
+            submit("submitter-a", 11)
+        probe("a batch larger than the tenant's burst", "RESOURCE_EXHAUSTED, burst",
+              code_of(too_big.value) + (", burst" if "more than its burst of 10" in too_big.value.details()
+                                        else f": {too_big.value.details()}"))
+        time.sleep(delay)  # what a client does with the delay: then the same call passes
+        probe("the same submission after the delay", "OK", code_of(submit("submitter-a")))
+        with client_as(cp, "submitter-a") as a, pytest.raises(GpucpError) as sdk:
+            a.submit_many([spec] * 10)
+        probe("the SDK's error names the delay", "RESOURCE_EXHAUSTED, delay",
+              sdk.value.code.name + (", delay" if "retry in" in sdk.value.message else ""))
+    finally:
         cp.kill()
