@@ -107,6 +107,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="FILE", default="", help="the certificate's private key (PEM)")
     p.add_argument("--tls-client-ca", metavar="FILE", default="",
                    help="mTLS: clients must present a certificate this CA signed (principals' cert_cn)")
+    p.add_argument("--max-watchers", type=int, default=256, metavar="N",
+                   help="open WatchTasks streams one principal may hold; 0 = no cap (default %(default)s)")
+    p.add_argument("--register-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="an agent stream that has not registered by then is closed (default %(default)s)")
     p.add_argument("--ready-file", help="write the bound port here once serving (and the HTTP port to FILE.http)")
     p.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO (every task event a line, logger gpucp.tasks), WARNING... (default %(default)s)")
@@ -131,6 +135,10 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--locality-wait {args.locality_wait:g}: give seconds >= 0 (0: never wait)")
     if not (math.isfinite(args.aging) and args.aging >= 0):
         raise ValueError(f"--aging {args.aging:g}: give seconds >= 0 (0: tasks never move up a class)")
+    if args.max_watchers < 0:
+        raise ValueError(f"--max-watchers {args.max_watchers}: give a number of watches >= 0 (0: no cap)")
+    if not (math.isfinite(args.register_timeout) and args.register_timeout > 0):
+        raise ValueError(f"--register-timeout {args.register_timeout:g}: give seconds > 0")
     if not 0 <= args.warmup < 2**32:
         raise ValueError(
             f"--warmup {args.warmup}: give a number of successes from 0 (all slots at once) to {2**32 - 1}"
@@ -178,6 +186,8 @@ def run_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        max_watchers=args.max_watchers,
+        register_timeout_s=args.register_timeout,
     )
     run(config, ready_file=args.ready_file)
     return 0

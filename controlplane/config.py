@@ -78,6 +78,14 @@ class ServerConfig:
     # Tasks per second a tenant may submit (token bucket, burst 2 s of it); past it
     # RESOURCE_EXHAUSTED says how long to wait. From [tenant.NAME] submit_rate.
     tenant_submit_rates: tuple[tuple[str, float], ...] = ()
+    # Open WatchTasks streams one principal may hold (each event is offered to every watch);
+    # 0 = no cap.
+    max_watchers: int = 256
+    # A Workers.Connect stream must send its Register within this long, and at most
+    # max_unregistered streams may be waiting to (the rest are refused), so streams that never
+    # register hold nothing for long.
+    register_timeout_s: float = 30.0
+    max_unregistered: int = 1024
     # The core's queue and placement, heartbeat timeout included.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Finished tasks (their results too) are deleted this long after they end; 0 keeps them

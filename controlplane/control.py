@@ -65,7 +65,7 @@ class ControlPlane:
         self._rates = SubmitRates(dict(config.tenant_submit_rates))
         self.store = store
         self.book = TaskBook()
-        self.notifier = Notifier()
+        self.notifier = Notifier(config.max_watchers)
         self.book.observe(self.notifier.announce)
         self.history = History(self.book, store)
         self.book.journal(log_event)
@@ -342,10 +342,12 @@ class ControlPlane:
             recs = [r for r in recs if r.state == state]
         return recs, str(rows[-1].handle) if rows and more else ""
 
-    def watch(self, task_ids: Sequence[str], tenant: str, allowed: frozenset[str] | None = None) -> Watcher:
-        """Start recording events for a watcher (of `allowed` tenants' tasks only, None: all);
-        call unwatch() when done with it."""
-        return self.notifier.watch(task_ids, tenant, allowed)
+    def watch(
+        self, task_ids: Sequence[str], tenant: str, allowed: frozenset[str] | None = None, owner: str = ""
+    ) -> Watcher:
+        """Start recording events for a watcher (of `allowed` tenants' tasks only, None: all) for
+        the principal `owner`, whose open watches are capped; call unwatch() when done with it."""
+        return self.notifier.watch(task_ids, tenant, allowed, owner)
 
     def unwatch(self, watcher: Watcher) -> None:
         self.notifier.unwatch(watcher)

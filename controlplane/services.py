@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gpucp.controlplane")
 audit = logging.getLogger("gpucp.audit")
 
-REGISTER_TIMEOUT_S = 30.0
 T = TypeVar("T")
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -204,7 +203,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     ) -> AsyncIterator[scheduler_pb2.TaskEvent]:
         principal = await caller(self.authority, context, Permission.READ)
         allowed = None if principal.all_tenants else frozenset(await self._tenants(context, principal, request.tenant))
-        watcher = self.cp.watch(list(request.task_ids), request.tenant, allowed)
+        try:
+            watcher = self.cp.watch(list(request.task_ids), request.tenant, allowed, principal.name)
+        except ControlError as exc:
+            await context.abort(exc.code, str(exc))
         try:
             # Headers go out once the watcher is recording: a client that waits for them
             # misses no event of what it submits next.
@@ -233,6 +235,8 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
     def __init__(self, cp: ControlPlane, authority: Authority) -> None:
         self.cp = cp
         self.authority = authority
+        # Connect streams open but not yet registered (capped: config.max_unregistered).
+        self._unregistered = 0
 
     async def Connect(
         self,
@@ -240,14 +244,24 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
         context: ServicerContext[workers_pb2.AgentMessage, workers_pb2.ControlMessage],
     ) -> AsyncIterator[workers_pb2.ControlMessage]:
         principal = await caller(self.authority, context, Permission.CONNECT, connect=True)
+        config = self.cp.config
+        if self._unregistered >= config.max_unregistered:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._unregistered} agent streams are waiting to register, the most this control plane "
+                "takes at once: retry in a few seconds",
+            )
         requests = aiter(request_iterator)
+        self._unregistered += 1
         try:
-            first = await asyncio.wait_for(anext(requests), REGISTER_TIMEOUT_S)
+            first = await asyncio.wait_for(anext(requests), config.register_timeout_s)
         except (StopAsyncIteration, TimeoutError):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"send register as the first message within {REGISTER_TIMEOUT_S:g} s",
+                f"send register as the first message within {config.register_timeout_s:g} s",
             )
+        finally:
+            self._unregistered -= 1
         if first.WhichOneof("msg") != "register":
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -3,6 +3,7 @@ and real agents; each prints one row of the security report."""
 
 from __future__ import annotations
 
+import queue
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from google.rpc.status_pb2 import Status
 
 from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
 from gpucp.client import GpucpError
-from gpucp.v1 import common_pb2, scheduler_pb2
+from gpucp.v1 import common_pb2, scheduler_pb2, workers_pb2_grpc
 from security.secured import client_as, code_of, metadata, probe, scheduler, start_secured, token
 
 S = common_pb2
@@ -98,5 +99,64 @@ def test_a_tenant_past_its_submit_rate_is_told_how_long_to_wait(tmp_path: Path) 
             a.submit_many([spec] * 10)
         probe("the SDK's error names the delay", "RESOURCE_EXHAUSTED, delay",
               sdk.value.code.name + (", delay" if "retry in" in sdk.value.message else ""))
+    finally:
+        cp.kill()
+
+
+def burst_s(cp: ControlPlaneProcess, n: int = 500) -> float:
+    """Seconds from submitting `n` noop tasks as team-a to all of them finished."""
+    with client_as(cp, "submitter-a") as a:
+        start = time.perf_counter()
+        done = a.gather(a.submit_many([S.TaskSpec(kind="noop") for _ in range(n)]), timeout_s=120)
+        took = time.perf_counter() - start
+    assert {t.state for t in done} == {S.TASK_STATE_SUCCEEDED}
+    return took
+
+
+def test_watches_past_the_cap_are_refused_and_a_burst_goes_on(tmp_path: Path) -> None:
+    cp = start_secured(tmp_path, "--max-watchers", "256")
+    agent = agent_as(cp, "agent-box", "box-burst", "--slots", "8")
+    calls: list[grpc.Call] = []
+    try:
+        with client_as(cp, "operator") as op:
+            wait_for_workers(op, ["box-burst"])
+        before = burst_s(cp)
+        stub = scheduler(cp)
+        # Another tenant's principal opens 1,000 watches of its own tenant: every event of the
+        # burst is still offered to each of those it holds.
+        calls = [stub.WatchTasks(scheduler_pb2.WatchTasksRequest(), metadata=metadata("submitter-b"))
+                 for _ in range(1000)]
+        for call in calls:
+            call.initial_metadata()  # sent once a watch records, or with the refusal
+        eventually(lambda: sum(call.done() for call in calls) >= 744, what="the watches past the cap refused")
+        refused = [call for call in calls if call.done()]
+        codes = {call.code().name for call in refused}
+        probe("1,000 watches by one principal (cap 256)", "744 RESOURCE_EXHAUSTED",
+              f"{len(refused)} {','.join(sorted(codes))}")
+        assert "watches open, the most one caller may (--max-watchers)" in refused[0].details()
+        with client_as(cp, "viewer-a") as viewer:
+            viewer.watch().close()  # returns once the server records for it; a refusal raises
+        probe("a watch by another principal meanwhile", "OK", "OK")
+        during = burst_s(cp)
+        print(f"\n500-task burst: {before:.2f} s with no watches, {during:.2f} s with 256 watches of another "
+              f"tenant open ({during / before:.1f}x)")
+    finally:
+        for call in calls:
+            call.cancel()
+        agent.stop()
+        cp.kill()
+
+
+def test_an_agent_stream_that_never_registers_is_closed(tmp_path: Path) -> None:
+    cp = start_secured(tmp_path, "--register-timeout", "0.5")
+    try:
+        channel = grpc.insecure_channel(cp.address)
+        silent = workers_pb2_grpc.WorkersStub(channel).Connect(iter(queue.Queue().get, None),
+                                                               metadata=metadata("agent-box"), timeout=30)
+        with pytest.raises(grpc.RpcError) as closed:
+            next(silent)
+        probe("an agent stream that sends no Register", "INVALID_ARGUMENT, closed",
+              code_of(closed.value) + (", closed" if "within 0.5 s" in closed.value.details() else ""))
+        channel.close()
     finally:
         cp.kill()
