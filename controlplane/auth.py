@@ -10,10 +10,12 @@ shortcut, still guards Workers.Connect as before.
 
 from __future__ import annotations
 
+import collections
 import enum
 import hashlib
 import hmac
 import ipaddress
+import logging
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -25,6 +27,8 @@ import grpc
 from controlplane.errors import ControlError
 from gpucp.auth import AGENT_TOKEN_ENV
 
+audit = logging.getLogger("gpucp.audit")
+
 __all__ = [
     "ANONYMOUS",
     "ROLES",
@@ -32,6 +36,7 @@ __all__ = [
     "Denied",
     "Permission",
     "Principal",
+    "Refusal",
     "TenantLimits",
     "authorize",
     "listed_tenants",
@@ -66,13 +71,25 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _DEFAULT_TENANT = "default"
 
 
+class Refusal(enum.StrEnum):
+    """Why a credential was refused: the `reason` label of gpucp_auth_refused_total."""
+
+    NO_CREDENTIAL = "no_credential"
+    UNKNOWN_CREDENTIAL = "unknown_credential"
+    PLAINTEXT = "plaintext"  # a token over plaintext from another machine
+    ROLE = "role"  # the role lacks the permission
+    TENANT = "tenant"  # a tenant the principal does not act in
+    WORKER = "worker"  # a worker id the principal may not register as
+
+
 class Denied(ControlError):
     """A call refused for who makes it: UNAUTHENTICATED (no or unknown credential) or
-    PERMISSION_DENIED (a credential without the right)."""
+    PERMISSION_DENIED (a credential without the right); `reason` says which rule refused it."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: Refusal) -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +117,7 @@ class Principal:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{self.name} may not submit to tenant {printable(asked, 64)}: it acts in "
                 f"{', '.join(self.tenants) or 'no tenant'}; leave the tenant empty or name one of those",
+                Refusal.TENANT,
             )
         return asked
 
@@ -123,11 +141,13 @@ def authorize(principal: Principal, permission: Permission | str, tenant: str | 
             grpc.StatusCode.PERMISSION_DENIED,
             f"{principal.name} is a{'n' if principal.role[0] in 'aeiou' else ''} {principal.role}, "
             f"which may not {permission.value}: ask an admin for a role that may",
+            Refusal.ROLE,
         )
     if tenant is not None and not principal.sees(tenant):
         raise Denied(
             grpc.StatusCode.PERMISSION_DENIED,
             f"{principal.name} does not act in tenant {printable(tenant, 64)}",
+            Refusal.TENANT,
         )
 
 
@@ -179,6 +199,19 @@ class Authority:
     tls: bool = False
     # [tenant.NAME] tables: weights, quotas and rates per tenant.
     tenants: TenantLimits = field(default_factory=lambda: TenantLimits())
+    # Credentials refused since the start, by reason (gpucp_auth_refused_total).
+    refused: collections.Counter[Refusal] = field(default_factory=collections.Counter)
+
+    def refuse(self, denied: Denied, what: str, who: Principal | None, peer: str) -> None:
+        """Count a refusal and write its audit line: what was asked, by whom, from where, why."""
+        self.refused[denied.reason] += 1
+        audit.warning(
+            "refused %s from %s (%s): %s",
+            what,
+            who.name if who is not None else "an unknown caller",
+            printable(peer, 64),
+            denied,
+        )
 
     def principal(
         self,
@@ -200,6 +233,7 @@ class Authority:
                 grpc.StatusCode.UNAUTHENTICATED,
                 "a token is refused over plaintext from another machine (anyone on the way could read it): "
                 "serve with --tls-cert and --tls-key, and give clients and agents --tls-ca",
+                Refusal.PLAINTEXT,
             )
         if not token and cert_cn is not None and cert_cn in self.by_cn:
             return self.by_cn[cert_cn]
@@ -220,19 +254,23 @@ class Authority:
                     grpc.StatusCode.UNAUTHENTICATED,
                     f"this control plane only takes agents that present its token: start the agent with "
                     f"{AGENT_TOKEN_ENV} set to the server's",
+                    Refusal.NO_CREDENTIAL,
                 )
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"the agent's {AGENT_TOKEN_ENV} is not the control plane's: give it the server's token",
+                Refusal.UNKNOWN_CREDENTIAL,
             )
         if not token:
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "this control plane needs a credential: set GPUCP_TOKEN (or --token-file) to your token",
+                Refusal.NO_CREDENTIAL,
             )
         raise Denied(
             grpc.StatusCode.UNAUTHENTICATED,
             "the token is not one this control plane knows: check GPUCP_TOKEN, or ask an admin for one",
+            Refusal.UNKNOWN_CREDENTIAL,
         )
 
     def from_metadata(

@@ -151,7 +151,7 @@ async def start(config: ServerConfig) -> Running:
         raise
     control = ControlPlane(config, store)
     await control.start()
-    metrics = Metrics(control)
+    metrics = Metrics(control, authority)
     http = HttpApi(control, metrics, authority) if http_sock is not None else None
     if http is not None and http_sock is not None:
         await http.start(http_sock, http_tls(config))

@@ -16,6 +16,7 @@ from controlplane.auth import (
     Denied,
     Permission,
     Principal,
+    Refusal,
     authorize,
     listed_tenants,
     local_peer,
@@ -75,8 +76,7 @@ async def caller(
         )
         authorize(principal, permission)
     except Denied as exc:
-        who = principal.name if principal is not None else "an unknown caller"
-        audit.warning("refused %s from %s (%s): %s", permission.value, who, printable(context.peer(), 64), exc)
+        authority.refuse(exc, permission.value, principal, context.peer())
         await context.abort(exc.code, str(exc))
     return principal
 
@@ -106,7 +106,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             try:
                 spec.tenant = principal.tenant_for(spec.tenant)
             except Denied as exc:
-                audit.warning("refused submit from %s: %s", principal.name, exc)
+                self.authority.refuse(exc, Permission.SUBMIT.value, principal, context.peer())
                 await context.abort(exc.code, str(exc))
 
     async def SubmitTask(
@@ -227,7 +227,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         try:
             return listed_tenants(principal, asked)
         except Denied as exc:
-            audit.warning("refused read from %s: %s", principal.name, exc)
+            self.authority.refuse(exc, Permission.READ.value, principal, context.peer())
             await context.abort(exc.code, str(exc))
 
 
@@ -283,12 +283,16 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
     async def _register(self, reg: workers_pb2.Register, peer: str, principal: Principal) -> WorkerConn:
         # async only so that answer() can map its ControlError like any other call's
         if not principal.may_be_worker(reg.worker_id):
-            audit.warning("refused register as worker %s by %s", printable(reg.worker_id, 64), principal.name)
-            raise Denied(
+            denied = Denied(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{principal.name} may not register as worker {printable(reg.worker_id, 64)}: "
                 f"its worker ids are {', '.join(principal.workers)}",
+                Refusal.WORKER,
             )
+            self.authority.refuse(denied, f"register as worker {printable(reg.worker_id, 64)}", principal, peer)
+            raise denied
+        if principal.role != "agent" and principal is not ANONYMOUS:
+            audit.info("%s (%s) connected as worker %s", principal.name, principal.role, printable(reg.worker_id, 64))
         return self.cp.register(reg, peer, principal.name)
 
     async def _read(self, conn: WorkerConn, requests: AsyncIterator[workers_pb2.AgentMessage]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -14,8 +15,8 @@ from google.rpc.status_pb2 import Status
 
 from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
 from gpucp.client import GpucpError
-from gpucp.v1 import common_pb2, scheduler_pb2, workers_pb2_grpc
-from security.secured import client_as, code_of, metadata, probe, scheduler, start_secured, token
+from gpucp.v1 import common_pb2, scheduler_pb2, workers_pb2, workers_pb2_grpc
+from security.secured import RawAgent, client_as, code_of, metadata, probe, scheduler, start_secured, token
 
 S = common_pb2
 
@@ -158,5 +159,41 @@ def test_an_agent_stream_that_never_registers_is_closed(tmp_path: Path) -> None:
         probe("an agent stream that sends no Register", "INVALID_ARGUMENT, closed",
               code_of(closed.value) + (", closed" if "within 0.5 s" in closed.value.details() else ""))
         channel.close()
+    finally:
+        cp.kill()
+
+
+def test_refused_credentials_are_counted_by_reason_and_logged(tmp_path: Path) -> None:
+    cp = start_secured(tmp_path)
+    try:
+        stub = scheduler(cp)
+        asks = [(None, ""), ("guess", ""), ("agent-box", ""), ("viewer-a", "team-b")]
+        for name, tenant in asks:
+            with pytest.raises(grpc.RpcError):
+                meta = (("authorization", "Bearer nobody-knows"),) if name == "guess" else metadata(name)
+                stub.ListTasks(scheduler_pb2.ListTasksRequest(tenant=tenant), metadata=meta, timeout=10)
+        intruder = RawAgent(cp.address, "agent-other", workers_pb2.Register(worker_id="box-1", slots=1))
+        assert code_of(intruder.first()) == "PERMISSION_DENIED"
+        intruder.close()
+        admin = RawAgent(cp.address, "admin", workers_pb2.Register(worker_id="admin-box", slots=1))
+        assert admin.first().HasField("registered")  # type: ignore[union-attr]
+        admin.close()
+        scrape = urllib.request.Request(f"http://127.0.0.1:{cp.http_port}/metrics", headers=dict(metadata("operator")))
+        with urllib.request.urlopen(scrape, timeout=10) as reply:
+            text = reply.read().decode()
+        counted = {reason: f'gpucp_auth_refused_total{{reason="{reason}"}} 1.0' in text
+                   for reason in ("no_credential", "unknown_credential", "role", "tenant", "worker")}
+        probe("refused credentials in /metrics", "counted by reason",
+              "counted by reason" if all(counted.values()) else str(counted))
+        log = cp.log(200_000)
+        lines = [
+            "refused read from an unknown caller",
+            "refused read from agent-box",
+            "refused read from viewer-a",
+            "refused register as worker 'box-1' from agent-other",
+            "admin (admin) connected as worker 'admin-box'",
+        ]
+        missing = [line for line in lines if line not in log]
+        probe("audit lines name the principal", "logged", "logged" if not missing else f"missing {missing}")
     finally:
         cp.kill()
