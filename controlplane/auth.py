@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +201,9 @@ class Authority:
     tenants: TenantLimits = field(default_factory=lambda: TenantLimits())
     # Credentials refused since the start, by reason (gpucp_auth_refused_total).
     refused: collections.Counter[Refusal] = field(default_factory=collections.Counter)
+    # Issuers of tokens made while running (the autoscaler's per-pod credentials): each turns a
+    # token it made into its principal, None for any other.
+    issuers: list[Callable[[str], Principal | None]] = field(default_factory=list)
 
     def refuse(self, denied: Denied, what: str, who: Principal | None, peer: str) -> None:
         """Count a refusal and write its audit line: what was asked, by whom, from where, why."""
@@ -243,6 +246,10 @@ class Authority:
             principal = self.by_digest.get(hashlib.sha256(token.encode()).hexdigest())
             if principal is not None:
                 return principal
+            for issuer in self.issuers:
+                principal = issuer(token)
+                if principal is not None:
+                    return principal
             if connect and self.agent_token and hmac.compare_digest(token.encode(), self.agent_token.encode()):
                 return _SHARED_AGENT
         if not self.enabled and not (connect and self.agent_token):

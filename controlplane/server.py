@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane.auth import Authority, load_authority
 from controlplane.autoscaler import Autoscaler, ControlPlaneView, load_config
+from controlplane.autoscaler.credentials import PodCredentials
 from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
 from controlplane.metrics import Metrics
@@ -183,8 +184,11 @@ async def start(config: ServerConfig) -> Running:
     running = Running(server, port, control, health_servicer, store, authority, http, http_port)
     if autoscale is not None:
         host = config.listen.rpartition(":")[0]
+        # With principals, each pod gets its own credential; without, the agent token (if any).
+        credentials = PodCredentials(authority, autoscale.api_key) if authority.enabled else None
         running.autoscaler = admin.autoscaler = metrics.autoscaler = Autoscaler(
-            ControlPlaneView(control), autoscale, server_address=f"{host}:{port}", agent_token=config.agent_token
+            ControlPlaneView(control), autoscale, server_address=f"{host}:{port}", agent_token=config.agent_token,
+            credentials=credentials,
         )
         await running.autoscaler.start()
     if http is not None:

@@ -23,7 +23,7 @@ from controlplane.auth import (
     printable,
 )
 from controlplane.control import ControlPlane
-from controlplane.errors import ControlError
+from controlplane.errors import ControlError, Unavailable
 from controlplane.fleet import WorkerConn
 from controlplane.rates import status_details
 from controlplane.record import TaskRecord
@@ -282,6 +282,12 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
 
     async def _register(self, reg: workers_pb2.Register, peer: str, principal: Principal) -> WorkerConn:
         # async only so that answer() can map its ControlError like any other call's
+        if principal.role == "agent" and not principal.workers:
+            # A pod's credential before its pod id is known (autoscaler.credentials): soon, not never.
+            raise Unavailable(
+                f"{principal.name}'s credential is not bound to a worker id yet (its pod is being created "
+                "or adopted): retry in a few seconds"
+            )
         if not principal.may_be_worker(reg.worker_id):
             denied = Denied(
                 grpc.StatusCode.PERMISSION_DENIED,
