@@ -374,20 +374,22 @@ class TenantLimits:
     max_pending: Mapping[str, int] = field(default_factory=dict)
     max_running_gpus: Mapping[str, int] = field(default_factory=dict)
     submit_rates: Mapping[str, float] = field(default_factory=dict)
+    max_pending_bytes: Mapping[str, int] = field(default_factory=dict)
 
 
-_TENANT_KEYS = ("weight", "max_pending", "max_running_gpus", "submit_rate")
+_TENANT_KEYS = ("weight", "max_pending", "max_pending_bytes", "max_running_gpus", "submit_rate")
 
 
 def _tenant_limits(path: str, tables: object) -> TenantLimits:
-    """[tenant.NAME] weight (> 0), max_pending (>= 1), max_running_gpus (>= 0) and submit_rate
-    (tasks/s, > 0) from an --auth file."""
+    """[tenant.NAME] weight (> 0), max_pending (>= 1), max_pending_bytes (>= 1), max_running_gpus
+    (>= 0) and submit_rate (tasks/s, > 0) from an --auth file."""
     if not isinstance(tables, dict):
         raise ValueError(f"--auth {path}: tenant must be tables such as [tenant.research]")
     weights: dict[str, float] = {}
     rates: dict[str, float] = {}
     max_pending: dict[str, int] = {}
     max_gpus: dict[str, int] = {}
+    max_bytes: dict[str, int] = {}
     for name, table in tables.items():
         where = f"--auth {path}: [tenant.{name}]"
         if not isinstance(table, dict):
@@ -405,11 +407,15 @@ def _tenant_limits(path: str, tables: object) -> TenantLimits:
             weights[name] = float(weight)
         if rate is not None:
             rates[name] = float(rate)
-        for key, least, into in (("max_pending", 1, max_pending), ("max_running_gpus", 0, max_gpus)):
+        for key, least, into, most in (
+            ("max_pending", 1, max_pending, 2**63),
+            ("max_pending_bytes", 1, max_bytes, 2**63),
+            ("max_running_gpus", 0, max_gpus, 2**32),  # the core counts GPUs in 32 bits
+        ):
             value = table.get(key)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or not least <= value < 2**32:
-                raise ValueError(f"{where}: {key} must be a whole number >= {least}")
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value < most:
+                raise ValueError(f"{where}: {key} must be a whole number from {least} to {most - 1}")
             into[name] = value
-    return TenantLimits(weights, max_pending, max_gpus, rates)
+    return TenantLimits(weights, max_pending, max_gpus, rates, max_bytes)

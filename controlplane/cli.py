@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=100_000, metavar="N",
                    help="pending tasks before submissions are refused (default %(default)s)")
     p.add_argument("--max-payload", type=int, default=4 * 1024 * 1024, metavar="BYTES")
+    p.add_argument("--max-queue-bytes", type=int, default=1024**3, metavar="BYTES",
+                   help="bytes of specs all pending tasks may hold in memory together (default %(default)s)")
     p.add_argument("--default-timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="execution limit of tasks that set none (default %(default)s)")
     p.add_argument("--default-retries", type=int, default=3, metavar="N")
@@ -135,6 +137,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--locality-wait {args.locality_wait:g}: give seconds >= 0 (0: never wait)")
     if not (math.isfinite(args.aging) and args.aging >= 0):
         raise ValueError(f"--aging {args.aging:g}: give seconds >= 0 (0: tasks never move up a class)")
+    if args.max_queue_bytes < 1:
+        raise ValueError(f"--max-queue-bytes {args.max_queue_bytes}: give a number of bytes >= 1")
     if args.max_watchers < 0:
         raise ValueError(f"--max-watchers {args.max_watchers}: give a number of watches >= 0 (0: no cap)")
     if not (math.isfinite(args.register_timeout) and args.register_timeout > 0):
@@ -166,6 +170,7 @@ def run_serve(args: argparse.Namespace) -> int:
         db=args.db,
         db_synchronous=args.sync.upper(),
         max_queue=args.max_queue,
+        max_queue_bytes=args.max_queue_bytes,
         max_payload_bytes=args.max_payload,
         default_timeout_ms=int(args.default_timeout * 1000),
         default_max_retries=args.default_retries,

@@ -59,6 +59,8 @@ class ServerConfig:
     # "NORMAL" survives a crash of the process; "FULL" also survives power loss.
     db_synchronous: str = "NORMAL"
     max_queue: int = 100_000
+    # Bytes of the specs (payloads included) of all pending tasks together: they are held in memory.
+    max_queue_bytes: int = 1024**3
     max_payload_bytes: int = 4 * 1024 * 1024
     default_timeout_ms: int = 3_600_000
     default_max_retries: int = 3
@@ -75,6 +77,8 @@ class ServerConfig:
     # GPUs a tenant's placed tasks may hold together; past it its tasks stay pending while other
     # tenants' are placed. From the --auth file's [tenant.NAME] max_running_gpus.
     tenant_max_running_gpus: tuple[tuple[str, int], ...] = ()
+    # Bytes of specs a tenant's pending tasks may hold ([tenant.NAME] max_pending_bytes).
+    tenant_max_pending_bytes: tuple[tuple[str, int], ...] = ()
     # Tasks per second a tenant may submit (token bucket, burst 2 s of it); past it
     # RESOURCE_EXHAUSTED says how long to wait. From [tenant.NAME] submit_rate.
     tenant_submit_rates: tuple[tuple[str, float], ...] = ()

@@ -62,6 +62,7 @@ class ControlPlane:
     def __init__(self, config: ServerConfig, store: Store) -> None:
         self.config = config
         self._max_pending = dict(config.tenant_max_pending)
+        self._max_pending_bytes = dict(config.tenant_max_pending_bytes)
         self._rates = SubmitRates(dict(config.tenant_submit_rates))
         self.store = store
         self.book = TaskBook()
@@ -188,7 +189,13 @@ class ControlPlane:
                 f"the queue is full ({queued} tasks pending, limit {self.config.max_queue}): "
                 "retry later, or raise --max-queue"
             )
-        self._check_tenant_quotas(specs)
+        queued_bytes, new_bytes = self.book.pending_bytes, sum(sizes)
+        if queued_bytes + new_bytes > self.config.max_queue_bytes:
+            raise ResourceExhausted(
+                f"the queue is full: its pending tasks hold {queued_bytes} bytes of specs, these add {new_bytes} and "
+                f"the limit is {self.config.max_queue_bytes} (--max-queue-bytes): retry later, or raise it"
+            )
+        self._check_tenant_quotas(specs, sizes)
         known = await self._find_idempotent(specs)
         out: list[tuple[str, bool]] = []
         new: list[TaskRecord] = []
@@ -227,11 +234,22 @@ class ControlPlane:
         self.lifecycle.queue(entries)
         return out
 
-    def _check_tenant_quotas(self, specs: Sequence[common_pb2.TaskSpec]) -> None:
-        """ResourceExhausted when the specs would take a tenant past its max_pending or its
-        submit_rate (RateLimited, with the delay): that tenant waits, the others keep submitting.
-        A batch refused for its max_pending takes none of its tenants' rates."""
+    def _check_tenant_quotas(self, specs: Sequence[common_pb2.TaskSpec], sizes: Sequence[int]) -> None:
+        """ResourceExhausted when the specs would take a tenant past its max_pending, its
+        max_pending_bytes or its submit_rate (RateLimited, with the delay): that tenant waits, the
+        others keep submitting. A batch refused for a quota takes none of its tenants' rates."""
         counts = collections.Counter(spec.tenant or "default" for spec in specs)
+        added: collections.Counter[str] = collections.Counter()
+        for spec, size in zip(specs, sizes, strict=True):
+            added[spec.tenant or "default"] += size
+        for tenant, size in added.items():
+            budget = self._max_pending_bytes.get(tenant)
+            held = self.book.pending_bytes_by_tenant[tenant]
+            if budget is not None and held + size > budget:
+                raise ResourceExhausted(
+                    f"tenant {printable(tenant, 64)}'s pending tasks hold {held} bytes of specs, these add {size} and "
+                    f"its budget is {budget} (max_pending_bytes in the --auth file): wait for some to start"
+                )
         for tenant, count in counts.items():
             limit = self._max_pending.get(tenant)
             pending = self.book.pending_by_tenant[tenant]

@@ -226,6 +226,7 @@ def with_tenant_limits(config: ServerConfig, authority: Authority) -> ServerConf
         tenant_weights=(*config.tenant_weights, *authority.tenants.weights.items()),
         tenant_max_pending=tuple(authority.tenants.max_pending.items()),
         tenant_max_running_gpus=tuple(authority.tenants.max_running_gpus.items()),
+        tenant_max_pending_bytes=tuple(authority.tenants.max_pending_bytes.items()),
         tenant_submit_rates=tuple(authority.tenants.submit_rates.items()),
     )
 

@@ -4,6 +4,8 @@ and real agents; each prints one row of the security report."""
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -13,7 +15,8 @@ import pytest
 from google.rpc.error_details_pb2 import RetryInfo
 from google.rpc.status_pb2 import Status
 
-from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
+from cluster import ROOT, AgentProcess, ControlPlaneProcess, _env, eventually, wait_for_workers
+from gpucp import Client
 from gpucp.client import GpucpError
 from gpucp.v1 import common_pb2, scheduler_pb2, workers_pb2, workers_pb2_grpc
 from security.secured import RawAgent, client_as, code_of, metadata, probe, scheduler, start_secured, token
@@ -197,3 +200,59 @@ def test_refused_credentials_are_counted_by_reason_and_logged(tmp_path: Path) ->
         probe("audit lines name the principal", "logged", "logged" if not missing else f"missing {missing}")
     finally:
         cp.kill()
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def test_pending_bytes_are_bounded_per_tenant_and_in_all(tmp_path: Path) -> None:
+    # 1 MB payloads: team-a may hold 16 MiB of pending specs, the whole queue 64 MiB.
+    cp = start_secured(tmp_path, "--max-queue-bytes", str(64 * 2**20),
+                       tenants=f"[tenant.team-a]\nmax_pending_bytes = {16 * 2**20}\n")
+    try:
+        payload = b"x" * 1_000_000
+        before = rss_mb(cp.pid)
+        with client_as(cp, "submitter-a") as a, client_as(cp, "submitter-b") as b:
+
+            def fill(client: Client) -> tuple[int, GpucpError]:
+                accepted = 0
+                while True:
+                    try:
+                        client.submit("noop", payload)  # no agent: they stay pending
+                    except GpucpError as exc:
+                        return accepted, exc
+                    accepted += 1
+
+            a_held, a_refused = fill(a)
+            probe("a tenant past its max_pending_bytes", "16 ok, RESOURCE_EXHAUSTED",
+                  f"{a_held} ok, {a_refused.code.name}")
+            assert "max_pending_bytes" in a_refused.message, a_refused.message
+            b_held, b_refused = fill(b)
+            probe("all tenants past --max-queue-bytes", "51 ok, RESOURCE_EXHAUSTED",
+                  f"{b_held} ok, {b_refused.code.name}")
+            assert "--max-queue-bytes" in b_refused.message, b_refused.message
+        print(f"\nserver RSS {before:.0f} MB before, {rss_mb(cp.pid):.0f} MB with {a_held + b_held} pending tasks "
+              f"of 1 MB (the queue's bound: 64 MiB)")
+    finally:
+        cp.kill()
+
+
+@pytest.mark.parametrize(
+    ("flags", "sentence"),
+    [
+        (("--max-queue-bytes", "0"), "--max-queue-bytes 0: give a number of bytes >= 1"),
+        (("--max-watchers", "-1"), "--max-watchers -1: give a number of watches >= 0 (0: no cap)"),
+        (("--register-timeout", "0"), "--register-timeout 0: give seconds > 0"),
+        (("--register-timeout", "nan"), "--register-timeout nan: give seconds > 0"),
+    ],
+)
+def test_a_bad_limit_flag_stops_serve_with_a_sentence(tmp_path: Path, flags: tuple[str, str], sentence: str) -> None:
+    db = tmp_path / "x.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "gpucp", "serve", "--listen", "127.0.0.1:0", "--db", str(db), *flags],
+        env=_env(), capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert done.returncode == 1 and sentence in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not db.exists()
