@@ -3,11 +3,13 @@ and real agents; each prints one row of the security report."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -256,3 +258,31 @@ def test_a_bad_limit_flag_stops_serve_with_a_sentence(tmp_path: Path, flags: tup
     )
     assert done.returncode == 1 and sentence in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not db.exists()
+
+
+def test_streams_waiting_to_register_are_capped(tmp_path: Path) -> None:
+    cp = start_secured(tmp_path)  # 1,024 streams may wait to register at once, for 30 s each
+
+    async def crowd() -> list[str]:
+        async with grpc.aio.insecure_channel(cp.address) as channel:
+            stub = workers_pb2_grpc.WorkersStub(channel)
+            never = asyncio.Event()
+
+            async def silence() -> AsyncIterator[workers_pb2.AgentMessage]:
+                await never.wait()
+                yield workers_pb2.AgentMessage()  # never reached
+
+            calls = [stub.Connect(silence(), metadata=metadata("agent-box")) for _ in range(1100)]
+            while sum(call.done() for call in calls) < 1100 - 1024:
+                await asyncio.sleep(0.05)
+            refused = [(await call.code()).name for call in calls if call.done()]
+            for call in calls:
+                call.cancel()
+            return refused
+
+    try:
+        refused = asyncio.run(crowd())
+        probe("1,100 agent streams that never register", "76 RESOURCE_EXHAUSTED",
+              f"{len(refused)} {','.join(sorted(set(refused)))}")
+    finally:
+        cp.kill()
