@@ -109,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="FILE", default="", help="the certificate's private key (PEM)")
     p.add_argument("--tls-client-ca", metavar="FILE", default="",
                    help="mTLS: clients must present a certificate this CA signed (principals' cert_cn)")
-    p.add_argument("--max-watchers", type=int, default=256, metavar="N",
+    p.add_argument("--max-watchers", type=int, default=64, metavar="N",
                    help="open WatchTasks streams one principal may hold; 0 = no cap (default %(default)s)")
     p.add_argument("--register-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="an agent stream that has not registered by then is closed (default %(default)s)")

@@ -84,7 +84,7 @@ class ServerConfig:
     tenant_submit_rates: tuple[tuple[str, float], ...] = ()
     # Open WatchTasks streams one principal may hold (each event is offered to every watch);
     # 0 = no cap.
-    max_watchers: int = 256
+    max_watchers: int = 64
     # A Workers.Connect stream must send its Register within this long, and at most
     # max_unregistered streams may be waiting to (the rest are refused), so streams that never
     # register hold nothing for long.
