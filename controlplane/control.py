@@ -238,6 +238,8 @@ class ControlPlane:
         """ResourceExhausted when the specs would take a tenant past its max_pending, its
         max_pending_bytes or its submit_rate (RateLimited, with the delay): that tenant waits, the
         others keep submitting. A batch refused for a quota takes none of its tenants' rates."""
+        if not (self._max_pending or self._max_pending_bytes or self._rates.limited):
+            return  # no [tenant.NAME] limits: nothing to count on the submit path
         counts = collections.Counter(spec.tenant or "default" for spec in specs)
         added: collections.Counter[str] = collections.Counter()
         for spec, size in zip(specs, sizes, strict=True):

@@ -55,6 +55,11 @@ class SubmitRates:
         now = clock()
         self._buckets = {tenant: _Bucket(rate, rate * BURST_S, now) for tenant, rate in rates.items()}
 
+    @property
+    def limited(self) -> bool:
+        """Whether any tenant has a rate."""
+        return bool(self._buckets)
+
     def take(self, counts: Mapping[str, int]) -> None:
         """Take `counts[tenant]` tokens of each tenant's bucket, all or none: RateLimited (with
         the longest wait among them) when any bucket is short."""
