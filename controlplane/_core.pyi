@@ -290,6 +290,14 @@ class Scheduler:
         """Everything the core knows about a worker. UnknownHandle for a worker it does not know."""
     def set_tenant_weight(self, tenant: int, weight: float) -> None:
         """A tenant's share relative to other tenants (default 1; must be > 0)."""
+    def set_tenant_max_gpus(self, tenant: int, max_gpus: int | None) -> None:
+        """Cap the GPUs a tenant's placed tasks hold together (None = no cap). At its cap the
+        tenant sits placement rounds out, its tasks queued, while other tenants are placed."""
+    def tenant_gpus(self, tenant: int) -> tuple[int, int | None]:
+        """(GPUs the tenant's placed tasks hold, its cap or None)."""
+    def charge_tenant(self, task: int, tenant: int) -> None:
+        """Count an attached task's GPUs against its tenant's cap (place() counts the tasks it
+        places); once per task. UnknownHandle for a task that is not placed."""
     def set_kind_policy(self, kind: str, policy: str) -> None:
         """Place tasks of `kind` by `policy` (a constructor policy name) from now on."""
     def predict_runtime_ms(self, shape: int, worker: int) -> float | None:

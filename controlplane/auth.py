@@ -10,13 +10,15 @@ shortcut, still guards Workers.Connect as before.
 
 from __future__ import annotations
 
+import collections
 import enum
 import hashlib
 import hmac
 import ipaddress
+import logging
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,8 @@ import grpc
 from controlplane.errors import ControlError
 from gpucp.auth import AGENT_TOKEN_ENV
 
+audit = logging.getLogger("gpucp.audit")
+
 __all__ = [
     "ANONYMOUS",
     "ROLES",
@@ -32,6 +36,8 @@ __all__ = [
     "Denied",
     "Permission",
     "Principal",
+    "Refusal",
+    "TenantLimits",
     "authorize",
     "listed_tenants",
     "load_authority",
@@ -65,13 +71,25 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _DEFAULT_TENANT = "default"
 
 
+class Refusal(enum.StrEnum):
+    """Why a credential was refused: the `reason` label of gpucp_auth_refused_total."""
+
+    NO_CREDENTIAL = "no_credential"
+    UNKNOWN_CREDENTIAL = "unknown_credential"
+    PLAINTEXT = "plaintext"  # a token over plaintext from another machine
+    ROLE = "role"  # the role lacks the permission
+    TENANT = "tenant"  # a tenant the principal does not act in
+    WORKER = "worker"  # a worker id the principal may not register as
+
+
 class Denied(ControlError):
     """A call refused for who makes it: UNAUTHENTICATED (no or unknown credential) or
-    PERMISSION_DENIED (a credential without the right)."""
+    PERMISSION_DENIED (a credential without the right); `reason` says which rule refused it."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: Refusal) -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +117,7 @@ class Principal:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{self.name} may not submit to tenant {printable(asked, 64)}: it acts in "
                 f"{', '.join(self.tenants) or 'no tenant'}; leave the tenant empty or name one of those",
+                Refusal.TENANT,
             )
         return asked
 
@@ -122,11 +141,13 @@ def authorize(principal: Principal, permission: Permission | str, tenant: str | 
             grpc.StatusCode.PERMISSION_DENIED,
             f"{principal.name} is a{'n' if principal.role[0] in 'aeiou' else ''} {principal.role}, "
             f"which may not {permission.value}: ask an admin for a role that may",
+            Refusal.ROLE,
         )
     if tenant is not None and not principal.sees(tenant):
         raise Denied(
             grpc.StatusCode.PERMISSION_DENIED,
             f"{principal.name} does not act in tenant {printable(tenant, 64)}",
+            Refusal.TENANT,
         )
 
 
@@ -176,9 +197,24 @@ class Authority:
     # Whether the server speaks TLS: without it, a token from another machine crossed the
     # network in clear text and is refused.
     tls: bool = False
-    # [tenant.NAME] tables: fair-share weight and max_pending per tenant.
-    tenant_weights: Mapping[str, float] = field(default_factory=dict)
-    tenant_max_pending: Mapping[str, int] = field(default_factory=dict)
+    # [tenant.NAME] tables: weights, quotas and rates per tenant.
+    tenants: TenantLimits = field(default_factory=lambda: TenantLimits())
+    # Credentials refused since the start, by reason (gpucp_auth_refused_total).
+    refused: collections.Counter[Refusal] = field(default_factory=collections.Counter)
+    # Issuers of tokens made while running (the autoscaler's per-pod credentials): each turns a
+    # token it made into its principal, None for any other.
+    issuers: list[Callable[[str], Principal | None]] = field(default_factory=list)
+
+    def refuse(self, denied: Denied, what: str, who: Principal | None, peer: str) -> None:
+        """Count a refusal and write its audit line: what was asked, by whom, from where, why."""
+        self.refused[denied.reason] += 1
+        audit.warning(
+            "refused %s from %s (%s): %s",
+            what,
+            who.name if who is not None else "an unknown caller",
+            printable(peer, 64),
+            denied,
+        )
 
     def principal(
         self,
@@ -200,6 +236,7 @@ class Authority:
                 grpc.StatusCode.UNAUTHENTICATED,
                 "a token is refused over plaintext from another machine (anyone on the way could read it): "
                 "serve with --tls-cert and --tls-key, and give clients and agents --tls-ca",
+                Refusal.PLAINTEXT,
             )
         if not token and cert_cn is not None and cert_cn in self.by_cn:
             return self.by_cn[cert_cn]
@@ -209,6 +246,10 @@ class Authority:
             principal = self.by_digest.get(hashlib.sha256(token.encode()).hexdigest())
             if principal is not None:
                 return principal
+            for issuer in self.issuers:
+                principal = issuer(token)
+                if principal is not None:
+                    return principal
             if connect and self.agent_token and hmac.compare_digest(token.encode(), self.agent_token.encode()):
                 return _SHARED_AGENT
         if not self.enabled and not (connect and self.agent_token):
@@ -220,19 +261,23 @@ class Authority:
                     grpc.StatusCode.UNAUTHENTICATED,
                     f"this control plane only takes agents that present its token: start the agent with "
                     f"{AGENT_TOKEN_ENV} set to the server's",
+                    Refusal.NO_CREDENTIAL,
                 )
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"the agent's {AGENT_TOKEN_ENV} is not the control plane's: give it the server's token",
+                Refusal.UNKNOWN_CREDENTIAL,
             )
         if not token:
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "this control plane needs a credential: set GPUCP_TOKEN (or --token-file) to your token",
+                Refusal.NO_CREDENTIAL,
             )
         raise Denied(
             grpc.StatusCode.UNAUTHENTICATED,
             "the token is not one this control plane knows: check GPUCP_TOKEN, or ask an admin for one",
+            Refusal.UNKNOWN_CREDENTIAL,
         )
 
     def from_metadata(
@@ -263,7 +308,7 @@ def load_authority(path: str, agent_token: str = "", *, tls: bool = False, mtls:
         raise ValueError(
             f"--auth {path}: unknown tables {sorted(unknown_tables)}; it has [[principal]] and [tenant.NAME]"
         )
-    weights, max_pending = _tenant_limits(path, data.get("tenant", {}))
+    limits = _tenant_limits(path, data.get("tenant", {}))
     entries = data.get("principal", [])
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"--auth {path}: name at least one [[principal]] (name, token_sha256, role)")
@@ -317,41 +362,60 @@ def load_authority(path: str, agent_token: str = "", *, tls: bool = False, mtls:
         agent_token=agent_token,
         by_cn=by_cn,
         tls=tls,
-        tenant_weights=weights,
-        tenant_max_pending=max_pending,
+        tenants=limits,
     )
 
 
-# What DESIGN.md's [tenant.NAME] may also hold, which this version does not enforce: refused
-# rather than ignored, so that nobody relies on a limit that is not there.
-_TENANT_KEYS_TO_COME = ("max_running_gpus", "submit_rate")
+@dataclass(frozen=True)
+class TenantLimits:
+    """An --auth file's [tenant.NAME] tables, by tenant name."""
+
+    weights: Mapping[str, float] = field(default_factory=dict)
+    max_pending: Mapping[str, int] = field(default_factory=dict)
+    max_running_gpus: Mapping[str, int] = field(default_factory=dict)
+    submit_rates: Mapping[str, float] = field(default_factory=dict)
+    max_pending_bytes: Mapping[str, int] = field(default_factory=dict)
 
 
-def _tenant_limits(path: str, tables: object) -> tuple[dict[str, float], dict[str, int]]:
-    """[tenant.NAME] weight (> 0) and max_pending (>= 1) from an --auth file."""
+_TENANT_KEYS = ("weight", "max_pending", "max_pending_bytes", "max_running_gpus", "submit_rate")
+
+
+def _tenant_limits(path: str, tables: object) -> TenantLimits:
+    """[tenant.NAME] weight (> 0), max_pending (>= 1), max_pending_bytes (>= 1), max_running_gpus
+    (>= 0) and submit_rate (tasks/s, > 0) from an --auth file."""
     if not isinstance(tables, dict):
         raise ValueError(f"--auth {path}: tenant must be tables such as [tenant.research]")
     weights: dict[str, float] = {}
+    rates: dict[str, float] = {}
     max_pending: dict[str, int] = {}
+    max_gpus: dict[str, int] = {}
+    max_bytes: dict[str, int] = {}
     for name, table in tables.items():
         where = f"--auth {path}: [tenant.{name}]"
         if not isinstance(table, dict):
             raise ValueError(f"{where} is not a table")
-        later = sorted(set(table) & set(_TENANT_KEYS_TO_COME))
-        if later:
-            raise ValueError(f"{where}: {', '.join(later)} are not enforced by this version; remove them")
-        unknown = set(table) - {"weight", "max_pending"}
+        unknown = set(table) - set(_TENANT_KEYS)
         if unknown:
-            raise ValueError(f"{where} has unknown keys {sorted(unknown)}; it takes weight and max_pending")
-        weight, pending = table.get("weight"), table.get("max_pending")
+            raise ValueError(f"{where} has unknown keys {sorted(unknown)}; it takes {', '.join(_TENANT_KEYS)}")
+        weight, rate = table.get("weight"), table.get("submit_rate")
+        for key, value in (("weight", weight), ("submit_rate", rate)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf")
+            ):
+                raise ValueError(f"{where}: {key} must be a number > 0")
         if weight is not None:
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
-                raise ValueError(f"{where}: weight must be a number > 0")
             weights[name] = float(weight)
-        if pending is not None:
-            if isinstance(pending, bool) or not isinstance(pending, int) or pending < 1:
-                raise ValueError(f"{where}: max_pending must be a whole number >= 1")
-            max_pending[name] = pending
-    return weights, max_pending
-
-
+        if rate is not None:
+            rates[name] = float(rate)
+        for key, least, into, most in (
+            ("max_pending", 1, max_pending, 2**63),
+            ("max_pending_bytes", 1, max_bytes, 2**63),
+            ("max_running_gpus", 0, max_gpus, 2**32),  # the core counts GPUs in 32 bits
+        ):
+            value = table.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value < most:
+                raise ValueError(f"{where}: {key} must be a whole number from {least} to {most - 1}")
+            into[name] = value
+    return TenantLimits(weights, max_pending, max_gpus, rates, max_bytes)

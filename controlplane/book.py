@@ -116,6 +116,9 @@ class TaskBook:
         self.settling: set[str] = set()  # ids of finished tasks whose outcome is not yet durable
         self.counts: collections.Counter[int] = collections.Counter()  # tasks by proto state
         self.pending_by_tenant: collections.Counter[str] = collections.Counter()  # for max_pending quotas
+        # Bytes of the specs of pending tasks, all and by tenant: --max-queue-bytes, max_pending_bytes.
+        self.pending_bytes = 0
+        self.pending_bytes_by_tenant: collections.Counter[str] = collections.Counter()
         self._idempotency: dict[tuple[str, str], str] = {}
         self._recent_terminal: collections.deque[str] = collections.deque()
         self._observers: list[Observer] = []
@@ -160,7 +163,7 @@ class TaskBook:
         if counted:
             self.counts[rec.state] += 1
             if rec.state == PENDING:
-                self.pending_by_tenant[rec.tenant] += 1
+                self._count_pending(rec, 1)
         if rec.spec.idempotency_key:
             self._idempotency[(rec.tenant, rec.spec.idempotency_key)] = rec.id
         if rec.terminal:
@@ -169,6 +172,11 @@ class TaskBook:
         if hold is Hold.ORPHANED:
             self.orphans[rec.handle] = entry
         return entry
+
+    def _count_pending(self, rec: TaskRecord, sign: int) -> None:
+        self.pending_by_tenant[rec.tenant] += sign
+        self.pending_bytes += sign * rec.spec_bytes
+        self.pending_bytes_by_tenant[rec.tenant] += sign * rec.spec_bytes
 
     def idempotent(self, tenant: str, key: str) -> str | None:
         return self._idempotency.get((tenant, key))
@@ -215,7 +223,7 @@ class TaskBook:
         self.counts[rec.state] -= 1
         self.counts[state] += 1
         if (rec.state == PENDING) != (state == PENDING):
-            self.pending_by_tenant[rec.tenant] += 1 if state == PENDING else -1
+            self._count_pending(rec, 1 if state == PENDING else -1)
         rec.state = state
         entry.hold = hold
         event = self._record(entry, cause, reason)

@@ -61,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=100_000, metavar="N",
                    help="pending tasks before submissions are refused (default %(default)s)")
     p.add_argument("--max-payload", type=int, default=4 * 1024 * 1024, metavar="BYTES")
+    p.add_argument("--max-queue-bytes", type=int, default=1024**3, metavar="BYTES",
+                   help="bytes of specs all pending tasks may hold in memory together (default %(default)s)")
     p.add_argument("--default-timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="execution limit of tasks that set none (default %(default)s)")
     p.add_argument("--default-retries", type=int, default=3, metavar="N")
@@ -122,6 +124,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="FILE", default="", help="the certificate's private key (PEM)")
     p.add_argument("--tls-client-ca", metavar="FILE", default="",
                    help="mTLS: clients must present a certificate this CA signed (principals' cert_cn)")
+    p.add_argument("--max-watchers", type=int, default=64, metavar="N",
+                   help="open WatchTasks streams one principal may hold; 0 = no cap (default %(default)s)")
+    p.add_argument("--register-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="an agent stream that has not registered by then is closed (default %(default)s)")
     p.add_argument("--ready-file", help="write the bound port here once serving (and the HTTP port to FILE.http)")
     p.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO (every task event a line, logger gpucp.tasks), WARNING... (default %(default)s)")
@@ -146,6 +152,12 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--locality-wait {args.locality_wait:g}: give seconds >= 0 (0: never wait)")
     if not (math.isfinite(args.aging) and args.aging >= 0):
         raise ValueError(f"--aging {args.aging:g}: give seconds >= 0 (0: tasks never move up a class)")
+    if args.max_queue_bytes < 1:
+        raise ValueError(f"--max-queue-bytes {args.max_queue_bytes}: give a number of bytes >= 1")
+    if args.max_watchers < 0:
+        raise ValueError(f"--max-watchers {args.max_watchers}: give a number of watches >= 0 (0: no cap)")
+    if not (math.isfinite(args.register_timeout) and args.register_timeout > 0):
+        raise ValueError(f"--register-timeout {args.register_timeout:g}: give seconds > 0")
     if not 0 <= args.warmup < 2**32:
         raise ValueError(
             f"--warmup {args.warmup}: give a number of successes from 0 (all slots at once) to {2**32 - 1}"
@@ -173,6 +185,7 @@ def run_serve(args: argparse.Namespace) -> int:
         db=args.db,
         db_synchronous=args.sync.upper(),
         max_queue=args.max_queue,
+        max_queue_bytes=args.max_queue_bytes,
         max_payload_bytes=args.max_payload,
         default_timeout_ms=int(args.default_timeout * 1000),
         default_max_retries=args.default_retries,
@@ -193,6 +206,8 @@ def run_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        max_watchers=args.max_watchers,
+        register_timeout_s=args.register_timeout,
     )
     run(config, ready_file=args.ready_file)
     return 0

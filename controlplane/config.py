@@ -59,6 +59,8 @@ class ServerConfig:
     # "NORMAL" survives a crash of the process; "FULL" also survives power loss.
     db_synchronous: str = "NORMAL"
     max_queue: int = 100_000
+    # Bytes of the specs (payloads included) of all pending tasks together: they are held in memory.
+    max_queue_bytes: int = 1024**3
     max_payload_bytes: int = 4 * 1024 * 1024
     default_timeout_ms: int = 3_600_000
     default_max_retries: int = 3
@@ -72,6 +74,22 @@ class ServerConfig:
     # Pending tasks a tenant may have before its submissions (only its) are refused; from the
     # --auth file's [tenant.NAME] max_pending.
     tenant_max_pending: tuple[tuple[str, int], ...] = ()
+    # GPUs a tenant's placed tasks may hold together; past it its tasks stay pending while other
+    # tenants' are placed. From the --auth file's [tenant.NAME] max_running_gpus.
+    tenant_max_running_gpus: tuple[tuple[str, int], ...] = ()
+    # Bytes of specs a tenant's pending tasks may hold ([tenant.NAME] max_pending_bytes).
+    tenant_max_pending_bytes: tuple[tuple[str, int], ...] = ()
+    # Tasks per second a tenant may submit (token bucket, burst 2 s of it); past it
+    # RESOURCE_EXHAUSTED says how long to wait. From [tenant.NAME] submit_rate.
+    tenant_submit_rates: tuple[tuple[str, float], ...] = ()
+    # Open WatchTasks streams one principal may hold (each event is offered to every watch);
+    # 0 = no cap.
+    max_watchers: int = 64
+    # A Workers.Connect stream must send its Register within this long, and at most
+    # max_unregistered streams may be waiting to (the rest are refused), so streams that never
+    # register hold nothing for long.
+    register_timeout_s: float = 30.0
+    max_unregistered: int = 1024
     # The core's queue and placement, heartbeat timeout included.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Finished tasks (their results too) are deleted this long after they end; 0 keeps them

@@ -30,6 +30,7 @@ from controlplane.history import SUBMITTED, History
 from controlplane.lifecycle import Lifecycle
 from controlplane.logs import log_event
 from controlplane.notify import Notifier, Watcher, wall_ms
+from controlplane.rates import SubmitRates
 from controlplane.record import TaskRecord, new_task_id
 from controlplane.store import Store, StoreError
 from controlplane.validation import validate_spec
@@ -62,9 +63,11 @@ class ControlPlane:
     def __init__(self, config: ServerConfig, store: Store) -> None:
         self.config = config
         self._max_pending = dict(config.tenant_max_pending)
+        self._max_pending_bytes = dict(config.tenant_max_pending_bytes)
+        self._rates = SubmitRates(dict(config.tenant_submit_rates))
         self.store = store
         self.book = TaskBook()
-        self.notifier = Notifier()
+        self.notifier = Notifier(config.max_watchers)
         self.book.observe(self.notifier.announce)
         self.history = History(self.book, store)
         self.book.journal(log_event)
@@ -187,7 +190,13 @@ class ControlPlane:
                 f"the queue is full ({queued} tasks pending, limit {self.config.max_queue}): "
                 "retry later, or raise --max-queue"
             )
-        self._check_tenant_quotas(specs)
+        queued_bytes, new_bytes = self.book.pending_bytes, sum(sizes)
+        if queued_bytes + new_bytes > self.config.max_queue_bytes:
+            raise ResourceExhausted(
+                f"the queue is full: its pending tasks hold {queued_bytes} bytes of specs, these add {new_bytes} and "
+                f"the limit is {self.config.max_queue_bytes} (--max-queue-bytes): retry later, or raise it"
+            )
+        self._check_tenant_quotas(specs, sizes)
         known = await self._find_idempotent(specs)
         out: list[tuple[str, bool]] = []
         new: list[TaskRecord] = []
@@ -227,12 +236,25 @@ class ControlPlane:
         self.lifecycle.queue(entries)
         return out
 
-    def _check_tenant_quotas(self, specs: Sequence[common_pb2.TaskSpec]) -> None:
-        """ResourceExhausted when the specs would take a tenant past its max_pending: that tenant
-        waits, the others keep submitting."""
-        if not self._max_pending:
-            return
-        for tenant, count in collections.Counter(spec.tenant or "default" for spec in specs).items():
+    def _check_tenant_quotas(self, specs: Sequence[common_pb2.TaskSpec], sizes: Sequence[int]) -> None:
+        """ResourceExhausted when the specs would take a tenant past its max_pending, its
+        max_pending_bytes or its submit_rate (RateLimited, with the delay): that tenant waits, the
+        others keep submitting. A batch refused for a quota takes none of its tenants' rates."""
+        if not (self._max_pending or self._max_pending_bytes or self._rates.limited):
+            return  # no [tenant.NAME] limits: nothing to count on the submit path
+        counts = collections.Counter(spec.tenant or "default" for spec in specs)
+        added: collections.Counter[str] = collections.Counter()
+        for spec, size in zip(specs, sizes, strict=True):
+            added[spec.tenant or "default"] += size
+        for tenant, size in added.items():
+            budget = self._max_pending_bytes.get(tenant)
+            held = self.book.pending_bytes_by_tenant[tenant]
+            if budget is not None and held + size > budget:
+                raise ResourceExhausted(
+                    f"tenant {printable(tenant, 64)}'s pending tasks hold {held} bytes of specs, these add {size} and "
+                    f"its budget is {budget} (max_pending_bytes in the --auth file): wait for some to start"
+                )
+        for tenant, count in counts.items():
             limit = self._max_pending.get(tenant)
             pending = self.book.pending_by_tenant[tenant]
             if limit is not None and pending + count > limit:
@@ -240,6 +262,7 @@ class ControlPlane:
                     f"tenant {printable(tenant, 64)} has {pending} tasks pending, its limit is {limit} "
                     f"(max_pending in the --auth file): wait for some to start, or ask an admin to raise it"
                 )
+        self._rates.take(counts)
 
     async def _find_idempotent(self, specs: Sequence[common_pb2.TaskSpec]) -> dict[tuple[str, str], str]:
         """Earlier tasks with the specs' idempotency keys that are no longer held in memory."""
@@ -341,10 +364,12 @@ class ControlPlane:
             recs = [r for r in recs if r.state == state]
         return recs, str(rows[-1].handle) if rows and more else ""
 
-    def watch(self, task_ids: Sequence[str], tenant: str, allowed: frozenset[str] | None = None) -> Watcher:
-        """Start recording events for a watcher (of `allowed` tenants' tasks only, None: all);
-        call unwatch() when done with it."""
-        return self.notifier.watch(task_ids, tenant, allowed)
+    def watch(
+        self, task_ids: Sequence[str], tenant: str, allowed: frozenset[str] | None = None, owner: str = ""
+    ) -> Watcher:
+        """Start recording events for a watcher (of `allowed` tenants' tasks only, None: all) for
+        the principal `owner`, whose open watches are capped; call unwatch() when done with it."""
+        return self.notifier.watch(task_ids, tenant, allowed, owner)
 
     def unwatch(self, watcher: Watcher) -> None:
         self.notifier.unwatch(watcher)

@@ -60,6 +60,7 @@ class Core:
             self.scheduler.set_kind_policy(kind, policy)
         self._worker_name = worker_name
         self._tenant_weights = dict(config.tenant_weights)
+        self._tenant_max_gpus = dict(config.tenant_max_running_gpus)
         self._tenants: dict[str, int] = {}
         self._affinities: dict[str, int] = {"": 0}
         self._shapes: dict[ShapeKey, int] = {}
@@ -80,6 +81,9 @@ class Core:
             weight = self._tenant_weights.get(name)
             if weight is not None:
                 self.scheduler.set_tenant_weight(tenant, weight)
+            max_gpus = self._tenant_max_gpus.get(name)
+            if max_gpus is not None:
+                self.scheduler.set_tenant_max_gpus(tenant, max_gpus)
         return tenant
 
     def affinity(self, key: str) -> int:
@@ -113,6 +117,7 @@ class Core:
         self.scheduler.attach(
             rec.handle, worker, rec.gpu_indices, self.shape(rec.spec), self.timeout_ms(rec), mono_ms()
         )
+        self.scheduler.charge_tenant(rec.handle, self.tenant(rec.tenant))
 
     # -- explanations ---------------------------------------------------------------------------
 
@@ -121,6 +126,13 @@ class Core:
         return name if name is not None else f"worker {worker}"  # gone since the core decided
 
     def why_pending(self, rec: TaskRecord) -> str:
+        if rec.spec.requirements.gpus:
+            running, cap = self.scheduler.tenant_gpus(self.tenant(rec.tenant))
+            if cap is not None and running + rec.spec.requirements.gpus > cap:
+                return (
+                    f"tenant {rec.tenant} runs {running} of its {cap} GPUs (max_running_gpus): "
+                    "it waits for the tenant's running tasks to free GPUs"
+                )
         why = self.scheduler.explain(self.shape(rec.spec), core_priority(rec.spec.priority))
         return pending_sentence(why, rec.spec.kind, self._name)
 

@@ -30,6 +30,7 @@ from controlplane.record import TaskRecord
 from gpucp.v1 import common_pb2
 
 if TYPE_CHECKING:
+    from controlplane.auth import Authority
     from controlplane.autoscaler import Autoscaler
     from controlplane.control import ControlPlane
 
@@ -94,8 +95,9 @@ class Metrics:
     and a labelled prometheus_client metric costs a lock and a lookup of its child per update.
     """
 
-    def __init__(self, cp: ControlPlane) -> None:
+    def __init__(self, cp: ControlPlane, authority: Authority | None = None) -> None:
         self.cp = cp
+        self.authority = authority  # its refusals are counted; None: no credentials are checked
         self.autoscaler: Autoscaler | None = None  # set by the server when it runs with --autoscale
         self.tenant = Capped()
         self.kind = Capped()
@@ -171,6 +173,11 @@ class _Counts(Collector):
             family.add_metric([cause], n)
         yield family
         yield CounterMetricFamily("gpucp_placements", "Attempts placed on a worker", value=m.placements)
+        family = CounterMetricFamily("gpucp_auth_refused", "Calls refused for their credential, by reason",
+                                     labels=["reason"])
+        for reason, n in sorted((m.authority.refused if m.authority is not None else {}).items()):
+            family.add_metric([reason.value], n)
+        yield family
         for name, doc, by_kind in (
             ("gpucp_task_wait_seconds", "From submission to the first placement", m.wait),
             ("gpucp_task_run_seconds", "From the last attempt's placement to the end", m.run),

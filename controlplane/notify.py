@@ -7,6 +7,7 @@ after its commit, never before, so nobody learns of one that a crash could still
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ class Watcher:
     tenant: str
     # The tenants the watching principal may see; None: every tenant.
     allowed: frozenset[str] | None = None
+    # The principal that watches, whose open watches are capped.
+    owner: str = ""
     queue: asyncio.Queue[scheduler_pb2.TaskEvent | None] = field(
         default_factory=lambda: asyncio.Queue(WATCH_BUFFER)
     )
@@ -54,8 +57,12 @@ class Watcher:
 
 
 class Notifier:
-    def __init__(self) -> None:
+    def __init__(self, max_watchers: int = 0) -> None:
         self._watchers: set[Watcher] = set()
+        # Every event is offered to every watcher, so open watches are what an event costs: each
+        # principal may hold this many (0 = no cap).
+        self._max_watchers = max_watchers
+        self._watching: collections.Counter[str] = collections.Counter()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def announce(self, rec: TaskRecord, event: Event) -> None:
@@ -93,14 +100,27 @@ class Notifier:
                 if not waiters:
                     del self._waiters[task_id]
 
-    def watch(self, task_ids: Sequence[str], tenant: str, allowed: frozenset[str] | None = None) -> Watcher:
-        """Start recording events for a watcher; call unwatch() when done with it."""
-        watcher = Watcher(frozenset(task_ids), tenant, allowed)
+    def watch(
+        self, task_ids: Sequence[str], tenant: str, allowed: frozenset[str] | None = None, owner: str = ""
+    ) -> Watcher:
+        """Start recording events for a watcher; call unwatch() when done with it. ResourceExhausted
+        when `owner` already holds its cap of open watches."""
+        if self._max_watchers and self._watching[owner] >= self._max_watchers:
+            raise ResourceExhausted(
+                f"{owner or 'this caller'} already has {self._watching[owner]} watches open, the most one caller "
+                "may (--max-watchers): close some, or watch many tasks with one watch (task_ids, or a tenant)"
+            )
+        watcher = Watcher(frozenset(task_ids), tenant, allowed, owner)
         self._watchers.add(watcher)
+        self._watching[owner] += 1
         return watcher
 
     def unwatch(self, watcher: Watcher) -> None:
-        self._watchers.discard(watcher)
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+            self._watching[watcher.owner] -= 1
+            if not self._watching[watcher.owner]:
+                del self._watching[watcher.owner]
 
     def close(self) -> None:
         """The server stops: end every watch."""

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane.auth import Authority, load_authority
 from controlplane.autoscaler import Autoscaler, ControlPlaneView, load_config
+from controlplane.autoscaler.credentials import PodCredentials
 from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
 from controlplane.metrics import Metrics
@@ -153,7 +154,7 @@ async def start(config: ServerConfig) -> Running:
         raise
     control = ControlPlane(config, store)
     await control.start()
-    metrics = Metrics(control)
+    metrics = Metrics(control, authority)
     http = HttpApi(control, metrics, authority) if http_sock is not None else None
     if http is not None and http_sock is not None:
         await http.start(http_sock, http_tls(config))
@@ -185,8 +186,11 @@ async def start(config: ServerConfig) -> Running:
     running = Running(server, port, control, health_servicer, store, authority, http, http_port)
     if autoscale is not None:
         host = config.listen.rpartition(":")[0]
+        # With principals, each pod gets its own credential; without, the agent token (if any).
+        credentials = PodCredentials(authority, autoscale.api_key) if authority.enabled else None
         running.autoscaler = admin.autoscaler = metrics.autoscaler = Autoscaler(
-            ControlPlaneView(control), autoscale, server_address=f"{host}:{port}", agent_token=config.agent_token
+            ControlPlaneView(control), autoscale, server_address=f"{host}:{port}", agent_token=config.agent_token,
+            credentials=credentials,
         )
         await running.autoscaler.start()
     if http is not None:
@@ -213,16 +217,19 @@ def is_loopback(listen: str) -> bool:
 
 
 def with_tenant_limits(config: ServerConfig, authority: Authority) -> ServerConfig:
-    """The config with the --auth file's [tenant.NAME] weights and max_pending; ValueError for a
+    """The config with the --auth file's [tenant.NAME] weights and limits; ValueError for a
     weight also given by --tenant-weight (set it in one place)."""
     flagged = {name for name, _ in config.tenant_weights}
-    both = sorted(flagged & set(authority.tenant_weights))
+    both = sorted(flagged & set(authority.tenants.weights))
     if both:
         raise ValueError(f"tenant weights of {', '.join(both)} are given by --tenant-weight and by --auth: keep one")
     return dataclasses.replace(
         config,
-        tenant_weights=(*config.tenant_weights, *authority.tenant_weights.items()),
-        tenant_max_pending=tuple(authority.tenant_max_pending.items()),
+        tenant_weights=(*config.tenant_weights, *authority.tenants.weights.items()),
+        tenant_max_pending=tuple(authority.tenants.max_pending.items()),
+        tenant_max_running_gpus=tuple(authority.tenants.max_running_gpus.items()),
+        tenant_max_pending_bytes=tuple(authority.tenants.max_pending_bytes.items()),
+        tenant_submit_rates=tuple(authority.tenants.submit_rates.items()),
     )
 
 

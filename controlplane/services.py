@@ -16,14 +16,16 @@ from controlplane.auth import (
     Denied,
     Permission,
     Principal,
+    Refusal,
     authorize,
     listed_tenants,
     local_peer,
     printable,
 )
 from controlplane.control import ControlPlane
-from controlplane.errors import ControlError
+from controlplane.errors import ControlError, Unavailable
 from controlplane.fleet import WorkerConn
+from controlplane.rates import status_details
 from controlplane.record import TaskRecord
 from gpucp.v1 import (
     admin_pb2,
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gpucp.controlplane")
 audit = logging.getLogger("gpucp.audit")
 
-REGISTER_TIMEOUT_S = 30.0
 T = TypeVar("T")
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -52,7 +53,7 @@ async def answer(context: ServicerContext[Request, Response], call: Awaitable[T]
     try:
         return await call
     except ControlError as exc:
-        await context.abort(exc.code, str(exc))  # raises: abort() never returns
+        await context.abort(exc.code, str(exc), status_details(exc))  # raises: abort() never returns
 
 
 async def caller(
@@ -75,8 +76,7 @@ async def caller(
         )
         authorize(principal, permission)
     except Denied as exc:
-        who = principal.name if principal is not None else "an unknown caller"
-        audit.warning("refused %s from %s (%s): %s", permission.value, who, printable(context.peer(), 64), exc)
+        authority.refuse(exc, permission.value, principal, context.peer())
         await context.abort(exc.code, str(exc))
     return principal
 
@@ -106,7 +106,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             try:
                 spec.tenant = principal.tenant_for(spec.tenant)
             except Denied as exc:
-                audit.warning("refused submit from %s: %s", principal.name, exc)
+                self.authority.refuse(exc, Permission.SUBMIT.value, principal, context.peer())
                 await context.abort(exc.code, str(exc))
 
     async def SubmitTask(
@@ -203,7 +203,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     ) -> AsyncIterator[scheduler_pb2.TaskEvent]:
         principal = await caller(self.authority, context, Permission.READ)
         allowed = None if principal.all_tenants else frozenset(await self._tenants(context, principal, request.tenant))
-        watcher = self.cp.watch(list(request.task_ids), request.tenant, allowed)
+        try:
+            watcher = self.cp.watch(list(request.task_ids), request.tenant, allowed, principal.name)
+        except ControlError as exc:
+            await context.abort(exc.code, str(exc))
         try:
             # Headers go out once the watcher is recording: a client that waits for them
             # misses no event of what it submits next.
@@ -224,7 +227,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         try:
             return listed_tenants(principal, asked)
         except Denied as exc:
-            audit.warning("refused read from %s: %s", principal.name, exc)
+            self.authority.refuse(exc, Permission.READ.value, principal, context.peer())
             await context.abort(exc.code, str(exc))
 
 
@@ -232,6 +235,8 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
     def __init__(self, cp: ControlPlane, authority: Authority) -> None:
         self.cp = cp
         self.authority = authority
+        # Connect streams open but not yet registered (capped: config.max_unregistered).
+        self._unregistered = 0
 
     async def Connect(
         self,
@@ -239,14 +244,24 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
         context: ServicerContext[workers_pb2.AgentMessage, workers_pb2.ControlMessage],
     ) -> AsyncIterator[workers_pb2.ControlMessage]:
         principal = await caller(self.authority, context, Permission.CONNECT, connect=True)
+        config = self.cp.config
+        if self._unregistered >= config.max_unregistered:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._unregistered} agent streams are waiting to register, the most this control plane "
+                "takes at once: retry in a few seconds",
+            )
         requests = aiter(request_iterator)
+        self._unregistered += 1
         try:
-            first = await asyncio.wait_for(anext(requests), REGISTER_TIMEOUT_S)
+            first = await asyncio.wait_for(anext(requests), config.register_timeout_s)
         except (StopAsyncIteration, TimeoutError):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"send register as the first message within {REGISTER_TIMEOUT_S:g} s",
+                f"send register as the first message within {config.register_timeout_s:g} s",
             )
+        finally:
+            self._unregistered -= 1
         if first.WhichOneof("msg") != "register":
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -267,13 +282,23 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
 
     async def _register(self, reg: workers_pb2.Register, peer: str, principal: Principal) -> WorkerConn:
         # async only so that answer() can map its ControlError like any other call's
+        if principal.role == "agent" and not principal.workers:
+            # A pod's credential before its pod id is known (autoscaler.credentials): soon, not never.
+            raise Unavailable(
+                f"{principal.name}'s credential is not bound to a worker id yet (its pod is being created "
+                "or adopted): retry in a few seconds"
+            )
         if not principal.may_be_worker(reg.worker_id):
-            audit.warning("refused register as worker %s by %s", printable(reg.worker_id, 64), principal.name)
-            raise Denied(
+            denied = Denied(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{principal.name} may not register as worker {printable(reg.worker_id, 64)}: "
                 f"its worker ids are {', '.join(principal.workers)}",
+                Refusal.WORKER,
             )
+            self.authority.refuse(denied, f"register as worker {printable(reg.worker_id, 64)}", principal, peer)
+            raise denied
+        if principal.role != "agent" and principal is not ANONYMOUS:
+            audit.info("%s (%s) connected as worker %s", principal.name, principal.role, printable(reg.worker_id, 64))
         return self.cp.register(reg, peer, principal.name)
 
     async def _read(self, conn: WorkerConn, requests: AsyncIterator[workers_pb2.AgentMessage]) -> None:

@@ -39,6 +39,7 @@ log = logging.getLogger("gpucp.http")
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
+_PRINCIPAL = "gpucp.principal"  # the request key its caller's principal is kept under
 _STATES = {name: value for value, name in STATE_NAMES.items() if value != common_pb2.TASK_STATE_UNSPECIFIED}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -82,7 +83,8 @@ class HttpApi:
             return await handler(request)
         except Denied as exc:
             status = 401 if exc.code == grpc.StatusCode.UNAUTHENTICATED else 403
-            log.warning("refused %s %s from %s: %s", request.method, request.path[:200], request.remote, exc)
+            who = request.get(_PRINCIPAL)
+            self.authority.refuse(exc, f"{request.method} {request.path[:200]}", who, request.remote or "")
             return _error(status, str(exc))
         except ControlError as exc:
             status = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, InvalidArgument) else 503
@@ -103,6 +105,7 @@ class HttpApi:
             cert_cn=_common_name(request),
             remote=not local_address(request.remote or ""),
         )
+        request[_PRINCIPAL] = principal  # for the audit line of a refusal further on
         authorize(principal, permission)
         return principal
 

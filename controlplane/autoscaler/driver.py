@@ -19,6 +19,7 @@ from typing import Any
 from controlplane.autoscaler import plan as planning
 from controlplane.autoscaler.config import AutoscaleConfig
 from controlplane.autoscaler.costs import CostTracker, PodBill, cancel_quietly
+from controlplane.autoscaler.credentials import PodCredentials
 from controlplane.autoscaler.plan import (
     Action,
     Adopt,
@@ -34,7 +35,7 @@ from controlplane.autoscaler.runpod import GpuType, RunPodError, RunPodProvider
 from controlplane.autoscaler.shapes import PoolProbe
 from controlplane.autoscaler.view import ControlView, WorkerSnapshot
 from controlplane.core import ShapeKey, shape_key
-from gpucp.auth import AGENT_TOKEN_ENV
+from gpucp.auth import AGENT_TOKEN_ENV, TOKEN_ENV
 from gpucp.client import SERVER_ENV
 from gpucp.pods import POD_COST_ENV, POD_POOL_ENV
 from gpucp.v1 import admin_pb2, common_pb2
@@ -48,12 +49,20 @@ class Autoscaler:
     """Scales RunPod pools from the queue and keeps their bills. start() runs it; stop() ends it."""
 
     def __init__(
-        self, view: ControlView, config: AutoscaleConfig, *, server_address: str, agent_token: str = ""
+        self,
+        view: ControlView,
+        config: AutoscaleConfig,
+        *,
+        server_address: str,
+        agent_token: str = "",
+        credentials: PodCredentials | None = None,
     ) -> None:
         self.view = view
         self.config = config
         self.server_address = config.server_address or server_address
-        # The token the control plane asks agents for (see server.start), handed to every pod.
+        # With principals (--auth), each pod gets a token of its own, bound to its worker id;
+        # without, the token the control plane asks agents for (see server.start) goes to every pod.
+        self.credentials = credentials
         self.agent_token = agent_token
         self.costs = CostTracker(view)
         self.events: collections.deque[admin_pb2.ScalingEvent] = collections.deque(maxlen=config.max_events)
@@ -253,7 +262,9 @@ class Autoscaler:
         cfg = self.state.pools[action.pool].config
         name = f"gpucp-{cfg.name}-{secrets.token_hex(4)}"
         env = {**cfg.env, SERVER_ENV: self.server_address, POD_POOL_ENV: cfg.name}
-        if self.agent_token:
+        if self.credentials is not None:
+            env[TOKEN_ENV] = self.credentials.token(name)
+        elif self.agent_token:
             env[AGENT_TOKEN_ENV] = self.agent_token
         price = self._price_per_gpu(cfg.name) * cfg.gpu_count
         if price:
@@ -272,8 +283,12 @@ class Autoscaler:
                 volume_gb=cfg.volume_gb,
             )
         except RunPodError as exc:
+            if self.credentials is not None:
+                self.credentials.revoke(name)
             self._apply(planning.create_failed(self.state, cfg.name, action.ref, str(exc), time.monotonic()))
             return
+        if self.credentials is not None:
+            self.credentials.bind(name, pod.id)
         bill = PodBill(pod.id, cfg.name, cfg.gpu_type_id, cfg.gpu_count, price, created_at=time.time())
         self.costs.pods[pod.id] = bill
         self.state = planning.created(self.state, cfg.name, action.ref, pod.id, time.monotonic())
@@ -292,6 +307,8 @@ class Autoscaler:
         except RunPodError as exc:
             self._apply(planning.terminate_failed(self.state, action.pool, action.ref, str(exc)))
             return
+        if self.credentials is not None:
+            self.credentials.revoke(pod_id=action.pod_id)
         now = time.time()
         bill = self.costs.pods.get(action.pod_id)
         if bill is not None:
@@ -312,6 +329,8 @@ class Autoscaler:
     def _adopt_one(self, action: Adopt) -> None:
         cfg = self.state.pools[action.pool].config
         pod = action.pod
+        if self.credentials is not None:
+            self.credentials.bind(pod.name, pod.id)  # the same token its pod was created with
         self.costs.pods[pod.id] = PodBill(
             pod.id, cfg.name, cfg.gpu_type_id, pod.gpu_count or cfg.gpu_count, pod.cost_per_hr, created_at=time.time()
         )

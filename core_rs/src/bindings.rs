@@ -502,6 +502,29 @@ impl PyScheduler {
         Ok(self.engine()?.set_tenant_weight(tenant, weight)?)
     }
 
+    /// Cap the GPUs a tenant's placed tasks hold together (None = no cap): at its cap the
+    /// tenant's tasks stay queued while other tenants' are placed.
+    #[pyo3(signature = (tenant, max_gpus), text_signature = "(self, /, tenant, max_gpus)")]
+    fn set_tenant_max_gpus(&self, tenant: i64, max_gpus: Option<i64>) -> PyResult<()> {
+        let tenant = in_range("tenant", tenant)?;
+        let max_gpus = optional_in_range("max_gpus", max_gpus)?;
+        self.engine()?.set_tenant_max_gpus(tenant, max_gpus);
+        Ok(())
+    }
+
+    /// (GPUs the tenant's placed tasks hold, its cap or None).
+    fn tenant_gpus(&self, tenant: i64) -> PyResult<(u32, Option<u32>)> {
+        let tenant = in_range("tenant", tenant)?;
+        Ok(self.engine()?.tenant_gpus(tenant))
+    }
+
+    /// Count an attached task's GPUs against its tenant's cap (placed tasks are counted by
+    /// place()); once per task.
+    fn charge_tenant(&self, task: TaskId, tenant: i64) -> PyResult<()> {
+        let tenant = in_range("tenant", tenant)?;
+        Ok(self.engine()?.charge_tenant(task, tenant)?)
+    }
+
     /// Place tasks of `kind` by `policy` (overrides the constructor's policy).
     fn set_kind_policy(&self, kind: &str, policy: &str) -> PyResult<()> {
         let policy = policy.parse::<Policy>()?;

@@ -60,6 +60,8 @@ pub struct PendingTask {
     pub enqueued_ms: u64,
     /// Work charged to its tenant and class when placed (its GPU count, at least 1).
     pub work: u32,
+    /// GPUs it holds once placed, counted against its tenant's GPU cap.
+    pub gpus: u32,
 }
 
 impl PendingTask {
@@ -76,6 +78,7 @@ impl PendingTask {
             hard_affinity: false,
             enqueued_ms: 0,
             work: 1,
+            gpus: 0,
         }
     }
 }
@@ -235,6 +238,20 @@ struct Tenant {
     classes: Classes,
     /// Its slot in `PendingQueue::active`.
     slot: u32,
+    /// GPUs its placed tasks hold, and the most they may (None = no cap).
+    gpus: u32,
+    max_gpus: Option<u32>,
+}
+
+impl Tenant {
+    /// Whether placing a task of `gpus` GPUs would take it past its GPU cap. A task of no GPU
+    /// never does.
+    fn over_cap(&self, gpus: u32) -> bool {
+        gpus > 0
+            && self
+                .max_gpus
+                .is_some_and(|cap| self.gpus.saturating_add(gpus) > cap)
+    }
 }
 
 impl Tenant {
@@ -252,6 +269,8 @@ impl Tenant {
             class_clock: 0.0,
             classes: Classes::default(),
             slot: active.slot(),
+            gpus: 0,
+            max_gpus: None,
         })
     }
 }
@@ -287,6 +306,8 @@ pub struct PendingQueue {
     by_priority: [u64; PRIORITY_CLASSES],
     /// Pending tasks per affinity key (0 = none is not counted).
     by_affinity: IdHashMap<u64, u64>,
+    /// Placed tasks that hold GPUs: (tenant, GPUs), charged to the tenant until `discharge`.
+    charged: IdHashMap<TaskId, (TenantId, u32)>,
 }
 
 fn promotion_at(fairness: &Fairness, p: &PendingTask, class: u8) -> Option<u64> {
@@ -333,6 +354,40 @@ impl PendingQueue {
             self.active.set(t.slot, Some((t.key, tenant)));
         }
         Ok(())
+    }
+
+    /// Cap the GPUs a tenant's placed tasks may hold together (None = no cap). A tenant at its
+    /// cap keeps its tasks queued and sits out placement rounds until its tasks free GPUs; the
+    /// other tenants go on. Takes effect from the next round; nothing placed is taken back.
+    pub fn set_tenant_max_gpus(&mut self, tenant: TenantId, max_gpus: Option<u32>) {
+        Tenant::get(&mut self.tenants, &mut self.active, tenant).max_gpus = max_gpus;
+    }
+
+    /// (GPUs a tenant's placed tasks hold, its cap).
+    pub fn tenant_gpus(&self, tenant: TenantId) -> (u32, Option<u32>) {
+        self.tenants
+            .get(&tenant)
+            .map_or((0, None), |t| (t.gpus, t.max_gpus))
+    }
+
+    /// Count `gpus` GPUs of a placed task against `tenant` (a task placed by `take` is counted
+    /// there; this is for one placed otherwise, such as re-attached). Once per task.
+    pub fn charge(&mut self, task: TaskId, tenant: TenantId, gpus: u32) {
+        if gpus == 0 || self.charged.contains_key(&task) {
+            return;
+        }
+        self.charged.insert(task, (tenant, gpus));
+        let t = Tenant::get(&mut self.tenants, &mut self.active, tenant);
+        t.gpus = t.gpus.saturating_add(gpus);
+    }
+
+    /// A placed task no longer holds its GPUs (it ended, was released or lost its worker).
+    pub fn discharge(&mut self, task: TaskId) {
+        if let Some((tenant, gpus)) = self.charged.remove(&task) {
+            if let Some(t) = self.tenants.get_mut(&tenant) {
+                t.gpus = t.gpus.saturating_sub(gpus);
+            }
+        }
     }
 
     /// Queue a task. The caller has checked the shape exists and the task is not placed.
@@ -482,8 +537,11 @@ impl PendingQueue {
     /// Take out the task `next` returned, to place it (`warm`: on a worker where its affinity
     /// key is warm): its work is charged to its tenant and class, its queue's wait clock stops
     /// (and a warm placement makes the queue wait for warm workers again), and it is dropped.
+    /// Its GPUs count against its tenant's cap until `discharge`.
     pub fn take(&mut self, task: TaskId, warm: bool) -> Option<PendingTask> {
-        self.leave(task, Some(warm))
+        let p = self.leave(task, Some(warm))?;
+        self.charge(task, p.tenant, p.gpus);
+        Some(p)
     }
 
     fn leave(&mut self, task: TaskId, placed: Option<bool>) -> Option<PendingTask> {
@@ -557,6 +615,13 @@ impl PendingQueue {
             }
             let task = head.1;
             let (p, _) = self.tasks[&task];
+            if tenant.over_cap(p.gpus) {
+                // At its GPU cap: the tenant sits the round out as a whole (rather than letting
+                // a smaller task overtake its head), and the other tenants go on.
+                self.active.set(tenant_slot, None);
+                round.tenants.push((tenant_slot, entry));
+                continue;
+            }
             return Some((task, p));
         }
     }

@@ -188,6 +188,7 @@ impl Scheduler {
             hard_affinity: options.hard_affinity && options.affinity != 0,
             enqueued_ms: options.enqueued_ms.unwrap_or(self.now_ms),
             work: self.shapes.get(shape)?.gpus.max(1),
+            gpus: self.shapes.get(shape)?.gpus,
         })
     }
 
@@ -257,6 +258,28 @@ impl Scheduler {
         self.queue.set_tenant_weight(tenant, weight)
     }
 
+    /// Cap the GPUs a tenant's placed tasks hold together (None = no cap); see
+    /// `PendingQueue::set_tenant_max_gpus`.
+    pub fn set_tenant_max_gpus(&mut self, tenant: TenantId, max_gpus: Option<u32>) {
+        self.queue.set_tenant_max_gpus(tenant, max_gpus);
+    }
+
+    /// (GPUs a tenant's placed tasks hold, its cap).
+    pub fn tenant_gpus(&self, tenant: TenantId) -> (u32, Option<u32>) {
+        self.queue.tenant_gpus(tenant)
+    }
+
+    /// Count a placed task's GPUs against `tenant`'s cap: for a task `attach`ed rather than
+    /// placed, whose tenant the core did not know. Once per task; unknown tasks are refused.
+    pub fn charge_tenant(&mut self, task: TaskId, tenant: TenantId) -> CoreResult<()> {
+        let placed = self
+            .placed
+            .get(&task)
+            .ok_or_else(|| crate::error::unknown(format!("task {task} is not placed")))?;
+        self.queue.charge(task, tenant, placed.gpus.len() as u32);
+        Ok(())
+    }
+
     // -- workers
 
     /// Register a worker; `gpus` are given by index. Returns its new handle.
@@ -303,8 +326,9 @@ impl Scheduler {
     pub fn remove_worker(&mut self, id: WorkerId) -> CoreResult<Vec<TaskId>> {
         let worker = self.workers.remove(id)?;
         self.placement.worker_removed(&worker);
-        for task in &worker.tasks {
-            self.placed.remove(task);
+        for &task in &worker.tasks {
+            self.placed.remove(&task);
+            self.queue.discharge(task);
         }
         Ok(worker.tasks)
     }

@@ -1656,3 +1656,71 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_tenant_at_its_gpu_cap_waits_while_others_are_placed() {
+    let mut s = sched();
+    let one = s
+        .shape(ShapeSpec {
+            kind: "k".into(),
+            gpus: 1,
+            ..ShapeSpec::default()
+        })
+        .unwrap();
+    let cpu = cpu_shape(&mut s, "k");
+    let w = s
+        .add_worker(8, vec![gpu(10, 8.0, "a"); 6], "", vec![], vec![], 0)
+        .unwrap();
+    s.set_tenant_max_gpus(1, Some(2));
+    let of = |tenant| TaskOptions {
+        tenant,
+        ..TaskOptions::default()
+    };
+    // Tenant 1 queued first, four GPU tasks and one CPU task; tenant 2 two GPU tasks.
+    for t in 0..4 {
+        s.push_with(t, one, 1, t, 0, of(1)).unwrap();
+    }
+    s.push_with(4, cpu, 1, 4, 0, of(1)).unwrap();
+    for t in 10..12 {
+        s.push_with(t, one, 1, t, 0, of(2)).unwrap();
+    }
+    let mut first: Vec<TaskId> = s.place(0, 10).iter().map(|p| p.task).collect();
+    first.sort_unstable();
+    assert_eq!(
+        first,
+        vec![0, 1, 10, 11],
+        "two of tenant 1's, both of tenant 2's"
+    );
+    assert_eq!(s.tenant_gpus(1), (2, Some(2)));
+    assert_eq!(s.tenant_gpus(2), (2, None));
+    assert!(
+        s.is_pending(4),
+        "the CPU task waits behind the tenant's head"
+    );
+
+    // A freed GPU lets the next one in, and only one.
+    s.finish(0, true, 5).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(2, w)]);
+    // Lifting the cap places the rest; a lost worker frees what it held.
+    s.set_tenant_max_gpus(1, None);
+    let rest: Vec<TaskId> = s.place(0, 10).iter().map(|p| p.task).collect();
+    assert_eq!(rest, vec![3, 4]);
+    assert_eq!(s.tenant_gpus(1), (3, None));
+    s.remove_worker(w).unwrap();
+    assert_eq!(s.tenant_gpus(1), (0, None));
+
+    // A re-attached task counts once it is charged.
+    let v = s
+        .add_worker(2, vec![gpu(10, 8.0, "a"); 2], "", vec![], vec![], 0)
+        .unwrap();
+    s.attach(20, v, &[0], one, 0, 0).unwrap();
+    s.charge_tenant(20, 1).unwrap();
+    s.charge_tenant(20, 1).unwrap();
+    assert_eq!(s.tenant_gpus(1), (1, None), "charged once");
+    assert!(matches!(
+        s.charge_tenant(21, 1),
+        Err(CoreError::UnknownHandle(_))
+    ));
+    s.release(20).unwrap();
+    assert_eq!(s.tenant_gpus(1), (0, None));
+}

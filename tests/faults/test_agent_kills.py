@@ -9,8 +9,9 @@ import time
 import pytest
 
 from cluster import FAULT_REPORT, AgentProcess, ControlPlaneProcess, wait_for_workers
+from faults.secured import PLAIN, Setup, with_auth
 from faults.watch import EventLog, percentile
-from gpucp import task_spec
+from gpucp import Client, task_spec
 from gpucp.v1 import common_pb2
 
 ASSIGNED = common_pb2.TASK_STATE_ASSIGNED
@@ -36,13 +37,17 @@ def requeue_times(events, kills: list[tuple[float, str]]) -> list[float]:  # typ
     return out
 
 
-def run(tmp_path, tasks: int, rounds: int, agents: int = 8) -> None:  # type: ignore[no-untyped-def]
-    cp = ControlPlaneProcess(tmp_path, heartbeat_timeout=1.0).start()
-    fleet = {f"a{i}": AgentProcess(tmp_path, cp.address, f"a{i}", "--slots", "4") for i in range(agents)}
+def run(tmp_path, tasks: int, rounds: int, agents: int = 8, setup: Setup = PLAIN) -> None:  # type: ignore[no-untyped-def]
+    cp = ControlPlaneProcess(tmp_path, *setup.serve, heartbeat_timeout=1.0).start()
+
+    def agent(name: str) -> AgentProcess:
+        return AgentProcess(tmp_path, cp.address, name, "--slots", "4", env=setup.agent_env)
+
+    fleet = {f"box-{i}": agent(f"box-{i}") for i in range(agents)}
     try:
-        with cp.client() as client:
+        with Client(cp.address, token=setup.client_token) as client:
             wait_for_workers(client, list(fleet))
-            log = EventLog(cp.address)
+            log = EventLog(cp.address, setup.client_token)
             rng = random.Random(3)
             specs = [task_spec("sleep", json.dumps({"seconds": rng.choice([0.02, 0.05, 0.1])}), max_retries=0)
                      for _ in range(tasks)]
@@ -57,14 +62,15 @@ def run(tmp_path, tasks: int, rounds: int, agents: int = 8) -> None:  # type: ig
                 victim = rng.choice(list(fleet))
                 kills.append((time.time() * 1000, victim))
                 fleet[victim].kill()
-                fleet[victim] = AgentProcess(tmp_path, cp.address, victim, "--slots", "4")
+                fleet[victim] = agent(victim)
             finished = [client.wait(t, timeout_s=120) for t in ids]
             lost = [t.id for t in finished if t.state != common_pb2.TASK_STATE_SUCCEEDED]
             time.sleep(0.5)  # the last events reach the watcher
             duplicated = [t for t, n in log.terminal.items() if n > 1]
             times = requeue_times(log.snapshot(), kills)
             FAULT_REPORT.append({
-                "trial": f"agent kill -9 x{rounds}, {agents} agents", "trials": rounds, "tasks": tasks,
+                "trial": f"agent kill -9 x{rounds}, {agents} agents{', --auth' if setup.serve else ''}",
+                "trials": rounds, "tasks": tasks,
                 "lost": len(lost), "duplicated": len(duplicated),
                 "requeue_p50_ms": percentile(times, 0.5), "requeue_p99_ms": percentile(times, 0.99),
             })
@@ -80,6 +86,11 @@ def run(tmp_path, tasks: int, rounds: int, agents: int = 8) -> None:  # type: ig
 
 def test_agent_kills_lose_and_duplicate_nothing(tmp_path):
     run(tmp_path, tasks=2000, rounds=20)
+
+
+def test_agent_kills_with_auth_lose_and_duplicate_nothing(tmp_path):
+    """Killed agents come back with their tokens, as the same principal, on the same worker ids."""
+    run(tmp_path, tasks=500, rounds=5, setup=with_auth(tmp_path))
 
 
 @pytest.mark.slow

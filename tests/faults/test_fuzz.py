@@ -15,7 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cluster import FAULT_REPORT, AgentProcess, ControlPlaneProcess, wait_for_workers
+from faults.secured import PLAIN, Setup, with_auth
+from gpucp import Client
 from gpucp.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
+from security.secured import metadata, token
 
 EXPECTED = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -24,7 +27,7 @@ EXPECTED = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.DEADLINE_EXCEEDED,  # WaitTask with a long timeout_ms outlives our short deadline
 }
-TRIED = itertools.count()
+TRIED = {"server": itertools.count(), "secured_server": itertools.count()}  # inputs tried, by server
 
 text = st.one_of(st.text(max_size=40), st.text(min_size=200, max_size=400), st.sampled_from(["noop", "", "exec"]))
 u32 = st.one_of(st.integers(0, 8), st.integers(0, 2**32 - 1))
@@ -43,13 +46,11 @@ specs = st.builds(
 ids = st.one_of(text, st.just("0" * 32))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):  # type: ignore[no-untyped-def]
-    workdir = tmp_path_factory.mktemp("fuzz")
-    cp = ControlPlaneProcess(workdir, "--max-queue", "300").start()
-    bystander = AgentProcess(workdir, cp.address, "bystander", "--slots", "2")
-    with cp.client() as client:
-        wait_for_workers(client, ["bystander"])
+def serve(workdir, setup: Setup):  # type: ignore[no-untyped-def]
+    cp = ControlPlaneProcess(workdir, "--max-queue", "300", *setup.serve).start()
+    bystander = AgentProcess(workdir, cp.address, "box-bystander", "--slots", "2", env=setup.agent_env)
+    with Client(cp.address, token=setup.client_token) as client:
+        wait_for_workers(client, ["box-bystander"])
     channel = grpc.insecure_channel(cp.address)
     yield cp, scheduler_pb2_grpc.SchedulerStub(channel), workers_pb2_grpc.WorkersStub(channel)
     channel.close()
@@ -57,12 +58,23 @@ def server(tmp_path_factory):  # type: ignore[no-untyped-def]
     cp.kill()
 
 
-def answered_well(call) -> None:  # type: ignore[no-untyped-def]
-    next(TRIED)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):  # type: ignore[no-untyped-def]
+    yield from serve(tmp_path_factory.mktemp("fuzz"), PLAIN)
+
+
+@pytest.fixture(scope="module")
+def secured_server(tmp_path_factory):  # type: ignore[no-untyped-def]
+    workdir = tmp_path_factory.mktemp("fuzz-auth")
+    yield from serve(workdir, with_auth(workdir))
+
+
+def answered_well(call, expected=EXPECTED, server="server") -> None:  # type: ignore[no-untyped-def]
+    next(TRIED[server])
     try:
         call()
     except grpc.RpcError as exc:
-        assert exc.code() in EXPECTED, f"{exc.code()}: {exc.details()}"
+        assert exc.code() in expected, f"{exc.code()}: {exc.details()}"
         assert exc.details() and len(exc.details()) > 10, f"no sentence with {exc.code()}"
 
 
@@ -131,18 +143,49 @@ def test_agent_stream(server, messages):
     answered_well(converse)
 
 
-def test_after_the_fuzz_the_books_balance_and_work_flows(server):
-    cp, scheduler, _ = server
-    with cp.client() as client:
+# With --auth, a submitter naming a tenant it does not hold, or an agent a worker id its token
+# does not cover, is also the caller's mistake.
+SECURED = EXPECTED | {grpc.StatusCode.PERMISSION_DENIED}
+SUBMITTER, AGENT = metadata("submitter-a"), metadata("agent-box")
+FUZZ_AUTH = settings(FUZZ, max_examples=60)
+
+
+@FUZZ_AUTH
+@given(batch=st.lists(specs, max_size=5), task_id=ids)
+def test_submit_and_query_with_auth(secured_server, batch, task_id):
+    _, scheduler, _ = secured_server
+    answered_well(lambda: scheduler.SubmitTasks(
+        scheduler_pb2.SubmitTasksRequest(specs=batch), metadata=SUBMITTER, timeout=10), SECURED, "secured_server")
+    answered_well(lambda: scheduler.CancelTask(
+        scheduler_pb2.CancelTaskRequest(task_id=task_id), metadata=SUBMITTER, timeout=10), SECURED, "secured_server")
+
+
+@FUZZ_AUTH
+@given(messages=st.lists(agent_messages, min_size=1, max_size=6))
+def test_agent_stream_with_auth(secured_server, messages):
+    _, _, workers = secured_server
+
+    def converse() -> None:
+        for _ in workers.Connect(iter(messages), metadata=AGENT, timeout=2):
+            pass
+
+    answered_well(converse, SECURED, "secured_server")
+
+
+@pytest.mark.parametrize("fixture", ["server", "secured_server"])
+def test_after_the_fuzz_the_books_balance_and_work_flows(fixture, request):
+    cp, _, _ = request.getfixturevalue(fixture)
+    with Client(cp.address, token=token("operator") if fixture == "secured_server" else "") as client:
         stats = client.stats()
         listed = sum(1 for _ in client.list(limit=1000))
         assert sum(stats.tasks_by_state.values()) == listed, "task counts disagree with the store"
-        assert "bystander" in {w.worker_id for w in client.workers()}, "the fuzz knocked out a good agent"
+        assert "box-bystander" in {w.worker_id for w in client.workers()}, "the fuzz knocked out a good agent"
         # The queue may be full of fuzz tasks nobody can run; make room, then run one on the bystander.
         for task in client.list(state=common_pb2.TASK_STATE_PENDING, limit=1000):
             client.cancel(task.id)
         task = client.wait(client.submit("noop", "still here"), timeout_s=30)
         assert (task.state, task.result) == (common_pb2.TASK_STATE_SUCCEEDED, b"still here")
-    tried = next(TRIED)
-    FAULT_REPORT.append({"trial": f"fuzz: {tried} inputs, 0 crashes", "trials": tried, "tasks": listed,
+    tried = next(TRIED[fixture])
+    auth = ", --auth" if fixture == "secured_server" else ""
+    FAULT_REPORT.append({"trial": f"fuzz{auth}: {tried} inputs, 0 crashes", "trials": tried, "tasks": listed,
                          "lost": 0, "duplicated": 0})

@@ -14,8 +14,9 @@ from gpucp.v1 import scheduler_pb2
 class EventLog:
     """All events seen, and terminal events per task. Reconnects when the control plane restarts."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str = "") -> None:
         self.address = address
+        self.token = token
         self.events: list[scheduler_pb2.TaskEvent] = []
         self.terminal: collections.Counter[str] = collections.Counter()
         self.seen: set[str] = set()
@@ -27,7 +28,7 @@ class EventLog:
     def _follow(self) -> None:
         while True:
             try:
-                with Client(self.address) as client:
+                with Client(self.address, token=self.token) as client:
                     events = client.watch()
                     self._ready.set()
                     for event in events:

@@ -66,13 +66,15 @@ def scheduler(cp: ControlPlaneProcess) -> scheduler_pb2_grpc.SchedulerStub:
 class RawAgent:
     """A hand-driven Workers.Connect stream as `name`, to send exactly what an attacker would."""
 
-    def __init__(self, address: str, name: str | None, register: workers_pb2.Register) -> None:
+    def __init__(self, address: str, name: str | None, register: workers_pb2.Register, token: str = "") -> None:
+        """`token`: present this token instead of `name`'s."""
         self._out: queue.Queue[workers_pb2.AgentMessage | None] = queue.Queue()
         self._out.put(workers_pb2.AgentMessage(register=register))
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         stub = workers_pb2_grpc.WorkersStub(self._channel)
+        meta = (("authorization", f"Bearer {token}"),) if token else metadata(name)
         self._in: Iterator[workers_pb2.ControlMessage] = stub.Connect(
-            iter(self._out.get, None), metadata=metadata(name), timeout=30
+            iter(self._out.get, None), metadata=meta, timeout=30
         )
 
     def first(self) -> workers_pb2.ControlMessage | grpc.StatusCode:

@@ -226,6 +226,7 @@ impl Scheduler {
             .placed
             .remove(&task)
             .ok_or_else(|| unknown(format!("task {task} is not placed")))?;
+        self.queue.discharge(task);
         self.workers
             .vacate(placed.worker, task, &placed.gpus, placed.started)?;
         if !placed.started && placed.gpus.len() > 1 {
