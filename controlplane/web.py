@@ -10,7 +10,7 @@ roles and tenants (auth.py). /healthz and /readyz answer everyone (probes carry 
 learn nothing); /metrics, stats and workers need admin.read; tasks need read, and another
 tenant's task is 404 in the same words as a missing one. It speaks HTTPS with the gRPC port's
 certificate (and asks for client certificates under mTLS); without TLS a token from another
-machine is refused, as it is on plaintext gRPC.
+machine is refused, as it is on plaintext gRPC. `/` is the live dashboard (controlplane/dashboard).
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ class Browser:
                 raise RuntimeError("chromium did not open its DevTools port within 60 s")
             time.sleep(0.05)
         self.port = int(active.read_text().split()[0])
+        self.pages: list[Page] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -76,10 +77,13 @@ class Browser:
         with urllib.request.urlopen(request, timeout=30) as reply:
             target = json.loads(reply.read())
         page = Page(self, target["webSocketDebuggerUrl"])
+        self.pages.append(page)
         self.run(page.connect())
         return page
 
     def close(self) -> None:
+        for page in getattr(self, "pages", ()):
+            page.close()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -144,8 +148,9 @@ class Page:
     def goto(self, url: str) -> None:
         """Open `url` and return once its document has loaded."""
         self.call("Page.navigate", url=url)
-        self.wait_for("location.href !== 'about:blank' && document.readyState === 'complete'",
-                      what=f"{url} to load")
+        # The fragment is left out: the dashboard takes a token from it and drops it from the address.
+        loaded = f"location.href.startsWith({json.dumps(url.split('#')[0])}) && document.readyState === 'complete'"
+        self.wait_for(loaded, what=f"{url} to load")
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JS expression (awaited if it is a promise), as JSON."""
@@ -180,11 +185,14 @@ class Page:
         return path
 
     def close(self) -> None:
+        """Close the connection to the tab (again: nothing)."""
+        ws, session, self.ws, self.session = self.ws, self.session, None, None
+
         async def closing() -> None:
-            if self.ws is not None:
-                await self.ws.close()
-            if self.session is not None:
-                await self.session.close()
+            if ws is not None:
+                await ws.close()
+            if session is not None:
+                await session.close()
 
         self.browser.run(closing())
 

@@ -18,6 +18,7 @@ import pytest
 from browser import Browser, Page, find_chromium
 from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
 from gpucp import Client
+from test_autoscaler import autoscaled, gpu_task, pool
 
 ARTIFACTS = Path(os.environ.get("GPUCP_ARTIFACTS") or Path(__file__).parent / "artifacts")
 TOKENS = {"admin": "adm-token", "viewer": "view-token"}
@@ -237,3 +238,25 @@ def test_worker_pages_are_bounded_and_filtered(tmp_path):
         for agent in agents:
             agent.stop()
         cp.kill()
+
+
+def test_the_dashboard_shows_the_autoscalers_pools_pods_and_decisions(tmp_path, monkeypatch, browser):
+    with autoscaled(tmp_path, monkeypatch, [pool(max=2)]) as (_fake, cp, client, admin):
+        ids = client.submit_many([gpu_task("alice", 0.5)] * 2)
+        for task_id in ids:
+            client.wait(task_id, timeout_s=60)
+        decision = eventually(lambda: admin.events("scale_up"), 10, "a scale-up decision")[0].message
+        page = open_dashboard(browser, cp, "")
+        try:
+            page.wait_for("!document.querySelector('#autoscaler-on').hidden", what="the autoscaler's section")
+            pools = page.wait_for("document.querySelector('#pools').innerText.includes('a100') && "
+                                  "document.querySelector('#pools').innerText", what="pool a100")
+            assert "0–2" in pools, pools  # its min and max
+            pods = page.evaluate("document.querySelector('#pods').innerText")
+            assert "a100" in pods and "running" in pods, pods
+            page.wait_for(f"document.querySelector('#scaling').innerText.includes({json.dumps(decision)})",
+                          what=f"the decision {decision!r}")
+            assert "alice" in page.evaluate("document.querySelector('#spend-tenants').innerText")
+            page.screenshot(ARTIFACTS / "dashboard-autoscaler.png")
+        finally:
+            page.close()

@@ -428,7 +428,7 @@ function tableOf(table, columns, rows) {
     ...rows.map((row) => el("tr", null, ...columns.map(([, f]) => el("td", null, f(row)))))]);
 }
 
-const dollars = (x) => `$${Number(x || 0).toFixed(2)}`;
+const dollars = (x) => `$${Number(x || 0).toFixed(Math.abs(x || 0) < 1 ? 4 : 2)}`;
 
 function renderAutoscaler(a) {
   $("autoscaler-off").hidden = !!a;
