@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import shutil
@@ -76,7 +77,7 @@ class Browser:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}/json/new?about:blank", method="PUT")
         with urllib.request.urlopen(request, timeout=30) as reply:
             target = json.loads(reply.read())
-        page = Page(self, target["webSocketDebuggerUrl"])
+        page = Page(self, target["webSocketDebuggerUrl"], target["id"])
         self.pages.append(page)
         self.run(page.connect())
         return page
@@ -107,9 +108,10 @@ class Browser:
 class Page:
     """One tab: navigate, evaluate JS, wait for a condition, take a screenshot."""
 
-    def __init__(self, browser: Browser, url: str) -> None:
+    def __init__(self, browser: Browser, url: str, target_id: str) -> None:
         self.browser = browser
         self.url = url
+        self.target_id = target_id
         self.ids = itertools.count(1)
         self.session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
@@ -185,12 +187,16 @@ class Page:
         return path
 
     def close(self) -> None:
-        """Close the connection to the tab (again: nothing)."""
+        """Close the tab (again: nothing), so that its page stops what it does (a live stream)."""
         ws, session, self.ws, self.session = self.ws, self.session, None, None
+        if ws is None:
+            return
+        with contextlib.suppress(OSError):
+            close = f"http://127.0.0.1:{self.browser.port}/json/close/{self.target_id}"
+            urllib.request.urlopen(close, timeout=30).close()
 
         async def closing() -> None:
-            if ws is not None:
-                await ws.close()
+            await ws.close()
             if session is not None:
                 await session.close()
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import json
 import time
@@ -53,6 +52,7 @@ ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}  # served under 
 SAMPLE_S = 10.0
 HISTORY = 360  # samples: one hour
 TICK_S = 1.0
+POLL_S = 0.1
 MAX_STREAMS_PER_PRINCIPAL = 4
 MAX_STREAMS = 64
 MAX_TENANTS_SHOWN = 20
@@ -201,14 +201,14 @@ class Dashboard:
             seen = self.samples[-1].at_ms if self.samples else 0
             if admin:
                 await response.write(_event("history", self.history()))
-            while not self.closing.is_set():
+            while True:
                 await response.write(_event("summary", self.summary(principal, admin)))
                 if admin and self.samples and self.samples[-1].at_ms != seen:
                     newest = list(itertools.islice(reversed(self.samples), 2))
                     seen = newest[0].at_ms
                     await response.write(_event("sample", newest[0].point(newest[1] if len(newest) > 1 else None)))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.closing.wait(), TICK_S)
+                if not await self._pause(request):
+                    break
         except ConnectionError:
             pass  # the page went away
         finally:
@@ -216,6 +216,18 @@ class Dashboard:
             if not self.streams[principal.name]:
                 del self.streams[principal.name]
         return response
+
+    async def _pause(self, request: web.Request) -> bool:
+        """Wait for the next summary; False once the page has gone or the control plane closes.
+
+        A page that went away is noticed within POLL_S (its connection is gone), not only when the
+        next write fails: a reloaded page would otherwise count against its principal's streams
+        for up to a tick, and a few quick reloads would be refused."""
+        for _ in range(round(TICK_S / POLL_S)):
+            if self.closing.is_set() or request.transport is None:
+                return False
+            await asyncio.sleep(POLL_S)
+        return True
 
     def summary(self, principal: Principal, admin: bool) -> dict[str, Any]:
         """What the page shows outside its tables; `admin`: the principal may see the cluster."""

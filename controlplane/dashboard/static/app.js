@@ -155,7 +155,7 @@ async function follow() {
       showError(`live updates stopped: ${err.message}; retrying`);
     }
     await new Promise((resolve) => setTimeout(resolve, backoff));
-    backoff = Math.min(backoff * 2, 15000);
+    backoff = Math.min(backoff * 2, 5000);
   }
 }
 
