@@ -324,8 +324,8 @@ class Fleet:
             self.wake()
 
     def state(self, conn: WorkerConn, now: float) -> str:
-        """"connected", "draining", "quarantined" or "disconnected" (gone, within the reconnect
-        grace); `now` is time.monotonic(), read once by callers that ask for many workers."""
+        """The worker's state: connected, draining, quarantined or disconnected (gone, within the
+        reconnect grace); `now` is time.monotonic(), read once by callers that ask for many workers."""
         if conn.lost_reason:
             return "disconnected"
         if conn.draining:
