@@ -260,3 +260,18 @@ def test_the_dashboard_shows_the_autoscalers_pools_pods_and_decisions(tmp_path, 
             page.screenshot(ARTIFACTS / "dashboard-autoscaler.png")
         finally:
             page.close()
+
+
+def test_reloading_the_page_does_not_use_up_its_streams(tmp_path, browser):
+    """A page left (reloaded, navigated away) ends its stream: the sixth load in a row is live too."""
+    cp = ControlPlaneProcess(tmp_path).start()
+    page = browser.page()
+    try:
+        for load in range(6):
+            page.goto("about:blank")
+            page.goto(f"http://127.0.0.1:{cp.http_port}/")
+            page.wait_for("document.querySelector('#live').textContent === 'live' && document.body.dataset.loadedMs",
+                          what=f"load {load + 1} to be live")
+    finally:
+        page.close()
+        cp.kill()

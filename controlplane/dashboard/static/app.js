@@ -475,6 +475,10 @@ function start() {
     showError("");
     follow();
   });
+  // Leaving the page ends its stream at once: a page kept in the back-forward cache would hold its
+  // connection open, and a few reloads would use up the streams the server allows a principal.
+  window.addEventListener("pagehide", () => { if (feed) feed.abort(); });
+  window.addEventListener("pageshow", (event) => { if (event.persisted) follow(); });
   follow();
 }
 
