@@ -7,6 +7,8 @@ Two runs, each on a fresh `gpucp serve` (SQLite):
 - --workers simulated workers (bench_scale's stream drivers: 4 A100s each, heartbeats with GPU
   stats) after --tasks noop tasks went through them, with --pending tasks left waiting.
 
+An open page's cost: the control plane's CPU over --cpu-s with the page open, then without.
+
 Load time: from navigation start until the page shows its first summary, its first page of
 workers and of tasks (the page records it in body[data-loaded-ms]); median and max of --loads
 loads. Also timed from Python: the JSON the page reads (a page of workers, a filtered page of
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench_scale import ask, driver_main
+from bench_scale import ask, cpu_percent, driver_main
 from common import OUT_DIR, ROOT, machine, start_agents, start_control_plane, stop_processes, write_json
 from gpucp import Client, task_spec
 
@@ -152,8 +154,14 @@ def run_fleet(args: argparse.Namespace, browser: Browser, shots: Path) -> dict[s
             png = page.screenshot(shots / f"dashboard-{args.workers}-workers.png", full_page=False)
             page.screenshot(shots / f"dashboard-{args.workers}-workers-full.png")
             shown = page.evaluate("document.querySelectorAll('#workers tbody tr').length")
+            # What an open page costs the control plane: its CPU with the page open, then without,
+            # each over --cpu-s (the fleet's heartbeats run through both).
+            cpu_open = cpu_percent(cp.pid, args.cpu_s)
+            page.goto("about:blank")
+            cpu_closed = cpu_percent(cp.pid, args.cpu_s)
             page.close()
             return {"workers": args.workers, "tasks": args.tasks + args.pending, "load_ms": times,
+                    "cpu_percent_page_open": cpu_open, "cpu_percent_no_page": cpu_closed,
                     "worker_rows_shown": shown, "api_ms": api_times(port), "screenshot": str(png)}
         finally:
             with contextlib.suppress(RuntimeError, OSError, EOFError):
@@ -170,6 +178,8 @@ def main() -> None:
     p.add_argument("--pending", type=int, default=500, help="tasks left waiting (default 500)")
     p.add_argument("--busy-s", type=float, default=35.0, help="seconds of sleep tasks on the 4 agents (default 35)")
     p.add_argument("--loads", type=int, default=5, help="page loads timed per run (default 5)")
+    p.add_argument("--cpu-s", type=float, default=10.0, help="seconds the control plane's CPU is read, with the page "
+                   "open and without (default 10)")
     args = p.parse_args()
     shots = OUT_DIR / "dashboard"
     shots.mkdir(parents=True, exist_ok=True)
@@ -192,6 +202,8 @@ def main() -> None:
                  f"(median of 5):")
     for name, ms in large["api_ms"].items():
         lines.append(f"  {name:<42} {ms:7.1f} ms")
+    lines.append(f"control plane CPU with the page open {large['cpu_percent_page_open']:.1f}% of a core, without "
+                 f"{large['cpu_percent_no_page']:.1f}% (heartbeats of {args.workers:,} workers in both)")
     text = "\n".join(lines)
     print(text)
     path = write_json("dashboard.json", {"machine": machine(), "args": vars(args), "small": small, "large": large,
