@@ -63,6 +63,7 @@ bench: $(VENV)/.bench-deps ## Every bench: core, simulator, end to end vs Ray an
 	$(PY) benches/bench_e2e.py
 	$(PY) benches/bench_peers.py
 	$(PY) benches/bench_scale.py
+	$(PY) benches/bench_dashboard.py
 	$(PY) benches/bench_store.py
 
 clean: ## Remove build output and the virtualenv

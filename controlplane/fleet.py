@@ -9,6 +9,7 @@ and quarantines it when it keeps failing tasks that others complete.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from controlplane.lifecycle import Lifecycle
 
 log = logging.getLogger("gpucp.controlplane")
+LOST_KEPT = 100  # recently lost workers remembered for the dashboard
 
 
 @dataclass(eq=False)
@@ -103,6 +105,9 @@ class Fleet:
         )
         self.accepting = True
         self.lost_total = 0  # workers lost without draining, since start (gpucp_workers_lost_total)
+        # The latest losses (worker id, reason, wall ms): a lost worker leaves `workers`, and the
+        # dashboard still shows it as lost rather than letting it vanish.
+        self.lost_recently: collections.deque[tuple[str, str, int]] = collections.deque(maxlen=LOST_KEPT)
         self.tasks: Lifecycle  # set by the control plane: the two call each other
 
     def name(self, handle: int) -> str | None:
@@ -214,6 +219,7 @@ class Fleet:
             log.info("worker %s left after draining (%s)", conn.worker_id, reason)
         else:
             self.lost_total += 1
+            self.lost_recently.append((conn.worker_id, reason, wall_ms()))
             log.warning("worker %s lost: %s", conn.worker_id, reason)
         self.tasks.requeue_lost(handles, f"worker {conn.worker_id} was lost ({reason})")
         self.wake()
@@ -316,6 +322,17 @@ class Fleet:
         if conn is not None:
             self.core.scheduler.set_quarantined(conn.handle, False)
             self.wake()
+
+    def state(self, conn: WorkerConn, now: float) -> str:
+        """The worker's state: connected, draining, quarantined or disconnected (gone, within the
+        reconnect grace); `now` is time.monotonic(), read once by callers that ask for many workers."""
+        if conn.lost_reason:
+            return "disconnected"
+        if conn.draining:
+            return "draining"
+        if self.reputation.quarantined(conn.worker_id, now):
+            return "quarantined"
+        return "connected"
 
     def health(self, conn: WorkerConn) -> str:
         if conn.draining:

@@ -148,6 +148,11 @@ class Metrics:
             found = by_kind[kind] = _Histogram()
         return found
 
+    @staticmethod
+    def bucket_totals(by_kind: dict[str, _Histogram]) -> tuple[int, ...]:
+        """A histogram's (self.wait's or self.run's) counts by bucket, every kind summed."""
+        return tuple(map(sum, zip(*(h.counts for h in by_kind.values()), strict=True))) or (0,) * len(BUCKETS)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -226,15 +231,7 @@ class _Gauges(Collector):
                                         labels=["worker", "gpu"])
         reported = 0
         for conn in fleet.workers.values():
-            if conn.lost_reason:
-                state = "disconnected"
-            elif conn.draining:
-                state = "draining"
-            elif fleet.reputation.quarantined(conn.worker_id, now):
-                state = "quarantined"
-            else:
-                state = "connected"
-            workers[state] += 1
+            workers[fleet.state(conn, now)] += 1
             for gpu in conn.register.gpus:
                 key = (gpu.name, "healthy" if conn.gpu_health.get(gpu.index, True) else "unhealthy")
                 gpus[key] = gpus.get(key, 0) + 1

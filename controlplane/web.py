@@ -10,7 +10,7 @@ roles and tenants (auth.py). /healthz and /readyz answer everyone (probes carry 
 learn nothing); /metrics, stats and workers need admin.read; tasks need read, and another
 tenant's task is 404 in the same words as a missing one. It speaks HTTPS with the gRPC port's
 certificate (and asks for client certificates under mTLS); without TLS a token from another
-machine is refused, as it is on plaintext gRPC.
+machine is refused, as it is on plaintext gRPC. `/` is the live dashboard (controlplane/dashboard).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from google.protobuf.message import Message
 
 from controlplane.auth import Authority, Denied, Permission, Principal, authorize, listed_tenants, local_address
 from controlplane.control import ControlPlane
-from controlplane.errors import ControlError, InvalidArgument, NotFound
+from controlplane.dashboard import Dashboard
+from controlplane.errors import ControlError, InvalidArgument, NotFound, ResourceExhausted
 from controlplane.metrics import STATE_NAMES, Metrics
 from controlplane.record import TaskRecord
 from gpucp.v1 import common_pb2
@@ -51,6 +52,7 @@ class HttpApi:
         self.authority = authority
         self.ready = False  # true from the end of start-up until shutdown begins
         self.app = web.Application(middlewares=[self._guard])
+        self.dashboard = Dashboard(cp, metrics, self._caller, _limit, _dict)
         self.app.add_routes(
             [
                 web.get("/metrics", self.prometheus),
@@ -61,6 +63,7 @@ class HttpApi:
                 web.get("/api/v1/tasks", self.tasks),
                 web.get("/api/v1/tasks/{task_id}", self.task),
                 web.get("/api/v1/tasks/{task_id}/events", self.events),
+                *self.dashboard.routes(),
             ]
         )
         self._runner: web.AppRunner | None = None
@@ -71,8 +74,10 @@ class HttpApi:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.SockSite(self._runner, sock, ssl_context=tls).start()
+        self.dashboard.start()
 
     async def stop(self) -> None:
+        await self.dashboard.stop()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -87,11 +92,11 @@ class HttpApi:
             self.authority.refuse(exc, f"{request.method} {request.path[:200]}", who, request.remote or "")
             return _error(status, str(exc))
         except ControlError as exc:
-            status = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, InvalidArgument) else 503
+            status = {NotFound: 404, InvalidArgument: 400, ResourceExhausted: 429}.get(type(exc), 503)
             return _error(status, str(exc))
         except web.HTTPNotFound:
-            return _error(404, f"no endpoint at {request.path[:200]}: see /api/v1/stats, /api/v1/workers, "
-                               "/api/v1/tasks, /metrics, /healthz, /readyz")
+            return _error(404, f"no endpoint at {request.path[:200]}: see / (the dashboard), /api/v1/stats, "
+                               "/api/v1/workers, /api/v1/tasks, /metrics, /healthz, /readyz")
         except web.HTTPMethodNotAllowed:
             return _error(405, f"{request.method} is not allowed here: every endpoint answers GET")
         except web.HTTPException as exc:
