@@ -195,8 +195,16 @@ class Scheduler:
         backend: str,
         labels: list[str],
         min_compute_capability: float,
+        *,
+        gpu_milli: int = 0,
+        gpu_memory_mb: int = 0,
     ) -> int:
         """Intern a requirement shape and return its id (the same inputs give the same id).
+
+        gpu_milli: a share of one GPU, 1 to 999 thousandths (0 = whole GPUs; gpus is then 0 or
+        1): shares on one GPU sum to at most 1000 and their gpu_memory_mb reservations fit its
+        memory. ValueError for a share of 1000 or more, of several GPUs, or a memory reservation
+        without a share.
 
         gpu_models: any of these; each matches a GPU whose name has its words, whole, in order,
         case-insensitively (words split on anything but letters and digits): "A100" matches

@@ -29,7 +29,7 @@
 //! per candidate check, T_w = tasks on it (at most slots + prefetch depth). Planning a round hold
 //! is O(M_s T_w) over the shape's members, at most once per shape per round.
 
-use crate::filters::{choose_gpus_where, Gpus};
+use crate::filters::{choose_gpus_where, Gpus, Share};
 use crate::id_hash::IdHashMap;
 use crate::learning::KindId;
 use crate::placed::Placed;
@@ -102,7 +102,13 @@ impl<'a> Forecast<'a> {
                 });
             }
             for &g in &p.gpus {
-                busy[g as usize] += remaining;
+                let busy = &mut busy[g as usize];
+                if p.share.is_whole() {
+                    *busy += remaining;
+                } else {
+                    // Shares on a GPU run side by side, never queued (see `choose_share`).
+                    *busy = busy.max(remaining);
+                }
             }
         }
         (busy, gangs)
@@ -116,6 +122,7 @@ impl<'a> Forecast<'a> {
         id: WorkerId,
         holds: &[Hold],
         (kind, affinity): (KindId, u64),
+        share: Share,
         qualifying: &[u32],
         chosen: Gpus,
     ) -> Option<Gpus> {
@@ -143,7 +150,7 @@ impl<'a> Forecast<'a> {
             return Some(chosen);
         }
         let free = |g: u32| !held.iter().any(|h| h.gpus.contains(&g));
-        if let Some(other) = choose_gpus_where(w, qualifying, chosen.len() as u32, free) {
+        if let Some(other) = choose_gpus_where(w, qualifying, chosen.len() as u32, share, free) {
             return Some(other);
         }
         let start = w.start_for(affinity);

@@ -299,6 +299,10 @@ impl PyScheduler {
     }
 
     /// Intern a requirement shape and return its id (the same inputs give the same id).
+    #[pyo3(
+        signature = (kind, gpus, min_gpu_memory_mb, gpu_models, backend, labels, min_compute_capability, *, gpu_milli = 0, gpu_memory_mb = 0),
+        text_signature = "(self, /, kind, gpus, min_gpu_memory_mb, gpu_models, backend, labels, min_compute_capability, *, gpu_milli=0, gpu_memory_mb=0)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn shape(
         &self,
@@ -309,6 +313,8 @@ impl PyScheduler {
         backend: String,
         labels: Vec<String>,
         min_compute_capability: f64,
+        gpu_milli: i64,
+        gpu_memory_mb: i64,
     ) -> PyResult<ShapeId> {
         let spec = ShapeSpec {
             kind,
@@ -318,6 +324,8 @@ impl PyScheduler {
             backend,
             labels,
             min_compute_capability,
+            gpu_milli: in_range("gpu_milli", gpu_milli)?,
+            gpu_memory_mb: in_range("gpu_memory_mb", gpu_memory_mb)?,
         };
         Ok(self.engine()?.shape(spec)?)
     }

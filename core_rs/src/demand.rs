@@ -127,17 +127,34 @@ impl Demand {
     }
 }
 
+impl Demand {
+    /// The fragmentation rank's score of a worker for a share of a GPU, in (0, 1], higher =
+    /// better: a share that `opens` a whole GPU (none of its split GPUs has room) costs the
+    /// capacity one GPU less serves; one that goes beside other shares costs none. Then the less
+    /// of its GPU's compute it leaves unused (`left_milli`), the better: shares pack.
+    pub fn share_score(&self, worker: &Worker, free: u32, opens: bool, left_milli: u32) -> f64 {
+        let lost = if opens {
+            let served = worker.shapes.iter().map(|&(s, _)| s);
+            self.lost(free, 1, served)
+        } else {
+            0.0
+        };
+        let tiebreak = f64::from(left_milli) / f64::from(crate::filters::WHOLE_MILLI);
+        1.0 / (1.0 + lost + 1e-3 * tiebreak + if opens { 1e-3 } else { 0.0 })
+    }
+}
+
 /// GPUs a shape of `k` GPUs can use out of `free`: whole multiples of k.
 fn usable(free: u32, k: u32) -> u32 {
     free / k * k
 }
 
-/// Healthy GPUs no placed task holds.
+/// Healthy GPUs no placed task holds, whole or in part.
 pub fn free_gpus(worker: &Worker) -> u32 {
     worker
         .gpus
         .iter()
-        .filter(|g| g.healthy && g.holders == 0)
+        .filter(|g| g.healthy && g.holders == 0 && g.milli == 0)
         .count() as u32
 }
 

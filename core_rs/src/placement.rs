@@ -104,7 +104,8 @@ impl PlacementIndex {
         }
         if self.shapes[i].is_none() {
             let kind = workers.learning.kind_id(&shape.kind);
-            let mut index = ShapeIndex::new(kind, shape.gpus, self.policy_for(&shape.kind));
+            let mut index =
+                ShapeIndex::new(kind, shape.gpus, shape.share, self.policy_for(&shape.kind));
             let mut listed = Vec::new();
             for (wid, worker) in workers.iter() {
                 if let Some(gpus) = static_fit(shape, worker) {
@@ -117,6 +118,7 @@ impl PlacementIndex {
                 learning: &workers.learning,
                 kind,
                 gpus: shape.gpus,
+                share: shape.share,
             };
             for &(wid, member) in &listed {
                 let w = workers.get(wid).expect("listed workers are live");
@@ -214,6 +216,7 @@ impl PlacementIndex {
                 learning,
                 kind: index.kind,
                 gpus: index.gpus,
+                share: index.share,
             };
             if now(sid) {
                 index.rekey(member, worker, &ctx);
@@ -248,6 +251,7 @@ impl PlacementIndex {
             learning,
             kind: index.kind,
             gpus: index.gpus,
+            share: index.share,
         }
     }
 }

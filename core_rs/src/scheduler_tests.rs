@@ -1656,3 +1656,129 @@ proptest::proptest! {
         }
     }
 }
+
+fn share_shape(s: &mut Scheduler, milli: u32, memory_mb: u64) -> ShapeId {
+    s.shape(ShapeSpec {
+        kind: "k".into(),
+        gpu_milli: milli,
+        gpu_memory_mb: memory_mb,
+        ..ShapeSpec::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn shares_pack_onto_one_gpu_and_leave_whole_gpus_free() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let specs = vec![gpu(16_384, 8.0, "T4"); 2];
+    let w = s.add_worker(8, specs, "", vec![], vec![], 0).unwrap();
+    let third = share_shape(&mut s, 300, 4_000);
+    let whole = gpu_shape(&mut s, 1, &[]);
+    for t in 1..=3 {
+        s.push(t, third, 1, t, 0).unwrap();
+    }
+    s.push(4, whole, 1, 4, 0).unwrap();
+    let got = s.place(0, 10);
+    let gpus: Vec<_> = got.iter().map(|p| (p.task, p.gpus.to_vec())).collect();
+    assert_eq!(
+        gpus,
+        vec![(1, vec![0]), (2, vec![0]), (3, vec![0]), (4, vec![1])],
+        "three shares on one GPU, the whole task on the other"
+    );
+    for t in 1..=4 {
+        s.mark_started(t, Some(0)).unwrap();
+    }
+    s.push(5, third, 1, 5, 0).unwrap();
+    assert!(
+        s.place(0, 10).is_empty(),
+        "900 + 300 thousandths do not fit one GPU, and the other is used whole"
+    );
+    s.finish(4, true, 10).unwrap();
+    assert_eq!(s.place(0, 10)[0].gpus.to_vec(), vec![1]);
+    // Memory: 4,000 MiB reserved thrice on GPU 0 and once on GPU 1; 13,000 more fits neither.
+    let big = share_shape(&mut s, 50, 13_000);
+    s.push(6, big, 1, 6, 0).unwrap();
+    assert!(s.place(0, 10).is_empty(), "its memory fits no GPU's rest");
+    s.finish(5, true, 10).unwrap();
+    let got = s.place(0, 10);
+    assert_eq!((got[0].worker, got[0].gpus.to_vec()), (w, vec![1]));
+}
+
+#[test]
+fn a_share_refuses_to_attach_past_its_gpu() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let w = s
+        .add_worker(4, vec![gpu(16_384, 8.0, "T4")], "", vec![], vec![], 0)
+        .unwrap();
+    let most = share_shape(&mut s, 700, 0);
+    s.attach(1, w, &[0], most, 0, 0).unwrap();
+    let err = s.attach(2, w, &[0], most, 0, 0).unwrap_err().to_string();
+    assert!(err.contains("already taken"), "{err}");
+    let whole = gpu_shape(&mut s, 1, &[]);
+    assert!(
+        s.attach(3, w, &[0], whole, 0, 0).is_err(),
+        "a GPU with shares is not given whole"
+    );
+    let small = share_shape(&mut s, 300, 0);
+    s.attach(4, w, &[0], small, 0, 0).unwrap();
+}
+
+proptest::proptest! {
+    /// Whatever is pushed, placed, started and finished: the shares on a GPU never sum past
+    /// 1000 thousandths, their memory never past the GPU's, and a GPU with shares is never also
+    /// given whole.
+    #[test]
+    fn shares_never_exceed_a_gpu(
+        fragmentation in proptest::bool::ANY,
+        ops in proptest::collection::vec((0u32..1000, 0u64..20_000, 0u32..3, 0usize..64), 1..120),
+    ) {
+        let policy = if fragmentation { Policy::Fragmentation } else { Policy::Composite };
+        let mut s = Scheduler::new(SchedulerConfig { policy, prefetch_depth: 1, ..SchedulerConfig::default() }).unwrap();
+        for n in [1u32, 2, 4] {
+            let specs = (0..n).map(|i| gpu(8_192 * u64::from(1 + i % 2), 8.0, "G")).collect();
+            s.add_worker(3 * n, specs, "", vec![], vec![], 0).unwrap();
+        }
+        let mut placed: Vec<TaskId> = Vec::new();
+        for (task, (milli, memory_mb, op, which)) in ops.into_iter().enumerate() {
+            let task = task as TaskId;
+            match op {
+                0 if !placed.is_empty() => {
+                    let done = placed.swap_remove(which % placed.len());
+                    s.finish(done, true, 10).unwrap();
+                }
+                1 if !placed.is_empty() => {
+                    // Starts may be refused (a whole GPU still running); that is the point.
+                    let _ = s.mark_started(placed[which % placed.len()], Some(0));
+                }
+                _ => {
+                    let shape = if milli == 0 {
+                        gpu_shape(&mut s, 1 + (which % 2) as u32, &[])
+                    } else {
+                        share_shape(&mut s, milli, memory_mb % 9_000)
+                    };
+                    s.push(task, shape, 1, task, 0).unwrap();
+                }
+            }
+            placed.extend(s.place(0, 4).iter().map(|p| p.task));
+            let mut milli_on = std::collections::HashMap::<(WorkerId, u32), (u32, u64)>::new();
+            let mut whole_on = std::collections::HashSet::new();
+            for p in s.placed.values() {
+                for &g in &p.gpus {
+                    if p.share.is_whole() {
+                        whole_on.insert((p.worker, g));
+                    } else {
+                        let e = milli_on.entry((p.worker, g)).or_default();
+                        e.0 += p.share.milli;
+                        e.1 += p.share.memory_mb;
+                    }
+                }
+            }
+            for ((w, g), (milli, mb)) in milli_on {
+                let total = s.workers.get(w).unwrap().gpus[g as usize].memory_total_mb;
+                proptest::prop_assert!(milli <= 1000, "GPU {g} of {w} shared {milli}/1000");
+                proptest::prop_assert!(mb <= total, "GPU {g} of {w} reserves {mb} of {total} MiB");
+                proptest::prop_assert!(!whole_on.contains(&(w, g)), "GPU {g} of {w} shared and whole");
+            }
+        }
+    }
+}

@@ -19,7 +19,7 @@
 use std::cmp::Reverse;
 
 use crate::affinity::Touch;
-use crate::filters::{choose_gpus, has_gpus, Gpus};
+use crate::filters::{choose_gpus, has_gpus, Gpus, Share};
 use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::learning::KindId;
 use crate::policy::{score_of, Context, Policy, Weights};
@@ -122,6 +122,8 @@ pub struct ShapeIndex {
     pub kind: KindId,
     /// GPUs a task of the shape uses.
     pub gpus: u32,
+    /// Whole GPUs, or the share of one a task of the shape uses.
+    pub share: Share,
     pub policy: Policy,
     /// Statically eligible live workers (draining and full ones too), by slot: a member's slot
     /// is its place here and in `ready`, and the worker keeps it (`Worker::shapes`), so the
@@ -138,10 +140,11 @@ pub struct ShapeIndex {
 }
 
 impl ShapeIndex {
-    pub(crate) fn new(kind: KindId, gpus: u32, policy: Policy) -> ShapeIndex {
+    pub(crate) fn new(kind: KindId, gpus: u32, share: Share, policy: Policy) -> ShapeIndex {
         ShapeIndex {
             kind,
             gpus,
+            share,
             policy,
             members: Vec::new(),
             slots: IdHashMap::default(),
@@ -194,7 +197,7 @@ impl ShapeIndex {
             return Some(Gpus::new());
         }
         let worker = workers.get(id).ok()?;
-        choose_gpus(worker, &self.member(id)?.gpus, shape.gpus)
+        choose_gpus(worker, &self.member(id)?.gpus, shape.gpus, shape.share)
     }
 
     /// fits_now(), then `admit`'s word on it.
@@ -207,7 +210,12 @@ impl ShapeIndex {
         let gpus = if shape.gpus == 0 {
             Gpus::new()
         } else {
-            choose_gpus(workers.get(member.id).ok()?, &member.gpus, shape.gpus)?
+            choose_gpus(
+                workers.get(member.id).ok()?,
+                &member.gpus,
+                shape.gpus,
+                shape.share,
+            )?
         };
         admit(member.id, &member.gpus, gpus)
     }
@@ -473,6 +481,7 @@ impl ShapeIndex {
             learning: &workers.learning,
             kind: self.kind,
             gpus: self.gpus,
+            share: self.share,
         };
         for slot in 0..self.members.len() as u32 {
             let id = self.members[slot as usize].as_ref().map(|m| m.id);
@@ -491,6 +500,7 @@ impl ShapeIndex {
             learning: &workers.learning,
             kind: self.kind,
             gpus: self.gpus,
+            share: self.share,
         };
         self.rekey(slot, worker, &ctx);
     }
@@ -524,9 +534,9 @@ impl ShapeIndex {
     /// The member's ready entry as it stands: None unless it can take a task of the shape now.
     fn key_of(&self, slot: u32, worker: &Worker, ctx: &Context<'_>) -> Option<ReadyKey> {
         let member = listed(&self.members, slot);
-        (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus)).then(|| {
+        (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus, self.share)).then(|| {
             (
-                Reverse(ctx.rank(self.policy, worker, member.fit)),
+                Reverse(ctx.rank(self.policy, worker, member.fit, &member.gpus)),
                 member.id,
             )
         })

@@ -69,8 +69,16 @@ impl Scheduler {
                 workers: &self.workers,
                 now_ms,
             };
+            let share = shape.share;
             let admit = |id: WorkerId, qualifying: &[u32], gpus: Gpus| {
-                forecast.admit(id, &holds, (kind, pending.affinity), qualifying, gpus)
+                forecast.admit(
+                    id,
+                    &holds,
+                    (kind, pending.affinity),
+                    share,
+                    qualifying,
+                    gpus,
+                )
             };
             match index.best_for(shape, &self.workers, &weights, need, &admit) {
                 Pick::Worker(choice) => {
