@@ -27,8 +27,8 @@ def core_priority(priority: int) -> int:
 
 
 # What the core tells tasks apart by: kind, GPUs, min GPU memory (MiB), GPU models, backend,
-# labels, min compute capability.
-ShapeKey = tuple[str, int, int, tuple[str, ...], str, tuple[str, ...], float]
+# labels, min compute capability, GPU share (thousandths, 0 = whole GPUs), GPU memory it reserves.
+ShapeKey = tuple[str, int, int, tuple[str, ...], str, tuple[str, ...], float, int, int]
 
 
 def shape_key(spec: common_pb2.TaskSpec) -> ShapeKey:
@@ -41,13 +41,17 @@ def shape_key(spec: common_pb2.TaskSpec) -> ShapeKey:
         req.backend,
         tuple(req.labels),
         req.min_compute_capability,
+        req.gpu_milli,
+        req.gpu_memory_mb,
     )
 
 
 def core_shape(scheduler: Scheduler, key: ShapeKey) -> int:
     """The core's handle for a shape (the core interns it: the same key gives the same handle)."""
-    kind, gpus, memory_mb, models, backend, labels, cc = key
-    return scheduler.shape(kind, gpus, memory_mb, list(models), backend, list(labels), cc)
+    kind, gpus, memory_mb, models, backend, labels, cc, milli, reserve_mb = key
+    return scheduler.shape(
+        kind, gpus, memory_mb, list(models), backend, list(labels), cc, gpu_milli=milli, gpu_memory_mb=reserve_mb
+    )
 
 
 class Core:

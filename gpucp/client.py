@@ -148,6 +148,8 @@ def task_spec(
     backend: str = "",
     labels: Sequence[str] = (),
     min_compute_capability: float = 0.0,
+    gpu_milli: int = 0,
+    gpu_memory_mb: int = 0,
     timeout_ms: int = 0,
     max_retries: int | None = None,
     idempotency_key: str = "",
@@ -155,7 +157,8 @@ def task_spec(
     hard_affinity: bool = False,
     task_labels: Mapping[str, str] | None = None,
 ) -> common_pb2.TaskSpec:
-    """Build a TaskSpec from keyword arguments (`labels` are worker labels the task requires)."""
+    """Build a TaskSpec from keyword arguments (`labels` are worker labels the task requires;
+    `gpu_milli` asks for a share of one GPU in thousandths, with `gpu_memory_mb` of its memory)."""
     spec = common_pb2.TaskSpec(
         kind=kind,
         payload=payload.encode() if isinstance(payload, str) else payload,
@@ -168,6 +171,8 @@ def task_spec(
             backend=backend,
             labels=labels,
             min_compute_capability=min_compute_capability,
+            gpu_milli=gpu_milli,
+            gpu_memory_mb=gpu_memory_mb,
         ),
         timeout_ms=timeout_ms,
         idempotency_key=idempotency_key,

@@ -40,20 +40,24 @@ TASK_STATE_CANCELLED: TaskState
 TASK_STATE_TIMED_OUT: TaskState
 
 class Requirements(_message.Message):
-    __slots__ = ("gpus", "min_gpu_memory_mb", "gpu_models", "backend", "labels", "min_compute_capability")
+    __slots__ = ("gpus", "min_gpu_memory_mb", "gpu_models", "backend", "labels", "min_compute_capability", "gpu_milli", "gpu_memory_mb")
     GPUS_FIELD_NUMBER: _ClassVar[int]
     MIN_GPU_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     GPU_MODELS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MIN_COMPUTE_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
+    GPU_MILLI_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     gpus: int
     min_gpu_memory_mb: int
     gpu_models: _containers.RepeatedScalarFieldContainer[str]
     backend: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     min_compute_capability: float
-    def __init__(self, gpus: _Optional[int] = ..., min_gpu_memory_mb: _Optional[int] = ..., gpu_models: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., min_compute_capability: _Optional[float] = ...) -> None: ...
+    gpu_milli: int
+    gpu_memory_mb: int
+    def __init__(self, gpus: _Optional[int] = ..., min_gpu_memory_mb: _Optional[int] = ..., gpu_models: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., min_compute_capability: _Optional[float] = ..., gpu_milli: _Optional[int] = ..., gpu_memory_mb: _Optional[int] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
     __slots__ = ("kind", "payload", "priority", "tenant", "requirements", "timeout_ms", "max_retries", "idempotency_key", "affinity_key", "labels", "hard_affinity")
