@@ -306,6 +306,9 @@ class Scheduler:
     def workers(self) -> int: ...
     def slots(self) -> tuple[int, int]:
         """(total, free) over live workers that take work (not draining, not quarantined)."""
+    def gpu_allocation(self) -> tuple[int, int, int]:
+        """GPUs given to placed tasks over live workers: (held whole, split among shares,
+        thousandths the shares hold). Walks every GPU: for metrics, not per placement."""
 
     # -- placement
     def place(self, now_ms: int, max_tasks: int) -> list[tuple[int, int, list[int]]]:

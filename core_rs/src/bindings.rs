@@ -555,6 +555,11 @@ impl PyScheduler {
         Ok(self.engine()?.slots())
     }
 
+    /// GPUs given to placed tasks: (held whole, split among shares, thousandths shares hold).
+    fn gpu_allocation(&self) -> PyResult<(u64, u64, u64)> {
+        Ok(self.engine()?.gpu_allocation())
+    }
+
     /// Place up to max_tasks queued tasks: [(task, worker, gpu_indices)]. Releases the GIL.
     fn place(
         &self,

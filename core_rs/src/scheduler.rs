@@ -397,6 +397,19 @@ impl Scheduler {
         self.workers.slots()
     }
 
+    /// GPUs given to placed tasks over live workers: (held whole, split among shares,
+    /// thousandths the shares hold). O(W G): for metrics, not for every placement.
+    pub fn gpu_allocation(&self) -> (u64, u64, u64) {
+        let gpus = self.workers.iter().flat_map(|(_, w)| w.gpus.iter());
+        gpus.fold((0, 0, 0), |(whole, split, milli), g| {
+            (
+                whole + u64::from(g.holders > 0),
+                split + u64::from(g.milli > 0),
+                milli + u64::from(g.milli),
+            )
+        })
+    }
+
     /// Predicted runtime of a task of `shape` on `worker`: the (kind, GPU model) EWMA, else the
     /// kind's fleet EWMA scaled by the worker's speed; None before any run of the kind.
     pub fn predict_runtime_ms(
