@@ -150,7 +150,9 @@ impl<'a> Forecast<'a> {
             return Some(chosen);
         }
         let free = |g: u32| !held.iter().any(|h| h.gpus.contains(&g));
-        if let Some(other) = choose_gpus_where(w, qualifying, chosen.len() as u32, share, free) {
+        if let Some(other) =
+            choose_gpus_where(w, qualifying, chosen.len() as u32, share, None, free)
+        {
             return Some(other);
         }
         let start = w.start_for(affinity);

@@ -5,6 +5,7 @@
 
 use smallvec::SmallVec;
 
+use crate::demand::{free_gpus, Demand};
 use crate::gpu_names;
 use crate::shapes::Shape;
 use crate::workers::{Gpu, Worker};
@@ -77,9 +78,15 @@ pub fn static_fit(shape: &Shape, w: &Worker) -> Option<Box<[u32]>> {
 /// Pick `n` healthy GPUs from `qualifying` (ordered smallest memory first): free ones first,
 /// then, with prefetch, ones held by fewer than 1 + depth tasks (least held first); sorted
 /// indices, or None if fewer than `n` can be had. Without prefetch: only free GPUs. Whole GPUs
-/// are never ones that shares use. A share gets one GPU, see `choose_share`.
-pub fn choose_gpus(w: &Worker, qualifying: &[u32], n: u32, share: Share) -> Option<Gpus> {
-    choose_gpus_where(w, qualifying, n, share, |_| true)
+/// are never ones that shares use. A share gets one GPU, see `choose_share` (`packing`).
+pub fn choose_gpus(
+    w: &Worker,
+    qualifying: &[u32],
+    n: u32,
+    share: Share,
+    packing: Option<&Demand>,
+) -> Option<Gpus> {
+    choose_gpus_where(w, qualifying, n, share, packing, |_| true)
 }
 
 /// choose_gpus() among the qualifying GPUs that `allowed` accepts.
@@ -88,10 +95,12 @@ pub fn choose_gpus_where(
     qualifying: &[u32],
     n: u32,
     share: Share,
+    packing: Option<&Demand>,
     allowed: impl Fn(u32) -> bool,
 ) -> Option<Gpus> {
     if !share.is_whole() {
-        return choose_share(w, qualifying, share, allowed).map(|g| smallvec::smallvec![g]);
+        let g = choose_share(w, qualifying, share, packing, allowed)?;
+        return Some(smallvec::smallvec![g]);
     }
     let mut chosen = Gpus::with_capacity(n as usize);
     for level in 0..=w.prefetch_depth {
@@ -112,24 +121,38 @@ pub fn choose_gpus_where(
     Some(chosen)
 }
 
-/// The GPU a share goes on: of the qualifying GPUs it fits (see `Share::fits`), the one its
-/// shares already fill most (the first of those in `qualifying` order), so shares pack onto
-/// GPUs already split and whole GPUs stay free for whole tasks. Shares are never prefetched:
-/// a share placed on a GPU runs beside the others there at once.
+/// The GPU a share goes on, of the qualifying GPUs it fits (see `Share::fits`): with the recent
+/// demand (`packing`, the fragmentation policy), the one where it costs the demand least (see
+/// `Demand::share_lost`: a rest the shares in demand can use beats a smaller one they cannot);
+/// then, and without it, the one its shares already fill most (the first of those in
+/// `qualifying` order), so shares pack onto GPUs already split and whole GPUs stay free for
+/// whole tasks. Shares are never prefetched: a share placed on a GPU runs beside the others
+/// there at once.
 pub fn choose_share(
     w: &Worker,
     qualifying: &[u32],
     share: Share,
+    packing: Option<&Demand>,
     allowed: impl Fn(u32) -> bool,
 ) -> Option<u32> {
-    let mut best: Option<(u32, u32)> = None;
+    let free = packing.map_or(0, |_| free_gpus(w));
+    let cost = |used: u32| {
+        packing.map_or(0.0, |d| {
+            d.share_lost(free, used, share.milli, w.shapes.iter().map(|&(s, _)| s))
+        })
+    };
+    let mut best: Option<(u32, f64, u32)> = None;
     for &i in qualifying {
         let gpu = &w.gpus[i as usize];
-        if share.fits(gpu) && allowed(i) && best.is_none_or(|(_, milli)| gpu.milli > milli) {
-            best = Some((i, gpu.milli));
+        if !(share.fits(gpu) && allowed(i)) {
+            continue;
+        }
+        let c = cost(gpu.milli);
+        if best.is_none_or(|(_, bc, bm)| c < bc || (c == bc && gpu.milli > bm)) {
+            best = Some((i, c, gpu.milli));
         }
     }
-    best.map(|(i, _)| i)
+    best.map(|(i, _, _)| i)
 }
 
 /// choose_gpus().is_some() without building the list.
@@ -193,9 +216,12 @@ mod tests {
         });
         let q = static_fit(&s, &w).unwrap();
         assert_eq!(&*q, &[2, 3, 0], "qualifying GPUs, smallest memory first");
-        assert_eq!(choose_gpus(&w, &q, 1, Share::default()), Some(smallvec![2]));
         assert_eq!(
-            choose_gpus(&w, &q, 2, Share::default()),
+            choose_gpus(&w, &q, 1, Share::default(), None),
+            Some(smallvec![2])
+        );
+        assert_eq!(
+            choose_gpus(&w, &q, 2, Share::default(), None),
             Some(smallvec![2, 3])
         );
         let two = shape(ShapeSpec {
@@ -231,10 +257,10 @@ mod tests {
         .unwrap();
         w.gpus[0].holders = 1;
         assert_eq!(
-            choose_gpus(&w, &[0, 1], 1, Share::default()),
+            choose_gpus(&w, &[0, 1], 1, Share::default(), None),
             Some(smallvec![1])
         );
-        assert_eq!(choose_gpus(&w, &[0, 1], 2, Share::default()), None);
+        assert_eq!(choose_gpus(&w, &[0, 1], 2, Share::default(), None), None);
     }
 
     #[test]

@@ -234,7 +234,11 @@ impl PlacementIndex {
     /// indexes again when the mix moved (O(S W log W) then; see `demand`).
     pub fn demanded(&mut self, id: ShapeId, shape: &Shape, workers: &mut WorkerTable) {
         let supply = |sid: ShapeId| self.built(sid).map_or(0, ShapeIndex::supply);
-        if !workers.learning.demand.record(id, shape.gpus, supply) {
+        if !workers
+            .learning
+            .demand
+            .record(id, shape.gpus, shape.share.milli, supply)
+        {
             return;
         }
         for index in self.shapes.iter_mut().flatten() {

@@ -282,16 +282,19 @@ impl Context<'_> {
                 let free = free_gpus(w);
                 let slot_free = w.accepting() && w.held() < w.effective_slots();
                 if !self.share.is_whole() {
-                    // A share starts at once wherever it fits a GPU; the GPU it would get decides
-                    // whether it splits a whole one.
-                    return match choose_share(w, qualifying, self.share, |_| true) {
+                    // A share starts at once wherever it fits a GPU; what it costs is judged on
+                    // the GPU it would get there.
+                    return match choose_share(
+                        w,
+                        qualifying,
+                        self.share,
+                        Some(&self.learning.demand),
+                        |_| true,
+                    ) {
                         Some(g) if slot_free => {
-                            let gpu = &w.gpus[g as usize];
-                            let left = WHOLE_MILLI - gpu.milli - self.share.milli;
-                            let score =
-                                self.learning
-                                    .demand
-                                    .share_score(w, free, gpu.milli == 0, left);
+                            let used = w.gpus[g as usize].milli;
+                            let demand = &self.learning.demand;
+                            let score = demand.share_score(w, free, used, self.share.milli);
                             (1 << 63) | score_bits(score)
                         }
                         _ => score_bits(w.availability()),

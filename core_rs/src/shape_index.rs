@@ -19,6 +19,7 @@
 use std::cmp::Reverse;
 
 use crate::affinity::Touch;
+use crate::demand::Demand;
 use crate::filters::{choose_gpus, has_gpus, Gpus, Share};
 use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::learning::KindId;
@@ -197,25 +198,33 @@ impl ShapeIndex {
             return Some(Gpus::new());
         }
         let worker = workers.get(id).ok()?;
-        choose_gpus(worker, &self.member(id)?.gpus, shape.gpus, shape.share)
+        choose_gpus(
+            worker,
+            &self.member(id)?.gpus,
+            shape.gpus,
+            shape.share,
+            None,
+        )
     }
 
-    /// fits_now(), then `admit`'s word on it.
+    /// The demand a share's GPU is chosen by: the fragmentation policy's (see `choose_share`).
+    fn packing<'a>(&self, workers: &'a WorkerTable) -> Option<&'a Demand> {
+        (self.policy == Policy::Fragmentation).then_some(&workers.learning.demand)
+    }
+
+    /// The GPUs the member would use (chosen with `packing`), then `admit`'s word on them.
     fn take(
         member: &Member,
         shape: &Shape,
         workers: &WorkerTable,
+        packing: Option<&Demand>,
         admit: Admit<'_>,
     ) -> Option<Gpus> {
         let gpus = if shape.gpus == 0 {
             Gpus::new()
         } else {
-            choose_gpus(
-                workers.get(member.id).ok()?,
-                &member.gpus,
-                shape.gpus,
-                shape.share,
-            )?
+            let worker = workers.get(member.id).ok()?;
+            choose_gpus(worker, &member.gpus, shape.gpus, shape.share, packing)?
         };
         admit(member.id, &member.gpus, gpus)
     }
@@ -274,6 +283,7 @@ impl ShapeIndex {
         avoid: Option<WorkerId>,
         admit: Admit<'_>,
     ) -> Option<(u64, WorkerId, Gpus)> {
+        let packing = self.packing(workers);
         let mut passed = Vec::new();
         let found = loop {
             let Some(members) = self.warm.get_mut(&key) else {
@@ -295,7 +305,8 @@ impl ShapeIndex {
                 continue;
             }
             if Some(id) != avoid {
-                if let Some(gpus) = Self::take(listed(&self.members, owner), shape, workers, admit)
+                if let Some(gpus) =
+                    Self::take(listed(&self.members, owner), shape, workers, packing, admit)
                 {
                     break Some((entry.0 .0, id, gpus));
                 }
@@ -427,6 +438,7 @@ impl ShapeIndex {
         avoid: Option<WorkerId>,
         admit: Admit<'_>,
     ) -> Result<Ready, Stale> {
+        let packing = self.packing(workers);
         let check = |slot: u32| {
             if listed(&self.members, slot).stale {
                 Err(Stale(slot))
@@ -444,7 +456,9 @@ impl ShapeIndex {
             }
             let second = second.map(|((_, next), _)| next);
             if Some(id) != avoid && second.is_none_or(|next| Some(next) != avoid) {
-                if let Some(gpus) = Self::take(listed(&self.members, slot), shape, workers, admit) {
+                if let Some(gpus) =
+                    Self::take(listed(&self.members, slot), shape, workers, packing, admit)
+                {
                     return Ok(Ready {
                         first: Some((rank, id, gpus)),
                         runner_up: second,
@@ -465,7 +479,7 @@ impl ShapeIndex {
                 ready.runner_up = Some(id);
                 break;
             } else if let Some(gpus) =
-                Self::take(listed(&self.members, slot), shape, workers, admit)
+                Self::take(listed(&self.members, slot), shape, workers, packing, admit)
             {
                 ready.first = Some((rank, id, gpus));
             }

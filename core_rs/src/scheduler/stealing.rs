@@ -66,7 +66,7 @@ impl Scheduler {
                         && index.member(t).is_some_and(|m| {
                             shape.gpus == 0
                                 || self.workers.get(t).is_ok_and(|w| {
-                                    choose_gpus(w, &m.gpus, shape.gpus, shape.share).is_some()
+                                    choose_gpus(w, &m.gpus, shape.gpus, shape.share, None).is_some()
                                 })
                         })
                 };
