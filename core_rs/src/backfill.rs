@@ -33,7 +33,7 @@ use crate::filters::{choose_gpus_where, Gpus, Share};
 use crate::id_hash::IdHashMap;
 use crate::learning::KindId;
 use crate::placed::Placed;
-use crate::shape_index::ShapeIndex;
+use crate::shape_index::{Member, ShapeIndex};
 use crate::workers::{Worker, WorkerTable};
 use crate::{ShapeId, TaskId, WorkerId};
 
@@ -176,6 +176,31 @@ impl<'a> Forecast<'a> {
         backfills.then_some(chosen)
     }
 
+    /// When a member's `n` qualifying healthy GPUs are predicted free together (ms from now),
+    /// and those GPUs; None if it does not accept work or has fewer healthy ones.
+    fn member_hold(&self, member: &Member, n: usize) -> Option<(f64, Vec<u32>)> {
+        let w = self.workers.get(member.id).ok()?;
+        if !w.accepting() {
+            return None;
+        }
+        let mut gpus: Vec<u32> = member
+            .gpus
+            .iter()
+            .copied()
+            .filter(|&g| w.gpus[g as usize].healthy)
+            .collect();
+        if gpus.len() < n {
+            return None;
+        }
+        let (busy, _) = self.timeline(w);
+        // Stable: among GPUs free at the same time, the smallest stay first.
+        gpus.sort_by(|&a, &b| busy[a as usize].total_cmp(&busy[b as usize]));
+        gpus.truncate(n);
+        let usable = gpus.iter().map(|&g| busy[g as usize]).fold(0.0, f64::max);
+        gpus.sort_unstable();
+        Some((usable, gpus))
+    }
+
     /// A round hold for a multi-GPU shape no worker can take now: the accepting member whose
     /// qualifying healthy GPUs are predicted to have `shape_gpus` of them free together soonest
     /// (a member another shape already holds this round only if no other can), and those GPUs.
@@ -183,40 +208,130 @@ impl<'a> Forecast<'a> {
         let n = index.gpus as usize;
         let mut best: Option<((bool, f64, WorkerId), Vec<u32>)> = None;
         for member in index.members() {
-            let id = member.id;
-            let Ok(w) = self.workers.get(id) else {
+            let Some((usable, gpus)) = self.member_hold(member, n) else {
                 continue;
             };
-            if !w.accepting() {
-                continue;
-            }
-            let mut gpus: Vec<u32> = member
-                .gpus
-                .iter()
-                .copied()
-                .filter(|&g| w.gpus[g as usize].healthy)
-                .collect();
-            if gpus.len() < n {
-                continue;
-            }
-            let (busy, _) = self.timeline(w);
-            // Stable: among GPUs free at the same time, the smallest stay first.
-            gpus.sort_by(|&a, &b| busy[a as usize].total_cmp(&busy[b as usize]));
-            gpus.truncate(n);
-            let usable = gpus.iter().map(|&g| busy[g as usize]).fold(0.0, f64::max);
+            let id = member.id;
             let key = (taken.iter().any(|h| h.worker == id), usable, id);
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
                 best = Some((key, gpus));
             }
         }
-        let ((_, usable, worker), mut gpus) = best?;
-        gpus.sort_unstable();
+        let ((_, usable, worker), gpus) = best?;
         Some(Hold {
             shape,
             worker,
             gpus,
             usable_ms: self.now_ms as f64 + usable,
         })
+    }
+
+    /// plan(), kept in the index between rounds: while no other shape holds a worker this round,
+    /// the kept hold is checked against the members that changed since (see [`Plan`]) instead of
+    /// planning over every member, O(C T_w) for C changed members instead of O(M_s T_w). All are
+    /// planned again when the held member got worse or left, many changed, or its predicted time
+    /// passed without its GPUs freeing.
+    pub fn plan_kept(
+        &self,
+        shape: ShapeId,
+        index: &mut ShapeIndex,
+        taken: &[Hold],
+    ) -> Option<Hold> {
+        let now = self.now_ms as f64;
+        if taken.is_empty() {
+            if let Some(plan) = index.plan.take() {
+                let fresh = !plan.stale && plan.hold.as_ref().is_none_or(|h| h.usable_ms > now);
+                if let Some(hold) = fresh.then(|| self.follow(shape, index, plan)).flatten() {
+                    index.plan = Some(Plan::kept(hold.clone()));
+                    return hold;
+                }
+            }
+        }
+        let hold = self.plan(shape, index, taken);
+        if taken.is_empty() {
+            index.plan = Some(Plan::kept(hold.clone()));
+        }
+        hold
+    }
+
+    /// The kept hold brought up to date with the members that changed: Some(best) or None when
+    /// every member must be planned again.
+    fn follow(&self, shape: ShapeId, index: &ShapeIndex, plan: Plan) -> Option<Option<Hold>> {
+        let now = self.now_ms as f64;
+        let n = index.gpus as usize;
+        let mut best = plan.hold;
+        for id in plan.changed {
+            let held = best.as_ref().is_some_and(|b| b.worker == id);
+            let seen = index.member(id).and_then(|m| self.member_hold(m, n));
+            let Some((usable, gpus)) = seen else {
+                if held {
+                    return None;
+                }
+                continue;
+            };
+            let usable_ms = now + usable;
+            let better = match &best {
+                None => true,
+                Some(b) if held => {
+                    if usable_ms > b.usable_ms {
+                        return None;
+                    }
+                    true
+                }
+                Some(b) => (usable_ms, id) < (b.usable_ms, b.worker),
+            };
+            if better {
+                best = Some(Hold {
+                    shape,
+                    worker: id,
+                    gpus,
+                    usable_ms,
+                });
+            }
+        }
+        Some(best)
+    }
+}
+
+/// A round hold kept for a shape between rounds, and the members that changed since (their
+/// tasks, starts, health or state), so the next round looks at those alone (see
+/// `Forecast::plan_kept`). A member's time is absolute once planned, so a kept hold may lag what
+/// the prediction of a queued task would say now by the rounds it was kept; it is planned again
+/// at the latest when that time passes.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    hold: Option<Hold>,
+    changed: Vec<WorkerId>,
+    /// Every member must be planned again.
+    stale: bool,
+}
+
+impl Plan {
+    fn kept(hold: Option<Hold>) -> Plan {
+        Plan {
+            hold,
+            ..Plan::default()
+        }
+    }
+
+    /// A member changed; past `bound` changes, planning all again is as cheap.
+    pub(crate) fn changed(&mut self, id: WorkerId, bound: usize) {
+        if self.stale {
+            return;
+        }
+        if self.changed.len() >= bound {
+            self.stale = true;
+            self.changed = Vec::new();
+            return;
+        }
+        self.changed.push(id);
+    }
+
+    /// A member left.
+    pub(crate) fn left(&mut self, id: WorkerId) {
+        if self.hold.as_ref().is_some_and(|h| h.worker == id) {
+            self.stale = true;
+        }
     }
 }
 

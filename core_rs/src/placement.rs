@@ -185,6 +185,17 @@ impl PlacementIndex {
         self.rekey_where(id, workers, |_| true);
     }
 
+    /// A change of the worker that moves no rank (a task it holds started): kept hold plans
+    /// look at it again.
+    pub fn changed(&mut self, id: WorkerId, workers: &WorkerTable) {
+        let Ok(worker) = workers.get(id) else { return };
+        for &(sid, _) in &worker.shapes {
+            if let Some(index) = self.shapes[slot(sid)].as_mut() {
+                index.member_changed(id);
+            }
+        }
+    }
+
     /// A task of shape `placed` went to the worker, which lowered its rank everywhere except,
     /// maybe, in fragmentation indexes. It is moved in that shape's ready heap at once, where the
     /// next lookup meets it at the top; the other indexes that list it mark it stale and move it
@@ -211,6 +222,7 @@ impl PlacementIndex {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
+            index.member_changed(id);
             let ctx = Context {
                 weights: &self.weights,
                 learning,

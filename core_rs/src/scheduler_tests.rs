@@ -1782,3 +1782,83 @@ proptest::proptest! {
         }
     }
 }
+
+fn a100s(n: usize) -> Vec<GpuSpec> {
+    vec![gpu(81_920, 8.0, "A100"); n]
+}
+
+/// Teach the core that tasks of `shape` take `ms` on `worker` (task ids from 1000 on).
+fn learn_runtime(s: &mut Scheduler, shape: ShapeId, worker: WorkerId, gpus: &[u32], ms: u64) {
+    let task = 1000 + s.placed() as u64 + 100 * shape;
+    s.attach(task, worker, gpus, shape, 0, 0).unwrap();
+    s.finish(task, true, ms).unwrap();
+}
+
+fn kind_shape(s: &mut Scheduler, kind: &str, gpus: u32) -> ShapeId {
+    s.shape(ShapeSpec {
+        kind: kind.into(),
+        gpus,
+        ..ShapeSpec::default()
+    })
+    .unwrap()
+}
+
+proptest::proptest! {
+    /// Whatever finishes, starts and arrives between rounds, the hold kept for a blocked
+    /// gang frees its GPUs as soon as a plan over every member would say.
+    #[test]
+    fn a_kept_hold_is_as_soon_as_a_fresh_plan(
+        sizes in proptest::collection::vec(4u32..9, 2..6),
+        ops in proptest::collection::vec((0u8..3, 0usize..64), 1..60),
+    ) {
+        let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+        let workers: Vec<WorkerId> = sizes
+            .iter()
+            .map(|&n| s.add_worker(n, a100s(n as usize), "", vec![], vec![], 0).unwrap())
+            .collect();
+        let gang = kind_shape(&mut s, "gang", 4);
+        let one = kind_shape(&mut s, "one", 1);
+        learn_runtime(&mut s, gang, workers[0], &[0, 1], 1_000);
+        for (i, &w) in workers.iter().enumerate() {
+            learn_runtime(&mut s, one, w, &[0], 500 + 700 * i as u64);
+        }
+        // Every worker busy, so the gang waits; it goes first in every round.
+        for task in 0..sizes.iter().sum::<u32>() as u64 {
+            s.push(task, one, 1, task, 0).unwrap();
+        }
+        let mut placed: Vec<u64> = s.place(0, 100).iter().map(|p| p.task).collect();
+        s.push(999, gang, 3, 0, 0).unwrap();
+        let mut next = 100u64;
+        for (op, which) in ops {
+            match op {
+                0 if !placed.is_empty() => {
+                    let done = placed.swap_remove(which % placed.len());
+                    s.finish(done, true, 500).unwrap();
+                    if done == 999 {
+                        s.push(999, gang, 3, 0, 0).unwrap();
+                    }
+                }
+                1 if !placed.is_empty() => {
+                    let _ = s.mark_started(placed[which % placed.len()], Some(0));
+                }
+                _ => {
+                    s.push(next, one, 1, next, 0).unwrap();
+                    next += 1;
+                }
+            }
+            placed.extend(s.place(0, 1).iter().map(|p| p.task));
+            if s.placement_of(999).is_some() {
+                continue;
+            }
+            let kept = s.holds.iter().find(|h| h.shape == gang).map(|h| h.usable_ms);
+            let Some(index) = s.placement.built(gang) else {
+                continue;
+            };
+            let forecast = crate::backfill::Forecast { placed: &s.placed, workers: &s.workers, now_ms: 0 };
+            let fresh = forecast.plan(gang, index, &[]).map(|h| h.usable_ms);
+            if kept.is_some() {
+                proptest::prop_assert_eq!(kept, fresh);
+            }
+        }
+    }
+}

@@ -19,6 +19,7 @@
 use std::cmp::Reverse;
 
 use crate::affinity::Touch;
+use crate::backfill::Plan;
 use crate::demand::Demand;
 use crate::filters::{choose_gpus, has_gpus, Gpus, Share};
 use crate::id_hash::{IdHashMap, IdHashSet};
@@ -138,6 +139,8 @@ pub struct ShapeIndex {
     warm: IdHashMap<u64, WarmMembers>,
     /// Qualifying GPUs over the members: how much of the fleet can serve the shape.
     supply: u64,
+    /// The round hold last planned for a multi-GPU shape and the members changed since.
+    pub(crate) plan: Option<Plan>,
 }
 
 impl ShapeIndex {
@@ -152,6 +155,7 @@ impl ShapeIndex {
             ready: Ranked::default(),
             warm: IdHashMap::default(),
             supply: 0,
+            plan: None,
         }
     }
 
@@ -643,10 +647,21 @@ impl ShapeIndex {
         slot
     }
 
+    /// A member's tasks, starts, health or state changed: a kept hold plan must look at it.
+    pub(crate) fn member_changed(&mut self, id: WorkerId) {
+        let bound = self.slots.len() / 4 + 16;
+        if let Some(plan) = &mut self.plan {
+            plan.changed(id, bound);
+        }
+    }
+
     pub(crate) fn drop_member(&mut self, slot: u32) {
         let member = self.members[slot as usize]
             .take()
             .expect("a listed slot has a member");
+        if let Some(plan) = &mut self.plan {
+            plan.left(member.id);
+        }
         self.supply -= member.gpus.len() as u64;
         self.slots.remove(&member.id);
         self.ready.release(slot);

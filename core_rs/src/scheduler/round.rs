@@ -115,8 +115,8 @@ impl Scheduler {
                 }
                 Pick::NoneForShape => {
                     if shape.gpus > 1 {
-                        let index = self.placement.built(sid).expect("just built");
-                        holds.extend(forecast.plan(sid, index, &holds));
+                        let index = self.placement.built_mut(sid).expect("just built");
+                        holds.extend(forecast.plan_kept(sid, index, &holds));
                     }
                     PendingQueue::shape_dead(&mut round, sid);
                 }

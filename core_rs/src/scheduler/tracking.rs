@@ -190,6 +190,7 @@ impl Scheduler {
                 w.gpus[g as usize].running = whole;
             }
         })?;
+        self.placement.changed(worker, &self.workers);
         let placed = self.placed.get_mut(&task).expect("checked above");
         placed.started = true;
         placed.started_ms = now_ms.unwrap_or(self.now_ms);
