@@ -14,6 +14,7 @@ BACKENDS = ("", "cuda", "rocm", "cpu")
 MAX_GPUS = 32  # on one machine: what a Register may list and a task may ask for
 MAX_GPU_MEMORY_MB = 1024 * 1024  # 1 TiB: several times any GPU made, below any typo in bytes
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+MAX_EXPECTED_RUNTIME_MS = 365 * 24 * 3600 * 1000
 MAX_RETRIES = 100
 MAX_TEXT = 256  # bytes (UTF-8) of a free-form string: keys, labels, names
 MAX_ID = 128  # bytes of an id or a name: tenant, worker id
@@ -91,6 +92,15 @@ def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> int:
         )
     if spec.HasField("max_retries") and spec.max_retries > MAX_RETRIES:
         raise InvalidArgument(f"max_retries {spec.max_retries} is over the limit of {MAX_RETRIES}")
+    if spec.expected_runtime_ms > MAX_EXPECTED_RUNTIME_MS:
+        raise InvalidArgument(
+            f"expected_runtime_ms {spec.expected_runtime_ms} is over a year ({MAX_EXPECTED_RUNTIME_MS} ms): "
+            "the unit is milliseconds"
+        )
+    if spec.runtime_class and not _KIND.fullmatch(spec.runtime_class):
+        raise InvalidArgument(
+            f"runtime_class {spec.runtime_class[:140]!r} is not a class name: use 1-128 letters, digits, '_.:-'"
+        )
     _validate_requirements(spec.requirements)
     return size
 

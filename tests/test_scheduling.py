@@ -212,3 +212,27 @@ def test_a_share_of_several_gpus_is_refused_with_a_reason(controlplane, client):
             client.submit("noop", **fields)
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value
         assert reason in info.value.message, info.value.message
+
+
+def test_a_waiting_task_estimates_from_what_its_submitter_expects(controlplane, client, start_agent):
+    start_agent("one", "--slots", "1")
+    busy = client.submit("sleep", json.dumps({"seconds": 30}))
+    eventually(lambda: client.get(busy).state == common_pb2.TASK_STATE_RUNNING, 20, "the sleep to run")
+    unknown = client.submit("noop")
+    eventually(lambda: "busy" in client.get(unknown).pending_reason, 20, "the noop to wait")
+    assert "no estimate yet" in client.get(unknown).pending_reason, client.get(unknown).pending_reason
+    expected = client.submit("noop", runtime_class="batch", expected_runtime_ms=90_000)
+    eventually(lambda: "take about" in client.get(expected).pending_reason, 20, "an estimate")
+    assert "take about 90.0 s" in client.get(expected).pending_reason, client.get(expected).pending_reason
+    client.cancel(busy)
+
+
+def test_runtime_hints_out_of_bounds_are_refused_with_a_reason(controlplane, client):
+    for fields, reason in (
+        ({"expected_runtime_ms": 400 * 24 * 3600 * 1000}, "over a year"),
+        ({"runtime_class": "has spaces"}, "is not a class name"),
+    ):
+        with pytest.raises(GpucpError) as info:
+            client.submit("noop", **fields)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value
+        assert reason in info.value.message, info.value.message

@@ -46,6 +46,8 @@ pub struct Hold {
     pub gpus: Vec<u32>,
     /// When they are predicted to be free together, on the caller's clock.
     pub usable_ms: f64,
+    /// Every task on them has a prediction; else `usable_ms` counts the others only.
+    pub estimated: bool,
 }
 
 /// A hold as seen from one worker: its GPUs and when they are usable, relative to now.
@@ -69,30 +71,37 @@ fn overlaps(a: &[u32], b: &[u32]) -> bool {
 }
 
 impl<'a> Forecast<'a> {
-    /// How much longer a placed task keeps its GPUs, in ms.
-    fn remaining_ms(&self, p: &Placed, w: &Worker) -> f64 {
-        let predicted = w
-            .runtime_ms(p.kind, &self.workers.learning, p.start)
-            .unwrap_or(0.0);
+    /// How much longer a placed task keeps its GPUs, in ms; None for a task nothing predicts
+    /// (one started then counts as long again as it has run).
+    fn remaining_ms(&self, p: &Placed, w: &Worker) -> Option<f64> {
+        let predicted = w.runtime_ms(p.kind, &self.workers.learning, p.start);
         if !p.started {
             return predicted;
         }
         let elapsed = self.now_ms.saturating_sub(p.started_ms) as f64;
         // Past its prediction: as much longer again as it has overrun.
-        (predicted - elapsed).abs()
+        predicted.map(|ms| (ms - elapsed).abs())
     }
 
     /// Per GPU of `w`, how long its placed tasks keep it busy (running ones, then the queued
-    /// ones in turn); and the queued gangs, each with when its GPUs are usable counting only the
-    /// tasks placed before it, and its own runtime.
-    fn timeline(&self, w: &Worker) -> (Vec<f64>, Vec<Held<'a>>) {
+    /// ones in turn) and whether each of them had a prediction (one without counts 0); and the
+    /// queued gangs, each with when its GPUs are usable counting only the tasks placed before
+    /// it, and its own runtime.
+    fn timeline(&self, w: &Worker) -> (Vec<f64>, Vec<bool>, Vec<Held<'a>>) {
         let mut busy = vec![0.0; w.gpus.len()];
+        let mut known = vec![true; w.gpus.len()];
         let mut gangs = Vec::new();
         for task in &w.tasks {
             let Some(p) = self.placed.get(task) else {
                 continue;
             };
-            let remaining = self.remaining_ms(p, w);
+            let predicted = self.remaining_ms(p, w);
+            if predicted.is_none() {
+                for &g in &p.gpus {
+                    known[g as usize] = false;
+                }
+            }
+            let remaining = predicted.unwrap_or(0.0);
             if !p.started && p.gpus.len() > 1 {
                 let usable = p.gpus.iter().map(|&g| busy[g as usize]).fold(0.0, f64::max);
                 gangs.push(Held {
@@ -111,7 +120,7 @@ impl<'a> Forecast<'a> {
                 }
             }
         }
-        (busy, gangs)
+        (busy, known, gangs)
     }
 
     /// The GPUs a task of `kind` with `affinity` may use on worker `id`: `chosen` if no hold is
@@ -136,7 +145,7 @@ impl<'a> Forecast<'a> {
             // A queued gang holds its GPUs, so GPUs nobody holds are outside every hold.
             return Some(chosen);
         }
-        let (busy, gangs) = self.timeline(w);
+        let (busy, _, gangs) = self.timeline(w);
         let now = self.now_ms as f64;
         let held: Vec<Held<'_>> = round
             .map(|h| Held {
@@ -177,8 +186,9 @@ impl<'a> Forecast<'a> {
     }
 
     /// When a member's `n` qualifying healthy GPUs are predicted free together (ms from now),
-    /// and those GPUs; None if it does not accept work or has fewer healthy ones.
-    fn member_hold(&self, member: &Member, n: usize) -> Option<(f64, Vec<u32>)> {
+    /// those GPUs, and whether every task on them had a prediction; None if it does not accept
+    /// work or has fewer healthy ones.
+    fn member_hold(&self, member: &Member, n: usize) -> Option<(f64, Vec<u32>, bool)> {
         let w = self.workers.get(member.id).ok()?;
         if !w.accepting() {
             return None;
@@ -192,13 +202,14 @@ impl<'a> Forecast<'a> {
         if gpus.len() < n {
             return None;
         }
-        let (busy, _) = self.timeline(w);
+        let (busy, known, _) = self.timeline(w);
         // Stable: among GPUs free at the same time, the smallest stay first.
         gpus.sort_by(|&a, &b| busy[a as usize].total_cmp(&busy[b as usize]));
         gpus.truncate(n);
         let usable = gpus.iter().map(|&g| busy[g as usize]).fold(0.0, f64::max);
+        let estimated = gpus.iter().all(|&g| known[g as usize]);
         gpus.sort_unstable();
-        Some((usable, gpus))
+        Some((usable, gpus, estimated))
     }
 
     /// A round hold for a multi-GPU shape no worker can take now: the accepting member whose
@@ -206,31 +217,34 @@ impl<'a> Forecast<'a> {
     /// (a member another shape already holds this round only if no other can), and those GPUs.
     pub fn plan(&self, shape: ShapeId, index: &ShapeIndex, taken: &[Hold]) -> Option<Hold> {
         let n = index.gpus as usize;
-        let mut best: Option<((bool, f64, WorkerId), Vec<u32>)> = None;
+        let now = self.now_ms as f64;
+        let mut best: Option<((bool, f64, WorkerId), Hold)> = None;
         for member in index.members() {
-            let Some((usable, gpus)) = self.member_hold(member, n) else {
+            let Some((usable, gpus, estimated)) = self.member_hold(member, n) else {
                 continue;
             };
-            let id = member.id;
-            let key = (taken.iter().any(|h| h.worker == id), usable, id);
+            let worker = member.id;
+            let key = (taken.iter().any(|h| h.worker == worker), usable, worker);
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                best = Some((key, gpus));
+                let usable_ms = now + usable;
+                let hold = Hold {
+                    shape,
+                    worker,
+                    gpus,
+                    usable_ms,
+                    estimated,
+                };
+                best = Some((key, hold));
             }
         }
-        let ((_, usable, worker), gpus) = best?;
-        Some(Hold {
-            shape,
-            worker,
-            gpus,
-            usable_ms: self.now_ms as f64 + usable,
-        })
+        best.map(|(_, hold)| hold)
     }
 
     /// plan(), kept in the index between rounds: while no other shape holds a worker this round,
     /// the kept hold is checked against the members that changed since (see [`Plan`]) instead of
     /// planning over every member, O(C T_w) for C changed members instead of O(M_s T_w). All are
     /// planned again when the held member got worse or left, many changed, or its predicted time
-    /// passed without its GPUs freeing.
+    /// (if a prediction gave one) passed without its GPUs freeing.
     pub fn plan_kept(
         &self,
         shape: ShapeId,
@@ -240,7 +254,9 @@ impl<'a> Forecast<'a> {
         let now = self.now_ms as f64;
         if taken.is_empty() {
             if let Some(plan) = index.plan.take() {
-                let fresh = !plan.stale && plan.hold.as_ref().is_none_or(|h| h.usable_ms > now);
+                // A time that nothing predicted cannot pass; members' changes still reach it.
+                let due = |h: &Hold| h.estimated && h.usable_ms <= now;
+                let fresh = !plan.stale && !plan.hold.as_ref().is_some_and(due);
                 if let Some(hold) = fresh.then(|| self.follow(shape, index, plan)).flatten() {
                     index.plan = Some(Plan::kept(hold.clone()));
                     return hold;
@@ -263,7 +279,7 @@ impl<'a> Forecast<'a> {
         for id in plan.changed {
             let held = best.as_ref().is_some_and(|b| b.worker == id);
             let seen = index.member(id).and_then(|m| self.member_hold(m, n));
-            let Some((usable, gpus)) = seen else {
+            let Some((usable, gpus, estimated)) = seen else {
                 if held {
                     return None;
                 }
@@ -286,6 +302,7 @@ impl<'a> Forecast<'a> {
                     worker: id,
                     gpus,
                     usable_ms,
+                    estimated,
                 });
             }
         }

@@ -18,6 +18,9 @@ pub struct PendingReason {
     pub eta: Option<Eta>,
     /// The reservation the last placement round made for its shape (see `backfill`).
     pub reservation: Option<Reservation>,
+    /// It waits for busy workers, and nothing says how long its kind runs: no run of it was
+    /// learned and no submitter gave an expected runtime.
+    pub no_estimate: bool,
 }
 
 impl PendingReason {
@@ -26,6 +29,7 @@ impl PendingReason {
             reason: reason.into(),
             eta: None,
             reservation: None,
+            no_estimate: false,
         }
     }
 }
@@ -37,13 +41,13 @@ pub struct Eta {
     pub start_in_ms: f64,
 }
 
-/// `worker` is reserved for it (these GPUs), free in about `free_in_ms`; shorter tasks fill the
-/// gap meanwhile.
+/// `worker` is reserved for it (these GPUs), free in about `free_in_ms` (None: a task on them
+/// has no estimate yet); shorter tasks fill the gap meanwhile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
     pub worker: WorkerId,
     pub gpus: Vec<u32>,
-    pub free_in_ms: f64,
+    pub free_in_ms: Option<f64>,
 }
 
 /// No live worker passes the static filters: name the requirement nobody meets, checking each

@@ -103,7 +103,7 @@ impl PlacementIndex {
             self.shapes.resize_with(i + 1, || None);
         }
         if self.shapes[i].is_none() {
-            let kind = workers.learning.kind_id(&shape.kind);
+            let kind = workers.learning.kind_id(&shape.learned_as);
             let mut index =
                 ShapeIndex::new(kind, shape.gpus, shape.share, self.policy_for(&shape.kind));
             let mut listed = Vec::new();
@@ -183,6 +183,13 @@ impl PlacementIndex {
     /// and warm heaps.
     pub fn refresh(&mut self, id: WorkerId, workers: &mut WorkerTable) {
         self.rekey_where(id, workers, |_| true);
+    }
+
+    /// What runtimes are predicted from changed: kept hold plans are planned again.
+    pub fn forget_plans(&mut self) {
+        for index in self.shapes.iter_mut().flatten() {
+            index.plan = None;
+        }
     }
 
     /// A change of the worker that moves no rank (a task it holds started): kept hold plans

@@ -1862,3 +1862,65 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn an_expected_runtime_lets_a_task_backfill_before_its_kind_ever_ran() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let w = s.add_worker(2, a100s(2), "", vec![], vec![], 0).unwrap();
+    let long = kind_shape(&mut s, "long", 1);
+    let gang = kind_shape(&mut s, "gang", 2);
+    let quick = kind_shape(&mut s, "quick", 1);
+    learn_runtime(&mut s, long, w, &[0], 10_000);
+    s.push(1, long, 1, 1, 0).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(1, w)]);
+    s.mark_started(1, Some(0)).unwrap();
+    s.push(2, gang, 1, 2, 0).unwrap();
+    s.push(3, quick, 1, 3, 0).unwrap();
+    assert!(
+        s.place(0, 10).is_empty(),
+        "the gang holds the worker, and nothing says how long the quick task takes"
+    );
+    s.expect_runtime(quick, 1_000).unwrap();
+    assert_eq!(
+        placed(&s.place(0, 10)),
+        vec![(3, w)],
+        "expected to take 1 s, it ends before the long task frees the gang's GPUs"
+    );
+}
+
+#[test]
+fn runtimes_are_learned_per_runtime_class() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let w = s.add_worker(1, a100s(1), "", vec![], vec![], 0).unwrap();
+    let class = |s: &mut Scheduler, runtime_class: &str| {
+        s.shape(ShapeSpec {
+            kind: "train".into(),
+            gpus: 1,
+            runtime_class: runtime_class.into(),
+            ..ShapeSpec::default()
+        })
+        .unwrap()
+    };
+    let (short, long, plain) = (
+        class(&mut s, "short"),
+        class(&mut s, "long"),
+        class(&mut s, ""),
+    );
+    learn_runtime(&mut s, short, w, &[0], 1_000);
+    learn_runtime(&mut s, long, w, &[0], 600_000);
+    assert_eq!(s.predict_runtime_ms(short, w).unwrap(), Some(1_000.0));
+    assert_eq!(s.predict_runtime_ms(long, w).unwrap(), Some(600_000.0));
+    assert_eq!(
+        s.predict_runtime_ms(plain, w).unwrap(),
+        None,
+        "the kind alone learned nothing"
+    );
+    s.expect_runtime(plain, 5_000).unwrap();
+    assert_eq!(s.predict_runtime_ms(plain, w).unwrap(), Some(5_000.0));
+    s.expect_runtime(long, 5_000).unwrap();
+    assert_eq!(
+        s.predict_runtime_ms(long, w).unwrap(),
+        Some(600_000.0),
+        "what was learned wins over what was expected"
+    );
+}

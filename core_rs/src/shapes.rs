@@ -27,6 +27,9 @@ pub struct ShapeSpec {
     pub gpu_milli: u32,
     /// Memory a share keeps on its GPU, in MiB (only with `gpu_milli`).
     pub gpu_memory_mb: u64,
+    /// The submitter's runtime class: runtimes are learned per (kind, class, GPU model), so
+    /// short and long tasks of one kind are predicted apart. "" = the kind's own.
+    pub runtime_class: String,
 }
 
 /// A normalised, interned shape.
@@ -45,6 +48,8 @@ pub struct Shape {
     min_cc_bits: u64,
     /// Whole GPUs unless it asks for a share of one (`gpus` is then 1).
     pub share: Share,
+    /// What runtimes are learned under: the kind, and its runtime class when it has one.
+    pub learned_as: String,
 }
 
 impl Shape {
@@ -84,7 +89,14 @@ impl Shape {
         let mut labels = spec.labels;
         labels.sort();
         labels.dedup();
+        let learned_as = if spec.runtime_class.is_empty() {
+            spec.kind.clone()
+        } else {
+            // A unit separator cannot occur in a kind a person types.
+            format!("{}\u{1f}{}", spec.kind, spec.runtime_class)
+        };
         Ok(Shape {
+            learned_as,
             kind: spec.kind,
             gpus,
             min_gpu_memory_mb: spec.min_gpu_memory_mb,

@@ -60,7 +60,7 @@ class Requirements(_message.Message):
     def __init__(self, gpus: _Optional[int] = ..., min_gpu_memory_mb: _Optional[int] = ..., gpu_models: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., min_compute_capability: _Optional[float] = ..., gpu_milli: _Optional[int] = ..., gpu_memory_mb: _Optional[int] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("kind", "payload", "priority", "tenant", "requirements", "timeout_ms", "max_retries", "idempotency_key", "affinity_key", "labels", "hard_affinity")
+    __slots__ = ("kind", "payload", "priority", "tenant", "requirements", "timeout_ms", "max_retries", "idempotency_key", "affinity_key", "labels", "hard_affinity", "expected_runtime_ms", "runtime_class")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,8 @@ class TaskSpec(_message.Message):
     AFFINITY_KEY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     HARD_AFFINITY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_RUNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_CLASS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     payload: bytes
     priority: Priority
@@ -90,7 +92,9 @@ class TaskSpec(_message.Message):
     affinity_key: str
     labels: _containers.ScalarMap[str, str]
     hard_affinity: bool
-    def __init__(self, kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., max_retries: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., affinity_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hard_affinity: _Optional[bool] = ...) -> None: ...
+    expected_runtime_ms: int
+    runtime_class: str
+    def __init__(self, kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., max_retries: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., affinity_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hard_affinity: _Optional[bool] = ..., expected_runtime_ms: _Optional[int] = ..., runtime_class: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("id", "spec", "state", "attempt", "worker_id", "result", "error", "pending_reason", "created_at_ms", "started_at_ms", "finished_at_ms", "gpu_indices", "attempt_errors", "placement", "progress")

@@ -138,7 +138,7 @@ impl Scheduler {
             .get(task)
             .map_or((0, false), |p| (p.affinity, p.hard_affinity));
         self.queue.remove(task);
-        let kind = self.workers.learning.kind_id(&self.shapes.get(shape)?.kind);
+        let kind = (self.workers.learning).kind_id(&self.shapes.get(shape)?.learned_as);
         let facts = Facts {
             shape,
             kind,
@@ -224,9 +224,14 @@ impl Scheduler {
         let kind = self
             .workers
             .learning
-            .kind_id(&self.shapes.get(placed.shape)?.kind);
+            .kind_id(&self.shapes.get(placed.shape)?.learned_as);
+        let first = self.workers.learning.fleet_ms(kind).is_none();
         self.workers
             .learn(placed.worker, kind, placed.start, succeeded, runtime_ms)?;
+        if first && self.workers.learning.fleet_ms(kind).is_some() {
+            // The kind's first run: kept reservations were timed without it.
+            self.placement.forget_plans();
+        }
         self.placement.refresh(placed.worker, &mut self.workers);
         Ok(placed.worker)
     }
