@@ -162,9 +162,14 @@ fn requirements(shape: &Shape) -> String {
 
 /// e.g. "2 GPUs with at least 81920 MB (model any of ['h100'], compute capability >= 8.0)".
 fn gpu_phrase(shape: &Shape) -> String {
-    let mut phrase = plural(u64::from(shape.gpus), "GPU", "GPUs");
-    if shape.min_gpu_memory_mb > 0 {
-        phrase.push_str(&format!(" with at least {} MB", shape.min_gpu_memory_mb));
+    let mut phrase = if shape.share.is_whole() {
+        plural(u64::from(shape.gpus), "GPU", "GPUs")
+    } else {
+        format!("a GPU to share ({} of 1000 thousandths)", shape.share.milli)
+    };
+    let memory_mb = shape.min_gpu_memory_mb.max(shape.share.memory_mb);
+    if memory_mb > 0 {
+        phrase.push_str(&format!(" with at least {memory_mb} MB"));
     }
     let mut details = Vec::new();
     if !shape.gpu_models.is_empty() {

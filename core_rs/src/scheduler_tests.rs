@@ -1705,6 +1705,18 @@ fn shares_pack_onto_one_gpu_and_leave_whole_gpus_free() {
 }
 
 #[test]
+fn a_share_no_gpu_has_the_memory_for_says_so() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    s.add_worker(4, vec![gpu(16_384, 8.0, "T4")], "", vec![], vec![], 0)
+        .unwrap();
+    let big = share_shape(&mut s, 250, 20_000);
+    assert_eq!(
+        s.explain(big, 1).unwrap().reason,
+        "no connected worker has a GPU to share (250 of 1000 thousandths) with at least 20000 MB"
+    );
+}
+
+#[test]
 fn a_share_refuses_to_attach_past_its_gpu() {
     let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
     let w = s
