@@ -55,7 +55,9 @@ class TaskContext:
     attempt: int
     worker_id: str
     gpu_indices: tuple[int, ...]
-    # Variables for the task's processes: CUDA_VISIBLE_DEVICES and the GPUCP_* names.
+    # Variables for the task's processes: CUDA_VISIBLE_DEVICES and the GPUCP_* names (for a GPU
+    # task GPUCP_GPU_MILLI, its share of each GPU in thousandths: 1000 for whole GPUs, and
+    # GPUCP_GPU_MEMORY_MB, the GPU memory a share reserved, when it did).
     env: Mapping[str, str]
     progress: Callable[[float], None] = dataclasses.field(default=lambda fraction: None, repr=False)
 
@@ -74,6 +76,11 @@ class TaskContext:
             "GPUCP_ATTEMPT": str(task.attempt),
             "GPUCP_WORKER_ID": worker_id,
         }
+        req = task.spec.requirements
+        if indices:
+            env["GPUCP_GPU_MILLI"] = str(req.gpu_milli or 1000)
+            if req.gpu_memory_mb:
+                env["GPUCP_GPU_MEMORY_MB"] = str(req.gpu_memory_mb)
         if progress is None:
             return cls(task.id, task.attempt, worker_id, indices, env)
         return cls(task.id, task.attempt, worker_id, indices, env, progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -165,9 +166,11 @@ class Agent:
             raise ValueError(f"no handler for kinds {missing}; handlers exist for {sorted(self.handlers)}.")
         self._attempts: dict[TaskKey, _Attempt] = {}
         self._outbox: dict[TaskKey, _Outgoing] = {}
-        # Attempts holding a slot, and the GPUs they hold (each by one attempt at most).
+        # Attempts holding a slot, the GPUs they hold whole (each by one attempt at most), and per
+        # GPU the attempts running side by side on it with a share of it (gpu_milli).
         self._executing = 0
         self._busy_gpus: set[int] = set()
+        self._shared_gpus: collections.Counter[int] = collections.Counter()
         # Set (and replaced) when a slot frees while attempts wait for one; they look again.
         self._slot_freed = asyncio.Event()
         self._slot_waiters = 0
@@ -543,7 +546,7 @@ class Agent:
 
     def _heartbeat_message(self) -> workers_pb2.AgentMessage:
         try:
-            stats = self.gpu_stats(self.gpus, set(self._busy_gpus)) if self.gpus else []
+            stats = self.gpu_stats(self.gpus, self._busy_gpus | set(+self._shared_gpus)) if self.gpus else []
         except Exception:
             log.exception("cannot read GPU stats; sending the heartbeat without them")
             stats = []
@@ -662,7 +665,11 @@ class Agent:
             # RUNNING means "holds a slot": until now the attempt could be handed back.
             attempt.started = True
             self._executing += 1
-            self._busy_gpus.update(ctx.gpu_indices)
+            shared = bool(task.spec.requirements.gpu_milli)
+            if shared:
+                self._shared_gpus.update(ctx.gpu_indices)
+            else:
+                self._busy_gpus.update(ctx.gpu_indices)
             self._send(_Running(key))
             try:
                 attributes: dict[str, str | int] = {
@@ -673,7 +680,10 @@ class Agent:
                     result = await handler(task, ctx)
             finally:
                 self._executing -= 1
-                self._busy_gpus.difference_update(ctx.gpu_indices)
+                if shared:
+                    self._shared_gpus.subtract(ctx.gpu_indices)
+                else:
+                    self._busy_gpus.difference_update(ctx.gpu_indices)
                 if self._slot_waiters:
                     freed, self._slot_freed = self._slot_freed, asyncio.Event()
                     freed.set()
@@ -706,11 +716,16 @@ class Agent:
             self._stream.queue.put_nowait(outgoing)
 
     def _can_start(self, attempt: _Attempt) -> bool:
-        """A slot is free and none of the attempt's GPUs is used by a running attempt.
+        """A slot is free and none of the attempt's GPUs is used whole by a running attempt; for an
+        attempt that uses its GPUs whole, none runs a share either.
 
         With prefetch the control plane may queue two tasks on one GPU; they run one after the other.
+        Shares of one GPU (gpu_milli) run side by side: the control plane keeps them within the GPU.
         """
-        return self._executing < self.slots and self._busy_gpus.isdisjoint(attempt.task.gpu_indices)
+        indices = attempt.task.gpu_indices
+        if self._executing >= self.slots or not self._busy_gpus.isdisjoint(indices):
+            return False
+        return bool(attempt.task.spec.requirements.gpu_milli) or not any(self._shared_gpus[i] for i in indices)
 
     def _report_progress(self, key: TaskKey, fraction: float) -> None:
         if key in self._attempts:

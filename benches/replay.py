@@ -16,10 +16,14 @@ constraints on a third of the tasks, multigpu50 with more multi-GPU tasks) and p
   shuffled, until the end), none leave; the GPUs requested when the core first cannot place the
   arriving task, as a share of the cluster's GPUs; beside it the bound no policy can pass (when
   the tasks that accept only some GPU models ask for more GPUs than those models have).
+- Saturation with shares (as FGD measures fragmentation): the same arrivals, the 1-GPU tasks that
+  ask for part of a GPU placed as shares of one (gpu_milli), a task no node can take now refused
+  and the next one tried, until the arrivals have asked for all of the cluster's GPUs; the GPUs
+  left unallocated then (the cluster's GPUs less the GPUs and shares placed), against best fit's.
 
 Tasks without GPUs are left out (they use no GPU, so no GPU placement decides them), as are tasks
-no node of the sample could ever run (counted in the table's header). A share of a GPU (gpu_milli)
-is placed as a whole GPU here. Ratios are against round_robin.
+no node of the sample could ever run (counted in the table's header). In the time replay and the
+first saturation a share of a GPU is placed as a whole GPU. Ratios are against round_robin.
 
     python benches/replay.py                          # all variants, 10% and 20% of the nodes
     python benches/replay.py --variants gpuspec33 --fractions 0.1 --policies round_robin,fragmentation
@@ -74,6 +78,12 @@ class Task:
     models: tuple[str, ...]
     arrival_s: float
     runtime_s: float
+    # Thousandths of its one GPU a task asks for when it asks for part of one; 0 = whole GPUs.
+    milli: int = 0
+
+    def asks(self, shares: bool) -> float:
+        """GPUs it asks for: its share of one when shares are placed as such."""
+        return self.milli / 1000 if shares and self.milli else float(self.gpus)
 
 
 def load_nodes(trace: Path) -> list[Node]:
@@ -98,27 +108,34 @@ def load_tasks(trace: Path, variant: str) -> list[Task]:
         start = int(times["scheduled_time"] or times["creation_time"])
         runtime = (int(times["deletion_time"]) if times["deletion_time"] else end) - start
         models = tuple(m for m in row.get("gpu_spec", "").split("|") if m)
-        tasks.append(Task(gpus, models, float(times["creation_time"]), float(max(runtime, 1))))
+        milli = int(row["gpu_milli"]) if gpus == 1 and int(row["gpu_milli"]) < 1000 else 0
+        tasks.append(Task(gpus, models, float(times["creation_time"]), float(max(runtime, 1)), milli))
     tasks.sort(key=lambda t: t.arrival_s)
     return tasks
 
 
 class Cluster:
-    """The core with one worker per node (slots = GPUs) and one shape per (GPUs, models)."""
+    """The core with one worker per node (slots = GPUs, or room for every share with `shares`)
+    and one shape per (GPUs, models, share)."""
 
-    def __init__(self, config: SchedulerConfig, nodes: list[Node]) -> None:
+    def __init__(self, config: SchedulerConfig, nodes: list[Node], shares: bool = False) -> None:
         self.core = Scheduler(config)
         self.gpus = sum(n.gpus for n in nodes)
         self.nodes = nodes
+        self.shares = shares
         for n in nodes:
             gpu = (MEMORY_MB.get(n.model, 16384), 7.0, n.model)
-            self.core.add_worker(n.gpus, [gpu] * n.gpus, "cuda", [], [], 0)
-        self.shapes: dict[tuple[int, tuple[str, ...]], int] = {}
+            # The smallest share in the trace is 50 thousandths: 20 of them fit a GPU.
+            self.core.add_worker(n.gpus * (20 if shares else 1), [gpu] * n.gpus, "cuda", [], [], 0)
+        self.shapes: dict[tuple[int, tuple[str, ...], int], int] = {}
 
     def shape(self, task: Task) -> int:
-        key = (task.gpus, task.models)
+        milli = task.milli if self.shares else 0
+        key = (task.gpus, task.models, milli)
         if key not in self.shapes:
-            self.shapes[key] = self.core.shape("openb", task.gpus, 0, list(task.models), "cuda", [], 0.0)
+            self.shapes[key] = self.core.shape(
+                "openb", task.gpus, 0, list(task.models), "cuda", [], 0.0, gpu_milli=milli
+            )
         return self.shapes[key]
 
     def could_run(self, task: Task) -> bool:
@@ -198,6 +215,32 @@ def saturate(config: SchedulerConfig, nodes: list[Node], tasks: list[Task], seed
     return {"requested_share": requested / cluster.gpus, "placed_tasks": placed}
 
 
+def saturate_shares(config: SchedulerConfig, nodes: list[Node], tasks: list[Task], seed: int) -> dict[str, Any]:
+    """Tasks arrive and never leave, shares placed as shares; one no node can take now is refused
+    and the next tried, until the arrivals have asked for the cluster's GPUs: what is left
+    unallocated then."""
+    cluster = Cluster(config, nodes, shares=True)
+    requested = allocated = 0.0
+    refused = 0
+    for i, task in enumerate(arrivals(tasks, seed)):
+        if requested >= cluster.gpus:
+            break
+        requested += task.asks(True)
+        cluster.core.push(i, cluster.shape(task), 1, i, 0, now_ms=0)
+        if cluster.core.place(0, 1):
+            allocated += task.asks(True)
+        else:
+            cluster.core.remove(i)
+            refused += 1
+    whole, split, _ = cluster.core.gpu_allocation()
+    return {
+        "unallocated_share": 1 - allocated / cluster.gpus,
+        "refused_tasks": refused,
+        "gpus_split": split,
+        "gpus_whole": whole,
+    }
+
+
 def saturation_bound(nodes: list[Node], tasks: list[Task], seed: int) -> dict[str, Any]:
     """Where any policy must refuse by: the first arrival after which the tasks accepting only some
     set of GPU models ask for more GPUs than those models have (Hall's condition on GPU counts;
@@ -260,6 +303,9 @@ def main() -> None:
             rows["(bound)"] = saturation_bound(nodes, tasks, args.seed)
             report["saturation"][variant] = rows
             print_saturation(variant, len(nodes), sum(n.gpus for n in nodes), rows)
+            rows = {name: saturate_shares(config, nodes, tasks, args.seed) for name, config in policies.items()}
+            report.setdefault("shares", {})[variant] = rows
+            print_shares(variant, rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "replay.json").write_text(json.dumps(report, indent=2))
@@ -292,6 +338,16 @@ def print_saturation(variant: str, nodes: int, gpus: int, rows: dict[str, dict[s
     print(f"{'policy':<13} {'GPUs requested at first refusal':>32} {'tasks placed':>13}")
     for name, r in rows.items():
         print(f"{name:<13} {r['requested_share']:>32.1%} {r['placed_tasks']:>13}")
+
+
+def print_shares(variant: str, rows: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{variant}: saturation with shares (arrivals until they asked for every GPU; refused ones skipped)")
+    base = rows.get("best_fit")
+    print(f"{'policy':<13} {'GPUs unallocated':>17} {'vs best_fit':>12} {'refused':>8} {'GPUs split':>11}")
+    for name, r in rows.items():
+        left = r["unallocated_share"]
+        ratio = left / base["unallocated_share"] if base and base["unallocated_share"] else float("nan")
+        print(f"{name:<13} {left:>17.1%} {ratio:>12.2f} {r['refused_tasks']:>8} {r['gpus_split']:>11}")
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

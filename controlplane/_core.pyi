@@ -123,12 +123,16 @@ class PendingReason:
         cannot take it now (busy, draining, quarantined, too few healthy GPUs)."""
     @property
     def runtime_ms(self) -> float | None:
-        """Once runtimes of its kind are learned (and a worker that can run it takes work): what a
+        """Once runtimes of its kind are learned or expected (and a worker that can run it takes work): what a
         task of its kind takes here."""
     @property
     def start_in_ms(self) -> float | None:
         """With runtime_ms: when it should start, the tasks ahead of it spread over the slots
         that could run it."""
+    @property
+    def no_estimate(self) -> bool:
+        """It waits for busy workers, and nothing says how long its kind runs: no run of its kind
+        and runtime class was learned, and no submitter gave expected_runtime_ms."""
     @property
     def reserved_worker(self) -> int | None:
         """The worker the last place() reserved for its shape (backfill); shorter tasks fill the
@@ -138,7 +142,8 @@ class PendingReason:
         """The GPUs reserved there (empty without a reservation)."""
     @property
     def reserved_free_in_ms(self) -> float | None:
-        """When the reserved GPUs should be free."""
+        """When the reserved GPUs should be free; None without a reservation, or while a task on them
+        has no estimate yet."""
 
 @final
 class Scheduler:
@@ -195,14 +200,28 @@ class Scheduler:
         backend: str,
         labels: list[str],
         min_compute_capability: float,
+        *,
+        gpu_milli: int = 0,
+        gpu_memory_mb: int = 0,
+        runtime_class: str = "",
     ) -> int:
         """Intern a requirement shape and return its id (the same inputs give the same id).
+
+        gpu_milli: a share of one GPU, 1 to 999 thousandths (0 = whole GPUs; gpus is then 0 or
+        1): shares on one GPU sum to at most 1000 and their gpu_memory_mb reservations fit its
+        memory. ValueError for a share of 1000 or more, of several GPUs, or a memory reservation
+        without a share. runtime_class: runtimes are learned per (kind, runtime class, GPU model).
 
         gpu_models: any of these; each matches a GPU whose name has its words, whole, in order,
         case-insensitively (words split on anything but letters and digits): "A100" matches
         "NVIDIA A100-SXM4-80GB" and "A100 80GB" matches "NVIDIA A100 80GB"; "A10" matches
         neither. An entry without letters or digits matches no GPU.
         """
+
+    def expect_runtime(self, shape: int, ms: int) -> None:
+        """Tasks of this shape are expected to take `ms` (0 = no estimate): runtime predictions of
+        its kind and runtime class (backfill, reservations, the pending ETA) use the latest such
+        estimate until a run is learned."""
 
     # -- the queue
     def push(
@@ -306,6 +325,9 @@ class Scheduler:
     def workers(self) -> int: ...
     def slots(self) -> tuple[int, int]:
         """(total, free) over live workers that take work (not draining, not quarantined)."""
+    def gpu_allocation(self) -> tuple[int, int, int]:
+        """GPUs given to placed tasks over live workers: (held whole, split among shares,
+        thousandths the shares hold). Walks every GPU: for metrics, not per placement."""
 
     # -- placement
     def place(self, now_ms: int, max_tasks: int) -> list[tuple[int, int, list[int]]]:

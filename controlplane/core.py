@@ -27,8 +27,9 @@ def core_priority(priority: int) -> int:
 
 
 # What the core tells tasks apart by: kind, GPUs, min GPU memory (MiB), GPU models, backend,
-# labels, min compute capability.
-ShapeKey = tuple[str, int, int, tuple[str, ...], str, tuple[str, ...], float]
+# labels, min compute capability, GPU share (thousandths, 0 = whole GPUs), GPU memory it reserves,
+# runtime class (runtimes are learned per kind and class).
+ShapeKey = tuple[str, int, int, tuple[str, ...], str, tuple[str, ...], float, int, int, str]
 
 
 def shape_key(spec: common_pb2.TaskSpec) -> ShapeKey:
@@ -41,13 +42,19 @@ def shape_key(spec: common_pb2.TaskSpec) -> ShapeKey:
         req.backend,
         tuple(req.labels),
         req.min_compute_capability,
+        req.gpu_milli,
+        req.gpu_memory_mb,
+        spec.runtime_class,
     )
 
 
 def core_shape(scheduler: Scheduler, key: ShapeKey) -> int:
     """The core's handle for a shape (the core interns it: the same key gives the same handle)."""
-    kind, gpus, memory_mb, models, backend, labels, cc = key
-    return scheduler.shape(kind, gpus, memory_mb, list(models), backend, list(labels), cc)
+    kind, gpus, memory_mb, models, backend, labels, cc, milli, reserve_mb, runtime_class = key
+    return scheduler.shape(
+        kind, gpus, memory_mb, list(models), backend, list(labels), cc,
+        gpu_milli=milli, gpu_memory_mb=reserve_mb, runtime_class=runtime_class,
+    )
 
 
 class Core:
@@ -99,6 +106,9 @@ class Core:
 
     def push(self, recs: Sequence[TaskRecord], avoid_worker: int | None = None) -> None:
         """Queue tasks; `avoid_worker` (a retry's last worker) is used only if nobody else can."""
+        for r in recs:
+            if r.spec.expected_runtime_ms:
+                self.scheduler.expect_runtime(self.shape(r.spec), r.spec.expected_runtime_ms)
         self.scheduler.push_many(
             [r.handle for r in recs],
             [self.shape(r.spec) for r in recs],
@@ -161,10 +171,16 @@ def pending_sentence(why: PendingReason, kind: str, name: Callable[[int], str]) 
             f"; tasks of kind '{kind}' take about {duration(why.runtime_ms)} here, "
             f"so it should start in about {duration(why.start_in_ms)}"
         )
-    if why.reserved_worker is not None and why.reserved_free_in_ms is not None:
+    elif why.no_estimate:
+        text += f"; no estimate yet of when: no task of kind '{kind}' has finished, and none gave expected_runtime_ms"
+    if why.reserved_worker is not None:
+        free = (
+            f"free in about {duration(why.reserved_free_in_ms)}" if why.reserved_free_in_ms is not None
+            else "no estimate yet of when they free"
+        )
         text += (
             f"; {name(why.reserved_worker)} is reserved for it (GPUs {why.reserved_gpus}), "
-            f"free in about {duration(why.reserved_free_in_ms)}; shorter tasks fill the gap"
+            f"{free}; shorter tasks fill the gap"
         )
     return text
 

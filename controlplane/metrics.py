@@ -215,8 +215,19 @@ class _Gauges(Collector):
                                 value=cp.book.counts[RUNNING] + cp.book.counts[common_pb2.TASK_STATE_ASSIGNED])
         yield GaugeMetricFamily("gpucp_tasks_waiting", "Unfinished tasks not on a worker (queued or backing off)",
                                 value=cp.book.counts[PENDING])
+        yield from self._allocation()
         yield from self._fleet()
         yield from self._pods()
+
+    def _allocation(self) -> Iterator[Metric]:
+        whole, split, milli = self.m.cp.core.scheduler.gpu_allocation()
+        family = GaugeMetricFamily("gpucp_gpus_allocated", "GPUs given to placed tasks: held whole, or split "
+                                   "among tasks that asked for a share (gpu_milli)", labels=["how"])
+        family.add_metric(["whole"], whole)
+        family.add_metric(["shared"], split)
+        yield family
+        yield GaugeMetricFamily("gpucp_gpu_shares_allocated", "GPUs' worth of compute the placed shares hold "
+                                "(the sum of their gpu_milli over 1000)", value=milli / 1000)
 
     def _fleet(self) -> Iterator[Metric]:
         fleet = self.m.cp.fleet

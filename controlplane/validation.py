@@ -14,6 +14,7 @@ BACKENDS = ("", "cuda", "rocm", "cpu")
 MAX_GPUS = 32  # on one machine: what a Register may list and a task may ask for
 MAX_GPU_MEMORY_MB = 1024 * 1024  # 1 TiB: several times any GPU made, below any typo in bytes
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+MAX_EXPECTED_RUNTIME_MS = 365 * 24 * 3600 * 1000
 MAX_RETRIES = 100
 MAX_TEXT = 256  # bytes (UTF-8) of a free-form string: keys, labels, names
 MAX_ID = 128  # bytes of an id or a name: tenant, worker id
@@ -91,6 +92,15 @@ def validate_spec(spec: common_pb2.TaskSpec, *, max_payload_bytes: int) -> int:
         )
     if spec.HasField("max_retries") and spec.max_retries > MAX_RETRIES:
         raise InvalidArgument(f"max_retries {spec.max_retries} is over the limit of {MAX_RETRIES}")
+    if spec.expected_runtime_ms > MAX_EXPECTED_RUNTIME_MS:
+        raise InvalidArgument(
+            f"expected_runtime_ms {spec.expected_runtime_ms} is over a year ({MAX_EXPECTED_RUNTIME_MS} ms): "
+            "the unit is milliseconds"
+        )
+    if spec.runtime_class and not _KIND.fullmatch(spec.runtime_class):
+        raise InvalidArgument(
+            f"runtime_class {spec.runtime_class[:140]!r} is not a class name: use 1-128 letters, digits, '_.:-'"
+        )
     _validate_requirements(spec.requirements)
     return size
 
@@ -114,7 +124,8 @@ def _validate_requirements(req: common_pb2.Requirements) -> None:
         raise InvalidArgument(
             f"requirements.backend {backend[:40]!r} is not one of 'cuda', 'rocm', 'cpu' or empty"
         )
-    if gpus == 0 and (memory_mb > 0 or models or cc > 0):
+    _validate_share(req)
+    if gpus == 0 and not req.gpu_milli and (memory_mb > 0 or models or cc > 0):
         raise InvalidArgument(
             "requirements describe GPUs (memory, model or compute capability) but gpus is 0: "
             "set gpus to how many the task needs"
@@ -134,6 +145,31 @@ def _validate_requirements(req: common_pb2.Requirements) -> None:
             raise InvalidArgument(
                 f"requirements.gpu_models {model[:40]!r} names no model: give words of a GPU's name, e.g. 'A100'"
             )
+
+
+def _validate_share(req: common_pb2.Requirements) -> None:
+    milli, reserve_mb = req.gpu_milli, req.gpu_memory_mb
+    if milli >= 1000:
+        raise InvalidArgument(
+            f"requirements.gpu_milli is {milli}: a share of one GPU is 1 to 999 thousandths; "
+            "for whole GPUs leave it 0 and set gpus"
+        )
+    if milli and req.gpus > 1:
+        raise InvalidArgument(
+            f"requirements.gpu_milli asks for a share of one GPU, but gpus is {req.gpus}: "
+            "ask for whole GPUs (gpu_milli 0) or for a share of one (gpus 0 or 1)"
+        )
+    if reserve_mb and not milli:
+        raise InvalidArgument(
+            "requirements.gpu_memory_mb reserves memory for a share of a GPU: set gpu_milli too, "
+            "or use min_gpu_memory_mb for whole GPUs"
+        )
+    if reserve_mb > MAX_GPU_MEMORY_MB:
+        raise InvalidArgument(
+            f"requirements.gpu_memory_mb is {reserve_mb}: that is more than any GPU has (the unit is MiB)"
+        )
+    if milli and req.backend.lower() == "cpu":
+        raise InvalidArgument("requirements ask for a share of a GPU on the 'cpu' backend, which has none")
 
 
 def validate_register(reg: workers_pb2.Register) -> None:

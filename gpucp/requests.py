@@ -45,7 +45,11 @@ class SpecFields(TypedDict, total=False):
     backend: str
     labels: Sequence[str]
     min_compute_capability: float
+    gpu_milli: int
+    gpu_memory_mb: int
     timeout_ms: int
+    expected_runtime_ms: int
+    runtime_class: str
     max_retries: int | None
     idempotency_key: str
     affinity_key: str
@@ -96,14 +100,19 @@ def task_spec(
     backend: str = "",
     labels: Sequence[str] = (),
     min_compute_capability: float = 0.0,
+    gpu_milli: int = 0,
+    gpu_memory_mb: int = 0,
     timeout_ms: int = 0,
+    expected_runtime_ms: int = 0,
+    runtime_class: str = "",
     max_retries: int | None = None,
     idempotency_key: str = "",
     affinity_key: str = "",
     hard_affinity: bool = False,
     task_labels: Mapping[str, str] | None = None,
 ) -> common_pb2.TaskSpec:
-    """Build a TaskSpec from keyword arguments (`labels` are worker labels the task requires)."""
+    """Build a TaskSpec from keyword arguments (`labels` are worker labels the task requires;
+    `gpu_milli` asks for a share of one GPU in thousandths, with `gpu_memory_mb` of its memory)."""
     spec = common_pb2.TaskSpec(
         kind=kind,
         payload=payload.encode() if isinstance(payload, str) else payload,
@@ -116,8 +125,12 @@ def task_spec(
             backend=backend,
             labels=labels,
             min_compute_capability=min_compute_capability,
+            gpu_milli=gpu_milli,
+            gpu_memory_mb=gpu_memory_mb,
         ),
         timeout_ms=timeout_ms,
+        expected_runtime_ms=expected_runtime_ms,
+        runtime_class=runtime_class,
         idempotency_key=idempotency_key,
         affinity_key=affinity_key,
         hard_affinity=hard_affinity,

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from controlplane.autoscaler.control_view import gpus_held
 from controlplane.autoscaler.costs import CostTracker
 from controlplane.autoscaler.view import TaskSnapshot, WorkerPrice, WorkerSnapshot
 from gpucp.v1 import common_pb2, scheduler_pb2
@@ -46,7 +47,7 @@ class StubView:
         return False
 
 
-def give(view: StubView, tracker: CostTracker, task_id: str, tenant: str, gpus: int) -> None:
+def give(view: StubView, tracker: CostTracker, task_id: str, tenant: str, gpus: float) -> None:
     view.tasks[task_id] = TaskSnapshot(tenant=tenant, state=ASSIGNED, attempt=1, gpus=gpus, started_at_ms=0,
                                        finished_at_ms=0, terminal=False)
     tracker.on_event(scheduler_pb2.TaskEvent(task_id=task_id, state=ASSIGNED, attempt=1, worker_id="pod1", at_ms=0))
@@ -71,6 +72,20 @@ def test_a_multi_gpu_pods_cost_is_split_between_tenants_by_their_gpu_share() -> 
     assert tenants["research"].gpu_seconds == pytest.approx(3 * 3600)
     assert tenants["web"].gpu_seconds == pytest.approx(3600)
     assert (tenants["research"].attempts, tenants["web"].attempts) == (1, 1), "RUNNING after ASSIGNED is one attempt"
+
+
+def test_a_share_of_a_gpu_is_charged_its_share() -> None:
+    view = StubView()
+    tracker = CostTracker(view)
+    quarter = common_pb2.TaskSpec(kind="infer", requirements=common_pb2.Requirements(gpu_milli=250))
+    give(view, tracker, "t1", "web", gpus=gpus_held(quarter, 1))
+    give(view, tracker, "t2", "research", gpus=gpus_held(common_pb2.TaskSpec(kind="x"), 1))
+    finish(tracker, "t1", HOUR_MS)
+    finish(tracker, "t2", HOUR_MS)
+    tenants = {t.tenant: t for t in tracker.report().tenants}
+    assert tenants["web"].cost == pytest.approx(0.5), "a quarter of one of 4 GPUs for an hour of an $8/h pod"
+    assert tenants["web"].gpu_seconds == pytest.approx(900)
+    assert tenants["research"].cost == pytest.approx(2.0), "a whole GPU"
 
 
 def test_a_task_without_gpus_is_charged_one_slot() -> None:

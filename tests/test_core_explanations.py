@@ -87,6 +87,29 @@ def test_a_pending_gang_names_the_worker_reserved_for_it() -> None:
     )
 
 
+def test_a_gang_behind_tasks_nobody_can_time_says_there_is_no_estimate_yet() -> None:
+    s = Scheduler()
+    big = s.add_worker(2, [A100, A100], "", [], [], 0)
+    gang = s.shape("gang", 2, 0, [], "", [], 0.0)
+    unknown = s.shape("unknown", 1, 0, [], "", [], 0.0)
+    s.push(1, unknown, 1, 1, 0)
+    s.push(2, gang, 1, 2, 0)
+    assert s.place(0, 10) == [(1, big, [0])]
+    why = s.explain(gang, 1)
+    assert (why.runtime_ms, why.no_estimate, why.reserved_free_in_ms) == (None, True, None)
+    assert pending_sentence(why, "gang", namer({big: "gpu-big"})) == (
+        "the 1 worker that can run it is busy; no task of higher priority is queued; no estimate yet of when: "
+        "no task of kind 'gang' has finished, and none gave expected_runtime_ms; gpu-big is reserved for it "
+        "(GPUs [0, 1]), no estimate yet of when they free; shorter tasks fill the gap"
+    )
+    # What the submitters expect stands in until runs are learned.
+    s.expect_runtime(gang, 90_000)
+    s.expect_runtime(unknown, 30_000)
+    s.place(0, 10)
+    why = s.explain(gang, 1)
+    assert (why.runtime_ms, why.no_estimate, why.reserved_free_in_ms) == (90_000, False, 30_000)
+
+
 def test_a_pending_task_without_an_estimate_or_reservation_reads_as_the_core_says() -> None:
     s = Scheduler()
     shape = s.shape("render", 0, 0, [], "", [], 0.0)

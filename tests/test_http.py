@@ -63,6 +63,8 @@ def test_metrics_pass_promtool_and_count_what_happened(tmp_path, promtool):
             'gpucp_tasks_pending{priority="urgent"} 0.0',
             "gpucp_tasks_running 0.0",
             "gpucp_workers_lost_total 0.0",
+            'gpucp_gpus_allocated{how="shared"} 0.0',
+            "gpucp_gpu_shares_allocated 0.0",
         ):
             assert line in text, f"{line!r} not in /metrics:\n{text}"
         agents[1].kill()  # gone without draining: a loss, past the reconnect grace

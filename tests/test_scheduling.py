@@ -6,10 +6,11 @@ import json
 import subprocess
 import sys
 
+import grpc
 import pytest
 
 from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
-from gpucp import task_spec
+from gpucp import GpucpError, task_spec
 from gpucp.v1 import common_pb2
 
 
@@ -178,3 +179,60 @@ def test_a_gpu_model_names_whole_words_of_the_gpu_name(controlplane, client, sta
     start_agent("small", "--slots", "1", "--gpus", "1xA10-24GB")
     done = client.wait(a10, timeout_s=30)
     assert (done.state, done.worker_id) == (common_pb2.TASK_STATE_SUCCEEDED, "small"), done
+
+
+def test_shares_of_one_gpu_run_side_by_side_and_each_task_knows_its_share(controlplane, client, start_agent, tmp_path):
+    start_agent("shared", "--slots", "3", "--gpus", "1xT4-16GB", "--allow-exec")
+    met = tmp_path / "met"
+    met.mkdir()
+    # Each task waits until two have started: only shares that run side by side can finish.
+    script = (
+        f'touch {met}/$GPUCP_TASK_ID; while [ "$(ls {met} | wc -l)" -lt 2 ]; do sleep 0.05; done; '
+        "echo $CUDA_VISIBLE_DEVICES $GPUCP_GPU_MILLI $GPUCP_GPU_MEMORY_MB"
+    )
+    payload = json.dumps({"argv": ["sh", "-c", script]})
+    ids = [client.submit("exec", payload, gpu_milli=500, gpu_memory_mb=6000, timeout_ms=30_000) for _ in range(3)]
+    tasks = [client.wait(t, timeout_s=60) for t in ids]
+    for task in tasks:
+        assert task.state == common_pb2.TASK_STATE_SUCCEEDED, f"{task.id}: {task.error}"
+        assert json.loads(task.result)["stdout"] == "0 500 6000\n", "its GPU, its share, its memory"
+    first, second, third = sorted(tasks, key=lambda t: t.started_at_ms)
+    assert third.started_at_ms >= min(first.finished_at_ms, second.finished_at_ms), (
+        "three halves of one GPU ran at once"
+    )
+
+
+def test_a_share_of_several_gpus_is_refused_with_a_reason(controlplane, client):
+    for fields, reason in (
+        ({"gpus": 2, "gpu_milli": 500}, "share of one GPU, but gpus is 2"),
+        ({"gpu_milli": 1000}, "1 to 999 thousandths"),
+        ({"gpus": 1, "gpu_memory_mb": 4000}, "set gpu_milli too"),
+    ):
+        with pytest.raises(GpucpError) as info:
+            client.submit("noop", **fields)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value
+        assert reason in info.value.message, info.value.message
+
+
+def test_a_waiting_task_estimates_from_what_its_submitter_expects(controlplane, client, start_agent):
+    start_agent("one", "--slots", "1")
+    busy = client.submit("sleep", json.dumps({"seconds": 30}))
+    eventually(lambda: client.get(busy).state == common_pb2.TASK_STATE_RUNNING, 20, "the sleep to run")
+    unknown = client.submit("noop")
+    eventually(lambda: "busy" in client.get(unknown).pending_reason, 20, "the noop to wait")
+    assert "no estimate yet" in client.get(unknown).pending_reason, client.get(unknown).pending_reason
+    expected = client.submit("noop", runtime_class="batch", expected_runtime_ms=90_000)
+    eventually(lambda: "take about" in client.get(expected).pending_reason, 20, "an estimate")
+    assert "take about 90.0 s" in client.get(expected).pending_reason, client.get(expected).pending_reason
+    client.cancel(busy)
+
+
+def test_runtime_hints_out_of_bounds_are_refused_with_a_reason(controlplane, client):
+    for fields, reason in (
+        ({"expected_runtime_ms": 400 * 24 * 3600 * 1000}, "over a year"),
+        ({"runtime_class": "has spaces"}, "is not a class name"),
+    ):
+        with pytest.raises(GpucpError) as info:
+            client.submit("noop", **fields)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value
+        assert reason in info.value.message, info.value.message

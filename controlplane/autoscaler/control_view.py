@@ -50,7 +50,7 @@ class ControlPlaneView:
             tenant=rec.tenant,
             state=rec.state,
             attempt=rec.attempt,
-            gpus=len(rec.gpu_indices),
+            gpus=gpus_held(rec.spec, len(rec.gpu_indices)),
             started_at_ms=rec.started_at_ms,
             finished_at_ms=rec.finished_at_ms,
             terminal=rec.terminal,
@@ -85,3 +85,9 @@ def _snapshot(info: admin_pb2.WorkerInfo) -> WorkerSnapshot:
         finished=info.tasks_succeeded + info.tasks_failed,
         cost_per_hour=info.cost_per_hour,
     )
+
+
+def gpus_held(spec: common_pb2.TaskSpec, gpus: int) -> float:
+    """GPUs an attempt given `gpus` GPUs is charged for: a share of one GPU as its fraction."""
+    milli = spec.requirements.gpu_milli
+    return milli / 1000 if milli and gpus else float(gpus)

@@ -82,7 +82,7 @@ class _OpenAttempt:
     tenant: str
     started_ms: int
     price: WorkerPrice
-    gpus: int
+    gpus: float
 
 
 class CostTracker:

@@ -17,8 +17,10 @@ __all__ = ["PoolProbe", "describe_need"]
 
 def describe_need(key: ShapeKey) -> str:
     """A shape's requirements in words: "1 GPU with >= 40 GB"."""
-    kind, gpus, mem_mb, models, backend, labels, cc = key
+    kind, gpus, mem_mb, models, backend, labels, cc, milli, reserve_mb, _ = key
     words = f"{gpus} GPU{'s' if gpus != 1 else ''}" if gpus else "no GPU"
+    if milli:
+        words = f"{milli / 1000:g} of a GPU" + (f" and {reserve_mb / 1024:g} GB of its memory" if reserve_mb else "")
     if mem_mb:
         words += f" with >= {mem_mb / 1024:g} GB"
     if models:

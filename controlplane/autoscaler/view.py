@@ -57,7 +57,7 @@ class TaskSnapshot:
     tenant: str
     state: int  # a common_pb2.TaskState
     attempt: int
-    gpus: int  # GPUs the current attempt holds
+    gpus: float  # GPUs the current attempt holds; a share of one GPU as its fraction (gpu_milli / 1000)
     started_at_ms: int
     finished_at_ms: int
     terminal: bool

@@ -29,11 +29,11 @@
 //! per candidate check, T_w = tasks on it (at most slots + prefetch depth). Planning a round hold
 //! is O(M_s T_w) over the shape's members, at most once per shape per round.
 
-use crate::filters::{choose_gpus_where, Gpus};
+use crate::filters::{choose_gpus_where, Gpus, Share};
 use crate::id_hash::IdHashMap;
 use crate::learning::KindId;
 use crate::placed::Placed;
-use crate::shape_index::ShapeIndex;
+use crate::shape_index::{Member, ShapeIndex};
 use crate::workers::{Worker, WorkerTable};
 use crate::{ShapeId, TaskId, WorkerId};
 
@@ -46,6 +46,8 @@ pub struct Hold {
     pub gpus: Vec<u32>,
     /// When they are predicted to be free together, on the caller's clock.
     pub usable_ms: f64,
+    /// Every task on them has a prediction; else `usable_ms` counts the others only.
+    pub estimated: bool,
 }
 
 /// A hold as seen from one worker: its GPUs and when they are usable, relative to now.
@@ -69,30 +71,37 @@ fn overlaps(a: &[u32], b: &[u32]) -> bool {
 }
 
 impl<'a> Forecast<'a> {
-    /// How much longer a placed task keeps its GPUs, in ms.
-    fn remaining_ms(&self, p: &Placed, w: &Worker) -> f64 {
-        let predicted = w
-            .runtime_ms(p.kind, &self.workers.learning, p.start)
-            .unwrap_or(0.0);
+    /// How much longer a placed task keeps its GPUs, in ms; None for a task nothing predicts
+    /// (one started then counts as long again as it has run).
+    fn remaining_ms(&self, p: &Placed, w: &Worker) -> Option<f64> {
+        let predicted = w.runtime_ms(p.kind, &self.workers.learning, p.start);
         if !p.started {
             return predicted;
         }
         let elapsed = self.now_ms.saturating_sub(p.started_ms) as f64;
         // Past its prediction: as much longer again as it has overrun.
-        (predicted - elapsed).abs()
+        predicted.map(|ms| (ms - elapsed).abs())
     }
 
     /// Per GPU of `w`, how long its placed tasks keep it busy (running ones, then the queued
-    /// ones in turn); and the queued gangs, each with when its GPUs are usable counting only the
-    /// tasks placed before it, and its own runtime.
-    fn timeline(&self, w: &Worker) -> (Vec<f64>, Vec<Held<'a>>) {
+    /// ones in turn) and whether each of them had a prediction (one without counts 0); and the
+    /// queued gangs, each with when its GPUs are usable counting only the tasks placed before
+    /// it, and its own runtime.
+    fn timeline(&self, w: &Worker) -> (Vec<f64>, Vec<bool>, Vec<Held<'a>>) {
         let mut busy = vec![0.0; w.gpus.len()];
+        let mut known = vec![true; w.gpus.len()];
         let mut gangs = Vec::new();
         for task in &w.tasks {
             let Some(p) = self.placed.get(task) else {
                 continue;
             };
-            let remaining = self.remaining_ms(p, w);
+            let predicted = self.remaining_ms(p, w);
+            if predicted.is_none() {
+                for &g in &p.gpus {
+                    known[g as usize] = false;
+                }
+            }
+            let remaining = predicted.unwrap_or(0.0);
             if !p.started && p.gpus.len() > 1 {
                 let usable = p.gpus.iter().map(|&g| busy[g as usize]).fold(0.0, f64::max);
                 gangs.push(Held {
@@ -102,10 +111,16 @@ impl<'a> Forecast<'a> {
                 });
             }
             for &g in &p.gpus {
-                busy[g as usize] += remaining;
+                let busy = &mut busy[g as usize];
+                if p.share.is_whole() {
+                    *busy += remaining;
+                } else {
+                    // Shares on a GPU run side by side, never queued (see `choose_share`).
+                    *busy = busy.max(remaining);
+                }
             }
         }
-        (busy, gangs)
+        (busy, known, gangs)
     }
 
     /// The GPUs a task of `kind` with `affinity` may use on worker `id`: `chosen` if no hold is
@@ -116,6 +131,7 @@ impl<'a> Forecast<'a> {
         id: WorkerId,
         holds: &[Hold],
         (kind, affinity): (KindId, u64),
+        share: Share,
         qualifying: &[u32],
         chosen: Gpus,
     ) -> Option<Gpus> {
@@ -129,7 +145,7 @@ impl<'a> Forecast<'a> {
             // A queued gang holds its GPUs, so GPUs nobody holds are outside every hold.
             return Some(chosen);
         }
-        let (busy, gangs) = self.timeline(w);
+        let (busy, _, gangs) = self.timeline(w);
         let now = self.now_ms as f64;
         let held: Vec<Held<'_>> = round
             .map(|h| Held {
@@ -143,7 +159,9 @@ impl<'a> Forecast<'a> {
             return Some(chosen);
         }
         let free = |g: u32| !held.iter().any(|h| h.gpus.contains(&g));
-        if let Some(other) = choose_gpus_where(w, qualifying, chosen.len() as u32, free) {
+        if let Some(other) =
+            choose_gpus_where(w, qualifying, chosen.len() as u32, share, None, free)
+        {
             return Some(other);
         }
         let start = w.start_for(affinity);
@@ -167,47 +185,170 @@ impl<'a> Forecast<'a> {
         backfills.then_some(chosen)
     }
 
+    /// When a member's `n` qualifying healthy GPUs are predicted free together (ms from now),
+    /// those GPUs, and whether every task on them had a prediction; None if it does not accept
+    /// work or has fewer healthy ones.
+    fn member_hold(&self, member: &Member, n: usize) -> Option<(f64, Vec<u32>, bool)> {
+        let w = self.workers.get(member.id).ok()?;
+        if !w.accepting() {
+            return None;
+        }
+        let mut gpus: Vec<u32> = member
+            .gpus
+            .iter()
+            .copied()
+            .filter(|&g| w.gpus[g as usize].healthy)
+            .collect();
+        if gpus.len() < n {
+            return None;
+        }
+        let (busy, known, _) = self.timeline(w);
+        // Stable: among GPUs free at the same time, the smallest stay first.
+        gpus.sort_by(|&a, &b| busy[a as usize].total_cmp(&busy[b as usize]));
+        gpus.truncate(n);
+        let usable = gpus.iter().map(|&g| busy[g as usize]).fold(0.0, f64::max);
+        let estimated = gpus.iter().all(|&g| known[g as usize]);
+        gpus.sort_unstable();
+        Some((usable, gpus, estimated))
+    }
+
     /// A round hold for a multi-GPU shape no worker can take now: the accepting member whose
     /// qualifying healthy GPUs are predicted to have `shape_gpus` of them free together soonest
     /// (a member another shape already holds this round only if no other can), and those GPUs.
     pub fn plan(&self, shape: ShapeId, index: &ShapeIndex, taken: &[Hold]) -> Option<Hold> {
         let n = index.gpus as usize;
-        let mut best: Option<((bool, f64, WorkerId), Vec<u32>)> = None;
+        let now = self.now_ms as f64;
+        let mut best: Option<((bool, f64, WorkerId), Hold)> = None;
         for member in index.members() {
-            let id = member.id;
-            let Ok(w) = self.workers.get(id) else {
+            let Some((usable, gpus, estimated)) = self.member_hold(member, n) else {
                 continue;
             };
-            if !w.accepting() {
-                continue;
-            }
-            let mut gpus: Vec<u32> = member
-                .gpus
-                .iter()
-                .copied()
-                .filter(|&g| w.gpus[g as usize].healthy)
-                .collect();
-            if gpus.len() < n {
-                continue;
-            }
-            let (busy, _) = self.timeline(w);
-            // Stable: among GPUs free at the same time, the smallest stay first.
-            gpus.sort_by(|&a, &b| busy[a as usize].total_cmp(&busy[b as usize]));
-            gpus.truncate(n);
-            let usable = gpus.iter().map(|&g| busy[g as usize]).fold(0.0, f64::max);
-            let key = (taken.iter().any(|h| h.worker == id), usable, id);
+            let worker = member.id;
+            let key = (taken.iter().any(|h| h.worker == worker), usable, worker);
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                best = Some((key, gpus));
+                let usable_ms = now + usable;
+                let hold = Hold {
+                    shape,
+                    worker,
+                    gpus,
+                    usable_ms,
+                    estimated,
+                };
+                best = Some((key, hold));
             }
         }
-        let ((_, usable, worker), mut gpus) = best?;
-        gpus.sort_unstable();
-        Some(Hold {
-            shape,
-            worker,
-            gpus,
-            usable_ms: self.now_ms as f64 + usable,
-        })
+        best.map(|(_, hold)| hold)
+    }
+
+    /// plan(), kept in the index between rounds: while no other shape holds a worker this round,
+    /// the kept hold is checked against the members that changed since (see [`Plan`]) instead of
+    /// planning over every member, O(C T_w) for C changed members instead of O(M_s T_w). All are
+    /// planned again when the held member got worse or left, many changed, or its predicted time
+    /// (if a prediction gave one) passed without its GPUs freeing.
+    pub fn plan_kept(
+        &self,
+        shape: ShapeId,
+        index: &mut ShapeIndex,
+        taken: &[Hold],
+    ) -> Option<Hold> {
+        let now = self.now_ms as f64;
+        if taken.is_empty() {
+            if let Some(plan) = index.plan.take() {
+                // A time that nothing predicted cannot pass; members' changes still reach it.
+                let due = |h: &Hold| h.estimated && h.usable_ms <= now;
+                let fresh = !plan.stale && !plan.hold.as_ref().is_some_and(due);
+                if let Some(hold) = fresh.then(|| self.follow(shape, index, plan)).flatten() {
+                    index.plan = Some(Plan::kept(hold.clone()));
+                    return hold;
+                }
+            }
+        }
+        let hold = self.plan(shape, index, taken);
+        if taken.is_empty() {
+            index.plan = Some(Plan::kept(hold.clone()));
+        }
+        hold
+    }
+
+    /// The kept hold brought up to date with the members that changed: Some(best) or None when
+    /// every member must be planned again.
+    fn follow(&self, shape: ShapeId, index: &ShapeIndex, plan: Plan) -> Option<Option<Hold>> {
+        let now = self.now_ms as f64;
+        let n = index.gpus as usize;
+        let mut best = plan.hold;
+        for id in plan.changed {
+            let held = best.as_ref().is_some_and(|b| b.worker == id);
+            let seen = index.member(id).and_then(|m| self.member_hold(m, n));
+            let Some((usable, gpus, estimated)) = seen else {
+                if held {
+                    return None;
+                }
+                continue;
+            };
+            let usable_ms = now + usable;
+            let better = match &best {
+                None => true,
+                Some(b) if held => {
+                    if usable_ms > b.usable_ms {
+                        return None;
+                    }
+                    true
+                }
+                Some(b) => (usable_ms, id) < (b.usable_ms, b.worker),
+            };
+            if better {
+                best = Some(Hold {
+                    shape,
+                    worker: id,
+                    gpus,
+                    usable_ms,
+                    estimated,
+                });
+            }
+        }
+        Some(best)
+    }
+}
+
+/// A round hold kept for a shape between rounds, and the members that changed since (their
+/// tasks, starts, health or state), so the next round looks at those alone (see
+/// `Forecast::plan_kept`). A member's time is absolute once planned, so a kept hold may lag what
+/// the prediction of a queued task would say now by the rounds it was kept; it is planned again
+/// at the latest when that time passes.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    hold: Option<Hold>,
+    changed: Vec<WorkerId>,
+    /// Every member must be planned again.
+    stale: bool,
+}
+
+impl Plan {
+    fn kept(hold: Option<Hold>) -> Plan {
+        Plan {
+            hold,
+            ..Plan::default()
+        }
+    }
+
+    /// A member changed; past `bound` changes, planning all again is as cheap.
+    pub(crate) fn changed(&mut self, id: WorkerId, bound: usize) {
+        if self.stale {
+            return;
+        }
+        if self.changed.len() >= bound {
+            self.stale = true;
+            self.changed = Vec::new();
+            return;
+        }
+        self.changed.push(id);
+    }
+
+    /// A member left.
+    pub(crate) fn left(&mut self, id: WorkerId) {
+        if self.hold.as_ref().is_some_and(|h| h.worker == id) {
+            self.stale = true;
+        }
     }
 }
 

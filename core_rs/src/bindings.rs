@@ -234,6 +234,7 @@ py_record! {
         reserved_worker: Option<WorkerId>,
         reserved_gpus: Vec<u32>,
         reserved_free_in_ms: Option<f64>,
+        no_estimate: bool,
     }
 }
 
@@ -245,7 +246,8 @@ impl From<EnginePendingReason> for PendingReason {
             runtime_ms: p.eta.map(|e| e.runtime_ms),
             start_in_ms: p.eta.map(|e| e.start_in_ms),
             reserved_worker: reservation.as_ref().map(|r| r.worker),
-            reserved_free_in_ms: reservation.as_ref().map(|r| r.free_in_ms),
+            reserved_free_in_ms: reservation.as_ref().and_then(|r| r.free_in_ms),
+            no_estimate: p.no_estimate,
             reserved_gpus: reservation.map(|r| r.gpus).unwrap_or_default(),
         }
     }
@@ -299,6 +301,10 @@ impl PyScheduler {
     }
 
     /// Intern a requirement shape and return its id (the same inputs give the same id).
+    #[pyo3(
+        signature = (kind, gpus, min_gpu_memory_mb, gpu_models, backend, labels, min_compute_capability, *, gpu_milli = 0, gpu_memory_mb = 0, runtime_class = String::new()),
+        text_signature = "(self, /, kind, gpus, min_gpu_memory_mb, gpu_models, backend, labels, min_compute_capability, *, gpu_milli=0, gpu_memory_mb=0, runtime_class='')"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn shape(
         &self,
@@ -309,6 +315,9 @@ impl PyScheduler {
         backend: String,
         labels: Vec<String>,
         min_compute_capability: f64,
+        gpu_milli: i64,
+        gpu_memory_mb: i64,
+        runtime_class: String,
     ) -> PyResult<ShapeId> {
         let spec = ShapeSpec {
             kind,
@@ -318,8 +327,18 @@ impl PyScheduler {
             backend,
             labels,
             min_compute_capability,
+            gpu_milli: in_range("gpu_milli", gpu_milli)?,
+            gpu_memory_mb: in_range("gpu_memory_mb", gpu_memory_mb)?,
+            runtime_class,
         };
         Ok(self.engine()?.shape(spec)?)
+    }
+
+    /// Tasks of this shape are expected to take `ms` (0 = no estimate): predictions of its kind
+    /// and runtime class use it until a run is learned.
+    fn expect_runtime(&self, shape: ShapeId, ms: i64) -> PyResult<()> {
+        let ms = in_range("expected_runtime_ms", ms)?;
+        Ok(self.engine()?.expect_runtime(shape, ms)?)
     }
 
     /// Queue a task. Order: see the stub. timeout_ms 0 = none.
@@ -568,6 +587,11 @@ impl PyScheduler {
     /// (total, free) over live, non-draining workers.
     fn slots(&self) -> PyResult<(u64, u64)> {
         Ok(self.engine()?.slots())
+    }
+
+    /// GPUs given to placed tasks: (held whole, split among shares, thousandths shares hold).
+    fn gpu_allocation(&self) -> PyResult<(u64, u64, u64)> {
+        Ok(self.engine()?.gpu_allocation())
     }
 
     /// Place up to max_tasks queued tasks: [(task, worker, gpu_indices)]. Releases the GIL.

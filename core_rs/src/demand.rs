@@ -15,6 +15,7 @@
 //! built), so a steady mix on a steady fleet does not re-rank it. A rank is O(S_w) for the S_w shapes the
 //! worker serves.
 
+use crate::filters::WHOLE_MILLI;
 use crate::workers::Worker;
 use crate::ShapeId;
 
@@ -32,6 +33,8 @@ const MIN_DRIFT: f64 = 0.02;
 struct ShapeDemand {
     /// GPUs a task of the shape uses.
     gpus: u32,
+    /// Thousandths of one GPU it uses when it asks for a share; 0 = whole GPUs.
+    milli: u32,
     /// Tasks pushed, halved each window.
     recent: f64,
     /// Its share of the mix and its supply when the weights were last taken.
@@ -50,14 +53,22 @@ pub struct Demand {
 }
 
 impl Demand {
-    /// A task of `shape` (`gpus` GPUs) was queued. `supply(s)` is the GPUs of the workers that
-    /// can run shape `s`. True when the weights changed, so ranks must be computed again.
-    pub fn record(&mut self, shape: ShapeId, gpus: u32, supply: impl Fn(ShapeId) -> u64) -> bool {
+    /// A task of `shape` (`gpus` GPUs, or `milli` thousandths of one) was queued. `supply(s)` is
+    /// the GPUs of the workers that can run shape `s`. True when the weights changed, so ranks
+    /// must be computed again.
+    pub fn record(
+        &mut self,
+        shape: ShapeId,
+        gpus: u32,
+        milli: u32,
+        supply: impl Fn(ShapeId) -> u64,
+    ) -> bool {
         let i = usize::try_from(shape).expect("shape ids are vector indices");
         if self.shapes.len() <= i {
             self.shapes.resize(i + 1, ShapeDemand::default());
         }
         self.shapes[i].gpus = gpus;
+        self.shapes[i].milli = milli;
         self.shapes[i].recent += 1.0;
         self.pushes += 1;
         // Early on, at every power of two, so a young scheduler learns its mix quickly.
@@ -95,13 +106,54 @@ impl Demand {
     }
 
     /// The demand-weighted GPUs a worker with `free` free GPUs can no longer serve once it gives
-    /// `take` of them to a task, over the shapes it serves (`served`).
+    /// `take` of them whole to a task, over the shapes it serves (`served`): a shape of whole
+    /// GPUs loses what whole multiples of its size no longer fit, a share loses what it could
+    /// use of each GPU taken.
     pub fn lost(&self, free: u32, take: u32, served: impl Iterator<Item = ShapeId>) -> f64 {
         let after = free.saturating_sub(take);
+        self.weighed(served, |s| {
+            if s.milli == 0 {
+                f64::from(usable(free, s.gpus) - usable(after, s.gpus))
+            } else {
+                f64::from(take) * share_usable(WHOLE_MILLI, s.milli)
+            }
+        })
+    }
+
+    /// lost() for a share of `milli` thousandths placed on a GPU that shares already use `used`
+    /// thousandths of (0: a free GPU, one of `free`): a shape of whole GPUs loses only if the
+    /// share splits a free GPU; a share loses what it could use of the GPU's rest and can no
+    /// more (after FGD, where a GPU's rest too small for the shares in demand is fragmentation).
+    pub fn share_lost(
+        &self,
+        free: u32,
+        used: u32,
+        milli: u32,
+        served: impl Iterator<Item = ShapeId>,
+    ) -> f64 {
+        let left = WHOLE_MILLI.saturating_sub(used);
+        let after = left.saturating_sub(milli);
+        self.weighed(served, |s| {
+            if s.milli > 0 {
+                share_usable(left, s.milli) - share_usable(after, s.milli)
+            } else if used == 0 {
+                f64::from(usable(free, s.gpus) - usable(free.saturating_sub(1), s.gpus))
+            } else {
+                0.0
+            }
+        })
+    }
+
+    /// The sum over the served shapes with weight of what `lost` says each loses, by weight.
+    fn weighed(
+        &self,
+        served: impl Iterator<Item = ShapeId>,
+        lost: impl Fn(&ShapeDemand) -> f64,
+    ) -> f64 {
         served
             .filter_map(|s| self.shapes.get(usize::try_from(s).ok()?))
             .filter(|s| s.weight > 0.0)
-            .map(|s| f64::from(usable(free, s.gpus) - usable(after, s.gpus)) * s.weight)
+            .map(|s| lost(s) * s.weight)
             .sum()
     }
 
@@ -127,17 +179,36 @@ impl Demand {
     }
 }
 
+impl Demand {
+    /// The fragmentation rank's score of a worker for a share of `milli` thousandths going on a
+    /// GPU that shares use `used` thousandths of (0: one of its `free` GPUs), in (0, 1], higher =
+    /// better: the capacity lost first (see `share_lost`), then the less of the GPU it leaves
+    /// unused, the better (shares pack; splitting a free GPU comes last).
+    pub fn share_score(&self, worker: &Worker, free: u32, used: u32, milli: u32) -> f64 {
+        let served = worker.shapes.iter().map(|&(s, _)| s);
+        let lost = self.share_lost(free, used, milli, served);
+        let left = WHOLE_MILLI.saturating_sub(used + milli);
+        let tiebreak = f64::from(left) / f64::from(WHOLE_MILLI) + if used == 0 { 1.0 } else { 0.0 };
+        1.0 / (1.0 + lost + 1e-3 * tiebreak)
+    }
+}
+
+/// GPUs' worth a share of `milli` thousandths can use out of `left` thousandths of one GPU.
+fn share_usable(left: u32, milli: u32) -> f64 {
+    f64::from(left / milli * milli) / f64::from(WHOLE_MILLI)
+}
+
 /// GPUs a shape of `k` GPUs can use out of `free`: whole multiples of k.
 fn usable(free: u32, k: u32) -> u32 {
     free / k * k
 }
 
-/// Healthy GPUs no placed task holds.
+/// Healthy GPUs no placed task holds, whole or in part.
 pub fn free_gpus(worker: &Worker) -> u32 {
     worker
         .gpus
         .iter()
-        .filter(|g| g.healthy && g.holders == 0)
+        .filter(|g| g.healthy && g.holders == 0 && g.milli == 0)
         .count() as u32
 }
 
@@ -150,7 +221,7 @@ mod tests {
         let mut d = Demand::default();
         for &(shape, gpus, n) in shapes {
             for _ in 0..n {
-                d.record(shape, gpus, |s| supply[s as usize]);
+                d.record(shape, gpus, 0, |s| supply[s as usize]);
             }
         }
         d
@@ -185,7 +256,7 @@ mod tests {
         for i in 0..50 * WINDOW {
             rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             // The first windows learn the mix; after that it only wobbles.
-            if d.record((rng >> 33) % 4, 1, |_| 8) && i >= 4 * WINDOW {
+            if d.record((rng >> 33) % 4, 1, 0, |_| 8) && i >= 4 * WINDOW {
                 late += 1;
             }
         }
@@ -200,13 +271,37 @@ mod tests {
         let mut d = Demand::default();
         let mut retakes = |shape| {
             (0..4 * WINDOW)
-                .filter(|_| d.record(shape, 1, |_| 8))
+                .filter(|_| d.record(shape, 1, 0, |_| 8))
                 .count()
         };
         retakes(0);
         assert!(
             retakes(1) > 0,
             "demand moved to another shape and ranks never followed"
+        );
+    }
+
+    #[test]
+    fn a_share_leaves_a_rest_the_shares_in_demand_can_use() {
+        // Shares of 300 and 500 and 1-GPU tasks in demand over the same 8 GPUs.
+        let mut d = Demand::default();
+        for _ in 0..64 {
+            d.record(0, 1, 300, |_| 8);
+            d.record(1, 1, 500, |_| 8);
+            d.record(2, 1, 0, |_| 8);
+        }
+        let served = || [0, 1, 2].into_iter();
+        // A 500 on a GPU with 800 free leaves 300, which a 300 can use; with 600 free, 100.
+        let usable_rest = d.share_lost(4, 200, 500, served());
+        let useless_rest = d.share_lost(4, 400, 500, served());
+        assert!(
+            usable_rest < useless_rest,
+            "{usable_rest} >= {useless_rest}"
+        );
+        let splits = d.share_lost(4, 0, 500, served());
+        assert!(
+            splits > useless_rest,
+            "splitting a free GPU costs a 1-GPU task its GPU: {splits}"
         );
     }
 

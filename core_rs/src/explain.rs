@@ -18,6 +18,9 @@ pub struct PendingReason {
     pub eta: Option<Eta>,
     /// The reservation the last placement round made for its shape (see `backfill`).
     pub reservation: Option<Reservation>,
+    /// It waits for busy workers, and nothing says how long its kind runs: no run of it was
+    /// learned and no submitter gave an expected runtime.
+    pub no_estimate: bool,
 }
 
 impl PendingReason {
@@ -26,6 +29,7 @@ impl PendingReason {
             reason: reason.into(),
             eta: None,
             reservation: None,
+            no_estimate: false,
         }
     }
 }
@@ -37,13 +41,13 @@ pub struct Eta {
     pub start_in_ms: f64,
 }
 
-/// `worker` is reserved for it (these GPUs), free in about `free_in_ms`; shorter tasks fill the
-/// gap meanwhile.
+/// `worker` is reserved for it (these GPUs), free in about `free_in_ms` (None: a task on them
+/// has no estimate yet); shorter tasks fill the gap meanwhile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
     pub worker: WorkerId,
     pub gpus: Vec<u32>,
-    pub free_in_ms: f64,
+    pub free_in_ms: Option<f64>,
 }
 
 /// No live worker passes the static filters: name the requirement nobody meets, checking each
@@ -158,9 +162,14 @@ fn requirements(shape: &Shape) -> String {
 
 /// e.g. "2 GPUs with at least 81920 MB (model any of ['h100'], compute capability >= 8.0)".
 fn gpu_phrase(shape: &Shape) -> String {
-    let mut phrase = plural(u64::from(shape.gpus), "GPU", "GPUs");
-    if shape.min_gpu_memory_mb > 0 {
-        phrase.push_str(&format!(" with at least {} MB", shape.min_gpu_memory_mb));
+    let mut phrase = if shape.share.is_whole() {
+        plural(u64::from(shape.gpus), "GPU", "GPUs")
+    } else {
+        format!("a GPU to share ({} of 1000 thousandths)", shape.share.milli)
+    };
+    let memory_mb = shape.min_gpu_memory_mb.max(shape.share.memory_mb);
+    if memory_mb > 0 {
+        phrase.push_str(&format!(" with at least {memory_mb} MB"));
     }
     let mut details = Vec::new();
     if !shape.gpu_models.is_empty() {

@@ -5,6 +5,7 @@
 
 use smallvec::SmallVec;
 
+use crate::demand::{free_gpus, Demand};
 use crate::gpu_names;
 use crate::shapes::Shape;
 use crate::workers::{Gpu, Worker};
@@ -13,10 +14,36 @@ use crate::workers::{Gpu, Worker};
 /// allocates nothing for the usual task.
 pub type Gpus = SmallVec<[u32; 4]>;
 
+/// A share of one GPU a task asks for: thousandths of its compute and MiB of its memory kept
+/// for it. `milli` 0 = whole GPUs (the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Share {
+    pub milli: u32,
+    pub memory_mb: u64,
+}
+
+/// A GPU's compute in thousandths: what the shares on one GPU sum to at most.
+pub const WHOLE_MILLI: u32 = 1000;
+
+impl Share {
+    pub fn is_whole(self) -> bool {
+        self.milli == 0
+    }
+
+    /// Can this share go on `gpu` now: healthy, no task holds it whole, and the shares on it
+    /// stay within its compute and their reservations within its memory.
+    pub fn fits(self, gpu: &Gpu) -> bool {
+        gpu.healthy
+            && gpu.holders == 0
+            && gpu.milli + self.milli <= WHOLE_MILLI
+            && gpu.reserved_mb + self.memory_mb <= gpu.memory_total_mb
+    }
+}
+
 /// Does this GPU meet the shape's per-GPU requirements?
 pub fn gpu_qualifies(shape: &Shape, gpu: &Gpu) -> bool {
     let min_cc = shape.min_compute_capability();
-    gpu.memory_total_mb >= shape.min_gpu_memory_mb
+    gpu.memory_total_mb >= shape.min_gpu_memory_mb.max(shape.share.memory_mb)
         && (min_cc <= 0.0 || gpu.compute_capability >= min_cc)
         && (shape.gpu_models.is_empty()
             || shape
@@ -50,9 +77,16 @@ pub fn static_fit(shape: &Shape, w: &Worker) -> Option<Box<[u32]>> {
 
 /// Pick `n` healthy GPUs from `qualifying` (ordered smallest memory first): free ones first,
 /// then, with prefetch, ones held by fewer than 1 + depth tasks (least held first); sorted
-/// indices, or None if fewer than `n` can be had. Without prefetch: only free GPUs.
-pub fn choose_gpus(w: &Worker, qualifying: &[u32], n: u32) -> Option<Gpus> {
-    choose_gpus_where(w, qualifying, n, |_| true)
+/// indices, or None if fewer than `n` can be had. Without prefetch: only free GPUs. Whole GPUs
+/// are never ones that shares use. A share gets one GPU, see `choose_share` (`packing`).
+pub fn choose_gpus(
+    w: &Worker,
+    qualifying: &[u32],
+    n: u32,
+    share: Share,
+    packing: Option<&Demand>,
+) -> Option<Gpus> {
+    choose_gpus_where(w, qualifying, n, share, packing, |_| true)
 }
 
 /// choose_gpus() among the qualifying GPUs that `allowed` accepts.
@@ -60,8 +94,14 @@ pub fn choose_gpus_where(
     w: &Worker,
     qualifying: &[u32],
     n: u32,
+    share: Share,
+    packing: Option<&Demand>,
     allowed: impl Fn(u32) -> bool,
 ) -> Option<Gpus> {
+    if !share.is_whole() {
+        let g = choose_share(w, qualifying, share, packing, allowed)?;
+        return Some(smallvec::smallvec![g]);
+    }
     let mut chosen = Gpus::with_capacity(n as usize);
     for level in 0..=w.prefetch_depth {
         for &i in qualifying {
@@ -69,7 +109,7 @@ pub fn choose_gpus_where(
                 break;
             }
             let gpu = &w.gpus[i as usize];
-            if gpu.healthy && gpu.holders == level && allowed(i) {
+            if gpu.healthy && gpu.holders == level && gpu.milli == 0 && allowed(i) {
                 chosen.push(i);
             }
         }
@@ -81,14 +121,51 @@ pub fn choose_gpus_where(
     Some(chosen)
 }
 
+/// The GPU a share goes on, of the qualifying GPUs it fits (see `Share::fits`): with the recent
+/// demand (`packing`, the fragmentation policy), the one where it costs the demand least (see
+/// `Demand::share_lost`: a rest the shares in demand can use beats a smaller one they cannot);
+/// then, and without it, the one its shares already fill most (the first of those in
+/// `qualifying` order), so shares pack onto GPUs already split and whole GPUs stay free for
+/// whole tasks. Shares are never prefetched: a share placed on a GPU runs beside the others
+/// there at once.
+pub fn choose_share(
+    w: &Worker,
+    qualifying: &[u32],
+    share: Share,
+    packing: Option<&Demand>,
+    allowed: impl Fn(u32) -> bool,
+) -> Option<u32> {
+    let free = packing.map_or(0, |_| free_gpus(w));
+    let cost = |used: u32| {
+        packing.map_or(0.0, |d| {
+            d.share_lost(free, used, share.milli, w.shapes.iter().map(|&(s, _)| s))
+        })
+    };
+    let mut best: Option<(u32, f64, u32)> = None;
+    for &i in qualifying {
+        let gpu = &w.gpus[i as usize];
+        if !(share.fits(gpu) && allowed(i)) {
+            continue;
+        }
+        let c = cost(gpu.milli);
+        if best.is_none_or(|(_, bc, bm)| c < bc || (c == bc && gpu.milli > bm)) {
+            best = Some((i, c, gpu.milli));
+        }
+    }
+    best.map(|(i, _, _)| i)
+}
+
 /// choose_gpus().is_some() without building the list.
-pub fn has_gpus(w: &Worker, qualifying: &[u32], n: u32) -> bool {
+pub fn has_gpus(w: &Worker, qualifying: &[u32], n: u32, share: Share) -> bool {
+    if !share.is_whole() {
+        return qualifying.iter().any(|&i| share.fits(&w.gpus[i as usize]));
+    }
     let limit = 1 + w.prefetch_depth;
     qualifying
         .iter()
         .filter(|&&i| {
             let gpu = &w.gpus[i as usize];
-            gpu.healthy && gpu.holders < limit
+            gpu.healthy && gpu.holders < limit && gpu.milli == 0
         })
         .take(n as usize)
         .count()
@@ -139,8 +216,14 @@ mod tests {
         });
         let q = static_fit(&s, &w).unwrap();
         assert_eq!(&*q, &[2, 3, 0], "qualifying GPUs, smallest memory first");
-        assert_eq!(choose_gpus(&w, &q, 1), Some(smallvec![2]));
-        assert_eq!(choose_gpus(&w, &q, 2), Some(smallvec![2, 3]));
+        assert_eq!(
+            choose_gpus(&w, &q, 1, Share::default(), None),
+            Some(smallvec![2])
+        );
+        assert_eq!(
+            choose_gpus(&w, &q, 2, Share::default(), None),
+            Some(smallvec![2, 3])
+        );
         let two = shape(ShapeSpec {
             gpus: 2,
             gpu_models: vec!["h100".into(), "A10".into()],
@@ -173,8 +256,11 @@ mod tests {
         )
         .unwrap();
         w.gpus[0].holders = 1;
-        assert_eq!(choose_gpus(&w, &[0, 1], 1), Some(smallvec![1]));
-        assert_eq!(choose_gpus(&w, &[0, 1], 2), None);
+        assert_eq!(
+            choose_gpus(&w, &[0, 1], 1, Share::default(), None),
+            Some(smallvec![1])
+        );
+        assert_eq!(choose_gpus(&w, &[0, 1], 2, Share::default(), None), None);
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct Learning {
     /// Runtime EWMA per (kind, GPU model, start class): the prediction for a worker with that
     /// model.
     by_model: IdHashMap<(KindId, ModelId, u8), f64>,
+    /// Per kind, the runtime its submitters expect (the latest `expected_runtime_ms` given):
+    /// what predictions use until a run of the kind is learned.
+    expected_ms: Vec<Option<f64>>,
     /// The recent mix of demand per shape (what the fragmentation policy weighs).
     pub demand: Demand,
 }
@@ -53,6 +56,7 @@ impl Learning {
         let id = self.kinds.len() as KindId;
         self.kinds.insert(kind.to_owned(), id);
         self.fleet_ms.push([None; 2]);
+        self.expected_ms.push(None);
         id
     }
 
@@ -95,6 +99,27 @@ impl Learning {
         }
     }
 
+    /// A submitter expects tasks of `kind` to take `ms` (0 = no estimate). True when that
+    /// changed what is expected.
+    pub fn expect(&mut self, kind: KindId, ms: u64) -> bool {
+        let Some(slot) = self.expected_ms.get_mut(kind as usize) else {
+            return false;
+        };
+        let new = (ms > 0).then_some(ms as f64);
+        if new.is_none() || *slot == new {
+            return false;
+        }
+        *slot = new;
+        true
+    }
+
+    /// What a task of `kind` is expected to take: the fleet's learned warm runtime, else what
+    /// its submitters said; None when nothing is known.
+    pub fn estimate_ms(&self, kind: KindId) -> Option<f64> {
+        self.fleet_ms(kind)
+            .or_else(|| self.expected_ms.get(kind as usize).copied().flatten())
+    }
+
     /// The kind's warm runtime over the fleet (what a task takes once its model is loaded).
     pub fn fleet_ms(&self, kind: KindId) -> Option<f64> {
         self.fleet_class_ms(kind, Start::Warm)
@@ -123,7 +148,8 @@ impl Learning {
 
     /// Predicted runtime of a `kind` task on a worker with `model` that runs the kind at `speed`
     /// against the fleet: the (kind, model) warm EWMA, else the fleet's warm runtime over the
-    /// speed, plus the learned model load for a cold start. None before any run of the kind.
+    /// speed, plus the learned model load for a cold start; before any run of the kind, what its
+    /// submitters expect (see `expect`). None when nothing is known.
     pub fn runtime_ms(
         &self,
         kind: KindId,
@@ -133,7 +159,8 @@ impl Learning {
     ) -> Option<f64> {
         let warm = self
             .model_ms(kind, model)
-            .or_else(|| self.fleet_ms(kind).map(|ms| ms / speed.max(1e-3)))?;
+            .or_else(|| self.fleet_ms(kind).map(|ms| ms / speed.max(1e-3)))
+            .or_else(|| self.expected_ms.get(kind as usize).copied().flatten())?;
         Some(match start {
             Start::Warm => warm,
             Start::Cold => warm + self.load_ms(kind).unwrap_or(0.0),

@@ -2,7 +2,7 @@
 //! keeps per task from placement to finish, and that reservations (`backfill`) read to predict
 //! when a worker's GPUs free.
 
-use crate::filters::Gpus;
+use crate::filters::{Gpus, Share};
 use crate::learning::{KindId, Start};
 use crate::{ShapeId, WorkerId};
 
@@ -10,6 +10,8 @@ use crate::{ShapeId, WorkerId};
 pub(crate) struct Placed {
     pub(crate) worker: WorkerId,
     pub(crate) gpus: Gpus,
+    /// Whole GPUs, or its share of its one GPU.
+    pub(crate) share: Share,
     pub(crate) shape: ShapeId,
     pub(crate) kind: KindId,
     /// Generation of the task's timeout entry in the deadline heap.

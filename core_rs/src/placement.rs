@@ -103,8 +103,9 @@ impl PlacementIndex {
             self.shapes.resize_with(i + 1, || None);
         }
         if self.shapes[i].is_none() {
-            let kind = workers.learning.kind_id(&shape.kind);
-            let mut index = ShapeIndex::new(kind, shape.gpus, self.policy_for(&shape.kind));
+            let kind = workers.learning.kind_id(&shape.learned_as);
+            let mut index =
+                ShapeIndex::new(kind, shape.gpus, shape.share, self.policy_for(&shape.kind));
             let mut listed = Vec::new();
             for (wid, worker) in workers.iter() {
                 if let Some(gpus) = static_fit(shape, worker) {
@@ -117,6 +118,7 @@ impl PlacementIndex {
                 learning: &workers.learning,
                 kind,
                 gpus: shape.gpus,
+                share: shape.share,
             };
             for &(wid, member) in &listed {
                 let w = workers.get(wid).expect("listed workers are live");
@@ -183,6 +185,24 @@ impl PlacementIndex {
         self.rekey_where(id, workers, |_| true);
     }
 
+    /// What runtimes are predicted from changed: kept hold plans are planned again.
+    pub fn forget_plans(&mut self) {
+        for index in self.shapes.iter_mut().flatten() {
+            index.plan = None;
+        }
+    }
+
+    /// A change of the worker that moves no rank (a task it holds started): kept hold plans
+    /// look at it again.
+    pub fn changed(&mut self, id: WorkerId, workers: &WorkerTable) {
+        let Ok(worker) = workers.get(id) else { return };
+        for &(sid, _) in &worker.shapes {
+            if let Some(index) = self.shapes[slot(sid)].as_mut() {
+                index.member_changed(id);
+            }
+        }
+    }
+
     /// A task of shape `placed` went to the worker, which lowered its rank everywhere except,
     /// maybe, in fragmentation indexes. It is moved in that shape's ready heap at once, where the
     /// next lookup meets it at the top; the other indexes that list it mark it stale and move it
@@ -209,11 +229,13 @@ impl PlacementIndex {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
+            index.member_changed(id);
             let ctx = Context {
                 weights: &self.weights,
                 learning,
                 kind: index.kind,
                 gpus: index.gpus,
+                share: index.share,
             };
             if now(sid) {
                 index.rekey(member, worker, &ctx);
@@ -231,7 +253,11 @@ impl PlacementIndex {
     /// indexes again when the mix moved (O(S W log W) then; see `demand`).
     pub fn demanded(&mut self, id: ShapeId, shape: &Shape, workers: &mut WorkerTable) {
         let supply = |sid: ShapeId| self.built(sid).map_or(0, ShapeIndex::supply);
-        if !workers.learning.demand.record(id, shape.gpus, supply) {
+        if !workers
+            .learning
+            .demand
+            .record(id, shape.gpus, shape.share.milli, supply)
+        {
             return;
         }
         for index in self.shapes.iter_mut().flatten() {
@@ -248,6 +274,7 @@ impl PlacementIndex {
             learning,
             kind: index.kind,
             gpus: index.gpus,
+            share: index.share,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use crate::demand::free_gpus;
 use crate::error::{invalid, CoreError, CoreResult};
+use crate::filters::{choose_share, Share, WHOLE_MILLI};
 use crate::learning::{KindId, Learning};
 use crate::shapes::Shape;
 use crate::workers::Worker;
@@ -193,6 +194,8 @@ pub struct Context<'a> {
     pub kind: KindId,
     /// GPUs a task of the shape uses (for its share of a worker's price).
     pub gpus: u32,
+    /// Whole GPUs, or the share of one a task of the shape uses.
+    pub share: Share,
 }
 
 /// What the score of a worker for a shape is computed from, as it stands at one moment (an
@@ -235,7 +238,7 @@ impl Context<'_> {
             success_rate: w.success_rate,
             speed: w.speed_for(self.kind, self.learning),
             cost_per_hour: w.cost_per_hour,
-            share: share(w, self.gpus),
+            share: self.price_share(w),
             fit,
         }
     }
@@ -244,10 +247,21 @@ impl Context<'_> {
         self.inputs(w, fit).terms(self.weights)
     }
 
-    /// The policy's rank of a worker for the shape, higher = better. Composite and
-    /// fragmentation: the score's bits (scores are finite and >= 0, so their bits order like the
-    /// numbers).
-    pub fn rank(&self, policy: Policy, w: &Worker, fit: f64) -> u64 {
+    /// The share of a worker's price a task of the shape pays: `share`, times its share of the
+    /// GPU when it asks for one.
+    fn price_share(&self, w: &Worker) -> f64 {
+        let whole = share(w, self.gpus);
+        if self.share.is_whole() {
+            whole
+        } else {
+            whole * f64::from(self.share.milli) / f64::from(WHOLE_MILLI)
+        }
+    }
+
+    /// The policy's rank of a worker for the shape, higher = better, given the worker's GPUs
+    /// that qualify for it. Composite and fragmentation: the score's bits (scores are finite and
+    /// >= 0, so their bits order like the numbers).
+    pub fn rank(&self, policy: Policy, w: &Worker, fit: f64, qualifying: &[u32]) -> u64 {
         let with_load = |primary: f64| score_bits(primary + 1e-6 * w.availability());
         match policy {
             Policy::RoundRobin => u64::MAX - w.last_tick,
@@ -257,7 +271,7 @@ impl Context<'_> {
             }
             Policy::Cost => {
                 let speed = w.speed_for(self.kind, self.learning);
-                let cost = relative_cost(w.cost_per_hour, share(w, self.gpus), speed);
+                let cost = relative_cost(w.cost_per_hour, self.price_share(w), speed);
                 with_load(1.0 / (1.0 + cost))
             }
             Policy::Composite => score_bits(self.terms(w, fit).total()),
@@ -266,7 +280,27 @@ impl Context<'_> {
             // score sets.
             Policy::Fragmentation => {
                 let free = free_gpus(w);
-                if w.accepting() && w.held() < w.effective_slots() && free >= self.gpus {
+                let slot_free = w.accepting() && w.held() < w.effective_slots();
+                if !self.share.is_whole() {
+                    // A share starts at once wherever it fits a GPU; what it costs is judged on
+                    // the GPU it would get there.
+                    return match choose_share(
+                        w,
+                        qualifying,
+                        self.share,
+                        Some(&self.learning.demand),
+                        |_| true,
+                    ) {
+                        Some(g) if slot_free => {
+                            let used = w.gpus[g as usize].milli;
+                            let demand = &self.learning.demand;
+                            let score = demand.share_score(w, free, used, self.share.milli);
+                            (1 << 63) | score_bits(score)
+                        }
+                        _ => score_bits(w.availability()),
+                    };
+                }
+                if slot_free && free >= self.gpus {
                     (1 << 63) | score_bits(self.learning.demand.score(w, free, self.gpus, fit))
                 } else {
                     score_bits(w.availability())

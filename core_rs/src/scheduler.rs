@@ -120,9 +120,22 @@ impl Scheduler {
     /// Intern a requirement shape (the same normalised inputs give the same id).
     pub fn shape(&mut self, spec: ShapeSpec) -> CoreResult<ShapeId> {
         let id = self.shapes.intern(spec)?;
-        let kind = &self.shapes.get(id)?.kind;
+        let kind = &self.shapes.get(id)?.learned_as;
         self.workers.learning.kind_id(kind);
         Ok(id)
+    }
+
+    /// A submitter expects tasks of `shape` to take `ms` (0 = no estimate): runtime predictions
+    /// of its kind and runtime class (backfill, reservations, the pending ETA) use it until a
+    /// run is learned.
+    pub fn expect_runtime(&mut self, shape: ShapeId, ms: u64) -> CoreResult<()> {
+        let learning = &mut self.workers.learning;
+        let kind = learning.kind_id(&self.shapes.get(shape)?.learned_as);
+        if learning.expect(kind, ms) {
+            // Kept reservations were timed without it.
+            self.placement.forget_plans();
+        }
+        Ok(())
     }
 
     // -- the queue
@@ -421,6 +434,19 @@ impl Scheduler {
         self.workers.slots()
     }
 
+    /// GPUs given to placed tasks over live workers: (held whole, split among shares,
+    /// thousandths the shares hold). O(W G): for metrics, not for every placement.
+    pub fn gpu_allocation(&self) -> (u64, u64, u64) {
+        let gpus = self.workers.iter().flat_map(|(_, w)| w.gpus.iter());
+        gpus.fold((0, 0, 0), |(whole, split, milli), g| {
+            (
+                whole + u64::from(g.holders > 0),
+                split + u64::from(g.milli > 0),
+                milli + u64::from(g.milli),
+            )
+        })
+    }
+
     /// Predicted runtime of a task of `shape` on `worker`: the (kind, GPU model) EWMA, else the
     /// kind's fleet EWMA scaled by the worker's speed; None before any run of the kind.
     pub fn predict_runtime_ms(
@@ -428,7 +454,10 @@ impl Scheduler {
         shape: ShapeId,
         worker: WorkerId,
     ) -> CoreResult<Option<f64>> {
-        let kind = self.workers.learning.kind_id(&self.shapes.get(shape)?.kind);
+        let kind = self
+            .workers
+            .learning
+            .kind_id(&self.shapes.get(shape)?.learned_as);
         let w = self.workers.get(worker)?;
         Ok(w.runtime_ms(kind, &self.workers.learning, Start::Warm))
     }

@@ -1724,3 +1724,283 @@ fn a_tenant_at_its_gpu_cap_waits_while_others_are_placed() {
     s.release(20).unwrap();
     assert_eq!(s.tenant_gpus(1), (0, None));
 }
+
+fn share_shape(s: &mut Scheduler, milli: u32, memory_mb: u64) -> ShapeId {
+    s.shape(ShapeSpec {
+        kind: "k".into(),
+        gpu_milli: milli,
+        gpu_memory_mb: memory_mb,
+        ..ShapeSpec::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn shares_pack_onto_one_gpu_and_leave_whole_gpus_free() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let specs = vec![gpu(16_384, 8.0, "T4"); 2];
+    let w = s.add_worker(8, specs, "", vec![], vec![], 0).unwrap();
+    let third = share_shape(&mut s, 300, 4_000);
+    let whole = gpu_shape(&mut s, 1, &[]);
+    for t in 1..=3 {
+        s.push(t, third, 1, t, 0).unwrap();
+    }
+    s.push(4, whole, 1, 4, 0).unwrap();
+    let got = s.place(0, 10);
+    let gpus: Vec<_> = got.iter().map(|p| (p.task, p.gpus.to_vec())).collect();
+    assert_eq!(
+        gpus,
+        vec![(1, vec![0]), (2, vec![0]), (3, vec![0]), (4, vec![1])],
+        "three shares on one GPU, the whole task on the other"
+    );
+    for t in 1..=4 {
+        s.mark_started(t, Some(0)).unwrap();
+    }
+    s.push(5, third, 1, 5, 0).unwrap();
+    assert!(
+        s.place(0, 10).is_empty(),
+        "900 + 300 thousandths do not fit one GPU, and the other is used whole"
+    );
+    s.finish(4, true, 10).unwrap();
+    assert_eq!(s.place(0, 10)[0].gpus.to_vec(), vec![1]);
+    // Memory: 4,000 MiB reserved thrice on GPU 0 and once on GPU 1; 13,000 more fits neither.
+    let big = share_shape(&mut s, 50, 13_000);
+    s.push(6, big, 1, 6, 0).unwrap();
+    assert!(s.place(0, 10).is_empty(), "its memory fits no GPU's rest");
+    s.finish(5, true, 10).unwrap();
+    let got = s.place(0, 10);
+    assert_eq!((got[0].worker, got[0].gpus.to_vec()), (w, vec![1]));
+}
+
+#[test]
+fn a_share_no_gpu_has_the_memory_for_says_so() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    s.add_worker(4, vec![gpu(16_384, 8.0, "T4")], "", vec![], vec![], 0)
+        .unwrap();
+    let big = share_shape(&mut s, 250, 20_000);
+    assert_eq!(
+        s.explain(big, 1).unwrap().reason,
+        "no connected worker has a GPU to share (250 of 1000 thousandths) with at least 20000 MB"
+    );
+}
+
+#[test]
+fn a_share_refuses_to_attach_past_its_gpu() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let w = s
+        .add_worker(4, vec![gpu(16_384, 8.0, "T4")], "", vec![], vec![], 0)
+        .unwrap();
+    let most = share_shape(&mut s, 700, 0);
+    s.attach(1, w, &[0], most, 0, 0).unwrap();
+    let err = s.attach(2, w, &[0], most, 0, 0).unwrap_err().to_string();
+    assert!(err.contains("already taken"), "{err}");
+    let whole = gpu_shape(&mut s, 1, &[]);
+    assert!(
+        s.attach(3, w, &[0], whole, 0, 0).is_err(),
+        "a GPU with shares is not given whole"
+    );
+    let small = share_shape(&mut s, 300, 0);
+    s.attach(4, w, &[0], small, 0, 0).unwrap();
+}
+
+proptest::proptest! {
+    /// Whatever is pushed, placed, started and finished: the shares on a GPU never sum past
+    /// 1000 thousandths, their memory never past the GPU's, and a GPU with shares is never also
+    /// given whole.
+    #[test]
+    fn shares_never_exceed_a_gpu(
+        fragmentation in proptest::bool::ANY,
+        ops in proptest::collection::vec((0u32..1000, 0u64..20_000, 0u32..3, 0usize..64), 1..120),
+    ) {
+        let policy = if fragmentation { Policy::Fragmentation } else { Policy::Composite };
+        let mut s = Scheduler::new(SchedulerConfig { policy, prefetch_depth: 1, ..SchedulerConfig::default() }).unwrap();
+        for n in [1u32, 2, 4] {
+            let specs = (0..n).map(|i| gpu(8_192 * u64::from(1 + i % 2), 8.0, "G")).collect();
+            s.add_worker(3 * n, specs, "", vec![], vec![], 0).unwrap();
+        }
+        let mut placed: Vec<TaskId> = Vec::new();
+        for (task, (milli, memory_mb, op, which)) in ops.into_iter().enumerate() {
+            let task = task as TaskId;
+            match op {
+                0 if !placed.is_empty() => {
+                    let done = placed.swap_remove(which % placed.len());
+                    s.finish(done, true, 10).unwrap();
+                }
+                1 if !placed.is_empty() => {
+                    // Starts may be refused (a whole GPU still running); that is the point.
+                    let _ = s.mark_started(placed[which % placed.len()], Some(0));
+                }
+                _ => {
+                    let shape = if milli == 0 {
+                        gpu_shape(&mut s, 1 + (which % 2) as u32, &[])
+                    } else {
+                        share_shape(&mut s, milli, memory_mb % 9_000)
+                    };
+                    s.push(task, shape, 1, task, 0).unwrap();
+                }
+            }
+            placed.extend(s.place(0, 4).iter().map(|p| p.task));
+            let mut milli_on = std::collections::HashMap::<(WorkerId, u32), (u32, u64)>::new();
+            let mut whole_on = std::collections::HashSet::new();
+            for p in s.placed.values() {
+                for &g in &p.gpus {
+                    if p.share.is_whole() {
+                        whole_on.insert((p.worker, g));
+                    } else {
+                        let e = milli_on.entry((p.worker, g)).or_default();
+                        e.0 += p.share.milli;
+                        e.1 += p.share.memory_mb;
+                    }
+                }
+            }
+            for ((w, g), (milli, mb)) in milli_on {
+                let total = s.workers.get(w).unwrap().gpus[g as usize].memory_total_mb;
+                proptest::prop_assert!(milli <= 1000, "GPU {g} of {w} shared {milli}/1000");
+                proptest::prop_assert!(mb <= total, "GPU {g} of {w} reserves {mb} of {total} MiB");
+                proptest::prop_assert!(!whole_on.contains(&(w, g)), "GPU {g} of {w} shared and whole");
+            }
+        }
+    }
+}
+
+fn a100s(n: usize) -> Vec<GpuSpec> {
+    vec![gpu(81_920, 8.0, "A100"); n]
+}
+
+/// Teach the core that tasks of `shape` take `ms` on `worker` (task ids from 1000 on).
+fn learn_runtime(s: &mut Scheduler, shape: ShapeId, worker: WorkerId, gpus: &[u32], ms: u64) {
+    let task = 1000 + s.placed() as u64 + 100 * shape;
+    s.attach(task, worker, gpus, shape, 0, 0).unwrap();
+    s.finish(task, true, ms).unwrap();
+}
+
+fn kind_shape(s: &mut Scheduler, kind: &str, gpus: u32) -> ShapeId {
+    s.shape(ShapeSpec {
+        kind: kind.into(),
+        gpus,
+        ..ShapeSpec::default()
+    })
+    .unwrap()
+}
+
+proptest::proptest! {
+    /// Whatever finishes, starts and arrives between rounds, the hold kept for a blocked
+    /// gang frees its GPUs as soon as a plan over every member would say.
+    #[test]
+    fn a_kept_hold_is_as_soon_as_a_fresh_plan(
+        sizes in proptest::collection::vec(4u32..9, 2..6),
+        ops in proptest::collection::vec((0u8..3, 0usize..64), 1..60),
+    ) {
+        let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+        let workers: Vec<WorkerId> = sizes
+            .iter()
+            .map(|&n| s.add_worker(n, a100s(n as usize), "", vec![], vec![], 0).unwrap())
+            .collect();
+        let gang = kind_shape(&mut s, "gang", 4);
+        let one = kind_shape(&mut s, "one", 1);
+        learn_runtime(&mut s, gang, workers[0], &[0, 1], 1_000);
+        for (i, &w) in workers.iter().enumerate() {
+            learn_runtime(&mut s, one, w, &[0], 500 + 700 * i as u64);
+        }
+        // Every worker busy, so the gang waits; it goes first in every round.
+        for task in 0..sizes.iter().sum::<u32>() as u64 {
+            s.push(task, one, 1, task, 0).unwrap();
+        }
+        let mut placed: Vec<u64> = s.place(0, 100).iter().map(|p| p.task).collect();
+        s.push(999, gang, 3, 0, 0).unwrap();
+        let mut next = 100u64;
+        for (op, which) in ops {
+            match op {
+                0 if !placed.is_empty() => {
+                    let done = placed.swap_remove(which % placed.len());
+                    s.finish(done, true, 500).unwrap();
+                    if done == 999 {
+                        s.push(999, gang, 3, 0, 0).unwrap();
+                    }
+                }
+                1 if !placed.is_empty() => {
+                    let _ = s.mark_started(placed[which % placed.len()], Some(0));
+                }
+                _ => {
+                    s.push(next, one, 1, next, 0).unwrap();
+                    next += 1;
+                }
+            }
+            placed.extend(s.place(0, 1).iter().map(|p| p.task));
+            if s.placement_of(999).is_some() {
+                continue;
+            }
+            let kept = s.holds.iter().find(|h| h.shape == gang).map(|h| h.usable_ms);
+            let Some(index) = s.placement.built(gang) else {
+                continue;
+            };
+            let forecast = crate::backfill::Forecast { placed: &s.placed, workers: &s.workers, now_ms: 0 };
+            let fresh = forecast.plan(gang, index, &[]).map(|h| h.usable_ms);
+            if kept.is_some() {
+                proptest::prop_assert_eq!(kept, fresh);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_expected_runtime_lets_a_task_backfill_before_its_kind_ever_ran() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let w = s.add_worker(2, a100s(2), "", vec![], vec![], 0).unwrap();
+    let long = kind_shape(&mut s, "long", 1);
+    let gang = kind_shape(&mut s, "gang", 2);
+    let quick = kind_shape(&mut s, "quick", 1);
+    learn_runtime(&mut s, long, w, &[0], 10_000);
+    s.push(1, long, 1, 1, 0).unwrap();
+    assert_eq!(placed(&s.place(0, 10)), vec![(1, w)]);
+    s.mark_started(1, Some(0)).unwrap();
+    s.push(2, gang, 1, 2, 0).unwrap();
+    s.push(3, quick, 1, 3, 0).unwrap();
+    assert!(
+        s.place(0, 10).is_empty(),
+        "the gang holds the worker, and nothing says how long the quick task takes"
+    );
+    s.expect_runtime(quick, 1_000).unwrap();
+    assert_eq!(
+        placed(&s.place(0, 10)),
+        vec![(3, w)],
+        "expected to take 1 s, it ends before the long task frees the gang's GPUs"
+    );
+}
+
+#[test]
+fn runtimes_are_learned_per_runtime_class() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let w = s.add_worker(1, a100s(1), "", vec![], vec![], 0).unwrap();
+    let class = |s: &mut Scheduler, runtime_class: &str| {
+        s.shape(ShapeSpec {
+            kind: "train".into(),
+            gpus: 1,
+            runtime_class: runtime_class.into(),
+            ..ShapeSpec::default()
+        })
+        .unwrap()
+    };
+    let (short, long, plain) = (
+        class(&mut s, "short"),
+        class(&mut s, "long"),
+        class(&mut s, ""),
+    );
+    learn_runtime(&mut s, short, w, &[0], 1_000);
+    learn_runtime(&mut s, long, w, &[0], 600_000);
+    assert_eq!(s.predict_runtime_ms(short, w).unwrap(), Some(1_000.0));
+    assert_eq!(s.predict_runtime_ms(long, w).unwrap(), Some(600_000.0));
+    assert_eq!(
+        s.predict_runtime_ms(plain, w).unwrap(),
+        None,
+        "the kind alone learned nothing"
+    );
+    s.expect_runtime(plain, 5_000).unwrap();
+    assert_eq!(s.predict_runtime_ms(plain, w).unwrap(), Some(5_000.0));
+    s.expect_runtime(long, 5_000).unwrap();
+    assert_eq!(
+        s.predict_runtime_ms(long, w).unwrap(),
+        Some(600_000.0),
+        "what was learned wins over what was expected"
+    );
+}

@@ -19,7 +19,9 @@
 use std::cmp::Reverse;
 
 use crate::affinity::Touch;
-use crate::filters::{choose_gpus, has_gpus, Gpus};
+use crate::backfill::Plan;
+use crate::demand::Demand;
+use crate::filters::{choose_gpus, has_gpus, Gpus, Share};
 use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::learning::KindId;
 use crate::policy::{score_of, Context, Policy, Weights};
@@ -122,6 +124,8 @@ pub struct ShapeIndex {
     pub kind: KindId,
     /// GPUs a task of the shape uses.
     pub gpus: u32,
+    /// Whole GPUs, or the share of one a task of the shape uses.
+    pub share: Share,
     pub policy: Policy,
     /// Statically eligible live workers (draining and full ones too), by slot: a member's slot
     /// is its place here and in `ready`, and the worker keeps it (`Worker::shapes`), so the
@@ -135,19 +139,23 @@ pub struct ShapeIndex {
     warm: IdHashMap<u64, WarmMembers>,
     /// Qualifying GPUs over the members: how much of the fleet can serve the shape.
     supply: u64,
+    /// The round hold last planned for a multi-GPU shape and the members changed since.
+    pub(crate) plan: Option<Plan>,
 }
 
 impl ShapeIndex {
-    pub(crate) fn new(kind: KindId, gpus: u32, policy: Policy) -> ShapeIndex {
+    pub(crate) fn new(kind: KindId, gpus: u32, share: Share, policy: Policy) -> ShapeIndex {
         ShapeIndex {
             kind,
             gpus,
+            share,
             policy,
             members: Vec::new(),
             slots: IdHashMap::default(),
             ready: Ranked::default(),
             warm: IdHashMap::default(),
             supply: 0,
+            plan: None,
         }
     }
 
@@ -194,20 +202,33 @@ impl ShapeIndex {
             return Some(Gpus::new());
         }
         let worker = workers.get(id).ok()?;
-        choose_gpus(worker, &self.member(id)?.gpus, shape.gpus)
+        choose_gpus(
+            worker,
+            &self.member(id)?.gpus,
+            shape.gpus,
+            shape.share,
+            None,
+        )
     }
 
-    /// fits_now(), then `admit`'s word on it.
+    /// The demand a share's GPU is chosen by: the fragmentation policy's (see `choose_share`).
+    fn packing<'a>(&self, workers: &'a WorkerTable) -> Option<&'a Demand> {
+        (self.policy == Policy::Fragmentation).then_some(&workers.learning.demand)
+    }
+
+    /// The GPUs the member would use (chosen with `packing`), then `admit`'s word on them.
     fn take(
         member: &Member,
         shape: &Shape,
         workers: &WorkerTable,
+        packing: Option<&Demand>,
         admit: Admit<'_>,
     ) -> Option<Gpus> {
         let gpus = if shape.gpus == 0 {
             Gpus::new()
         } else {
-            choose_gpus(workers.get(member.id).ok()?, &member.gpus, shape.gpus)?
+            let worker = workers.get(member.id).ok()?;
+            choose_gpus(worker, &member.gpus, shape.gpus, shape.share, packing)?
         };
         admit(member.id, &member.gpus, gpus)
     }
@@ -266,6 +287,7 @@ impl ShapeIndex {
         avoid: Option<WorkerId>,
         admit: Admit<'_>,
     ) -> Option<(u64, WorkerId, Gpus)> {
+        let packing = self.packing(workers);
         let mut passed = Vec::new();
         let found = loop {
             let Some(members) = self.warm.get_mut(&key) else {
@@ -287,7 +309,8 @@ impl ShapeIndex {
                 continue;
             }
             if Some(id) != avoid {
-                if let Some(gpus) = Self::take(listed(&self.members, owner), shape, workers, admit)
+                if let Some(gpus) =
+                    Self::take(listed(&self.members, owner), shape, workers, packing, admit)
                 {
                     break Some((entry.0 .0, id, gpus));
                 }
@@ -419,6 +442,7 @@ impl ShapeIndex {
         avoid: Option<WorkerId>,
         admit: Admit<'_>,
     ) -> Result<Ready, Stale> {
+        let packing = self.packing(workers);
         let check = |slot: u32| {
             if listed(&self.members, slot).stale {
                 Err(Stale(slot))
@@ -436,7 +460,9 @@ impl ShapeIndex {
             }
             let second = second.map(|((_, next), _)| next);
             if Some(id) != avoid && second.is_none_or(|next| Some(next) != avoid) {
-                if let Some(gpus) = Self::take(listed(&self.members, slot), shape, workers, admit) {
+                if let Some(gpus) =
+                    Self::take(listed(&self.members, slot), shape, workers, packing, admit)
+                {
                     return Ok(Ready {
                         first: Some((rank, id, gpus)),
                         runner_up: second,
@@ -457,7 +483,7 @@ impl ShapeIndex {
                 ready.runner_up = Some(id);
                 break;
             } else if let Some(gpus) =
-                Self::take(listed(&self.members, slot), shape, workers, admit)
+                Self::take(listed(&self.members, slot), shape, workers, packing, admit)
             {
                 ready.first = Some((rank, id, gpus));
             }
@@ -473,6 +499,7 @@ impl ShapeIndex {
             learning: &workers.learning,
             kind: self.kind,
             gpus: self.gpus,
+            share: self.share,
         };
         for slot in 0..self.members.len() as u32 {
             let id = self.members[slot as usize].as_ref().map(|m| m.id);
@@ -491,6 +518,7 @@ impl ShapeIndex {
             learning: &workers.learning,
             kind: self.kind,
             gpus: self.gpus,
+            share: self.share,
         };
         self.rekey(slot, worker, &ctx);
     }
@@ -524,9 +552,9 @@ impl ShapeIndex {
     /// The member's ready entry as it stands: None unless it can take a task of the shape now.
     fn key_of(&self, slot: u32, worker: &Worker, ctx: &Context<'_>) -> Option<ReadyKey> {
         let member = listed(&self.members, slot);
-        (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus)).then(|| {
+        (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus, self.share)).then(|| {
             (
-                Reverse(ctx.rank(self.policy, worker, member.fit)),
+                Reverse(ctx.rank(self.policy, worker, member.fit, &member.gpus)),
                 member.id,
             )
         })
@@ -619,10 +647,21 @@ impl ShapeIndex {
         slot
     }
 
+    /// A member's tasks, starts, health or state changed: a kept hold plan must look at it.
+    pub(crate) fn member_changed(&mut self, id: WorkerId) {
+        let bound = self.slots.len() / 4 + 16;
+        if let Some(plan) = &mut self.plan {
+            plan.changed(id, bound);
+        }
+    }
+
     pub(crate) fn drop_member(&mut self, slot: u32) {
         let member = self.members[slot as usize]
             .take()
             .expect("a listed slot has a member");
+        if let Some(plan) = &mut self.plan {
+            plan.left(member.id);
+        }
         self.supply -= member.gpus.len() as u64;
         self.slots.remove(&member.id);
         self.ready.release(slot);

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::error::{invalid, unknown, CoreResult};
+use crate::filters::{Share, WHOLE_MILLI};
 use crate::gpu_names::words;
 use crate::ShapeId;
 
@@ -22,6 +23,13 @@ pub struct ShapeSpec {
     pub labels: Vec<String>,
     /// 0 = no minimum.
     pub min_compute_capability: f64,
+    /// A share of one GPU, 1 to 999 thousandths; 0 = whole GPUs. `gpus` is then 0 or 1.
+    pub gpu_milli: u32,
+    /// Memory a share keeps on its GPU, in MiB (only with `gpu_milli`).
+    pub gpu_memory_mb: u64,
+    /// The submitter's runtime class: runtimes are learned per (kind, class, GPU model), so
+    /// short and long tasks of one kind are predicted apart. "" = the kind's own.
+    pub runtime_class: String,
 }
 
 /// A normalised, interned shape.
@@ -38,6 +46,10 @@ pub struct Shape {
     pub labels: Vec<String>,
     /// Stored as bits so the shape can be hashed; always finite and >= 0.
     min_cc_bits: u64,
+    /// Whole GPUs unless it asks for a share of one (`gpus` is then 1).
+    pub share: Share,
+    /// What runtimes are learned under: the kind, and its runtime class when it has one.
+    pub learned_as: String,
 }
 
 impl Shape {
@@ -48,21 +60,52 @@ impl Shape {
                 "min_compute_capability must be a finite number >= 0, got {cc}"
             )));
         }
+        let share = Share {
+            milli: spec.gpu_milli,
+            memory_mb: spec.gpu_memory_mb,
+        };
+        if share.milli >= WHOLE_MILLI {
+            return Err(invalid(format!(
+                "gpu_milli is a share of one GPU, 1 to 999 (0 = whole GPUs), got {}",
+                share.milli
+            )));
+        }
+        if share.is_whole() && share.memory_mb > 0 {
+            return Err(invalid(
+                "gpu_memory_mb reserves memory for a share of a GPU: set gpu_milli too, or use \
+                 min_gpu_memory_mb for whole GPUs",
+            ));
+        }
+        if !share.is_whole() && spec.gpus > 1 {
+            return Err(invalid(format!(
+                "gpu_milli asks for a share of one GPU, so gpus must be 0 or 1, got {}",
+                spec.gpus
+            )));
+        }
+        let gpus = if share.is_whole() { spec.gpus } else { 1 };
         let mut gpu_models: Vec<String> = spec.gpu_models.iter().map(|m| words(m)).collect();
         gpu_models.sort();
         gpu_models.dedup();
         let mut labels = spec.labels;
         labels.sort();
         labels.dedup();
+        let learned_as = if spec.runtime_class.is_empty() {
+            spec.kind.clone()
+        } else {
+            // A unit separator cannot occur in a kind a person types.
+            format!("{}\u{1f}{}", spec.kind, spec.runtime_class)
+        };
         Ok(Shape {
+            learned_as,
             kind: spec.kind,
-            gpus: spec.gpus,
+            gpus,
             min_gpu_memory_mb: spec.min_gpu_memory_mb,
             gpu_models,
             backend: spec.backend.to_lowercase(),
             labels,
             // +0.0 folds -0.0 into 0.0 so both intern to the same shape.
             min_cc_bits: (cc + 0.0).to_bits(),
+            share,
         })
     }
 
@@ -156,5 +199,23 @@ mod tests {
             assert!(table.intern(spec).is_err(), "cc {cc} should be refused");
         }
         assert!(table.get(0).is_err());
+    }
+
+    #[test]
+    fn a_share_is_of_one_gpu_and_below_a_whole_one() {
+        let mut table = ShapeTable::default();
+        let spec = |gpus, gpu_milli, gpu_memory_mb| ShapeSpec {
+            gpus,
+            gpu_milli,
+            gpu_memory_mb,
+            ..ShapeSpec::default()
+        };
+        let half = table.intern(spec(0, 500, 8000)).unwrap();
+        assert_eq!(table.intern(spec(1, 500, 8000)).unwrap(), half);
+        assert_eq!(table.get(half).unwrap().gpus, 1, "a share uses one GPU");
+        for (gpus, milli, mb) in [(2, 500, 0), (1, 1000, 0), (1, 0, 8000)] {
+            let err = table.intern(spec(gpus, milli, mb)).unwrap_err().to_string();
+            assert!(err.contains("gpu_m"), "{err}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The worker table: capabilities, slots, GPU allocation and the learned success/speed EWMAs.
 
 use crate::error::{invalid, unknown, CoreResult};
+use crate::filters::Share;
 use crate::gpu_names;
 use crate::learning::{KindId, Learning, ModelId, Start, EWMA_ALPHA};
 use crate::{ShapeId, TaskId, WorkerId};
@@ -24,8 +25,13 @@ pub struct Gpu {
     /// Placed tasks using it: at most 1 + the prefetch depth (a prefetched task may be given a
     /// GPU a running task still uses; the agent starts it when the GPU frees).
     pub holders: u32,
-    /// A started task uses it; two started tasks never share a GPU.
+    /// A started task uses it whole; two started tasks never share a GPU whole.
     pub running: bool,
+    /// Thousandths of it that placed share tasks hold (at most `WHOLE_MILLI`), and the memory
+    /// they reserve (at most its memory). A GPU with shares is never given whole, and a GPU held
+    /// whole takes no shares (see `Share::fits`).
+    pub milli: u32,
+    pub reserved_mb: u64,
     /// False once the control plane reports the GPU broken; it is then never given to a task.
     pub healthy: bool,
 }
@@ -119,6 +125,8 @@ impl Worker {
                     name_words: gpu_names::words(&g.name),
                     holders: 0,
                     running: false,
+                    milli: 0,
+                    reserved_mb: 0,
                     healthy: true,
                 })
                 .collect(),
@@ -413,17 +421,25 @@ impl WorkerTable {
         self.free_capacity
     }
 
-    /// Hold a task and occupy the given GPUs. The caller has checked they are free.
+    /// Hold a task and occupy the given GPUs, whole or with its share. The caller has checked
+    /// they are free (a share: that it fits).
     pub fn occupy(
         &mut self,
         id: WorkerId,
         task: TaskId,
         gpus: &[u32],
+        share: Share,
         started: bool,
     ) -> CoreResult<()> {
         self.update(id, |worker| {
             for &g in gpus {
                 let gpu = &mut worker.gpus[g as usize];
+                if !share.is_whole() {
+                    debug_assert!(share.fits(gpu), "share past its GPU");
+                    gpu.milli += share.milli;
+                    gpu.reserved_mb += share.memory_mb;
+                    continue;
+                }
                 debug_assert!(!(started && gpu.running), "GPU running two tasks");
                 gpu.holders += 1;
                 gpu.running |= started;
@@ -435,17 +451,23 @@ impl WorkerTable {
         })
     }
 
-    /// Give back a task's GPUs and its place on the worker.
+    /// Give back a task's GPUs (or its share of them) and its place on the worker.
     pub fn vacate(
         &mut self,
         id: WorkerId,
         task: TaskId,
         gpus: &[u32],
+        share: Share,
         started: bool,
     ) -> CoreResult<()> {
         self.update(id, |worker| {
             for &g in gpus {
                 let gpu = &mut worker.gpus[g as usize];
+                if !share.is_whole() {
+                    gpu.milli -= share.milli;
+                    gpu.reserved_mb -= share.memory_mb;
+                    continue;
+                }
                 gpu.holders -= 1;
                 if started {
                     gpu.running = false;
@@ -530,7 +552,7 @@ mod tests {
         let mut table = WorkerTable::default();
         let a = table.add(Worker::new(4, vec![], "", vec![], vec![]).unwrap());
         let b = table.add(Worker::new(2, vec![], "", vec![], vec![]).unwrap());
-        table.occupy(a, 7, &[], false).unwrap();
+        table.occupy(a, 7, &[], Share::default(), false).unwrap();
         assert_eq!(table.slots(), (6, 5));
         table.set_draining(b, true).unwrap();
         assert_eq!(table.slots(), (4, 3));

@@ -64,6 +64,7 @@ fn shape_spec() -> impl Strategy<Value = ShapeSpec> {
             backend: backend.into(),
             labels: labels.into_iter().map(String::from).collect(),
             min_compute_capability: cc,
+            ..ShapeSpec::default()
         })
 }
 

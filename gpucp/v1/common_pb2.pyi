@@ -40,23 +40,27 @@ TASK_STATE_CANCELLED: TaskState
 TASK_STATE_TIMED_OUT: TaskState
 
 class Requirements(_message.Message):
-    __slots__ = ("gpus", "min_gpu_memory_mb", "gpu_models", "backend", "labels", "min_compute_capability")
+    __slots__ = ("gpus", "min_gpu_memory_mb", "gpu_models", "backend", "labels", "min_compute_capability", "gpu_milli", "gpu_memory_mb")
     GPUS_FIELD_NUMBER: _ClassVar[int]
     MIN_GPU_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     GPU_MODELS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MIN_COMPUTE_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
+    GPU_MILLI_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     gpus: int
     min_gpu_memory_mb: int
     gpu_models: _containers.RepeatedScalarFieldContainer[str]
     backend: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     min_compute_capability: float
-    def __init__(self, gpus: _Optional[int] = ..., min_gpu_memory_mb: _Optional[int] = ..., gpu_models: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., min_compute_capability: _Optional[float] = ...) -> None: ...
+    gpu_milli: int
+    gpu_memory_mb: int
+    def __init__(self, gpus: _Optional[int] = ..., min_gpu_memory_mb: _Optional[int] = ..., gpu_models: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., min_compute_capability: _Optional[float] = ..., gpu_milli: _Optional[int] = ..., gpu_memory_mb: _Optional[int] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("kind", "payload", "priority", "tenant", "requirements", "timeout_ms", "max_retries", "idempotency_key", "affinity_key", "labels", "hard_affinity")
+    __slots__ = ("kind", "payload", "priority", "tenant", "requirements", "timeout_ms", "max_retries", "idempotency_key", "affinity_key", "labels", "hard_affinity", "expected_runtime_ms", "runtime_class")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +79,8 @@ class TaskSpec(_message.Message):
     AFFINITY_KEY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     HARD_AFFINITY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_RUNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_CLASS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     payload: bytes
     priority: Priority
@@ -86,7 +92,9 @@ class TaskSpec(_message.Message):
     affinity_key: str
     labels: _containers.ScalarMap[str, str]
     hard_affinity: bool
-    def __init__(self, kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., max_retries: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., affinity_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hard_affinity: _Optional[bool] = ...) -> None: ...
+    expected_runtime_ms: int
+    runtime_class: str
+    def __init__(self, kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., max_retries: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., affinity_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hard_affinity: _Optional[bool] = ..., expected_runtime_ms: _Optional[int] = ..., runtime_class: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("id", "spec", "state", "attempt", "worker_id", "result", "error", "pending_reason", "created_at_ms", "started_at_ms", "finished_at_ms", "gpu_indices", "attempt_errors", "placement", "progress")

@@ -68,8 +68,11 @@ impl Scheduler {
         }
         let ahead = self.queue.queued_above(priority);
         let mut reason = PendingReason::new(explain::busy(index.len(), unavailable, ahead));
-        if let (Some(ms), true) = (self.workers.learning.fleet_ms(index.kind), slots > 0) {
-            reason.eta = Some(explain::eta(ms, ahead, slots));
+        if slots > 0 {
+            match self.workers.learning.estimate_ms(index.kind) {
+                Some(ms) => reason.eta = Some(explain::eta(ms, ahead, slots)),
+                None => reason.no_estimate = true,
+            }
         }
         reason.reservation =
             self.holds
@@ -78,7 +81,9 @@ impl Scheduler {
                 .map(|hold| explain::Reservation {
                     worker: hold.worker,
                     gpus: hold.gpus.clone(),
-                    free_in_ms: (hold.usable_ms - self.now_ms as f64).max(0.0),
+                    free_in_ms: hold
+                        .estimated
+                        .then(|| (hold.usable_ms - self.now_ms as f64).max(0.0)),
                 });
         Ok(reason)
     }

@@ -69,8 +69,16 @@ impl Scheduler {
                 workers: &self.workers,
                 now_ms,
             };
+            let share = shape.share;
             let admit = |id: WorkerId, qualifying: &[u32], gpus: Gpus| {
-                forecast.admit(id, &holds, (kind, pending.affinity), qualifying, gpus)
+                forecast.admit(
+                    id,
+                    &holds,
+                    (kind, pending.affinity),
+                    share,
+                    qualifying,
+                    gpus,
+                )
             };
             match index.best_for(shape, &self.workers, &weights, need, &admit) {
                 Pick::Worker(choice) => {
@@ -107,8 +115,8 @@ impl Scheduler {
                 }
                 Pick::NoneForShape => {
                     if shape.gpus > 1 {
-                        let index = self.placement.built(sid).expect("just built");
-                        holds.extend(forecast.plan(sid, index, &holds));
+                        let index = self.placement.built_mut(sid).expect("just built");
+                        holds.extend(forecast.plan_kept(sid, index, &holds));
                     }
                     PendingQueue::shape_dead(&mut round, sid);
                 }

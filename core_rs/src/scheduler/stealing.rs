@@ -65,10 +65,9 @@ impl Scheduler {
                     t != victim
                         && index.member(t).is_some_and(|m| {
                             shape.gpus == 0
-                                || self
-                                    .workers
-                                    .get(t)
-                                    .is_ok_and(|w| choose_gpus(w, &m.gpus, shape.gpus).is_some())
+                                || self.workers.get(t).is_ok_and(|w| {
+                                    choose_gpus(w, &m.gpus, shape.gpus, shape.share, None).is_some()
+                                })
                         })
                 };
                 let warm_on =

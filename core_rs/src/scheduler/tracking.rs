@@ -37,7 +37,8 @@ impl Scheduler {
             affinity,
             hard_affinity,
         } = facts;
-        self.workers.occupy(worker, task, &gpus, started)?;
+        let share = self.shapes.get(shape)?.share;
+        self.workers.occupy(worker, task, &gpus, share, started)?;
         self.tick += 1;
         let w = self.workers.get_mut(worker)?;
         w.last_tick = self.tick;
@@ -60,6 +61,7 @@ impl Scheduler {
             Placed {
                 worker,
                 gpus,
+                share,
                 shape,
                 kind,
                 generation,
@@ -90,7 +92,7 @@ impl Scheduler {
         now_ms: u64,
     ) -> CoreResult<()> {
         self.observe_clock(now_ms);
-        self.shapes.get(shape)?;
+        let share = self.shapes.get(shape)?.share;
         let w = self.workers.get(worker)?;
         if self.placed.contains_key(&task) {
             return Err(invalid(format!("task {task} is already placed")));
@@ -102,6 +104,12 @@ impl Scheduler {
         }
         let mut gpus = Gpus::from_slice(gpu_indices);
         gpus.sort_unstable();
+        if !share.is_whole() && gpus.len() != 1 {
+            return Err(invalid(format!(
+                "task {task} has a share of one GPU, but {} GPUs were named",
+                gpus.len()
+            )));
+        }
         for (i, &g) in gpus.iter().enumerate() {
             match w.gpus.get(g as usize) {
                 None => {
@@ -111,9 +119,12 @@ impl Scheduler {
                     )))
                 }
                 Some(gpu)
-                    if gpu.running
-                        || gpu.holders > w.prefetch_depth
-                        || (i > 0 && gpus[i - 1] == g) =>
+                    if (i > 0 && gpus[i - 1] == g)
+                        || if share.is_whole() {
+                            gpu.running || gpu.holders > w.prefetch_depth || gpu.milli > 0
+                        } else {
+                            !share.fits(gpu)
+                        } =>
                 {
                     return Err(invalid(format!(
                         "GPU {g} of worker {worker} is already taken"
@@ -127,7 +138,7 @@ impl Scheduler {
             .get(task)
             .map_or((0, false), |p| (p.affinity, p.hard_affinity));
         self.queue.remove(task);
-        let kind = self.workers.learning.kind_id(&self.shapes.get(shape)?.kind);
+        let kind = (self.workers.learning).kind_id(&self.shapes.get(shape)?.learned_as);
         let facts = Facts {
             shape,
             kind,
@@ -157,7 +168,13 @@ impl Scheduler {
                 w.started
             )));
         }
-        if let Some(&g) = placed.gpus.iter().find(|&&g| w.gpus[g as usize].running) {
+        // Shares run side by side on their GPU; a GPU with shares is never given whole.
+        let whole = placed.share.is_whole();
+        if let Some(&g) = placed
+            .gpus
+            .iter()
+            .find(|&&g| whole && w.gpus[g as usize].running)
+        {
             return Err(invalid(format!(
                 "GPU {g} of worker {worker} still runs another task; start task {task} when it \
                  frees"
@@ -170,9 +187,10 @@ impl Scheduler {
                 w.queued_gangs -= 1;
             }
             for g in gpus {
-                w.gpus[g as usize].running = true;
+                w.gpus[g as usize].running = whole;
             }
         })?;
+        self.placement.changed(worker, &self.workers);
         let placed = self.placed.get_mut(&task).expect("checked above");
         placed.started = true;
         placed.started_ms = now_ms.unwrap_or(self.now_ms);
@@ -206,9 +224,14 @@ impl Scheduler {
         let kind = self
             .workers
             .learning
-            .kind_id(&self.shapes.get(placed.shape)?.kind);
+            .kind_id(&self.shapes.get(placed.shape)?.learned_as);
+        let first = self.workers.learning.fleet_ms(kind).is_none();
         self.workers
             .learn(placed.worker, kind, placed.start, succeeded, runtime_ms)?;
+        if first && self.workers.learning.fleet_ms(kind).is_some() {
+            // The kind's first run: kept reservations were timed without it.
+            self.placement.forget_plans();
+        }
         self.placement.refresh(placed.worker, &mut self.workers);
         Ok(placed.worker)
     }
@@ -227,8 +250,13 @@ impl Scheduler {
             .remove(&task)
             .ok_or_else(|| unknown(format!("task {task} is not placed")))?;
         self.queue.discharge(task);
-        self.workers
-            .vacate(placed.worker, task, &placed.gpus, placed.started)?;
+        self.workers.vacate(
+            placed.worker,
+            task,
+            &placed.gpus,
+            placed.share,
+            placed.started,
+        )?;
         if !placed.started && placed.gpus.len() > 1 {
             self.workers.get_mut(placed.worker)?.queued_gangs -= 1;
         }
