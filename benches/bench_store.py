@@ -25,7 +25,7 @@ from pathlib import Path
 from common import machine, pyplot, save_figure, write_json
 from controlplane.control import SWEEP_BATCH
 from controlplane.record import TaskRecord, new_task_id
-from controlplane.store import Store
+from controlplane.store import SqliteStore as Store
 from gpucp import task_spec
 from gpucp.v1 import common_pb2
 

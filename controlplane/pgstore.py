@@ -1,0 +1,190 @@
+"""The task store on PostgreSQL (psycopg 3): what the SQLite store keeps, in a server's database.
+
+The tables, statements and group commit are the SQLite store's (`controlplane.store`; its `?`
+markers become psycopg's `%s`): the writes of one loop turn are one transaction, committed by the
+writer thread, and a write's future resolves once PostgreSQL has committed it, durably with the
+server's default synchronous_commit=on, so accepted still means committed. executemany runs in
+pipeline mode: a batch of a thousand rows costs a few round trips, not a thousand.
+
+One control plane per database, as with SQLite's lock file: the write connection holds a session
+advisory lock, which PostgreSQL drops when the connection ends (the process exits or is killed),
+so a restart never finds a stale one. A write connection that breaks (the server restarted) is
+opened again, and the lock taken again, at the next commit; the writes of the failed commit were
+refused as with any other database error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+
+from controlplane.store import Store, _Write, check_schema_version, log
+
+# The advisory lock of a gpucp database (any number below 2**32 shows in pg_locks as objid alone).
+LOCK_KEY = 0x67707563  # "gpuc"
+
+# Schema migrations, in order: the statements of step N bring version N-1 to N. Add a step at the
+# end to change the schema (and one to controlplane.store.MIGRATIONS); never edit one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE tasks (
+    handle BIGINT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    spec BYTEA NOT NULL,
+    state INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    gpu_indices TEXT NOT NULL,
+    result BYTEA NOT NULL,
+    error TEXT NOT NULL,
+    errors TEXT NOT NULL,
+    lost_count INTEGER NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    started_at_ms BIGINT NOT NULL,
+    finished_at_ms BIGINT NOT NULL,
+    kind TEXT NOT NULL DEFAULT ''
+)""",
+        "CREATE UNIQUE INDEX tasks_idempotency ON tasks (tenant, idempotency_key) WHERE idempotency_key <> ''",
+        "CREATE INDEX tasks_state ON tasks (state, handle)",
+        "CREATE INDEX tasks_tenant ON tasks (tenant, handle)",
+        """CREATE TABLE task_events (
+    handle BIGINT NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms BIGINT NOT NULL,
+    state INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT NOT NULL,
+    progress DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (handle, seq)
+)""",
+        # A trigger, as in SQLite, not a foreign key: an event insert then checks nothing.
+        """CREATE FUNCTION task_events_follow_their_task() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM task_events WHERE handle = OLD.handle;
+    RETURN NULL;
+END $$""",
+        """CREATE TRIGGER task_events_follow_their_task AFTER DELETE ON tasks
+    FOR EACH ROW EXECUTE FUNCTION task_events_follow_their_task()""",
+    ),
+)
+
+
+class PostgresStore(Store):
+    """PostgreSQL task store at `url` (postgresql://user:password@host:port/dbname?options)."""
+
+    errors = (psycopg.Error,)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._where = describe(url)
+        self._write = self._claim()
+        try:
+            _migrate(self._write, self._where)
+            self._read = self._connect()
+        except BaseException:
+            self._write.close()
+            raise
+        self._read_lock = threading.Lock()
+        # The statements in psycopg's markers, made once each.
+        self._statements: dict[str, str] = {}
+        super().__init__(inline=False)
+
+    @property
+    def where(self) -> str:
+        return self._where
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        try:
+            return psycopg.connect(
+                self.url, autocommit=True, application_name=f"gpucp serve pid {os.getpid()} on {socket.gethostname()}"
+            )
+        except psycopg.OperationalError as exc:
+            raise OSError(f"cannot connect to {self._where}: {exc}".strip()) from None
+
+    def _claim(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection holding the database's advisory lock: two control planes on one database
+        would both place the same tasks (each keeps its queue in memory), so the second is refused."""
+        conn = self._connect()
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        if row is not None and row[0]:
+            return conn
+        holder = conn.execute(
+            "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.objid = %s AND l.database ="
+            " (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (LOCK_KEY,),
+        ).fetchone()
+        conn.close()
+        who = f"{holder[0] or 'a client'} from {holder[1] or 'a local socket'}" if holder else "another client"
+        raise OSError(
+            f"{self._where} is in use by another control plane ({who}): stop it, or give this one its own database"
+        )
+
+    def _sql(self, sql: str) -> str:
+        found = self._statements.get(sql)
+        if found is None:
+            found = self._statements[sql] = sql.replace("?", "%s")  # our statements hold no other '?' or '%'
+        return found
+
+    def _transact(self, batch: list[_Write]) -> None:
+        if self._write.closed:
+            try:
+                self._write = self._claim()
+            except OSError as exc:
+                raise psycopg.OperationalError(str(exc)) from None
+            log.warning("reconnected to %s", self._where)
+        with self._write.transaction(), self._write.cursor() as cur:
+            for sql, rows, _ in batch:
+                if rows:
+                    cur.executemany(self._sql(sql), rows)
+
+    def _query(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            if self._read.closed:
+                self._read = self._connect()
+            return self._read.execute(self._sql(sql), args).fetchall()
+
+    def _close_connections(self) -> None:
+        self._write.close()  # ends the session: the advisory lock goes with it
+        self._read.close()
+
+
+def describe(url: str) -> str:
+    """The database of `url` without its password, for logs and errors."""
+    try:
+        parts = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"--db {url.split('@')[-1]!r} is not a PostgreSQL URL psycopg can read: {exc}") from None
+    host = parts.get("host") or "the local socket"
+    port = f":{parts['port']}" if parts.get("port") else ""
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    return f"postgresql://{user}{host}{port}/{parts.get('dbname') or ''}"
+
+
+def _migrate(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> None:
+    """Bring the schema to the newest version, all steps in one transaction (PostgreSQL's DDL is
+    transactional: a crash leaves the old version)."""
+    with conn.transaction():
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        found = int(row[0]) if row else 0
+        check_schema_version(found, len(MIGRATIONS), where)
+        for version, statements in enumerate(MIGRATIONS[found:], found + 1):
+            log.info("migrating %s to schema version %d", where, version)
+            for statement in statements:
+                conn.execute(statement)
+        if row is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (len(MIGRATIONS),))
+        else:
+            conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
