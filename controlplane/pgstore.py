@@ -149,6 +149,11 @@ class PostgresStore(Store):
                 if rows:
                     cur.executemany(self._sql(sql), rows)
 
+    def _reason(self, exc: Exception) -> str:
+        # The primary message alone: the rest (CONTEXT, the statement) is for the server's log.
+        diag = exc.diag.message_primary if isinstance(exc, psycopg.Error) else None
+        return diag or str(exc)
+
     def _query(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         with self._read_lock:
             if self._read.closed:

@@ -167,6 +167,10 @@ class Store(ABC):
         """Rows of one read, from a connection of its own (called off the event loop). Any: a
         value's type is its column's in SCHEMA, which the type checker cannot read."""
 
+    def _reason(self, exc: Exception) -> str:
+        """What the database said, in a sentence."""
+        return str(exc)
+
     @abstractmethod
     def _close_connections(self) -> None:
         """Close the connections once nothing is left to commit."""
@@ -255,14 +259,14 @@ class Store(ABC):
             if closing and not batch:
                 return
 
-    def _commit(self, batch: list[_Write]) -> list[tuple[asyncio.Future[None], BaseException | None]]:
-        """Commit `batch` in one transaction; returns each future with its error (None: stored)."""
-        error: BaseException | None = None
+    def _commit(self, batch: list[_Write]) -> list[tuple[asyncio.Future[None], str | None]]:
+        """Commit `batch` in one transaction; returns each future with why it failed (None: stored)."""
+        error: str | None = None
         try:
             self._transact(batch)
             self.commits += 1
         except self.errors as exc:
-            error = exc
+            error = self._reason(exc)
         if error is not None and len(batch) > 1:
             # One bad write must not fail the others that shared its commit: retry one by one.
             return [item for write in batch for item in self._commit([write])]
@@ -421,9 +425,18 @@ class SqliteStore(Store):
         self._lock_file = _claim(path)
         # SQLite gives the -wal and -shm files the database file's mode: payloads and results are
         # for the control plane's user only.
-        os.close(_private(path))
-        self._write = self._connect(synchronous)
-        _migrate(self._write, path)
+        try:
+            os.close(_private(path))
+            self._write = self._connect(synchronous)
+        except BaseException:
+            self._lock_file.close()
+            raise
+        try:
+            _migrate(self._write, path)
+        except BaseException:
+            self._write.close()
+            self._lock_file.close()
+            raise
         # Checkpoints are the background thread's: run inside a commit they would stall it.
         self._write.execute("PRAGMA wal_autocheckpoint=0")
         self._read = self._connect(synchronous)
@@ -583,7 +596,7 @@ def _log_lost_events(fut: asyncio.Future[None]) -> None:
         log.error("task events could not be stored (their tasks are): %s", fut.exception())
 
 
-def _settle(items: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+def _settle(items: list[tuple[asyncio.Future[None], str | None]]) -> None:
     for fut, error in items:
         if fut.done():
             continue
