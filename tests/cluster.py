@@ -6,17 +6,20 @@ load in agents, and so that the control plane notices a lost agent within 2 s un
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gpucp import testing
 from gpucp.testing import eventually, wait_for_workers
 
 __all__ = [
     "FAULT_REPORT", "ROOT", "SECURITY_REPORT", "AgentProcess", "ControlPlaneProcess", "_env", "eventually",
-    "on_postgres", "run_sql", "wait_for_workers",
+    "on_postgres", "run_sql", "sqlite_only", "wait_for_workers",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +30,12 @@ FAULT_REPORT: list[dict[str, object]] = []
 # Rows of the security report (tests/security): probe, expected, observed.
 SECURITY_REPORT: list[dict[str, str]] = []
 
+
+STORES = ("sqlite", "postgresql")
+# The store of every test not marked both_stores: GPUCP_TEST_DB=postgresql runs the whole suite on PostgreSQL.
+TEST_DB = os.environ.get("GPUCP_TEST_DB", "sqlite")
+# A test of what only an SQLite file has (its lock file, its file modes).
+sqlite_only = pytest.mark.skipif(TEST_DB != "sqlite", reason="about the SQLite file; GPUCP_TEST_DB is not sqlite")
 
 # The database of a control plane started in a working directory: None keeps SQLite in that
 # directory; conftest.py's `store_kind` fixture sets it, for a test on PostgreSQL, to a function

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -13,11 +12,8 @@ from cluster import ControlPlaneProcess
 from gpucp import Client
 from gpucp.testing import AgentProcess, LocalCluster, PostgresServer
 
-STORES = ("sqlite", "postgresql")
-# The store of every test not marked both_stores: GPUCP_TEST_DB=postgresql runs the whole suite on PostgreSQL.
-DEFAULT_STORE = os.environ.get("GPUCP_TEST_DB", "sqlite")
-if DEFAULT_STORE not in STORES:
-    raise pytest.UsageError(f"GPUCP_TEST_DB={DEFAULT_STORE!r}: give one of {', '.join(STORES)}")
+if cluster.TEST_DB not in cluster.STORES:
+    raise pytest.UsageError(f"GPUCP_TEST_DB={cluster.TEST_DB!r}: give one of {', '.join(cluster.STORES)}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -25,8 +21,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.definition.get_closest_marker("both_stores") and DEFAULT_STORE == "sqlite":
-        metafunc.parametrize("store_kind", STORES, indirect=True)
+    if metafunc.definition.get_closest_marker("both_stores") and cluster.TEST_DB == "sqlite":
+        metafunc.parametrize("store_kind", cluster.STORES, indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +37,7 @@ def postgres() -> Iterator[PostgresServer]:
 def store_kind(request: pytest.FixtureRequest) -> Iterator[str]:
     """The store of the control planes this test starts (tests/cluster.py): SQLite in their working
     directories, or a PostgreSQL database each, dropped after the test."""
-    kind: str = getattr(request, "param", DEFAULT_STORE)
+    kind: str = getattr(request, "param", cluster.TEST_DB)
     if kind == "sqlite":
         yield kind
         return
