@@ -8,14 +8,20 @@ pipeline mode: a batch of a thousand rows costs a few round trips, not a thousan
 
 One control plane per database, as with SQLite's lock file: the write connection holds a session
 advisory lock, which PostgreSQL drops when the connection ends (the process exits or is killed),
-so a restart never finds a stale one. A write connection that breaks (the server restarted) is
-opened again, and the lock taken again, at the next commit; the writes of the failed commit were
-refused as with any other database error.
+so a restart never finds a stale one. Each control plane that takes the lock bumps the epoch in
+the leader table, and every commit checks, in its own transaction, that the epoch is still its
+own (`gpucp_fence`): a control plane another one has replaced writes nothing.
+
+A write connection that breaks (the server restarted, the session was ended) is opened again, and
+the lock taken again, at the next commit. If another control plane held the database meanwhile,
+the epoch is no longer ours: this control plane's memory is stale, so it writes nothing more and
+stops itself (SIGTERM, the orderly shutdown) for its supervisor to start it afresh.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 from collections.abc import Sequence
@@ -77,7 +83,31 @@ END $$""",
         """CREATE TRIGGER task_events_follow_their_task AFTER DELETE ON tasks
     FOR EACH ROW EXECUTE FUNCTION task_events_follow_their_task()""",
     ),
+    (
+        # One row: the epoch of the control plane that holds the database. FOR SHARE in the fence
+        # makes a takeover (which updates the row) wait for a commit in flight, and every later
+        # commit of the old holder see the new epoch.
+        "CREATE TABLE leader (id INTEGER PRIMARY KEY CHECK (id = 1), epoch BIGINT NOT NULL, holder TEXT NOT NULL)",
+        "INSERT INTO leader VALUES (1, 0, '')",
+        """CREATE FUNCTION gpucp_fence(mine BIGINT) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    current BIGINT;
+    who TEXT;
+BEGIN
+    SELECT epoch, holder INTO current, who FROM leader WHERE id = 1 FOR SHARE;
+    IF current <> mine THEN
+        RAISE EXCEPTION 'this control plane was replaced (epoch % is %''s, not its %)', current, who, mine
+            USING ERRCODE = 'GP001';
+    END IF;
+END $$""",
+    ),
 )
+# The SQLSTATE gpucp_fence raises.
+DEPOSED = "GP001"
+
+
+class Taken(OSError):
+    """Another control plane holds the database."""
 
 
 class PostgresStore(Store):
@@ -88,14 +118,22 @@ class PostgresStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._where = describe(url)
+        self._holder = f"gpucp serve pid {os.getpid()} on {socket.gethostname()}"
         self._write = self._claim()
         try:
             _migrate(self._write, self._where)
+            row = self._write.execute(
+                "UPDATE leader SET epoch = epoch + 1, holder = %s RETURNING epoch", (self._holder,)
+            ).fetchone()
+            assert row is not None  # the migration made the row
+            self.epoch: int = row[0]
             self._read = self._connect()
         except BaseException:
             self._write.close()
             raise
         self._read_lock = threading.Lock()
+        # Why this control plane may write nothing more ("" while it holds the database).
+        self._deposed = ""
         # The statements in psycopg's markers, made once each.
         self._statements: dict[str, str] = {}
         super().__init__(inline=False)
@@ -107,8 +145,7 @@ class PostgresStore(Store):
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
             return psycopg.connect(
-                self.url, autocommit=True, application_name=f"gpucp serve pid {os.getpid()} on {socket.gethostname()}"
-            )
+                self.url, autocommit=True, application_name=self._holder)
         except psycopg.OperationalError as exc:
             raise OSError(f"cannot connect to {self._where}: {exc}".strip()) from None
 
@@ -127,7 +164,7 @@ class PostgresStore(Store):
         ).fetchone()
         conn.close()
         who = f"{holder[0] or 'a client'} from {holder[1] or 'a local socket'}" if holder else "another client"
-        raise OSError(
+        raise Taken(
             f"{self._where} is in use by another control plane ({who}): stop it, or give this one its own database"
         )
 
@@ -138,16 +175,47 @@ class PostgresStore(Store):
         return found
 
     def _transact(self, batch: list[_Write]) -> None:
-        if self._write.closed:
+        for attempt in (1, 2):
+            self._connected()
+            sent = False
             try:
-                self._write = self._claim()
-            except OSError as exc:
-                raise psycopg.OperationalError(str(exc)) from None
-            log.warning("reconnected to %s", self._where)
-        with self._write.transaction(), self._write.cursor() as cur:
-            for sql, rows, _ in batch:
-                if rows:
-                    cur.executemany(self._sql(sql), rows)
+                with self._write.transaction(), self._write.cursor() as cur:
+                    cur.execute("SELECT gpucp_fence(%s)", (self.epoch,))
+                    for sql, rows, _ in batch:
+                        if rows:
+                            cur.executemany(self._sql(sql), rows)
+                    sent = True
+                return
+            except psycopg.Error as exc:
+                if exc.sqlstate == DEPOSED:
+                    self._depose(self._reason(exc))
+                # A session lost before COMMIT was sent committed nothing: the batch is made again
+                # on a new one. Lost during COMMIT, it may or may not have: refused, as any error.
+                if sent or attempt == 2 or not self._write.closed:
+                    raise
+                log.warning("lost the session to %s before a commit (%s): reconnecting", self._where, exc)
+
+    def _connected(self) -> None:
+        """The write connection, made again (with the lock) if it broke; raises if it cannot be."""
+        if self._deposed:
+            raise psycopg.OperationalError(self._deposed)
+        if not self._write.closed:
+            return
+        try:
+            self._write = self._claim()
+        except Taken as exc:
+            self._depose(str(exc))
+            raise psycopg.OperationalError(str(exc)) from None
+        except OSError as exc:  # the database cannot be reached now: the next commit tries again
+            raise psycopg.OperationalError(str(exc)) from None
+        log.warning("reconnected to %s", self._where)
+
+    def _depose(self, why: str) -> None:
+        """Another control plane holds the database: write nothing more, and stop this process (its
+        tasks, queue and workers in memory are stale; a fresh start reads them back)."""
+        self._deposed = why
+        log.critical("%s: %s; stopping", self._where, why)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _reason(self, exc: Exception) -> str:
         # The primary message alone: the rest (CONTEXT, the statement) is for the server's log.
@@ -158,6 +226,13 @@ class PostgresStore(Store):
         with self._read_lock:
             if self._read.closed:
                 self._read = self._connect()
+            try:
+                return self._read.execute(self._sql(sql), args).fetchall()
+            except psycopg.OperationalError:
+                if not self._read.closed:
+                    raise
+            # The session was ended (the server restarted): a read is safe to make again on a new one.
+            self._read = self._connect()
             return self._read.execute(self._sql(sql), args).fetchall()
 
     def _close_connections(self) -> None:

@@ -98,8 +98,9 @@ PAGE_CONTENT_BYTES = MAX_TASK_CONTENT_BYTES
 _UNFINISHED = ",".join(str(s) for s in common_pb2.TaskState.values() if s not in TERMINAL_STATES)
 
 
-class StoreError(Exception):
-    """The database refused a write; nothing in the failed batch was stored."""
+class StoreError(OSError):
+    """The database refused a write; nothing in the failed batch was stored. An OSError: one that
+    ends `gpucp serve` (its last flush, on a database that is gone) is told as a sentence."""
 
 
 _INSERT = (
