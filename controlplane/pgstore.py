@@ -20,6 +20,7 @@ stops itself (SIGTERM, the orderly shutdown) for its supervisor to start it afre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -144,8 +145,7 @@ class PostgresStore(Store):
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
-            return psycopg.connect(
-                self.url, autocommit=True, application_name=self._holder)
+            return psycopg.connect(self.url, autocommit=True, application_name=self._holder)
         except psycopg.OperationalError as exc:
             raise OSError(f"cannot connect to {self._where}: {exc}".strip()) from None
 
@@ -236,7 +236,12 @@ class PostgresStore(Store):
             return self._read.execute(self._sql(sql), args).fetchall()
 
     def _close_connections(self) -> None:
-        self._write.close()  # ends the session: the advisory lock goes with it
+        if not self._write.closed:
+            # The session's end would release the lock too, but only once its server process has
+            # seen the socket close: a control plane started right after this one could miss it.
+            with contextlib.suppress(psycopg.Error):
+                self._write.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        self._write.close()
         self._read.close()
 
 
