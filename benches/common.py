@@ -42,9 +42,12 @@ def control_plane_loop() -> str:
     return "asyncio" if loop_factory() is None else "uvloop"
 
 
-def start_control_plane(workdir: Path, *extra: str, log_level: str = "WARNING") -> tuple[str, subprocess.Popen[bytes]]:
-    """Start `gpucp serve` on a free loopback port with an SQLite db in workdir; return (address, process)."""
-    cp = testing.ControlPlaneProcess(workdir, *extra, db=workdir / "bench.db", log_level=log_level,
+def start_control_plane(
+    workdir: Path, *extra: str, log_level: str = "WARNING", db: str | None = None
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start `gpucp serve` on a free loopback port with `db` (default: an SQLite file in workdir); return
+    (address, process)."""
+    cp = testing.ControlPlaneProcess(workdir, *extra, db=db or workdir / "bench.db", log_level=log_level,
                                      pythonpath=PYTHONPATH).start()
     return cp.address, cp.process
 

@@ -55,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--http", default="127.0.0.1:50052", metavar="HOST:PORT",
                    help="serve /metrics, /healthz, /readyz and the JSON API /api/v1 here "
                         "(default %(default)s; '' turns it off)")
-    p.add_argument("--db", default="gpucp.db", help="SQLite file (default %(default)s)")
+    p.add_argument("--db", default="gpucp.db",
+                   help="SQLite file, or a postgresql://user:password@host:port/dbname URL (default %(default)s)")
     p.add_argument("--heartbeat-timeout", type=float, default=CORE.heartbeat_timeout_ms / 1000, metavar="SECONDS",
                    help="a worker silent this long is lost (default %(default)s)")
     p.add_argument("--max-queue", type=int, default=100_000, metavar="N",
@@ -111,7 +112,8 @@ def parser() -> argparse.ArgumentParser:
                    help="delete finished tasks and their results this long after they end "
                         "(default %(default)s: a week; 0: keep them forever)")
     p.add_argument("--sync", choices=("normal", "full"), default="normal",
-                   help="full: also survive power loss, one fsync per group commit")
+                   help="SQLite's: full also survives power loss, one fsync per group commit "
+                        "(PostgreSQL commits as its server's synchronous_commit says, durably by default)")
     p.add_argument("--autoscale", metavar="CONFIG", default="",
                    help="scale RunPod pools from the queue as this TOML/JSON file says "
                         "(needs RUNPOD_API_KEY in the environment)")

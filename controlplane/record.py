@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from gpucp.states import TERMINAL_STATES
 from gpucp.v1 import common_pb2
@@ -148,6 +148,11 @@ def _json_strings(items: list[str]) -> str:
     return json.dumps(items) if items else "[]"  # most tasks have no errors: skip the encoder
 
 
+def _json_list(text: str) -> list[Any]:
+    # A pending task has no GPUs and no errors: a restart reading a million of them skips the decoder.
+    return [] if text == "[]" else json.loads(text)
+
+
 def record_from_row(row: Sequence[object]) -> TaskRecord:
     spec = common_pb2.TaskSpec()
     blob: bytes = row[4]  # type: ignore[assignment]
@@ -161,10 +166,10 @@ def record_from_row(row: Sequence[object]) -> TaskRecord:
         state=row[5],  # type: ignore[arg-type]
         attempt=row[6],  # type: ignore[arg-type]
         worker_id=row[7],  # type: ignore[arg-type]
-        gpu_indices=json.loads(row[8]),  # type: ignore[arg-type]
+        gpu_indices=_json_list(row[8]),  # type: ignore[arg-type]
         result=row[9],  # type: ignore[arg-type]
         error=row[10],  # type: ignore[arg-type]
-        errors=json.loads(row[11]),  # type: ignore[arg-type]
+        errors=_json_list(row[11]),  # type: ignore[arg-type]
         lost_count=row[12],  # type: ignore[arg-type]
         created_at_ms=row[13],  # type: ignore[arg-type]
         started_at_ms=row[14],  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
 from controlplane.metrics import Metrics
 from controlplane.services import AdminService, SchedulerService, WorkersService
-from controlplane.store import Store
+from controlplane.store import Store, is_postgres_url, open_store
 from controlplane.tracing import server_interceptors
 from controlplane.web import HttpApi
 from gpucp import __version__, tracing
@@ -146,7 +146,7 @@ async def start(config: ServerConfig) -> Running:
         await server.stop(None)
         raise
     try:
-        store = Store(config.db, synchronous=config.db_synchronous)
+        store = open_store(config.db, synchronous=config.db_synchronous)
     except BaseException:
         await server.stop(None)  # unbind: a failed start leaves nothing behind
         if http_sock is not None:
@@ -177,7 +177,7 @@ async def start(config: ServerConfig) -> Running:
         __version__, config.listen, port,
         "mTLS" if config.tls_client_ca else "TLS" if tls is not None else "plaintext",
         f"on port {http_port} of {config.http}" if http_port else "off",
-        config.db, config.db_synchronous.lower(),
+        store.where, "postgresql's" if is_postgres_url(config.db) else config.db_synchronous.lower(),
         f"{len(authority.by_digest) + len(authority.by_cn)} principals from {config.auth}"
         if authority.enabled
         else "no --auth",
@@ -339,7 +339,8 @@ async def serve(config: ServerConfig, *, ready_file: str | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     http = f", http on port {running.http_port}" if running.http_port else ""
-    print(f"gpucp control plane listening on {config.listen} (port {running.port}){http}, db {config.db}", flush=True)
+    where = running.store.where
+    print(f"gpucp control plane listening on {config.listen} (port {running.port}){http}, db {where}", flush=True)
     await stop.wait()
     log.info("shutting down")
     await running.stop()

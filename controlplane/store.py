@@ -1,13 +1,19 @@
-"""Durable task storage on SQLite (WAL) with group commit.
+"""Durable task storage with group commit: one interface (`Store`), two databases.
 
-Writes are made on the event loop; those of one loop turn are committed together, so a burst of
-submissions costs one commit, not one per task. With synchronous=NORMAL a commit only appends to
-the write-ahead log (no fsync): it takes tens of microseconds and runs right on the loop, which
-spares two thread hops per commit on every task's path. With synchronous=FULL each commit waits
-for an fsync, so a writer thread makes them while the loop goes on. Checkpoints (which do fsync)
-run on a background thread either way. Reads use their own connection (WAL lets them run beside
-the writer) and are made off the event loop. Finished tasks are deleted once they are older than
-the control plane keeps them (`expired`, `delete`).
+`open_store` picks by the --db value: a `postgresql://` URL opens `controlplane.pgstore`
+(PostgreSQL, psycopg 3), anything else is a SQLite file (`SqliteStore`, WAL), the embedded default.
+Both keep the same semantics: a write's future resolves once it is committed; the writes of one
+loop turn are committed together, so a burst of submissions costs one commit, not one per task.
+Both read and write the same tables through the same statements (written with `?` markers), and
+both keep their schema's version in a schema_version table, applying `MIGRATIONS` in order.
+
+SQLite: with synchronous=NORMAL a commit only appends to the write-ahead log (no fsync): it takes
+tens of microseconds and runs right on the loop, which spares two thread hops per commit on every
+task's path. With synchronous=FULL each commit waits for an fsync, so a writer thread makes them
+while the loop goes on (PostgreSQL's commits always go through that thread). Checkpoints (which
+do fsync) run on a background thread either way. Reads use their own connection (WAL lets them
+run beside the writer) and are made off the event loop. Finished tasks are deleted once they are
+older than the control plane keeps them (`expired`, `delete`).
 
 Each task's event history lives beside it in task_events, written in the same group commits as
 the task (`add_event`, `trim_event`) and deleted with it by a trigger, in the same statement.
@@ -21,8 +27,9 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
-from typing import IO, Any
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO, Any, ClassVar
 
 from controlplane.record import TaskRecord, record_from_row
 from gpucp.limits import MAX_TASK_CONTENT_BYTES
@@ -34,8 +41,10 @@ log = logging.getLogger("gpucp.store")
 # Seconds between checkpoints of the write-ahead log.
 CHECKPOINT_EVERY_S = 1.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
+# The tables as version 1 made them. Each statement runs on its own (one transaction holds them
+# all); IF NOT EXISTS because version 1 also adopts databases made before versions were kept.
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS tasks (
     handle INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     tenant TEXT NOT NULL,
@@ -53,12 +62,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     started_at_ms INTEGER NOT NULL,
     finished_at_ms INTEGER NOT NULL,
     kind TEXT NOT NULL DEFAULT ''
-);
-CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency
-    ON tasks (tenant, idempotency_key) WHERE idempotency_key != '';
-CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, handle);
-CREATE INDEX IF NOT EXISTS tasks_tenant ON tasks (tenant, handle);
-CREATE TABLE IF NOT EXISTS task_events (
+)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks (tenant, idempotency_key)"
+    " WHERE idempotency_key != ''",
+    "CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, handle)",
+    "CREATE INDEX IF NOT EXISTS tasks_tenant ON tasks (tenant, handle)",
+    """CREATE TABLE IF NOT EXISTS task_events (
     handle INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     at_ms INTEGER NOT NULL,
@@ -70,12 +79,12 @@ CREATE TABLE IF NOT EXISTS task_events (
     error TEXT NOT NULL,
     progress REAL NOT NULL,
     PRIMARY KEY (handle, seq)
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS task_events_follow_their_task AFTER DELETE ON tasks
+) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS task_events_follow_their_task AFTER DELETE ON tasks
 BEGIN
     DELETE FROM task_events WHERE handle = OLD.handle;
-END;
-"""
+END""",
+)
 
 COLUMNS = (
     "handle, id, tenant, idempotency_key, spec, state, attempt, worker_id, gpu_indices, result, "
@@ -89,8 +98,9 @@ PAGE_CONTENT_BYTES = MAX_TASK_CONTENT_BYTES
 _UNFINISHED = ",".join(str(s) for s in common_pb2.TaskState.values() if s not in TERMINAL_STATES)
 
 
-class StoreError(Exception):
-    """The database refused a write; nothing in the failed batch was stored."""
+class StoreError(OSError):
+    """The database refused a write; nothing in the failed batch was stored. An OSError: one that
+    ends `gpucp serve` (its last flush, on a database that is gone) is told as a sentence."""
 
 
 _INSERT = (
@@ -115,26 +125,17 @@ _EXPIRED_PAGE = 1000
 _Write = tuple[str, list[tuple[object, ...]], "asyncio.Future[None]"]
 
 
-class Store:
-    """SQLite task store. `path` is a file path; ":memory:" is refused (nothing would be durable)."""
+class Store(ABC):
+    """The task store: group commit, the statements and the reads that both databases share.
 
-    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
-        if path in ("", ":memory:"):
-            raise ValueError("the store needs a file path: an in-memory database keeps nothing")
-        if synchronous.upper() not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
-        self.path = path
-        self._lock_file = _claim(path)
-        # SQLite gives the -wal and -shm files the database file's mode: payloads and results are
-        # for the control plane's user only.
-        os.close(_private(path))
-        self._write = self._connect(synchronous)
-        self._write.executescript(SCHEMA)
-        _add_kind_column(self._write)
-        # Checkpoints are the background thread's: run inside a commit they would stall it.
-        self._write.execute("PRAGMA wal_autocheckpoint=0")
-        self._read = self._connect(synchronous)
-        self._read_lock = threading.Lock()
+    A subclass opens its connections, then calls `__init__` here (which starts the threads); it
+    makes transactions (`_transact`) and reads (`_query`), and says which of its driver's
+    exceptions mean the database refused something (`errors`).
+    """
+
+    errors: ClassVar[tuple[type[Exception], ...]]
+
+    def __init__(self, *, inline: bool, background: Sequence[Callable[[], None]] = ()) -> None:
         # Writes made during one turn of the event loop, committed together at its end.
         self._turn: list[_Write] = []
         # Events of this turn, written after its other writes in the same commit.
@@ -145,27 +146,42 @@ class Store:
         self._closed = False
         self._stopping = threading.Event()
         self.commits = 0
-        self._threads = [threading.Thread(target=self._checkpointer, name="gpucp-checkpoint", daemon=True)]
-        self._inline = synchronous.upper() == "NORMAL"
-        if not self._inline:
+        self._inline = inline
+        self._threads = [threading.Thread(target=run, name="gpucp-store-bg", daemon=True) for run in background]
+        if not inline:
             self._threads.append(threading.Thread(target=self._writer, name="gpucp-store", daemon=True))
         for thread in self._threads:
             thread.start()
 
-    def _connect(self, synchronous: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a crash of this process (the failure we are built for);
-        # FULL also survives power loss at the price of an fsync per group commit.
-        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        return conn
+    @property
+    @abstractmethod
+    def where(self) -> str:
+        """Where the data is, fit for a log line (no password)."""
+
+    @abstractmethod
+    def _transact(self, batch: list[_Write]) -> None:
+        """Run every statement of `batch` in one transaction and commit it; on an error of
+        `errors` nothing of it is stored."""
+
+    @abstractmethod
+    def _query(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        """Rows of one read, from a connection of its own (called off the event loop). Any: a
+        value's type is its column's in SCHEMA, which the type checker cannot read."""
+
+    def _reason(self, exc: Exception) -> str:
+        """What the database said, in a sentence."""
+        return str(exc)
+
+    @abstractmethod
+    def _close_connections(self) -> None:
+        """Close the connections once nothing is left to commit."""
 
     # -- writes -----------------------------------------------------------------------------
     #
     # Writes are called from the event loop. Those of one loop turn are collected and committed
-    # together at the end of the turn, in the order they were made, on the loop (NORMAL) or by
-    # the writer thread (FULL), which then resolves their futures with one call into the loop.
+    # together at the end of the turn, in the order they were made, on the loop (SQLite, NORMAL) or
+    # by the writer thread (FULL, PostgreSQL), which then resolves their futures with one call into
+    # the loop.
 
     def _add(self, write: _Write) -> None:
         if self._closed:
@@ -244,32 +260,14 @@ class Store:
             if closing and not batch:
                 return
 
-    def _checkpointer(self) -> None:
-        """Copy the log into the database now and then, so it stays small and reads stay fast."""
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+    def _commit(self, batch: list[_Write]) -> list[tuple[asyncio.Future[None], str | None]]:
+        """Commit `batch` in one transaction; returns each future with why it failed (None: stored)."""
+        error: str | None = None
         try:
-            while not self._stopping.wait(CHECKPOINT_EVERY_S):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:
-                    log.warning("checkpoint of %s failed (retried later): %s", self.path, exc)
-        finally:
-            conn.close()
-
-    def _commit(self, batch: list[_Write]) -> list[tuple[asyncio.Future[None], BaseException | None]]:
-        """Commit `batch` in one transaction; returns each future with its error (None: stored)."""
-        error: BaseException | None = None
-        try:
-            self._write.execute("BEGIN IMMEDIATE")
-            for sql, rows, _ in batch:
-                if rows:
-                    self._write.executemany(sql, rows)
-            self._write.execute("COMMIT")
+            self._transact(batch)
             self.commits += 1
-        except sqlite3.Error as exc:
-            if self._write.in_transaction:
-                self._write.execute("ROLLBACK")
-            error = exc
+        except self.errors as exc:
+            error = self._reason(exc)
         if error is not None and len(batch) > 1:
             # One bad write must not fail the others that shared its commit: retry one by one.
             return [item for write in batch for item in self._commit([write])]
@@ -282,7 +280,7 @@ class Store:
         await fut
 
     def close(self) -> None:
-        """Commit what is queued, then stop the threads and close both connections."""
+        """Commit what is queued, then stop the threads and close the connections."""
         if self._turn or self._events:
             self._end_turn()
         with self._cond:
@@ -291,17 +289,9 @@ class Store:
         self._stopping.set()
         for thread in self._threads:
             thread.join()
-        self._write.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._write.close()
-        self._read.close()
-        self._lock_file.close()
+        self._close_connections()
 
     # -- reads --------------------------------------------------------------------------------
-
-    def _query(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
-        # Any: a value's type is its column's in SCHEMA, which the type checker cannot read.
-        with self._read_lock:
-            return self._read.execute(sql, args).fetchall()
 
     async def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         return await asyncio.to_thread(self._query, sql, args)
@@ -422,19 +412,154 @@ class Store:
         return int(rows[0][0])
 
 
+class SqliteStore(Store):
+    """SQLite task store. `path` is a file path; ":memory:" is refused (nothing would be durable)."""
+
+    errors = (sqlite3.Error,)
+
+    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+        if path in ("", ":memory:"):
+            raise ValueError("the store needs a file path: an in-memory database keeps nothing")
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        self.path = path
+        self._lock_file = _claim(path)
+        # SQLite gives the -wal and -shm files the database file's mode: payloads and results are
+        # for the control plane's user only.
+        try:
+            os.close(_private(path))
+            self._write = self._connect(synchronous)
+        except BaseException:
+            self._lock_file.close()
+            raise
+        try:
+            _migrate(self._write, path)
+        except BaseException:
+            self._write.close()
+            self._lock_file.close()
+            raise
+        # Checkpoints are the background thread's: run inside a commit they would stall it.
+        self._write.execute("PRAGMA wal_autocheckpoint=0")
+        self._read = self._connect(synchronous)
+        self._read_lock = threading.Lock()
+        super().__init__(inline=synchronous.upper() == "NORMAL", background=[self._checkpointer])
+
+    @property
+    def where(self) -> str:
+        return self.path
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a crash of this process (the failure we are built for);
+        # FULL also survives power loss at the price of an fsync per group commit.
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    def _checkpointer(self) -> None:
+        """Copy the log into the database now and then, so it stays small and reads stay fast."""
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            while not self._stopping.wait(CHECKPOINT_EVERY_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("checkpoint of %s failed (retried later): %s", self.path, exc)
+        finally:
+            conn.close()
+
+    def _transact(self, batch: list[_Write]) -> None:
+        try:
+            self._write.execute("BEGIN IMMEDIATE")
+            for sql, rows, _ in batch:
+                if rows:
+                    self._write.executemany(sql, rows)
+            self._write.execute("COMMIT")
+        except sqlite3.Error:
+            if self._write.in_transaction:
+                self._write.execute("ROLLBACK")
+            raise
+
+    def _query(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._read.execute(sql, args).fetchall()
+
+    def _close_connections(self) -> None:
+        self._write.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._write.close()
+        self._read.close()
+        self._lock_file.close()
+
+
+def open_store(db: str, *, synchronous: str = "NORMAL") -> Store:
+    """The store --db names: a PostgreSQL URL (postgresql://, postgres://) or a SQLite file path."""
+    if is_postgres_url(db):
+        try:  # psycopg is needed only by those who use it
+            from controlplane.pgstore import PostgresStore
+        except ImportError as exc:
+            raise ValueError(f"--db postgresql:// needs psycopg ({exc}): pip install 'gpucp[postgres]'") from None
+        return PostgresStore(db)
+    return SqliteStore(db, synchronous=synchronous)
+
+
+def is_postgres_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def check_schema_version(found: int, known: int, where: str) -> None:
+    """Refuse a database whose schema a newer gpucp made: this one would misread it."""
+    if found > known:
+        raise RuntimeError(
+            f"{where} has schema version {found}, newer than this gpucp knows ({known}): "
+            "run a gpucp at least as new as the one that last opened it"
+        )
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring the schema to the newest version, all steps in one transaction (a crash leaves the old one)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        found = int(row[0]) if row else 0
+        check_schema_version(found, len(MIGRATIONS), path)
+        for version, step in enumerate(MIGRATIONS[found:], found + 1):
+            log.info("migrating %s to schema version %d", path, version)
+            step(conn)
+        if row is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS),))
+        else:
+            conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _version_1(conn: sqlite3.Connection) -> None:
+    """The tables, indexes and trigger; databases made before versions were kept get what they lack."""
+    for statement in SCHEMA:
+        conn.execute(statement)
+    _add_kind_column(conn)
+
+
 def _add_kind_column(conn: sqlite3.Connection) -> None:
     """Databases made before tasks could be listed by kind get the column, filled from the specs."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
     if "kind" in columns:
         return
     log.info("adding the kind column to the tasks of %s (once)", conn)
-    conn.execute("BEGIN IMMEDIATE")
     conn.execute("ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT ''")
     spec = common_pb2.TaskSpec()
     for handle, blob in conn.execute("SELECT handle, spec FROM tasks").fetchall():
         spec.ParseFromString(blob)
         conn.execute("UPDATE tasks SET kind = ? WHERE handle = ?", (spec.kind, handle))
-    conn.execute("COMMIT")
+
+
+# Schema migrations of the SQLite store, in order: step N brings version N-1 to N. Add a step at
+# the end to change the schema (and one to controlplane.pgstore.MIGRATIONS); never edit one.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_version_1,)
 
 
 def _private(path: str) -> int:
@@ -472,7 +597,7 @@ def _log_lost_events(fut: asyncio.Future[None]) -> None:
         log.error("task events could not be stored (their tasks are): %s", fut.exception())
 
 
-def _settle(items: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+def _settle(items: list[tuple[asyncio.Future[None], str | None]]) -> None:
     for fut, error in items:
         if fut.done():
             continue

@@ -7,9 +7,55 @@ from pathlib import Path
 
 import pytest
 
+import cluster
 from cluster import ControlPlaneProcess
 from gpucp import Client
-from gpucp.testing import AgentProcess, LocalCluster
+from gpucp.testing import AgentProcess, LocalCluster, PostgresServer
+
+if cluster.TEST_DB not in cluster.STORES:
+    raise pytest.UsageError(f"GPUCP_TEST_DB={cluster.TEST_DB!r}: give one of {', '.join(cluster.STORES)}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_stores: run the test on SQLite and on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_stores") and cluster.TEST_DB == "sqlite":
+        metafunc.parametrize("store_kind", cluster.STORES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (started by the first test that needs it); each test
+    gets databases of its own. fsync off: tests kill control planes, never the machine."""
+    with PostgresServer(durable=False) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def store_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The store of the control planes this test starts (tests/cluster.py): SQLite in their working
+    directories, or a PostgreSQL database each, dropped after the test."""
+    kind: str = getattr(request, "param", cluster.TEST_DB)
+    if kind == "sqlite":
+        yield kind
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    databases: dict[Path, str] = {}
+
+    def database(workdir: Path) -> str:
+        if workdir not in databases:
+            databases[workdir] = server.database()
+        return databases[workdir]
+
+    cluster.POSTGRES_DATABASE = database
+    try:
+        yield kind
+    finally:
+        cluster.POSTGRES_DATABASE = None
+        for url in databases.values():
+            server.drop(url)
 
 
 @pytest.fixture

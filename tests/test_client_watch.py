@@ -8,6 +8,7 @@ from gpucp import Client, GpucpError
 from gpucp.v1 import common_pb2
 
 
+@pytest.mark.both_stores
 def test_a_watch_resumes_after_a_restart_and_reports_an_outcome_reached_in_the_gap(controlplane, start_agent):
     # The task is pending (no agent) when the control plane dies; it succeeds after the restart,
     # maybe before the watch is back: the watch must still report it, not end quietly.

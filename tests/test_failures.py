@@ -63,6 +63,7 @@ def test_sigkill_of_an_agent_moves_its_tasks_to_other_workers_and_each_finishes_
 
 # NORMAL commits on the event loop, FULL on a writer thread (each commit waits for an fsync).
 @pytest.mark.parametrize("controlplane", [(), ("--sync", "full")], ids=["sync-normal", "sync-full"], indirect=True)
+@pytest.mark.both_stores
 def test_sigkill_of_the_control_plane_loses_no_accepted_task(controlplane, start_agent):
     client = controlplane.client()
     start_agent("steady-1", "--gpus", "2xT4-16GB", "--slots", "2")
@@ -84,6 +85,7 @@ def test_sigkill_of_the_control_plane_loses_no_accepted_task(controlplane, start
         assert client.stats().tasks_by_state["TASK_STATE_SUCCEEDED"] == len(ids)
 
 
+@pytest.mark.both_stores
 def test_restart_reattaches_running_tasks_instead_of_rerunning_them(controlplane, start_agent):
     client = controlplane.client()
     start_agent("long-runner", "--slots", "2")
@@ -118,6 +120,7 @@ def test_frozen_agent_is_declared_lost_after_the_heartbeat_timeout(controlplane,
     assert (task.worker_id, task.attempt) == ("rescuer", 2)
 
 
+@pytest.mark.both_stores
 def test_idempotency_keys_survive_a_restart(controlplane):
     with controlplane.client() as client:
         first = client.submit("noop", idempotency_key="invoice-42", tenant="billing")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import queue
 import signal
-import sqlite3
 import sys
 import time
 import uuid
@@ -16,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from cluster import eventually
+from cluster import eventually, on_postgres, run_sql
 from gpucp import Client, GpucpError, task_spec
 from gpucp.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
 
@@ -46,6 +45,7 @@ class RawAgent:
         self._out.put(None)
 
 
+@pytest.mark.both_stores
 def test_same_idempotency_key_returns_the_first_task(controlplane):
     first = scheduler_pb2_grpc.SchedulerStub(grpc.insecure_channel(controlplane.address)).SubmitTask
     spec = task_spec("noop", "x", idempotency_key="order-17", tenant="shop")
@@ -66,6 +66,7 @@ def test_task_ids_sort_by_submission_time(client):
 
 
 @pytest.mark.parametrize("controlplane", [("--keep-finished", "1")], indirect=True)
+@pytest.mark.both_stores
 def test_finished_tasks_are_deleted_once_kept_long_enough_and_unfinished_ones_stay(controlplane, client, start_agent):
     start_agent("w", "--slots", "1")
     done = client.run("noop", "old", idempotency_key="nightly-1", wait_s=20)
@@ -169,13 +170,19 @@ def test_results_of_an_old_attempt_are_ignored(controlplane, client):
     agent.close()
 
 
+@pytest.mark.both_stores
 def test_a_task_the_database_refuses_is_not_accepted_and_never_reaches_an_agent(controlplane, client):
     """A refused write answers UNAVAILABLE and leaves no trace; tasks committed beside it are fine."""
     agent = RawAgent(controlplane.address, "raw", slots=64, kinds=["noop"])
     assert agent.recv().WhichOneof("msg") == "registered"
-    with sqlite3.connect(controlplane.db) as db:  # the disk refuses one tenant's rows
-        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tasks WHEN NEW.tenant = 'doomed'"
-                   " BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END")
+    # The disk refuses one tenant's rows.
+    if on_postgres(controlplane.db):
+        run_sql(controlplane.db, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF NEW.tenant = 'doomed' THEN RAISE EXCEPTION 'disk quota exceeded'; END IF; RETURN NEW; END $$")
+        run_sql(controlplane.db, "CREATE TRIGGER refuse BEFORE INSERT ON tasks FOR EACH ROW EXECUTE FUNCTION refuse()")
+    else:
+        run_sql(controlplane.db, "CREATE TRIGGER refuse BEFORE INSERT ON tasks WHEN NEW.tenant = 'doomed'"
+                " BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END")
 
     def submit(tenant: str) -> str | GpucpError:
         try:
@@ -199,8 +206,7 @@ def test_a_task_the_database_refuses_is_not_accepted_and_never_reaches_an_agent(
     assert stats.slots_free == 64 - 16
     assert list(client.list(tenant="doomed")) == []
 
-    with sqlite3.connect(controlplane.db) as db:  # space again: the same tenant is accepted
-        db.execute("DROP TRIGGER refuse")
+    run_sql(controlplane.db, "DROP TRIGGER refuse ON tasks" if on_postgres(controlplane.db) else "DROP TRIGGER refuse")
     again = client.submit("noop", tenant="doomed")
     assert agent.recv().assign.task.id == again
     agent.close()
@@ -236,6 +242,7 @@ def test_sigterm_on_an_agent_lets_its_task_finish(client, start_agent):
     assert agent.proc.wait(20) == 0
 
 
+@pytest.mark.both_stores
 def test_sigterm_on_the_control_plane_flips_health_and_keeps_tasks(controlplane, client):
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(controlplane.address))
     reply = health.Check(health_pb2.HealthCheckRequest(service="gpucp.v1.Scheduler"), timeout=10)

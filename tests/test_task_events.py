@@ -4,17 +4,17 @@ bounded per task, deleted with it; `gpucp events`, GetTaskEvents and WatchTasks 
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 
 import grpc
 import pytest
 
-from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
+from cluster import AgentProcess, ControlPlaneProcess, eventually, run_sql, wait_for_workers
 from gpucp import GpucpError, task_spec
 from gpucp.v1 import common_pb2
 
+pytestmark = pytest.mark.both_stores
 S = common_pb2
 FAIL_ON = ("--handler", "fail=claims_handlers:fail_on")
 
@@ -131,8 +131,7 @@ def test_events_go_with_their_task_and_an_unknown_task_is_not_found(tmp_path):
             eventually(deleted, 30, "the finished task to be deleted")
             with pytest.raises(GpucpError, match="no task has id 'nope'"):
                 client.events("nope")
-        db = sqlite3.connect(f"file:{cp.db}?mode=ro", uri=True)
-        assert db.execute("SELECT COUNT(*) FROM task_events").fetchone() == (0,), "events outlived their task"
+        assert run_sql(cp.db, "SELECT COUNT(*) FROM task_events") == [(0,)], "events outlived their task"
     finally:
         agent.stop()
         cp.kill()

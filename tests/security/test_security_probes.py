@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cluster import ROOT, AgentProcess, ControlPlaneProcess, _env, eventually, wait_for_workers
+from cluster import ROOT, AgentProcess, ControlPlaneProcess, _env, eventually, sqlite_only, wait_for_workers
 from gpucp.client import GpucpError
 from gpucp.v1 import common_pb2, scheduler_pb2, workers_pb2
 from security.secured import RawAgent, client_as, code_of, metadata, probe, scheduler, start_secured
@@ -339,6 +339,7 @@ def _varint(n: int) -> bytes:
 # ----- data at rest -------------------------------------------------------------------------------
 
 
+@sqlite_only
 def test_the_database_and_its_companions_are_private(secured: ControlPlaneProcess) -> None:
     with client_as(secured, "submitter-a") as a:
         a.submit("noop", "payload in the database")
