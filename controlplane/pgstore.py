@@ -266,7 +266,8 @@ def _migrate(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> None:
         found = int(row[0]) if row else 0
         check_schema_version(found, len(MIGRATIONS), where)
         for version, statements in enumerate(MIGRATIONS[found:], found + 1):
-            log.info("migrating %s to schema version %d", where, version)
+            if row is not None:  # a new database is made, not migrated: nothing to tell
+                log.info("migrating %s to schema version %d", where, version)
             for statement in statements:
                 conn.execute(statement)
         if row is None:

@@ -520,12 +520,15 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring the schema to the newest version, all steps in one transaction (a crash leaves the old one)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        # A file with tasks but no versions was made before versions were kept: it is migrated.
+        existing = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks'").fetchone() is not None
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = conn.execute("SELECT version FROM schema_version").fetchone()
         found = int(row[0]) if row else 0
         check_schema_version(found, len(MIGRATIONS), path)
         for version, step in enumerate(MIGRATIONS[found:], found + 1):
-            log.info("migrating %s to schema version %d", path, version)
+            if existing:  # a new database is made, not migrated: nothing to tell
+                log.info("migrating %s to schema version %d", path, version)
             step(conn)
         if row is None:
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS),))
