@@ -163,8 +163,12 @@ class ControlPlane:
 
     # -- submission -----------------------------------------------------------------------------
 
-    async def submit(self, specs: Sequence[common_pb2.TaskSpec]) -> list[tuple[str, bool]]:
-        """Store new tasks (all or none); returns (task_id, duplicate) per spec."""
+    async def submit(self, specs: Sequence[common_pb2.TaskSpec], *, new_keys: bool = False) -> list[tuple[str, bool]]:
+        """Store new tasks (all or none); returns (task_id, duplicate) per spec.
+
+        new_keys: the specs' idempotency keys were never sent before (a session's first send of
+        a submit), so the store is not asked for earlier tasks with them: one query per spec.
+        """
         if not self.accepting:
             raise Unavailable("the control plane is shutting down; submit to another replica")
         if not specs:
@@ -187,7 +191,7 @@ class ControlPlane:
                 "retry later, or raise --max-queue"
             )
         self._check_tenant_quotas(specs)
-        known = await self._find_idempotent(specs)
+        known = {} if new_keys else await self._find_idempotent(specs)
         out: list[tuple[str, bool]] = []
         new: list[TaskRecord] = []
         now = wall_ms()
