@@ -34,6 +34,7 @@ from controlplane.record import TaskRecord, new_task_id
 from controlplane.store import Store, StoreError
 from controlplane.validation import validate_spec
 from controlplane.views import Views
+from gpucp.limits import MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, scheduler_pb2, workers_pb2
 
 log = logging.getLogger("gpucp.controlplane")
@@ -163,11 +164,16 @@ class ControlPlane:
 
     # -- submission -----------------------------------------------------------------------------
 
-    async def submit(self, specs: Sequence[common_pb2.TaskSpec], *, new_keys: bool = False) -> list[tuple[str, bool]]:
+    async def submit(
+        self, specs: Sequence[common_pb2.TaskSpec], *, session_keys: Sequence[str] = (), resend: bool = False
+    ) -> list[tuple[str, bool]]:
         """Store new tasks (all or none); returns (task_id, duplicate) per spec.
 
-        new_keys: the specs' idempotency keys were never sent before (a session's first send of
-        a submit), so the store is not asked for earlier tasks with them: one query per spec.
+        session_keys: the idempotency key of each spec that has none (controlplane.session), set
+        after validation, so that the limit a sender meets is its own spec's size, and only where
+        it fits beside the spec (not for a spec within a few dozen bytes of the limit). On a
+        first send (not `resend`) no earlier task can hold one, so the store is not asked: that
+        spares a query per spec.
         """
         if not self.accepting:
             raise Unavailable("the control plane is shutting down; submit to another replica")
@@ -191,7 +197,17 @@ class ControlPlane:
                 "retry later, or raise --max-queue"
             )
         self._check_tenant_quotas(specs)
-        known = {} if new_keys else await self._find_idempotent(specs)
+        asked = list(specs)  # specs whose keys may belong to tasks no longer in memory
+        if session_keys:
+            if not resend:
+                asked = [spec for spec in specs if spec.idempotency_key]
+            for i, (spec, key) in enumerate(zip(specs, session_keys, strict=True)):
+                # The key's field: a tag byte, a length byte (keys are under 128 bytes) and the key.
+                added = 2 + len(key)
+                if not spec.idempotency_key and sizes[i] + added <= MAX_TASK_CONTENT_BYTES:
+                    spec.idempotency_key = key
+                    sizes[i] += added
+        known = await self._find_idempotent(asked)
         out: list[tuple[str, bool]] = []
         new: list[TaskRecord] = []
         now = wall_ms()

@@ -157,10 +157,8 @@ class SessionStream:
             if self.principal is not ANONYMOUS:
                 for spec in specs:
                     spec.tenant = self.principal.tenant_for(spec.tenant)
-            for i, spec in enumerate(specs):
-                if not spec.idempotency_key:
-                    spec.idempotency_key = session_key(self.session_id, request.seq, i)
-            results = await self.cp.submit(specs, new_keys=not request.resend)
+            keys = [session_key(self.session_id, request.seq, i) for i in range(len(specs))]
+            results = await self.cp.submit(specs, session_keys=keys, resend=request.resend)
         except ControlError as exc:
             if isinstance(exc, Denied):
                 audit.warning("refused session submit from %s: %s", self.principal.name, exc)

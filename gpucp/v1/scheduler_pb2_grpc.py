@@ -162,7 +162,8 @@ class SchedulerServicer:
         Resumption: after a reconnect, Open with the session_id and Follow the ids still awaited
         (outcomes are read back from the store); resend Submits not acked, with the same seq: a spec
         without an idempotency_key gets "session:<session_id>:<seq>:<index>", so a resend returns
-        the tasks of the first send instead of submitting them twice.
+        the tasks of the first send instead of submitting them twice (unless the spec is within a
+        few dozen bytes of the size limit, where the key does not fit: give such a spec a key).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
