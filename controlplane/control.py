@@ -73,6 +73,9 @@ class ControlPlane:
         self.fleet = Fleet(config, self.core, self.dispatcher.wake, self.dispatcher.arm_deadline)
         self.lifecycle = Lifecycle(config, store, self.book, self.core, self.fleet, self.dispatcher.wake)
         self.fleet.tasks = self.dispatcher.tasks = self.lifecycle
+        self.lifecycle.prefetch = self.dispatcher.prefetch
+        if self.dispatcher.prefetch is not None:
+            self.dispatcher.prefetch.fleet = self.fleet
         self.dispatcher.fleet = self.fleet
         self.views = Views(self.book, self.core, self.fleet, self.lifecycle, self.dispatcher)
         self._next_handle = 1

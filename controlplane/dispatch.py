@@ -19,6 +19,7 @@ from controlplane.config import ServerConfig
 from controlplane.core import Core, mono_ms
 from controlplane.fleet import Fleet, WorkerConn
 from controlplane.lifecycle import Lifecycle
+from controlplane.prefetch import PrefetchTuner
 from controlplane.store import Store
 from controlplane.timers import Alarm
 from gpucp.v1 import workers_pb2
@@ -44,6 +45,8 @@ class Dispatcher:
         # Wakes the dispatcher when a task waiting for a warm worker may take any worker: a
         # quiet fleet has no other event that would.
         self._locality_alarm = Alarm(self.wake)
+        # Per-worker prefetch depths tuned to the queued work, unless --prefetch-depth fixes them.
+        self.prefetch = PrefetchTuner(core, self.wake) if config.adaptive_prefetch else None
         self.fleet: Fleet
         self.tasks: Lifecycle
 
@@ -61,6 +64,8 @@ class Dispatcher:
                 await self._task
         self._deadline_alarm.cancel()
         self._locality_alarm.cancel()
+        if self.prefetch is not None:
+            self.prefetch.close()
 
     async def _pump(self) -> None:
         while True:
@@ -78,9 +83,11 @@ class Dispatcher:
         being written, and a group commit carries both.
         """
         while True:
+            if self.prefetch is not None:
+                self.prefetch.retune()
             placements = self.core.scheduler.place(mono_ms(), PLACE_BATCH)
             if not placements:
-                if self.config.prefetch_depth:
+                if self.config.prefetching:
                     self._steal()
                 self._locality_alarm.arm(self.core.scheduler.next_locality_ms())
                 return
