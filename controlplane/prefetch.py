@@ -9,7 +9,7 @@ to a millisecond one. So each worker may hold d tasks beyond its slots (its agen
 for the longest runtime the core predicts on that worker among the shapes queued (learned per
 kind and GPU model). d is 0 while any queued shape's runtime is unknown there (nothing is
 prefetched before a runtime is learned), and 0 for work so long that the round trip costs it
-under NEGLIGIBLE of its time: hour-long tasks are never prefetched. The round trip is measured
+under NEGLIGIBLE (5%) of its time: hour-long tasks are never prefetched. The round trip is measured
 on the tasks placed while their worker had no prefetch, from placement to the agent's start
 report. Stealing moves prefetched tasks to idle workers as before, so none runs twice.
 `gpucp serve --prefetch-depth N` fixes every worker's depth instead (0: off).
@@ -28,7 +28,7 @@ from controlplane.timers import Alarm
 log = logging.getLogger("gpucp.controlplane")
 
 MAX_DEPTH = 32
-NEGLIGIBLE = 0.01
+NEGLIGIBLE = 0.05
 RETUNE_MS = 250  # how often depths follow the queue: each look asks the core once per worker and shape
 _RTT_WEIGHT = 0.2  # of each new round-trip sample in the running average
 
