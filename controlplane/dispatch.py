@@ -28,6 +28,10 @@ log = logging.getLogger("gpucp.controlplane")
 
 PLACE_BATCH = 4096
 STEAL_BATCH = 256
+# While a slot is free and placed tasks wait, stealing looks again this often: a prefetched task
+# whose affinity key is warm where it waits may go to a cold idle worker only after its locality
+# wait, and nothing else may happen in the fleet meanwhile.
+STEAL_AGAIN_MS = 250
 
 
 class Dispatcher:
@@ -45,6 +49,7 @@ class Dispatcher:
         # Wakes the dispatcher when a task waiting for a warm worker may take any worker: a
         # quiet fleet has no other event that would.
         self._locality_alarm = Alarm(self.wake)
+        self._steal_alarm = Alarm(self.wake)
         # Per-worker prefetch depths tuned to the queued work, unless --prefetch-depth fixes them.
         self.prefetch = PrefetchTuner(core, self.wake) if config.adaptive_prefetch else None
         self.fleet: Fleet
@@ -64,6 +69,7 @@ class Dispatcher:
                 await self._task
         self._deadline_alarm.cancel()
         self._locality_alarm.cancel()
+        self._steal_alarm.cancel()
         if self.prefetch is not None:
             self.prefetch.close()
 
@@ -89,6 +95,8 @@ class Dispatcher:
             if not placements:
                 if self.config.prefetching:
                     self._steal()
+                    if self.core.scheduler.slots()[1] and self.book.counts[ASSIGNED]:
+                        self._steal_alarm.arm(mono_ms() + STEAL_AGAIN_MS)
                 self._locality_alarm.arm(self.core.scheduler.next_locality_ms())
                 return
             self.arm_deadline()
