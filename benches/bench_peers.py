@@ -131,7 +131,9 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
                 for _ in range(WARMUP_SEQUENTIAL):
                     one()
                 burst(WARMUP_BURST)
+                loop_cpu_before = cpu_seconds(cp.pid)
                 latencies = [one() for _ in range(args.latency_tasks)]
+                loop_cpu = cpu_seconds(cp.pid) - loop_cpu_before
                 profiler = start_profiler(cp.pid, args.profile) if args.profile else None
                 cpu_before = cpu_seconds(cp.pid)
                 agents_before = sum(cpu_seconds(a.pid) for a in agents)
@@ -149,6 +151,7 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
         f" + {args.workers} agent processes, {'unary calls' if args.unary else 'session stream'}",
         startup_s=startup_s,
         burst_controlplane_cpu_s=cp_cpu,
+        loop_controlplane_cpu_us=loop_cpu / args.latency_tasks * 1e6,
         burst_agents_cpu_s=agents_cpu,
         burst_wall_s=done_s,
     )
@@ -411,8 +414,10 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: d
         )
         if "burst_controlplane_cpu_s" in g:
             lines.append(
-                f"gpucp burst CPU: control plane {g['burst_controlplane_cpu_s']:.1f} s, agents "
-                f"{g['burst_agents_cpu_s']:.1f} s over {g['burst_wall_s']:.1f} s wall"
+                f"gpucp burst CPU: control plane {g['burst_controlplane_cpu_s']:.1f} s "
+                f"({g['burst_controlplane_cpu_s'] / args.burst_tasks * 1e6:.0f} us a task), agents "
+                f"{g['burst_agents_cpu_s']:.1f} s over {g['burst_wall_s']:.1f} s wall; closed loop: "
+                f"control plane {g['loop_controlplane_cpu_us']:.0f} us a task"
             )
     return "\n".join(lines)
 
