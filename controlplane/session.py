@@ -27,7 +27,7 @@ from controlplane.book import Event
 from controlplane.control import ControlPlane
 from controlplane.errors import ControlError, InvalidArgument
 from controlplane.record import TaskRecord
-from gpucp.v1 import scheduler_pb2
+from gpucp.v1 import common_pb2, scheduler_pb2
 
 log = logging.getLogger("gpucp.controlplane")
 audit = logging.getLogger("gpucp.audit")
@@ -35,6 +35,9 @@ audit = logging.getLogger("gpucp.audit")
 OPEN_TIMEOUT_S = 30.0
 MAX_OUTSTANDING = 10_000
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
+# Outcomes ready together go out in one message up to this size: a write per outcome would cost
+# more than the rest of the task's trip through the control plane.
+OUTCOMES_BYTES = 4 * 1024 * 1024
 # Submits and follows handled at once on one stream: single-task submits from many threads of
 # one client share the store's group commits instead of waiting for one each.
 MAX_IN_FLIGHT = 256
@@ -56,7 +59,10 @@ class SessionStream:
         self.events = False
         self.waiting: set[str] = set()  # followed tasks whose outcome this stream has not queued yet
         self._owing = 0  # tasks read in requests not yet handled: counted as waiting from their read on
-        self._outbox: collections.deque[tuple[scheduler_pb2.SessionResponse, int]] = collections.deque()
+        # Responses, and outcomes (Tasks) to be sent together: with the bytes each counts against the budget.
+        self._outbox: collections.deque[tuple[scheduler_pb2.SessionResponse | common_pb2.Task, int]] = (
+            collections.deque()
+        )
         self._queued_bytes = 0
         self._wake = asyncio.Event()  # something to write, or the reader ended
         self._room = asyncio.Event()  # the reader may read the next request
@@ -75,10 +81,7 @@ class SessionStream:
         try:
             while True:
                 if self._outbox:
-                    response, size = self._outbox.popleft()
-                    self._queued_bytes -= size
-                    self._update_room()
-                    yield response
+                    yield self._next_response()
                     continue
                 if reader.done():
                     reader.result()  # its error ends the call
@@ -93,6 +96,27 @@ class SessionStream:
             for task_id in self.waiting:
                 self.cp.notifier.unfollow(task_id, self)
             self.waiting.clear()
+
+    def _next_response(self) -> scheduler_pb2.SessionResponse:
+        """The first response queued, or the outcomes queued first, as many as fit OUTCOMES_BYTES."""
+        item, size = self._outbox.popleft()
+        if isinstance(item, scheduler_pb2.SessionResponse):
+            self._queued_bytes -= size
+            self._update_room()
+            return item
+        response = scheduler_pb2.SessionResponse()
+        tasks = response.outcomes.tasks
+        tasks.append(item)
+        total = size
+        while self._outbox and isinstance(self._outbox[0][0], common_pb2.Task):
+            if total + self._outbox[0][1] > OUTCOMES_BYTES:
+                break
+            task, size = self._outbox.popleft()
+            tasks.append(task)  # type: ignore[arg-type]
+            total += size
+        self._queued_bytes -= total
+        self._update_room()
+        return response
 
     async def _open(self, requests: AsyncIterator[scheduler_pb2.SessionRequest]) -> scheduler_pb2.SessionResponse:
         try:
@@ -217,21 +241,28 @@ class SessionStream:
         if rec.id not in self.waiting:
             return
         if self.events:
-            self._put(scheduler_pb2.SessionResponse(event=event.proto(rec.id)), counted=True)
+            response = scheduler_pb2.SessionResponse(event=event.proto(rec.id))
+            self._put(response, response.ByteSize())
         if rec.terminal:
             self.waiting.discard(rec.id)
             self.cp.notifier.unfollow(rec.id, self)
             self._deliver(rec)
 
     def _deliver(self, rec: TaskRecord) -> None:
-        self._put(scheduler_pb2.SessionResponse(outcome=self.cp.describe(rec)), counted=True)
+        task = self.cp.describe(rec)
+        size = task.ByteSize()
+        self._outbox.append((task, size))
+        self._queued_bytes += size
+        self._update_room()
+        self._wake.set()
 
     def _reject(self, seq: int, exc: ControlError) -> None:
         rejected = scheduler_pb2.SessionRejected(seq=seq, code=exc.code.value[0], message=str(exc))
         self._put(scheduler_pb2.SessionResponse(rejected=rejected))
 
-    def _put(self, response: scheduler_pb2.SessionResponse, *, counted: bool = False) -> None:
-        size = response.ByteSize() if counted else 0
+    def _put(self, response: scheduler_pb2.SessionResponse, size: int = 0) -> None:
+        """Queue a response; `size` counts it against the byte budget (answers are not: a stream
+        has at most MAX_IN_FLIGHT requests unanswered)."""
         self._outbox.append((response, size))
         self._queued_bytes += size
         self._update_room()

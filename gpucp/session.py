@@ -256,11 +256,13 @@ class Session:
 
     def _handle(self, response: scheduler_pb2.SessionResponse) -> None:
         kind = response.WhichOneof("msg")
-        if kind == "outcome":
+        if kind == "outcomes":
+            tasks = response.outcomes.tasks
             with self._lock:
-                waiters = self._waiters.pop(response.outcome.id, [])
-            for waiter in waiters:
-                waiter(response.outcome)
+                awaited = [(task, self._waiters.pop(task.id, [])) for task in tasks]
+            for task, waiters in awaited:
+                for waiter in waiters:
+                    waiter(task)
         elif kind == "accepted":
             with self._lock:
                 _, ack = self._unacked.pop(response.accepted.seq, (None, None))

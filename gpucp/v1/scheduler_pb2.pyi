@@ -186,18 +186,24 @@ class SessionFollow(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("opened", "accepted", "rejected", "outcome", "event")
+    __slots__ = ("opened", "accepted", "rejected", "outcomes", "event")
     OPENED_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
-    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     opened: SessionOpened
     accepted: SessionAccepted
     rejected: SessionRejected
-    outcome: _common_pb2.Task
+    outcomes: SessionOutcomes
     event: TaskEvent
-    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., accepted: _Optional[_Union[SessionAccepted, _Mapping]] = ..., rejected: _Optional[_Union[SessionRejected, _Mapping]] = ..., outcome: _Optional[_Union[_common_pb2.Task, _Mapping]] = ..., event: _Optional[_Union[TaskEvent, _Mapping]] = ...) -> None: ...
+    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., accepted: _Optional[_Union[SessionAccepted, _Mapping]] = ..., rejected: _Optional[_Union[SessionRejected, _Mapping]] = ..., outcomes: _Optional[_Union[SessionOutcomes, _Mapping]] = ..., event: _Optional[_Union[TaskEvent, _Mapping]] = ...) -> None: ...
+
+class SessionOutcomes(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Task]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
     __slots__ = ("session_id", "max_outstanding")
