@@ -191,6 +191,7 @@ def stop_profiler(profiler: tuple[subprocess.Popen[bytes], Path], top: int = 15)
         return {"error": f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"}
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    split: collections.Counter[str] = collections.Counter()
     total = 0
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -201,6 +202,7 @@ def stop_profiler(profiler: tuple[subprocess.Popen[bytes], Path], top: int = 15)
         # One entry per function: py-spy names frames "func (file:line)".
         frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
         own[frames[-1]] += n
+        split[cpu_part(frames)] += n
         for frame in set(frames):
             if "controlplane/" in frame or "grpc/" in frame:
                 inclusive[frame] += n
@@ -208,7 +210,31 @@ def stop_profiler(profiler: tuple[subprocess.Popen[bytes], Path], top: int = 15)
     def share(counts: collections.Counter[str]) -> list[tuple[str, float]]:
         return [(frame, round(100 * n / total, 1)) for frame, n in counts.most_common(top)]
 
-    return {"samples": total, "stacks_file": str(out), "self_pct": share(own), "inclusive_pct": share(inclusive)}
+    split_pct = [(part, round(100 * n / total, 1)) for part, n in split.most_common()]
+    return {"samples": total, "stacks_file": str(out), "self_pct": share(own), "inclusive_pct": share(inclusive),
+            "split_pct": split_pct}
+
+
+# Where a sample's own time goes, by the innermost frame that says: py-spy without --native shows
+# time in C (SQLite, the Rust core, upb, gRPC's core) as the Python line that called it.
+_PARTS = (
+    ("store (SQLite)", ("controlplane/store", "sqlite3")),
+    ("core (Rust placement)", ("controlplane/core.py", "_core", "dispatch.py")),
+    ("protobuf", ("google/protobuf", "_pb2", "controlplane/record.py", "controlplane/views.py")),
+    ("gRPC", ("grpc/", "grpc_")),
+    ("event loop", ("asyncio/", "uvloop")),
+)
+
+
+def cpu_part(frames: list[str]) -> str:
+    """The part of the control plane a stack's own time belongs to (see _PARTS)."""
+    for frame in reversed(frames):
+        for part, marks in _PARTS:
+            if any(mark in frame for mark in marks):
+                return part
+        if "controlplane/" in frame:
+            return "control plane (Python)"
+    return "other"
 
 
 def print_profile(profile: dict[str, Any], what: str) -> None:
@@ -222,3 +248,6 @@ def print_profile(profile: dict[str, Any], what: str) -> None:
     print("  inclusive (controlplane and grpc frames):")
     for frame, pct in profile["inclusive_pct"]:
         print(f"    {pct:5.1f}%  {frame}")
+    print("  by part (innermost frame that names one):")
+    for part, pct in profile.get("split_pct", []):
+        print(f"    {pct:5.1f}%  {part}")

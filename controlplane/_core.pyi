@@ -296,6 +296,10 @@ class Scheduler:
         """Push the worker's liveness deadline to now_ms + heartbeat_timeout_ms."""
     def set_draining(self, worker: int, draining: bool) -> None:
         """A draining worker keeps its tasks but receives no new ones."""
+    def set_prefetch_depth(self, worker: int, depth: int) -> None:
+        """Let one worker hold `depth` tasks beyond its slots (prefetched by its agent; the
+        config's prefetch_depth is every new worker's). Tasks it holds beyond a lowered depth
+        stay; it takes no more until under it. UnknownHandle for a worker not here."""
     def set_quarantined(self, worker: int, quarantined: bool) -> None:
         """Like draining (no new work, running tasks stay) but a separate flag.
 

@@ -103,6 +103,8 @@ class Entry:
     revoke: tuple[int, int] | None = None
     events: int = 0  # events recorded so far: the next one's seq is this plus one
     outcome: Event | None = None  # a finished task's event, announced once durable
+    # Monotonic ms of its placement on a worker without prefetch, until it starts (0: not measured).
+    placed_ms: int = 0
 
 
 class TaskBook:

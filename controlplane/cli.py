@@ -101,9 +101,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=CORE.warmup_successes, metavar="N",
                    help="a new or recovered worker ramps from 1 slot to all of them over N successes "
                    "(default %(default)s; 0: all at once)")
-    p.add_argument("--prefetch-depth", type=int, default=CORE.prefetch_depth, metavar="N",
-                   help="tasks a worker may queue beyond its slots; idle workers steal those "
-                        "not yet started (default %(default)s: off)")
+    p.add_argument("--prefetch-depth", type=int, metavar="N",
+                   help="tasks every worker may queue beyond its slots; idle workers steal those "
+                        "not yet started (default: tuned per worker to the runtimes of the queued work; "
+                        "0: off)")
     p.add_argument("--locality-wait", type=float, default=CORE.locality_wait_ms / 1000, metavar="SECONDS",
                    help="longest a task waits for a busy worker with its model warm instead of "
                         "loading it on a free one; never longer than the learned load time "
@@ -177,11 +178,12 @@ def run_serve(args: argparse.Namespace) -> int:
         priority_mode=args.priority_mode,
         priority_weights=priority_weights(args.priority_weights),
         aging_ms=int(args.aging * 1000),
-        prefetch_depth=args.prefetch_depth,
+        prefetch_depth=args.prefetch_depth or 0,
         warmup_successes=args.warmup,
         locality_wait_ms=int(args.locality_wait * 1000),
     )
     config = ServerConfig(
+        adaptive_prefetch=args.prefetch_depth is None,
         listen=args.listen,
         http=args.http,
         db=args.db,

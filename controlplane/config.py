@@ -108,6 +108,9 @@ class ServerConfig:
     tls_client_ca: str = ""
     # An autoscaler config file (TOML or JSON): RunPod pools scaled from the queue; "" = none.
     autoscale: str = ""
+    # Each worker's prefetch depth tuned to the runtimes of the queued work (controlplane.prefetch);
+    # False: every worker's is scheduler.prefetch_depth (`gpucp serve --prefetch-depth N`).
+    adaptive_prefetch: bool = True
 
     # A worker whose stream closed keeps its tasks this long, waiting for it to reconnect;
     # None means one heartbeat interval, so its tasks run elsewhere within two intervals.
@@ -129,6 +132,11 @@ class ServerConfig:
     @property
     def prefetch_depth(self) -> int:
         return self.scheduler.prefetch_depth
+
+    @property
+    def prefetching(self) -> bool:
+        """Whether workers may hold prefetched tasks (and idle ones steal them)."""
+        return self.adaptive_prefetch or self.prefetch_depth > 0
 
     @property
     def heartbeat_interval_ms(self) -> int:

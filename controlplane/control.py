@@ -36,6 +36,7 @@ from controlplane.store import Store, StoreError
 from controlplane.validation import validate_spec
 from controlplane.views import Views
 from gpucp import tracing
+from gpucp.limits import MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, scheduler_pb2, workers_pb2
 
 log = logging.getLogger("gpucp.controlplane")
@@ -76,6 +77,9 @@ class ControlPlane:
         self.fleet = Fleet(config, self.core, self.dispatcher.wake, self.dispatcher.arm_deadline)
         self.lifecycle = Lifecycle(config, store, self.book, self.core, self.fleet, self.dispatcher.wake)
         self.fleet.tasks = self.dispatcher.tasks = self.lifecycle
+        self.lifecycle.prefetch = self.dispatcher.prefetch
+        if self.dispatcher.prefetch is not None:
+            self.dispatcher.prefetch.fleet = self.fleet
         self.dispatcher.fleet = self.fleet
         self.views = Views(self.book, self.core, self.fleet, self.lifecycle, self.dispatcher)
         self._next_handle = 1
@@ -167,8 +171,17 @@ class ControlPlane:
 
     # -- submission -----------------------------------------------------------------------------
 
-    async def submit(self, specs: Sequence[common_pb2.TaskSpec]) -> list[tuple[str, bool]]:
-        """Store new tasks (all or none); returns (task_id, duplicate) per spec."""
+    async def submit(
+        self, specs: Sequence[common_pb2.TaskSpec], *, session_keys: Sequence[str] = (), resend: bool = False
+    ) -> list[tuple[str, bool]]:
+        """Store new tasks (all or none); returns (task_id, duplicate) per spec.
+
+        session_keys: the idempotency key of each spec that has none (controlplane.session), set
+        after validation, so that the limit a sender meets is its own spec's size, and only where
+        it fits beside the spec (not for a spec within a few dozen bytes of the limit). On a
+        first send (not `resend`) no earlier task can hold one, so the store is not asked: that
+        spares a query per spec.
+        """
         if not self.accepting:
             raise Unavailable("the control plane is shutting down; submit to another replica")
         if not specs:
@@ -190,6 +203,16 @@ class ControlPlane:
                 f"the queue is full ({queued} tasks pending, limit {self.config.max_queue}): "
                 "retry later, or raise --max-queue"
             )
+        asked = list(specs)  # specs whose keys may belong to tasks no longer in memory
+        if session_keys:
+            if not resend:
+                asked = [spec for spec in specs if spec.idempotency_key]
+            for i, (spec, key) in enumerate(zip(specs, session_keys, strict=True)):
+                # The key's field: a tag byte, a length byte (keys are under 128 bytes) and the key.
+                added = 2 + len(key)
+                if not spec.idempotency_key and sizes[i] + added <= MAX_TASK_CONTENT_BYTES:
+                    spec.idempotency_key = key
+                    sizes[i] += added
         queued_bytes, new_bytes = self.book.pending_bytes, sum(sizes)
         if queued_bytes + new_bytes > self.config.max_queue_bytes:
             raise ResourceExhausted(
@@ -197,7 +220,7 @@ class ControlPlane:
                 f"the limit is {self.config.max_queue_bytes} (--max-queue-bytes): retry later, or raise it"
             )
         self._check_tenant_quotas(specs, sizes)
-        known = await self._find_idempotent(specs)
+        known = await self._find_idempotent(asked)
         out: list[tuple[str, bool]] = []
         new: list[TaskRecord] = []
         now = wall_ms()

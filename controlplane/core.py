@@ -7,6 +7,7 @@ records and names.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Sequence
 
@@ -71,6 +72,7 @@ class Core:
         self._tenants: dict[str, int] = {}
         self._affinities: dict[str, int] = {"": 0}
         self._shapes: dict[ShapeKey, int] = {}
+        self._queued: collections.Counter[int] = collections.Counter()  # tasks in the core's queue by shape
 
     # -- interning ------------------------------------------------------------------------------
 
@@ -106,12 +108,14 @@ class Core:
 
     def push(self, recs: Sequence[TaskRecord], avoid_worker: int | None = None) -> None:
         """Queue tasks; `avoid_worker` (a retry's last worker) is used only if nobody else can."""
-        for r in recs:
+        shapes = [self.shape(r.spec) for r in recs]
+        self._queued.update(shapes)
+        for r, shape in zip(recs, shapes, strict=True):
             if r.spec.expected_runtime_ms:
-                self.scheduler.expect_runtime(self.shape(r.spec), r.spec.expected_runtime_ms)
+                self.scheduler.expect_runtime(shape, r.spec.expected_runtime_ms)
         self.scheduler.push_many(
             [r.handle for r in recs],
-            [self.shape(r.spec) for r in recs],
+            shapes,
             [core_priority(r.spec.priority) for r in recs],
             [r.handle for r in recs],  # FIFO by arrival; a retried task keeps its place
             [self.timeout_ms(r) for r in recs],
@@ -122,6 +126,24 @@ class Core:
             now_ms=mono_ms(),
         )
 
+
+    def remove(self, rec: TaskRecord) -> None:
+        """Take a queued task out of the queue."""
+        if self.scheduler.remove(rec.handle):
+            self.unqueued(rec)
+
+    def unqueued(self, rec: TaskRecord) -> None:
+        """A task left the core's queue (removed, or placed)."""
+        shape = self.shape(rec.spec)
+        left = self._queued[shape] - 1
+        if left > 0:
+            self._queued[shape] = left
+        else:
+            del self._queued[shape]
+
+    def queued_shapes(self) -> list[int]:
+        """The shapes of the tasks in the queue."""
+        return list(self._queued)
     def attach(self, rec: TaskRecord, worker: int) -> None:
         """Hold a task that an agent still runs on `worker` (re-attached, not placed); CoreError if it cannot."""
         self.scheduler.attach(

@@ -19,6 +19,7 @@ from controlplane.config import ServerConfig
 from controlplane.core import Core, mono_ms
 from controlplane.fleet import Fleet, WorkerConn
 from controlplane.lifecycle import Lifecycle
+from controlplane.prefetch import PrefetchTuner
 from controlplane.record import TaskRecord
 from controlplane.store import Store
 from controlplane.timers import Alarm
@@ -29,6 +30,10 @@ log = logging.getLogger("gpucp.controlplane")
 
 PLACE_BATCH = 4096
 STEAL_BATCH = 256
+# While a slot is free and placed tasks wait, stealing looks again this often: a prefetched task
+# whose affinity key is warm where it waits may go to a cold idle worker only after its locality
+# wait, and nothing else may happen in the fleet meanwhile.
+STEAL_AGAIN_MS = 250
 
 
 class Dispatcher:
@@ -46,6 +51,9 @@ class Dispatcher:
         # Wakes the dispatcher when a task waiting for a warm worker may take any worker: a
         # quiet fleet has no other event that would.
         self._locality_alarm = Alarm(self.wake)
+        self._steal_alarm = Alarm(self.wake)
+        # Per-worker prefetch depths tuned to the queued work, unless --prefetch-depth fixes them.
+        self.prefetch = PrefetchTuner(core, self.wake) if config.adaptive_prefetch else None
         self.fleet: Fleet
         self.tasks: Lifecycle
 
@@ -63,6 +71,9 @@ class Dispatcher:
                 await self._task
         self._deadline_alarm.cancel()
         self._locality_alarm.cancel()
+        self._steal_alarm.cancel()
+        if self.prefetch is not None:
+            self.prefetch.close()
 
     async def _pump(self) -> None:
         while True:
@@ -80,10 +91,14 @@ class Dispatcher:
         being written, and a group commit carries both.
         """
         while True:
+            if self.prefetch is not None:
+                self.prefetch.retune()
             placements = self.core.scheduler.place(mono_ms(), PLACE_BATCH)
             if not placements:
-                if self.config.prefetch_depth:
+                if self.config.prefetching:
                     self._steal()
+                    if self.core.scheduler.slots()[1] and self.book.counts[ASSIGNED]:
+                        self._steal_alarm.arm(mono_ms() + STEAL_AGAIN_MS)
                 self._locality_alarm.arm(self.core.scheduler.next_locality_ms())
                 return
             self.arm_deadline()

@@ -33,6 +33,7 @@ from controlplane.config import ServerConfig
 from controlplane.core import Core, mono_ms
 from controlplane.fleet import Fleet, WorkerConn
 from controlplane.notify import wall_ms
+from controlplane.prefetch import PrefetchTuner
 from controlplane.store import Store
 from controlplane.timers import DueHeap
 from gpucp.limits import MAX_ERROR_BYTES, MAX_TASK_CONTENT_BYTES
@@ -65,6 +66,7 @@ class Lifecycle:
         self.core = core
         self.fleet = fleet
         self.wake = wake
+        self.prefetch: PrefetchTuner | None = None  # set by the control plane with the dispatcher's
         self.stale_updates = 0
         self._queue_due = DueHeap(self._on_queue_due)
 
@@ -108,7 +110,7 @@ class Lifecycle:
             self._queue_due.add(now + timeout, handle)
             return
         reason = self.core.why_pending(rec)
-        self.core.scheduler.remove(handle)
+        self.core.remove(rec)
         rec.error = f"no connected worker could run it within the queue timeout of {timeout:g} s: {reason}"
         rec.errors.append(rec.error)
         self.finish(entry, FAILED, "failed: no connected worker could run it")
@@ -118,11 +120,17 @@ class Lifecycle:
     def assigned(self, placements: Sequence[tuple[int, int, list[int]]]) -> list[tuple[Entry, WorkerConn, int]]:
         """The core placed these tasks: each gets its next attempt, on its worker."""
         now = wall_ms()
+        placed_ms = mono_ms()
         out: list[tuple[Entry, WorkerConn, int]] = []
         for task, worker, gpus in placements:
             entry = self.book.live[task]
             conn = self.fleet.by_handle[worker]
             rec = entry.rec
+            self.core.unqueued(rec)
+            # A worker without prefetch takes a task only into a free slot: from here to its
+            # start is the dispatch round trip the prefetch depth is tuned to.
+            tuned = self.prefetch is not None and self.prefetch.depth(worker) == 0
+            entry.placed_ms = placed_ms if tuned else 0
             rec.attempt += 1
             rec.worker_id = conn.worker_id
             rec.gpu_indices = gpus
@@ -135,6 +143,11 @@ class Lifecycle:
             )
             out.append((entry, conn, rec.attempt))
         return out
+
+    def _round_trip(self, entry: Entry) -> None:
+        if entry.placed_ms and self.prefetch is not None:
+            self.prefetch.round_trip(mono_ms() - entry.placed_ms)
+        entry.placed_ms = 0
 
     def store_failed(self, entries: Iterable[Entry]) -> None:
         """Assignments that could not be made durable go back to the queue; no agent heard of them."""
@@ -190,13 +203,14 @@ class Lifecycle:
                 # Not persisted: after a restart ASSIGNED and RUNNING are the same (wait for the
                 # agent to re-attach), so the write would buy nothing on the hot path.
                 self.book.move(entry, RUNNING, Hold.PLACED, Cause.STARTED, f"started on {conn.worker_id}")
+                self._round_trip(entry)
                 # (a revoke in flight has failed)
                 try:
                     self.core.scheduler.mark_started(rec.handle, now_ms=mono_ms())
                 except CoreError as exc:
                     # More started tasks than slots, or two on one GPU: the agent broke its contract.
                     log.error("worker %s started task %s, which the core refuses: %s", conn.worker_id, rec.id, exc)
-                if self.config.prefetch_depth:
+                if self.config.prefetching:
                     self.wake()  # a worker whose prefetched work all started may steal
             return
         if upd.state not in (SUCCEEDED, FAILED):
@@ -218,6 +232,7 @@ class Lifecycle:
             self.core.scheduler.release(rec.handle)  # the worker did its part: nothing to learn of it
         else:
             self.core.scheduler.finish(rec.handle, succeeded, max(0, wall_ms() - rec.started_at_ms))
+            self._round_trip(entry)  # an agent reports no start of a task that ended at once
         self.wake()
         if wrong:
             # The task itself is wrong (its payload, its arguments, its result): another attempt or
@@ -240,7 +255,7 @@ class Lifecycle:
         it finished while the control plane was down, or the cancel comes before its agent did.
         """
         if entry.hold is Hold.QUEUED:
-            self.core.scheduler.remove(entry.rec.handle)
+            self.core.remove(entry.rec)
         return entry.hold is not Hold.PLACED
 
     # -- outcomes -------------------------------------------------------------------------------

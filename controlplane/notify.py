@@ -11,6 +11,7 @@ import collections
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from controlplane.book import Event
 from controlplane.errors import ResourceExhausted
@@ -56,6 +57,12 @@ class Watcher:
         return not self.tenant or rec.tenant == self.tenant
 
 
+class Follower(Protocol):
+    """A session stream that follows tasks by id."""
+
+    def heard(self, rec: TaskRecord, event: Event) -> None: ...
+
+
 class Notifier:
     def __init__(self, max_watchers: int = 0) -> None:
         self._watchers: set[Watcher] = set()
@@ -64,11 +71,17 @@ class Notifier:
         self._max_watchers = max_watchers
         self._watching: collections.Counter[str] = collections.Counter()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # By task id: a lookup per change, where a watcher costs a test per change.
+        self._followers: dict[str, list[Follower]] = {}
 
     def announce(self, rec: TaskRecord, event: Event) -> None:
         """A task changed (a finished one: durably): tell its watchers, and its waiters if it ended."""
         if self._watchers:
             self._emit(rec, event.proto(rec.id))
+        followers = self._followers.get(rec.id)
+        if followers:
+            for follower in list(followers):  # a follower unfollows a task it hears finish
+                follower.heard(rec, event)
         if rec.terminal:
             for waiter in self._waiters.pop(rec.id, []):
                 if not waiter.done():
@@ -99,6 +112,17 @@ class Notifier:
                 waiters.remove(fut)
                 if not waiters:
                     del self._waiters[task_id]
+
+    def follow(self, task_id: str, follower: Follower) -> None:
+        """Tell `follower` of the task's events until unfollow()."""
+        self._followers.setdefault(task_id, []).append(follower)
+
+    def unfollow(self, task_id: str, follower: Follower) -> None:
+        followers = self._followers.get(task_id)
+        if followers and follower in followers:
+            followers.remove(follower)
+            if not followers:
+                del self._followers[task_id]
 
     def watch(
         self, task_ids: Sequence[str], tenant: str, allowed: frozenset[str] | None = None, owner: str = ""

@@ -27,6 +27,7 @@ from controlplane.errors import ControlError, Unavailable
 from controlplane.fleet import WorkerConn
 from controlplane.rates import status_details
 from controlplane.record import TaskRecord
+from controlplane.session import SessionStream
 from gpucp.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -218,6 +219,18 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         finally:
             self.cp.unwatch(watcher)
 
+    async def Session(
+        self,
+        request_iterator: AsyncIterator[scheduler_pb2.SessionRequest],
+        context: ServicerContext[scheduler_pb2.SessionRequest, scheduler_pb2.SessionResponse],
+    ) -> AsyncIterator[scheduler_pb2.SessionResponse]:
+        # Following tasks is reading them; each submit on the stream is checked for SUBMIT.
+        principal = await caller(self.authority, context, Permission.READ)
+        try:
+            async for response in SessionStream(self.cp, principal).run(request_iterator):
+                yield response
+        except ControlError as exc:
+            await context.abort(exc.code, str(exc))
 
     async def _tenants(
         self, context: ServicerContext[Request, Response], principal: Principal, asked: str

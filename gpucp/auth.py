@@ -45,7 +45,7 @@ def read_token(token_file: str | None = None, *, agent: bool = False) -> str:
     return token.strip()
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor, grpc.StreamStreamClientInterceptor):
     """Adds the token to every call of a channel."""
 
     def __init__(self, token: str) -> None:
@@ -59,6 +59,9 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercepto
 
     def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         return continuation(self._with_token(details), request)
+
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
 
 
 def with_token(channel: grpc.Channel, token: str) -> grpc.Channel:

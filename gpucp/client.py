@@ -8,7 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol, TypeVar, Unpack
+from typing import TYPE_CHECKING, Protocol, TypeVar, Unpack
 
 import grpc
 
@@ -56,6 +56,9 @@ __all__ = [
     "task_spec",
 ]
 
+if TYPE_CHECKING:
+    from gpucp.session import Session
+
 Request = TypeVar("Request")
 Reply = TypeVar("Reply")
 
@@ -80,6 +83,8 @@ class Client:
     None reads $GPUCP_SERVER, else 127.0.0.1:50051 (gpucp.channels).
     `token` is the bearer token presented on every call; None reads $GPUCP_TOKEN. `tls`: TLS
     credentials (gpucp.tls.channel_credentials); None reads $GPUCP_TLS_CA, plaintext without it.
+    `session`: submit, run and wait on one Scheduler.Session stream when the server offers it
+    (gpucp.session); False: one unary call per submit or run, and a watch per wait.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class Client:
         timeout_s: float = 30.0,
         token: str | None = None,
         tls: grpc.ChannelCredentials | None = None,
+        session: bool = True,
     ) -> None:
         self.server = server_address(server)
         self.timeout_s = timeout_s
@@ -98,6 +104,24 @@ class Client:
         self._channel = traced_channel(with_token(self._raw_channel, read_token() if token is None else token))
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
+        self._use_session = session
+        self._session_obj: Session | None = None
+        self._session_lock = threading.Lock()
+
+    def _session(self) -> Session | None:
+        """The session stream, opened on first use; None without one (refused, or an older server)."""
+        if not self._use_session:
+            return None
+        with self._session_lock:
+            if self._session_obj is None:
+                from gpucp.session import Session  # it builds on this module
+
+                session = Session(self)
+                if not session.open():
+                    self._use_session = False
+                    return None
+                self._session_obj = session
+            return self._session_obj
 
     def __enter__(self) -> Client:
         return self
@@ -107,6 +131,8 @@ class Client:
 
     def close(self) -> None:
         self.closed = True
+        if self._session_obj is not None:
+            self._session_obj.close()
         self._raw_channel.close()
 
     def _call(
@@ -123,11 +149,17 @@ class Client:
         return self.submit_spec(task_spec(kind, payload, **spec_fields))
 
     def submit_spec(self, spec: common_pb2.TaskSpec) -> str:
+        session = self._session()
+        if session is not None:
+            return session.submit([spec])[0]
         reply = self._call(self._scheduler.SubmitTask, scheduler_pb2.SubmitTaskRequest(spec=spec))
         return str(reply.task_id)
 
     def submit_many(self, specs: Iterable[common_pb2.TaskSpec]) -> builtins.list[str]:
         """Submit a batch: all are stored, or none (the first bad spec is named in the error)."""
+        session = self._session()
+        if session is not None:
+            return session.submit(list(specs))
         reply = self._call(
             self._scheduler.SubmitTasks, scheduler_pb2.SubmitTasksRequest(specs=list(specs))
         )
@@ -165,9 +197,14 @@ class Client:
         finished is yielded then) and, if it was unfinished, once more when its terminal event
         arrives, the reads of tasks finishing together in flight at once. Rides out a control
         plane restart (see watch()). Raises Unfinished after timeout_s (None: no limit),
-        GpucpError NOT_FOUND for an id the server does not know.
+        GpucpError NOT_FOUND for an id the server does not know. On a session (see Client),
+        the outcomes come down its stream instead, with no read per task.
         """
-        return _completions(self, builtins.list(dict.fromkeys(task_ids)), timeout_s)
+        ids = builtins.list(dict.fromkeys(task_ids))
+        session = self._session()
+        if session is not None:
+            return session.completions(ids, timeout_s)
+        return _completions(self, ids, timeout_s)
 
     def gather(self, task_ids: Sequence[str], timeout_s: float | None = None) -> builtins.list[common_pb2.Task]:
         """The tasks once all are finished, in the order of `task_ids` (see as_completed)."""
@@ -179,7 +216,11 @@ class Client:
     ) -> common_pb2.Task:
         """Submit one task and wait for it in one call (RunTask); returns it terminal, or as it
         is after wait_s (it keeps running: follow it with wait(task.id)). Errors as submit()'s."""
-        request = run_request(task_spec(kind, payload, **spec_fields), wait_s)
+        spec = task_spec(kind, payload, **spec_fields)
+        request = run_request(spec, wait_s)  # checks wait_s on either path
+        session = self._session()
+        if session is not None:
+            return session.run(spec, wait_s)
         task: common_pb2.Task = self._call(self._scheduler.RunTask, request, timeout_s=wait_s + WAIT_GRACE_S)
         return task
 

@@ -14,7 +14,7 @@ import urllib.request
 from typing import Any
 
 from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
-from gpucp import task_spec
+from gpucp import Client, task_spec
 from gpucp.v1 import common_pb2
 
 FAIL_ON = ("--handler", "fail=claims_handlers:fail_on")
@@ -182,7 +182,8 @@ def test_readyz_turns_503_when_shutdown_begins(tmp_path):
 
     def run() -> None:
         try:
-            with cp.client() as client:
+            # Unary: a session would ride out the shutdown, waiting for the control plane to return.
+            with Client(cp.address, session=False) as client:
                 outcome.append(client.run("sleep", json.dumps({"seconds": 60}), wait_s=120))
         except Exception as exc:  # cut off by the shutdown, as expected
             outcome.append(exc)

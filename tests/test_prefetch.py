@@ -115,3 +115,65 @@ def test_revokes_racing_starts_under_churn_never_run_a_task_twice(tmp_path):
         for agent in agents:
             agent.stop()
         cp.kill()
+
+
+# Two kinds on the same handler: `slow` holds the slot, `quick` is what gets prefetched (or not).
+TWO_KINDS = ["--handler", "quick=fault_handlers:record", "--handler", "slow=fault_handlers:record",
+             "--kinds", "quick,slow"]
+
+
+def kind_spec(kind: str, seconds: float) -> common_pb2.TaskSpec:
+    return task_spec(kind, json.dumps({"seconds": seconds}), max_retries=0)
+
+
+def test_by_default_short_tasks_are_prefetched_once_learned_and_an_idle_agent_steals_them_once(tmp_path):
+    cp = ControlPlaneProcess(tmp_path).start()  # no --prefetch-depth: tuned
+    exec_log = tmp_path / "executions.log"
+    env = {"GPUCP_EXEC_LOG": str(exec_log)}
+    solo = AgentProcess(tmp_path, cp.address, "solo", "--slots", "1", *TWO_KINDS, env=env)
+    thief: AgentProcess | None = None
+    try:
+        with cp.client() as client:
+            wait_for_workers(client, ["solo"])
+            # quick's runtime is unknown: nothing is prefetched behind the slow task.
+            slow, *quick = client.submit_many([kind_spec("slow", 2), *(kind_spec("quick", 0) for _ in range(4))])
+            eventually(lambda: client.get(slow).state == S.TASK_STATE_RUNNING, 20, "the slow task to start")
+            time.sleep(0.5)  # several retunes (every 250 ms) while it runs
+            assert states(client, quick) == {S.TASK_STATE_PENDING: 4}, "a task of unknown runtime was prefetched"
+            client.gather([slow, *quick], timeout_s=60)
+            # Learned: a quick task is over in a dispatch round trip, so it waits on the agent instead.
+            slow, *quick = client.submit_many([kind_spec("slow", 4), *(kind_spec("quick", 0) for _ in range(6))])
+            eventually(lambda: states(client, quick)[S.TASK_STATE_ASSIGNED] >= 1, 20, "quick tasks prefetched by solo")
+            thief = AgentProcess(tmp_path, cp.address, "thief", "--slots", "1", *TWO_KINDS, env=env)
+            tasks = client.gather(quick, timeout_s=60)
+            assert client.get(slow).state == S.TASK_STATE_RUNNING, "the quick tasks waited for the slow one"
+        assert all(t.state == S.TASK_STATE_SUCCEEDED for t in tasks)
+        stolen = [t for t in tasks if t.worker_id == "thief" and t.attempt >= 2]
+        assert stolen, "no task prefetched by solo was handed to the idle thief"
+        runs = collections.Counter(t for t, _, _ in executions(exec_log))
+        assert set(quick) <= set(runs) and max(runs.values()) == 1, f"a task ran more than once: {runs}"
+    finally:
+        solo.stop()
+        if thief is not None:
+            thief.stop()
+        cp.kill()
+
+
+def test_by_default_long_tasks_are_not_prefetched(tmp_path):
+    cp = ControlPlaneProcess(tmp_path).start()
+    exec_log = tmp_path / "executions.log"
+    solo = AgentProcess(tmp_path, cp.address, "solo", "--slots", "1", *TWO_KINDS,
+                        env={"GPUCP_EXEC_LOG": str(exec_log)})
+    try:
+        with cp.client() as client:
+            wait_for_workers(client, ["solo"])
+            client.gather(client.submit_many([kind_spec("slow", 4)]), timeout_s=60)  # learned: 4 s
+            first, *rest = client.submit_many([kind_spec("slow", 4) for _ in range(3)])
+            eventually(lambda: client.get(first).state == S.TASK_STATE_RUNNING, 20, "the first to start")
+            time.sleep(1)  # retunes every 250 ms while it runs
+            assert states(client, rest) == {S.TASK_STATE_PENDING: 2}, "a 4 s task was prefetched"
+            for task_id in [first, *rest]:
+                client.cancel(task_id)
+    finally:
+        solo.stop()
+        cp.kill()

@@ -504,6 +504,11 @@ impl PyScheduler {
         Ok(self.engine()?.set_draining(worker, draining)?)
     }
 
+    /// Let one worker hold `depth` tasks beyond its slots (prefetched; see SchedulerConfig).
+    fn set_prefetch_depth(&self, worker: WorkerId, depth: u32) -> PyResult<()> {
+        Ok(self.engine()?.set_prefetch_depth(worker, depth)?)
+    }
+
     /// Like draining, but a separate flag (reputation quarantine); clear both to take work.
     fn set_quarantined(&self, worker: WorkerId, quarantined: bool) -> PyResult<()> {
         Ok(self.engine()?.set_quarantined(worker, quarantined)?)

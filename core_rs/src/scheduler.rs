@@ -377,6 +377,14 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Set one worker's prefetch depth (the config's prefetch_depth is every new worker's):
+    /// the control plane tunes it to the runtimes of the work queued.
+    pub fn set_prefetch_depth(&mut self, id: WorkerId, depth: u32) -> CoreResult<()> {
+        self.workers.set_prefetch_depth(id, depth)?;
+        self.placement.refresh(id, &mut self.workers);
+        Ok(())
+    }
+
     /// Like draining, but a separate flag: a quarantined worker keeps its tasks and receives no
     /// new ones until both flags are clear. Leaving quarantine restarts warming.
     pub fn set_quarantined(&mut self, id: WorkerId, quarantined: bool) -> CoreResult<()> {

@@ -1297,6 +1297,27 @@ fn prefetch_holds_extra_tasks_and_idle_workers_steal_them() {
 }
 
 #[test]
+fn a_workers_prefetch_depth_can_be_raised_and_lowered_while_it_holds_tasks() {
+    let mut s = sched();
+    let shape = cpu_shape(&mut s, "k");
+    let a = plain_worker(&mut s, 1);
+    for t in 0..6 {
+        s.push(t, shape, 1, t, 0).unwrap();
+    }
+    assert_eq!(s.place(0, 10).len(), 1, "no prefetch: one task per slot");
+    s.set_prefetch_depth(a, 3).unwrap();
+    assert_eq!(s.place(0, 10).len(), 3, "three more, queued by its agent");
+    assert_eq!(s.worker_stats(a).unwrap().held, 4);
+    s.set_prefetch_depth(a, 0).unwrap();
+    s.finish(0, true, 1).unwrap();
+    assert!(
+        s.place(0, 10).is_empty(),
+        "it still holds more than its new capacity"
+    );
+    assert!(s.set_prefetch_depth(99, 1).is_err(), "no such worker");
+}
+
+#[test]
 fn can_run_ignores_load_but_not_static_filters() {
     let mut s = sched();
     let render = cpu_shape(&mut s, "render");

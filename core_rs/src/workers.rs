@@ -487,6 +487,12 @@ impl WorkerTable {
         self.update(id, |w| w.draining = draining)
     }
 
+    /// How many tasks beyond its slots the worker may hold (its agent queues them). Tasks it
+    /// holds beyond a lowered depth stay; it takes no more until it is under the new one.
+    pub fn set_prefetch_depth(&mut self, id: WorkerId, depth: u32) -> CoreResult<()> {
+        self.update(id, |w| w.prefetch_depth = depth)
+    }
+
     /// Leaving quarantine restarts the warm-up ramp.
     pub fn set_quarantined(&mut self, id: WorkerId, quarantined: bool) -> CoreResult<()> {
         self.update(id, |w| {

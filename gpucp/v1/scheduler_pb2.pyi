@@ -146,3 +146,87 @@ class GetTaskEventsResponse(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[TaskEvent]
     omitted: int
     def __init__(self, events: _Optional[_Iterable[_Union[TaskEvent, _Mapping]]] = ..., omitted: _Optional[int] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("open", "submit", "follow")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    open: SessionOpen
+    submit: SessionSubmit
+    follow: SessionFollow
+    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., submit: _Optional[_Union[SessionSubmit, _Mapping]] = ..., follow: _Optional[_Union[SessionFollow, _Mapping]] = ...) -> None: ...
+
+class SessionOpen(_message.Message):
+    __slots__ = ("session_id", "events")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    events: bool
+    def __init__(self, session_id: _Optional[str] = ..., events: _Optional[bool] = ...) -> None: ...
+
+class SessionSubmit(_message.Message):
+    __slots__ = ("seq", "specs", "follow", "resend")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SPECS_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    RESEND_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    specs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskSpec]
+    follow: bool
+    resend: bool
+    def __init__(self, seq: _Optional[int] = ..., specs: _Optional[_Iterable[_Union[_common_pb2.TaskSpec, _Mapping]]] = ..., follow: _Optional[bool] = ..., resend: _Optional[bool] = ...) -> None: ...
+
+class SessionFollow(_message.Message):
+    __slots__ = ("seq", "task_ids")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, seq: _Optional[int] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("opened", "accepted", "rejected", "outcomes", "event")
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    opened: SessionOpened
+    accepted: SessionAccepted
+    rejected: SessionRejected
+    outcomes: SessionOutcomes
+    event: TaskEvent
+    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., accepted: _Optional[_Union[SessionAccepted, _Mapping]] = ..., rejected: _Optional[_Union[SessionRejected, _Mapping]] = ..., outcomes: _Optional[_Union[SessionOutcomes, _Mapping]] = ..., event: _Optional[_Union[TaskEvent, _Mapping]] = ...) -> None: ...
+
+class SessionOutcomes(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Task]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ...) -> None: ...
+
+class SessionOpened(_message.Message):
+    __slots__ = ("session_id", "max_outstanding")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    max_outstanding: int
+    def __init__(self, session_id: _Optional[str] = ..., max_outstanding: _Optional[int] = ...) -> None: ...
+
+class SessionAccepted(_message.Message):
+    __slots__ = ("seq", "task_ids")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, seq: _Optional[int] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SessionRejected(_message.Message):
+    __slots__ = ("seq", "code", "message")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    code: int
+    message: str
+    def __init__(self, seq: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...

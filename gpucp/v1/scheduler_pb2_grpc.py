@@ -81,6 +81,11 @@ class SchedulerStub:
                 request_serializer=gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsRequest.SerializeToString,
                 response_deserializer=gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/gpucp.v1.Scheduler/Session',
+                request_serializer=gpucp_dot_v1_dot_scheduler__pb2.SessionRequest.SerializeToString,
+                response_deserializer=gpucp_dot_v1_dot_scheduler__pb2.SessionResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -148,6 +153,22 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """A service's one stream: it submits on it and receives the outcome of each task it follows
+        (the terminal Task, once durable; its events too if asked) on the same stream. Open first;
+        every Submit and Follow is answered by one Accepted or Rejected with its seq, in order.
+        Flow control: the server stops reading while max_outstanding followed tasks await delivery
+        (or their outcomes fill the stream's byte budget): read outcomes to submit more.
+        Resumption: after a reconnect, Open with the session_id and Follow the ids still awaited
+        (outcomes are read back from the store); resend Submits not acked, with the same seq: a spec
+        without an idempotency_key gets "session:<session_id>:<seq>:<index>", so a resend returns
+        the tasks of the first send instead of submitting them twice (unless the spec is within a
+        few dozen bytes of the size limit, where the key does not fit: give such a spec a key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +216,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.GetTaskEvents,
                     request_deserializer=gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsRequest.FromString,
                     response_serializer=gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=gpucp_dot_v1_dot_scheduler__pb2.SessionRequest.FromString,
+                    response_serializer=gpucp_dot_v1_dot_scheduler__pb2.SessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -441,6 +467,33 @@ class Scheduler:
             '/gpucp.v1.Scheduler/GetTaskEvents',
             gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsRequest.SerializeToString,
             gpucp_dot_v1_dot_scheduler__pb2.GetTaskEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/gpucp.v1.Scheduler/Session',
+            gpucp_dot_v1_dot_scheduler__pb2.SessionRequest.SerializeToString,
+            gpucp_dot_v1_dot_scheduler__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,7 @@ ALLOWED = {
     "gpucp.v1.Scheduler/ListTasks": READ,
     "gpucp.v1.Scheduler/WatchTasks": READ,
     "gpucp.v1.Scheduler/GetTaskEvents": READ,
+    "gpucp.v1.Scheduler/Session": READ,  # its submits need SUBMIT: test_security_session.py
     "gpucp.v1.Admin/GetClusterStats": OPERATE,
     "gpucp.v1.Admin/ListWorkers": OPERATE,
     "gpucp.v1.Admin/GetCosts": OPERATE,
@@ -94,6 +95,16 @@ def call(cp: ControlPlaneProcess, rpc: str, name: str | None) -> str:
             finally:
                 watch.cancel()
         scheduler = scheduler_pb2_grpc.SchedulerStub(channel)
+        if rpc.endswith("/Session"):
+            opening = scheduler_pb2.SessionRequest(open=scheduler_pb2.SessionOpen())
+            session = scheduler.Session(iter([opening]), metadata=meta, timeout=10)
+            try:
+                next(session)  # SessionOpened, or the refusal
+            except grpc.RpcError as exc:
+                return code_of(exc)
+            finally:
+                session.cancel()
+            return "OK"
         admin = admin_pb2_grpc.AdminStub(channel)
         calls: dict[str, Callable[[], object]] = {
             "SubmitTask": lambda: scheduler.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec), metadata=meta),

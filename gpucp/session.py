@@ -1,0 +1,306 @@
+"""The client side of Scheduler.Session: a Client's one stream for submits and outcomes.
+
+Client.run(), submit(), submit_many(), gather() and as_completed() go through it when the server
+offers it. A task's outcome comes down the stream the moment it is durable: no call per task,
+no watch to fall behind. The stream is reopened after a reconnect (a control plane restart
+included): the submits not yet answered are sent again (the server's session idempotency keys
+make that safe) and the tasks still awaited are followed again, so no outcome is lost; each
+awaited outcome is handed out once, whatever the server sends again.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Protocol
+
+import grpc
+
+# client.py imports this module only when a Client first needs its session.
+from gpucp.client import _RESUBSCRIBE_MAX_DELAY_S, _RESUMABLE, Client, GpucpError, Unfinished, rpc_error
+from gpucp.v1 import common_pb2, scheduler_pb2
+
+Waiter = Callable[[common_pb2.Task | GpucpError], None]
+# Ids in one Follow: 10,000 ids are about 400 kB, far under a message's limit.
+FOLLOW_CHUNK = 10_000
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class _Call(Protocol):
+    """What the Session stub returns: the responses as an iterator that is also the call."""
+
+    def __next__(self) -> scheduler_pb2.SessionResponse: ...
+
+    def __iter__(self) -> Iterator[scheduler_pb2.SessionResponse]: ...
+
+    def cancel(self) -> bool: ...
+
+
+def _requests(outbox: queue.Queue[scheduler_pb2.SessionRequest | None]) -> Iterator[scheduler_pb2.SessionRequest]:
+    while (request := outbox.get()) is not None:
+        yield request
+
+
+class Session:
+    """One Scheduler.Session stream, reopened after a reconnect until give_up_s without a server."""
+
+    def __init__(self, client: Client, give_up_s: float = 60.0) -> None:
+        self._client = client
+        self.give_up_s = give_up_s
+        self.session_id = ""
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        # Requests not yet answered, for a resend after a reconnect, with what to do on the answer.
+        self._unacked: dict[int, tuple[scheduler_pb2.SessionRequest, Future[builtins.list[str]]]] = {}
+        self._waiters: dict[str, builtins.list[Waiter]] = {}  # awaited outcomes by task id
+        self._outbox: queue.Queue[scheduler_pb2.SessionRequest | None] = queue.Queue()
+        self._call: _Call | None = None
+        self._failure: GpucpError | None = None
+        self._closed = False
+        self._reader: threading.Thread | None = None
+
+    def open(self) -> bool:
+        """Open the stream; False when the server has no Session (it predates it)."""
+        try:
+            self._connect()
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return False
+            raise rpc_error(exc, self._client.server) from None
+        self._reader = threading.Thread(target=self._read, name="gpucp-session", daemon=True)
+        self._reader.start()
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self._outbox.put(None)
+        if self._call is not None:
+            self._call.cancel()
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def submit(self, specs: Sequence[common_pb2.TaskSpec], on_outcome: Waiter | None = None) -> builtins.list[str]:
+        """Submit a batch (all stored or none); its ids once durable. With on_outcome, each
+        task's outcome is handed to it as it finishes."""
+        ack: Future[builtins.list[str]] = Future()
+        if on_outcome is not None:
+            # Registered by the reader thread as the ack arrives, before any outcome it precedes.
+            ack.add_done_callback(functools.partial(self._accepted, on_outcome))
+        submit = scheduler_pb2.SessionSubmit(specs=specs, follow=on_outcome is not None)
+        self._send(ack, lambda seq: scheduler_pb2.SessionRequest(submit=submit), submit)
+        return self._answer(ack)
+
+    def _follow(self, task_ids: Sequence[str], waiter: Waiter) -> Future[builtins.list[str]]:
+        ack: Future[builtins.list[str]] = Future()
+        self._await(task_ids, waiter)  # before the follow goes out: its outcomes may come at once
+        follow = scheduler_pb2.SessionFollow(task_ids=task_ids)
+        self._send(ack, lambda seq: scheduler_pb2.SessionRequest(follow=follow), follow)
+        return ack
+
+    def run(self, spec: common_pb2.TaskSpec, wait_s: float) -> common_pb2.Task:
+        """Submit one task and wait for it: terminal, or as it is after wait_s."""
+        outcome: Future[common_pb2.Task | GpucpError] = Future()
+        [task_id] = self.submit([spec], outcome.set_result)
+        try:
+            result = outcome.result(timeout=wait_s)
+        except FutureTimeout:
+            self._forget([task_id], outcome.set_result)
+            return self._client.get(task_id)
+        if isinstance(result, common_pb2.Task):
+            return result
+        raise result
+
+    def completions(self, task_ids: Sequence[str], timeout_s: float | None) -> Iterator[common_pb2.Task]:
+        """Each task, terminal, in finishing order (see Client.as_completed)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        finished: queue.Queue[common_pb2.Task | GpucpError] = queue.Queue()
+        pending = set(task_ids)
+        try:
+            for i in range(0, len(task_ids), FOLLOW_CHUNK):
+                ack = self._follow(task_ids[i : i + FOLLOW_CHUNK], finished.put)
+                ack.add_done_callback(lambda f: _refused(f, finished.put))
+            while pending:
+                try:
+                    item = finished.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise Unfinished([t for t in task_ids if t in pending], len(task_ids), timeout_s or 0.0) from None
+                if isinstance(item, GpucpError):
+                    raise item
+                if item.id in pending:
+                    pending.discard(item.id)
+                    yield item
+        finally:
+            self._forget(pending, finished.put)
+
+    # -- the stream -----------------------------------------------------------------------------
+
+    def _send(
+        self,
+        ack: Future[builtins.list[str]],
+        wrap: Callable[[int], scheduler_pb2.SessionRequest],
+        body: scheduler_pb2.SessionSubmit | scheduler_pb2.SessionFollow,
+    ) -> None:
+        """Number the request (`body`, sent as wrap() makes it) and send it; its answer fulfils `ack`."""
+        with self._lock:
+            if self._failure is not None:
+                raise self._failure
+            body.seq = next(self._seq)
+            request = wrap(body.seq)
+            self._unacked[body.seq] = (request, ack)
+            self._outbox.put(request)
+
+    def _answer(self, ack: Future[builtins.list[str]]) -> builtins.list[str]:
+        try:
+            return ack.result(timeout=self._client.timeout_s + self.give_up_s)
+        except FutureTimeout:
+            raise GpucpError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the control plane at {self._client.server} did not answer a submit within "
+                f"{self._client.timeout_s + self.give_up_s:g} s",
+            ) from None
+
+    def _accepted(self, waiter: Waiter, ack: Future[builtins.list[str]]) -> None:
+        if ack.exception() is None:
+            self._await(ack.result(), waiter)
+
+    def _await(self, task_ids: Sequence[str], waiter: Waiter) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                self._waiters.setdefault(task_id, []).append(waiter)
+
+    def _forget(self, task_ids: Iterator[str] | Sequence[str] | set[str], waiter: Waiter) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                waiters = self._waiters.get(task_id)
+                if waiters and waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self._waiters[task_id]
+
+    def _connect(self) -> None:
+        """Open a stream (resuming the session if it has an id), and send again what is unanswered."""
+        outbox: queue.Queue[scheduler_pb2.SessionRequest | None] = queue.Queue()
+        outbox.put(scheduler_pb2.SessionRequest(open=scheduler_pb2.SessionOpen(session_id=self.session_id)))
+        with self._lock:
+            for seq in sorted(self._unacked):
+                request = self._unacked[seq][0]
+                if request.HasField("submit"):
+                    request.submit.resend = True
+                outbox.put(request)
+            owed = builtins.list(self._waiters)
+            for i in range(0, len(owed), FOLLOW_CHUNK):
+                chunk = owed[i : i + FOLLOW_CHUNK]
+                ack: Future[builtins.list[str]] = Future()
+                ack.add_done_callback(functools.partial(self._lost, chunk))
+                seq = next(self._seq)
+                request = scheduler_pb2.SessionRequest(follow=scheduler_pb2.SessionFollow(seq=seq, task_ids=chunk))
+                self._unacked[seq] = (request, ack)
+                outbox.put(request)
+            old, self._outbox = self._outbox, outbox
+        old.put(None)
+        call: _Call = self._client._scheduler.Session(_requests(outbox))
+        first = next(call)
+        self.session_id = first.opened.session_id
+        self._call = call
+
+    def _read(self) -> None:
+        while True:
+            assert self._call is not None
+            try:
+                for response in self._call:
+                    self._handle(response)
+            except grpc.RpcError as exc:
+                if self._closed:
+                    return
+                if exc.code() not in _RESUMABLE:
+                    self._fail(rpc_error(exc, self._client.server))
+                    return
+            if self._closed:
+                return
+            try:
+                self._reconnect()
+            except GpucpError as exc:
+                self._fail(exc)
+                return
+
+    def _reconnect(self) -> None:
+        deadline = time.monotonic() + self.give_up_s
+        delay = 0.1
+        while not self._closed:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise grpc.FutureTimeoutError()
+                grpc.channel_ready_future(self._client._raw_channel).result(timeout=remaining)
+                self._connect()
+                return
+            except grpc.FutureTimeoutError:
+                raise GpucpError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the control plane at {self._client.server} went away and did not come back within "
+                    f"{self.give_up_s:g} s; the tasks are kept in its database: look at them with gpucp get "
+                    "once it is back",
+                ) from None
+            except grpc.RpcError as exc:
+                if exc.code() not in _RESUMABLE:
+                    raise rpc_error(exc, self._client.server) from None
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, _RESUBSCRIBE_MAX_DELAY_S)
+
+    def _handle(self, response: scheduler_pb2.SessionResponse) -> None:
+        kind = response.WhichOneof("msg")
+        if kind == "outcomes":
+            tasks = response.outcomes.tasks
+            with self._lock:
+                awaited = [(task, self._waiters.pop(task.id, [])) for task in tasks]
+            for task, waiters in awaited:
+                for waiter in waiters:
+                    waiter(task)
+        elif kind == "accepted":
+            with self._lock:
+                _, ack = self._unacked.pop(response.accepted.seq, (None, None))
+            if ack is not None:
+                ack.set_result(builtins.list(response.accepted.task_ids))
+        elif kind == "rejected":
+            with self._lock:
+                _, ack = self._unacked.pop(response.rejected.seq, (None, None))
+            if ack is not None:
+                code = _CODES.get(response.rejected.code, grpc.StatusCode.UNKNOWN)
+                ack.set_exception(GpucpError(code, response.rejected.message))
+
+    def _lost(self, task_ids: Sequence[str], ack: Future[builtins.list[str]]) -> None:
+        """A resumed follow was refused (a task deleted meanwhile): its waiters hear why."""
+        error = ack.exception()
+        if not isinstance(error, GpucpError):
+            return
+        with self._lock:
+            waiters = [(t, w) for t in task_ids for w in self._waiters.pop(t, [])]
+        for _, waiter in waiters:
+            waiter(error)
+
+    def _fail(self, error: GpucpError) -> None:
+        """The stream cannot go on: every pending call and awaited outcome hears why."""
+        with self._lock:
+            self._failure = error
+            acks = [ack for _, ack in self._unacked.values()]
+            self._unacked.clear()
+            waiters = [w for ws in self._waiters.values() for w in ws]
+            self._waiters.clear()
+        for ack in acks:
+            ack.set_exception(error)
+        for waiter in dict.fromkeys(waiters):
+            waiter(error)
+
+
+def _refused(ack: Future[builtins.list[str]], put: Waiter) -> None:
+    """Hand a refused follow's error to the one waiting for its outcomes."""
+    error = ack.exception()
+    if isinstance(error, GpucpError):
+        put(error)
