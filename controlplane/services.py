@@ -227,7 +227,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         # Following tasks is reading them; each submit on the stream is checked for SUBMIT.
         principal = await caller(self.authority, context, Permission.READ)
         try:
-            async for response in SessionStream(self.cp, principal).run(request_iterator):
+            peer = context.peer()
+
+            def refused(exc: Denied) -> None:
+                self.authority.refuse(exc, "session submit", principal, peer)
+
+            async for response in SessionStream(self.cp, principal, refused).run(request_iterator):
                 yield response
         except ControlError as exc:
             await context.abort(exc.code, str(exc))

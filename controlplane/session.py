@@ -20,7 +20,7 @@ import functools
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from controlplane.auth import ANONYMOUS, Denied, Permission, Principal, authorize, printable
 from controlplane.book import Event
@@ -30,7 +30,6 @@ from controlplane.record import TaskRecord
 from gpucp.v1 import common_pb2, scheduler_pb2
 
 log = logging.getLogger("gpucp.controlplane")
-audit = logging.getLogger("gpucp.audit")
 
 OPEN_TIMEOUT_S = 30.0
 MAX_OUTSTANDING = 10_000
@@ -52,9 +51,10 @@ def session_key(session_id: str, seq: int, index: int) -> str:
 class SessionStream:
     """One Session call: reads requests, handles them, queues what goes back."""
 
-    def __init__(self, cp: ControlPlane, principal: Principal) -> None:
+    def __init__(self, cp: ControlPlane, principal: Principal, refused: Callable[[Denied], None]) -> None:
         self.cp = cp
         self.principal = principal
+        self.refused = refused  # counts and audits a submit the principal may not make
         self.session_id = ""
         self.events = False
         self.waiting: set[str] = set()  # followed tasks whose outcome this stream has not queued yet
@@ -185,7 +185,7 @@ class SessionStream:
             results = await self.cp.submit(specs, session_keys=keys, resend=request.resend)
         except ControlError as exc:
             if isinstance(exc, Denied):
-                audit.warning("refused session submit from %s: %s", self.principal.name, exc)
+                self.refused(exc)
             self._reject(request.seq, exc)
             return
         ids = [task_id for task_id, _ in results]
