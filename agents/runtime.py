@@ -13,45 +13,39 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING
 
 import grpc
 
 from agents.handlers import BUILTIN_HANDLERS, Handler, TaskContext, TaskError
 from agents.inventory import simulated_gpu_stats
+from agents.stream import (
+    CHANNEL_OPTIONS,
+    CLOSE,
+    Outgoing,
+    Running,
+    Stream,
+    TaskKey,
+    heartbeat_seconds,
+    update_message,
+    write_loop,
+)
 from gpucp import tracing
 from gpucp.auth import token_metadata
-from gpucp.batching import by_size
 from gpucp.channels import channel_target, open_aio_channel
 from gpucp.limits import MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
 
 if TYPE_CHECKING:
-    # Subscripted only for the type checker: grpc's classes are not generic at run time.
-    ConnectCall: TypeAlias = grpc.aio.StreamStreamCall[workers_pb2.AgentMessage, workers_pb2.ControlMessage]
+    from agents.stream import ConnectCall
 
-__all__ = ["CHANNEL_OPTIONS", "Agent", "Refused", "default_worker_id"]
+__all__ = ["Agent", "Refused", "default_worker_id"]
 
 log = logging.getLogger("gpucp.agent")
-
-CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
-_DEFAULT_HEARTBEAT_MS = 5_000
-_MIN_HEARTBEAT_MS = 10
-# A final update written on a stream counts as delivered once that stream stayed up this long
-# afterwards: long enough for keepalive (10 s + 5 s) to have noticed a dead peer.
-_DELIVERY_CONFIRM_S = 15.0
 
 GpuStatsSource = Callable[[Sequence[common_pb2.Gpu], Iterable[int]], list[common_pb2.GpuStats]]
 # Extra environment for a task given these GPU indices (e.g. MIG instance UUIDs in CUDA_VISIBLE_DEVICES).
 TaskEnvSource = Callable[[Sequence[int]], Mapping[str, str]]
-TaskKey = tuple[str, int]
 
 
 class Refused(Exception):
@@ -91,38 +85,6 @@ class _Attempt:
     trace: dict[str, str] = dataclasses.field(default_factory=dict)
     # Set once the handler got its slot; until then the attempt is prefetched and may be handed back.
     started: bool = False
-
-
-@dataclasses.dataclass(eq=False)
-class _Outgoing:
-    """A final update that must reach the control plane, whatever happens to the stream."""
-
-    message: workers_pb2.AgentMessage
-    written_on: int | None = None
-    written_at: float = 0.0
-
-
-@dataclasses.dataclass(slots=True)
-class _Running:
-    """An attempt got its slot, or reports progress. The writer turns it into a RUNNING update
-    unless the attempt's final update leaves in the same batch (which says everything RUNNING
-    would have)."""
-
-    key: TaskKey
-    progress: float = 0.0
-
-
-_CLOSE = object()
-
-
-class _Stream:
-    """The live, registered stream: a generation number and the queue its writer drains."""
-
-    def __init__(self, generation: int, heartbeat_s: float) -> None:
-        self.generation = generation
-        self.heartbeat_s = heartbeat_s
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
-        self.closed_cleanly = False
 
 
 @dataclasses.dataclass
@@ -165,7 +127,7 @@ class Agent:
         if missing:
             raise ValueError(f"no handler for kinds {missing}; handlers exist for {sorted(self.handlers)}.")
         self._attempts: dict[TaskKey, _Attempt] = {}
-        self._outbox: dict[TaskKey, _Outgoing] = {}
+        self._outbox: dict[TaskKey, Outgoing] = {}
         # Attempts holding a slot, the GPUs they hold whole (each by one attempt at most), and per
         # GPU the attempts running side by side on it with a share of it (gpu_milli).
         self._executing = 0
@@ -174,7 +136,7 @@ class Agent:
         # Set (and replaced) when a slot frees while attempts wait for one; they look again.
         self._slot_freed = asyncio.Event()
         self._slot_waiters = 0
-        self._stream: _Stream | None = None
+        self._stream: Stream | None = None
         self._generation = 0
         # Sent with every Register: the control plane lets a reconnect of this agent replace its
         # old stream, and refuses another agent process that claims the same worker id.
@@ -271,7 +233,7 @@ class Agent:
         self._closing = True
         stream = self._stream
         if stream is not None:
-            stream.queue.put_nowait(_CLOSE)
+            stream.queue.put_nowait(CLOSE)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(connection), 5.0)
             if stream.closed_cleanly:
@@ -407,7 +369,7 @@ class Agent:
             log.warning("expected `registered` first, got %r; reconnecting", first.WhichOneof("msg"))
             return False
         self._generation += 1
-        stream = _Stream(self._generation, self._heartbeat_seconds(first.registered.heartbeat_interval_ms))
+        stream = Stream(self._generation, heartbeat_seconds(first.registered.heartbeat_interval_ms))
         log.info(
             "registered with %s as %s (%d running, %d final update(s) to resend)",
             self.server,
@@ -423,7 +385,7 @@ class Agent:
         self._notify_progress()
         workers = [
             asyncio.create_task(self._read_loop(call, stream)),
-            asyncio.create_task(self._write_loop(call, stream)),
+            asyncio.create_task(write_loop(call, stream, self._outbox, self._notify_progress)),
             asyncio.create_task(self._heartbeat_loop(stream)),
         ]
         try:
@@ -436,13 +398,7 @@ class Agent:
             await asyncio.gather(*workers, return_exceptions=True)
         return True
 
-    @staticmethod
-    def _heartbeat_seconds(interval_ms: int) -> float:
-        if interval_ms <= 0:
-            return _DEFAULT_HEARTBEAT_MS / 1000
-        return max(interval_ms, _MIN_HEARTBEAT_MS) / 1000
-
-    async def _read_loop(self, call: ConnectCall, stream: _Stream) -> None:
+    async def _read_loop(self, call: ConnectCall, stream: Stream) -> None:
         while True:
             message = await call.read()
             if not isinstance(message, workers_pb2.ControlMessage):  # grpc.aio.EOF
@@ -456,89 +412,10 @@ class Agent:
             except Exception:
                 log.exception("ignoring control message that could not be handled: %s", message)
 
-    async def _write_loop(self, call: ConnectCall, stream: _Stream) -> None:
-        while True:
-            items = [await stream.queue.get()]
-            # Everything produced while the last write was in flight leaves in one go.
-            while not stream.queue.empty():
-                items.append(stream.queue.get_nowait())
-            closing = _CLOSE in items
-            if closing:
-                items = items[: items.index(_CLOSE)]
-            await self._write_batch(call, stream, items)
-            if closing:
-                await call.done_writing()
-                # Keep the session alive until the server ends the stream (the reader sees EOF).
-                await asyncio.Future()
-
-    async def _write_batch(self, call: ConnectCall, stream: _Stream, items: list[object]) -> None:
-        """Write queued items in order; consecutive task updates go as one `updates` message.
-
-        A RUNNING update followed in the same batch by its attempt's final update is left out: the
-        task already ended, and the final update says everything RUNNING would have.
-        """
-        ended = {
-            (item.message.update.task_id, item.message.update.attempt)
-            for item in items
-            if isinstance(item, _Outgoing)
-        }
-        updates: list[workers_pb2.TaskUpdate] = []
-        finals: list[_Outgoing] = []
-        batched: set[_Outgoing] = set()
-
-        async def flush() -> None:
-            for run in by_size(updates):
-                if len(run) == 1:
-                    await call.write(workers_pb2.AgentMessage(update=run[0]))
-                else:
-                    await call.write(workers_pb2.AgentMessage(updates=workers_pb2.TaskUpdates(updates=run)))
-            now = time.monotonic()
-            for item in finals:
-                item.written_on = stream.generation
-                item.written_at = now
-            if finals:
-                self._notify_progress()
-            updates.clear()
-            finals.clear()
-
-        for item in items:
-            if isinstance(item, _Outgoing):
-                if item.written_on == stream.generation or item in batched:
-                    continue  # queued twice (produced while registering); once is enough
-                updates.append(item.message.update)
-                finals.append(item)
-                batched.add(item)
-            elif isinstance(item, _Running):
-                if item.key not in ended:
-                    task_id, attempt = item.key
-                    updates.append(
-                        workers_pb2.TaskUpdate(
-                            task_id=task_id,
-                            attempt=attempt,
-                            state=common_pb2.TASK_STATE_RUNNING,
-                            progress=item.progress,
-                        )
-                    )
-            elif isinstance(item, workers_pb2.AgentMessage) and item.WhichOneof("msg") == "update":
-                updates.append(item.update)
-            elif isinstance(item, workers_pb2.AgentMessage):
-                await flush()
-                await call.write(item)
-                if item.WhichOneof("msg") == "heartbeat":
-                    self._forget_delivered(stream)
-        await flush()
-
-    async def _heartbeat_loop(self, stream: _Stream) -> None:
+    async def _heartbeat_loop(self, stream: Stream) -> None:
         while True:
             await asyncio.sleep(stream.heartbeat_s)
             stream.queue.put_nowait(self._heartbeat_message())
-
-    def _forget_delivered(self, stream: _Stream) -> None:
-        confirm_after = max(_DELIVERY_CONFIRM_S, 2 * stream.heartbeat_s)
-        cutoff = time.monotonic() - confirm_after
-        for key, item in list(self._outbox.items()):
-            if item.written_on == stream.generation and item.written_at <= cutoff:
-                del self._outbox[key]
 
     def _notify_progress(self) -> None:
         if self._progress_made is not None:
@@ -554,7 +431,7 @@ class Agent:
             heartbeat=workers_pb2.Heartbeat(gpus=stats, active=len(self._attempts), draining=self.draining)
         )
 
-    def _send(self, message: workers_pb2.AgentMessage | _Running) -> None:
+    def _send(self, message: workers_pb2.AgentMessage | Running) -> None:
         """Send a non-final message on the live stream; without one it is dropped (Register covers it)."""
         if self._stream is not None:
             self._stream.queue.put_nowait(message)
@@ -566,7 +443,7 @@ class Agent:
 
     # ----- control messages -------------------------------------------------------------------
 
-    def _dispatch(self, message: workers_pb2.ControlMessage, stream: _Stream) -> None:
+    def _dispatch(self, message: workers_pb2.ControlMessage, stream: Stream) -> None:
         kind = message.WhichOneof("msg")
         if kind == "assign":
             self._on_assign(message.assign)
@@ -583,7 +460,7 @@ class Agent:
             log.info("control plane ended the drain%s", stays)
             self._drain_for_control_plane(False)
         elif kind == "registered":
-            stream.heartbeat_s = self._heartbeat_seconds(message.registered.heartbeat_interval_ms)
+            stream.heartbeat_s = heartbeat_seconds(message.registered.heartbeat_interval_ms)
         else:
             log.warning("ignoring control message with no known content: %s", message)
 
@@ -621,7 +498,7 @@ class Agent:
                 return
             log.info("handing task %s attempt %d back before it started", *key)
             self._hand_back(key, attempt)
-            self._send(self._update(key, common_pb2.TASK_STATE_PENDING))
+            self._send(update_message(key, common_pb2.TASK_STATE_PENDING))
             return
         log.info("cancelling task %s attempt %d", cancel.task_id, cancel.attempt)
         attempt.runner.cancel()
@@ -637,14 +514,6 @@ class Agent:
             del self._attempts[key]
 
     # ----- execution --------------------------------------------------------------------------
-
-    @staticmethod
-    def _update(key: TaskKey, state: int, **fields: object) -> workers_pb2.AgentMessage:
-        return workers_pb2.AgentMessage(
-            update=workers_pb2.TaskUpdate(
-                task_id=key[0], attempt=key[1], state=state, **fields  # type: ignore[arg-type]
-            )
-        )
 
     async def _execute(self, key: TaskKey, attempt: _Attempt) -> None:
         task = attempt.task
@@ -670,7 +539,7 @@ class Agent:
                 self._shared_gpus.update(ctx.gpu_indices)
             else:
                 self._busy_gpus.update(ctx.gpu_indices)
-            self._send(_Running(key))
+            self._send(Running(key))
             try:
                 attributes: dict[str, str | int] = {
                     "gpucp.task_id": task.id, "gpucp.attempt": task.attempt, "gpucp.worker_id": self.worker_id,
@@ -697,20 +566,20 @@ class Agent:
                     f"(spec and result together at most {MAX_TASK_CONTENT_BYTES}, to fit a "
                     f"{MAX_MESSAGE_BYTES}-byte message)"
                 )
-            final = self._update(key, common_pb2.TASK_STATE_SUCCEEDED, result=bytes(result))
+            final = update_message(key, common_pb2.TASK_STATE_SUCCEEDED, result=bytes(result))
             log.info("task %s attempt %d succeeded", *key)
         except asyncio.CancelledError:
             log.info("task %s attempt %d cancelled", *key)
             raise
         except TaskError as exc:
             log.info("task %s attempt %d is wrong: %s", key[0], key[1], exc)
-            final = self._update(key, common_pb2.TASK_STATE_FAILED, error=format_error(exc), task_error=True)
+            final = update_message(key, common_pb2.TASK_STATE_FAILED, error=format_error(exc), task_error=True)
         except Exception as exc:
             log.info("task %s attempt %d failed: %s", key[0], key[1], exc)
-            final = self._update(key, common_pb2.TASK_STATE_FAILED, error=format_error(exc))
+            final = update_message(key, common_pb2.TASK_STATE_FAILED, error=format_error(exc))
         # No await from here on: the attempt leaves `running` and enters the outbox at once.
         self._forget_attempt(key, attempt)
-        outgoing = _Outgoing(final)
+        outgoing = Outgoing(final)
         self._outbox[key] = outgoing
         if self._stream is not None:
             self._stream.queue.put_nowait(outgoing)
@@ -729,4 +598,4 @@ class Agent:
 
     def _report_progress(self, key: TaskKey, fraction: float) -> None:
         if key in self._attempts:
-            self._send(_Running(key, fraction))
+            self._send(Running(key, fraction))
