@@ -1,9 +1,8 @@
-"""The agent runtime: one Workers.Connect stream, heartbeats, slots, cancellation, reconnects, drain."""
+"""The agent: holds its Workers.Connect stream across reconnects, follows control messages, drains and stops."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -12,28 +11,17 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
 
-from agents.handlers import BUILTIN_HANDLERS, Handler, TaskContext, TaskError
+from agents.handlers import BUILTIN_HANDLERS, Handler
 from agents.inventory import simulated_gpu_stats
-from agents.stream import (
-    CHANNEL_OPTIONS,
-    CLOSE,
-    Outgoing,
-    Running,
-    Stream,
-    TaskKey,
-    heartbeat_seconds,
-    update_message,
-    write_loop,
-)
-from gpucp import tracing
+from agents.runner import Runner, TaskEnvSource
+from agents.stream import CHANNEL_OPTIONS, CLOSE, Outgoing, Running, Stream, TaskKey, heartbeat_seconds, write_loop
 from gpucp.auth import token_metadata
 from gpucp.channels import channel_target, open_aio_channel
-from gpucp.limits import MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
 
 if TYPE_CHECKING:
@@ -44,8 +32,6 @@ __all__ = ["Agent", "Refused", "default_worker_id"]
 log = logging.getLogger("gpucp.agent")
 
 GpuStatsSource = Callable[[Sequence[common_pb2.Gpu], Iterable[int]], list[common_pb2.GpuStats]]
-# Extra environment for a task given these GPU indices (e.g. MIG instance UUIDs in CUDA_VISIBLE_DEVICES).
-TaskEnvSource = Callable[[Sequence[int]], Mapping[str, str]]
 
 
 class Refused(Exception):
@@ -60,31 +46,6 @@ def default_worker_id() -> str:
     share its hostname too. Six random hex digits make two such agents collide once in millions.
     """
     return f"{socket.gethostname()}-{secrets.token_hex(3)}"
-
-
-def format_error(exc: BaseException) -> str:
-    """Return "<ExceptionType>: <message>" (a TaskError's message alone), cut to at most 4 KiB of UTF-8."""
-    message = str(exc)
-    if isinstance(exc, TaskError) and message:
-        text = message  # written for the submitter; the type adds nothing
-    else:
-        text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    encoded = text.encode("utf-8")
-    if len(encoded) <= MAX_ERROR_BYTES:
-        return text
-    return encoded[: MAX_ERROR_BYTES - 3].decode("utf-8", errors="ignore") + "..."
-
-
-@dataclasses.dataclass
-class _Attempt:
-    """One attempt accepted by this agent and not finished yet."""
-
-    task: common_pb2.Task
-    runner: asyncio.Task[None] | None = None
-    # The control plane's trace context for this attempt (gpucp.tracing); empty when not traced.
-    trace: dict[str, str] = dataclasses.field(default_factory=dict)
-    # Set once the handler got its slot; until then the attempt is prefetched and may be handed back.
-    started: bool = False
 
 
 @dataclasses.dataclass
@@ -126,16 +87,17 @@ class Agent:
         missing = [kind for kind in self.kinds if kind not in self.handlers]
         if missing:
             raise ValueError(f"no handler for kinds {missing}; handlers exist for {sorted(self.handlers)}.")
-        self._attempts: dict[TaskKey, _Attempt] = {}
+        # The attempts and the slots and GPUs they hold, configured once from the fields above.
+        self._runner = Runner(
+            worker_id=self.worker_id,
+            slots=self.slots,
+            handlers=self.handlers,
+            kinds=self.kinds,
+            task_env=self.task_env,
+            send=self._send,
+            finish=self._finish,
+        )
         self._outbox: dict[TaskKey, Outgoing] = {}
-        # Attempts holding a slot, the GPUs they hold whole (each by one attempt at most), and per
-        # GPU the attempts running side by side on it with a share of it (gpu_milli).
-        self._executing = 0
-        self._busy_gpus: set[int] = set()
-        self._shared_gpus: collections.Counter[int] = collections.Counter()
-        # Set (and replaced) when a slot frees while attempts wait for one; they look again.
-        self._slot_freed = asyncio.Event()
-        self._slot_waiters = 0
         self._stream: Stream | None = None
         self._generation = 0
         # Sent with every Register: the control plane lets a reconnect of this agent replace its
@@ -166,14 +128,14 @@ class Agent:
     @property
     def active(self) -> int:
         """Attempts accepted and not finished, including those waiting for a slot."""
-        return len(self._attempts)
+        return len(self._runner.attempts)
 
     def request_stop(self) -> None:
         """Drain and exit, as SIGTERM does; a second call cancels running tasks at once."""
         if self._stop_requested is None or self._force_stop is None:
             return
-        if self._stop_requested.is_set() and self._attempts:
-            log.warning("second stop request: cancelling %d running task(s)", len(self._attempts))
+        if self._stop_requested.is_set() and self._runner.attempts:
+            log.warning("second stop request: cancelling %d running task(s)", len(self._runner.attempts))
             self._force_stop.set()
         self._stop_requested.set()
 
@@ -205,30 +167,30 @@ class Agent:
             connection.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await connection
-            await self._cancel_attempts(list(self._attempts.values()))
+            await self._runner.cancel_all()
 
     # ----- shutdown ---------------------------------------------------------------------------
 
     async def _shutdown(self, connection: asyncio.Task[None]) -> None:
         assert self._force_stop is not None
-        log.info("draining: %d task(s) running, waiting up to %.0f s", len(self._attempts), self.drain_timeout_s)
+        log.info("draining: %d task(s) running, waiting up to %.0f s", len(self._runner.attempts), self.drain_timeout_s)
         self._stopping = True
         self._send(self._heartbeat_message())
         deadline = time.monotonic() + self.drain_timeout_s
         force = asyncio.create_task(self._force_stop.wait())
         try:
             # Tasks assigned while draining (before the server saw it) run too, so look again each time.
-            while self._attempts and not force.done():
+            while self._runner.attempts and not force.done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                runners = {a.runner for a in self._attempts.values() if a.runner is not None}
+                runners = {a.runner for a in self._runner.attempts.values() if a.runner is not None}
                 await asyncio.wait({*runners, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         finally:
             force.cancel()
-        if self._attempts:
-            log.warning("drain ended with %d task(s) still running; cancelling them", len(self._attempts))
-            await self._cancel_attempts(list(self._attempts.values()))
+        if self._runner.attempts:
+            log.warning("drain ended with %d task(s) still running; cancelling them", len(self._runner.attempts))
+            await self._runner.cancel_all()
         await self._flush_outbox()
         self._closing = True
         stream = self._stream
@@ -265,13 +227,6 @@ class Agent:
         if stream is None:
             return not self._outbox
         return all(item.written_on == stream.generation for item in self._outbox.values())
-
-    async def _cancel_attempts(self, attempts: list[_Attempt]) -> None:
-        runners = [a.runner for a in attempts if a.runner is not None and not a.runner.done()]
-        for runner in runners:
-            runner.cancel()
-        if runners:
-            await asyncio.gather(*runners, return_exceptions=True)
 
     # ----- connection -------------------------------------------------------------------------
 
@@ -320,7 +275,8 @@ class Agent:
                 kinds=self.kinds,
                 cost_per_hour=self.cost_per_hour,
                 running=[
-                    workers_pb2.RunningTask(task_id=task_id, attempt=attempt) for task_id, attempt in self._attempts
+                    workers_pb2.RunningTask(task_id=task_id, attempt=attempt)
+                    for task_id, attempt in self._runner.attempts
                 ],
                 accepts_batches=True,
                 instance_id=self._instance_id,
@@ -343,21 +299,7 @@ class Agent:
             finally:
                 self._stream = None
                 call.cancel()
-                self._drop_unstarted()
-
-    def _drop_unstarted(self) -> None:
-        """Drop the attempts still waiting for a slot: the stream that delivered them broke.
-
-        Only started attempts are re-attached (Register.running), so a prefetched attempt lives
-        on exactly one stream. A revoke of it (work stealing) therefore either reaches this agent
-        on that stream, which hands the attempt back or answers that it started, or the stream
-        broke first and the attempt is gone here before the control plane requeues it: it never
-        runs twice. Re-attaching such attempts instead would count them as started (the core's
-        attach) and could lose a revoke sent on the old stream while the attempt lived on.
-        """
-        for key, attempt in list(self._attempts.items()):
-            if not attempt.started:
-                self._hand_back(key, attempt)
+                self._runner.drop_unstarted()
 
     async def _converse(self, call: ConnectCall) -> bool:
         await call.write(self._register_message())
@@ -374,7 +316,7 @@ class Agent:
             "registered with %s as %s (%d running, %d final update(s) to resend)",
             self.server,
             first.registered.worker_id or self.worker_id,
-            len(self._attempts),
+            len(self._runner.attempts),
             len(self._outbox),
         )
         self._stream = stream
@@ -423,18 +365,25 @@ class Agent:
 
     def _heartbeat_message(self) -> workers_pb2.AgentMessage:
         try:
-            stats = self.gpu_stats(self.gpus, self._busy_gpus | set(+self._shared_gpus)) if self.gpus else []
+            stats = self.gpu_stats(self.gpus, self._runner.gpus_in_use()) if self.gpus else []
         except Exception:
             log.exception("cannot read GPU stats; sending the heartbeat without them")
             stats = []
         return workers_pb2.AgentMessage(
-            heartbeat=workers_pb2.Heartbeat(gpus=stats, active=len(self._attempts), draining=self.draining)
+            heartbeat=workers_pb2.Heartbeat(gpus=stats, active=len(self._runner.attempts), draining=self.draining)
         )
 
     def _send(self, message: workers_pb2.AgentMessage | Running) -> None:
         """Send a non-final message on the live stream; without one it is dropped (Register covers it)."""
         if self._stream is not None:
             self._stream.queue.put_nowait(message)
+
+    def _finish(self, key: TaskKey, final: workers_pb2.AgentMessage) -> None:
+        """Hold an attempt's final update until it is known delivered, and queue it on the live stream."""
+        outgoing = Outgoing(final)
+        self._outbox[key] = outgoing
+        if self._stream is not None:
+            self._stream.queue.put_nowait(outgoing)
 
     def _drain_for_control_plane(self, draining: bool) -> None:
         """Follow a Drain (True) or an Undrain (False); the heartbeat tells the control plane at once."""
@@ -446,12 +395,12 @@ class Agent:
     def _dispatch(self, message: workers_pb2.ControlMessage, stream: Stream) -> None:
         kind = message.WhichOneof("msg")
         if kind == "assign":
-            self._on_assign(message.assign)
+            self._runner.assign(message.assign)
         elif kind == "assign_many":
             for assignment in message.assign_many.assignments:
-                self._on_assign(assignment)
+                self._runner.assign(assignment)
         elif kind == "cancel":
-            self._on_cancel(message.cancel)
+            self._runner.cancel(message.cancel)
         elif kind == "drain":
             log.info("control plane asked this agent to drain")
             self._drain_for_control_plane(True)
@@ -463,139 +412,3 @@ class Agent:
             stream.heartbeat_s = heartbeat_seconds(message.registered.heartbeat_interval_ms)
         else:
             log.warning("ignoring control message with no known content: %s", message)
-
-    def _on_assign(self, assignment: workers_pb2.Assignment) -> None:
-        task = assignment.task
-        if not task.id:
-            log.warning("ignoring assignment without a task id: %s", assignment)
-            return
-        key = (task.id, task.attempt)
-        if key in self._attempts:
-            log.info("task %s attempt %d is already running here; ignoring the repeat", task.id, task.attempt)
-            return
-        # A newer attempt of the same task fences the older ones: their results would be ignored.
-        # Only a retry (attempt 2 or later) can find one here.
-        for old_key, old in list(self._attempts.items()) if task.attempt > 1 else ():
-            if old_key[0] == task.id and old_key[1] < task.attempt and old.runner is not None:
-                log.info(
-                    "task %s attempt %d superseded by attempt %d; cancelling it", task.id, old_key[1], task.attempt
-                )
-                old.runner.cancel()
-        attempt = _Attempt(task=task, trace=dict(assignment.trace_context))
-        self._attempts[key] = attempt
-        attempt.runner = asyncio.create_task(self._execute(key, attempt), name=f"task-{task.id}#{task.attempt}")
-        attempt.runner.add_done_callback(lambda _: self._forget_attempt(key, attempt))
-
-    def _on_cancel(self, cancel: workers_pb2.CancelAssignment) -> None:
-        key = (cancel.task_id, cancel.attempt)
-        attempt = self._attempts.get(key)
-        if attempt is None or attempt.runner is None:
-            log.debug("ignoring cancel of %s attempt %d: not running here", cancel.task_id, cancel.attempt)
-            return
-        if cancel.if_not_started:
-            if attempt.started:
-                log.info("keeping task %s attempt %d: it started before the revoke came", *key)
-                return
-            log.info("handing task %s attempt %d back before it started", *key)
-            self._hand_back(key, attempt)
-            self._send(update_message(key, common_pb2.TASK_STATE_PENDING))
-            return
-        log.info("cancelling task %s attempt %d", cancel.task_id, cancel.attempt)
-        attempt.runner.cancel()
-
-    def _hand_back(self, key: TaskKey, attempt: _Attempt) -> None:
-        """Forget an attempt that has not started; its handler never runs (no await in between)."""
-        del self._attempts[key]
-        if attempt.runner is not None:
-            attempt.runner.cancel()
-
-    def _forget_attempt(self, key: TaskKey, attempt: _Attempt) -> None:
-        if self._attempts.get(key) is attempt:
-            del self._attempts[key]
-
-    # ----- execution --------------------------------------------------------------------------
-
-    async def _execute(self, key: TaskKey, attempt: _Attempt) -> None:
-        task = attempt.task
-        final: workers_pb2.AgentMessage
-        try:
-            handler = self.handlers.get(task.spec.kind)
-            if handler is None:
-                raise LookupError(f"this worker has no handler for kind {task.spec.kind!r} (it runs {self.kinds})")
-            ctx = TaskContext.for_task(task, self.worker_id, progress=lambda p: self._report_progress(key, p))
-            if self.task_env is not None and ctx.gpu_indices:
-                ctx = dataclasses.replace(ctx, env={**ctx.env, **self.task_env(ctx.gpu_indices)})
-            while not self._can_start(attempt):
-                self._slot_waiters += 1
-                try:
-                    await self._slot_freed.wait()
-                finally:
-                    self._slot_waiters -= 1
-            # RUNNING means "holds a slot": until now the attempt could be handed back.
-            attempt.started = True
-            self._executing += 1
-            shared = bool(task.spec.requirements.gpu_milli)
-            if shared:
-                self._shared_gpus.update(ctx.gpu_indices)
-            else:
-                self._busy_gpus.update(ctx.gpu_indices)
-            self._send(Running(key))
-            try:
-                attributes: dict[str, str | int] = {
-                    "gpucp.task_id": task.id, "gpucp.attempt": task.attempt, "gpucp.worker_id": self.worker_id,
-                    "gpucp.kind": task.spec.kind,
-                }
-                with tracing.span("gpucp.run", attempt.trace, "CONSUMER", attributes):
-                    result = await handler(task, ctx)
-            finally:
-                self._executing -= 1
-                if shared:
-                    self._shared_gpus.subtract(ctx.gpu_indices)
-                else:
-                    self._busy_gpus.difference_update(ctx.gpu_indices)
-                if self._slot_waiters:
-                    freed, self._slot_freed = self._slot_freed, asyncio.Event()
-                    freed.set()
-            if not isinstance(result, (bytes, bytearray, memoryview)):
-                raise TypeError(f"handler for {task.spec.kind!r} returned {type(result).__name__}, not bytes")
-            # The Task that will carry the result carries the spec too, and must fit in one message.
-            room = MAX_TASK_CONTENT_BYTES - task.spec.ByteSize()
-            if len(result) > room:
-                raise ValueError(
-                    f"result of {len(result)} bytes does not fit: beside the task's spec it may be {room} bytes "
-                    f"(spec and result together at most {MAX_TASK_CONTENT_BYTES}, to fit a "
-                    f"{MAX_MESSAGE_BYTES}-byte message)"
-                )
-            final = update_message(key, common_pb2.TASK_STATE_SUCCEEDED, result=bytes(result))
-            log.info("task %s attempt %d succeeded", *key)
-        except asyncio.CancelledError:
-            log.info("task %s attempt %d cancelled", *key)
-            raise
-        except TaskError as exc:
-            log.info("task %s attempt %d is wrong: %s", key[0], key[1], exc)
-            final = update_message(key, common_pb2.TASK_STATE_FAILED, error=format_error(exc), task_error=True)
-        except Exception as exc:
-            log.info("task %s attempt %d failed: %s", key[0], key[1], exc)
-            final = update_message(key, common_pb2.TASK_STATE_FAILED, error=format_error(exc))
-        # No await from here on: the attempt leaves `running` and enters the outbox at once.
-        self._forget_attempt(key, attempt)
-        outgoing = Outgoing(final)
-        self._outbox[key] = outgoing
-        if self._stream is not None:
-            self._stream.queue.put_nowait(outgoing)
-
-    def _can_start(self, attempt: _Attempt) -> bool:
-        """A slot is free and none of the attempt's GPUs is used whole by a running attempt; for an
-        attempt that uses its GPUs whole, none runs a share either.
-
-        With prefetch the control plane may queue two tasks on one GPU; they run one after the other.
-        Shares of one GPU (gpu_milli) run side by side: the control plane keeps them within the GPU.
-        """
-        indices = attempt.task.gpu_indices
-        if self._executing >= self.slots or not self._busy_gpus.isdisjoint(indices):
-            return False
-        return bool(attempt.task.spec.requirements.gpu_milli) or not any(self._shared_gpus[i] for i in indices)
-
-    def _report_progress(self, key: TaskKey, fraction: float) -> None:
-        if key in self._attempts:
-            self._send(Running(key, fraction))
