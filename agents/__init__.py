@@ -1,4 +1,4 @@
-"""gpucp worker agents: the connection runtime, task handlers and a simulated GPU inventory."""
+"""gpucp worker agents: the agent and its stream, the task runner, task handlers and a simulated GPU inventory."""
 
 from agents.handlers import Handler, TaskContext, TaskError, load_handler
 from agents.inventory import parse_gpus

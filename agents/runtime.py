@@ -1,9 +1,8 @@
-"""The agent runtime: one Workers.Connect stream, heartbeats, slots, cancellation, reconnects, drain."""
+"""The agent: holds its Workers.Connect stream across reconnects, follows control messages, drains and stops."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -12,46 +11,27 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 
-from agents.handlers import BUILTIN_HANDLERS, Handler, TaskContext, TaskError
+from agents.handlers import BUILTIN_HANDLERS, Handler
 from agents.inventory import simulated_gpu_stats
-from gpucp import tracing
+from agents.runner import Runner, TaskEnvSource
+from agents.stream import CHANNEL_OPTIONS, CLOSE, Outgoing, Running, Stream, TaskKey, heartbeat_seconds, write_loop
 from gpucp.auth import token_metadata
-from gpucp.batching import by_size
 from gpucp.channels import channel_target, open_aio_channel
-from gpucp.limits import MAX_ERROR_BYTES, MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
 
 if TYPE_CHECKING:
-    # Subscripted only for the type checker: grpc's classes are not generic at run time.
-    ConnectCall: TypeAlias = grpc.aio.StreamStreamCall[workers_pb2.AgentMessage, workers_pb2.ControlMessage]
+    from agents.stream import ConnectCall
 
-__all__ = ["CHANNEL_OPTIONS", "Agent", "Refused", "default_worker_id"]
+__all__ = ["Agent", "Refused", "default_worker_id"]
 
 log = logging.getLogger("gpucp.agent")
 
-CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
-_DEFAULT_HEARTBEAT_MS = 5_000
-_MIN_HEARTBEAT_MS = 10
-# A final update written on a stream counts as delivered once that stream stayed up this long
-# afterwards: long enough for keepalive (10 s + 5 s) to have noticed a dead peer.
-_DELIVERY_CONFIRM_S = 15.0
-
 GpuStatsSource = Callable[[Sequence[common_pb2.Gpu], Iterable[int]], list[common_pb2.GpuStats]]
-# Extra environment for a task given these GPU indices (e.g. MIG instance UUIDs in CUDA_VISIBLE_DEVICES).
-TaskEnvSource = Callable[[Sequence[int]], Mapping[str, str]]
-TaskKey = tuple[str, int]
 
 
 class Refused(Exception):
@@ -66,63 +46,6 @@ def default_worker_id() -> str:
     share its hostname too. Six random hex digits make two such agents collide once in millions.
     """
     return f"{socket.gethostname()}-{secrets.token_hex(3)}"
-
-
-def format_error(exc: BaseException) -> str:
-    """Return "<ExceptionType>: <message>" (a TaskError's message alone), cut to at most 4 KiB of UTF-8."""
-    message = str(exc)
-    if isinstance(exc, TaskError) and message:
-        text = message  # written for the submitter; the type adds nothing
-    else:
-        text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    encoded = text.encode("utf-8")
-    if len(encoded) <= MAX_ERROR_BYTES:
-        return text
-    return encoded[: MAX_ERROR_BYTES - 3].decode("utf-8", errors="ignore") + "..."
-
-
-@dataclasses.dataclass
-class _Attempt:
-    """One attempt accepted by this agent and not finished yet."""
-
-    task: common_pb2.Task
-    runner: asyncio.Task[None] | None = None
-    # The control plane's trace context for this attempt (gpucp.tracing); empty when not traced.
-    trace: dict[str, str] = dataclasses.field(default_factory=dict)
-    # Set once the handler got its slot; until then the attempt is prefetched and may be handed back.
-    started: bool = False
-
-
-@dataclasses.dataclass(eq=False)
-class _Outgoing:
-    """A final update that must reach the control plane, whatever happens to the stream."""
-
-    message: workers_pb2.AgentMessage
-    written_on: int | None = None
-    written_at: float = 0.0
-
-
-@dataclasses.dataclass(slots=True)
-class _Running:
-    """An attempt got its slot, or reports progress. The writer turns it into a RUNNING update
-    unless the attempt's final update leaves in the same batch (which says everything RUNNING
-    would have)."""
-
-    key: TaskKey
-    progress: float = 0.0
-
-
-_CLOSE = object()
-
-
-class _Stream:
-    """The live, registered stream: a generation number and the queue its writer drains."""
-
-    def __init__(self, generation: int, heartbeat_s: float) -> None:
-        self.generation = generation
-        self.heartbeat_s = heartbeat_s
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
-        self.closed_cleanly = False
 
 
 @dataclasses.dataclass
@@ -164,17 +87,18 @@ class Agent:
         missing = [kind for kind in self.kinds if kind not in self.handlers]
         if missing:
             raise ValueError(f"no handler for kinds {missing}; handlers exist for {sorted(self.handlers)}.")
-        self._attempts: dict[TaskKey, _Attempt] = {}
-        self._outbox: dict[TaskKey, _Outgoing] = {}
-        # Attempts holding a slot, the GPUs they hold whole (each by one attempt at most), and per
-        # GPU the attempts running side by side on it with a share of it (gpu_milli).
-        self._executing = 0
-        self._busy_gpus: set[int] = set()
-        self._shared_gpus: collections.Counter[int] = collections.Counter()
-        # Set (and replaced) when a slot frees while attempts wait for one; they look again.
-        self._slot_freed = asyncio.Event()
-        self._slot_waiters = 0
-        self._stream: _Stream | None = None
+        # The attempts and the slots and GPUs they hold, configured once from the fields above.
+        self._runner = Runner(
+            worker_id=self.worker_id,
+            slots=self.slots,
+            handlers=self.handlers,
+            kinds=self.kinds,
+            task_env=self.task_env,
+            send=self._send,
+            finish=self._finish,
+        )
+        self._outbox: dict[TaskKey, Outgoing] = {}
+        self._stream: Stream | None = None
         self._generation = 0
         # Sent with every Register: the control plane lets a reconnect of this agent replace its
         # old stream, and refuses another agent process that claims the same worker id.
@@ -204,14 +128,14 @@ class Agent:
     @property
     def active(self) -> int:
         """Attempts accepted and not finished, including those waiting for a slot."""
-        return len(self._attempts)
+        return len(self._runner.attempts)
 
     def request_stop(self) -> None:
         """Drain and exit, as SIGTERM does; a second call cancels running tasks at once."""
         if self._stop_requested is None or self._force_stop is None:
             return
-        if self._stop_requested.is_set() and self._attempts:
-            log.warning("second stop request: cancelling %d running task(s)", len(self._attempts))
+        if self._stop_requested.is_set() and self._runner.attempts:
+            log.warning("second stop request: cancelling %d running task(s)", len(self._runner.attempts))
             self._force_stop.set()
         self._stop_requested.set()
 
@@ -243,35 +167,35 @@ class Agent:
             connection.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await connection
-            await self._cancel_attempts(list(self._attempts.values()))
+            await self._runner.cancel_all()
 
     # ----- shutdown ---------------------------------------------------------------------------
 
     async def _shutdown(self, connection: asyncio.Task[None]) -> None:
         assert self._force_stop is not None
-        log.info("draining: %d task(s) running, waiting up to %.0f s", len(self._attempts), self.drain_timeout_s)
+        log.info("draining: %d task(s) running, waiting up to %.0f s", len(self._runner.attempts), self.drain_timeout_s)
         self._stopping = True
         self._send(self._heartbeat_message())
         deadline = time.monotonic() + self.drain_timeout_s
         force = asyncio.create_task(self._force_stop.wait())
         try:
             # Tasks assigned while draining (before the server saw it) run too, so look again each time.
-            while self._attempts and not force.done():
+            while self._runner.attempts and not force.done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                runners = {a.runner for a in self._attempts.values() if a.runner is not None}
+                runners = {a.runner for a in self._runner.attempts.values() if a.runner is not None}
                 await asyncio.wait({*runners, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         finally:
             force.cancel()
-        if self._attempts:
-            log.warning("drain ended with %d task(s) still running; cancelling them", len(self._attempts))
-            await self._cancel_attempts(list(self._attempts.values()))
+        if self._runner.attempts:
+            log.warning("drain ended with %d task(s) still running; cancelling them", len(self._runner.attempts))
+            await self._runner.cancel_all()
         await self._flush_outbox()
         self._closing = True
         stream = self._stream
         if stream is not None:
-            stream.queue.put_nowait(_CLOSE)
+            stream.queue.put_nowait(CLOSE)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(connection), 5.0)
             if stream.closed_cleanly:
@@ -303,13 +227,6 @@ class Agent:
         if stream is None:
             return not self._outbox
         return all(item.written_on == stream.generation for item in self._outbox.values())
-
-    async def _cancel_attempts(self, attempts: list[_Attempt]) -> None:
-        runners = [a.runner for a in attempts if a.runner is not None and not a.runner.done()]
-        for runner in runners:
-            runner.cancel()
-        if runners:
-            await asyncio.gather(*runners, return_exceptions=True)
 
     # ----- connection -------------------------------------------------------------------------
 
@@ -358,7 +275,8 @@ class Agent:
                 kinds=self.kinds,
                 cost_per_hour=self.cost_per_hour,
                 running=[
-                    workers_pb2.RunningTask(task_id=task_id, attempt=attempt) for task_id, attempt in self._attempts
+                    workers_pb2.RunningTask(task_id=task_id, attempt=attempt)
+                    for task_id, attempt in self._runner.attempts
                 ],
                 accepts_batches=True,
                 instance_id=self._instance_id,
@@ -381,21 +299,7 @@ class Agent:
             finally:
                 self._stream = None
                 call.cancel()
-                self._drop_unstarted()
-
-    def _drop_unstarted(self) -> None:
-        """Drop the attempts still waiting for a slot: the stream that delivered them broke.
-
-        Only started attempts are re-attached (Register.running), so a prefetched attempt lives
-        on exactly one stream. A revoke of it (work stealing) therefore either reaches this agent
-        on that stream, which hands the attempt back or answers that it started, or the stream
-        broke first and the attempt is gone here before the control plane requeues it: it never
-        runs twice. Re-attaching such attempts instead would count them as started (the core's
-        attach) and could lose a revoke sent on the old stream while the attempt lived on.
-        """
-        for key, attempt in list(self._attempts.items()):
-            if not attempt.started:
-                self._hand_back(key, attempt)
+                self._runner.drop_unstarted()
 
     async def _converse(self, call: ConnectCall) -> bool:
         await call.write(self._register_message())
@@ -407,12 +311,12 @@ class Agent:
             log.warning("expected `registered` first, got %r; reconnecting", first.WhichOneof("msg"))
             return False
         self._generation += 1
-        stream = _Stream(self._generation, self._heartbeat_seconds(first.registered.heartbeat_interval_ms))
+        stream = Stream(self._generation, heartbeat_seconds(first.registered.heartbeat_interval_ms))
         log.info(
             "registered with %s as %s (%d running, %d final update(s) to resend)",
             self.server,
             first.registered.worker_id or self.worker_id,
-            len(self._attempts),
+            len(self._runner.attempts),
             len(self._outbox),
         )
         self._stream = stream
@@ -423,7 +327,7 @@ class Agent:
         self._notify_progress()
         workers = [
             asyncio.create_task(self._read_loop(call, stream)),
-            asyncio.create_task(self._write_loop(call, stream)),
+            asyncio.create_task(write_loop(call, stream, self._outbox, self._notify_progress)),
             asyncio.create_task(self._heartbeat_loop(stream)),
         ]
         try:
@@ -436,13 +340,7 @@ class Agent:
             await asyncio.gather(*workers, return_exceptions=True)
         return True
 
-    @staticmethod
-    def _heartbeat_seconds(interval_ms: int) -> float:
-        if interval_ms <= 0:
-            return _DEFAULT_HEARTBEAT_MS / 1000
-        return max(interval_ms, _MIN_HEARTBEAT_MS) / 1000
-
-    async def _read_loop(self, call: ConnectCall, stream: _Stream) -> None:
+    async def _read_loop(self, call: ConnectCall, stream: Stream) -> None:
         while True:
             message = await call.read()
             if not isinstance(message, workers_pb2.ControlMessage):  # grpc.aio.EOF
@@ -456,89 +354,10 @@ class Agent:
             except Exception:
                 log.exception("ignoring control message that could not be handled: %s", message)
 
-    async def _write_loop(self, call: ConnectCall, stream: _Stream) -> None:
-        while True:
-            items = [await stream.queue.get()]
-            # Everything produced while the last write was in flight leaves in one go.
-            while not stream.queue.empty():
-                items.append(stream.queue.get_nowait())
-            closing = _CLOSE in items
-            if closing:
-                items = items[: items.index(_CLOSE)]
-            await self._write_batch(call, stream, items)
-            if closing:
-                await call.done_writing()
-                # Keep the session alive until the server ends the stream (the reader sees EOF).
-                await asyncio.Future()
-
-    async def _write_batch(self, call: ConnectCall, stream: _Stream, items: list[object]) -> None:
-        """Write queued items in order; consecutive task updates go as one `updates` message.
-
-        A RUNNING update followed in the same batch by its attempt's final update is left out: the
-        task already ended, and the final update says everything RUNNING would have.
-        """
-        ended = {
-            (item.message.update.task_id, item.message.update.attempt)
-            for item in items
-            if isinstance(item, _Outgoing)
-        }
-        updates: list[workers_pb2.TaskUpdate] = []
-        finals: list[_Outgoing] = []
-        batched: set[_Outgoing] = set()
-
-        async def flush() -> None:
-            for run in by_size(updates):
-                if len(run) == 1:
-                    await call.write(workers_pb2.AgentMessage(update=run[0]))
-                else:
-                    await call.write(workers_pb2.AgentMessage(updates=workers_pb2.TaskUpdates(updates=run)))
-            now = time.monotonic()
-            for item in finals:
-                item.written_on = stream.generation
-                item.written_at = now
-            if finals:
-                self._notify_progress()
-            updates.clear()
-            finals.clear()
-
-        for item in items:
-            if isinstance(item, _Outgoing):
-                if item.written_on == stream.generation or item in batched:
-                    continue  # queued twice (produced while registering); once is enough
-                updates.append(item.message.update)
-                finals.append(item)
-                batched.add(item)
-            elif isinstance(item, _Running):
-                if item.key not in ended:
-                    task_id, attempt = item.key
-                    updates.append(
-                        workers_pb2.TaskUpdate(
-                            task_id=task_id,
-                            attempt=attempt,
-                            state=common_pb2.TASK_STATE_RUNNING,
-                            progress=item.progress,
-                        )
-                    )
-            elif isinstance(item, workers_pb2.AgentMessage) and item.WhichOneof("msg") == "update":
-                updates.append(item.update)
-            elif isinstance(item, workers_pb2.AgentMessage):
-                await flush()
-                await call.write(item)
-                if item.WhichOneof("msg") == "heartbeat":
-                    self._forget_delivered(stream)
-        await flush()
-
-    async def _heartbeat_loop(self, stream: _Stream) -> None:
+    async def _heartbeat_loop(self, stream: Stream) -> None:
         while True:
             await asyncio.sleep(stream.heartbeat_s)
             stream.queue.put_nowait(self._heartbeat_message())
-
-    def _forget_delivered(self, stream: _Stream) -> None:
-        confirm_after = max(_DELIVERY_CONFIRM_S, 2 * stream.heartbeat_s)
-        cutoff = time.monotonic() - confirm_after
-        for key, item in list(self._outbox.items()):
-            if item.written_on == stream.generation and item.written_at <= cutoff:
-                del self._outbox[key]
 
     def _notify_progress(self) -> None:
         if self._progress_made is not None:
@@ -546,18 +365,25 @@ class Agent:
 
     def _heartbeat_message(self) -> workers_pb2.AgentMessage:
         try:
-            stats = self.gpu_stats(self.gpus, self._busy_gpus | set(+self._shared_gpus)) if self.gpus else []
+            stats = self.gpu_stats(self.gpus, self._runner.gpus_in_use()) if self.gpus else []
         except Exception:
             log.exception("cannot read GPU stats; sending the heartbeat without them")
             stats = []
         return workers_pb2.AgentMessage(
-            heartbeat=workers_pb2.Heartbeat(gpus=stats, active=len(self._attempts), draining=self.draining)
+            heartbeat=workers_pb2.Heartbeat(gpus=stats, active=len(self._runner.attempts), draining=self.draining)
         )
 
-    def _send(self, message: workers_pb2.AgentMessage | _Running) -> None:
+    def _send(self, message: workers_pb2.AgentMessage | Running) -> None:
         """Send a non-final message on the live stream; without one it is dropped (Register covers it)."""
         if self._stream is not None:
             self._stream.queue.put_nowait(message)
+
+    def _finish(self, key: TaskKey, final: workers_pb2.AgentMessage) -> None:
+        """Hold an attempt's final update until it is known delivered, and queue it on the live stream."""
+        outgoing = Outgoing(final)
+        self._outbox[key] = outgoing
+        if self._stream is not None:
+            self._stream.queue.put_nowait(outgoing)
 
     def _drain_for_control_plane(self, draining: bool) -> None:
         """Follow a Drain (True) or an Undrain (False); the heartbeat tells the control plane at once."""
@@ -566,15 +392,15 @@ class Agent:
 
     # ----- control messages -------------------------------------------------------------------
 
-    def _dispatch(self, message: workers_pb2.ControlMessage, stream: _Stream) -> None:
+    def _dispatch(self, message: workers_pb2.ControlMessage, stream: Stream) -> None:
         kind = message.WhichOneof("msg")
         if kind == "assign":
-            self._on_assign(message.assign)
+            self._runner.assign(message.assign)
         elif kind == "assign_many":
             for assignment in message.assign_many.assignments:
-                self._on_assign(assignment)
+                self._runner.assign(assignment)
         elif kind == "cancel":
-            self._on_cancel(message.cancel)
+            self._runner.cancel(message.cancel)
         elif kind == "drain":
             log.info("control plane asked this agent to drain")
             self._drain_for_control_plane(True)
@@ -583,150 +409,6 @@ class Agent:
             log.info("control plane ended the drain%s", stays)
             self._drain_for_control_plane(False)
         elif kind == "registered":
-            stream.heartbeat_s = self._heartbeat_seconds(message.registered.heartbeat_interval_ms)
+            stream.heartbeat_s = heartbeat_seconds(message.registered.heartbeat_interval_ms)
         else:
             log.warning("ignoring control message with no known content: %s", message)
-
-    def _on_assign(self, assignment: workers_pb2.Assignment) -> None:
-        task = assignment.task
-        if not task.id:
-            log.warning("ignoring assignment without a task id: %s", assignment)
-            return
-        key = (task.id, task.attempt)
-        if key in self._attempts:
-            log.info("task %s attempt %d is already running here; ignoring the repeat", task.id, task.attempt)
-            return
-        # A newer attempt of the same task fences the older ones: their results would be ignored.
-        # Only a retry (attempt 2 or later) can find one here.
-        for old_key, old in list(self._attempts.items()) if task.attempt > 1 else ():
-            if old_key[0] == task.id and old_key[1] < task.attempt and old.runner is not None:
-                log.info(
-                    "task %s attempt %d superseded by attempt %d; cancelling it", task.id, old_key[1], task.attempt
-                )
-                old.runner.cancel()
-        attempt = _Attempt(task=task, trace=dict(assignment.trace_context))
-        self._attempts[key] = attempt
-        attempt.runner = asyncio.create_task(self._execute(key, attempt), name=f"task-{task.id}#{task.attempt}")
-        attempt.runner.add_done_callback(lambda _: self._forget_attempt(key, attempt))
-
-    def _on_cancel(self, cancel: workers_pb2.CancelAssignment) -> None:
-        key = (cancel.task_id, cancel.attempt)
-        attempt = self._attempts.get(key)
-        if attempt is None or attempt.runner is None:
-            log.debug("ignoring cancel of %s attempt %d: not running here", cancel.task_id, cancel.attempt)
-            return
-        if cancel.if_not_started:
-            if attempt.started:
-                log.info("keeping task %s attempt %d: it started before the revoke came", *key)
-                return
-            log.info("handing task %s attempt %d back before it started", *key)
-            self._hand_back(key, attempt)
-            self._send(self._update(key, common_pb2.TASK_STATE_PENDING))
-            return
-        log.info("cancelling task %s attempt %d", cancel.task_id, cancel.attempt)
-        attempt.runner.cancel()
-
-    def _hand_back(self, key: TaskKey, attempt: _Attempt) -> None:
-        """Forget an attempt that has not started; its handler never runs (no await in between)."""
-        del self._attempts[key]
-        if attempt.runner is not None:
-            attempt.runner.cancel()
-
-    def _forget_attempt(self, key: TaskKey, attempt: _Attempt) -> None:
-        if self._attempts.get(key) is attempt:
-            del self._attempts[key]
-
-    # ----- execution --------------------------------------------------------------------------
-
-    @staticmethod
-    def _update(key: TaskKey, state: int, **fields: object) -> workers_pb2.AgentMessage:
-        return workers_pb2.AgentMessage(
-            update=workers_pb2.TaskUpdate(
-                task_id=key[0], attempt=key[1], state=state, **fields  # type: ignore[arg-type]
-            )
-        )
-
-    async def _execute(self, key: TaskKey, attempt: _Attempt) -> None:
-        task = attempt.task
-        final: workers_pb2.AgentMessage
-        try:
-            handler = self.handlers.get(task.spec.kind)
-            if handler is None:
-                raise LookupError(f"this worker has no handler for kind {task.spec.kind!r} (it runs {self.kinds})")
-            ctx = TaskContext.for_task(task, self.worker_id, progress=lambda p: self._report_progress(key, p))
-            if self.task_env is not None and ctx.gpu_indices:
-                ctx = dataclasses.replace(ctx, env={**ctx.env, **self.task_env(ctx.gpu_indices)})
-            while not self._can_start(attempt):
-                self._slot_waiters += 1
-                try:
-                    await self._slot_freed.wait()
-                finally:
-                    self._slot_waiters -= 1
-            # RUNNING means "holds a slot": until now the attempt could be handed back.
-            attempt.started = True
-            self._executing += 1
-            shared = bool(task.spec.requirements.gpu_milli)
-            if shared:
-                self._shared_gpus.update(ctx.gpu_indices)
-            else:
-                self._busy_gpus.update(ctx.gpu_indices)
-            self._send(_Running(key))
-            try:
-                attributes: dict[str, str | int] = {
-                    "gpucp.task_id": task.id, "gpucp.attempt": task.attempt, "gpucp.worker_id": self.worker_id,
-                    "gpucp.kind": task.spec.kind,
-                }
-                with tracing.span("gpucp.run", attempt.trace, "CONSUMER", attributes):
-                    result = await handler(task, ctx)
-            finally:
-                self._executing -= 1
-                if shared:
-                    self._shared_gpus.subtract(ctx.gpu_indices)
-                else:
-                    self._busy_gpus.difference_update(ctx.gpu_indices)
-                if self._slot_waiters:
-                    freed, self._slot_freed = self._slot_freed, asyncio.Event()
-                    freed.set()
-            if not isinstance(result, (bytes, bytearray, memoryview)):
-                raise TypeError(f"handler for {task.spec.kind!r} returned {type(result).__name__}, not bytes")
-            # The Task that will carry the result carries the spec too, and must fit in one message.
-            room = MAX_TASK_CONTENT_BYTES - task.spec.ByteSize()
-            if len(result) > room:
-                raise ValueError(
-                    f"result of {len(result)} bytes does not fit: beside the task's spec it may be {room} bytes "
-                    f"(spec and result together at most {MAX_TASK_CONTENT_BYTES}, to fit a "
-                    f"{MAX_MESSAGE_BYTES}-byte message)"
-                )
-            final = self._update(key, common_pb2.TASK_STATE_SUCCEEDED, result=bytes(result))
-            log.info("task %s attempt %d succeeded", *key)
-        except asyncio.CancelledError:
-            log.info("task %s attempt %d cancelled", *key)
-            raise
-        except TaskError as exc:
-            log.info("task %s attempt %d is wrong: %s", key[0], key[1], exc)
-            final = self._update(key, common_pb2.TASK_STATE_FAILED, error=format_error(exc), task_error=True)
-        except Exception as exc:
-            log.info("task %s attempt %d failed: %s", key[0], key[1], exc)
-            final = self._update(key, common_pb2.TASK_STATE_FAILED, error=format_error(exc))
-        # No await from here on: the attempt leaves `running` and enters the outbox at once.
-        self._forget_attempt(key, attempt)
-        outgoing = _Outgoing(final)
-        self._outbox[key] = outgoing
-        if self._stream is not None:
-            self._stream.queue.put_nowait(outgoing)
-
-    def _can_start(self, attempt: _Attempt) -> bool:
-        """A slot is free and none of the attempt's GPUs is used whole by a running attempt; for an
-        attempt that uses its GPUs whole, none runs a share either.
-
-        With prefetch the control plane may queue two tasks on one GPU; they run one after the other.
-        Shares of one GPU (gpu_milli) run side by side: the control plane keeps them within the GPU.
-        """
-        indices = attempt.task.gpu_indices
-        if self._executing >= self.slots or not self._busy_gpus.isdisjoint(indices):
-            return False
-        return bool(attempt.task.spec.requirements.gpu_milli) or not any(self._shared_gpus[i] for i in indices)
-
-    def _report_progress(self, key: TaskKey, fraction: float) -> None:
-        if key in self._attempts:
-            self._send(_Running(key, fraction))

@@ -5,7 +5,7 @@ is started and a few driver processes open that many Workers.Connect streams to 
 lean simulated agent written for this bench: it speaks the real protocol through the generated
 stubs (Register with 4 simulated A100s and 4 slots, heartbeats with GPU stats at the interval the
 control plane asks for, RUNNING then SUCCEEDED for every assignment), but keeps one coroutine per
-stream instead of the full agents.runtime machinery, so that 10,000 of them fit on two cores next to
+stream instead of the full agent (agents.Agent), so that 10,000 of them fit on two cores next to
 the control plane. Several streams share one HTTP/2 connection (--streams-per-connection).
 
 Measured, for the control-plane process only:
@@ -78,7 +78,7 @@ class StreamDriver:
 
     async def run(self, pipe: multiprocessing.connection.Connection) -> None:
         from agents.inventory import parse_gpus, simulated_gpu_stats
-        from agents.runtime import CHANNEL_OPTIONS
+        from agents.stream import CHANNEL_OPTIONS
         from gpucp.v1 import workers_pb2_grpc
 
         self._gpus = parse_gpus(GPU_SPEC, "sim")

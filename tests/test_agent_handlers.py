@@ -16,7 +16,7 @@ import pytest
 from agents import TaskContext, load_handler
 from agents import handlers as handlers_module
 from agents.handlers import ExecError, TaskError, exec_handler, noop_handler, sleep_handler
-from agents.runtime import format_error
+from agents.runner import format_error
 from gpucp.v1 import common_pb2
 
 T = TypeVar("T")
