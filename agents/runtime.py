@@ -303,7 +303,12 @@ class Agent:
 
     async def _converse(self, call: ConnectCall) -> bool:
         await call.write(self._register_message())
-        first = await asyncio.wait_for(call.read(), self.register_timeout_s)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the read's result and drops
+        # a cancellation that arrives as the read completes, and a stopped agent then ran on.
+        async with asyncio.timeout(self.register_timeout_s):
+            first = await call.read()
+        if self._closing:  # stopped while registering: nothing of this stream is wanted any more
+            return False
         if not isinstance(first, workers_pb2.ControlMessage):  # grpc.aio.EOF
             log.warning("control plane at %s closed the stream before registering", self.server)
             return False
