@@ -507,6 +507,9 @@ def run_status(args: argparse.Namespace) -> int:
                       for p in priorities)
     print(f"tasks: {states or 'none'}")
     print(f"queue: {queue}")
+    if stats.queue_depth_by_tenant:  # the deepest first; ties by name, so two calls print the same line
+        tenants = sorted(stats.queue_depth_by_tenant.items(), key=lambda item: (-item[1], item[0]))
+        print("queue by tenant: " + ", ".join(f"{tenant} {depth}" for tenant, depth in tenants))
     rows = [("WORKER", "PROVIDER", "SLOTS", "GPUS", "HEALTH", "OK", "FAILED", "SUCCESS", "SPEED", "$/H")]
     for w in sorted(workers, key=lambda w: w.worker_id):
         gpus = ",".join(sorted({g.name for g in w.gpus})) or "-"
@@ -520,8 +523,6 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"cost: {money(report.total_cost)} so far, {money(report.total_cost_per_hour)}/h now, "
               f"{sum(p.pods for p in report.pools)} pods in {len(report.pools)} pools (gpucp costs for more)")
     return 0
-
-
 
 
 def cost_report(client: Client) -> admin_pb2.CostReport | None:

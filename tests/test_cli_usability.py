@@ -93,11 +93,12 @@ def test_version_is_the_package_version():
 
 
 def test_status_is_sorted_and_the_same_on_every_call(controlplane, client):
-    for priority in ("low", "urgent", "normal", "high"):
-        client.submit("noop", priority=priority)
+    for priority, tenant in (("low", "lab"), ("urgent", "ops"), ("normal", "lab"), ("high", "ops"), ("low", "lab")):
+        client.submit("noop", priority=priority, tenant=tenant)
     first = gpucp("status", "--server", controlplane.address)
     assert first.returncode == 0, first.stderr
-    assert "queue: urgent 1, high 1, normal 1, low 1" in first.stdout
+    assert "queue: urgent 1, high 1, normal 1, low 2" in first.stdout
+    assert "queue by tenant: lab 3, ops 2" in first.stdout
     for _ in range(3):
         assert gpucp("status", "--server", controlplane.address).stdout == first.stdout
 
