@@ -460,6 +460,17 @@ impl Plan {
         self.changed.push(id);
     }
 
+    /// A member took a task. Its GPUs only got busier and the task has not started, so its
+    /// time for a hold and its release at once can only come later: unless it is the member the
+    /// outlook counts on for either, the outlook stands. (The placement bench measured the
+    /// re-planning of such members as most of what a blocked gang adds to a placement.)
+    pub(crate) fn busier(&mut self, id: WorkerId, bound: usize) {
+        let held = self.outlook.hold.as_ref().is_some_and(|h| h.worker == id);
+        if held || self.outlook.natural.is_some_and(|(_, w)| w == id) {
+            self.changed(id, bound);
+        }
+    }
+
     /// A member left.
     pub(crate) fn left(&mut self, id: WorkerId) {
         let held = self.outlook.hold.as_ref().is_some_and(|h| h.worker == id);
