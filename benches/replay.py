@@ -11,7 +11,10 @@ constraints on a third of the tasks, multigpu50 with more multi-GPU tasks) and p
   subset and with compressed arrivals): tasks arrive at their creation time, run for deletion -
   scheduled time, and wait in the core's queue until it places them. Mean and p99 wait overall
   and by GPU count, and GPU utilisation while some task waits. multigpu50 has no times: its task
-  i takes default task i's arrival and runtime.
+  i takes default task i's arrival and runtime. The --hinted policies run again ("+hints") with
+  each task's submitter naming its runtime's order of magnitude as its runtime class ("1e3s")
+  and expecting the decade's middle: the core learns runtimes per class instead of one mean for
+  the trace's single kind, which times reservations and backfill.
 - Saturation on the whole cluster (as in the FGD paper): tasks arrive in trace order (then again,
   shuffled, until the end), none leave; the GPUs requested when the core first cannot place the
   arriving task, as a share of the cluster's GPUs; beside it the bound no policy can pass (when
@@ -25,7 +28,7 @@ Tasks without GPUs are left out (they use no GPU, so no GPU placement decides th
 no node of the sample could ever run (counted in the table's header). In the time replay and the
 first saturation a share of a GPU is placed as a whole GPU. Ratios are against round_robin.
 
-    python benches/replay.py                          # all variants, 10% and 20% of the nodes
+    python benches/replay.py                          # all variants, 5%, 10%, 15% and 20% of the nodes
     python benches/replay.py --variants gpuspec33 --fractions 0.1 --policies round_robin,fragmentation
     python benches/replay.py --tasks 3000 --no-saturation   # a quicker look
 """
@@ -36,6 +39,7 @@ import argparse
 import csv
 import heapq
 import json
+import math
 import random
 import statistics
 import time
@@ -118,8 +122,9 @@ class Cluster:
     """The core with one worker per node (slots = GPUs, or room for every share with `shares`)
     and one shape per (GPUs, models, share)."""
 
-    def __init__(self, config: SchedulerConfig, nodes: list[Node], shares: bool = False) -> None:
+    def __init__(self, config: SchedulerConfig, nodes: list[Node], shares: bool = False, hints: bool = False) -> None:
         self.core = Scheduler(config)
+        self.hints = hints
         self.gpus = sum(n.gpus for n in nodes)
         self.nodes = nodes
         self.shares = shares
@@ -127,15 +132,20 @@ class Cluster:
             gpu = (MEMORY_MB.get(n.model, 16384), 7.0, n.model)
             # The smallest share in the trace is 50 thousandths: 20 of them fit a GPU.
             self.core.add_worker(n.gpus * (20 if shares else 1), [gpu] * n.gpus, "cuda", [], [], 0)
-        self.shapes: dict[tuple[int, tuple[str, ...], int], int] = {}
+        self.shapes: dict[tuple[int, tuple[str, ...], int, int], int] = {}
 
     def shape(self, task: Task) -> int:
         milli = task.milli if self.shares else 0
-        key = (task.gpus, task.models, milli)
+        decade = runtime_decade(task) if self.hints else -1
+        key = (task.gpus, task.models, milli, decade)
         if key not in self.shapes:
+            runtime_class = f"1e{decade}s" if self.hints else ""
             self.shapes[key] = self.core.shape(
-                "openb", task.gpus, 0, list(task.models), "cuda", [], 0.0, gpu_milli=milli
+                "openb", task.gpus, 0, list(task.models), "cuda", [], 0.0, gpu_milli=milli, runtime_class=runtime_class
             )
+            if self.hints:
+                # The submitter knows the order of magnitude: it expects the decade's middle.
+                self.core.expect_runtime(self.shapes[key], int(1000 * 10 ** (decade + 0.5)))
         return self.shapes[key]
 
     def could_run(self, task: Task) -> bool:
@@ -143,9 +153,16 @@ class Cluster:
         return any(n.gpus >= task.gpus and (not task.models or n.model in task.models) for n in self.nodes)
 
 
-def replay(config: SchedulerConfig, nodes: list[Node], tasks: list[Task], compress: float) -> dict[str, Any]:
+def runtime_decade(task: Task) -> int:
+    """The order of magnitude of the task's runtime in seconds: its runtime class with --hints."""
+    return int(math.log10(task.runtime_s))
+
+
+def replay(
+    config: SchedulerConfig, nodes: list[Node], tasks: list[Task], compress: float, hints: bool = False
+) -> dict[str, Any]:
     """Time replay: waits and utilisation."""
-    cluster = Cluster(config, nodes)
+    cluster = Cluster(config, nodes, hints=hints)
     core = cluster.core
     events: list[tuple[float, int, int]] = []  # (time s, 0 = finish / 1 = arrive, task)
     for i, t in enumerate(tasks):
@@ -267,16 +284,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trace", default=str(TRACE))
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--fractions", default="0.1,0.2", help="shares of the nodes the time replay runs on")
+    parser.add_argument("--fractions", default="0.05,0.1,0.15,0.2", help="shares of the nodes the time replay runs on")
     parser.add_argument("--load", type=float, default=1.2, help="offered load of the time replay (see above)")
     parser.add_argument("--tasks", type=int, default=0, help="replay only the first N GPU tasks (0 = all)")
     parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument(
+        "--hinted",
+        default="default",
+        help="policies also replayed with runtime hints (the runtime's decade as runtime class)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="node sample and saturation order")
     parser.add_argument("--no-saturation", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).parent / "out"))
     args = parser.parse_args()
     trace = Path(args.trace)
     policies = {p: POLICIES[p] for p in args.policies.split(",")}
+    hinted = [p for p in args.hinted.split(",") if p]
+    policies.update({p: POLICIES[p] for p in hinted})
     nodes = load_nodes(trace)
     report: dict[str, Any] = {"load": args.load, "compress": {}, "seed": args.seed, "replay": {}, "saturation": {}}
     for variant in args.variants.split(","):
@@ -290,9 +314,11 @@ def main() -> None:
             span = runnable[-1].arrival_s - runnable[0].arrival_s
             compress = args.load * probe.gpus * span / sum(t.gpus * t.runtime_s for t in runnable)
             rows = {}
-            for name, config in policies.items():
+            runs = [(name, config, False) for name, config in policies.items()]
+            runs += [(f"{name}+hints", policies[name], True) for name in hinted]
+            for name, config, hints in runs:
                 t0 = time.perf_counter()
-                rows[name] = replay(config, sample, runnable, compress)
+                rows[name] = replay(config, sample, runnable, compress, hints)
                 rows[name]["wall_s"] = time.perf_counter() - t0
             key = f"{variant}@{fraction:g}"
             report["replay"][key] = rows
@@ -321,12 +347,12 @@ def print_replay(
         f"\n{key}: time replay on {nodes} nodes, {gpus} GPUs; {runnable} of {tasks} GPU tasks "
         f"(the rest fit no node here); arrivals x{compress:.1f}"
     )
-    header = f"{'policy':<13} {'mean wait':>10} {'vs rr':>6} {'p99 wait':>10} {'util':>6}"
+    header = f"{'policy':<18} {'mean wait':>10} {'vs rr':>6} {'p99 wait':>10} {'util':>6}"
     header += "".join(f" {f'{b}-GPU mean/p99':>20}" for b in GPU_BUCKETS) + f" {'wall':>6}"
     print(header)
     for name, r in rows.items():
         ratio = r["all_mean_s"] / base["all_mean_s"] if base["all_mean_s"] else float("nan")
-        line = f"{name:<13} {r['all_mean_s']:>9.0f}s {ratio:>6.2f} {r['all_p99_s']:>9.0f}s {r['utilisation']:>6.1%}"
+        line = f"{name:<18} {r['all_mean_s']:>9.0f}s {ratio:>6.2f} {r['all_p99_s']:>9.0f}s {r['utilisation']:>6.1%}"
         for b in GPU_BUCKETS:
             cell = f"{r[f'{b}gpu_mean_s']:.0f}/{r[f'{b}gpu_p99_s']:.0f}s" if r[f"{b}gpu_n"] else "-"
             line += f" {cell:>20}"

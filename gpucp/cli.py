@@ -20,6 +20,7 @@ from gpucp.text import (
     clock,
     clock_ms,
     duration,
+    expected_runtime,
     message_dict,
     money,
     print_json,
@@ -121,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--gpus", type=int, default=0, metavar="N")
     submit.add_argument("--min-gpu-memory-mb", type=int, default=0, metavar="MB")
     submit.add_argument("--gpu-model", action="append", default=[], help="any of (repeatable)")
+    submit.add_argument("--gpu-milli", type=int, default=0, metavar="N",
+                        help="a share of one GPU in thousandths, 1 to 999 (with --gpus 0 or 1)")
+    submit.add_argument("--gpu-memory-mb", type=int, default=0, metavar="MB",
+                        help="GPU memory the share keeps on its GPU (with --gpu-milli)")
+    submit.add_argument("--expected-runtime", type=float, default=0, metavar="SECONDS",
+                        help="your estimate of one run, for reservations, backfill and the ETA")
+    submit.add_argument("--runtime-class", default="", metavar="C",
+                        help="runtimes are learned per kind and class: tasks of one kind that run for seconds and "
+                        "ones that run for days are predicted apart")
     submit.add_argument("--backend", default="")
     submit.add_argument("--label", action="append", default=[], help="worker label required (repeatable)")
     submit.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
@@ -227,7 +237,11 @@ def run_submit(args: argparse.Namespace) -> int:
         gpu_models=args.gpu_model,
         backend=args.backend,
         labels=args.label,
+        gpu_milli=count_flag(args.gpu_milli, "--gpu-milli", "thousandths of a GPU (0: whole GPUs)", high=999),
+        gpu_memory_mb=count_flag(args.gpu_memory_mb, "--gpu-memory-mb", "megabytes", high=UINT64_MAX),
         timeout_ms=seconds_flag(args.timeout, "--timeout", "0: the control plane's default"),
+        expected_runtime_ms=seconds_flag(args.expected_runtime, "--expected-runtime", "0: no estimate"),
+        runtime_class=args.runtime_class,
         max_retries=None if args.max_retries is None else count_flag(args.max_retries, "--max-retries", "retries"),
         idempotency_key=args.idempotency_key,
     )
@@ -354,6 +368,7 @@ def run_get(args: argparse.Namespace) -> int:
         ("priority", priority_name(spec.priority)),
         ("requires", requirements(spec.requirements)),
         ("timeout", f"{duration(spec.timeout_ms)} per attempt" if spec.timeout_ms else "the control plane's default"),
+        ("runtime", expected_runtime(spec)),
         ("created", when(task.created_at_ms, now_ms)),
     ]
     if task.started_at_ms:
@@ -369,7 +384,8 @@ def run_get(args: argparse.Namespace) -> int:
     lines.append(("attempt", str(task.attempt)))
     worker = task.worker_id or "-"
     if task.gpu_indices:
-        worker += f" (GPU {', '.join(str(i) for i in task.gpu_indices)})"
+        share = f", {spec.requirements.gpu_milli}/1000 of it" if spec.requirements.gpu_milli else ""
+        worker += f" (GPU {', '.join(str(i) for i in task.gpu_indices)}{share})"
     lines.append(("worker", worker))
     if task.state == common_pb2.TASK_STATE_RUNNING or task.progress:
         lines.append(("progress", f"{task.progress:.0%}"))

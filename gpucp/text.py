@@ -41,7 +41,10 @@ def clock_ms(at_ms: int) -> str:
 def requirements(req: common_pb2.Requirements) -> str:
     """What a task needs of its worker, in words ("any worker" when nothing)."""
     parts = []
-    if req.gpus:
+    if req.gpu_milli:
+        memory = f" with {req.gpu_memory_mb} MB of its memory" if req.gpu_memory_mb else ""
+        parts.append(f"{req.gpu_milli}/1000 of a GPU{memory}")
+    elif req.gpus:
         parts.append(f"{req.gpus} GPU" + ("s" if req.gpus > 1 else ""))
     if req.min_gpu_memory_mb:
         parts.append(f">= {req.min_gpu_memory_mb} MB per GPU")
@@ -54,6 +57,12 @@ def requirements(req: common_pb2.Requirements) -> str:
     if req.labels:
         parts.append("labels " + ", ".join(req.labels))
     return ", ".join(parts) or "any worker"
+
+
+def expected_runtime(spec: common_pb2.TaskSpec) -> str:
+    """The submitter's runtime estimate and the class its runtimes are learned under."""
+    estimate = f"expected {duration(spec.expected_runtime_ms)}" if spec.expected_runtime_ms else "no estimate given"
+    return estimate + (f", class {spec.runtime_class}" if spec.runtime_class else "")
 
 
 def clock(at_ms: int) -> str:

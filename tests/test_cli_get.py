@@ -30,6 +30,29 @@ def test_get_shows_times_durations_owner_requirements_and_every_attempts_error(c
     assert "exit code 1" in fields["error"]
 
 
+def test_submit_asks_for_a_share_and_a_runtime_and_get_shows_them(controlplane, start_agent):
+    start_agent("share-box", "--gpus", "1xL4-24GB")
+    done = gpucp("submit", "noop", "--gpu-milli", "250", "--gpu-memory-mb", "4000", "--expected-runtime", "90",
+                 "--runtime-class", "short", "--wait", "--server", controlplane.address)
+    assert done.returncode == 0, done.stderr
+    shown = gpucp("get", done.stdout.split()[0], "--server", controlplane.address)
+    fields = dict(line.split(None, 1) for line in shown.stdout.splitlines() if line[:1].strip())
+    assert fields["requires"] == "250/1000 of a GPU with 4000 MB of its memory", shown.stdout
+    assert fields["runtime"] == "expected 1 min 30 s, class short", shown.stdout
+    assert fields["worker"] == "share-box (GPU 0, 250/1000 of it)", shown.stdout
+    cases = {
+        ("--gpu-milli", "1000"): "--gpu-milli 1000: give thousandths of a GPU (0: whole GPUs) from 0 to 999",
+        ("--gpu-memory-mb", "-1"): "--gpu-memory-mb -1: give megabytes from 0",
+        ("--expected-runtime", "-2"): "--expected-runtime -2: give seconds >= 0 (0: no estimate)",
+        # The control plane's own check: a share is of one GPU.
+        ("--gpu-milli", "500", "--gpus", "2"): "gpu_milli",
+    }
+    for flags, message in cases.items():
+        bad = gpucp("submit", "noop", *flags, "--server", controlplane.address)
+        assert bad.returncode == 1, f"{flags} was accepted"
+        assert message in bad.stderr, f"{flags}: {bad.stderr}"
+
+
 def test_get_shows_a_running_tasks_progress(controlplane, start_agent, client):
     # Needs the control plane to keep TaskUpdate.progress on the task (Task.progress).
     start_agent("busy-box", "--handler", "halfway=progress_handler:halfway")

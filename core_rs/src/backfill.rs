@@ -6,10 +6,16 @@
 //! - a queued gang: the task placed on a worker but not started (prefetched behind the tasks that
 //!   use its GPUs) holds those GPUs against every task placed after it;
 //! - a round hold: when the first task of such a shape in fair order finds no worker with n GPUs
-//!   it could take, [`Forecast::plan`] reserves the member whose n qualifying GPUs are predicted
-//!   to be free together soonest, for the rest of the placement round. The next round plans
-//!   again in its own fair order, so a reservation never goes ahead of a task that is ahead of it,
-//!   and fair shares, aging and FIFO per flow keep deciding who goes first.
+//!   it could take, [`Forecast::plan_kept`] reserves the member whose n qualifying GPUs are
+//!   predicted to be free together soonest, for the rest of the placement round. The next round
+//!   plans again in its own fair order, so a reservation never goes ahead of a task that is ahead
+//!   of it, and fair shares, aging and FIFO per flow keep deciding who goes first.
+//!
+//! A round hold is made only when it starts the gang sooner than it would start without one:
+//! without a hold the gang still starts where a finish gives back its GPUs at once (an 8-GPU task
+//! ending frees a whole 8-GPU worker, which goes to the first task in fair order that fits it), so
+//! a hold that is not predicted usable before the soonest such finish only idles GPUs. When
+//! runtimes are unknown, the gang holds (see [`Outlook::worth_holding`]).
 //!
 //! A task placed later may still use held GPUs when it is predicted to finish before the hold
 //! becomes usable (backfill), or when it needs all the GPUs of a queued gang, so it cannot start
@@ -185,10 +191,9 @@ impl<'a> Forecast<'a> {
         backfills.then_some(chosen)
     }
 
-    /// When a member's `n` qualifying healthy GPUs are predicted free together (ms from now),
-    /// those GPUs, and whether every task on them had a prediction; None if it does not accept
-    /// work or has fewer healthy ones.
-    fn member_hold(&self, member: &Member, n: usize) -> Option<(f64, Vec<u32>, bool)> {
+    /// How a member stands for a gang of `n` GPUs (see [`Seen`]); None if it does not accept
+    /// work or has fewer than `n` qualifying healthy GPUs.
+    fn member_hold(&self, member: &Member, n: usize) -> Option<Seen> {
         let w = self.workers.get(member.id).ok()?;
         if !w.accepting() {
             return None;
@@ -203,48 +208,96 @@ impl<'a> Forecast<'a> {
             return None;
         }
         let (busy, known, _) = self.timeline(w);
+        let natural = self.released_at_once(w, &gpus, &busy, n);
         // Stable: among GPUs free at the same time, the smallest stay first.
         gpus.sort_by(|&a, &b| busy[a as usize].total_cmp(&busy[b as usize]));
         gpus.truncate(n);
         let usable = gpus.iter().map(|&g| busy[g as usize]).fold(0.0, f64::max);
         let estimated = gpus.iter().all(|&g| known[g as usize]);
         gpus.sort_unstable();
-        Some((usable, gpus, estimated))
+        Some(Seen {
+            usable,
+            gpus,
+            estimated,
+            natural,
+        })
     }
 
-    /// A round hold for a multi-GPU shape no worker can take now: the accepting member whose
-    /// qualifying healthy GPUs are predicted to have `shape_gpus` of them free together soonest
-    /// (a member another shape already holds this round only if no other can), and those GPUs.
-    pub fn plan(&self, shape: ShapeId, index: &ShapeIndex, taken: &[Hold]) -> Option<Hold> {
+    /// When a running task on `w` with a prediction is expected to end and give back at once at
+    /// least `n` of the `qualifying` GPUs, with nothing queued behind it on them (ms from now,
+    /// soonest such task): then a gang first in line starts there without any hold, as the
+    /// GPUs a finish frees together go to the first task in fair order that fits them.
+    fn released_at_once(
+        &self,
+        w: &Worker,
+        qualifying: &[u32],
+        busy: &[f64],
+        n: usize,
+    ) -> Option<f64> {
+        let mut soonest: Option<f64> = None;
+        for task in &w.tasks {
+            let Some(p) = self.placed.get(task) else {
+                continue;
+            };
+            if !p.started || !p.share.is_whole() || p.gpus.len() < n {
+                continue;
+            }
+            let Some(ends) = self.remaining_ms(p, w) else {
+                continue;
+            };
+            let freed = p.gpus.iter().filter(|&&g| qualifying.contains(&g));
+            let (mut count, mut clear) = (0, true);
+            for &g in freed {
+                count += 1;
+                clear &= busy[g as usize] <= ends;
+            }
+            if count >= n && clear && soonest.is_none_or(|s| ends < s) {
+                soonest = Some(ends);
+            }
+        }
+        soonest
+    }
+
+    /// What planning finds for `shape` over every member (a member another shape already holds
+    /// this round is a candidate only if no other can be): see [`Outlook`]. O(M_s T_w).
+    pub(crate) fn outlook(&self, shape: ShapeId, index: &ShapeIndex, taken: &[Hold]) -> Outlook {
         let n = index.gpus as usize;
         let now = self.now_ms as f64;
-        let mut best: Option<((bool, f64, WorkerId), Hold)> = None;
+        let mut best: Option<((bool, bool, f64, WorkerId), Hold)> = None;
+        let mut natural: Option<(f64, WorkerId)> = None;
         for member in index.members() {
-            let Some((usable, gpus, estimated)) = self.member_hold(member, n) else {
+            let Some(seen) = self.member_hold(member, n) else {
                 continue;
             };
             let worker = member.id;
-            let key = (taken.iter().any(|h| h.worker == worker), usable, worker);
+            let is_taken = taken.iter().any(|h| h.worker == worker);
+            if let Some(at) = seen.natural.filter(|_| !is_taken) {
+                if natural.is_none_or(|k| (now + at, worker) < k) {
+                    natural = Some((now + at, worker));
+                }
+            }
+            let key = (is_taken, !seen.estimated, seen.usable, worker);
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                let usable_ms = now + usable;
-                let hold = Hold {
-                    shape,
-                    worker,
-                    gpus,
-                    usable_ms,
-                    estimated,
-                };
-                best = Some((key, hold));
+                best = Some((key, seen.hold(shape, worker, now)));
             }
         }
-        best.map(|(_, hold)| hold)
+        Outlook {
+            hold: best.map(|(_, hold)| hold),
+            natural,
+        }
     }
 
-    /// plan(), kept in the index between rounds: while no other shape holds a worker this round,
-    /// the kept hold is checked against the members that changed since (see [`Plan`]) instead of
-    /// planning over every member, O(C T_w) for C changed members instead of O(M_s T_w). All are
-    /// planned again when the held member got worse or left, many changed, or its predicted time
-    /// (if a prediction gave one) passed without its GPUs freeing.
+    /// A round hold for a multi-GPU shape no worker can take now, if one starts it sooner than
+    /// it would start without (see [`Outlook::worth_holding`]): the accepting member whose
+    /// qualifying healthy GPUs are predicted to have `shape_gpus` of them free together soonest
+    /// (one whose time every task on those GPUs predicts before one with tasks nothing
+    /// predicts), and those GPUs.
+    ///
+    /// The outlook is kept in the index between rounds: while no other shape holds a worker this
+    /// round, it is checked against the members that changed since (see [`Plan`]) instead of
+    /// planning over every member, O(C T_w) for C changed members instead of O(M_s T_w). All
+    /// are planned again when the held member or the one expected to free the gang's GPUs at once
+    /// got worse or left, many changed, or a predicted time passed without its GPUs freeing.
     pub fn plan_kept(
         &self,
         shape: ShapeId,
@@ -256,77 +309,140 @@ impl<'a> Forecast<'a> {
             if let Some(plan) = index.plan.take() {
                 // A time that nothing predicted cannot pass; members' changes still reach it.
                 let due = |h: &Hold| h.estimated && h.usable_ms <= now;
-                let fresh = !plan.stale && !plan.hold.as_ref().is_some_and(due);
-                if let Some(hold) = fresh.then(|| self.follow(shape, index, plan)).flatten() {
-                    index.plan = Some(Plan::kept(hold.clone()));
+                let fresh = !plan.stale
+                    && !plan.outlook.hold.as_ref().is_some_and(due)
+                    && !plan.outlook.natural.is_some_and(|(at, _)| at <= now);
+                if let Some(outlook) = fresh.then(|| self.follow(shape, index, plan)).flatten() {
+                    let hold = outlook.worth_holding();
+                    index.plan = Some(Plan::kept(outlook));
                     return hold;
                 }
             }
         }
-        let hold = self.plan(shape, index, taken);
+        let outlook = self.outlook(shape, index, taken);
+        let hold = outlook.worth_holding();
         if taken.is_empty() {
-            index.plan = Some(Plan::kept(hold.clone()));
+            index.plan = Some(Plan::kept(outlook));
         }
         hold
     }
 
-    /// The kept hold brought up to date with the members that changed: Some(best) or None when
-    /// every member must be planned again.
-    fn follow(&self, shape: ShapeId, index: &ShapeIndex, plan: Plan) -> Option<Option<Hold>> {
+    /// The kept outlook brought up to date with the members that changed: Some(outlook) or None
+    /// when every member must be planned again.
+    fn follow(&self, shape: ShapeId, index: &ShapeIndex, plan: Plan) -> Option<Outlook> {
         let now = self.now_ms as f64;
         let n = index.gpus as usize;
-        let mut best = plan.hold;
+        let Outlook {
+            hold: mut best,
+            mut natural,
+        } = plan.outlook;
         for id in plan.changed {
             let held = best.as_ref().is_some_and(|b| b.worker == id);
+            let freeing = natural.is_some_and(|(_, w)| w == id);
             let seen = index.member(id).and_then(|m| self.member_hold(m, n));
-            let Some((usable, gpus, estimated)) = seen else {
-                if held {
+            let Some(seen) = seen else {
+                if held || freeing {
                     return None;
                 }
                 continue;
             };
-            let usable_ms = now + usable;
+            match seen.natural.map(|at| (now + at, id)) {
+                Some(at) if freeing && at > natural.expect("freeing") => return None,
+                Some(at) if natural.is_none_or(|k| freeing || at < k) => natural = Some(at),
+                None if freeing => return None,
+                _ => {}
+            }
+            let key = (!seen.estimated, now + seen.usable);
             let better = match &best {
                 None => true,
                 Some(b) if held => {
-                    if usable_ms > b.usable_ms {
+                    if key > (!b.estimated, b.usable_ms) {
                         return None;
                     }
                     true
                 }
-                Some(b) => (usable_ms, id) < (b.usable_ms, b.worker),
+                Some(b) => (key, id) < ((!b.estimated, b.usable_ms), b.worker),
             };
             if better {
-                best = Some(Hold {
-                    shape,
-                    worker: id,
-                    gpus,
-                    usable_ms,
-                    estimated,
-                });
+                best = Some(seen.hold(shape, id, now));
             }
         }
-        Some(best)
+        Some(Outlook {
+            hold: best,
+            natural,
+        })
     }
 }
 
-/// A round hold kept for a shape between rounds, and the members that changed since (their
+/// How one member stands for a blocked gang, in ms from now.
+struct Seen {
+    /// When its `n` qualifying GPUs are predicted free together, and those GPUs.
+    usable: f64,
+    gpus: Vec<u32>,
+    /// Every task on those GPUs had a prediction.
+    estimated: bool,
+    /// When a running task is predicted to give back `n` of them at once (see
+    /// `Forecast::released_at_once`).
+    natural: Option<f64>,
+}
+
+impl Seen {
+    fn hold(self, shape: ShapeId, worker: WorkerId, now: f64) -> Hold {
+        Hold {
+            shape,
+            worker,
+            gpus: self.gpus,
+            usable_ms: now + self.usable,
+            estimated: self.estimated,
+        }
+    }
+}
+
+/// What planning found for a blocked gang: the hold that would start it soonest, and the
+/// soonest predicted time a member gives back the gang's GPUs at once with no hold (absolute,
+/// with that member).
+#[derive(Debug, Clone, Default)]
+pub struct Outlook {
+    hold: Option<Hold>,
+    natural: Option<(f64, WorkerId)>,
+}
+
+impl Outlook {
+    /// The hold, if it starts the gang sooner than it would start without one. Without a hold
+    /// the tasks behind the gang take its GPUs one by one as they free, so it starts only where
+    /// a finish gives back its GPUs at once: a hold pays only when it is predicted usable before
+    /// that. A hold whose time some task on its GPUs does not predict is made only when no
+    /// such finish is predicted either: the safe default when runtimes are unknown is to hold,
+    /// as a gang without one may never start, while a hold idles GPUs at most until the tasks
+    /// already on them end.
+    pub(crate) fn worth_holding(&self) -> Option<Hold> {
+        self.hold
+            .as_ref()
+            .filter(|h| match self.natural {
+                None => true,
+                Some((at, _)) => h.estimated && h.usable_ms < at,
+            })
+            .cloned()
+    }
+}
+
+/// A round hold's outlook kept for a shape between rounds, and the members that changed since (their
 /// tasks, starts, health or state), so the next round looks at those alone (see
 /// `Forecast::plan_kept`). A member's time is absolute once planned, so a kept hold may lag what
 /// the prediction of a queued task would say now by the rounds it was kept; it is planned again
 /// at the latest when that time passes.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
-    hold: Option<Hold>,
+    outlook: Outlook,
     changed: Vec<WorkerId>,
     /// Every member must be planned again.
     stale: bool,
 }
 
 impl Plan {
-    fn kept(hold: Option<Hold>) -> Plan {
+    fn kept(outlook: Outlook) -> Plan {
         Plan {
-            hold,
+            outlook,
             ..Plan::default()
         }
     }
@@ -344,9 +460,21 @@ impl Plan {
         self.changed.push(id);
     }
 
+    /// A member took a task. Its GPUs only got busier and the task has not started, so its
+    /// time for a hold and its release at once can only come later: unless it is the member the
+    /// outlook counts on for either, the outlook stands. (The placement bench measured the
+    /// re-planning of such members as most of what a blocked gang adds to a placement.)
+    pub(crate) fn busier(&mut self, id: WorkerId, bound: usize) {
+        let held = self.outlook.hold.as_ref().is_some_and(|h| h.worker == id);
+        if held || self.outlook.natural.is_some_and(|(_, w)| w == id) {
+            self.changed(id, bound);
+        }
+    }
+
     /// A member left.
     pub(crate) fn left(&mut self, id: WorkerId) {
-        if self.hold.as_ref().is_some_and(|h| h.worker == id) {
+        let held = self.outlook.hold.as_ref().is_some_and(|h| h.worker == id);
+        if held || self.outlook.natural.is_some_and(|(_, w)| w == id) {
             self.stale = true;
         }
     }
@@ -489,6 +617,87 @@ mod tests {
         assert_eq!(s.place(30_000, 10), vec![], "10 s left: no room for 20 s");
         // 50 s in, 30 s more are expected: a 20 s task fits in the gap.
         assert_eq!(s.place(50_000, 10)[0].task, 3);
+    }
+
+    /// Two 8-GPU workers, both busy from 0 ms: on one, 7 GPUs are free and one runs a task of
+    /// `beside` (1 GPU); on the other an 8-GPU task of `whole` runs. Then a gang of 8 and three
+    /// 1-GPU tasks of 60 s arrive. Returns what the round at 1 s placed, where the gang's
+    /// reservation is, and the two workers (the one with free GPUs first).
+    fn gang_beside(
+        beside_ms: Option<u64>,
+        whole_ms: Option<u64>,
+    ) -> (Vec<u64>, Option<WorkerId>, [WorkerId; 2], Scheduler) {
+        let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+        let first = s.add_worker(8, a100s(8), "", vec![], vec![], 0).unwrap();
+        let beside = gpu_shape(&mut s, "beside", 1);
+        let whole = gpu_shape(&mut s, "whole", 8);
+        let gang = gpu_shape(&mut s, "gang", 8);
+        let long = gpu_shape(&mut s, "long", 1);
+        let all: Vec<u32> = (0..8).collect();
+        if let Some(ms) = beside_ms {
+            learn(&mut s, beside, first, &[0], ms);
+        }
+        if let Some(ms) = whole_ms {
+            learn(&mut s, whole, first, &all, ms);
+        }
+        learn(&mut s, gang, first, &all, 1_000);
+        learn(&mut s, long, first, &[0], 60_000);
+        s.add_worker(8, a100s(8), "", vec![], vec![], 0).unwrap();
+        s.push(1, beside, 1, 1, 0).unwrap();
+        s.push(2, whole, 1, 2, 0).unwrap();
+        let placed = s.place(0, 10);
+        assert_eq!(placed.len(), 2);
+        let workers = [placed[0].worker, placed[1].worker];
+        for task in [1, 2] {
+            s.mark_started(task, Some(0)).unwrap();
+        }
+        s.push(3, gang, 1, 3, 0).unwrap();
+        for task in 4..7 {
+            s.push(task, long, 1, task, 0).unwrap();
+        }
+        let tasks = s.place(1_000, 10).iter().map(|p| p.task).collect();
+        let reserved = s.explain(gang, 1).unwrap().reservation.map(|r| r.worker);
+        (tasks, reserved, workers, s)
+    }
+
+    #[test]
+    fn no_hold_when_a_finish_frees_the_gang_s_gpus_at_once_sooner() {
+        // Nothing predicts the task beside the free GPUs; the 8-GPU task ends in 10 s.
+        let (placed, reserved, [_, whole], mut s) = gang_beside(None, Some(10_000));
+        assert_eq!(
+            (placed, reserved),
+            (vec![4, 5, 6], None),
+            "the free GPUs run the 60 s tasks: a hold there would idle them for a time nobody \
+             knows, while the gang starts in 9 s where the 8-GPU task ends"
+        );
+        s.finish(2, true, 10_000).unwrap();
+        let next = s.place(10_000, 10);
+        assert_eq!(
+            (next[0].task, next[0].worker),
+            (3, whole),
+            "the gang takes the freed worker"
+        );
+    }
+
+    #[test]
+    fn a_hold_is_made_when_it_starts_the_gang_sooner_or_nothing_is_known() {
+        // The task beside the free GPUs ends in 5 s, before the 8-GPU task (10 s): hold there.
+        let (placed, reserved, [free, _], _) = gang_beside(Some(5_000), Some(10_000));
+        assert_eq!(
+            (placed, reserved),
+            (vec![], Some(free)),
+            "60 s tasks would delay the gang"
+        );
+        // Ending in 30 s, after the 8-GPU task: the gang starts sooner without a hold.
+        let (placed, reserved, _, _) = gang_beside(Some(30_000), Some(10_000));
+        assert_eq!((placed, reserved), (vec![4, 5, 6], None));
+        // Nothing predicts either task: the gang holds, or it might never start.
+        let (placed, reserved, [free, _], _) = gang_beside(None, None);
+        assert_eq!(
+            (placed, reserved),
+            (vec![], Some(free)),
+            "the safe default is to hold"
+        );
     }
 
     #[test]

@@ -182,7 +182,7 @@ impl PlacementIndex {
     /// The worker's rank, readiness or free GPUs may have changed: move it in its indexes' ready
     /// and warm heaps.
     pub fn refresh(&mut self, id: WorkerId, workers: &mut WorkerTable) {
-        self.rekey_where(id, workers, |_| true);
+        self.rekey_where(id, workers, |_| true, false);
     }
 
     /// What runtimes are predicted from changed: kept hold plans are planned again.
@@ -210,16 +210,18 @@ impl PlacementIndex {
     /// or, under fragmentation, move it at once where its rank rose (`ShapeIndex::shifted`). So a
     /// placement re-ranks the worker in one heap instead of one per shape it fits.
     pub fn lowered(&mut self, id: WorkerId, workers: &mut WorkerTable, placed: ShapeId) {
-        self.rekey_where(id, workers, |sid| sid == placed);
+        self.rekey_where(id, workers, |sid| sid == placed, true);
     }
 
     /// Rank the worker again in the indexes of the shapes `now` accepts; in the others, mark it
-    /// stale (or, under fragmentation, rank it again where it rose).
+    /// stale (or, under fragmentation, rank it again where it rose). `busier`: it only took a
+    /// task, which kept hold plans need not look at unless it is the one they count on.
     fn rekey_where(
         &mut self,
         id: WorkerId,
         workers: &mut WorkerTable,
         now: impl Fn(ShapeId) -> bool,
+        busier: bool,
     ) {
         let (worker, learning) = match workers.get_with_learning(id) {
             Ok(x) => x,
@@ -229,7 +231,11 @@ impl PlacementIndex {
             let index = self.shapes[slot(sid)]
                 .as_mut()
                 .expect("listed in a built index");
-            index.member_changed(id);
+            if busier {
+                index.member_busier(id);
+            } else {
+                index.member_changed(id);
+            }
             let ctx = Context {
                 weights: &self.weights,
                 learning,

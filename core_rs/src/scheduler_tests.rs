@@ -1905,12 +1905,13 @@ fn kind_shape(s: &mut Scheduler, kind: &str, gpus: u32) -> ShapeId {
 }
 
 proptest::proptest! {
-    /// Whatever finishes, starts and arrives between rounds, the hold kept for a blocked
-    /// gang frees its GPUs as soon as a plan over every member would say.
+    /// Whatever finishes, starts and arrives between rounds (tasks of one GPU and of four,
+    /// whose finishes give a gang its GPUs at once), the hold kept for a blocked gang is the
+    /// one a plan over every member would make, or none when that plan makes none.
     #[test]
     fn a_kept_hold_is_as_soon_as_a_fresh_plan(
         sizes in proptest::collection::vec(4u32..9, 2..6),
-        ops in proptest::collection::vec((0u8..3, 0usize..64), 1..60),
+        ops in proptest::collection::vec((0u8..4, 0usize..64), 1..60),
     ) {
         let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
         let workers: Vec<WorkerId> = sizes
@@ -1919,7 +1920,9 @@ proptest::proptest! {
             .collect();
         let gang = kind_shape(&mut s, "gang", 4);
         let one = kind_shape(&mut s, "one", 1);
+        let wide = kind_shape(&mut s, "wide", 4);
         learn_runtime(&mut s, gang, workers[0], &[0, 1], 1_000);
+        learn_runtime(&mut s, wide, workers[0], &[0, 1, 2, 3], 900);
         for (i, &w) in workers.iter().enumerate() {
             learn_runtime(&mut s, one, w, &[0], 500 + 700 * i as u64);
         }
@@ -1942,6 +1945,10 @@ proptest::proptest! {
                 1 if !placed.is_empty() => {
                     let _ = s.mark_started(placed[which % placed.len()], Some(0));
                 }
+                2 => {
+                    s.push(next, wide, 1, next, 0).unwrap();
+                    next += 1;
+                }
                 _ => {
                     s.push(next, one, 1, next, 0).unwrap();
                     next += 1;
@@ -1956,11 +1963,80 @@ proptest::proptest! {
                 continue;
             };
             let forecast = crate::backfill::Forecast { placed: &s.placed, workers: &s.workers, now_ms: 0 };
-            let fresh = forecast.plan(gang, index, &[]).map(|h| h.usable_ms);
-            if kept.is_some() {
+            let fresh = forecast.outlook(gang, index, &[]).worth_holding().map(|h| h.usable_ms);
+            if kept.is_some() || fresh.is_none() {
                 proptest::prop_assert_eq!(kept, fresh);
             }
         }
+    }
+}
+
+proptest::proptest! {
+    /// Runtimes predicted exactly, 4-GPU tasks among 1-GPU ones on workers of 4 and 8 GPUs, a
+    /// gang of 4 behind them and a stream of 1-GPU tasks behind it: whether the gang reserves
+    /// GPUs or waits for a 4-GPU task to give back its GPUs at once, it starts no later than
+    /// the tasks ahead of it are done.
+    #[test]
+    fn a_gang_with_or_without_a_hold_starts_by_the_time_the_tasks_ahead_are_done(
+        sizes in proptest::collection::vec(proptest::prop_oneof![proptest::strategy::Just(4u32), proptest::strategy::Just(8u32)], 1..4),
+        ahead in proptest::collection::vec(0usize..3, 1..24),
+        stream in 1usize..40,
+    ) {
+        let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+        let workers: Vec<WorkerId> = sizes
+            .iter()
+            .map(|&n| s.add_worker(n, a100s(n as usize), "", vec![], vec![], 0).unwrap())
+            .collect();
+        // (shape, GPUs, runtime ms): two 1-GPU kinds and a 4-GPU kind; the gang of 4 takes 1 s.
+        let kinds = [
+            (kind_shape(&mut s, "short", 1), 1, 3_000u64),
+            (kind_shape(&mut s, "long", 1), 1, 7_000),
+            (kind_shape(&mut s, "wide", 4), 4, 5_000),
+        ];
+        let gang = kind_shape(&mut s, "gang", 4);
+        let all: [u32; 4] = [0, 1, 2, 3];
+        for &(shape, gpus, ms) in &kinds {
+            learn_runtime(&mut s, shape, workers[0], &all[..gpus], ms);
+        }
+        learn_runtime(&mut s, gang, workers[0], &all, 1_000);
+        let mut runtime = Vec::new();
+        for (task, &k) in ahead.iter().enumerate() {
+            s.push(task as u64, kinds[k].0, 1, task as u64, 0).unwrap();
+            runtime.push(kinds[k].2);
+        }
+        let gang_task = ahead.len() as u64;
+        s.push(gang_task, gang, 1, gang_task, 0).unwrap();
+        runtime.push(1_000);
+        for i in 0..stream as u64 {
+            let task = gang_task + 1 + i;
+            s.push(task, kinds[(i % 2) as usize].0, 1, task, 0).unwrap();
+            runtime.push(kinds[(i % 2) as usize].2);
+        }
+        let mut ends: Vec<Option<u64>> = vec![None; runtime.len()];
+        let mut running: Vec<(u64, u64)> = Vec::new();
+        let mut now = 0u64;
+        loop {
+            for p in s.place(now, 1_000) {
+                s.mark_started(p.task, Some(now)).unwrap();
+                let end = now + runtime[p.task as usize];
+                ends[p.task as usize] = Some(end);
+                running.push((end, p.task));
+            }
+            if ends[gang_task as usize].is_some() || running.is_empty() {
+                break;
+            }
+            running.sort_unstable();
+            let (end, task) = running.remove(0);
+            now = end;
+            s.finish(task, true, runtime[task as usize]).unwrap();
+        }
+        let started = ends[gang_task as usize].map(|end| end - 1_000);
+        // The tasks ahead all run before the gang or beside it; the last of them to end.
+        let ahead_done = ends[..ahead.len()].iter().map(|e| e.unwrap_or(u64::MAX)).max().unwrap();
+        proptest::prop_assert!(
+            started.is_some_and(|at| at <= ahead_done),
+            "the gang started at {started:?}, the tasks ahead were done at {ahead_done}"
+        );
     }
 }
 

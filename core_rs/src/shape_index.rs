@@ -655,6 +655,14 @@ impl ShapeIndex {
         }
     }
 
+    /// A member took a task: see [`Plan::busier`].
+    pub(crate) fn member_busier(&mut self, id: WorkerId) {
+        let bound = self.slots.len() / 4 + 16;
+        if let Some(plan) = &mut self.plan {
+            plan.busier(id, bound);
+        }
+    }
+
     pub(crate) fn drop_member(&mut self, slot: u32) {
         let member = self.members[slot as usize]
             .take()
