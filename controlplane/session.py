@@ -27,6 +27,8 @@ from controlplane.book import Event
 from controlplane.control import ControlPlane
 from controlplane.errors import ControlError, InvalidArgument
 from controlplane.record import TaskRecord
+from controlplane.tracing import parent_of
+from gpucp import tracing
 from gpucp.v1 import common_pb2, scheduler_pb2
 
 log = logging.getLogger("gpucp.controlplane")
@@ -40,6 +42,7 @@ OUTCOMES_BYTES = 4 * 1024 * 1024
 # Submits and follows handled at once on one stream: single-task submits from many threads of
 # one client share the store's group commits instead of waiting for one each.
 MAX_IN_FLIGHT = 256
+SESSION_METHOD = "/gpucp.v1.Scheduler/Session"
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -182,7 +185,10 @@ class SessionStream:
                 for spec in specs:
                     spec.tenant = self.principal.tenant_for(spec.tenant)
             keys = [session_key(self.session_id, request.seq, i) for i in range(len(specs))]
-            results = await self.cp.submit(specs, session_keys=keys, resend=request.resend)
+            # A traced submit runs in a gpucp.submit span, as a unary one does (controlplane.tracing).
+            parent = parent_of(request.trace_context.items())
+            with tracing.span("gpucp.submit", parent, "SERVER", {"rpc.method": SESSION_METHOD}):
+                results = await self.cp.submit(specs, session_keys=keys, resend=request.resend)
         except ControlError as exc:
             if isinstance(exc, Denied):
                 self.refused(exc)

@@ -3,7 +3,7 @@ that create tasks, whose context the new tasks keep for their dispatch."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -11,9 +11,14 @@ import grpc.aio
 
 from gpucp import tracing
 
-__all__ = ["server_interceptors"]
+__all__ = ["parent_of", "server_interceptors"]
 
 _CONTEXT_KEYS = ("traceparent", "tracestate")
+
+
+def parent_of(pairs: Iterable[tuple[str, object]]) -> dict[str, str]:
+    """The W3C trace context among a call's metadata or a message's map: its two keys, nothing else."""
+    return {k: v for k, v in pairs if k in _CONTEXT_KEYS and isinstance(v, str)}
 
 
 class _SubmitTracing(grpc.aio.ServerInterceptor):
@@ -29,7 +34,7 @@ class _SubmitTracing(grpc.aio.ServerInterceptor):
         if handler is None or method not in tracing.SUBMIT_METHODS or handler.unary_unary is None:
             return handler
         metadata = handler_call_details.invocation_metadata or ()
-        parent = {k: v for k, v in metadata if k in _CONTEXT_KEYS and isinstance(v, str)}
+        parent = parent_of(metadata)
         if not parent:
             return handler
         behavior: Any = handler.unary_unary  # a coroutine function on a grpc.aio server

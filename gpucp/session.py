@@ -24,12 +24,18 @@ from typing import Protocol
 import grpc
 
 # client.py imports this module only when a Client first needs its session.
+from gpucp import tracing
 from gpucp.client import _RESUBSCRIBE_MAX_DELAY_S, _RESUMABLE, Client, GpucpError, Unfinished, rpc_error
+from gpucp.errors import error_for
 from gpucp.v1 import common_pb2, scheduler_pb2
 
 Waiter = Callable[[common_pb2.Task | GpucpError], None]
 # Ids in one Follow: 10,000 ids are about 400 kB, far under a message's limit.
 FOLLOW_CHUNK = 10_000
+# The client span of a submit on the stream (a unary submit's is named after its method).
+SESSION_SPAN = "gpucp.v1.Scheduler/Session"
+# How long close() waits for the reader thread to end (it ends at once unless a call hangs).
+CLOSE_WAIT_S = 5.0
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -65,6 +71,7 @@ class Session:
         self._failure: GpucpError | None = None
         self._closed = False
         self._reader: threading.Thread | None = None
+        self._ready: grpc.Future[None] | None = None  # the wait for the channel while reconnecting
 
     def open(self) -> bool:
         """Open the stream; False when the server has no Session (it predates it)."""
@@ -78,11 +85,22 @@ class Session:
         self._reader.start()
         return True
 
+    def _closed_now(self) -> bool:
+        return self._closed  # read again: a loop that checked it before may have been overtaken
+
     def close(self) -> None:
-        self._closed = True
+        """End the stream and its reader, before the client closes the channel under them."""
+        with self._lock:
+            self._closed = True
+            ready = self._ready
+        if ready is not None:
+            ready.cancel()  # stops grpc's own connectivity polling, which a closed channel would crash
         self._outbox.put(None)
         if self._call is not None:
             self._call.cancel()
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(CLOSE_WAIT_S)
 
     # -- calls ----------------------------------------------------------------------------------
 
@@ -93,9 +111,11 @@ class Session:
         if on_outcome is not None:
             # Registered by the reader thread as the ack arrives, before any outcome it precedes.
             ack.add_done_callback(functools.partial(self._accepted, on_outcome))
-        submit = scheduler_pb2.SessionSubmit(specs=specs, follow=on_outcome is not None)
-        self._send(ack, lambda seq: scheduler_pb2.SessionRequest(submit=submit), submit)
-        return self._answer(ack)
+        with tracing.client_span(SESSION_SPAN) as trace_context:
+            follow = on_outcome is not None
+            submit = scheduler_pb2.SessionSubmit(specs=specs, follow=follow, trace_context=trace_context)
+            self._send(ack, lambda seq: scheduler_pb2.SessionRequest(submit=submit), submit)
+            return self._answer(ack)
 
     def _follow(self, task_ids: Sequence[str], waiter: Waiter) -> Future[builtins.list[str]]:
         ack: Future[builtins.list[str]] = Future()
@@ -229,6 +249,10 @@ class Session:
             except GpucpError as exc:
                 self._fail(exc)
                 return
+            except ValueError:
+                # grpc refuses a call on a closed channel, and only Client.close() closes it, after
+                # closing this session: the client went while this thread reconnected.
+                return
 
     def _reconnect(self) -> None:
         deadline = time.monotonic() + self.give_up_s
@@ -238,9 +262,15 @@ class Session:
             try:
                 if remaining <= 0:
                     raise grpc.FutureTimeoutError()
-                grpc.channel_ready_future(self._client._raw_channel).result(timeout=remaining)
+                with self._lock:  # close() cancels the wait it sees: none may start after it
+                    ready = self._ready = grpc.channel_ready_future(self._client._raw_channel)
+                    if self._closed_now():
+                        ready.cancel()
+                ready.result(timeout=remaining)
                 self._connect()
                 return
+            except grpc.FutureCancelledError:
+                return  # close() ended the wait
             except grpc.FutureTimeoutError:
                 raise GpucpError(
                     grpc.StatusCode.UNAVAILABLE,
@@ -273,7 +303,7 @@ class Session:
                 _, ack = self._unacked.pop(response.rejected.seq, (None, None))
             if ack is not None:
                 code = _CODES.get(response.rejected.code, grpc.StatusCode.UNKNOWN)
-                ack.set_exception(GpucpError(code, response.rejected.message))
+                ack.set_exception(error_for(code, response.rejected.message))
 
     def _lost(self, task_ids: Sequence[str], ack: Future[builtins.list[str]]) -> None:
         """A resumed follow was refused (a task deleted meanwhile): its waiters hear why."""

@@ -3,8 +3,9 @@
 Optional: `pip install gpucp[tracing]`. Without opentelemetry every function here does nothing
 and the clients, the control plane and the agents run as they would anyway. A task's trace:
 
-    client         gpucp.v1.Scheduler/SubmitTask (or SubmitTasks, RunTask), kind CLIENT
-      | W3C trace context in the call's gRPC metadata (traceparent, tracestate)
+    client         gpucp.v1.Scheduler/SubmitTask (or SubmitTasks, RunTask, Session), kind CLIENT
+      | W3C trace context in the call's gRPC metadata (traceparent, tracestate); on a Session
+      | stream, in each SessionSubmit's trace_context
     control plane  gpucp.submit, kind SERVER: validating and storing the tasks
                    gpucp.queue: from the task's submission until a worker was chosen for it
       | the same trace context in the Assignment the agent receives
@@ -42,6 +43,7 @@ __all__ = [
     "Carrier",
     "ClientInterceptor",
     "client_interceptors",
+    "client_span",
     "configure",
     "current",
     "enabled",
@@ -93,6 +95,17 @@ def span(
         start_time=start_ns,
     ):
         yield
+
+
+@contextlib.contextmanager
+def client_span(name: str) -> Iterator[dict[str, str]]:
+    """A CLIENT span named `name`, current while the block runs; yields its trace context, to send
+    where metadata cannot carry it (a message on a stream). {} without opentelemetry."""
+    if not enabled():
+        yield {}
+        return
+    with trace.get_tracer("gpucp").start_as_current_span(name, kind=trace.SpanKind.CLIENT):
+        yield current()
 
 
 def _with_context(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:

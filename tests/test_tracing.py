@@ -111,15 +111,20 @@ def the_trace(collector: Collector, client_span: Span) -> list[Span]:
     return eventually(found, 20, f"the spans of trace {tid}: got {[(s.service, s.name) for s in collector.spans]}")
 
 
+# A Client submits on its Session stream (the context in each submit message), or with unary
+# calls (the context in the call's metadata).
+@pytest.mark.parametrize(("session", "client_span_name"), [
+    (True, "gpucp.v1.Scheduler/Session"), (False, "gpucp.v1.Scheduler/RunTask"),
+])
 def test_a_task_is_one_trace_from_the_client_through_the_control_plane_to_the_agent(
-    traced: tuple[LocalCluster, Collector], client_spans: InMemorySpanExporter
+    traced: tuple[LocalCluster, Collector], client_spans: InMemorySpanExporter, session: bool, client_span_name: str
 ) -> None:
     cluster, collector = traced
     client_spans.clear()
-    with Client(cluster.address) as client:
+    with Client(cluster.address, session=session) as client:
         task = client.run("noop", "traced", wait_s=30)
         assert task.state == common_pb2.TASK_STATE_SUCCEEDED
-    [sent] = [s for s in client_spans.get_finished_spans() if s.name == "gpucp.v1.Scheduler/RunTask"]
+    [sent] = [s for s in client_spans.get_finished_spans() if s.name == client_span_name]
     client_span = Span("client", sent.name, f"{sent.context.trace_id:032x}", f"{sent.context.span_id:016x}", "", {})
     submit, queue, run = the_trace(collector, client_span)
     assert (submit.service, queue.service, run.service) == ("gpucp-controlplane", "gpucp-controlplane", "gpucp-agent")

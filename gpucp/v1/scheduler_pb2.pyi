@@ -166,16 +166,25 @@ class SessionOpen(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., events: _Optional[bool] = ...) -> None: ...
 
 class SessionSubmit(_message.Message):
-    __slots__ = ("seq", "specs", "follow", "resend")
+    __slots__ = ("seq", "specs", "follow", "resend", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SPECS_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     RESEND_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     specs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskSpec]
     follow: bool
     resend: bool
-    def __init__(self, seq: _Optional[int] = ..., specs: _Optional[_Iterable[_Union[_common_pb2.TaskSpec, _Mapping]]] = ..., follow: _Optional[bool] = ..., resend: _Optional[bool] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, seq: _Optional[int] = ..., specs: _Optional[_Iterable[_Union[_common_pb2.TaskSpec, _Mapping]]] = ..., follow: _Optional[bool] = ..., resend: _Optional[bool] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SessionFollow(_message.Message):
     __slots__ = ("seq", "task_ids")
