@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", default="",
                    help=f"read settings from this TOML file (default ${CONFIG_ENV}; none if unset)")
     p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
+    p.add_argument("--advertise", default="", metavar="HOST:PORT",
+                   help="where clients reach this replica, as standbys on the same PostgreSQL database name "
+                        "their leader (default: the --listen address)")
     p.add_argument("--http", default="127.0.0.1:50052", metavar="HOST:PORT",
                    help="serve /metrics, /healthz, /readyz and the JSON API /api/v1 here "
                         "(default %(default)s; '' turns it off)")
@@ -183,6 +186,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     config = ServerConfig(
         listen=args.listen,
+        advertise=args.advertise,
         http=args.http,
         db=args.db,
         db_synchronous=args.sync.upper(),

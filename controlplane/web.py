@@ -51,6 +51,7 @@ class HttpApi:
         self.metrics = metrics
         self.authority = authority
         self.ready = False  # true from the end of start-up until shutdown begins
+        self.waiting = "starting"  # what it is while not ready, before shutdown
         self.app = web.Application(middlewares=[self._guard])
         self.dashboard = Dashboard(cp, metrics, self._caller, _limit, _dict)
         self.app.add_routes(
@@ -134,7 +135,7 @@ class HttpApi:
     async def readyz(self, request: web.Request) -> web.Response:
         if self.ready and self.cp.accepting:
             return web.json_response({"status": "ready"})
-        why = "shutting down" if self.ready else "starting"
+        why = "shutting down" if not self.cp.accepting else self.waiting
         return _error(503, f"the control plane is {why}: send traffic to another replica")
 
     # -- JSON API -------------------------------------------------------------------------------
