@@ -162,6 +162,8 @@ class PostgresStore(Store):
         # time.monotonic() past which this control plane may not count on its lease: set from the
         # moment a renewal was sent, so it ends before the database's lease_until does.
         self._lease_ends = 0.0
+        # Whether the last commit found the database out of reach: no placing until a renewal gets through.
+        self._cut = False
         # Why this control plane may write nothing more ("" while it may).
         self._deposed = ""
         # The statements in psycopg's markers, made once each.
@@ -184,31 +186,25 @@ class PostgresStore(Store):
         if not got and not row[2]:
             return f"{row[0]} ({row[1]})"
         started = time.monotonic()
-        with conn.transaction():
-            # FOR UPDATE: a commit of the holder in flight finishes first, and any later one sees the new epoch.
-            row = conn.execute(
-                "SELECT address, holder, lease_until < now() FROM leader WHERE id = 1 FOR UPDATE"
-            ).fetchone()
-            assert row is not None
+        if not got:
+            # Its session first: a holder frozen in a commit keeps the leader row locked until it ends.
+            log.warning("the lease of %s (%s) expired: ending its session and taking over", row[0], row[1])
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
+                " AND pid <> pg_backend_pid() AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())",
+                (LOCK_KEY,),
+            )
+            while not (got := self._try_lock()) and time.monotonic() - started < _TERMINATE_WAIT_S:
+                time.sleep(0.05)
             if not got:
-                if not row[2]:  # renewed meanwhile
-                    return f"{row[0]} ({row[1]})"
-                log.warning("the lease of %s (%s) expired: ending its session and taking over", row[0], row[1])
-                conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
-                    " AND pid <> pg_backend_pid() AND database ="
-                    " (SELECT oid FROM pg_database WHERE datname = current_database())",
-                    (LOCK_KEY,),
-                )
-                while not (got := self._try_lock()) and time.monotonic() - started < _TERMINATE_WAIT_S:
-                    time.sleep(0.05)
-                if not got:
-                    return f"{row[0]} ({row[1]}), whose session did not end"
-            taken = conn.execute(
-                "UPDATE leader SET epoch = epoch + 1, holder = %s, address = %s,"
-                " lease_until = now() + make_interval(secs => %s) RETURNING epoch",
-                (self._holder, address, LEASE_S),
-            ).fetchone()
+                return f"{row[0]} ({row[1]}), whose session did not end"
+        # The holder's commits in flight have ended with its session or will see the new epoch.
+        taken = conn.execute(
+            "UPDATE leader SET epoch = epoch + 1, holder = %s, address = %s,"
+            " lease_until = now() + make_interval(secs => %s) RETURNING epoch",
+            (self._holder, address, LEASE_S),
+        ).fetchone()
         assert taken is not None
         self.epoch = taken[0]
         self._lease_ends = started + LEASE_S
@@ -230,6 +226,7 @@ class PostgresStore(Store):
         ).fetchone()
         if row is not None:
             self._lease_ends = sent + LEASE_S
+            self._cut = False
             return
         found = self._lease.execute("SELECT epoch, holder FROM leader WHERE id = 1").fetchone()
         assert found is not None
@@ -257,7 +254,7 @@ class PostgresStore(Store):
                 failing = False
 
     def leading(self) -> bool:
-        return not self._deposed and time.monotonic() < self._lease_ends
+        return not self._deposed and not self._cut and time.monotonic() < self._lease_ends
 
     def lease_overdue_s(self) -> float:
         """Seconds since this control plane's lease ran out (0 while it holds one)."""
@@ -321,6 +318,7 @@ class PostgresStore(Store):
                 # A session lost before COMMIT was sent committed nothing: the batch is made again
                 # on a new one. Lost during COMMIT, it may or may not have: refused, as any error.
                 if sent or attempt == 2 or not self._write.closed:
+                    self._cut = self._write.closed
                     raise
                 log.warning("lost the session to %s before a commit (%s): reconnecting", self._where, exc)
 
@@ -338,6 +336,7 @@ class PostgresStore(Store):
             self._depose(str(exc))
             raise psycopg.OperationalError(str(exc)) from None
         except OSError as exc:  # the database cannot be reached now: the next commit tries again
+            self._cut = True
             raise psycopg.OperationalError(str(exc)) from None
         log.warning("reconnected to %s", self._where)
 

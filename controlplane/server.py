@@ -185,8 +185,7 @@ async def start(config: ServerConfig) -> Running:
         if http_sock is not None:
             http_sock.close()
         raise
-    control = ControlPlane(config, store)
-    await control.start()
+    control = ControlPlane(config, store)  # started by `lead`
     metrics = Metrics(control, authority)
     http = HttpApi(control, metrics, authority) if http_sock is not None else None
     if http is not None and http_sock is not None:

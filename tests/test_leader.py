@@ -119,7 +119,8 @@ def test_a_frozen_leader_is_replaced_when_its_lease_expires_and_on_resuming_writ
         assert "expired: ending its session and taking over" in second.log()
         first.process.send_signal(signal.SIGCONT)
         assert first.process.wait(30) == 1, "the replaced leader did not stop"
-        assert "this control plane was replaced" in first.log(), first.log()
+        # Which write finds it out first varies: the renewal (a new epoch) or a commit (its session ended).
+        assert "; stopping" in first.log(10**7), first.log()
         with Client(second.address) as client:
             client.submit("noop", tenant="after")
         assert run_sql(database, "SELECT tenant FROM tasks ORDER BY tenant") == [("after",), ("before",)]
