@@ -75,6 +75,10 @@ def test_a_standby_refuses_naming_the_leader_and_takes_over_at_once_when_the_lea
             assert client.submit("noop", "accepted by the second")
         assert "leading postgresql://" in second.log(), second.log()
         assert run_sql(database, "SELECT epoch FROM leader") == [(2,)]
+        # A standby that is stopped has nothing to persist: it just exits.
+        third = replica(tmp_path / "c", database)
+        assert third.terminate() == 0, third.log()
+        assert leads(second)
     finally:
         first.stop()
         second.stop()
