@@ -133,7 +133,8 @@ def parser() -> argparse.ArgumentParser:
                    help="open WatchTasks streams one principal may hold; 0 = no cap (default %(default)s)")
     p.add_argument("--register-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="an agent stream that has not registered by then is closed (default %(default)s)")
-    p.add_argument("--ready-file", help="write the bound port here once serving (and the HTTP port to FILE.http)")
+    p.add_argument("--ready-file", help="write the bound port here once serving, or once a standby on PostgreSQL "
+                                        "(and the HTTP port to FILE.http)")
     p.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO (every task event a line, logger gpucp.tasks), WARNING... (default %(default)s)")
     p.add_argument("--log-format", default="text", choices=LOG_FORMATS,

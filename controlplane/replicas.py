@@ -57,6 +57,7 @@ class Replica:
         self.address = address
         self.gate = gate
         self.leader = ""  # who leads, while this one does not ("" until known)
+        self.settled = asyncio.Event()  # set once this replica serves, or knows it stands by
 
     async def run(self, begin: Callable[[], Awaitable[None]], serving: Callable[[bool], Awaitable[None]]) -> None:
         """Wait to lead, then `begin` (load and serve); call `serving` when the lease lapses or
@@ -66,6 +67,7 @@ class Replica:
         self.store.start_renewing()
         await begin()
         self.gate.refusal = ""
+        self.settled.set()
         leading = True
         while True:
             await asyncio.sleep(POLL_S)
@@ -99,4 +101,5 @@ class Replica:
                 log.info("standby: the leader of %s is %s", self.store.where, who)
                 self.leader = who
                 self.gate.refusal = f"this control plane at {self.address} is a standby; the leader is {who}"
+                self.settled.set()
             await asyncio.sleep(POLL_S)

@@ -91,6 +91,8 @@ class Running:
     # On PostgreSQL: this replica's wait to lead, then its watch over its lease.
     replica: asyncio.Task[None] | None = None
     led = False  # whether `lead` ran: a standby has loaded nothing, and has nothing to persist
+    # Set once the replica leads and serves, or knows it stands by (on SQLite: at once).
+    settled: asyncio.Event | None = None
 
     async def lead(self) -> None:
         """Load the state, place and serve (at once on SQLite; on PostgreSQL once this replica leads)."""
@@ -233,9 +235,9 @@ async def start(config: ServerConfig) -> Running:
         advertise = config.advertise or f"{config.listen.rpartition(':')[0]}:{port}"
         if http is not None:
             http.waiting = "a standby"
-        running.replica = asyncio.create_task(
-            Replica(store, advertise, gate).run(running.lead, running.serving), name="gpucp-replica"
-        )
+        replica = Replica(store, advertise, gate)
+        running.replica = asyncio.create_task(replica.run(running.lead, running.serving), name="gpucp-replica")
+        running.settled = replica.settled
     return running
 
 
@@ -368,6 +370,11 @@ def _bind(server: grpc.aio.Server, listen: str, tls: grpc.ServerCredentials | No
 async def serve(config: ServerConfig, *, ready_file: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down without losing anything accepted."""
     running = await start(config)
+    if running.replica is not None and running.settled is not None:
+        # The ready file tells what this replica is: written once it serves, or knows it stands by.
+        settled = asyncio.ensure_future(running.settled.wait())
+        await asyncio.wait({settled, running.replica}, return_when=asyncio.FIRST_COMPLETED)
+        settled.cancel()
     if ready_file:
         if running.http_port:
             # Beside the ready file and before it: whoever sees the gRPC port can read this one too.
