@@ -85,6 +85,9 @@ class HttpApi:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer every error as JSON with a sentence (401 and 403 for who asks)."""
+        if request.path.startswith("/api/") and not self.ready and self.cp.accepting:
+            # A standby (or a leader cut from its database) holds no state worth reading.
+            return _error(503, f"this control plane is {self.waiting}: ask the replica whose /readyz says ready")
         try:
             return await handler(request)
         except Denied as exc:

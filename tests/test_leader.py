@@ -42,8 +42,12 @@ def health(cp: ControlPlaneProcess) -> str:
 
 
 def readyz(cp: ControlPlaneProcess) -> tuple[int, str]:
+    return http_get(cp, "/readyz")
+
+
+def http_get(cp: ControlPlaneProcess, path: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{cp.http_port}/readyz", timeout=10) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{cp.http_port}{path}", timeout=10) as reply:
             return reply.status, reply.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -61,6 +65,8 @@ def test_a_standby_refuses_naming_the_leader_and_takes_over_at_once_when_the_lea
         assert health(second) == "NOT_SERVING"
         code, body = readyz(second)
         assert code == 503 and "a standby" in body, body
+        code, body = http_get(second, "/api/v1/stats")
+        assert code == 503 and "is a standby" in body, body
         with Client(second.address) as alone, pytest.raises(GpucpError, match=f"the leader is {first.address}") as err:
             alone.stats()
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
