@@ -110,9 +110,9 @@ class Replicas:
 
 
 def failover(replicas: Replicas, fault: Callable[[ControlPlaneProcess], None],
-             heal: Callable[[], None] = lambda: None) -> float:
-    """Seconds from `fault` on the leader to the other replica serving; once it has stopped, `heal`
-    and the faulted one is started again as a standby."""
+             heal: Callable[[], None] = lambda: None, exits: int = 1) -> float:
+    """Seconds from `fault` on the leader to the other replica serving; once it has stopped (with
+    `exits`, if it was still running), `heal` and the faulted one is started again as a standby."""
     old = replicas.leader()
     other = next(cp for cp in replicas.replicas if cp is not old)
     began = time.monotonic()
@@ -121,8 +121,9 @@ def failover(replicas: Replicas, fault: Callable[[ControlPlaneProcess], None],
     took = time.monotonic() - began
     if old.process.poll() is None:
         old.process.send_signal(signal.SIGCONT)
-        assert old.process.wait(30) == 1, "the replaced leader did not stop"
-        assert "; stopping" in old.log(10**7), old.log()
+        assert old.process.wait(30) == exits, "the replaced leader did not stop as it should"
+        if exits:
+            assert "; stopping" in old.log(10**7), old.log()
     heal()
     old.start()
     return took
@@ -149,6 +150,17 @@ def test_killed_leaders_lose_nothing(tmp_path, own_postgres):
 @pytest.mark.slow
 def test_killed_leaders_lose_nothing_ten_times(tmp_path, own_postgres):
     run_kills(tmp_path, own_postgres.database(), tasks=5000, kills=10)
+
+
+def test_a_leader_stopped_by_sigterm_hands_over_without_waiting_for_its_lease(tmp_path, own_postgres):
+    replicas = Replicas(tmp_path, own_postgres.database())
+    try:
+        replicas.submit(1000, random.Random(22))
+        time.sleep(0.5)
+        took = failover(replicas, lambda cp: cp.process.send_signal(signal.SIGTERM), exits=0)
+        replicas.report("leader SIGTERM (handover)", 1, [took])
+    finally:
+        replicas.close()
 
 
 def test_a_frozen_leader_is_replaced_and_on_resuming_stops(tmp_path, own_postgres):
