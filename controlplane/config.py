@@ -53,6 +53,8 @@ class SchedulerConfig:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
+    # HOST:PORT other replicas' refusals name as the leader's; "" is the listen address.
+    advertise: str = ""
     # HTTP listener for metrics, health and the JSON API; "" turns it off.
     http: str = "127.0.0.1:50052"
     db: str = "gpucp.db"

@@ -88,8 +88,11 @@ class Dispatcher:
         """Place what can be placed now; each batch goes to its agents once it is committed.
 
         Placing does not wait for the commit: the next batch is placed while the last one is
-        being written, and a group commit carries both.
+        being written, and a group commit carries both. Nothing is placed on a lease past due
+        (PostgreSQL replicas): a standby may be taking over; a renewal wakes this again.
         """
+        if not self.store.leading():
+            return
         while True:
             if self.prefetch is not None:
                 self.prefetch.retune()

@@ -268,6 +268,12 @@ class Lifecycle:
 
     def _settled(self, entry: Entry, fut: asyncio.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
+            if not self.store.leading():
+                # Cut from the database or replaced: the replica that leads next settles it (its agent
+                # reports it again there), and watchers must not hear of this outcome twice.
+                log.error("the outcome of task %s could not be stored (%s); not announced: this control plane "
+                          "no longer leads", entry.rec.id, fut.exception())
+                return
             log.error("the outcome of task %s could not be stored: %s", entry.rec.id, fut.exception())
         self.book.settled(entry)
 

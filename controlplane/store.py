@@ -168,6 +168,11 @@ class Store(ABC):
         """Rows of one read, from a connection of its own (called off the event loop). Any: a
         value's type is its column's in SCHEMA, which the type checker cannot read."""
 
+    def leading(self) -> bool:
+        """Whether this control plane may place tasks now: always on SQLite (its lock file is held
+        for the process's life); on PostgreSQL while it holds an unexpired lease."""
+        return True
+
     def _reason(self, exc: Exception) -> str:
         """What the database said, in a sentence."""
         return str(exc)
@@ -492,14 +497,16 @@ class SqliteStore(Store):
         self._lock_file.close()
 
 
-def open_store(db: str, *, synchronous: str = "NORMAL") -> Store:
-    """The store --db names: a PostgreSQL URL (postgresql://, postgres://) or a SQLite file path."""
+def open_store(db: str, *, synchronous: str = "NORMAL", standby: bool = False) -> Store:
+    """The store --db names: a PostgreSQL URL (postgresql://, postgres://) or a SQLite file path.
+    On PostgreSQL, `standby` opens it without leading (`PostgresStore.lead` takes it later);
+    otherwise it leads at once or is refused, as a SQLite file held by another process is."""
     if is_postgres_url(db):
         try:  # psycopg is needed only by those who use it
             from controlplane.pgstore import PostgresStore
         except ImportError as exc:
             raise ValueError(f"--db postgresql:// needs psycopg ({exc}): pip install 'gpucp[postgres]'") from None
-        return PostgresStore(db)
+        return PostgresStore(db, standby=standby)
     return SqliteStore(db, synchronous=synchronous)
 
 
