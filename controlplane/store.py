@@ -117,6 +117,8 @@ _DELETE = "DELETE FROM tasks WHERE handle = ?"
 _EVENT_COLUMNS = "seq, at_ms, state, attempt, worker_id, cause, reason, error, progress"
 _INSERT_EVENT = f"INSERT INTO task_events (handle, {_EVENT_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 _TRIM_EVENT = "DELETE FROM task_events WHERE handle = ? AND seq = ?"
+# Handles one statement of `_payloads` asks for (SQLite allows 32,766 parameters).
+_PAYLOADS_READ = 500
 # Rows one read of `_expired` looks at.
 _EXPIRED_PAGE = 1000
 
@@ -299,6 +301,23 @@ class Store(ABC):
     async def get(self, task_id: str) -> TaskRecord | None:
         rows = await self.query(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (task_id,))
         return record_from_row(rows[0]) if rows else None
+
+    async def payloads(self, handles: Sequence[int]) -> dict[int, bytes]:
+        """The payloads of the specs of tasks `handles`, by handle (a task not stored is left
+        out): what `TaskRecord.drop_payload` left here. Read and parsed off the event loop.
+        """
+        return await asyncio.to_thread(self._payloads, list(handles))
+
+    def _payloads(self, handles: list[int]) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        spec = common_pb2.TaskSpec()
+        for start in range(0, len(handles), _PAYLOADS_READ):
+            chunk = handles[start:start + _PAYLOADS_READ]
+            rows = self._query(f"SELECT handle, spec FROM tasks WHERE handle IN ({', '.join('?' * len(chunk))})", chunk)
+            for handle, blob in rows:
+                spec.ParseFromString(blob)
+                found[int(handle)] = spec.payload
+        return found
 
     async def find_idempotent(self, tenant: str, key: str) -> str | None:
         rows = await self.query(
