@@ -110,7 +110,6 @@ class ControlPlane:
         self.book.counts.update(self.store.count_by_state())
         pending, reloaded = [], []
         for rec in self.store.load_unfinished():
-            rec.drop_payload()
             entry = self.book.add(rec, Hold.QUEUED if rec.state == PENDING else Hold.ORPHANED, counted=False)
             if entry is not None:
                 reloaded.append(entry)

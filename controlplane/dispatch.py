@@ -138,7 +138,7 @@ class Dispatcher:
                 self._reading.add(entry.rec.handle)
             reading = asyncio.create_task(self._send_stored(stored))
             self._readers.add(reading)
-            reading.add_done_callback(self._readers.discard)
+            reading.add_done_callback(self._read)
 
     async def _send_stored(self, assigned: list[tuple[Entry, WorkerConn, int]]) -> None:
         """Send assignments whose payloads were left to the store, read back READ_BYTES at a time.
@@ -167,6 +167,12 @@ class Dispatcher:
                 log.error("%d assigned tasks go back to the queue: %s", len(unread), why)
                 self.store.save([entry.rec for entry in self.tasks.store_failed(unread, why, UNREAD_RETRY_S)])
             self._send(ready)
+
+    def _read(self, reading: asyncio.Task[None]) -> None:
+        self._readers.discard(reading)
+        if not reading.cancelled() and reading.exception() is not None:
+            # Its tasks stay assigned unsent until their deadlines requeue them: say why.
+            log.error("sending assignments read back from the store failed", exc_info=reading.exception())
 
     def _send(self, ready: list[tuple[Entry, WorkerConn, bytes]]) -> None:
         """Send each agent its assignments in one message; `bytes`: a payload read back from the store."""

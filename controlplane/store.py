@@ -94,8 +94,11 @@ COLUMNS = (
 # and result (view FULL) fits in one message, and a page without them is read in bounded time.
 PAGE_CONTENT_BYTES = MAX_TASK_CONTENT_BYTES
 
-# The states before those (PENDING, ASSIGNED, RUNNING), as SQL: what start-up reloads.
-_UNFINISHED = ",".join(str(s) for s in common_pb2.TaskState.values() if s not in TERMINAL_STATES)
+# The states before those (PENDING, ASSIGNED, RUNNING): what start-up reloads; and as SQL.
+_UNFINISHED_STATES = [s for s in common_pb2.TaskState.values() if s not in TERMINAL_STATES]
+_UNFINISHED = ",".join(map(str, _UNFINISHED_STATES))
+# Rows one read of `load_unfinished` takes.
+_LOAD_PAGE = 10_000
 
 
 class StoreError(OSError):
@@ -414,13 +417,30 @@ class Store(ABC):
         return {int(h): int(seq) for h, seq in rows if seq is not None}
 
     def load_unfinished(self) -> list[TaskRecord]:
-        """Every task not yet terminal, oldest first (used once at start-up)."""
-        # Named states, not NOT IN the terminal ones: SQLite answers that by reading every row ever
-        # stored, this by searching the state index (EXPLAIN QUERY PLAN shows which).
-        rows = self._query(
-            f"SELECT {COLUMNS} FROM tasks WHERE state IN ({_UNFINISHED}) ORDER BY handle", ()
-        )
-        return [record_from_row(r) for r in rows]
+        """Every task not yet terminal, oldest first (used once at start-up), their large payloads
+        left here (`TaskRecord.drop_payload`).
+
+        Read a page at a time, each page's payloads dropped before the next is read, so a restart
+        does not hold every pending payload at once. Each state's tasks are paged through the
+        state index: one query for all of them would sort them all again for every page.
+        """
+        recs: list[TaskRecord] = []
+        for state in _UNFINISHED_STATES:
+            after = 0
+            while True:
+                rows = self._query(
+                    f"SELECT {COLUMNS} FROM tasks WHERE state = ? AND handle > ? ORDER BY handle LIMIT ?",
+                    (state, after, _LOAD_PAGE),
+                )
+                for row in rows:
+                    rec = record_from_row(row)
+                    rec.drop_payload()
+                    recs.append(rec)
+                if len(rows) < _LOAD_PAGE:
+                    break
+                after = rows[-1][0]
+        recs.sort(key=lambda rec: rec.handle)
+        return recs
 
     def count_by_state(self) -> dict[int, int]:
         rows = self._query("SELECT state, COUNT(*) FROM tasks GROUP BY state", ())

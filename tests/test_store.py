@@ -187,6 +187,9 @@ def test_payloads_are_read_back_by_handle_in_one_call(opened: Callable[[], Store
     assert recs[7].stored_payload == 1 << 20 and recs[7].spec.payload == b"" and recs[7].spec.kind == "noop"
     assert recs[0].stored_payload == 0 and recs[0].spec.payload == b"p1"  # small ones stay in memory
     assert run(s.payloads([])) == {}
+    loaded = s.load_unfinished()  # what a restart holds: the same, paged
+    assert [r.handle for r in loaded] == [r.handle for r in recs]
+    assert (loaded[7].stored_payload, loaded[7].spec.payload, loaded[0].spec.payload) == (1 << 20, b"", b"p1")
 
 
 def test_the_schema_carries_its_version_and_a_newer_one_is_refused(db: str, opened: Callable[[], Store]) -> None:

@@ -94,3 +94,20 @@ def test_a_payload_the_store_cannot_give_back_requeues_its_task_until_it_can(tmp
         if agent is not None:
             agent.stop()
         cp.kill()
+
+
+def test_a_restart_reloads_pending_tasks_without_their_payloads_and_still_sends_them(tmp_path: Path) -> None:
+    cp = ControlPlaneProcess(tmp_path).start()
+    agent = None
+    try:
+        with Client(cp.address, timeout_s=30) as client:
+            ids = [client.submit("noop", payload(i)) for i in range(3)]
+        cp = cp.restart(kill=True)
+        with Client(cp.address, timeout_s=30) as client:
+            assert client.get(ids[1]).spec.payload == payload(1)
+            agent = AgentProcess(tmp_path, cp.address, "w1")
+            assert [t.result for t in client.gather(ids, timeout_s=60)] == [payload(i) for i in range(3)]
+    finally:
+        if agent is not None:
+            agent.stop()
+        cp.kill()
