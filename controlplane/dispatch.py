@@ -60,8 +60,8 @@ class Dispatcher:
         self._steal_alarm = Alarm(self.wake)
         # Per-worker prefetch depths tuned to the queued work, unless --prefetch-depth fixes them.
         self.prefetch = PrefetchTuner(core, self.wake) if config.adaptive_prefetch else None
-        # Assigned tasks whose payloads are being read back from the store (by handle), and the reads.
-        self._reading: set[int] = set()
+        # Assigned tasks whose payloads are being read back from the store (handle: attempt), and the reads.
+        self._reading: dict[int, int] = {}
         self._readers: set[asyncio.Task[None]] = set()
         self.fleet: Fleet
         self.tasks: Lifecycle
@@ -134,8 +134,8 @@ class Dispatcher:
         stored = [item for item in current if item[0].rec.stored_payload]
         self._send([(entry, conn, b"") for entry, conn, _ in current if not entry.rec.stored_payload])
         if stored:
-            for entry, _, _ in stored:
-                self._reading.add(entry.rec.handle)
+            for entry, _, attempt in stored:
+                self._reading[entry.rec.handle] = attempt
             reading = asyncio.create_task(self._send_stored(stored))
             self._readers.add(reading)
             reading.add_done_callback(self._read)
@@ -155,7 +155,8 @@ class Dispatcher:
                 payloads, why = {}, f"its payload could not be read from the store ({exc})"
             ready, unread = [], []
             for entry, conn, attempt in chunk:
-                self._reading.discard(entry.rec.handle)
+                if self._reading.get(entry.rec.handle) == attempt:  # not a later attempt's read
+                    del self._reading[entry.rec.handle]
                 if not _current(entry, attempt):
                     continue
                 payload = payloads.get(entry.rec.handle)
