@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
                    help="pending tasks before submissions are refused (default %(default)s)")
     p.add_argument("--max-payload", type=int, default=4 * 1024 * 1024, metavar="BYTES")
     p.add_argument("--max-queue-bytes", type=int, default=1024**3, metavar="BYTES",
-                   help="bytes of specs all pending tasks may hold in memory together (default %(default)s)")
+                   help="bytes of specs all pending tasks may hold together (default %(default)s)")
     p.add_argument("--default-timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="execution limit of tasks that set none (default %(default)s)")
     p.add_argument("--default-retries", type=int, default=3, metavar="N")

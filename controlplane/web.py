@@ -182,9 +182,9 @@ class HttpApi:
 
     def _task(self, rec: TaskRecord) -> dict[str, Any]:
         """A task without its payload and result, which may weigh megabytes: their sizes instead."""
-        out = _dict(self.cp.describe(rec, full=False))
+        out = _dict(self.cp.views.describe(rec, full=False))
         del out["spec"]["payload"], out["result"]  # empty here (full=False), but printed as zero values
-        out["payload_bytes"] = len(rec.spec.payload)
+        out["payload_bytes"] = rec.payload_bytes
         out["result_bytes"] = len(rec.result)
         return out
 
