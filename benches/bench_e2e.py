@@ -1,4 +1,6 @@
-"""End-to-end on loopback: submit -> result latency (closed loop) and burst throughput.
+"""End-to-end on loopback: submit -> result latency (closed loop) and burst throughput, of empty
+tasks and of tasks with 1 MB payloads (which the control plane reads back from its store to
+dispatch them).
 
 A real control plane (`gpucp serve`, SQLite, durable accept) and real agent processes running
 the `noop` handler, each task claiming one slot. The control plane runs on uvloop; run the bench
@@ -19,6 +21,8 @@ from gpucp import Client, task_spec
 from gpucp.testing import make_pki
 from gpucp.tls import channel_credentials
 from gpucp.v1 import common_pb2
+
+LARGE_PAYLOAD = 1_000_000
 
 
 def closed_loop(client: Client, n: int, *, one_call: bool) -> list[float]:
@@ -49,6 +53,13 @@ def burst(client: Client, n: int) -> tuple[float, float]:
     return n / accepted, n / done
 
 
+def large_burst(client: Client, n: int) -> tuple[float, float]:
+    """burst() of tasks with 1 MB payloads, which the control plane keeps in its store and reads back
+    to dispatch (noop answers with the payload: each also carries a 1 MB result back)."""
+    accepted, done = submit_burst(client, task_spec("noop", b"x" * LARGE_PAYLOAD), n, batch=4)
+    return n / accepted, n / done
+
+
 def auth_file(workdir: Path) -> Path:
     """An --auth file with one admin (the bench's client) and one agent principal (its agents)."""
     path = workdir / "auth.toml"
@@ -67,6 +78,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--latency-tasks", type=int, default=500)
     parser.add_argument("--burst-tasks", type=int, default=10_000)
+    parser.add_argument("--large-tasks", type=int, default=300, help="a burst of tasks with 1 MB payloads")
     parser.add_argument("--prefetch-depth", type=int, default=0, help="passed to gpucp serve (default: off)")
     parser.add_argument("--auth", action="store_true",
                         help="serve with --auth: the client presents an admin token, agents an agent token")
@@ -96,13 +108,17 @@ def main() -> None:
                     "GetClusterStats alone": round_trips(client, args.latency_tasks),
                 }
                 accept_rate, done_rate = burst(client, args.burst_tasks)
+                large_accept, large_done = large_burst(client, args.large_tasks)
         finally:
             stop_processes(agents)
             stop_processes([cp])
     print(f"end to end, {args.agents} agents x {args.slots} slots, prefetch depth {args.prefetch_depth}, "
           f"noop tasks, SQLite WAL durable accept, control plane on {control_plane_loop()}, "
           f"{'--auth with tokens' if args.auth else 'no --auth'}, {'TLS' if args.tls else 'plaintext'}")
-    out: dict[str, float] = {"accept_per_s": accept_rate, "done_per_s": done_rate}
+    out: dict[str, float] = {
+        "accept_per_s": accept_rate, "done_per_s": done_rate,
+        "large_accept_per_s": large_accept, "large_done_per_s": large_done,
+    }
     for how, xs in lat.items():
         p50, p99 = xs[len(xs) // 2], xs[int(len(xs) * 0.99)]
         what = "one unary call" if how == "GetClusterStats alone" else "submit -> result"
@@ -110,6 +126,8 @@ def main() -> None:
         key = {"RunTask": "run", "SubmitTask + WaitTask": "submit_wait"}.get(how, "unary_call")
         out.update({f"{key}_p50_ms": p50, f"{key}_p99_ms": p99})
     print(f"  burst of {args.burst_tasks}: accepted {accept_rate:,.0f} tasks/s, completed {done_rate:,.0f} tasks/s")
+    print(f"  burst of {args.large_tasks} with 1 MB payloads: accepted {large_accept:,.0f} tasks/s, "
+          f"completed {large_done:,.0f} tasks/s")
     if args.json:
         Path(args.json).write_text(json.dumps(out))
 

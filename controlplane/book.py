@@ -54,7 +54,7 @@ class Cause(enum.StrEnum):
     REQUEUED_WORKER_LOST = "requeued_worker_lost"
     REQUEUED_HANDED_BACK = "requeued_handed_back"  # its worker gave back an attempt asked back for a steal
     REQUEUED_ORPHAN = "requeued_orphan"  # running before a restart; its agent did not re-attach it
-    REQUEUED_STORE_FAILED = "requeued_store_failed"  # its assignment could not be made durable
+    REQUEUED_STORE_FAILED = "requeued_store_failed"  # its assignment could not be made durable, or its payload read
     REATTACHED = "reattached"
     FINISHED = "finished"
 

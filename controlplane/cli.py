@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", default="",
                    help=f"read settings from this TOML file (default ${CONFIG_ENV}; none if unset)")
     p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
+    p.add_argument("--advertise", default="", metavar="HOST:PORT",
+                   help="where clients reach this replica, as standbys on the same PostgreSQL database name "
+                        "their leader (default: the --listen address)")
     p.add_argument("--http", default="127.0.0.1:50052", metavar="HOST:PORT",
                    help="serve /metrics, /healthz, /readyz and the JSON API /api/v1 here "
                         "(default %(default)s; '' turns it off)")
@@ -63,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
                    help="pending tasks before submissions are refused (default %(default)s)")
     p.add_argument("--max-payload", type=int, default=4 * 1024 * 1024, metavar="BYTES")
     p.add_argument("--max-queue-bytes", type=int, default=1024**3, metavar="BYTES",
-                   help="bytes of specs all pending tasks may hold in memory together (default %(default)s)")
+                   help="bytes of specs all pending tasks may hold together (default %(default)s)")
     p.add_argument("--default-timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="execution limit of tasks that set none (default %(default)s)")
     p.add_argument("--default-retries", type=int, default=3, metavar="N")
@@ -131,7 +134,8 @@ def parser() -> argparse.ArgumentParser:
                    help="open WatchTasks streams one principal may hold; 0 = no cap (default %(default)s)")
     p.add_argument("--register-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="an agent stream that has not registered by then is closed (default %(default)s)")
-    p.add_argument("--ready-file", help="write the bound port here once serving (and the HTTP port to FILE.http)")
+    p.add_argument("--ready-file", help="write the bound port here once serving, or once a standby on PostgreSQL "
+                                        "(and the HTTP port to FILE.http)")
     p.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO (every task event a line, logger gpucp.tasks), WARNING... (default %(default)s)")
     p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
@@ -185,6 +189,7 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         adaptive_prefetch=args.prefetch_depth is None,
         listen=args.listen,
+        advertise=args.advertise,
         http=args.http,
         db=args.db,
         db_synchronous=args.sync.upper(),

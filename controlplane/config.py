@@ -53,13 +53,16 @@ class SchedulerConfig:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
+    # HOST:PORT other replicas' refusals name as the leader's; "" is the listen address.
+    advertise: str = ""
     # HTTP listener for metrics, health and the JSON API; "" turns it off.
     http: str = "127.0.0.1:50052"
     db: str = "gpucp.db"
     # "NORMAL" survives a crash of the process; "FULL" also survives power loss.
     db_synchronous: str = "NORMAL"
     max_queue: int = 100_000
-    # Bytes of the specs (payloads included) of all pending tasks together: they are held in memory.
+    # Bytes of the specs (payloads included) of all pending tasks together: large payloads are held
+    # in the store (record.KEEP_PAYLOAD_BYTES), the rest in memory.
     max_queue_bytes: int = 1024**3
     max_payload_bytes: int = 4 * 1024 * 1024
     default_timeout_ms: int = 3_600_000

@@ -252,6 +252,7 @@ class ControlPlane:
             raise Unavailable(f"the task could not be stored, nothing was accepted: {exc}") from None
         entries = []
         for rec in new:
+            rec.drop_payload()
             entry = self.book.add(rec, Hold.QUEUED)
             assert entry is not None  # a new task is unfinished
             self.book.note(entry, Cause.SUBMITTED, SUBMITTED)
@@ -337,8 +338,20 @@ class ControlPlane:
             + (f": if it was submitted here, it finished more than {kept:g} s ago and was deleted" if kept else "")
         )
 
-    def describe(self, rec: TaskRecord, *, full: bool = True) -> common_pb2.Task:
-        return self.views.describe(rec, full=full)
+    async def describe(self, recs: Sequence[TaskRecord], *, full: bool = True) -> list[common_pb2.Task]:
+        """The Tasks as services show them; with `full`, the payloads left to the store are read
+        back, in one read (Unavailable if the store cannot be read)."""
+        tasks = [self.views.describe(rec, full=full) for rec in recs]
+        stored = [rec.handle for rec in recs if full and rec.stored_payload]
+        if stored:
+            try:
+                payloads = await self.store.payloads(stored)
+            except self.store.errors as exc:
+                raise Unavailable(f"the task's payload could not be read from the store: {exc}; retry") from None
+            for rec, task in zip(recs, tasks, strict=True):
+                if full and rec.stored_payload:
+                    task.spec.payload = payloads.get(rec.handle, b"")
+        return tasks
 
     async def run(self, spec: common_pb2.TaskSpec, timeout_ms: int) -> TaskRecord:
         """Submit one task and wait for it (RunTask)."""

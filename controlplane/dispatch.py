@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Iterator
 
 from controlplane.book import ASSIGNED, Entry, TaskBook
 from controlplane.config import ServerConfig
@@ -34,6 +35,11 @@ STEAL_BATCH = 256
 # whose affinity key is warm where it waits may go to a cold idle worker only after its locality
 # wait, and nothing else may happen in the fleet meanwhile.
 STEAL_AGAIN_MS = 250
+# Payloads left to the store are read back for dispatch this many bytes at a time (at least one
+# task a read): a placement round of thousands of large tasks is not held in memory all at once.
+READ_BYTES = 64 * 1024 * 1024
+# A task whose payload could not be read back is placed again after this long.
+UNREAD_RETRY_S = 1.0
 
 
 class Dispatcher:
@@ -54,6 +60,9 @@ class Dispatcher:
         self._steal_alarm = Alarm(self.wake)
         # Per-worker prefetch depths tuned to the queued work, unless --prefetch-depth fixes them.
         self.prefetch = PrefetchTuner(core, self.wake) if config.adaptive_prefetch else None
+        # Assigned tasks whose payloads are being read back from the store (handle: attempt), and the reads.
+        self._reading: dict[int, int] = {}
+        self._readers: set[asyncio.Task[None]] = set()
         self.fleet: Fleet
         self.tasks: Lifecycle
 
@@ -69,6 +78,8 @@ class Dispatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for reading in list(self._readers):
+            reading.cancel()
         self._deadline_alarm.cancel()
         self._locality_alarm.cancel()
         self._steal_alarm.cancel()
@@ -88,8 +99,11 @@ class Dispatcher:
         """Place what can be placed now; each batch goes to its agents once it is committed.
 
         Placing does not wait for the commit: the next batch is placed while the last one is
-        being written, and a group commit carries both.
+        being written, and a group commit carries both. Nothing is placed on a lease past due
+        (PostgreSQL replicas): a standby may be taking over; a renewal wakes this again.
         """
+        if not self.store.leading():
+            return
         while True:
             if self.prefetch is not None:
                 self.prefetch.retune()
@@ -115,19 +129,64 @@ class Dispatcher:
     ) -> None:
         # While the write was in flight a task may have been cancelled, lost with its worker, or
         # placed again: only attempts that are still current go out (or back to the queue).
-        current = [
-            (entry, conn)
-            for entry, conn, attempt in assigned
-            if entry.rec.state == ASSIGNED and entry.rec.attempt == attempt
-        ]
+        current = [(entry, conn, attempt) for entry, conn, attempt in assigned if _current(entry, attempt)]
         if fut.cancelled() or fut.exception() is not None:
             log.error("could not persist %d assignments (%s); requeueing them", len(assigned), fut.exception())
-            self.tasks.store_failed(entry for entry, _ in current)
+            self.tasks.store_failed(entry for entry, _, _ in current)
             return
+        stored = [item for item in current if item[0].rec.stored_payload]
+        self._send([(entry, conn, b"") for entry, conn, _ in current if not entry.rec.stored_payload])
+        if stored:
+            for entry, _, attempt in stored:
+                self._reading[entry.rec.handle] = attempt
+            reading = asyncio.create_task(self._send_stored(stored))
+            self._readers.add(reading)
+            reading.add_done_callback(self._read)
+
+    async def _send_stored(self, assigned: list[tuple[Entry, WorkerConn, int]]) -> None:
+        """Send assignments whose payloads were left to the store, read back READ_BYTES at a time.
+
+        After each read the attempt must still be current: the task may have been cancelled or
+        lost with its worker meanwhile. One whose payload cannot be read goes back to the queue
+        with the reason: an accepted task is never failed for the store's trouble.
+        """
+        for chunk in _chunks(assigned, READ_BYTES):
+            why = "its payload is not in the store"
+            try:
+                payloads = await self.store.payloads([entry.rec.handle for entry, _, _ in chunk])
+            except self.store.errors as exc:
+                payloads, why = {}, f"its payload could not be read from the store ({exc})"
+            ready, unread = [], []
+            for entry, conn, attempt in chunk:
+                if self._reading.get(entry.rec.handle) == attempt:  # not a later attempt's read
+                    del self._reading[entry.rec.handle]
+                if not _current(entry, attempt):
+                    continue
+                payload = payloads.get(entry.rec.handle)
+                if payload is None:
+                    unread.append(entry)
+                else:
+                    ready.append((entry, conn, payload))
+            if unread:
+                log.error("%d assigned tasks go back to the queue: %s", len(unread), why)
+                self.store.save([entry.rec for entry in self.tasks.store_failed(unread, why, UNREAD_RETRY_S)])
+            self._send(ready)
+
+    def _read(self, reading: asyncio.Task[None]) -> None:
+        self._readers.discard(reading)
+        if not reading.cancelled() and reading.exception() is not None:
+            # Its tasks stay assigned unsent until their deadlines requeue them: say why.
+            log.error("sending assignments read back from the store failed", exc_info=reading.exception())
+
+    def _send(self, ready: list[tuple[Entry, WorkerConn, bytes]]) -> None:
+        """Send each agent its assignments in one message; `bytes`: a payload read back from the store."""
         batches: dict[WorkerConn, list[workers_pb2.Assignment]] = {}
-        for entry, conn in current:
+        for entry, conn, payload in ready:
             if not conn.lost_reason:
-                batches.setdefault(conn, []).append(self._assignment(entry.rec, conn.worker_id))
+                assignment = self._assignment(entry.rec, conn.worker_id)
+                if payload:
+                    assignment.task.spec.payload = payload
+                batches.setdefault(conn, []).append(assignment)
         for conn, batch in batches.items():
             conn.assign(batch)
 
@@ -158,6 +217,7 @@ class Dispatcher:
             conn = self.fleet.by_handle.get(victim)
             if (
                 entry is None
+                or task in self._reading  # its assignment is not sent yet: there is nothing to ask back
                 or conn is None
                 or conn.lost_reason
                 or entry.rec.state != ASSIGNED
@@ -199,3 +259,24 @@ class Dispatcher:
         self.fleet.overdue(workers)
         self.tasks.timed_out(tasks)
         self.arm_deadline()
+
+
+def _current(entry: Entry, attempt: int) -> bool:
+    """Whether `attempt` is still the task's assigned one (not cancelled, lost or placed again)."""
+    return entry.rec.state == ASSIGNED and entry.rec.attempt == attempt
+
+
+def _chunks(
+    assigned: list[tuple[Entry, WorkerConn, int]], limit: int
+) -> Iterator[list[tuple[Entry, WorkerConn, int]]]:
+    """`assigned` in runs whose stored payloads add up to at most `limit` bytes (or one task)."""
+    chunk: list[tuple[Entry, WorkerConn, int]] = []
+    size = 0
+    for item in assigned:
+        if chunk and size + item[0].rec.stored_payload > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item[0].rec.stored_payload
+    if chunk:
+        yield chunk

@@ -149,18 +149,31 @@ class Lifecycle:
             self.prefetch.round_trip(mono_ms() - entry.placed_ms)
         entry.placed_ms = 0
 
-    def store_failed(self, entries: Iterable[Entry]) -> None:
-        """Assignments that could not be made durable go back to the queue; no agent heard of them."""
+    def store_failed(
+        self, entries: Iterable[Entry], why: str = "its assignment could not be stored", retry_in_s: float = 0.0
+    ) -> list[Entry]:
+        """Assignments that could not be made durable (or whose payloads could not be read back
+        from the store) go back to the queue: no agent heard of them, so their attempts are unused.
+        With `retry_in_s` they wait that long first, so a store that cannot be read is not asked
+        again at once, round after round."""
         back = []
         for entry in entries:
             self.core.scheduler.release(entry.rec.handle)
             entry.rec.attempt -= 1
-            self.book.move(
-                entry, PENDING, Hold.QUEUED, Cause.REQUEUED_STORE_FAILED,
-                "requeued: its assignment could not be stored, so no worker heard of it",
-            )
+            reason = f"requeued: {why}, so no worker heard of it"
+            if retry_in_s:
+                self.book.move(entry, PENDING, Hold.BACKOFF, Cause.REQUEUED_STORE_FAILED, reason)
+                entry.retry_timer = asyncio.get_running_loop().call_later(retry_in_s, self._requeue, entry)
+            else:
+                self.book.move(entry, PENDING, Hold.QUEUED, Cause.REQUEUED_STORE_FAILED, reason)
             back.append(entry)
-        self.queue(back)
+        if not retry_in_s:
+            self.queue(back)
+        return back
+
+    def _requeue(self, entry: Entry) -> None:
+        entry.retry_timer = None
+        self.queue([entry])
 
     def handed_back(self, entry: Entry) -> None:
         """The agent gave back a prefetched attempt it never started: queue the task again."""
@@ -268,6 +281,12 @@ class Lifecycle:
 
     def _settled(self, entry: Entry, fut: asyncio.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
+            if not self.store.leading():
+                # Cut from the database or replaced: the replica that leads next settles it (its agent
+                # reports it again there), and watchers must not hear of this outcome twice.
+                log.error("the outcome of task %s could not be stored (%s); not announced: this control plane "
+                          "no longer leads", entry.rec.id, fut.exception())
+                return
             log.error("the outcome of task %s could not be stored: %s", entry.rec.id, fut.exception())
         self.book.settled(entry)
 

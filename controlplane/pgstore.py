@@ -6,11 +6,15 @@ writer thread, and a write's future resolves once PostgreSQL has committed it, d
 server's default synchronous_commit=on, so accepted still means committed. executemany runs in
 pipeline mode: a batch of a thousand rows costs a few round trips, not a thousand.
 
-One control plane per database, as with SQLite's lock file: the write connection holds a session
-advisory lock, which PostgreSQL drops when the connection ends (the process exits or is killed),
-so a restart never finds a stale one. Each control plane that takes the lock bumps the epoch in
-the leader table, and every commit checks, in its own transaction, that the epoch is still its
-own (`gpucp_fence`): a control plane another one has replaced writes nothing.
+Several control planes may open one database; one leads (`lead`), the others wait as standbys.
+The leader's write connection holds a session advisory lock, which PostgreSQL drops when the
+connection ends (the process exits or is killed), so a standby takes over at once. Leadership is
+also a lease (`lease_until` in the leader row, renewed every second by `renew` on a connection of
+its own): a leader that is frozen or cut from the database keeps its lock but not its lease, and
+a standby that finds the lease expired ends the lock holder's session and takes over. Each
+takeover bumps the epoch in the leader row, and every commit checks, in its own transaction,
+that the epoch is still its own (`gpucp_fence`): a control plane another one has replaced writes
+nothing. The lease only decides when to take over; the epoch alone keeps a deposed leader out.
 
 A write connection that breaks (the server restarted, the session was ended) is opened again, and
 the lock taken again, at the next commit. If another control plane held the database meanwhile,
@@ -25,6 +29,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,8 +108,30 @@ BEGIN
 END $$""",
     ),
 )
+MIGRATIONS += (
+    (
+        # The lease of the leader and where clients reach it (a standby names it when it refuses).
+        "ALTER TABLE leader ADD COLUMN lease_until TIMESTAMPTZ NOT NULL DEFAULT '-infinity'",
+        "ALTER TABLE leader ADD COLUMN address TEXT NOT NULL DEFAULT ''",
+    ),
+)
 # The SQLSTATE gpucp_fence raises.
 DEPOSED = "GP001"
+
+
+# Seconds a lease lasts; the leader renews it every RENEW_EVERY_S. A standby takes over a lease
+# past due, so a leader stalled longer than LEASE_S - RENEW_EVERY_S (GC, I/O, a loaded machine) is
+# replaced: the margin is two renewals.
+LEASE_S = 3.0
+RENEW_EVERY_S = 1.0
+# A lapsed lease's holder whose session did not end within this long after `pg_terminate_backend`.
+_TERMINATE_WAIT_S = 2.0
+# The renewal's connection gives up within this long, so a cut network cannot hold it past the lease.
+_LEASE_TIMEOUTS: dict[str, Any] = {
+    "connect_timeout": 2, "tcp_user_timeout": 2000, "options": "-c statement_timeout=2000"
+}
+# Any number that is not LOCK_KEY: serializes the migrations of replicas started together.
+_MIGRATION_LOCK = LOCK_KEY + 1
 
 
 class Taken(OSError):
@@ -115,29 +142,128 @@ class PostgresStore(Store):
     """PostgreSQL task store at `url` (postgresql://user:password@host:port/dbname?options)."""
 
     errors = (psycopg.Error,)
+    lease_s = LEASE_S
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, standby: bool = False) -> None:
         self.url = url
         self._where = describe(url)
         self._holder = f"gpucp serve pid {os.getpid()} on {socket.gethostname()}"
-        self._write = self._claim()
+        self._write = self._connect()
         try:
             _migrate(self._write, self._where)
-            row = self._write.execute(
-                "UPDATE leader SET epoch = epoch + 1, holder = %s RETURNING epoch", (self._holder,)
-            ).fetchone()
-            assert row is not None  # the migration made the row
-            self.epoch: int = row[0]
             self._read = self._connect()
         except BaseException:
             self._write.close()
             raise
         self._read_lock = threading.Lock()
-        # Why this control plane may write nothing more ("" while it holds the database).
+        # The epoch of this control plane's leadership: 0 until `lead` takes the database.
+        self.epoch = 0
+        self._lease: psycopg.Connection[tuple[Any, ...]] | None = None
+        # time.monotonic() past which this control plane may not count on its lease: set from the
+        # moment a renewal was sent, so it ends before the database's lease_until does.
+        self._lease_ends = 0.0
+        # Whether the last commit found the database out of reach: no placing until a renewal gets through.
+        self._cut = False
+        # Why this control plane may write nothing more ("" while it may).
         self._deposed = ""
         # The statements in psycopg's markers, made once each.
         self._statements: dict[str, str] = {}
         super().__init__(inline=False)
+        if not standby:
+            who = self.lead("")
+            if who:
+                self.close()
+                raise Taken(f"{self._where} is in use by another control plane ({who}): stop it, or give this one "
+                            "its own database")
+
+    def lead(self, address: str) -> str:
+        """Take the database if it is free, or its leader's lease has expired (ending the
+        holder's session); "" once this control plane leads, else who leads, for a refusal."""
+        conn = self._write
+        row = conn.execute("SELECT address, holder, lease_until < now() FROM leader WHERE id = 1").fetchone()
+        assert row is not None  # the migration made the row
+        got = self._try_lock()
+        if not got and not row[2]:
+            return f"{row[0]} ({row[1]})"
+        started = time.monotonic()
+        if not got:
+            # Its session first: a holder frozen in a commit keeps the leader row locked until it ends.
+            log.warning("the lease of %s (%s) expired: ending its session and taking over", row[0], row[1])
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
+                " AND pid <> pg_backend_pid() AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())",
+                (LOCK_KEY,),
+            )
+            while not (got := self._try_lock()) and time.monotonic() - started < _TERMINATE_WAIT_S:
+                time.sleep(0.05)
+            if not got:
+                return f"{row[0]} ({row[1]}), whose session did not end"
+        # The holder's commits in flight have ended with its session or will see the new epoch.
+        taken = conn.execute(
+            "UPDATE leader SET epoch = epoch + 1, holder = %s, address = %s,"
+            " lease_until = now() + make_interval(secs => %s) RETURNING epoch",
+            (self._holder, address, LEASE_S),
+        ).fetchone()
+        assert taken is not None
+        self.epoch = taken[0]
+        self._lease_ends = started + LEASE_S
+        return ""
+
+    def _try_lock(self) -> bool:
+        row = self._write.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        return bool(row and row[0])
+
+    def renew(self) -> None:
+        """Extend the lease; deposes this control plane if another one took over. Raises
+        psycopg.Error if the database cannot be reached (the lease then runs out)."""
+        sent = time.monotonic()
+        if self._lease is None or self._lease.closed:
+            self._lease = psycopg.connect(self.url, autocommit=True, application_name=self._holder, **_LEASE_TIMEOUTS)
+        row = self._lease.execute(
+            "UPDATE leader SET lease_until = now() + make_interval(secs => %s) WHERE epoch = %s RETURNING epoch",
+            (LEASE_S, self.epoch),
+        ).fetchone()
+        if row is not None:
+            self._lease_ends = sent + LEASE_S
+            self._cut = False
+            return
+        found = self._lease.execute("SELECT epoch, holder FROM leader WHERE id = 1").fetchone()
+        assert found is not None
+        self._lease_ends = 0.0
+        self._depose(f"this control plane was replaced (epoch {found[0]} is {found[1]}'s, not its {self.epoch})")
+
+    def start_renewing(self) -> None:
+        """Renew the lease every RENEW_EVERY_S from now until the store closes."""
+        thread = threading.Thread(target=self._renew_every, name="gpucp-lease", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _renew_every(self) -> None:
+        failing = False
+        while not self._stopping.wait(RENEW_EVERY_S) and not self._deposed:
+            try:
+                self.renew()
+            except psycopg.Error as exc:
+                if not failing:  # once per outage: the lease's lapse is logged by who watches it
+                    log.error("cannot renew the lease on %s: %s", self._where, self._reason(exc))
+                failing = True
+                continue
+            if failing:
+                log.warning("renewing the lease on %s works again", self._where)
+                failing = False
+
+    def leading(self) -> bool:
+        return not self._deposed and not self._cut and time.monotonic() < self._lease_ends
+
+    def lease_overdue_s(self) -> float:
+        """Seconds since this control plane's lease ran out (0 while it holds one)."""
+        return max(0.0, time.monotonic() - self._lease_ends)
+
+    def depose(self, why: str) -> None:
+        """Write nothing more and stop (see `_depose`), unless that is already under way."""
+        if not self._deposed:
+            self._depose(why)
 
     @property
     def where(self) -> str:
@@ -150,8 +276,8 @@ class PostgresStore(Store):
             raise OSError(f"cannot connect to {self._where}: {exc}".strip()) from None
 
     def _claim(self) -> psycopg.Connection[tuple[Any, ...]]:
-        """A connection holding the database's advisory lock: two control planes on one database
-        would both place the same tasks (each keeps its queue in memory), so the second is refused."""
+        """A new write connection holding the database's advisory lock again, after the last one
+        broke; Taken if another control plane took it meanwhile."""
         conn = self._connect()
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
         if row is not None and row[0]:
@@ -192,6 +318,7 @@ class PostgresStore(Store):
                 # A session lost before COMMIT was sent committed nothing: the batch is made again
                 # on a new one. Lost during COMMIT, it may or may not have: refused, as any error.
                 if sent or attempt == 2 or not self._write.closed:
+                    self._cut = self._write.closed
                     raise
                 log.warning("lost the session to %s before a commit (%s): reconnecting", self._where, exc)
 
@@ -199,6 +326,8 @@ class PostgresStore(Store):
         """The write connection, made again (with the lock) if it broke; raises if it cannot be."""
         if self._deposed:
             raise psycopg.OperationalError(self._deposed)
+        if not self.epoch:
+            raise psycopg.OperationalError("this control plane is a standby: it writes nothing until it leads")
         if not self._write.closed:
             return
         try:
@@ -207,6 +336,7 @@ class PostgresStore(Store):
             self._depose(str(exc))
             raise psycopg.OperationalError(str(exc)) from None
         except OSError as exc:  # the database cannot be reached now: the next commit tries again
+            self._cut = True
             raise psycopg.OperationalError(str(exc)) from None
         log.warning("reconnected to %s", self._where)
 
@@ -236,7 +366,9 @@ class PostgresStore(Store):
             return self._read.execute(self._sql(sql), args).fetchall()
 
     def _close_connections(self) -> None:
-        if not self._write.closed:
+        if self._lease is not None:
+            self._lease.close()
+        if not self._write.closed and not self._deposed:
             # The session's end would release the lock too, but only once its server process has
             # seen the socket close: a control plane started right after this one could miss it.
             with contextlib.suppress(psycopg.Error):
@@ -259,8 +391,9 @@ def describe(url: str) -> str:
 
 def _migrate(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> None:
     """Bring the schema to the newest version, all steps in one transaction (PostgreSQL's DDL is
-    transactional: a crash leaves the old version)."""
+    transactional: a crash leaves the old version), one replica at a time."""
     with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = conn.execute("SELECT version FROM schema_version").fetchone()
         found = int(row[0]) if row else 0

@@ -16,6 +16,10 @@ from typing import Any, TypedDict
 from gpucp.states import TERMINAL_STATES
 from gpucp.v1 import common_pb2
 
+# A stored task's payload larger than this is not held in memory: it is read back from the store
+# when the task is dispatched or shown. A smaller one costs less to keep than to read.
+KEEP_PAYLOAD_BYTES = 4096
+
 
 def new_task_id() -> str:
     """A new task's id: a UUIDv7 (RFC 9562) in 32 hex digits.
@@ -81,6 +85,8 @@ class TaskRecord:
     # The spec's serialized size, known from its validation (or its row): a result must fit
     # beside it, and the spec is not serialized again to check that.
     spec_bytes: int = 0
+    # The size of the payload left to the store by `drop_payload` (0: the payload is in `spec`).
+    stored_payload: int = 0
     # The trace context of the call that submitted it (gpucp.tracing), None when it was not traced.
     # In memory only: after a restart the task's later spans start a trace of their own.
     trace: dict[str, str] | None = None
@@ -89,8 +95,28 @@ class TaskRecord:
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    @property
+    def payload_bytes(self) -> int:
+        return self.stored_payload or len(self.spec.payload)
+
+    def drop_payload(self) -> None:
+        """Once the task is stored, keep a large payload there only: pending tasks then hold a
+        few hundred bytes each in memory, not their payloads.
+
+        The spec is copied without it: protobuf keeps a message's bytes in an arena that a cleared
+        field does not give back, while the copy's arena holds the rest only.
+        """
+        size = len(self.spec.payload)
+        if size <= KEEP_PAYLOAD_BYTES:
+            return
+        self.spec.ClearField("payload")
+        spec = common_pb2.TaskSpec()
+        spec.CopyFrom(self.spec)
+        self.spec, self.stored_payload = spec, size
+
     def to_proto(self, pending_reason: str = "", *, full: bool = True) -> common_pb2.Task:
-        """The Task message; without `full`, the spec's payload and the result are left out."""
+        """The Task message; without `full`, the spec's payload and the result are left out. A
+        payload left to the store is not in it either: the caller reads it (`Store.payloads`)."""
         task = common_pb2.Task(**self.proto_fields(pending_reason))
         if not full:
             task.spec.ClearField("payload")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import ipaddress
@@ -25,6 +26,7 @@ from controlplane.autoscaler.credentials import PodCredentials
 from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
 from controlplane.metrics import Metrics
+from controlplane.replicas import Gate, Replica
 from controlplane.services import AdminService, SchedulerService, WorkersService
 from controlplane.store import Store, is_postgres_url, open_store
 from controlplane.tracing import server_interceptors
@@ -86,15 +88,44 @@ class Running:
     http: HttpApi | None = None
     http_port: int = 0
     autoscaler: Autoscaler | None = None
+    # On PostgreSQL: this replica's wait to lead, then its watch over its lease.
+    replica: asyncio.Task[None] | None = None
+    led = False  # whether `lead` ran: a standby has loaded nothing, and has nothing to persist
+    # Set once the replica leads and serves, or knows it stands by (on SQLite: at once).
+    settled: asyncio.Event | None = None
+
+    async def lead(self) -> None:
+        """Load the state, place and serve (at once on SQLite; on PostgreSQL once this replica leads)."""
+        await self.control.start()
+        self.led = True
+        await self.serving(True)
+        if self.autoscaler is not None:
+            await self.autoscaler.start()
+
+    async def serving(self, yes: bool) -> None:
+        """Tell health checkers and /readyz whether to send traffic here; wake placing on a renewed lease."""
+        status = health_pb2.HealthCheckResponse.SERVING if yes else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICES):
+            await self.health.set(name, status)
+        if self.http is not None:
+            self.http.ready = yes
+            self.http.waiting = "without its lease on the database"
+        if yes:
+            self.control.dispatcher.wake()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new work, tell health checkers, finish in-flight calls, persist everything."""
         self.control.accepting = False  # /readyz says 503 from here on; /healthz answers to the end
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self.autoscaler is not None:
+        if self.replica is not None:
+            self.replica.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.replica
+        if self.autoscaler is not None and self.led:
             await self.autoscaler.stop()
-        await self.control.stop()
+        if self.led:
+            await self.control.stop()
         await self.server.stop(grace_s)
         if self.http is not None:
             await self.http.stop()
@@ -136,7 +167,11 @@ async def start(config: ServerConfig) -> Running:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tracing.configure("gpucp-controlplane")
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=server_interceptors())
+    # Replicas share a PostgreSQL database: this one refuses gpucp calls until it leads.
+    gate = Gate() if is_postgres_url(config.db) else None
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=[*([gate] if gate is not None else []), *server_interceptors()]
+    )
     # The port first: a control plane that cannot listen must not open the database, which
     # the one holding the port may be using.
     port = _bind(server, config.listen, tls)
@@ -146,14 +181,13 @@ async def start(config: ServerConfig) -> Running:
         await server.stop(None)
         raise
     try:
-        store = open_store(config.db, synchronous=config.db_synchronous)
+        store = open_store(config.db, synchronous=config.db_synchronous, standby=True)
     except BaseException:
         await server.stop(None)  # unbind: a failed start leaves nothing behind
         if http_sock is not None:
             http_sock.close()
         raise
-    control = ControlPlane(config, store)
-    await control.start()
+    control = ControlPlane(config, store)  # started by `lead`
     metrics = Metrics(control, authority)
     http = HttpApi(control, metrics, authority) if http_sock is not None else None
     if http is not None and http_sock is not None:
@@ -163,14 +197,14 @@ async def start(config: ServerConfig) -> Running:
     admin = AdminService(control, authority)
     admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
     health_servicer = health.aio.HealthServicer()
+    for name in ("", *SERVICES):  # until it leads (its servicer says SERVING for "" unless told)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
     await server.start()
-    for name in ("", *SERVICES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     http_port = http_sock.getsockname()[1] if http_sock is not None else 0
     log.info(
         "gpucp %s serving gRPC on %s (port %d, %s), HTTP %s, db %s (sync %s), %s, policy %s, priority mode %s",
@@ -192,9 +226,18 @@ async def start(config: ServerConfig) -> Running:
             ControlPlaneView(control), autoscale, server_address=f"{host}:{port}", agent_token=config.agent_token,
             credentials=credentials,
         )
-        await running.autoscaler.start()
-    if http is not None:
-        http.ready = True
+    if gate is None:
+        await running.lead()
+    else:
+        from controlplane.pgstore import PostgresStore  # psycopg is imported only for PostgreSQL
+
+        assert isinstance(store, PostgresStore)
+        advertise = config.advertise or f"{config.listen.rpartition(':')[0]}:{port}"
+        if http is not None:
+            http.waiting = "a standby"
+        replica = Replica(store, advertise, gate)
+        running.replica = asyncio.create_task(replica.run(running.lead, running.serving), name="gpucp-replica")
+        running.settled = replica.settled
     return running
 
 
@@ -327,6 +370,11 @@ def _bind(server: grpc.aio.Server, listen: str, tls: grpc.ServerCredentials | No
 async def serve(config: ServerConfig, *, ready_file: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down without losing anything accepted."""
     running = await start(config)
+    if running.replica is not None and running.settled is not None:
+        # The ready file tells what this replica is: written once it serves, or knows it stands by.
+        settled = asyncio.ensure_future(running.settled.wait())
+        await asyncio.wait({settled, running.replica}, return_when=asyncio.FIRST_COMPLETED)
+        settled.cancel()
     if ready_file:
         if running.http_port:
             # Beside the ready file and before it: whoever sees the gRPC port can read this one too.
@@ -341,6 +389,8 @@ async def serve(config: ServerConfig, *, ready_file: str | None = None) -> None:
     http = f", http on port {running.http_port}" if running.http_port else ""
     where = running.store.where
     print(f"gpucp control plane listening on {config.listen} (port {running.port}){http}, db {where}", flush=True)
+    if running.replica is not None:  # a replica that fails to take over stops (stop() says why)
+        running.replica.add_done_callback(lambda task: stop.set())
     await stop.wait()
     log.info("shutting down")
     await running.stop()

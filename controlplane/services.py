@@ -137,7 +137,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         context: ServicerContext[scheduler_pb2.GetTaskRequest, common_pb2.Task],
     ) -> common_pb2.Task:
         principal = await caller(self.authority, context, Permission.READ)
-        return self.cp.describe(await self._visible(context, principal, request.task_id))
+        [task] = await answer(context, self.cp.describe([await self._visible(context, principal, request.task_id)]))
+        return task
 
     async def WaitTask(
         self,
@@ -147,7 +148,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         principal = await caller(self.authority, context, Permission.READ)
         await self._visible(context, principal, request.task_id)
         rec = await answer(context, self.cp.wait(request.task_id, request.timeout_ms))
-        return self.cp.describe(rec)
+        [task] = await answer(context, self.cp.describe([rec]))
+        return task
 
     async def RunTask(
         self,
@@ -157,7 +159,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         principal = await caller(self.authority, context, Permission.SUBMIT)
         await self._own(context, principal, [request.spec])
         rec = await answer(context, self.cp.run(request.spec, request.timeout_ms))
-        return self.cp.describe(rec)
+        [task] = await answer(context, self.cp.describe([rec]))
+        return task
 
     async def CancelTask(
         self,
@@ -183,9 +186,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             self.cp.list(request.state, tenants, request.kind, request.limit, request.page_token),
         )
         full = request.view == scheduler_pb2.TASK_VIEW_FULL
-        return scheduler_pb2.ListTasksResponse(
-            tasks=[self.cp.describe(r, full=full) for r in recs], next_page_token=token
-        )
+        tasks = await answer(context, self.cp.describe(recs, full=full))
+        return scheduler_pb2.ListTasksResponse(tasks=tasks, next_page_token=token)
 
     async def GetTaskEvents(
         self,

@@ -72,6 +72,9 @@ class SessionStream:
         self._room.set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._handlers: set[asyncio.Task[None]] = set()
+        # Outcomes whose payloads are being read back from the store, and why one could not be.
+        self._reading: set[asyncio.Task[None]] = set()
+        self._failed: BaseException | None = None
 
     async def run(self, requests: AsyncIterator[scheduler_pb2.SessionRequest]) -> AsyncIterator[
         scheduler_pb2.SessionResponse
@@ -83,18 +86,20 @@ class SessionStream:
         reader.add_done_callback(lambda _: self._wake.set())
         try:
             while True:
+                if self._failed is not None:
+                    raise self._failed
                 if self._outbox:
                     yield self._next_response()
                     continue
                 if reader.done():
                     reader.result()  # its error ends the call
-                    if not self.waiting and not self._handlers:
+                    if not self.waiting and not self._handlers and not self._reading:
                         return
                 self._wake.clear()
                 await self._wake.wait()
         finally:
             reader.cancel()
-            for handler in list(self._handlers):
+            for handler in [*self._handlers, *self._reading]:
                 handler.cancel()
             for task_id in self.waiting:
                 self.cp.notifier.unfollow(task_id, self)
@@ -255,7 +260,25 @@ class SessionStream:
             self._deliver(rec)
 
     def _deliver(self, rec: TaskRecord) -> None:
-        task = self.cp.describe(rec)
+        if rec.stored_payload:
+            reading = asyncio.create_task(self._deliver_stored(rec))
+            self._reading.add(reading)
+            reading.add_done_callback(self._read_back_done)
+            return
+        self._queue_outcome(self.cp.views.describe(rec))
+
+    async def _deliver_stored(self, rec: TaskRecord) -> None:
+        """An outcome whose payload was left to the store: queued once it is read back."""
+        [task] = await self.cp.describe([rec])
+        self._queue_outcome(task)
+
+    def _read_back_done(self, reading: asyncio.Task[None]) -> None:
+        self._reading.discard(reading)
+        self._wake.set()
+        if not reading.cancelled() and reading.exception() is not None:
+            self._failed = reading.exception()  # the call ends with it; the client resumes and follows again
+
+    def _queue_outcome(self, task: common_pb2.Task) -> None:
         size = task.ByteSize()
         self._outbox.append((task, size))
         self._queued_bytes += size

@@ -94,8 +94,11 @@ COLUMNS = (
 # and result (view FULL) fits in one message, and a page without them is read in bounded time.
 PAGE_CONTENT_BYTES = MAX_TASK_CONTENT_BYTES
 
-# The states before those (PENDING, ASSIGNED, RUNNING), as SQL: what start-up reloads.
-_UNFINISHED = ",".join(str(s) for s in common_pb2.TaskState.values() if s not in TERMINAL_STATES)
+# The states before those (PENDING, ASSIGNED, RUNNING): what start-up reloads; and as SQL.
+_UNFINISHED_STATES = [s for s in common_pb2.TaskState.values() if s not in TERMINAL_STATES]
+_UNFINISHED = ",".join(map(str, _UNFINISHED_STATES))
+# Rows one read of `load_unfinished` takes.
+_LOAD_PAGE = 10_000
 
 
 class StoreError(OSError):
@@ -117,6 +120,8 @@ _DELETE = "DELETE FROM tasks WHERE handle = ?"
 _EVENT_COLUMNS = "seq, at_ms, state, attempt, worker_id, cause, reason, error, progress"
 _INSERT_EVENT = f"INSERT INTO task_events (handle, {_EVENT_COLUMNS}) VALUES ({', '.join('?' * 10)})"
 _TRIM_EVENT = "DELETE FROM task_events WHERE handle = ? AND seq = ?"
+# Handles one statement of `_payloads` asks for (SQLite allows 32,766 parameters).
+_PAYLOADS_READ = 500
 # Rows one read of `_expired` looks at.
 _EXPIRED_PAGE = 1000
 
@@ -167,6 +172,11 @@ class Store(ABC):
     def _query(self, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         """Rows of one read, from a connection of its own (called off the event loop). Any: a
         value's type is its column's in SCHEMA, which the type checker cannot read."""
+
+    def leading(self) -> bool:
+        """Whether this control plane may place tasks now: always on SQLite (its lock file is held
+        for the process's life); on PostgreSQL while it holds an unexpired lease."""
+        return True
 
     def _reason(self, exc: Exception) -> str:
         """What the database said, in a sentence."""
@@ -300,6 +310,23 @@ class Store(ABC):
         rows = await self.query(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (task_id,))
         return record_from_row(rows[0]) if rows else None
 
+    async def payloads(self, handles: Sequence[int]) -> dict[int, bytes]:
+        """The payloads of the specs of tasks `handles`, by handle (a task not stored is left
+        out): what `TaskRecord.drop_payload` left here. Read and parsed off the event loop.
+        """
+        return await asyncio.to_thread(self._payloads, list(handles))
+
+    def _payloads(self, handles: list[int]) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        spec = common_pb2.TaskSpec()
+        for start in range(0, len(handles), _PAYLOADS_READ):
+            chunk = handles[start:start + _PAYLOADS_READ]
+            rows = self._query(f"SELECT handle, spec FROM tasks WHERE handle IN ({', '.join('?' * len(chunk))})", chunk)
+            for handle, blob in rows:
+                spec.ParseFromString(blob)
+                found[int(handle)] = spec.payload
+        return found
+
     async def find_idempotent(self, tenant: str, key: str) -> str | None:
         rows = await self.query(
             "SELECT id FROM tasks WHERE tenant = ? AND idempotency_key = ?", (tenant, key)
@@ -395,13 +422,30 @@ class Store(ABC):
         return {int(h): int(seq) for h, seq in rows if seq is not None}
 
     def load_unfinished(self) -> list[TaskRecord]:
-        """Every task not yet terminal, oldest first (used once at start-up)."""
-        # Named states, not NOT IN the terminal ones: SQLite answers that by reading every row ever
-        # stored, this by searching the state index (EXPLAIN QUERY PLAN shows which).
-        rows = self._query(
-            f"SELECT {COLUMNS} FROM tasks WHERE state IN ({_UNFINISHED}) ORDER BY handle", ()
-        )
-        return [record_from_row(r) for r in rows]
+        """Every task not yet terminal, oldest first (used once at start-up), their large payloads
+        left here (`TaskRecord.drop_payload`).
+
+        Read a page at a time, each page's payloads dropped before the next is read, so a restart
+        does not hold every pending payload at once. Each state's tasks are paged through the
+        state index: one query for all of them would sort them all again for every page.
+        """
+        recs: list[TaskRecord] = []
+        for state in _UNFINISHED_STATES:
+            after = 0
+            while True:
+                rows = self._query(
+                    f"SELECT {COLUMNS} FROM tasks WHERE state = ? AND handle > ? ORDER BY handle LIMIT ?",
+                    (state, after, _LOAD_PAGE),
+                )
+                for row in rows:
+                    rec = record_from_row(row)
+                    rec.drop_payload()
+                    recs.append(rec)
+                if len(rows) < _LOAD_PAGE:
+                    break
+                after = rows[-1][0]
+        recs.sort(key=lambda rec: rec.handle)
+        return recs
 
     def count_by_state(self) -> dict[int, int]:
         rows = self._query("SELECT state, COUNT(*) FROM tasks GROUP BY state", ())
@@ -492,14 +536,16 @@ class SqliteStore(Store):
         self._lock_file.close()
 
 
-def open_store(db: str, *, synchronous: str = "NORMAL") -> Store:
-    """The store --db names: a PostgreSQL URL (postgresql://, postgres://) or a SQLite file path."""
+def open_store(db: str, *, synchronous: str = "NORMAL", standby: bool = False) -> Store:
+    """The store --db names: a PostgreSQL URL (postgresql://, postgres://) or a SQLite file path.
+    On PostgreSQL, `standby` opens it without leading (`PostgresStore.lead` takes it later);
+    otherwise it leads at once or is refused, as a SQLite file held by another process is."""
     if is_postgres_url(db):
         try:  # psycopg is needed only by those who use it
             from controlplane.pgstore import PostgresStore
         except ImportError as exc:
             raise ValueError(f"--db postgresql:// needs psycopg ({exc}): pip install 'gpucp[postgres]'") from None
-        return PostgresStore(db)
+        return PostgresStore(db, standby=standby)
     return SqliteStore(db, synchronous=synchronous)
 
 

@@ -32,6 +32,8 @@ class Views:
             return f"waiting for worker {rec.worker_id} to re-attach after a control-plane restart"
         if rec.state != PENDING:
             return ""
+        if entry.hold is Hold.BACKOFF and not rec.error:  # no attempt failed: Lifecycle.store_failed held it
+            return "waiting to be placed again: its payload could not be read from the store"
         if entry.hold is Hold.BACKOFF:
             return f"waiting to retry after attempt {rec.attempt} failed: {rec.error}"
         return self.core.why_pending(rec)

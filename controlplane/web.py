@@ -51,6 +51,7 @@ class HttpApi:
         self.metrics = metrics
         self.authority = authority
         self.ready = False  # true from the end of start-up until shutdown begins
+        self.waiting = "starting"  # what it is while not ready, before shutdown
         self.app = web.Application(middlewares=[self._guard])
         self.dashboard = Dashboard(cp, metrics, self._caller, _limit, _dict)
         self.app.add_routes(
@@ -84,6 +85,9 @@ class HttpApi:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer every error as JSON with a sentence (401 and 403 for who asks)."""
+        if request.path.startswith("/api/") and not self.ready and self.cp.accepting:
+            # A standby (or a leader cut from its database) holds no state worth reading.
+            return _error(503, f"this control plane is {self.waiting}: ask the replica whose /readyz says ready")
         try:
             return await handler(request)
         except Denied as exc:
@@ -134,7 +138,7 @@ class HttpApi:
     async def readyz(self, request: web.Request) -> web.Response:
         if self.ready and self.cp.accepting:
             return web.json_response({"status": "ready"})
-        why = "shutting down" if self.ready else "starting"
+        why = "shutting down" if not self.cp.accepting else self.waiting
         return _error(503, f"the control plane is {why}: send traffic to another replica")
 
     # -- JSON API -------------------------------------------------------------------------------
@@ -178,9 +182,9 @@ class HttpApi:
 
     def _task(self, rec: TaskRecord) -> dict[str, Any]:
         """A task without its payload and result, which may weigh megabytes: their sizes instead."""
-        out = _dict(self.cp.describe(rec, full=False))
+        out = _dict(self.cp.views.describe(rec, full=False))
         del out["spec"]["payload"], out["result"]  # empty here (full=False), but printed as zero values
-        out["payload_bytes"] = len(rec.spec.payload)
+        out["payload_bytes"] = rec.payload_bytes
         out["result_bytes"] = len(rec.result)
         return out
 

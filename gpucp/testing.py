@@ -338,6 +338,7 @@ class PostgresServer:
         self.dir = Path(tempfile.mkdtemp(prefix="gpucp-postgres-"))
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._settings: list[str] = []
 
     @property
     def url(self) -> str:
@@ -367,13 +368,22 @@ class PostgresServer:
             "synchronous_commit": "on" if self.durable else "off",
             "max_connections": "200",
         }
-        with open(self.dir / "postgres.log", "wb") as log:
+        self._settings = [f"-c{k}={v}" for k, v in settings.items()]
+        return self._launch(timeout_s)
+
+    def _launch(self, timeout_s: float) -> PostgresServer:
+        with open(self.dir / "postgres.log", "ab") as log:
             self.proc = subprocess.Popen(
-                self._as_owner([f"{self.bin}/postgres", "-D", str(data), *(f"-c{k}={v}" for k, v in settings.items())]),
+                self._as_owner([f"{self.bin}/postgres", "-D", str(self.dir / "data"), *self._settings]),
                 stdout=log, stderr=subprocess.STDOUT,
             )
         eventually(self._ready, timeout_s, "PostgreSQL to accept connections")
         return self
+
+    def restart(self, timeout_s: float = 60.0) -> PostgresServer:
+        """A fast shutdown (every session ends) and a start on the same data and port."""
+        self._shutdown()
+        return self._launch(timeout_s)
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -398,6 +408,10 @@ class PostgresServer:
 
     def stop(self) -> None:
         """Stop the server (a fast shutdown) and delete its directory."""
+        self._shutdown()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _shutdown(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -405,7 +419,6 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
         return self.start()

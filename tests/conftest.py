@@ -132,11 +132,13 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
         return
     write("")
     write(f"{'fault trial':<34}{'trials':>7}{'tasks':>7}{'lost':>6}{'dup':>5}{'re-run':>8}"
-          f"{'requeue p50':>13}{'p99':>9}")
+          f"{'requeue p50':>13}{'p99':>9}{'failover p50':>14}{'p99':>9}")
     for row in FAULT_REPORT:
         p50, p99 = row.get("requeue_p50_ms"), row.get("requeue_p99_ms")
+        f50, f99 = row.get("failover_p50_ms"), row.get("failover_p99_ms")
         write(
             f"{row['trial']:<34}{row['trials']:>7}{row['tasks']:>7}{row['lost']:>6}{row['duplicated']:>5}"
             f"{row.get('rerun', '-')!s:>8}{(f'{p50:.0f} ms' if p50 is not None else '-'):>13}"
             f"{(f'{p99:.0f} ms' if p99 is not None else '-'):>9}"
+            f"{(f'{f50:.0f} ms' if f50 is not None else '-'):>14}{(f'{f99:.0f} ms' if f99 is not None else '-'):>9}"
         )

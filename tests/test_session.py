@@ -107,6 +107,21 @@ def test_a_bad_submit_is_refused_by_its_seq_and_the_session_goes_on(controlplane
         assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_outcomes_carry_the_payloads_the_control_plane_left_to_the_store(controlplane, start_agent):
+    # Payloads over a few KiB are not held in memory once stored: dispatch and the outcomes read them back.
+    start_agent("w1", "--slots", "4")
+    payloads = [bytes([i]) * 100_000 for i in range(20)]
+    raw = RawSession(controlplane.address)
+    try:
+        raw.submit(1, [common_pb2.TaskSpec(kind="noop", payload=p) for p in payloads])
+        ids = raw.next("accepted").accepted.task_ids
+        by_id = {task.id: task for task in raw.outcomes(len(ids))}
+        assert [by_id[i].spec.payload for i in ids] == payloads
+        assert [by_id[i].result for i in ids] == payloads  # noop answers with the payload it was sent
+    finally:
+        raw.close()
+
+
 def test_events_are_sent_when_asked_and_the_outcome_last(controlplane, start_agent):
     start_agent("w1")
     raw = RawSession(controlplane.address, events=True)

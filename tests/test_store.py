@@ -168,6 +168,30 @@ def test_pages_are_bounded_in_bytes_and_filtered(opened: Callable[[], Store]) ->
     assert run(s.page([S.TASK_STATE_SUCCEEDED], [], "", 0, 10)) == ([], False)
 
 
+def test_payloads_are_read_back_by_handle_in_one_call(opened: Callable[[], Store]) -> None:
+    # What the dispatcher asks for when it sends tasks whose payloads were left to the store: more
+    # handles than one statement asks for, a large payload, an empty one, and a handle not stored.
+    s = opened()
+    recs = [task(h, payload=b"p%d" % h) for h in range(1, 1201)]
+    recs[7].spec.payload = bytes(range(256)) * 4096  # 1 MiB
+    recs[8].spec.payload = b""
+
+    async def life() -> dict[int, bytes]:
+        await s.insert(recs)
+        for rec in recs:
+            rec.drop_payload()  # what the control plane holds after the insert
+        return await s.payloads([r.handle for r in recs] + [99_999])
+
+    found = run(life())
+    assert found == {r.handle: r.spec.payload or b"" for r in recs} | {8: bytes(range(256)) * 4096}
+    assert recs[7].stored_payload == 1 << 20 and recs[7].spec.payload == b"" and recs[7].spec.kind == "noop"
+    assert recs[0].stored_payload == 0 and recs[0].spec.payload == b"p1"  # small ones stay in memory
+    assert run(s.payloads([])) == {}
+    loaded = s.load_unfinished()  # what a restart holds: the same, paged
+    assert [r.handle for r in loaded] == [r.handle for r in recs]
+    assert (loaded[7].stored_payload, loaded[7].spec.payload, loaded[0].spec.payload) == (1 << 20, b"", b"p1")
+
+
 def test_the_schema_carries_its_version_and_a_newer_one_is_refused(db: str, opened: Callable[[], Store]) -> None:
     opened().close()
     known = len(pgstore.MIGRATIONS if cluster.on_postgres(db) else store.MIGRATIONS)
