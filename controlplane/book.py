@@ -148,9 +148,10 @@ class TaskBook:
         for observer in self._observers:
             observer(rec, event)
 
-    def note(self, entry: Entry, cause: Cause, reason: str) -> None:
-        """Record and announce an event that changes neither state nor place (a submission, progress)."""
-        self.announce(entry.rec, self._record(entry, cause, reason))
+    def note(self, entry: Entry, cause: Cause, reason: str, at_ms: int = 0) -> None:
+        """Record and announce an event that changes neither state nor place (a submission, progress),
+        stamped `at_ms` as in `move`."""
+        self.announce(entry.rec, self._record(entry, cause, reason, at_ms))
 
     def _record(self, entry: Entry, cause: Cause, reason: str, at_ms: int = 0) -> Event:
         rec = entry.rec
