@@ -21,6 +21,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FIELDS = ("task", "tenant", "kind", "worker", "attempt", "state", "cause")
 
 task_log = logging.getLogger("gpucp.tasks")
+_fields = False  # whether a task line carries its fields apart (set by `setup`: the JSON format shows them)
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,6 +47,15 @@ def setup(level: str, fmt: str) -> None:
     """Send every log record to stderr at `level` in the format `fmt` (text or json)."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"--log-format {fmt!r}: give text or json")
+    # What a record would gather and no format here shows: the caller's file and line (a walk up
+    # the stack), the thread and the process. Four task events a task are logged at INFO, and
+    # these cost about as much as the line itself (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    global _fields
+    _fields = fmt == "json"
     handler = logging.StreamHandler()
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
@@ -67,5 +77,5 @@ def log_event(rec: TaskRecord, event: Event) -> None:
         extra={
             "task": rec.id, "tenant": rec.tenant, "kind": rec.spec.kind, "worker": event.worker_id,
             "attempt": event.attempt, "state": STATE_NAMES[event.state], "cause": event.cause,
-        },
+        } if _fields else None,  # the text format has them in its sentence
     )
