@@ -7,8 +7,11 @@ for one task or one worker finds its whole story.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import sys
 import time
 
 from controlplane.book import Event
@@ -43,6 +46,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Lines to stderr, written at the end of the event loop turn that logged them.
+
+    A busy turn logs hundreds of task lines; stderr writes each line as it comes (one system call
+    a line, the largest part of a line's cost), this handler buffers them and writes them together
+    once the turn's callbacks are done, as the store commits the turn's writes. A line logged where
+    no event loop runs (another thread, before start, at exit) is written at once.
+    """
+
+    def __init__(self) -> None:
+        stream = sys.stderr
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # a stderr with no file under it
+            stream = open(  # noqa: SIM115 (it lives as long as the process's stderr)
+                sys.stderr.fileno(), "w", buffering=1 << 16, encoding=sys.stderr.encoding,
+                errors="backslashreplace", closefd=False,
+            )
+        super().__init__(stream)
+        self._due = False
+
+    def flush(self) -> None:
+        """Called by `emit` after every line: write now only off the event loop, else at the turn's end."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            super().flush()
+            return
+        if not self._due:
+            self._due = True
+            loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        self._due = False
+        super().flush()
+
+
 def setup(level: str, fmt: str) -> None:
     """Send every log record to stderr at `level` in the format `fmt` (text or json)."""
     if fmt not in LOG_FORMATS:
@@ -56,7 +94,7 @@ def setup(level: str, fmt: str) -> None:
     logging.logMultiprocessing = False
     global _fields
     _fields = fmt == "json"
-    handler = logging.StreamHandler()
+    handler = TurnHandler()
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime  # the "Z" in its timestamps
