@@ -27,7 +27,23 @@ task_log = logging.getLogger("gpucp.tasks")
 _fields = False  # whether a task line carries its fields apart (set by `setup`: the JSON format shows them)
 
 
-class JsonFormatter(logging.Formatter):
+class Formatter(logging.Formatter):
+    """logging's Formatter, with a record's time to the second made once a second, not once a line
+    (the calendar conversion and strftime were a third of formatting a task line). Each formatter
+    here asks for the time in one format only."""
+
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:  # formatted under the handler's lock: one caller at a time
+            self._stamp = time.strftime(datefmt or self.default_time_format, self.converter(record.created))
+            self._second = second
+        return self._stamp if datefmt else f"{self._stamp},{int(record.msecs):03d}"  # as logging's default
+
+
+class JsonFormatter(Formatter):
     """One JSON object a line: time, level, logger, message, and the task fields a call gave."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -99,7 +115,7 @@ def setup(level: str, fmt: str) -> None:
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime  # the "Z" in its timestamps
     else:
-        formatter = logging.Formatter(TEXT_FORMAT)
+        formatter = Formatter(TEXT_FORMAT)
     handler.setFormatter(formatter)
     logging.basicConfig(level=level.upper(), handlers=[handler])
 

@@ -4,9 +4,11 @@ and attempt, JSON on request, and drains and refusals logged as what they are.""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 
 from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
+from controlplane.logs import TEXT_FORMAT, Formatter
 from gpucp import __version__
 
 
@@ -62,3 +64,13 @@ def test_drains_and_refusals_are_logged_as_what_they_are(tmp_path):
             if agent is not None:
                 agent.stop()
         cp.kill()
+
+
+def test_line_times_are_those_logging_would_write_across_seconds():
+    # The time to the second is made once a second: lines within it, after it and (a record
+    # made on another thread) before it must still read as logging's own formatter writes them.
+    ours, theirs = Formatter(TEXT_FORMAT), logging.Formatter(TEXT_FORMAT)
+    for created in (1_800_000_000.001, 1_800_000_000.999, 1_800_000_001.5, 1_799_999_999.25, 1_800_000_001.75):
+        record = logging.LogRecord("gpucp.tasks", logging.INFO, "", 0, "task %s", ("t1",), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == theirs.format(record)
