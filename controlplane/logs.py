@@ -79,7 +79,7 @@ class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 errors="backslashreplace", closefd=False,
             )
         super().__init__(stream)
-        self._due = False
+        self._due: asyncio.AbstractEventLoop | None = None  # the loop a write is due on, if any
 
     def flush(self) -> None:
         """Called by `emit` after every line: write now only off the event loop, else at the turn's end."""
@@ -88,12 +88,12 @@ class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RuntimeError:
             super().flush()
             return
-        if not self._due:
-            self._due = True
+        if self._due is not loop:  # not `None`: a loop that closed with a write due has gone
+            self._due = loop
             loop.call_soon(self._write)
 
     def _write(self) -> None:
-        self._due = False
+        self._due = None
         super().flush()
 
 

@@ -3,12 +3,14 @@ and attempt, JSON on request, and drains and refusals logged as what they are.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
+import sys
 
 from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
-from controlplane.logs import TEXT_FORMAT, Formatter
+from controlplane.logs import TEXT_FORMAT, Formatter, TurnHandler
 from gpucp import __version__
 
 
@@ -74,3 +76,26 @@ def test_line_times_are_those_logging_would_write_across_seconds():
         record = logging.LogRecord("gpucp.tasks", logging.INFO, "", 0, "task %s", ("t1",), None)
         record.created, record.msecs = created, (created - int(created)) * 1000
         assert ours.format(record) == theirs.format(record)
+
+
+def test_lines_of_a_loop_turn_are_written_when_it_ends_and_off_the_loop_at_once(tmp_path, monkeypatch):
+    path = tmp_path / "stderr"
+    stderr = open(path, "w")  # noqa: SIM115 (the handler writes to its file until the test ends)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    handler = TurnHandler()
+
+    def line(text: str) -> None:
+        handler.handle(logging.LogRecord("gpucp.tasks", logging.INFO, "", 0, text, (), None))
+
+    async def turn(text: str) -> None:
+        line(text)
+        line(text)
+        assert path.read_text().count(text) == 0, "written before the turn ended"
+        await asyncio.sleep(0)
+        assert path.read_text().count(text) == 2, "not written once the turn ended"
+
+    asyncio.run(turn("first loop"))
+    asyncio.run(turn("second loop"))  # a later loop writes its lines too
+    line("no loop")
+    assert path.read_text().endswith("no loop\n")
+    stderr.close()
