@@ -79,6 +79,16 @@ class Event(NamedTuple):
 Observer = Callable[[TaskRecord, Event], None]
 
 
+# The reasons of the events the history derives from a task's row rather than stores (history.py).
+def assigned_reason(worker_id: str, gpus: Iterable[int]) -> str:
+    shown = ", ".join(map(str, gpus))
+    return f"assigned to {worker_id}" + (f" (GPUs {shown})" if shown else "")
+
+
+def succeeded_reason(worker_id: str) -> str:
+    return f"succeeded on {worker_id}"
+
+
 class Hold(enum.Enum):
     """Where a task is, beyond its proto state."""
 
@@ -138,11 +148,12 @@ class TaskBook:
         for observer in self._observers:
             observer(rec, event)
 
-    def note(self, entry: Entry, cause: Cause, reason: str) -> None:
-        """Record and announce an event that changes neither state nor place (a submission, progress)."""
-        self.announce(entry.rec, self._record(entry, cause, reason))
+    def note(self, entry: Entry, cause: Cause, reason: str, at_ms: int = 0) -> None:
+        """Record and announce an event that changes neither state nor place (a submission, progress),
+        stamped `at_ms` as in `move`."""
+        self.announce(entry.rec, self._record(entry, cause, reason, at_ms))
 
-    def _record(self, entry: Entry, cause: Cause, reason: str) -> Event:
+    def _record(self, entry: Entry, cause: Cause, reason: str, at_ms: int = 0) -> Event:
         rec = entry.rec
         entry.events += 1
         if len(reason) > MAX_REASON_CHARS:
@@ -150,7 +161,7 @@ class TaskBook:
         # The cause as a plain str: an enum member hashes and compares in Python, and every
         # observer looks at it.
         event = Event(
-            entry.events, int(time.time() * 1000), rec.state, rec.attempt, rec.worker_id, str(cause), reason,
+            entry.events, at_ms or int(time.time() * 1000), rec.state, rec.attempt, rec.worker_id, str(cause), reason,
             rec.error, rec.progress,
         )
         for observer in self._journal:
@@ -200,7 +211,8 @@ class TaskBook:
     # -- the one transition ---------------------------------------------------------------------
 
     def move(
-        self, entry: Entry, state: common_pb2.TaskState, hold: Hold, cause: Cause, reason: str, *, announce: bool = True
+        self, entry: Entry, state: common_pb2.TaskState, hold: Hold, cause: Cause, reason: str, *,
+        announce: bool = True, at_ms: int = 0,
     ) -> None:
         """Put a live task in `state` and `hold` because of `cause` (`reason` in words): the only place
         either changes.
@@ -209,7 +221,8 @@ class TaskBook:
         steal request forgotten (it started, was handed back, requeued or finished); a finished
         task leaves the live set (SETTLING until its outcome is durable, then `settled`).
         Observers hear of the change unless `announce` is False (a finished task is announced
-        only once it is durable: see `settled`).
+        only once it is durable: see `settled`). The event is stamped `at_ms` when given (0: now):
+        the time the record itself keeps for it, so the history can derive it from the record.
         """
         rec = entry.rec
         if entry.retry_timer is not None:  # any move ends a backoff; a new one sets its timer after
@@ -228,7 +241,7 @@ class TaskBook:
             self._count_pending(rec, 1 if state == PENDING else -1)
         rec.state = state
         entry.hold = hold
-        event = self._record(entry, cause, reason)
+        event = self._record(entry, cause, reason, at_ms)
         if hold is Hold.SETTLING:
             entry.outcome = event
             self._retire(entry)

@@ -255,7 +255,7 @@ class ControlPlane:
             rec.drop_payload()
             entry = self.book.add(rec, Hold.QUEUED)
             assert entry is not None  # a new task is unfinished
-            self.book.note(entry, Cause.SUBMITTED, SUBMITTED)
+            self.book.note(entry, Cause.SUBMITTED, SUBMITTED, at_ms=entry.rec.created_at_ms)
             entries.append(entry)
         self.lifecycle.queue(entries)
         return out

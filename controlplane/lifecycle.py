@@ -28,6 +28,8 @@ from controlplane.book import (
     Entry,
     Hold,
     TaskBook,
+    assigned_reason,
+    succeeded_reason,
 )
 from controlplane.config import ServerConfig
 from controlplane.core import Core, mono_ms
@@ -139,7 +141,7 @@ class Lifecycle:
             rec.progress = 0.0
             self.book.move(
                 entry, ASSIGNED, Hold.PLACED, Cause.ASSIGNED,
-                f"assigned to {conn.worker_id}" + (f" (GPUs {', '.join(map(str, gpus))})" if gpus else ""),
+                assigned_reason(conn.worker_id, gpus), at_ms=now,
             )
             out.append((entry, conn, rec.attempt))
         return out
@@ -257,7 +259,7 @@ class Lifecycle:
             rec.result = upd.result
             rec.error = ""
             self.fleet.judge(conn.worker_id, succeeded=True, fixed_after=entry.failed_on)
-            self.finish(entry, SUCCEEDED, f"succeeded on {rec.worker_id}")
+            self.finish(entry, SUCCEEDED, succeeded_reason(rec.worker_id))
         else:
             self.attempt_failed(entry, error or "the handler failed without a message", FAILED)
 
@@ -276,7 +278,7 @@ class Lifecycle:
     def finish(self, entry: Entry, state: common_pb2.TaskState, reason: str) -> None:
         """Make a task terminal: persist it, then announce it to whoever waits for it."""
         entry.rec.finished_at_ms = wall_ms()
-        self.book.move(entry, state, Hold.SETTLING, Cause.FINISHED, reason)
+        self.book.move(entry, state, Hold.SETTLING, Cause.FINISHED, reason, at_ms=entry.rec.finished_at_ms)
         self.store.save([entry.rec]).add_done_callback(functools.partial(self._settled, entry))
 
     def _settled(self, entry: Entry, fut: asyncio.Future[None]) -> None:

@@ -412,14 +412,16 @@ class Store(ABC):
         error, progress)."""
         return await self.query(f"SELECT {_EVENT_COLUMNS} FROM task_events WHERE handle = ? ORDER BY seq", (handle,))
 
-    def last_event_seqs(self) -> dict[int, int]:
-        """The seq of the latest stored event of every unfinished task (used once at start-up)."""
+    def event_seqs(self) -> dict[int, tuple[int, int]]:
+        """The seqs of the first and the latest stored event of every unfinished task that has one
+        (used once at start-up)."""
         rows = self._query(
-            "SELECT handle, (SELECT MAX(seq) FROM task_events e WHERE e.handle = t.handle) FROM tasks t"
+            "SELECT handle, (SELECT MIN(seq) FROM task_events e WHERE e.handle = t.handle),"
+            " (SELECT MAX(seq) FROM task_events e WHERE e.handle = t.handle) FROM tasks t"
             f" WHERE state IN ({_UNFINISHED})",
             (),
         )
-        return {int(h): int(seq) for h, seq in rows if seq is not None}
+        return {int(h): (int(first), int(last)) for h, first, last in rows if first is not None}
 
     def load_unfinished(self) -> list[TaskRecord]:
         """Every task not yet terminal, oldest first (used once at start-up), their large payloads

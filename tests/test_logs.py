@@ -3,10 +3,14 @@ and attempt, JSON on request, and drains and refusals logged as what they are.""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import signal
+import sys
 
 from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
+from controlplane.logs import TEXT_FORMAT, Formatter, TurnHandler
 from gpucp import __version__
 
 
@@ -62,3 +66,36 @@ def test_drains_and_refusals_are_logged_as_what_they_are(tmp_path):
             if agent is not None:
                 agent.stop()
         cp.kill()
+
+
+def test_line_times_are_those_logging_would_write_across_seconds():
+    # The time to the second is made once a second: lines within it, after it and (a record
+    # made on another thread) before it must still read as logging's own formatter writes them.
+    ours, theirs = Formatter(TEXT_FORMAT), logging.Formatter(TEXT_FORMAT)
+    for created in (1_800_000_000.001, 1_800_000_000.999, 1_800_000_001.5, 1_799_999_999.25, 1_800_000_001.75):
+        record = logging.LogRecord("gpucp.tasks", logging.INFO, "", 0, "task %s", ("t1",), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == theirs.format(record)
+
+
+def test_lines_of_a_loop_turn_are_written_when_it_ends_and_off_the_loop_at_once(tmp_path, monkeypatch):
+    path = tmp_path / "stderr"
+    stderr = open(path, "w")  # noqa: SIM115 (the handler writes to its file until the test ends)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    handler = TurnHandler()
+
+    def line(text: str) -> None:
+        handler.handle(logging.LogRecord("gpucp.tasks", logging.INFO, "", 0, text, (), None))
+
+    async def turn(text: str) -> None:
+        line(text)
+        line(text)
+        assert path.read_text().count(text) == 0, "written before the turn ended"
+        await asyncio.sleep(0)
+        assert path.read_text().count(text) == 2, "not written once the turn ended"
+
+    asyncio.run(turn("first loop"))
+    asyncio.run(turn("second loop"))  # a later loop writes its lines too
+    line("no loop")
+    assert path.read_text().endswith("no loop\n")
+    stderr.close()

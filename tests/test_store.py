@@ -150,7 +150,7 @@ def test_events_are_kept_in_order_and_trimmed(opened: Callable[[], Store]) -> No
     stored = run(s.events(1))
     assert [(row[0], row[5]) for row in stored] == [(2, "progress"), (4, "progress"), (5, "progress"), (6, "finished")]
     assert stored[0] == (2, 2_002, S.TASK_STATE_ASSIGNED, 1, "w0", "progress", "progress", "", 0.0)
-    assert s.last_event_seqs() == {1: 6, 2: 2}
+    assert s.event_seqs() == {1: (2, 6), 2: (2, 2)}
 
 
 def test_pages_are_bounded_in_bytes_and_filtered(opened: Callable[[], Store]) -> None:

@@ -64,6 +64,67 @@ def test_a_retried_task_tells_its_whole_story_and_keeps_it_across_a_restart(tmp_
         cp.kill()
 
 
+def test_a_task_that_ran_once_is_told_from_its_row_as_it_was_announced(tmp_path):
+    # Its assignment and its success are not stored (the row says them): the history made from
+    # the row must be the very events watchers were told, before and after a restart.
+    cp = ControlPlaneProcess(tmp_path).start()
+    agent = AgentProcess(tmp_path, cp.address, "w0")
+    try:
+        with cp.client() as client:
+            wait_for_workers(client, ["w0"])
+            watch = client.watch()
+            task_id = client.submit("sleep", json.dumps({"seconds": 0.2}))
+            told = []
+            for event in watch:
+                if event.task_id == task_id:
+                    told.append(event)
+                    if event.cause == "finished":
+                        break
+            watch.close()
+            events, _ = client.events(task_id)
+        assert causes(events) == ["submitted", "assigned", "started", "finished"], events
+        assert events == told, "the history and the watchers tell it differently"
+        assert events[-1].reason == "succeeded on w0" and events[-1].state == S.TASK_STATE_SUCCEEDED
+        assert run_sql(cp.db, "SELECT seq, cause FROM task_events") == [(3, "started")]
+
+        cp.restart()
+        with cp.client() as client:
+            again, _ = client.events(task_id)
+        assert again == events, "the history changed across a restart"
+    finally:
+        agent.stop()
+        cp.kill()
+
+
+def test_a_first_attempt_running_across_a_crash_keeps_its_assignment_when_it_runs_again(tmp_path):
+    # The row says the first assignment only while it is on its first attempt: once the orphan
+    # is placed again, that event must have been stored.
+    cp = ControlPlaneProcess(tmp_path, "--heartbeat-timeout", "1").start()
+    first = AgentProcess(tmp_path, cp.address, "first", "--slots", "1")
+    second = None
+    try:
+        with cp.client() as client:
+            wait_for_workers(client, ["first"])
+            task_id = client.submit("sleep", json.dumps({"seconds": 60}))
+            # Read back, so durable: the store has committed what it was given before it answers.
+            eventually(lambda: "started" in causes(client.events(task_id)[0]), 20, "the task to start")
+        first.kill()
+        cp.restart(kill=True)
+        second = AgentProcess(tmp_path, cp.address, "second", "--slots", "1")
+        with cp.client() as client:
+            eventually(lambda: client.get(task_id).worker_id == "second", 30, "the orphan to run again")
+            events, _ = client.events(task_id)
+        assert causes(events)[:5] == ["submitted", "assigned", "started", "requeued_orphan", "assigned"], events
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert (events[1].worker_id, events[1].attempt, events[1].reason) == ("first", 1, "assigned to first")
+        assert (events[4].worker_id, events[4].attempt) == ("second", 2)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        cp.kill()
+
+
 def test_a_task_retried_many_times_keeps_its_first_and_latest_events(tmp_path):
     retries = 60  # four events an attempt: 2 + 4 * 61 = 246 events, over the 120 kept
     cp = ControlPlaneProcess(tmp_path, "--retry-base", "0.001", "--retry-cap", "0.002").start()
