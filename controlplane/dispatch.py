@@ -23,7 +23,7 @@ from controlplane.prefetch import PrefetchTuner
 from controlplane.record import TaskRecord
 from controlplane.store import Store
 from controlplane.timers import Alarm
-from gpucp import tracing
+from gpucp import hops, tracing
 from gpucp.v1 import workers_pb2
 
 log = logging.getLogger("gpucp.controlplane")
@@ -101,6 +101,7 @@ class Dispatcher:
                         self._steal_alarm.arm(mono_ms() + STEAL_AGAIN_MS)
                 self._locality_alarm.arm(self.core.scheduler.next_locality_ms())
                 return
+            hops.mark("s.placed")
             self.arm_deadline()
             assigned = self.tasks.assigned(placements)
             self._count_placements(len(assigned))
@@ -113,6 +114,7 @@ class Dispatcher:
     def _assignments_stored(
         self, assigned: list[tuple[Entry, WorkerConn, int]], fut: asyncio.Future[None]
     ) -> None:
+        hops.mark("s.assignment_committed")
         # While the write was in flight a task may have been cancelled, lost with its worker, or
         # placed again: only attempts that are still current go out (or back to the queue).
         current = [

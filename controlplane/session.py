@@ -27,6 +27,7 @@ from controlplane.book import Event
 from controlplane.control import ControlPlane
 from controlplane.errors import ControlError, InvalidArgument
 from controlplane.record import TaskRecord
+from gpucp import hops
 from gpucp.v1 import common_pb2, scheduler_pb2
 
 log = logging.getLogger("gpucp.controlplane")
@@ -81,7 +82,11 @@ class SessionStream:
         try:
             while True:
                 if self._outbox:
-                    yield self._next_response()
+                    response = self._next_response()
+                    if hops.ENABLED:
+                        hops.mark(f"s.write.{response.WhichOneof('msg')}")
+                    yield response
+                    hops.mark("s.written")
                     continue
                 if reader.done():
                     reader.result()  # its error ends the call
@@ -148,6 +153,7 @@ class SessionStream:
                 self._slots.release()
                 return
             kind = msg.WhichOneof("msg")
+            hops.mark("s.read")
             if kind == "submit":
                 owing = len(msg.submit.specs) if msg.submit.follow else 0
                 handler = asyncio.create_task(self._submit(msg.submit))
@@ -189,6 +195,7 @@ class SessionStream:
             self._reject(request.seq, exc)
             return
         ids = [task_id for task_id, _ in results]
+        hops.mark("s.submitted")
         self._put(scheduler_pb2.SessionResponse(accepted=scheduler_pb2.SessionAccepted(seq=request.seq, task_ids=ids)))
         if request.follow:
             # No await since submit() returned: none of the new tasks can have finished unheard.
