@@ -20,6 +20,7 @@ from agents.handlers import BUILTIN_HANDLERS, Handler
 from agents.inventory import simulated_gpu_stats
 from agents.runner import Runner, TaskEnvSource
 from agents.stream import CHANNEL_OPTIONS, CLOSE, Outgoing, Running, Stream, TaskKey, heartbeat_seconds, write_loop
+from gpucp import hops
 from gpucp.auth import token_metadata
 from gpucp.channels import channel_target, open_aio_channel
 from gpucp.v1 import common_pb2, workers_pb2, workers_pb2_grpc
@@ -386,6 +387,7 @@ class Agent:
     def _finish(self, key: TaskKey, final: workers_pb2.AgentMessage) -> None:
         """Hold an attempt's final update until it is known delivered, and queue it on the live stream."""
         outgoing = Outgoing(final)
+        hops.mark("a.final")
         self._outbox[key] = outgoing
         if self._stream is not None:
             self._stream.queue.put_nowait(outgoing)
@@ -400,6 +402,7 @@ class Agent:
     def _dispatch(self, message: workers_pb2.ControlMessage, stream: Stream) -> None:
         kind = message.WhichOneof("msg")
         if kind == "assign":
+            hops.mark("a.read.assign")
             self._runner.assign(message.assign)
         elif kind == "assign_many":
             for assignment in message.assign_many.assignments:

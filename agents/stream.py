@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
 
+from gpucp import hops
 from gpucp.batching import by_size
 from gpucp.limits import MAX_MESSAGE_BYTES
 from gpucp.v1 import common_pb2, workers_pb2
@@ -142,6 +143,7 @@ async def _write_batch(
 
     async def flush() -> None:
         for run in by_size(updates):
+            hops.mark("a.write.update")
             if len(run) == 1:
                 await call.write(workers_pb2.AgentMessage(update=run[0]))
             else:

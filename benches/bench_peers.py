@@ -15,9 +15,11 @@ that claim one GPU slot each:
 - Dask: `LocalCluster` with K worker processes of S threads, each `resources={"GPU": S}`;
   tasks `client.submit(noop, resources={"GPU": 1}, pure=False)`.
 
-- relay: not a scheduler but the floor under gpucp's closed loop, a bare gRPC relay making the
-  same four hops with nothing between them (`relay.py`): how much of gpucp's latency is its
-  layout (client -> control plane -> agent stream and back) rather than its work.
+- relay, relay-s: not schedulers but the floor under gpucp's closed loop, a bare gRPC relay making
+  the same four hops with nothing between them (`relay.py`): how much of gpucp's latency is its
+  layout (client -> control plane -> agent stream and back) rather than its work. `relay` makes
+  a unary call per task (gpucp's --unary path), `relay-s` sends each on one session stream read
+  by a thread of its own (gpucp.Client's default path).
 
 Per system: closed loop (one client, submit -> result latency over N sequential tasks after a
 warm-up) and burst (M tasks submitted as fast as the client can, tasks/s until all are done; not
@@ -29,6 +31,7 @@ them by the ratios printed, not by absolute numbers from another run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -60,7 +63,7 @@ from common import (
     write_json,
 )
 
-SYSTEMS = ("gpucp", "relay", "ray", "dask")
+SYSTEMS = ("gpucp", "relay", "relay-s", "ray", "dask")
 WARMUP_SEQUENTIAL = 50
 WARMUP_BURST = 200
 BURST_BATCH = 1000
@@ -163,7 +166,7 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
 # ----- the relay ------------------------------------------------------------------------------
 
 
-def run_relay(args: argparse.Namespace) -> dict[str, Any]:
+def run_relay(args: argparse.Namespace, session: bool = False) -> dict[str, Any]:
     import grpc
 
     import relay
@@ -193,12 +196,14 @@ def run_relay(args: argparse.Namespace) -> dict[str, Any]:
                         raise
                     time.sleep(0.1)
             time.sleep(1)  # the other agents
-            latencies = relay.closed_loop(address, args.latency_tasks, WARMUP_SEQUENTIAL)
+            loop = relay.session_loop if session else relay.closed_loop
+            latencies = loop(address, args.latency_tasks, WARMUP_SEQUENTIAL)
         finally:
             stop_processes([*agents, server])
     result = summarize(latencies)
     result["setup"] = (
-        f"bare grpc.aio relay ({control_plane_loop()}), {args.workers} agent streams: no store, queue or placement"
+        f"bare grpc.aio relay ({control_plane_loop()}), {args.workers} agent streams, "
+        f"{'a session stream' if session else 'unary calls'}: no store, queue or placement"
     )
     return result
 
@@ -308,7 +313,13 @@ def run_dask(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-RUNNERS = {"gpucp": run_gpucp, "relay": run_relay, "ray": run_ray, "dask": run_dask}
+RUNNERS = {
+    "gpucp": run_gpucp,
+    "relay": run_relay,
+    "relay-s": functools.partial(run_relay, session=True),
+    "ray": run_ray,
+    "dask": run_dask,
+}
 
 
 # ----- orchestration --------------------------------------------------------------------------
@@ -401,10 +412,11 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: d
             lines.append(f"target p50 <= 0.5 x Ray's:          {'met' if r50 <= 0.5 else 'NOT met'} ({r50:.2f}x)")
             lines.append(f"target p99 <= 0.5 x Ray's:          {'met' if r99 <= 0.5 else 'NOT met'} ({r99:.2f}x)")
             lines.append(f"target burst done/s >= 5 x Ray's:   {'met' if burst >= 5 else 'NOT met'} ({burst:.2f}x)")
-            floor = results.get("relay")
+            # The floor of the path gpucp ran: its unary calls, or its session stream.
+            floor = results.get("relay" if args.unary else "relay-s")
             if floor and "error" not in floor:
                 lines.append(
-                    "  the layout's floor, a bare relay: "
+                    f"  the layout's floor, a bare relay ({'unary' if args.unary else 'session stream'}): "
                     f"{ratio(floor['p50_ms'], results['ray']['p50_ms']):.2f}x Ray's p50; "
                     f"gpucp's own work adds {g['p50_ms'] - floor['p50_ms']:.2f} ms to it"
                 )
@@ -460,7 +472,7 @@ def parse_args() -> argparse.Namespace:
                         "default: not passed, the server's default)")
     p.add_argument("--unary", action="store_true",
                    help="gpucp.Client(session=False): RunTask per task, SubmitTasks batches, no session stream")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of gpucp,relay,ray,dask")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
     p.add_argument("--rounds", type=int, default=1, help="run the whole sequence this many times; report medians")
     p.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2, help="num_cpus given to ray.init")
     p.add_argument("--timeout", type=float, default=300, help="seconds one system may take before it is killed")

@@ -1,13 +1,15 @@
 """The floor under gpucp's closed loop: a bare gRPC relay in the same layout, doing nothing else.
 
-A gpucp task crosses four gRPC hops: the client's unary call into the control plane, one
-message down an agent's bidirectional stream, the agent's reply up it, and the unary answer.
-This relay makes exactly those hops with the same libraries (a `grpc.aio` server on the control
+A gpucp task crosses four gRPC hops: the client's call into the control plane, one message down
+an agent's bidirectional stream, the agent's reply up it, and the answer to the client. This
+relay makes exactly those hops with the same libraries (a `grpc.aio` server on the control
 plane's event loop, agents on asyncio's, a synchronous client) and nothing between them: no
-validation, no store, no queue, no placement, bytes instead of protobuf messages. No
-implementation of this layout in Python gRPC can answer faster on the same machine, so
-`bench_peers.py` runs it beside gpucp and its peers to show how much of gpucp's latency is the
-layout itself.
+validation, no store, no queue, no placement, bytes instead of protobuf messages. It does so in
+both of gpucp's client layouts: `Call`, a unary call per task (RunTask), and `Session`, one
+bidirectional stream that carries every call and its answer, fed from a queue and read by a
+thread of its own as gpucp.Client's session is. No implementation of a layout in Python gRPC can
+answer faster on the same machine, so `bench_peers.py` runs both beside gpucp and its peers to
+show how much of gpucp's latency is the layout itself.
 
     python benches/relay.py serve --port-file F     # the relay
     python benches/relay.py agent --server H:P      # one agent stream, echoing what it receives
@@ -17,9 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
+import queue
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import grpc
@@ -34,12 +40,33 @@ async def serve(port_file: Path) -> None:
     ids = itertools.count()
     turn = itertools.count()
 
-    async def call(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
+    def relay(request: bytes) -> asyncio.Future[bytes]:
         n = next(ids)
         reply = asyncio.get_running_loop().create_future()
         waiting[n] = reply
         outboxes[next(turn) % len(outboxes)].put_nowait(n.to_bytes(8, "little") + request)
-        return await reply
+        return reply
+
+    async def call(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
+        return await relay(request)
+
+    async def session(requests: AsyncIterator[bytes], _: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Each request relayed as it is read; each reply written (with the request's own tag) as it comes."""
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def answer(tag: bytes, reply: asyncio.Future[bytes]) -> None:
+            replies.put_nowait(tag + reply.result())
+
+        async def read() -> None:
+            async for request in requests:
+                relay(request[8:]).add_done_callback(functools.partial(answer, request[:8]))
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                yield await replies.get()
+        finally:
+            reader.cancel()
 
     async def agent(replies: AsyncIterator[bytes], _: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         outbox: asyncio.Queue[bytes] = asyncio.Queue()
@@ -59,6 +86,7 @@ async def serve(port_file: Path) -> None:
 
     handlers = grpc.method_handlers_generic_handler(SERVICE, {
         "Call": grpc.unary_unary_rpc_method_handler(call),
+        "Session": grpc.stream_stream_rpc_method_handler(session),
         "Agent": grpc.stream_stream_rpc_method_handler(agent),
     })
     server = grpc.aio.server()
@@ -98,6 +126,43 @@ def closed_loop(address: str, n: int, warmup: int) -> list[float]:
             call(b"noop", timeout=10)
             if i >= warmup:
                 latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def session_loop(address: str, n: int, warmup: int) -> list[float]:
+    """closed_loop() over one Session stream: each call queued for the stream's request thread,
+    its answer handed over by a reader thread through a future, as gpucp.Client's session does."""
+    outbox: queue.Queue[bytes | None] = queue.Queue()
+    waiting: dict[bytes, Future[bytes]] = {}
+
+    def requests() -> Iterator[bytes]:
+        while (request := outbox.get()) is not None:
+            yield request
+
+    def read(replies: Iterator[bytes]) -> None:
+        try:
+            for reply in replies:
+                waiting.pop(reply[:8]).set_result(reply[8:])
+        except grpc.RpcError:
+            return  # cancelled at the end
+
+    with grpc.insecure_channel(address) as channel:
+        replies = channel.stream_stream(f"/{SERVICE}/Session")(requests())
+        reader = threading.Thread(target=read, args=(replies,), daemon=True)
+        reader.start()
+        latencies = []
+        for i in range(warmup + n):
+            start = time.perf_counter()
+            tag = i.to_bytes(8, "little")
+            reply: Future[bytes] = Future()
+            waiting[tag] = reply
+            outbox.put(tag + b"noop")
+            reply.result(timeout=10)
+            if i >= warmup:
+                latencies.append(time.perf_counter() - start)
+        outbox.put(None)
+        replies.cancel()  # type: ignore[attr-defined]
+        reader.join()
     return latencies
 
 

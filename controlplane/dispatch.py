@@ -24,7 +24,7 @@ from controlplane.prefetch import PrefetchTuner
 from controlplane.record import TaskRecord
 from controlplane.store import Store
 from controlplane.timers import Alarm
-from gpucp import tracing
+from gpucp import hops, tracing
 from gpucp.v1 import workers_pb2
 
 log = logging.getLogger("gpucp.controlplane")
@@ -63,11 +63,25 @@ class Dispatcher:
         # Assigned tasks whose payloads are being read back from the store (handle: attempt), and the reads.
         self._reading: dict[int, int] = {}
         self._readers: set[asyncio.Task[None]] = set()
+        # Who waits for the next round's assignments to be on their streams (after_next_round).
+        self._round_waiters: list[asyncio.Future[None]] = []
         self.fleet: Fleet
         self.tasks: Lifecycle
 
     def wake(self) -> None:
         self._event.set()
+
+    def after_next_round(self) -> asyncio.Future[None]:
+        """Resolved once the next dispatch round has handed what it placed to the agents' streams
+        (at the round's end if it placed nothing; at once when no round is to come). The round is
+        asked for: nothing else may be about to wake the dispatcher (a resent submit queues nothing)."""
+        fut = asyncio.get_running_loop().create_future()
+        if self._task is None or self._task.done():
+            fut.set_result(None)
+        else:
+            self._round_waiters.append(fut)
+            self.wake()
+        return fut
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._pump(), name="gpucp-dispatch")
@@ -85,25 +99,35 @@ class Dispatcher:
         self._steal_alarm.cancel()
         if self.prefetch is not None:
             self.prefetch.close()
+        _resolve(self._round_waiters)
 
     async def _pump(self) -> None:
         while True:
             await self._event.wait()
             self._event.clear()
+            waiters, self._round_waiters = self._round_waiters, []
+            stored = None
             try:
-                self._dispatch()
+                stored = self._dispatch()
             except Exception:
                 log.exception("dispatch failed; it runs again on the next event")
+            if stored is None:
+                _resolve(waiters)
+            else:
+                # After the assignments' own callback: they are on their streams by then.
+                stored.add_done_callback(functools.partial(_resolve, waiters))
 
-    def _dispatch(self) -> None:
+    def _dispatch(self) -> asyncio.Future[None] | None:
         """Place what can be placed now; each batch goes to its agents once it is committed.
+        Returns the commit of the last batch (None: nothing placed).
 
         Placing does not wait for the commit: the next batch is placed while the last one is
         being written, and a group commit carries both. Nothing is placed on a lease past due
         (PostgreSQL replicas): a standby may be taking over; a renewal wakes this again.
         """
         if not self.store.leading():
-            return
+            return None
+        stored = None
         while True:
             if self.prefetch is not None:
                 self.prefetch.retune()
@@ -114,19 +138,20 @@ class Dispatcher:
                     if self.core.scheduler.slots()[1] and self.book.counts[ASSIGNED]:
                         self._steal_alarm.arm(mono_ms() + STEAL_AGAIN_MS)
                 self._locality_alarm.arm(self.core.scheduler.next_locality_ms())
-                return
+                return stored
+            hops.mark("s.placed")
             self.arm_deadline()
             assigned = self.tasks.assigned(placements)
             self._count_placements(len(assigned))
             # The assignment is durable before any agent hears of it, so after a restart no
             # attempt number can be handed out twice.
-            self.store.save([entry.rec for entry, _, _ in assigned]).add_done_callback(
-                functools.partial(self._assignments_stored, assigned)
-            )
+            stored = self.store.save([entry.rec for entry, _, _ in assigned])
+            stored.add_done_callback(functools.partial(self._assignments_stored, assigned))
 
     def _assignments_stored(
         self, assigned: list[tuple[Entry, WorkerConn, int]], fut: asyncio.Future[None]
     ) -> None:
+        hops.mark("s.assignment_committed")
         # While the write was in flight a task may have been cancelled, lost with its worker, or
         # placed again: only attempts that are still current go out (or back to the queue).
         current = [(entry, conn, attempt) for entry, conn, attempt in assigned if _current(entry, attempt)]
@@ -280,3 +305,11 @@ def _chunks(
         size += item[0].rec.stored_payload
     if chunk:
         yield chunk
+
+
+def _resolve(waiters: list[asyncio.Future[None]], _: object = None) -> None:
+    """Wake each waiter (`_`: the commit whose callback this is)."""
+    for fut in waiters:
+        if not fut.done():
+            fut.set_result(None)
+    waiters.clear()

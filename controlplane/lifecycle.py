@@ -38,6 +38,7 @@ from controlplane.notify import wall_ms
 from controlplane.prefetch import PrefetchTuner
 from controlplane.store import Store
 from controlplane.timers import DueHeap
+from gpucp import hops
 from gpucp.limits import MAX_ERROR_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.v1 import common_pb2, workers_pb2
 
@@ -282,6 +283,7 @@ class Lifecycle:
         self.store.save([entry.rec]).add_done_callback(functools.partial(self._settled, entry))
 
     def _settled(self, entry: Entry, fut: asyncio.Future[None]) -> None:
+        hops.mark("s.outcome_committed")
         if not fut.cancelled() and fut.exception() is not None:
             if not self.store.leading():
                 # Cut from the database or replaced: the replica that leads next settles it (its agent

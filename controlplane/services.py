@@ -28,6 +28,7 @@ from controlplane.fleet import WorkerConn
 from controlplane.rates import status_details
 from controlplane.record import TaskRecord
 from controlplane.session import SessionStream
+from gpucp import hops
 from gpucp.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -295,7 +296,9 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
                 msg = await conn.outbox.get()
                 if msg is None:
                     break
+                hops.mark("s.write.assign")
                 yield msg
+                hops.mark("s.written.assign")
         finally:
             reader.cancel()
             self.cp.disconnected(conn, conn.lost_reason or "its stream closed")
@@ -325,6 +328,8 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
         try:
             async for msg in requests:
                 kind = msg.WhichOneof("msg")
+                if kind != "heartbeat":
+                    hops.mark("s.read.update")
                 try:
                     if kind == "heartbeat":
                         self.cp.heartbeat(conn, msg.heartbeat)

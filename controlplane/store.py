@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any, ClassVar
 
 from controlplane.record import TaskRecord, record_from_row
+from gpucp import hops
 from gpucp.limits import MAX_TASK_CONTENT_BYTES
 from gpucp.states import TERMINAL_STATES
 from gpucp.v1 import common_pb2
@@ -213,6 +214,7 @@ class Store(ABC):
         self._trims.append((handle, seq))
 
     def _end_turn(self) -> None:
+        hops.mark("s.commit")
         turn, self._turn = self._turn, []
         if self._events:
             fut = asyncio.get_running_loop().create_future()

@@ -24,7 +24,7 @@ from typing import Protocol
 import grpc
 
 # client.py imports this module only when a Client first needs its session.
-from gpucp import tracing
+from gpucp import hops, tracing
 from gpucp.client import _RESUBSCRIBE_MAX_DELAY_S, _RESUMABLE, Client, GpucpError, Unfinished, rpc_error
 from gpucp.errors import error_for
 from gpucp.v1 import common_pb2, scheduler_pb2
@@ -51,6 +51,7 @@ class _Call(Protocol):
 
 def _requests(outbox: queue.Queue[scheduler_pb2.SessionRequest | None]) -> Iterator[scheduler_pb2.SessionRequest]:
     while (request := outbox.get()) is not None:
+        hops.mark("c.send")
         yield request
 
 
@@ -127,9 +128,11 @@ class Session:
     def run(self, spec: common_pb2.TaskSpec, wait_s: float) -> common_pb2.Task:
         """Submit one task and wait for it: terminal, or as it is after wait_s."""
         outcome: Future[common_pb2.Task | GpucpError] = Future()
+        hops.mark("c.run")
         [task_id] = self.submit([spec], outcome.set_result)
         try:
             result = outcome.result(timeout=wait_s)
+            hops.mark("c.woken")
         except FutureTimeout:
             self._forget([task_id], outcome.set_result)
             return self._client.get(task_id)
@@ -286,6 +289,7 @@ class Session:
 
     def _handle(self, response: scheduler_pb2.SessionResponse) -> None:
         kind = response.WhichOneof("msg")
+        hops.mark(f"c.read.{kind}")
         if kind == "outcomes":
             tasks = response.outcomes.tasks
             with self._lock:

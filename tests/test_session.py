@@ -122,6 +122,22 @@ def test_outcomes_carry_the_payloads_the_control_plane_left_to_the_store(control
         raw.close()
 
 
+def test_a_run_is_answered_with_no_worker_to_place_it_and_when_sent_again(controlplane, start_agent):
+    # A single followed submit is answered after the dispatch round that may place it: a round
+    # that places nothing, and a resend that queues nothing, answer it all the same.
+    raw = RawSession(controlplane.address)
+    try:
+        raw.submit(1, [common_pb2.TaskSpec(kind="noop", payload=b"x")])
+        [task_id] = raw.next("accepted").accepted.task_ids
+        raw.submit(1, [common_pb2.TaskSpec(kind="noop", payload=b"x")], resend=True)
+        assert list(raw.next("accepted").accepted.task_ids) == [task_id]
+        start_agent("w1")
+        [outcome] = raw.outcomes(1)
+        assert (outcome.id, outcome.state, outcome.result) == (task_id, SUCCEEDED, b"x")
+    finally:
+        raw.close()
+
+
 def test_events_are_sent_when_asked_and_the_outcome_last(controlplane, start_agent):
     start_agent("w1")
     raw = RawSession(controlplane.address, events=True)
