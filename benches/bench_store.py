@@ -49,7 +49,7 @@ from common import (
 )
 from controlplane.control import SWEEP_BATCH
 from controlplane.record import TaskRecord, new_task_id
-from controlplane.store import SqliteStore as Store
+from controlplane.sqlitestore import SqliteStore as Store
 from gpucp import Client, task_spec, testing
 from gpucp.v1 import common_pb2
 

@@ -42,7 +42,7 @@ from controlplane.store import Store, _Write, check_schema_version, log
 LOCK_KEY = 0x67707563  # "gpuc"
 
 # Schema migrations, in order: the statements of step N bring version N-1 to N. Add a step at the
-# end to change the schema (and one to controlplane.store.MIGRATIONS); never edit one.
+# end to change the schema (and one to controlplane.sqlitestore.MIGRATIONS); never edit one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """CREATE TABLE tasks (

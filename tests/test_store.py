@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import cluster
-from controlplane import pgstore, store
+from controlplane import pgstore, sqlitestore
 from controlplane.book import Cause
 from controlplane.record import TaskRecord, new_task_id
 from controlplane.store import PAGE_CONTENT_BYTES, Store, StoreError, open_store
@@ -194,7 +194,7 @@ def test_payloads_are_read_back_by_handle_in_one_call(opened: Callable[[], Store
 
 def test_the_schema_carries_its_version_and_a_newer_one_is_refused(db: str, opened: Callable[[], Store]) -> None:
     opened().close()
-    known = len(pgstore.MIGRATIONS if cluster.on_postgres(db) else store.MIGRATIONS)
+    known = len(pgstore.MIGRATIONS if cluster.on_postgres(db) else sqlitestore.MIGRATIONS)
     assert cluster.run_sql(db, "SELECT version FROM schema_version") == [(known,)]
     cluster.run_sql(db, f"UPDATE schema_version SET version = {known + 1}")
     newer = f"has schema version {known + 1}, newer than this gpucp knows \\({known}\\)"
@@ -216,7 +216,7 @@ def test_a_sqlite_database_made_before_versions_were_kept_is_adopted(tmp_path: P
     path = tmp_path / "old.db"
     spec = task_spec("train", b"")
     with sqlite3.connect(path) as old:  # the tasks table before it had a kind column
-        old.execute(store.SCHEMA[0].replace(",\n    kind TEXT NOT NULL DEFAULT ''", ""))
+        old.execute(sqlitestore.SCHEMA[0].replace(",\n    kind TEXT NOT NULL DEFAULT ''", ""))
         old.execute("INSERT INTO tasks VALUES (1, 'a', 't', '', ?, 1, 0, '', '[]', x'', '', '[]', 0, 1, 0, 0)",
                     (spec.SerializeToString(),))
     s = open_store(str(path))
@@ -225,7 +225,7 @@ def test_a_sqlite_database_made_before_versions_were_kept_is_adopted(tmp_path: P
         assert [r.id for r in page] == ["a"], "the kind column was filled from the specs"
     finally:
         s.close()
-    assert cluster.run_sql(path, "SELECT version FROM schema_version") == [(len(store.MIGRATIONS),)]
+    assert cluster.run_sql(path, "SELECT version FROM schema_version") == [(len(sqlitestore.MIGRATIONS),)]
 
 
 def test_a_postgresql_password_stays_out_of_what_is_logged(db: str, store_kind: str) -> None:
