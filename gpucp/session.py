@@ -25,9 +25,10 @@ import grpc
 
 # client.py imports this module only when a Client first needs its session.
 from gpucp import hops, tracing
-from gpucp.client import _RESUBSCRIBE_MAX_DELAY_S, _RESUMABLE, Client, GpucpError, Unfinished, rpc_error
+from gpucp.client import Client, GpucpError, Unfinished, rpc_error
 from gpucp.errors import error_for
 from gpucp.v1 import common_pb2, scheduler_pb2
+from gpucp.watch import RESUBSCRIBE_MAX_DELAY_S, RESUMABLE
 
 Waiter = Callable[[common_pb2.Task | GpucpError], None]
 # Ids in one Follow: 10,000 ids are about 400 kB, far under a message's limit.
@@ -242,7 +243,7 @@ class Session:
             except grpc.RpcError as exc:
                 if self._closed:
                     return
-                if exc.code() not in _RESUMABLE:
+                if exc.code() not in RESUMABLE:
                     self._fail(rpc_error(exc, self._client.server))
                     return
             if self._closed:
@@ -282,10 +283,10 @@ class Session:
                     "once it is back",
                 ) from None
             except grpc.RpcError as exc:
-                if exc.code() not in _RESUMABLE:
+                if exc.code() not in RESUMABLE:
                     raise rpc_error(exc, self._client.server) from None
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, _RESUBSCRIBE_MAX_DELAY_S)
+            delay = min(delay * 2, RESUBSCRIBE_MAX_DELAY_S)
 
     def _handle(self, response: scheduler_pb2.SessionResponse) -> None:
         kind = response.WhichOneof("msg")
