@@ -19,7 +19,9 @@ that claim one GPU slot each:
   the same four hops with nothing between them (`relay.py`): how much of gpucp's latency is its
   layout (client -> control plane -> agent stream and back) rather than its work. `relay` makes
   a unary call per task (gpucp's --unary path), `relay-s` sends each on one session stream read
-  by a thread of its own (gpucp.Client's default path).
+  by a thread of its own (gpucp.Client's default path). `relay-d` is Ray's layout instead: the
+  caller's one round trip to the process that runs the task (Ray's driver pushes each task to a
+  worker it leased once), answered by the relay itself.
 
 Per system: closed loop (one client, submit -> result latency over N sequential tasks after a
 warm-up) and burst (M tasks submitted as fast as the client can, tasks/s until all are done; not
@@ -63,7 +65,7 @@ from common import (
     write_json,
 )
 
-SYSTEMS = ("gpucp", "relay", "relay-s", "ray", "dask")
+SYSTEMS = ("gpucp", "relay", "relay-s", "relay-d", "ray", "dask")
 WARMUP_SEQUENTIAL = 50
 WARMUP_BURST = 200
 BURST_BATCH = 1000
@@ -166,7 +168,7 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
 # ----- the relay ------------------------------------------------------------------------------
 
 
-def run_relay(args: argparse.Namespace, session: bool = False) -> dict[str, Any]:
+def run_relay(args: argparse.Namespace, session: bool = False, direct: bool = False) -> dict[str, Any]:
     import grpc
 
     import relay
@@ -196,15 +198,21 @@ def run_relay(args: argparse.Namespace, session: bool = False) -> dict[str, Any]
                         raise
                     time.sleep(0.1)
             time.sleep(1)  # the other agents
-            loop = relay.session_loop if session else relay.closed_loop
-            latencies = loop(address, args.latency_tasks, WARMUP_SEQUENTIAL)
+            if direct:
+                latencies = relay.closed_loop(address, args.latency_tasks, WARMUP_SEQUENTIAL, "Echo")
+            else:
+                loop = relay.session_loop if session else relay.closed_loop
+                latencies = loop(address, args.latency_tasks, WARMUP_SEQUENTIAL)
         finally:
             stop_processes([*agents, server])
     result = summarize(latencies)
-    result["setup"] = (
-        f"bare grpc.aio relay ({control_plane_loop()}), {args.workers} agent streams, "
-        f"{'a session stream' if session else 'unary calls'}: no store, queue or placement"
-    )
+    if direct:
+        result["setup"] = f"bare grpc.aio server ({control_plane_loop()}) answering unary calls: Ray's two hops"
+    else:
+        result["setup"] = (
+            f"bare grpc.aio relay ({control_plane_loop()}), {args.workers} agent streams, "
+            f"{'a session stream' if session else 'unary calls'}: no store, queue or placement"
+        )
     return result
 
 
@@ -317,6 +325,7 @@ RUNNERS = {
     "gpucp": run_gpucp,
     "relay": run_relay,
     "relay-s": functools.partial(run_relay, session=True),
+    "relay-d": functools.partial(run_relay, direct=True),
     "ray": run_ray,
     "dask": run_dask,
 }
@@ -419,6 +428,13 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: d
                     f"  the layout's floor, a bare relay ({'unary' if args.unary else 'session stream'}): "
                     f"{ratio(floor['p50_ms'], results['ray']['p50_ms']):.2f}x Ray's p50; "
                     f"gpucp's own work adds {g['p50_ms'] - floor['p50_ms']:.2f} ms to it"
+                )
+            direct = results.get("relay-d")
+            if direct and "error" not in direct:
+                lines.append(
+                    f"  Ray's layout's floor, one round trip to the worker (relay-d): "
+                    f"{ratio(direct['p50_ms'], ray['p50_ms']):.2f}x Ray's p50; "
+                    f"Ray's own work adds {ray['p50_ms'] - direct['p50_ms']:.2f} ms to it"
                 )
         lines.append(
             f"gpucp burst: {g['burst_done_per_s']:,.0f} tasks/s done; "

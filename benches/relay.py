@@ -11,6 +11,10 @@ thread of its own as gpucp.Client's session is. No implementation of a layout in
 answer faster on the same machine, so `bench_peers.py` runs both beside gpucp and its peers to
 show how much of gpucp's latency is the layout itself.
 
+`Echo` is the layout of Ray's closed loop instead: Ray's driver pushes a task straight to a
+worker it leased once (max_calls=0 keeps it) and the worker answers it, two hops with no
+scheduler and no store between them; here the relay answers the call itself.
+
     python benches/relay.py serve --port-file F     # the relay
     python benches/relay.py agent --server H:P      # one agent stream, echoing what it receives
 """
@@ -50,6 +54,9 @@ async def serve(port_file: Path) -> None:
     async def call(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
         return await relay(request)
 
+    async def echo(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
+        return request
+
     async def session(requests: AsyncIterator[bytes], _: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         """Each request relayed as it is read; each reply written (with the request's own tag) as it comes."""
         replies: asyncio.Queue[bytes] = asyncio.Queue()
@@ -86,6 +93,7 @@ async def serve(port_file: Path) -> None:
 
     handlers = grpc.method_handlers_generic_handler(SERVICE, {
         "Call": grpc.unary_unary_rpc_method_handler(call),
+        "Echo": grpc.unary_unary_rpc_method_handler(echo),
         "Session": grpc.stream_stream_rpc_method_handler(session),
         "Agent": grpc.stream_stream_rpc_method_handler(agent),
     })
@@ -116,10 +124,10 @@ async def agent(address: str) -> None:
         writer.cancel()
 
 
-def closed_loop(address: str, n: int, warmup: int) -> list[float]:
-    """Seconds per call of n sequential Calls, after `warmup` untimed ones."""
+def closed_loop(address: str, n: int, warmup: int, method: str = "Call") -> list[float]:
+    """Seconds per call of n sequential Calls (or Echos), after `warmup` untimed ones."""
     with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary(f"/{SERVICE}/Call")
+        call = channel.unary_unary(f"/{SERVICE}/{method}")
         latencies = []
         for i in range(warmup + n):
             start = time.perf_counter()

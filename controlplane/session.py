@@ -42,6 +42,8 @@ OUTCOMES_BYTES = 4 * 1024 * 1024
 # Submits and follows handled at once on one stream: single-task submits from many threads of
 # one client share the store's group commits instead of waiting for one each.
 MAX_IN_FLIGHT = 256
+# The longest a run's Accepted may wait to ride with its outcome (SessionSubmit.answer_with_outcome_ms).
+MAX_ANSWER_HOLD_MS = 1000
 SESSION_METHOD = "/gpucp.v1.Scheduler/Session"
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -75,6 +77,10 @@ class SessionStream:
         # Outcomes whose payloads are being read back from the store, and why one could not be.
         self._reading: set[asyncio.Task[None]] = set()
         self._failed: BaseException | None = None
+        # Accepteds held to ride with their task's outcome (answer_with_outcome_ms), by task id: the
+        # submit's seq and the timer that sends it alone; then, once the outcome is queued, the seq.
+        self._held: dict[str, tuple[int, asyncio.TimerHandle]] = {}
+        self._riding: dict[str, int] = {}
 
     async def run(self, requests: AsyncIterator[scheduler_pb2.SessionRequest]) -> AsyncIterator[
         scheduler_pb2.SessionResponse
@@ -105,6 +111,8 @@ class SessionStream:
             reader.cancel()
             for handler in [*self._handlers, *self._reading]:
                 handler.cancel()
+            for _, timer in self._held.values():
+                timer.cancel()
             for task_id in self.waiting:
                 self.cp.notifier.unfollow(task_id, self)
             self.waiting.clear()
@@ -117,18 +125,23 @@ class SessionStream:
             self._update_room()
             return item
         response = scheduler_pb2.SessionResponse()
-        tasks = response.outcomes.tasks
-        tasks.append(item)
+        self._add_outcome(response.outcomes, item)
         total = size
         while self._outbox and isinstance(self._outbox[0][0], common_pb2.Task):
             if total + self._outbox[0][1] > OUTCOMES_BYTES:
                 break
             task, size = self._outbox.popleft()
-            tasks.append(task)  # type: ignore[arg-type]
+            self._add_outcome(response.outcomes, task)  # type: ignore[arg-type]
             total += size
         self._queued_bytes -= total
         self._update_room()
         return response
+
+    def _add_outcome(self, outcomes: scheduler_pb2.SessionOutcomes, task: common_pb2.Task) -> None:
+        outcomes.tasks.append(task)
+        seq = self._riding.pop(task.id, None)
+        if seq is not None:
+            outcomes.accepted.add(seq=seq, task_ids=[task.id])
 
     async def _open(self, requests: AsyncIterator[scheduler_pb2.SessionRequest]) -> scheduler_pb2.SessionResponse:
         try:
@@ -191,6 +204,14 @@ class SessionStream:
         specs = list(request.specs)
         try:
             authorize(self.principal, Permission.SUBMIT)
+            hold_ms = request.answer_with_outcome_ms
+            if hold_ms and (not request.follow or len(specs) != 1):
+                raise InvalidArgument(
+                    f"answer_with_outcome_ms is for a followed submit of one spec, not of {len(specs)} "
+                    f"spec(s){'' if request.follow else ' without follow'}: set follow and send one spec, or 0"
+                )
+            if hold_ms > MAX_ANSWER_HOLD_MS:
+                raise InvalidArgument(f"answer_with_outcome_ms is at most {MAX_ANSWER_HOLD_MS}, not {hold_ms}")
             if self.principal is not ANONYMOUS:
                 for spec in specs:
                     spec.tenant = self.principal.tenant_for(spec.tenant)
@@ -206,18 +227,34 @@ class SessionStream:
             return
         ids = [task_id for task_id, _ in results]
         hops.mark("s.submitted")
-        if request.follow and len(specs) == 1 and not self.events:
+        held = bool(hold_ms) and ids[0] not in self._held and ids[0] not in self._riding
+        if held:
+            # No answer to write now: the task's way to a worker has the event loop to itself, and
+            # the outcome, usually soon, carries the answer (a resend's finished task's at once).
+            timer = asyncio.get_running_loop().call_later(hold_ms / 1000, self._answer_alone, ids[0])
+            self._held[ids[0]] = (request.seq, timer)
+        elif request.follow and len(specs) == 1 and not self.events:
             # A run(): what its caller waits for is the outcome, so the task's assignment leaves
             # first. Written before it, the answer would hold the event loop the assignment
             # needs for its commit and its write (bench_hops.py: 0.1 to 0.2 ms). Not on a stream
             # that asked for events: its task is followed from the answer on, and the assignment's
             # event would go unheard.
             await self.cp.dispatcher.after_next_round()
-        self._put(scheduler_pb2.SessionResponse(accepted=scheduler_pb2.SessionAccepted(seq=request.seq, task_ids=ids)))
+        if not held:
+            self._put(self._accepted(request.seq, ids))
         if request.follow:
             # A task that finished meanwhile (a resent submit's, or a run() awaited a round) is
             # delivered from the book or the store; one settling is followed until it is durable.
             await self._track(dict.fromkeys(ids), {})
+
+    @staticmethod
+    def _accepted(seq: int, ids: list[str]) -> scheduler_pb2.SessionResponse:
+        return scheduler_pb2.SessionResponse(accepted=scheduler_pb2.SessionAccepted(seq=seq, task_ids=ids))
+
+    def _answer_alone(self, task_id: str) -> None:
+        """A held Accepted whose task has not finished within the hold goes out alone."""
+        seq, _ = self._held.pop(task_id)
+        self._put(self._accepted(seq, [task_id]))
 
     async def _follow(self, request: scheduler_pb2.SessionFollow) -> None:
         ids = list(dict.fromkeys(request.task_ids))
@@ -293,6 +330,10 @@ class SessionStream:
             self._failed = reading.exception()  # the call ends with it; the client resumes and follows again
 
     def _queue_outcome(self, task: common_pb2.Task) -> None:
+        held = self._held.pop(task.id, None)
+        if held is not None:
+            held[1].cancel()
+            self._riding[task.id] = held[0]
         size = task.ByteSize()
         self._outbox.append((task, size))
         self._queued_bytes += size

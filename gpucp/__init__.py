@@ -5,7 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from gpucp.aio import AsyncClient, AsyncTaskWatch
 from gpucp.channels import server_address
-from gpucp.client import Client, TaskWatch
+from gpucp.client import Client
 from gpucp.errors import (
     AlreadyExists,
     Cancelled,
@@ -26,6 +26,7 @@ from gpucp.errors import (
 )
 from gpucp.requests import SpecFields, priority_value, task_spec
 from gpucp.states import TERMINAL_STATES, TaskState
+from gpucp.watch import TaskWatch
 
 try:
     __version__ = version("gpucp")  # one source: Cargo.toml, through maturin's package metadata

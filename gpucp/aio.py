@@ -24,14 +24,7 @@ import grpc.aio
 
 from gpucp.auth import read_token, token_metadata
 from gpucp.channels import channel_target, open_aio_channel, server_address
-from gpucp.client import (
-    _READ_WINDOW,
-    _RESUBSCRIBE_MAX_DELAY_S,
-    _RESUMABLE,
-    _WATCH_IDS_MAX,
-    CHANNEL_OPTIONS,
-    _event_of,
-)
+from gpucp.client import CHANNEL_OPTIONS
 from gpucp.errors import GpucpError, NotFound, Unfinished, rpc_error, went_away
 from gpucp.requests import (
     WAIT_GRACE_S,
@@ -50,6 +43,7 @@ from gpucp.states import TERMINAL_STATES, TaskState
 from gpucp.tls import channel_credentials
 from gpucp.tracing import client_interceptors
 from gpucp.v1 import admin_pb2, admin_pb2_grpc, common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from gpucp.watch import READ_WINDOW, RESUBSCRIBE_MAX_DELAY_S, RESUMABLE, WATCH_IDS_MAX, event_of
 
 __all__ = ["AsyncClient", "AsyncTaskWatch"]
 
@@ -118,7 +112,7 @@ class AsyncClient:
         task: common_pb2.Task = await self._call(self._scheduler.GetTask, scheduler_pb2.GetTaskRequest(task_id=task_id))
         return task
 
-    async def get_many(self, task_ids: Sequence[str], window: int = _READ_WINDOW) -> AsyncIterator[common_pb2.Task]:
+    async def get_many(self, task_ids: Sequence[str], window: int = READ_WINDOW) -> AsyncIterator[common_pb2.Task]:
         """The tasks, `window` GetTask calls in flight at a time; ids the server does not know are skipped."""
         for i in range(0, len(task_ids), window):
             found = await asyncio.gather(*(self._found(t) for t in task_ids[i : i + window]))
@@ -158,12 +152,12 @@ class AsyncClient:
             return  # an empty watch request would follow every task
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         # Subscribed before the first read: a task finishing between the read and the watch is in the stream.
-        watch = await self.watch(ids if len(ids) <= _WATCH_IDS_MAX else ())
+        watch = await self.watch(ids if len(ids) <= WATCH_IDS_MAX else ())
         watch.track(ids)
         unfinished = set(ids)
         try:
-            for i in range(0, len(ids), _READ_WINDOW):
-                for task in await asyncio.gather(*(self._read(t, watch.give_up_s) for t in ids[i : i + _READ_WINDOW])):
+            for i in range(0, len(ids), READ_WINDOW):
+                for task in await asyncio.gather(*(self._read(t, watch.give_up_s) for t in ids[i : i + READ_WINDOW])):
                     if task.state in TERMINAL_STATES and task.id in unfinished:
                         unfinished.discard(task.id)
                         watch.untrack([task.id])
@@ -198,10 +192,10 @@ class AsyncClient:
                 )
                 return task
             except grpc.RpcError as exc:
-                if exc.code() not in _RESUMABLE or time.monotonic() + delay > deadline:
+                if exc.code() not in RESUMABLE or time.monotonic() + delay > deadline:
                     raise rpc_error(exc, self.server) from None
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RESUBSCRIBE_MAX_DELAY_S)
+            delay = min(delay * 2, RESUBSCRIBE_MAX_DELAY_S)
 
     async def cancel(self, task_id: str) -> TaskState:
         """Cancel an unfinished task; returns its state (CANCELLED). FailedPrecondition for a finished one."""
@@ -321,7 +315,7 @@ class AsyncTaskWatch:
             except grpc.RpcError as exc:
                 if self._ended():
                     raise StopAsyncIteration from None
-                if exc.code() not in _RESUMABLE:
+                if exc.code() not in RESUMABLE:
                     raise rpc_error(exc, self._client.server) from None
             except asyncio.CancelledError:
                 if self._ended():  # close() cancelled the read
@@ -350,14 +344,14 @@ class AsyncTaskWatch:
                 self._call.cancel()  # the ended or half-made subscription this one replaces
                 await self._subscribe()
                 tasks = [t async for t in self._client.get_many(sorted(self._unsettled))]
-                self._backlog.extend(_event_of(task) for task in tasks)
+                self._backlog.extend(event_of(task) for task in tasks)
                 return
             except TimeoutError:
                 raise went_away(self._client.server, self.give_up_s) from None
             except (grpc.RpcError, GpucpError) as exc:
                 error = exc if isinstance(exc, GpucpError) else rpc_error(exc, self._client.server)
-                if error.code not in _RESUMABLE:
+                if error.code not in RESUMABLE:
                     raise error from None
                 self._backlog.clear()
                 await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                delay = min(delay * 2, _RESUBSCRIBE_MAX_DELAY_S)
+                delay = min(delay * 2, RESUBSCRIBE_MAX_DELAY_S)

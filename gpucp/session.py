@@ -25,9 +25,10 @@ import grpc
 
 # client.py imports this module only when a Client first needs its session.
 from gpucp import hops, tracing
-from gpucp.client import _RESUBSCRIBE_MAX_DELAY_S, _RESUMABLE, Client, GpucpError, Unfinished, rpc_error
+from gpucp.client import Client, GpucpError, Unfinished, rpc_error
 from gpucp.errors import error_for
 from gpucp.v1 import common_pb2, scheduler_pb2
+from gpucp.watch import RESUBSCRIBE_MAX_DELAY_S, RESUMABLE
 
 Waiter = Callable[[common_pb2.Task | GpucpError], None]
 # Ids in one Follow: 10,000 ids are about 400 kB, far under a message's limit.
@@ -36,6 +37,10 @@ FOLLOW_CHUNK = 10_000
 SESSION_SPAN = "gpucp.v1.Scheduler/Session"
 # How long close() waits for the reader thread to end (it ends at once unless a call hangs).
 CLOSE_WAIT_S = 5.0
+# How long a run's answer may wait on the server to come with its outcome, one message instead of
+# two: a task done sooner (a short one) saves a write and a read on the path the caller waits on;
+# a longer one's answer comes alone once this passes, as it would without.
+RUN_ANSWER_HOLD_S = 0.1
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -105,16 +110,24 @@ class Session:
 
     # -- calls ----------------------------------------------------------------------------------
 
-    def submit(self, specs: Sequence[common_pb2.TaskSpec], on_outcome: Waiter | None = None) -> builtins.list[str]:
+    def submit(
+        self, specs: Sequence[common_pb2.TaskSpec], on_outcome: Waiter | None = None, answer_hold_s: float = 0.0
+    ) -> builtins.list[str]:
         """Submit a batch (all stored or none); its ids once durable. With on_outcome, each
-        task's outcome is handed to it as it finishes."""
+        task's outcome is handed to it as it finishes; with answer_hold_s too (one spec), the ids
+        may come with the outcome, if it comes within that time."""
         ack: Future[builtins.list[str]] = Future()
         if on_outcome is not None:
             # Registered by the reader thread as the ack arrives, before any outcome it precedes.
             ack.add_done_callback(functools.partial(self._accepted, on_outcome))
         with tracing.client_span(SESSION_SPAN) as trace_context:
             follow = on_outcome is not None
-            submit = scheduler_pb2.SessionSubmit(specs=specs, follow=follow, trace_context=trace_context)
+            submit = scheduler_pb2.SessionSubmit(
+                specs=specs,
+                follow=follow,
+                trace_context=trace_context,
+                answer_with_outcome_ms=round(answer_hold_s * 1000),
+            )
             self._send(ack, lambda seq: scheduler_pb2.SessionRequest(submit=submit), submit)
             return self._answer(ack)
 
@@ -129,7 +142,7 @@ class Session:
         """Submit one task and wait for it: terminal, or as it is after wait_s."""
         outcome: Future[common_pb2.Task | GpucpError] = Future()
         hops.mark("c.run")
-        [task_id] = self.submit([spec], outcome.set_result)
+        [task_id] = self.submit([spec], outcome.set_result, min(wait_s, RUN_ANSWER_HOLD_S))
         try:
             result = outcome.result(timeout=wait_s)
             hops.mark("c.woken")
@@ -242,7 +255,7 @@ class Session:
             except grpc.RpcError as exc:
                 if self._closed:
                     return
-                if exc.code() not in _RESUMABLE:
+                if exc.code() not in RESUMABLE:
                     self._fail(rpc_error(exc, self._client.server))
                     return
             if self._closed:
@@ -282,15 +295,17 @@ class Session:
                     "once it is back",
                 ) from None
             except grpc.RpcError as exc:
-                if exc.code() not in _RESUMABLE:
+                if exc.code() not in RESUMABLE:
                     raise rpc_error(exc, self._client.server) from None
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, _RESUBSCRIBE_MAX_DELAY_S)
+            delay = min(delay * 2, RESUBSCRIBE_MAX_DELAY_S)
 
     def _handle(self, response: scheduler_pb2.SessionResponse) -> None:
         kind = response.WhichOneof("msg")
         hops.mark(f"c.read.{kind}")
         if kind == "outcomes":
+            for accepted in response.outcomes.accepted:
+                self._acknowledge(accepted)  # its callback awaits the task before its outcome is handed out
             tasks = response.outcomes.tasks
             with self._lock:
                 awaited = [(task, self._waiters.pop(task.id, [])) for task in tasks]
@@ -298,16 +313,19 @@ class Session:
                 for waiter in waiters:
                     waiter(task)
         elif kind == "accepted":
-            with self._lock:
-                _, ack = self._unacked.pop(response.accepted.seq, (None, None))
-            if ack is not None:
-                ack.set_result(builtins.list(response.accepted.task_ids))
+            self._acknowledge(response.accepted)
         elif kind == "rejected":
             with self._lock:
                 _, ack = self._unacked.pop(response.rejected.seq, (None, None))
             if ack is not None:
                 code = _CODES.get(response.rejected.code, grpc.StatusCode.UNKNOWN)
                 ack.set_exception(error_for(code, response.rejected.message))
+
+    def _acknowledge(self, accepted: scheduler_pb2.SessionAccepted) -> None:
+        with self._lock:
+            _, ack = self._unacked.pop(accepted.seq, (None, None))
+        if ack is not None:
+            ack.set_result(builtins.list(accepted.task_ids))
 
     def _lost(self, task_ids: Sequence[str], ack: Future[builtins.list[str]]) -> None:
         """A resumed follow was refused (a task deleted meanwhile): its waiters hear why."""

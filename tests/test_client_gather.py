@@ -7,7 +7,7 @@ import threading
 import grpc
 import pytest
 
-import gpucp.client
+import gpucp.watch
 from gpucp import Client, GpucpError, Unfinished
 from gpucp.testing import eventually
 from gpucp.v1 import common_pb2
@@ -93,7 +93,7 @@ def test_gather_across_a_control_plane_restart_loses_no_outcome_and_repeats_none
 def test_a_wait_for_more_ids_than_a_watch_request_names_watches_everything_and_picks_its_own(
     client, start_agent, monkeypatch
 ):
-    monkeypatch.setattr(gpucp.client, "_WATCH_IDS_MAX", 2)
+    monkeypatch.setattr(gpucp.watch, "WATCH_IDS_MAX", 2)
     start_agent("w1", "--slots", "2")
     client.submit_many([sleep_spec(0)] * 3)  # others' events are in the stream too
     ids = client.submit_many([sleep_spec(0.2)] * 3)

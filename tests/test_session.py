@@ -49,8 +49,13 @@ class RawSession:
     def send(self, **msg: object) -> None:
         self.requests.put(scheduler_pb2.SessionRequest(**msg))  # type: ignore[arg-type]
 
-    def submit(self, seq: int, specs: list[common_pb2.TaskSpec], *, follow: bool = True, resend: bool = False) -> None:
-        self.send(submit=scheduler_pb2.SessionSubmit(seq=seq, specs=specs, follow=follow, resend=resend))
+    def submit(
+        self, seq: int, specs: list[common_pb2.TaskSpec], *, follow: bool = True, resend: bool = False, hold_ms: int = 0
+    ) -> None:
+        submit = scheduler_pb2.SessionSubmit(
+            seq=seq, specs=specs, follow=follow, resend=resend, answer_with_outcome_ms=hold_ms
+        )
+        self.send(submit=submit)
 
     def next(self, kind: str | None = None, timeout_s: float = 60) -> scheduler_pb2.SessionResponse:
         response = self.responses.get(timeout=timeout_s)
@@ -136,6 +141,76 @@ def test_a_run_is_answered_with_no_worker_to_place_it_and_when_sent_again(contro
         assert (outcome.id, outcome.state, outcome.result) == (task_id, SUCCEEDED, b"x")
     finally:
         raw.close()
+
+
+def test_a_runs_answer_comes_alone_once_its_hold_passes_and_rides_with_an_outcome_ready_before(
+    controlplane, start_agent
+):
+    raw = RawSession(controlplane.address)
+    try:
+        # No worker: the task cannot finish within the hold, so its answer comes alone.
+        raw.submit(1, [common_pb2.TaskSpec(kind="noop", payload=b"x")], hold_ms=50)
+        accepted = raw.next("accepted").accepted
+        assert accepted.seq == 1
+        start_agent("w1")
+        response = raw.next("outcomes")
+        assert [t.id for t in response.outcomes.tasks] == list(accepted.task_ids)
+        assert not response.outcomes.accepted, "a submit was answered twice"
+        # Sent again, the task has finished: its answer and its outcome are one message.
+        raw.submit(1, [common_pb2.TaskSpec(kind="noop", payload=b"x")], resend=True, hold_ms=1000)
+        outcomes = raw.next("outcomes").outcomes
+        assert [(a.seq, list(a.task_ids)) for a in outcomes.accepted] == [(1, list(accepted.task_ids))]
+        assert [(t.id, t.result) for t in outcomes.tasks] == [(accepted.task_ids[0], b"x")]
+    finally:
+        raw.close()
+
+
+def test_a_held_answer_is_refused_for_a_batch_an_unfollowed_submit_or_a_hold_past_a_second(controlplane):
+    raw = RawSession(controlplane.address)
+    try:
+        noop = common_pb2.TaskSpec(kind="noop")
+        raw.submit(1, [noop, noop], hold_ms=100)
+        raw.submit(2, [noop], follow=False, hold_ms=100)
+        raw.submit(3, [noop], hold_ms=5000)
+        for seq, words in [(1, "of 2 spec(s)"), (2, "without follow"), (3, "at most 1000")]:
+            rejected = raw.next("rejected").rejected
+            assert (rejected.seq, rejected.code) == (seq, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+            assert "answer_with_outcome_ms" in rejected.message and words in rejected.message, rejected.message
+    finally:
+        raw.close()
+    with Client(controlplane.address, session=False) as client:
+        assert not list(client.list()), "a refused submit stored a task"
+
+
+def test_a_run_sent_again_after_kill_9_during_its_hold_makes_one_task_answered_once(
+    controlplane: ControlPlaneProcess, start_agent
+):
+    raw = RawSession(controlplane.address)
+    raw.submit(1, [common_pb2.TaskSpec(kind="noop", payload=b"x")], hold_ms=1000)
+    controlplane.kill()  # before or after its insert commits: no answer yet, or one lost with the stream
+    with pytest.raises(grpc.RpcError):
+        while True:
+            raw.next(timeout_s=30)
+    raw.close()
+    controlplane.start()
+    resumed = RawSession(controlplane.address, session_id=raw.session_id)
+    try:
+        resumed.submit(1, [common_pb2.TaskSpec(kind="noop", payload=b"x")], resend=True, hold_ms=1000)
+        start_agent("w1")
+        answers: list[list[str]] = []
+        outcomes: list[common_pb2.Task] = []
+        while not outcomes:
+            response = resumed.next()
+            if response.WhichOneof("msg") == "accepted":
+                answers.append(list(response.accepted.task_ids))
+            else:
+                answers += [list(a.task_ids) for a in response.outcomes.accepted]
+                outcomes += response.outcomes.tasks
+        assert answers == [[outcomes[0].id]] and outcomes[0].result == b"x"
+    finally:
+        resumed.close()
+    with Client(controlplane.address, session=False) as client:
+        assert [t.id for t in client.list()] == [outcomes[0].id], "the run's task was made twice"
 
 
 def test_events_are_sent_when_asked_and_the_outcome_last(controlplane, start_agent):

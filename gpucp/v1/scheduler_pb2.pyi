@@ -166,7 +166,7 @@ class SessionOpen(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., events: _Optional[bool] = ...) -> None: ...
 
 class SessionSubmit(_message.Message):
-    __slots__ = ("seq", "specs", "follow", "resend", "trace_context")
+    __slots__ = ("seq", "specs", "follow", "resend", "trace_context", "answer_with_outcome_ms")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -179,12 +179,14 @@ class SessionSubmit(_message.Message):
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     RESEND_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_WITH_OUTCOME_MS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     specs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskSpec]
     follow: bool
     resend: bool
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, seq: _Optional[int] = ..., specs: _Optional[_Iterable[_Union[_common_pb2.TaskSpec, _Mapping]]] = ..., follow: _Optional[bool] = ..., resend: _Optional[bool] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    answer_with_outcome_ms: int
+    def __init__(self, seq: _Optional[int] = ..., specs: _Optional[_Iterable[_Union[_common_pb2.TaskSpec, _Mapping]]] = ..., follow: _Optional[bool] = ..., resend: _Optional[bool] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., answer_with_outcome_ms: _Optional[int] = ...) -> None: ...
 
 class SessionFollow(_message.Message):
     __slots__ = ("seq", "task_ids")
@@ -209,10 +211,12 @@ class SessionResponse(_message.Message):
     def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., accepted: _Optional[_Union[SessionAccepted, _Mapping]] = ..., rejected: _Optional[_Union[SessionRejected, _Mapping]] = ..., outcomes: _Optional[_Union[SessionOutcomes, _Mapping]] = ..., event: _Optional[_Union[TaskEvent, _Mapping]] = ...) -> None: ...
 
 class SessionOutcomes(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "accepted")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Task]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ...) -> None: ...
+    accepted: _containers.RepeatedCompositeFieldContainer[SessionAccepted]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ..., accepted: _Optional[_Iterable[_Union[SessionAccepted, _Mapping]]] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
     __slots__ = ("session_id", "max_outstanding")
