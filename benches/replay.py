@@ -24,6 +24,12 @@ constraints on a third of the tasks, multigpu50 with more multi-GPU tasks) and p
   and the next one tried, until the arrivals have asked for all of the cluster's GPUs; the GPUs
   left unallocated then (the cluster's GPUs less the GPUs and shares placed), against best fit's.
 
+Beside the policies, the time replay prints two references no placement policy can be given: the
+sample's GPUs as one pool, with the waiting tasks served in arrival order with backfill
+("(pool, fifo)": perfect packing under the core's FIFO order) or smallest first ("(pool, small
+1st)"). Where a policy is near the first, what is left of its wait is decided by the order of
+service, not by placement.
+
 Tasks without GPUs are left out (they use no GPU, so no GPU placement decides them), as are tasks
 no node of the sample could ever run (counted in the table's header). In the time replay and the
 first saturation a share of a GPU is placed as a whole GPU. Ratios are against round_robin.
@@ -201,6 +207,40 @@ def replay(
     return out
 
 
+def pooled(gpus: int, tasks: list[Task], compress: float, small_first: bool) -> dict[str, Any]:
+    """A reference no placement policy can be given: the sample's GPUs as one pool (no node
+    boundaries, no GPU models), so a task starts whenever enough GPUs are free anywhere. Waiting
+    tasks start in arrival order, skipping those that do not fit (greedy backfill), or smallest
+    first; what remains is what the order of service decides."""
+    events = [(t.arrival_s / compress, 1, i) for i, t in enumerate(tasks)]
+    heapq.heapify(events)
+    free, queue, waits = gpus, [], []
+    while events:
+        now, kind, i = heapq.heappop(events)
+        if kind == 1:
+            queue.append(i)
+        else:
+            free += tasks[i].gpus
+        if events and events[0][0] == now:
+            continue
+        if small_first:
+            queue.sort(key=lambda j: tasks[j].gpus)
+        waiting = []
+        for j in queue:
+            if free >= tasks[j].gpus:
+                free -= tasks[j].gpus
+                waits.append((tasks[j].gpus, now - tasks[j].arrival_s / compress))
+                heapq.heappush(events, (now + tasks[j].runtime_s, 0, j))
+            else:
+                waiting.append(j)
+        queue = waiting
+    out: dict[str, Any] = {"utilisation": float("nan")}
+    out.update(wait_stats("all", [w for _, w in waits]))
+    for b in GPU_BUCKETS:
+        out.update(wait_stats(f"{b}gpu", [w for g, w in waits if g == b]))
+    return out
+
+
 def wait_stats(name: str, ws: list[float]) -> dict[str, float | int]:
     ws = sorted(ws)
     return {
@@ -319,6 +359,10 @@ def main() -> None:
             for name, config, hints in runs:
                 t0 = time.perf_counter()
                 rows[name] = replay(config, sample, runnable, compress, hints)
+                rows[name]["wall_s"] = time.perf_counter() - t0
+            for name, small_first in (("(pool, fifo)", False), ("(pool, small 1st)", True)):
+                t0 = time.perf_counter()
+                rows[name] = pooled(probe.gpus, runnable, compress, small_first)
                 rows[name]["wall_s"] = time.perf_counter() - t0
             key = f"{variant}@{fraction:g}"
             report["replay"][key] = rows
