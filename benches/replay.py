@@ -22,7 +22,8 @@ constraints on a third of the tasks, multigpu50 with more multi-GPU tasks) and p
 - Saturation with shares (as FGD measures fragmentation): the same arrivals, the 1-GPU tasks that
   ask for part of a GPU placed as shares of one (gpu_milli), a task no node can take now refused
   and the next one tried, until the arrivals have asked for all of the cluster's GPUs; the GPUs
-  left unallocated then (the cluster's GPUs less the GPUs and shares placed), against best fit's.
+  left unallocated then (the cluster's GPUs less the GPUs and shares placed), against best fit's,
+  and beside it the floor any packing of the same placed shares leaves (see rests_floor).
 
 Beside the policies, the time replay prints two references no placement policy can be given: the
 sample's GPUs as one pool, with the waiting tasks served in arrival order with backfill
@@ -279,6 +280,7 @@ def saturate_shares(config: SchedulerConfig, nodes: list[Node], tasks: list[Task
     cluster = Cluster(config, nodes, shares=True)
     requested = allocated = 0.0
     refused = 0
+    placed: list[int] = []
     for i, task in enumerate(arrivals(tasks, seed)):
         if requested >= cluster.gpus:
             break
@@ -286,16 +288,36 @@ def saturate_shares(config: SchedulerConfig, nodes: list[Node], tasks: list[Task
         cluster.core.push(i, cluster.shape(task), 1, i, 0, now_ms=0)
         if cluster.core.place(0, 1):
             allocated += task.asks(True)
+            placed.append(task.milli)
         else:
             cluster.core.remove(i)
             refused += 1
     whole, split, _ = cluster.core.gpu_allocation()
     return {
         "unallocated_share": 1 - allocated / cluster.gpus,
+        "rests_floor_share": rests_floor([m for m in placed if m]) / cluster.gpus,
         "refused_tasks": refused,
         "gpus_split": split,
         "gpus_whole": whole,
     }
+
+
+def rests_floor(shares: list[int]) -> float:
+    """GPUs any packing of these shares leaves unallocated: two shares over half never share a
+    GPU, and the rest of one's GPU takes only shares no larger than it. Filling the smallest rests
+    first with the smallest shares fills the most (fractional filling, so a floor)."""
+    rests = sorted(1000 - m for m in shares if m > 500)
+    small = sorted(m for m in shares if m <= 500)
+    left = pool = 0.0
+    j = 0
+    for rest in rests:
+        while j < len(small) and small[j] <= rest:
+            pool += small[j]
+            j += 1
+        fill = min(rest, pool)
+        pool -= fill
+        left += rest - fill
+    return left / 1000
 
 
 def saturation_bound(nodes: list[Node], tasks: list[Task], seed: int) -> dict[str, Any]:
@@ -413,11 +435,15 @@ def print_saturation(variant: str, nodes: int, gpus: int, rows: dict[str, dict[s
 def print_shares(variant: str, rows: dict[str, dict[str, Any]]) -> None:
     print(f"\n{variant}: saturation with shares (arrivals until they asked for every GPU; refused ones skipped)")
     base = rows.get("best_fit")
-    print(f"{'policy':<13} {'GPUs unallocated':>17} {'vs best_fit':>12} {'refused':>8} {'GPUs split':>11}")
+    print(
+        f"{'policy':<13} {'GPUs unallocated':>17} {'vs best_fit':>12} {'refused':>8} {'GPUs split':>11}"
+        f" {'floor for its shares':>21}"
+    )
     for name, r in rows.items():
         left = r["unallocated_share"]
         ratio = left / base["unallocated_share"] if base and base["unallocated_share"] else float("nan")
-        print(f"{name:<13} {left:>17.1%} {ratio:>12.2f} {r['refused_tasks']:>8} {r['gpus_split']:>11}")
+        line = f"{name:<13} {left:>17.1%} {ratio:>12.2f} {r['refused_tasks']:>8} {r['gpus_split']:>11}"
+        print(line + f" {r['rests_floor_share']:>21.1%}")
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
