@@ -27,9 +27,10 @@ constraints on a third of the tasks, multigpu50 with more multi-GPU tasks) and p
 
 Beside the policies, the time replay prints two references no placement policy can be given: the
 sample's GPUs as one pool, with the waiting tasks served in arrival order with backfill
-("(pool, fifo)": perfect packing under the core's FIFO order) or smallest first ("(pool, small
-1st)"). Where a policy is near the first, what is left of its wait is decided by the order of
-service, not by placement.
+("(pool, fifo)": perfect packing under the core's FIFO order), smallest first ("(pool, small
+1st)") or shortest runtime first ("(pool, short 1st)", clairvoyant). Where a policy is near the
+first, what is left of its wait is decided by the order of service, not by placement. The pool
+knows no GPU models, so on gpuspec33 it is no reference.
 
 Tasks without GPUs are left out (they use no GPU, so no GPU placement decides them), as are tasks
 no node of the sample could ever run (counted in the table's header). In the time replay and the
@@ -50,7 +51,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,11 +209,20 @@ def replay(
     return out
 
 
-def pooled(gpus: int, tasks: list[Task], compress: float, small_first: bool) -> dict[str, Any]:
+# The pool's orders of service: arrival order, the fewest GPUs first, the shortest runtime first
+# (which only a clairvoyant scheduler could follow).
+POOL_ORDERS: dict[str, Callable[[Task], float] | None] = {
+    "(pool, fifo)": None,
+    "(pool, small 1st)": lambda t: t.gpus,
+    "(pool, short 1st)": lambda t: t.runtime_s,
+}
+
+
+def pooled(gpus: int, tasks: list[Task], compress: float, order: Callable[[Task], float] | None) -> dict[str, Any]:
     """A reference no placement policy can be given: the sample's GPUs as one pool (no node
     boundaries, no GPU models), so a task starts whenever enough GPUs are free anywhere. Waiting
-    tasks start in arrival order, skipping those that do not fit (greedy backfill), or smallest
-    first; what remains is what the order of service decides."""
+    tasks start in `order` (None: arrival order), skipping those that do not fit (greedy
+    backfill); what remains is what the order of service decides."""
     events = [(t.arrival_s / compress, 1, i) for i, t in enumerate(tasks)]
     heapq.heapify(events)
     free, queue, waits = gpus, [], []
@@ -224,8 +234,8 @@ def pooled(gpus: int, tasks: list[Task], compress: float, small_first: bool) -> 
             free += tasks[i].gpus
         if events and events[0][0] == now:
             continue
-        if small_first:
-            queue.sort(key=lambda j: tasks[j].gpus)
+        if order is not None:
+            queue.sort(key=lambda j: order(tasks[j]))
         waiting = []
         for j in queue:
             if free >= tasks[j].gpus:
@@ -382,9 +392,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 rows[name] = replay(config, sample, runnable, compress, hints)
                 rows[name]["wall_s"] = time.perf_counter() - t0
-            for name, small_first in (("(pool, fifo)", False), ("(pool, small 1st)", True)):
+            for name, order in POOL_ORDERS.items():
                 t0 = time.perf_counter()
-                rows[name] = pooled(probe.gpus, runnable, compress, small_first)
+                rows[name] = pooled(probe.gpus, runnable, compress, order)
                 rows[name]["wall_s"] = time.perf_counter() - t0
             key = f"{variant}@{fraction:g}"
             report["replay"][key] = rows
