@@ -22,7 +22,15 @@ constraints on a third of the tasks, multigpu50 with more multi-GPU tasks) and p
 - Saturation with shares (as FGD measures fragmentation): the same arrivals, the 1-GPU tasks that
   ask for part of a GPU placed as shares of one (gpu_milli), a task no node can take now refused
   and the next one tried, until the arrivals have asked for all of the cluster's GPUs; the GPUs
-  left unallocated then (the cluster's GPUs less the GPUs and shares placed), against best fit's.
+  left unallocated then (the cluster's GPUs less the GPUs and shares placed), against best fit's,
+  and beside it the floor any packing of the same placed shares leaves (see rests_floor).
+
+Beside the policies, the time replay prints two references no placement policy can be given: the
+sample's GPUs as one pool, with the waiting tasks served in arrival order with backfill
+("(pool, fifo)": perfect packing under the core's FIFO order), smallest first ("(pool, small
+1st)") or shortest runtime first ("(pool, short 1st)", clairvoyant). Where a policy is near the
+first, what is left of its wait is decided by the order of service, not by placement. The pool
+knows no GPU models, so on gpuspec33 it is no reference.
 
 Tasks without GPUs are left out (they use no GPU, so no GPU placement decides them), as are tasks
 no node of the sample could ever run (counted in the table's header). In the time replay and the
@@ -43,7 +51,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +209,49 @@ def replay(
     return out
 
 
+# The pool's orders of service: arrival order, the fewest GPUs first, the shortest runtime first
+# (which only a clairvoyant scheduler could follow).
+POOL_ORDERS: dict[str, Callable[[Task], float] | None] = {
+    "(pool, fifo)": None,
+    "(pool, small 1st)": lambda t: t.gpus,
+    "(pool, short 1st)": lambda t: t.runtime_s,
+}
+
+
+def pooled(gpus: int, tasks: list[Task], compress: float, order: Callable[[Task], float] | None) -> dict[str, Any]:
+    """A reference no placement policy can be given: the sample's GPUs as one pool (no node
+    boundaries, no GPU models), so a task starts whenever enough GPUs are free anywhere. Waiting
+    tasks start in `order` (None: arrival order), skipping those that do not fit (greedy
+    backfill); what remains is what the order of service decides."""
+    events = [(t.arrival_s / compress, 1, i) for i, t in enumerate(tasks)]
+    heapq.heapify(events)
+    free, queue, waits = gpus, [], []
+    while events:
+        now, kind, i = heapq.heappop(events)
+        if kind == 1:
+            queue.append(i)
+        else:
+            free += tasks[i].gpus
+        if events and events[0][0] == now:
+            continue
+        if order is not None:
+            queue.sort(key=lambda j: order(tasks[j]))
+        waiting = []
+        for j in queue:
+            if free >= tasks[j].gpus:
+                free -= tasks[j].gpus
+                waits.append((tasks[j].gpus, now - tasks[j].arrival_s / compress))
+                heapq.heappush(events, (now + tasks[j].runtime_s, 0, j))
+            else:
+                waiting.append(j)
+        queue = waiting
+    out: dict[str, Any] = {"utilisation": float("nan")}
+    out.update(wait_stats("all", [w for _, w in waits]))
+    for b in GPU_BUCKETS:
+        out.update(wait_stats(f"{b}gpu", [w for g, w in waits if g == b]))
+    return out
+
+
 def wait_stats(name: str, ws: list[float]) -> dict[str, float | int]:
     ws = sorted(ws)
     return {
@@ -239,6 +290,7 @@ def saturate_shares(config: SchedulerConfig, nodes: list[Node], tasks: list[Task
     cluster = Cluster(config, nodes, shares=True)
     requested = allocated = 0.0
     refused = 0
+    placed: list[int] = []
     for i, task in enumerate(arrivals(tasks, seed)):
         if requested >= cluster.gpus:
             break
@@ -246,16 +298,36 @@ def saturate_shares(config: SchedulerConfig, nodes: list[Node], tasks: list[Task
         cluster.core.push(i, cluster.shape(task), 1, i, 0, now_ms=0)
         if cluster.core.place(0, 1):
             allocated += task.asks(True)
+            placed.append(task.milli)
         else:
             cluster.core.remove(i)
             refused += 1
     whole, split, _ = cluster.core.gpu_allocation()
     return {
         "unallocated_share": 1 - allocated / cluster.gpus,
+        "rests_floor_share": rests_floor([m for m in placed if m]) / cluster.gpus,
         "refused_tasks": refused,
         "gpus_split": split,
         "gpus_whole": whole,
     }
+
+
+def rests_floor(shares: list[int]) -> float:
+    """GPUs any packing of these shares leaves unallocated: two shares over half never share a
+    GPU, and the rest of one's GPU takes only shares no larger than it. Filling the smallest rests
+    first with the smallest shares fills the most (fractional filling, so a floor)."""
+    rests = sorted(1000 - m for m in shares if m > 500)
+    small = sorted(m for m in shares if m <= 500)
+    left = pool = 0.0
+    j = 0
+    for rest in rests:
+        while j < len(small) and small[j] <= rest:
+            pool += small[j]
+            j += 1
+        fill = min(rest, pool)
+        pool -= fill
+        left += rest - fill
+    return left / 1000
 
 
 def saturation_bound(nodes: list[Node], tasks: list[Task], seed: int) -> dict[str, Any]:
@@ -320,6 +392,10 @@ def main() -> None:
                 t0 = time.perf_counter()
                 rows[name] = replay(config, sample, runnable, compress, hints)
                 rows[name]["wall_s"] = time.perf_counter() - t0
+            for name, order in POOL_ORDERS.items():
+                t0 = time.perf_counter()
+                rows[name] = pooled(probe.gpus, runnable, compress, order)
+                rows[name]["wall_s"] = time.perf_counter() - t0
             key = f"{variant}@{fraction:g}"
             report["replay"][key] = rows
             report["compress"][key] = compress
@@ -369,11 +445,15 @@ def print_saturation(variant: str, nodes: int, gpus: int, rows: dict[str, dict[s
 def print_shares(variant: str, rows: dict[str, dict[str, Any]]) -> None:
     print(f"\n{variant}: saturation with shares (arrivals until they asked for every GPU; refused ones skipped)")
     base = rows.get("best_fit")
-    print(f"{'policy':<13} {'GPUs unallocated':>17} {'vs best_fit':>12} {'refused':>8} {'GPUs split':>11}")
+    print(
+        f"{'policy':<13} {'GPUs unallocated':>17} {'vs best_fit':>12} {'refused':>8} {'GPUs split':>11}"
+        f" {'floor for its shares':>21}"
+    )
     for name, r in rows.items():
         left = r["unallocated_share"]
         ratio = left / base["unallocated_share"] if base and base["unallocated_share"] else float("nan")
-        print(f"{name:<13} {left:>17.1%} {ratio:>12.2f} {r['refused_tasks']:>8} {r['gpus_split']:>11}")
+        line = f"{name:<13} {left:>17.1%} {ratio:>12.2f} {r['refused_tasks']:>8} {r['gpus_split']:>11}"
+        print(line + f" {r['rests_floor_share']:>21.1%}")
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

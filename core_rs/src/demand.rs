@@ -9,6 +9,15 @@
 //! anywhere keep off them. The least capacity lost wins; ties go to the worker left with fewer
 //! free GPUs (best fit on what is left, not on the worker's size).
 //!
+//! Demand not seen yet counts too. A shape that accepts only a scarce GPU model may first
+//! arrive long after tasks that run anywhere took that model's few GPUs, and then waits for
+//! their whole runtimes. So when the mix has tasks that name GPU models, every GPU model stands
+//! for a shape that could ask for it alone, with a part of that share of demand
+//! (`UNSEEN_PART`) over the model's GPUs: a GPU of a model the fleet has a handful of weighs far
+//! more than one of its common model, whatever the mix so far. On a fleet of one model it weighs
+//! the same everywhere, and in a mix where no task names a model it weighs nothing: neither
+//! changes a rank.
+//!
 //! Cost model. `record` is O(1) per push, and O(S) at the end of each window of pushes, where the
 //! mix is decayed; ranks follow (O(S W log W)) only when a shape's share moved by more than
 //! `DRIFT` of itself or its supply by more than a tenth (workers joined or left, or its index was
@@ -16,6 +25,7 @@
 //! worker serves.
 
 use crate::filters::WHOLE_MILLI;
+use crate::learning::ModelId;
 use crate::workers::Worker;
 use crate::ShapeId;
 
@@ -28,6 +38,16 @@ const WINDOW: u64 = 1024;
 /// every worker in every fragmentation index.
 const DRIFT: f64 = 0.25;
 const MIN_DRIFT: f64 = 0.02;
+/// The share of demand a shape that asks for one GPU model alone is assumed to have before any
+/// is seen, as a part of the share of recent demand that names GPU models: with a third of the
+/// tasks naming models, 1/48 per model, so a model with 1% of the fleet's GPUs weighs about 2
+/// per GPU (a task that could run anywhere would rather split an idle 8-GPU worker), and one
+/// with a third of them 1/16.
+const UNSEEN_PART: f64 = 1.0 / 16.0;
+/// Pushes' worth of belief, before the mix says otherwise, that half of demand names GPU
+/// models: the first tasks of a trace may run for days, so the scarce GPUs must be kept before
+/// the mix is known, and a long mix without model names brings the weight near nothing.
+const PRIOR_PUSHES: f64 = 8.0;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct ShapeDemand {
@@ -35,6 +55,8 @@ struct ShapeDemand {
     gpus: u32,
     /// Thousandths of one GPU it uses when it asks for a share; 0 = whole GPUs.
     milli: u32,
+    /// It accepts only some GPU models.
+    picky: bool,
     /// Tasks pushed, halved each window.
     recent: f64,
     /// Its share of the mix and its supply when the weights were last taken.
@@ -45,15 +67,53 @@ struct ShapeDemand {
     weight: f64,
 }
 
+/// The fleet's GPUs of one model.
+#[derive(Debug, Clone, Copy, Default)]
+struct ModelSupply {
+    gpus: u64,
+    /// Its GPUs when the weights were last taken, and the weight of one of them then: the
+    /// unseen shape's capacity lost per GPU taken (see `UNSEEN_PART`).
+    taken: u64,
+    weight: f64,
+}
+
 /// The recent demand per shape and the weights ranks are computed with.
 #[derive(Debug, Default)]
 pub struct Demand {
     shapes: Vec<ShapeDemand>,
+    models: Vec<ModelSupply>,
+    /// The share of demand naming GPU models when the weights were last taken, with the prior
+    /// (see `PRIOR_PUSHES`).
+    picky: f64,
     pushes: u64,
 }
 
 impl Demand {
-    /// A task of `shape` (`gpus` GPUs, or `milli` thousandths of one) was queued. `supply(s)` is
+    /// A worker with `gpus` GPUs of `model` joined (`joined`) or left the fleet. Ranks follow
+    /// at the next window of pushes (see `record`).
+    pub fn fleet_changed(&mut self, model: ModelId, gpus: usize, joined: bool) {
+        let i = usize::try_from(model).expect("model ids are vector indices");
+        if self.models.len() <= i {
+            self.models.resize(i + 1, ModelSupply::default());
+        }
+        let m = &mut self.models[i];
+        m.gpus = if joined {
+            m.gpus + gpus as u64
+        } else {
+            m.gpus.saturating_sub(gpus as u64)
+        };
+    }
+
+    /// The unseen shape's capacity lost per GPU of `model` taken (see `UNSEEN_PART`).
+    fn scarcity(&self, model: ModelId) -> f64 {
+        usize::try_from(model)
+            .ok()
+            .and_then(|i| self.models.get(i))
+            .map_or(0.0, |m| m.weight)
+    }
+
+    /// A task of `shape` (`gpus` GPUs, or `milli` thousandths of one; `picky`: of some GPU
+    /// models only) was queued. `supply(s)` is
     /// the GPUs of the workers that can run shape `s`. True when the weights changed, so ranks
     /// must be computed again.
     pub fn record(
@@ -61,6 +121,7 @@ impl Demand {
         shape: ShapeId,
         gpus: u32,
         milli: u32,
+        picky: bool,
         supply: impl Fn(ShapeId) -> u64,
     ) -> bool {
         let i = usize::try_from(shape).expect("shape ids are vector indices");
@@ -69,6 +130,7 @@ impl Demand {
         }
         self.shapes[i].gpus = gpus;
         self.shapes[i].milli = milli;
+        self.shapes[i].picky = picky;
         self.shapes[i].recent += 1.0;
         self.pushes += 1;
         // Early on, at every power of two, so a young scheduler learns its mix quickly.
@@ -80,12 +142,35 @@ impl Demand {
         let drifted =
             |s: &ShapeDemand| (s.recent / total - s.share).abs() > (DRIFT * s.share).max(MIN_DRIFT);
         let moved = |s: &ShapeDemand, now: u64| now.abs_diff(s.supply) * 10 > s.supply;
+        let picky: f64 = self
+            .shapes
+            .iter()
+            .filter(|s| s.picky)
+            .map(|s| s.recent)
+            .sum();
+        let picky = (picky + PRIOR_PUSHES / 2.0) / (total + PRIOR_PUSHES);
         let retake = self
             .shapes
             .iter()
             .zip(&supplies)
-            .any(|(s, &n)| drifted(s) || moved(s, n));
+            .any(|(s, &n)| drifted(s) || moved(s, n))
+            || (picky - self.picky).abs() > (DRIFT * self.picky).max(MIN_DRIFT)
+            || self
+                .models
+                .iter()
+                .any(|m| m.gpus.abs_diff(m.taken) * 10 > m.taken);
         if retake {
+            self.picky = picky;
+            let gpus: u64 = self.models.iter().map(|m| m.gpus).sum();
+            let unseen = UNSEEN_PART * picky;
+            for m in &mut self.models {
+                m.taken = m.gpus;
+                m.weight = if m.gpus == 0 {
+                    0.0
+                } else {
+                    unseen * gpus as f64 / m.gpus as f64
+                };
+            }
             let fleet = supplies.iter().copied().max().unwrap_or(0) as f64;
             for (s, &supply) in self.shapes.iter_mut().zip(&supplies) {
                 s.share = s.recent / total;
@@ -173,7 +258,7 @@ impl Demand {
             0.0
         } else {
             let served = worker.shapes.iter().map(|&(s, _)| s);
-            self.lost(free, gpus, served)
+            self.lost(free, gpus, served) + f64::from(gpus) * self.scarcity(worker.model)
         };
         1.0 / (1.0 + lost + 1e-3 * tiebreak)
     }
@@ -186,7 +271,11 @@ impl Demand {
     /// unused, the better (shares pack; splitting a free GPU comes last).
     pub fn share_score(&self, worker: &Worker, free: u32, used: u32, milli: u32) -> f64 {
         let served = worker.shapes.iter().map(|&(s, _)| s);
-        let lost = self.share_lost(free, used, milli, served);
+        let mut lost = self.share_lost(free, used, milli, served);
+        if used == 0 {
+            // It splits a GPU the unseen shape of the worker's model could have had whole.
+            lost += self.scarcity(worker.model);
+        }
         let left = WHOLE_MILLI.saturating_sub(used + milli);
         let tiebreak = f64::from(left) / f64::from(WHOLE_MILLI) + if used == 0 { 1.0 } else { 0.0 };
         1.0 / (1.0 + lost + 1e-3 * tiebreak)
@@ -221,7 +310,7 @@ mod tests {
         let mut d = Demand::default();
         for &(shape, gpus, n) in shapes {
             for _ in 0..n {
-                d.record(shape, gpus, 0, |s| supply[s as usize]);
+                d.record(shape, gpus, 0, false, |s| supply[s as usize]);
             }
         }
         d
@@ -256,7 +345,7 @@ mod tests {
         for i in 0..50 * WINDOW {
             rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             // The first windows learn the mix; after that it only wobbles.
-            if d.record((rng >> 33) % 4, 1, 0, |_| 8) && i >= 4 * WINDOW {
+            if d.record((rng >> 33) % 4, 1, 0, false, |_| 8) && i >= 4 * WINDOW {
                 late += 1;
             }
         }
@@ -271,7 +360,7 @@ mod tests {
         let mut d = Demand::default();
         let mut retakes = |shape| {
             (0..4 * WINDOW)
-                .filter(|_| d.record(shape, 1, 0, |_| 8))
+                .filter(|_| d.record(shape, 1, 0, false, |_| 8))
                 .count()
         };
         retakes(0);
@@ -286,9 +375,9 @@ mod tests {
         // Shares of 300 and 500 and 1-GPU tasks in demand over the same 8 GPUs.
         let mut d = Demand::default();
         for _ in 0..64 {
-            d.record(0, 1, 300, |_| 8);
-            d.record(1, 1, 500, |_| 8);
-            d.record(2, 1, 0, |_| 8);
+            d.record(0, 1, 300, false, |_| 8);
+            d.record(1, 1, 500, false, |_| 8);
+            d.record(2, 1, 0, false, |_| 8);
         }
         let served = || [0, 1, 2].into_iter();
         // A 500 on a GPU with 800 free leaves 300, which a 300 can use; with 600 free, 100.
@@ -302,6 +391,48 @@ mod tests {
         assert!(
             splits > useless_rest,
             "splitting a free GPU costs a 1-GPU task its GPU: {splits}"
+        );
+    }
+
+    #[test]
+    fn a_gpu_of_a_model_the_fleet_has_few_of_weighs_more_before_any_task_asks_for_it() {
+        let mut d = Demand::default();
+        d.fleet_changed(0, 64, true);
+        d.fleet_changed(1, 2, true);
+        // Half the tasks ask for model 0 alone; none has asked for model 1.
+        d.record(0, 1, 0, false, |_| 66);
+        d.record(1, 1, 0, true, |s| [66, 64][s as usize]);
+        assert!(d.scarcity(1) > 10.0 * d.scarcity(0), "{:?}", d.models);
+    }
+
+    #[test]
+    fn a_mix_where_no_task_names_a_model_weighs_a_scarce_one_less_and_less() {
+        let mut d = Demand::default();
+        d.fleet_changed(0, 64, true);
+        d.fleet_changed(1, 2, true);
+        d.record(0, 1, 0, false, |_| 66);
+        let first = d.scarcity(1);
+        assert!(first > 0.0, "kept before the mix is known");
+        for _ in 0..4 * WINDOW {
+            d.record(0, 1, 0, false, |_| 66);
+        }
+        assert!(d.scarcity(1) < first / 10.0, "{first} -> {}", d.scarcity(1));
+    }
+
+    #[test]
+    fn scarcity_follows_the_fleet_at_the_next_window() {
+        let mut d = Demand::default();
+        d.fleet_changed(0, 8, true);
+        d.fleet_changed(1, 8, true);
+        d.record(0, 1, 0, true, |_| 16);
+        let before = d.scarcity(1);
+        // Most of model 1 leaves: its last GPUs grow scarcer once the weights are taken again.
+        d.fleet_changed(1, 6, false);
+        d.record(0, 1, 0, true, |_| 10);
+        assert!(
+            d.scarcity(1) > 2.0 * before,
+            "{before} -> {}",
+            d.scarcity(1)
         );
     }
 

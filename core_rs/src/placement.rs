@@ -259,10 +259,11 @@ impl PlacementIndex {
     /// indexes again when the mix moved (O(S W log W) then; see `demand`).
     pub fn demanded(&mut self, id: ShapeId, shape: &Shape, workers: &mut WorkerTable) {
         let supply = |sid: ShapeId| self.built(sid).map_or(0, ShapeIndex::supply);
+        let picky = !shape.gpu_models.is_empty();
         if !workers
             .learning
             .demand
-            .record(id, shape.gpus, shape.share.milli, supply)
+            .record(id, shape.gpus, shape.share.milli, picky, supply)
         {
             return;
         }

@@ -1592,6 +1592,56 @@ fn a_node_only_constrained_tasks_can_use_is_kept_for_them() {
 }
 
 #[test]
+fn a_scarce_models_gpu_is_kept_for_a_task_that_asks_for_it_before_one_ever_has() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let common: Vec<_> = (0..3).map(|_| gpu_worker(&mut s, 8, "G2")).collect();
+    let scarce = gpu_worker(&mut s, 1, "V100M16");
+    gpu_worker(&mut s, 2, "T4");
+    let (any, only_t4) = (gpu_shape(&mut s, 1, &[]), gpu_shape(&mut s, 1, &["T4"]));
+    // Tasks name GPU models, though none yet names V100M16.
+    learn_mix(&mut s, &[any, only_t4], 100, 64);
+    // Best fit alone would fill the 1-GPU worker exactly; the one GPU of its model is worth
+    // more to a task that may only run there than a G2 among 24 is.
+    s.push(1, any, 1, 1, 0).unwrap();
+    let got = placed(&s.place(0, 10));
+    assert!(
+        common.contains(&got[0].1),
+        "placed on {:?}, not a G2",
+        got[0].1
+    );
+    let only_scarce = gpu_shape(&mut s, 1, &["V100M16"]);
+    s.push(2, only_scarce, 1, 2, 0).unwrap();
+    assert_eq!(
+        placed(&s.place(0, 10)),
+        vec![(2, scarce)],
+        "the first V100M16-only task starts at once"
+    );
+}
+
+#[test]
+fn a_scarce_models_gpu_still_takes_a_task_that_would_otherwise_wait() {
+    let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+    let common = gpu_worker(&mut s, 8, "G2");
+    let scarce = gpu_worker(&mut s, 1, "V100M16");
+    let g3 = gpu_worker(&mut s, 8, "G3");
+    let (any, only_g3) = (gpu_shape(&mut s, 1, &[]), gpu_shape(&mut s, 8, &["G3"]));
+    learn_mix(&mut s, &[any, only_g3], 100, 64);
+    s.push(1, only_g3, 1, 1, 0).unwrap();
+    for t in 2..=10 {
+        s.push(t, any, 1, t, 0).unwrap();
+    }
+    let got = placed(&s.place(0, 10));
+    assert_eq!(got.len(), 10, "{got:?}");
+    assert_eq!(got[0], (1, g3));
+    assert_eq!(got.iter().filter(|&&(_, w)| w == common).count(), 8);
+    assert_eq!(
+        got.last(),
+        Some(&(10, scarce)),
+        "the last one goes where it can start"
+    );
+}
+
+#[test]
 fn a_task_starts_on_a_free_worker_rather_than_queue_behind_a_running_one() {
     let mut s = Scheduler::new(SchedulerConfig {
         prefetch_depth: 1,

@@ -322,6 +322,8 @@ impl WorkerTable {
         let id = self.workers.len() as WorkerId;
         self.live += 1;
         self.account(&worker, true);
+        let gpus = worker.gpus.len();
+        self.learning.demand.fleet_changed(worker.model, gpus, true);
         self.workers.push(Some(Box::new(worker)));
         id
     }
@@ -359,6 +361,10 @@ impl WorkerTable {
             .ok_or_else(|| unknown_worker(id))?;
         self.live -= 1;
         self.account(&worker, false);
+        let gpus = worker.gpus.len();
+        self.learning
+            .demand
+            .fleet_changed(worker.model, gpus, false);
         Ok(worker)
     }
 
