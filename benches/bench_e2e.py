@@ -104,24 +104,31 @@ def observed_burst(args: argparse.Namespace, module: str, log_level: str) -> tup
 
 
 def observers(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """OBSERVER_CASES in turn, args.observers rounds (each round starting one case later); medians."""
+    """OBSERVER_CASES in turn, args.observers rounds (each round starting one case later).
+
+    Each case is compared with the first within a round, as a ratio: the machine's load drifts
+    over a run more than between three neighbouring bursts. The medians of those ratios are printed
+    beside the medians of the values.
+    """
     runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in OBSERVER_CASES}
     for r in range(args.observers):
-        for label, module, level in OBSERVER_CASES[r % 3:] + OBSERVER_CASES[: r % 3]:
+        for label, module, level in OBSERVER_CASES[r % 3 :] + OBSERVER_CASES[: r % 3]:
             runs[label].append(observed_burst(args, module, level))
     print(f"what task events, metrics and logs cost: {args.agents} agents x {args.slots} slots, bursts of "
           f"{args.burst_tasks:,} noop tasks after 1,000 to warm up, control plane on {control_plane_loop()}, "
-          f"medians of {args.observers} interleaved rounds")
+          f"{args.observers} interleaved rounds: medians, and medians of each round's ratio to the first row")
     print(f"  {'':<30} {'CPU us/task':>11} {'vs none':>8} {'done/s':>8} {'vs none':>8}")
-    medians = {label: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
-               for label, values in runs.items()}
-    cpu0, done0 = medians[OBSERVER_CASES[0][0]]
-    for label, (cpu, done) in medians.items():
-        print(f"  {label:<30} {cpu:>11.1f} {100 * (cpu / cpu0 - 1):>+7.1f}% "
-              f"{done:>8,.0f} {100 * (done / done0 - 1):>+7.1f}%")
-    return {label: {"cpu_us_per_task": medians[label][0], "done_per_s": medians[label][1],
-                    "runs": [{"cpu_us_per_task": cpu, "done_per_s": done} for cpu, done in values]}
-            for label, values in runs.items()}
+    none = runs[OBSERVER_CASES[0][0]]
+    out: dict[str, dict[str, Any]] = {}
+    for label, values in runs.items():
+        cpu, done = statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)
+        cpu_ratio = statistics.median(v[0] / n[0] for v, n in zip(values, none, strict=True))
+        done_ratio = statistics.median(v[1] / n[1] for v, n in zip(values, none, strict=True))
+        print(f"  {label:<30} {cpu:>11.1f} {100 * (cpu_ratio - 1):>+7.1f}% "
+              f"{done:>8,.0f} {100 * (done_ratio - 1):>+7.1f}%")
+        out[label] = {"cpu_us_per_task": cpu, "done_per_s": done, "cpu_vs_none": cpu_ratio, "done_vs_none": done_ratio,
+                      "runs": [{"cpu_us_per_task": c, "done_per_s": d} for c, d in values]}
+    return out
 
 
 def auth_file(workdir: Path) -> Path:
