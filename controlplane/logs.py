@@ -32,8 +32,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FIELDS = ("task", "tenant", "kind", "worker", "attempt", "state", "cause")
 
 task_log = logging.getLogger("gpucp.tasks")
-# Lines logged on the event loop are written together this long after the first of them (a
-# burst's loop turns are short: one write a turn was still thousands a second).
+# Task lines logged on the event loop are written together this long after the first of them
+# (a burst's loop turns are short: one write a turn was still thousands a second).
 WRITE_AFTER_S = 0.05
 
 
@@ -98,13 +98,15 @@ class JsonFormatter(Formatter):
 
 
 class BatchHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Lines to stderr, written together WRITE_AFTER_S after the first of them on the event loop.
+    """Lines to stderr, written together: a record's at the end of the event loop turn that logged
+    it, task lines WRITE_AFTER_S after the first of them.
 
     A burst logs thousands of task lines a second; stderr writes each line as it comes (one system
     call a line, the largest part of a line's cost), this handler keeps them and writes them in one
-    call (a SIGKILL loses at most the last WRITE_AFTER_S of lines). A line logged where no event
-    loop runs (another thread, before start, at exit) is written at once, after the lines kept
-    before it.
+    call (a SIGKILL loses at most the last WRITE_AFTER_S of task lines). Other records are few and
+    are read right after what they tell of (a refusal, a drain), so they and the lines kept before
+    them go out when their turn ends. A line logged where no event loop runs (another thread,
+    before start, at exit) is written at once, after the lines kept before it.
     """
 
     def __init__(self, formatter: Formatter) -> None:
@@ -120,25 +122,34 @@ class BatchHandler(logging.StreamHandler):  # type: ignore[type-arg]
         # Lines not yet written, in order. Appending to a list needs no lock (the GIL makes it one
         # step), so a task line takes none: see `flush` for the other end.
         self._lines: list[str] = []
-        self._due: asyncio.AbstractEventLoop | None = None  # the loop a write is due on, if any
-        self._due_thread = 0  # the thread that loop runs on
+        # The loops a write is due on (not `None` once due: a loop that closed with one due has
+        # gone): at the end of this turn, and WRITE_AFTER_S after a task line (on _later_thread).
+        self._soon: asyncio.AbstractEventLoop | None = None
+        self._later: asyncio.AbstractEventLoop | None = None
+        self._later_thread = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._add(self.format(record) + self.terminator)
+            self._lines.append(self.format(record) + self.terminator)
         except RecursionError:  # as logging's own handlers do
             raise
         except Exception:
             self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._soon is not loop:
+            self._soon = loop
+            loop.call_soon(self._write_soon)
 
     def task_line(self, rec: TaskRecord, event: Event) -> None:
         """A task event's line, made without a record, in turn with the records' lines."""
-        self._add(self._formatter.task_line(rec, event))
-
-    def _add(self, line: str) -> None:
-        self._lines.append(line)
-        due = self._due
-        if due is not None and self._due_thread == threading.get_ident() and not due.is_closed():
+        self._lines.append(self._formatter.task_line(rec, event))
+        due = self._later
+        if due is not None and self._later_thread == threading.get_ident() and not due.is_closed():
             return  # a write is due on this thread's loop: the line goes with it
         # asyncio.get_running_loop makes a system call (getpid, in case of a fork): once per write
         # due, not once a line.
@@ -147,11 +158,15 @@ class BatchHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RuntimeError:
             self.flush()
             return
-        self._due, self._due_thread = loop, threading.get_ident()
-        loop.call_later(WRITE_AFTER_S, self._write)
+        self._later, self._later_thread = loop, threading.get_ident()
+        loop.call_later(WRITE_AFTER_S, self._write_later)
 
-    def _write(self) -> None:
-        self._due = None
+    def _write_soon(self) -> None:
+        self._soon = None
+        self.flush()
+
+    def _write_later(self) -> None:
+        self._later = None
         self.flush()
 
     def flush(self) -> None:

@@ -81,22 +81,32 @@ def test_line_times_are_those_logging_would_write_across_seconds():
         assert ours.format(record) == theirs.format(record)
 
 
-def test_lines_on_the_loop_are_written_together_once_due_and_off_the_loop_at_once(tmp_path, monkeypatch):
+def test_records_go_out_when_their_turn_ends_task_lines_once_due_and_lines_off_the_loop_at_once(
+    tmp_path, monkeypatch
+):
     path = tmp_path / "stderr"
     stderr = open(path, "w")  # noqa: SIM115 (the handler writes to its file until the test ends)
     monkeypatch.setattr(sys, "stderr", stderr)
     handler = BatchHandler(Formatter(TEXT_FORMAT))
+    rec = TaskRecord(1, "0" * 32, "acme", common_pb2.TaskSpec(kind="noop"))
+    event = Event(1, 0, common_pb2.TASK_STATE_PENDING, 0, "", "submitted", "submitted", "", 0.0)
 
     def line(text: str) -> None:
-        handler.handle(logging.LogRecord("gpucp.tasks", logging.INFO, "", 0, text, (), None))
+        handler.handle(logging.LogRecord("gpucp.controlplane", logging.INFO, "", 0, text, (), None))
 
     async def turn(text: str) -> None:
         line(text)
+        line(text)
+        assert path.read_text().count(text) == 0, "written before the turn ended"
         await asyncio.sleep(0)
-        line(text)  # a later turn's line joins the write due
-        assert path.read_text().count(text) == 0, "written before the write was due"
+        assert path.read_text().count(text) == 2, "a record's line not written once its turn ended"
+        before = path.read_text().count(rec.id)
+        handler.task_line(rec, event)
+        await asyncio.sleep(0)
+        handler.task_line(rec, event)  # a later turn's task line joins the write due
+        assert path.read_text().count(rec.id) == before, "a task line written before its write was due"
         await asyncio.sleep(WRITE_AFTER_S)
-        assert path.read_text().count(text) == 2, "not written once due"
+        assert path.read_text().count(rec.id) == before + 2, "task lines not written once due"
 
     asyncio.run(turn("first loop"))
     asyncio.run(turn("second loop"))  # a later loop writes its lines too
