@@ -76,7 +76,6 @@ def working_gpu_stats(gpus: Sequence[common_pb2.Gpu], rng: random.Random) -> lis
     return stats
 
 
-
 class StreamDriver:
     """Holds `count` Workers.Connect streams named `{prefix}{i}`; answers commands from the bench."""
 
