@@ -102,7 +102,7 @@ def run_agents(args: argparse.Namespace, browser: Browser, shots: Path) -> dict[
                 tenants = ("research", "prod", "batch")
                 i = 0
                 while time.monotonic() < end:
-                    client.submit_many([task_spec("sleep", b'{"seconds": 2}', tenant=tenants[(i + j) % 3])
+                    client.submit_many([task_spec("sleep", b'{"seconds": 2}', gpus=1, tenant=tenants[(i + j) % 3])
                                         for j in range(6)])
                     i += 1
                     time.sleep(1)

@@ -5,6 +5,12 @@ dispatch them).
 A real control plane (`gpucp serve`, SQLite, durable accept) and real agent processes running
 the `noop` handler, each task claiming one slot. The control plane runs on uvloop; run the bench
 again with GPUCP_EVENT_LOOP=asyncio to see it on Python's own loop.
+
+With --observers ROUNDS it measures instead what task events, metrics and task log lines cost: a
+burst's completions/s and the control plane's CPU time per task (utime + stime from /proc, less
+noisy than completions/s on a shared machine) with the task book's journal observers off
+(benches/serve_unobserved.py), on at --log-level WARNING (events and metrics), and on at INFO, the
+default (and every task event a log line), the three in turn in each round; medians.
 """
 
 from __future__ import annotations
@@ -12,11 +18,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from common import control_plane_loop, start_agents, start_control_plane, stop_processes, submit_burst, wait_for_workers
+from common import (
+    control_plane_loop,
+    cpu_seconds,
+    start_agents,
+    start_control_plane,
+    stop_processes,
+    submit_burst,
+    wait_for_workers,
+)
 from gpucp import Client, task_spec
 from gpucp.testing import make_pki
 from gpucp.tls import channel_credentials
@@ -60,6 +76,61 @@ def large_burst(client: Client, n: int) -> tuple[float, float]:
     return n / accepted, n / done
 
 
+# The control planes --observers compares: (what runs, the module run as `-m MODULE serve`, --log-level).
+OBSERVER_CASES = (
+    ("no events, metrics or logs", "benches.serve_unobserved", "WARNING"),
+    ("events + metrics", "gpucp", "WARNING"),
+    ("events + metrics + INFO logs", "gpucp", "INFO"),
+)
+
+
+def observed_burst(args: argparse.Namespace, module: str, log_level: str) -> tuple[float, float]:
+    """(control-plane CPU us per task, completed tasks/s) over a burst, on a control plane of its own."""
+    with tempfile.TemporaryDirectory(prefix="gpucp-bench-") as tmp:
+        address, cp = start_control_plane(Path(tmp), "--max-queue", "1000000", "--prefetch-depth",
+                                          str(args.prefetch_depth), log_level=log_level, module=module)
+        agents = start_agents(address, Path(tmp), args.agents, "--slots", str(args.slots))
+        try:
+            with Client(address) as client:
+                wait_for_workers(client, args.agents)
+                burst(client, 1000)  # warm up connections, caches and the store
+                cpu = cpu_seconds(cp.pid)
+                _, done_rate = burst(client, args.burst_tasks)
+                cpu = cpu_seconds(cp.pid) - cpu
+        finally:
+            stop_processes(agents)
+            stop_processes([cp])
+    return cpu / args.burst_tasks * 1e6, done_rate
+
+
+def observers(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """OBSERVER_CASES in turn, args.observers rounds (each round starting one case later).
+
+    Each case is compared with the first within a round, as a ratio: the machine's load drifts
+    over a run more than between three neighbouring bursts. The medians of those ratios are printed
+    beside the medians of the values.
+    """
+    runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in OBSERVER_CASES}
+    for r in range(args.observers):
+        for label, module, level in OBSERVER_CASES[r % 3 :] + OBSERVER_CASES[: r % 3]:
+            runs[label].append(observed_burst(args, module, level))
+    print(f"what task events, metrics and logs cost: {args.agents} agents x {args.slots} slots, bursts of "
+          f"{args.burst_tasks:,} noop tasks after 1,000 to warm up, control plane on {control_plane_loop()}, "
+          f"{args.observers} interleaved rounds: medians, and medians of each round's ratio to the first row")
+    print(f"  {'':<30} {'CPU us/task':>11} {'vs none':>8} {'done/s':>8} {'vs none':>8}")
+    none = runs[OBSERVER_CASES[0][0]]
+    out: dict[str, dict[str, Any]] = {}
+    for label, values in runs.items():
+        cpu, done = statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)
+        cpu_ratio = statistics.median(v[0] / n[0] for v, n in zip(values, none, strict=True))
+        done_ratio = statistics.median(v[1] / n[1] for v, n in zip(values, none, strict=True))
+        print(f"  {label:<30} {cpu:>11.1f} {100 * (cpu_ratio - 1):>+7.1f}% "
+              f"{done:>8,.0f} {100 * (done_ratio - 1):>+7.1f}%")
+        out[label] = {"cpu_us_per_task": cpu, "done_per_s": done, "cpu_vs_none": cpu_ratio, "done_vs_none": done_ratio,
+                      "runs": [{"cpu_us_per_task": c, "done_per_s": d} for c, d in values]}
+    return out
+
+
 def auth_file(workdir: Path) -> Path:
     """An --auth file with one admin (the bench's client) and one agent principal (its agents)."""
     path = workdir / "auth.toml"
@@ -83,8 +154,15 @@ def main() -> None:
     parser.add_argument("--auth", action="store_true",
                         help="serve with --auth: the client presents an admin token, agents an agent token")
     parser.add_argument("--tls", action="store_true", help="serve TLS with a test CA's certificate")
+    parser.add_argument("--observers", type=int, default=0, metavar="ROUNDS",
+                        help="measure only what task events, metrics and logs cost, over this many rounds")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.observers:
+        cost = observers(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(cost))
+        return
     with tempfile.TemporaryDirectory(prefix="gpucp-bench-") as tmp:
         flags = ["--auth", str(auth_file(Path(tmp)))] if args.auth else []
         agent_flags = []

@@ -27,6 +27,8 @@ import random
 import sys
 import tempfile
 import time
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +50,30 @@ from common import (
     stop_profiler,
     write_json,
 )
+from gpucp.v1 import common_pb2
 
 SLOTS = 4
 GPU_SPEC = f"{SLOTS}xA100-80GB"
 
 
 # ----- the driver: many simulated agents in one process ---------------------------------------
+
+STATS_SETS = 16
+
+
+def working_gpu_stats(gpus: Sequence[common_pb2.Gpu], rng: random.Random) -> list[common_pb2.GpuStats]:
+    """Readings of GPUs at work: about one in four idle, the others 35-99% busy, with the memory,
+    temperature and power that go with it."""
+    stats = []
+    for gpu in gpus:
+        busy = 0.0 if rng.random() < 0.25 else rng.uniform(35, 99)
+        memory = rng.uniform(0.3, 0.95) if busy else 0.01
+        stats.append(common_pb2.GpuStats(
+            index=gpu.index, utilization=round(busy, 1), memory_used_mb=int(gpu.memory_total_mb * memory),
+            temperature_c=round(34 + busy * 0.45 + rng.uniform(-2, 2), 1), power_w=round(60 + busy * 3.2, 1),
+            healthy=True,
+        ))
+    return stats
 
 
 class StreamDriver:
@@ -77,12 +97,14 @@ class StreamDriver:
         self.all_registered = asyncio.Event()
 
     async def run(self, pipe: multiprocessing.connection.Connection) -> None:
-        from agents.inventory import parse_gpus, simulated_gpu_stats
+        from agents.inventory import parse_gpus
         from agents.stream import CHANNEL_OPTIONS
         from gpucp.v1 import workers_pb2_grpc
 
         self._gpus = parse_gpus(GPU_SPEC, "sim")
-        self._stats = simulated_gpu_stats(self._gpus, ())
+        # A few sets of readings made once, each stream heartbeating one: a heartbeat costs what one
+        # shared message did, and a dashboard over these workers shows a fleet at work.
+        self._stats = [working_gpu_stats(self._gpus, random.Random(k)) for k in range(STATS_SETS)]
         channels = [
             grpc.aio.insecure_channel(self.address, options=[*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)])
             for _ in range((self.count + self.per_connection - 1) // self.per_connection)
@@ -171,7 +193,8 @@ class StreamDriver:
         self.registered_at.append(time.monotonic())
         try:
             lock = asyncio.Lock()  # one write at a time on a stream
-            heartbeat = workers_pb2.AgentMessage(heartbeat=workers_pb2.Heartbeat(gpus=self._stats, active=0))
+            stats = self._stats[zlib.crc32(worker_id.encode()) % STATS_SETS]
+            heartbeat = workers_pb2.AgentMessage(heartbeat=workers_pb2.Heartbeat(gpus=stats, active=0))
 
             async def beat() -> None:
                 interval = max(self.interval_ms, 10) / 1000

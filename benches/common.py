@@ -43,12 +43,12 @@ def control_plane_loop() -> str:
 
 
 def start_control_plane(
-    workdir: Path, *extra: str, log_level: str = "WARNING", db: str | None = None
+    workdir: Path, *extra: str, log_level: str = "WARNING", db: str | None = None, module: str = "gpucp"
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start `gpucp serve` on a free loopback port with `db` (default: an SQLite file in workdir); return
-    (address, process)."""
+    """Start `gpucp serve` (`python -m MODULE serve`) on a free loopback port with `db` (default: an
+    SQLite file in workdir); return (address, process)."""
     cp = testing.ControlPlaneProcess(workdir, *extra, db=db or workdir / "bench.db", log_level=log_level,
-                                     pythonpath=PYTHONPATH).start()
+                                     pythonpath=PYTHONPATH, module=module).start()
     return cp.address, cp.process
 
 

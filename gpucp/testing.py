@@ -101,7 +101,8 @@ def wait_for_workers(client: Client, expected: int | Collection[str], timeout_s:
 class ControlPlaneProcess:
     """`gpucp serve` in a subprocess; it keeps its port across restarts so agents can come back.
 
-    `extra` are more `gpucp serve` flags; `heartbeat_timeout` None keeps the server's default.
+    `extra` are more `gpucp serve` flags; `heartbeat_timeout` None keeps the server's default;
+    `module` is run as `python -m MODULE serve` (a bench runs a variant of gpucp's entry point).
     """
 
     def __init__(
@@ -113,9 +114,11 @@ class ControlPlaneProcess:
         db: Path | str | None = None,
         log_level: str = "INFO",
         pythonpath: Sequence[PathLike] = (),
+        module: str = "gpucp",
     ) -> None:
         self.workdir = workdir
         self.extra = list(extra)
+        self.module = module
         self.heartbeat_timeout = heartbeat_timeout
         self.env = dict(env or {})
         self.db = db or workdir / "gpucp.db"
@@ -167,7 +170,7 @@ class ControlPlaneProcess:
         beat = ["--heartbeat-timeout", str(self.heartbeat_timeout)] if self.heartbeat_timeout is not None else []
         return subprocess.Popen(
             [
-                sys.executable, "-m", "gpucp", "serve",
+                sys.executable, "-m", self.module, "serve",
                 "--listen", f"127.0.0.1:{self.port}",
                 "--db", str(self.db),
                 *beat,

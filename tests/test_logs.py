@@ -10,8 +10,11 @@ import signal
 import sys
 
 from cluster import AgentProcess, ControlPlaneProcess, eventually, wait_for_workers
-from controlplane.logs import TEXT_FORMAT, Formatter, TurnHandler
+from controlplane.book import Event
+from controlplane.logs import FIELDS, TEXT_FORMAT, WRITE_AFTER_S, BatchHandler, Formatter, JsonFormatter, message
+from controlplane.record import TaskRecord
 from gpucp import __version__
+from gpucp.v1 import common_pb2
 
 
 def test_json_logs_carry_every_task_event_with_its_fields(tmp_path):
@@ -78,24 +81,63 @@ def test_line_times_are_those_logging_would_write_across_seconds():
         assert ours.format(record) == theirs.format(record)
 
 
-def test_lines_of_a_loop_turn_are_written_when_it_ends_and_off_the_loop_at_once(tmp_path, monkeypatch):
+def test_records_go_out_when_their_turn_ends_task_lines_once_due_and_lines_off_the_loop_at_once(
+    tmp_path, monkeypatch
+):
     path = tmp_path / "stderr"
     stderr = open(path, "w")  # noqa: SIM115 (the handler writes to its file until the test ends)
     monkeypatch.setattr(sys, "stderr", stderr)
-    handler = TurnHandler()
+    handler = BatchHandler(Formatter(TEXT_FORMAT))
+    rec = TaskRecord(1, "0" * 32, "acme", common_pb2.TaskSpec(kind="noop"))
+    event = Event(1, 0, common_pb2.TASK_STATE_PENDING, 0, "", "submitted", "submitted", "", 0.0)
 
     def line(text: str) -> None:
-        handler.handle(logging.LogRecord("gpucp.tasks", logging.INFO, "", 0, text, (), None))
+        handler.handle(logging.LogRecord("gpucp.controlplane", logging.INFO, "", 0, text, (), None))
 
     async def turn(text: str) -> None:
         line(text)
         line(text)
         assert path.read_text().count(text) == 0, "written before the turn ended"
         await asyncio.sleep(0)
-        assert path.read_text().count(text) == 2, "not written once the turn ended"
+        assert path.read_text().count(text) == 2, "a record's line not written once its turn ended"
+        before = path.read_text().count(rec.id)
+        handler.task_line(rec, event)
+        await asyncio.sleep(0)
+        handler.task_line(rec, event)  # a later turn's task line joins the write due
+        assert path.read_text().count(rec.id) == before, "a task line written before its write was due"
+        await asyncio.sleep(WRITE_AFTER_S)
+        assert path.read_text().count(rec.id) == before + 2, "task lines not written once due"
 
     asyncio.run(turn("first loop"))
     asyncio.run(turn("second loop"))  # a later loop writes its lines too
     line("no loop")
     assert path.read_text().endswith("no loop\n")
     stderr.close()
+
+
+def test_a_task_line_reads_as_logging_would_write_it_and_a_reason_cannot_break_it():
+    # Task lines skip logging's records; text and JSON must still read as its formatters write them.
+    rec = TaskRecord(1, "0" * 32, "acme", common_pb2.TaskSpec(kind="train"))
+    fields = {"task": rec.id, "tenant": "acme", "kind": "train", "worker": "w0", "attempt": 1, "state": "assigned",
+              "cause": "assigned"}
+
+    def record(msg: str) -> logging.LogRecord:  # what log_event logged through logging
+        made = logging.LogRecord("gpucp.tasks", logging.INFO, "", 0, msg, (), None)
+        made.__dict__.update(fields)
+        return made
+
+    forged = "lost: stream reset\n2026-01-01 00:00:00,000 INFO forged\x1b[2J"
+    for reason, shown in (("assigned to w0 (GPUs 0, 1)", "assigned to w0 (GPUs 0, 1)"),
+                          (forged, r"lost: stream reset\n2026-01-01 00:00:00,000 INFO forged\x1b[2J")):
+        event = Event(2, 0, common_pb2.TASK_STATE_ASSIGNED, 1, "w0", "assigned", reason, "", 0.0)
+        text = Formatter(TEXT_FORMAT).task_line(rec, event)
+        theirs = logging.Formatter(TEXT_FORMAT).format(record(message(rec, event, True)))
+        assert text.count("\n") == 1 and text.endswith("\n"), f"one line a task event: {text!r}"
+        assert text[23:] == theirs[23:] + "\n", "all but the time as logging writes it"  # the time: 23 characters
+        assert f"assigned: {shown} (tenant" in text, text
+
+        ours = JsonFormatter().task_line(rec, event)
+        theirs = JsonFormatter().format(record(message(rec, event, False)))
+        assert list(json.loads(ours)) == list(json.loads(theirs)) == ["time", "level", "logger", "message", *FIELDS]
+        assert {**json.loads(ours), "time": ""} == {**json.loads(theirs), "time": ""}
+        assert reason in json.loads(ours)["message"], "JSON keeps the reason as it is"
