@@ -96,14 +96,12 @@ def main() -> None:
                 scenarios = [("no watches", 0, ""), (f"{args.watches} watches of every event", args.watches, ""),
                              (f"{args.watches} watches of another tenant", args.watches, "other")]
                 times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in scenarios}
-                written: list[int] = []  # events read by all watches of every event, a burst
                 for _ in range(args.rounds):
                     for name, n, tenant in scenarios:
                         with watches(address, n, tenant, args.read) as counts:
                             times[name].append(burst())
                         if args.read and n and not tenant:
                             assert min(counts) > 0, "a watch of every event read nothing"
-                            written.append(sum(counts))
                 profile = None
                 if args.profile:  # one more burst, apart from the timed ones
                     with watches(address, args.watches, "", args.read):
@@ -119,11 +117,6 @@ def main() -> None:
                 took, cpu = (statistics.median(t[i] for t in times[name]) for i in (0, 1))
                 runs = " ".join(f"{t:.2f}/{c:.2f}" for t, c in times[name])
                 print(f"  {name:<34} {took:6.2f} s {took / base[0]:5.1f}x  {cpu:8.2f} s {cpu / base[1]:5.1f}x   {runs}")
-            if written:
-                every = f"{args.watches} watches of every event"
-                extra = statistics.median(t[1] for t in times[every]) - base[1]
-                print(f"  events written to those watches: {statistics.median(written):,.0f} a burst; "
-                      f"the extra server CPU per event and watch: {extra / statistics.median(written) * 1e6:.1f} us")
             if profile is not None:
                 print_profile(profile, f"control plane during bursts under {args.watches} watches of every event")
         finally:
