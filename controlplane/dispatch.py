@@ -13,7 +13,6 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterator
 
 from controlplane.book import ASSIGNED, Entry, TaskBook
 from controlplane.config import ServerConfig
@@ -22,7 +21,7 @@ from controlplane.fleet import Fleet, WorkerConn
 from controlplane.lifecycle import Lifecycle
 from controlplane.prefetch import PrefetchTuner
 from controlplane.record import TaskRecord
-from controlplane.store import Store
+from controlplane.store import Store, next_read
 from controlplane.timers import Alarm
 from gpucp import hops, tracing
 from gpucp.v1 import workers_pb2
@@ -35,9 +34,6 @@ STEAL_BATCH = 256
 # whose affinity key is warm where it waits may go to a cold idle worker only after its locality
 # wait, and nothing else may happen in the fleet meanwhile.
 STEAL_AGAIN_MS = 250
-# Payloads left to the store are read back for dispatch this many bytes at a time (at least one
-# task a read): a placement round of thousands of large tasks is not held in memory all at once.
-READ_BYTES = 64 * 1024 * 1024
 # A task whose payload could not be read back is placed again after this long.
 UNREAD_RETRY_S = 1.0
 
@@ -60,9 +56,13 @@ class Dispatcher:
         self._steal_alarm = Alarm(self.wake)
         # Per-worker prefetch depths tuned to the queued work, unless --prefetch-depth fixes them.
         self.prefetch = PrefetchTuner(core, self.wake) if config.adaptive_prefetch else None
-        # Assigned tasks whose payloads are being read back from the store (handle: attempt), and the reads.
+        # Assigned tasks whose payloads are to be read back from the store (handle: attempt), those
+        # not read yet in the order they were placed, and the one reader that reads and sends them.
+        # One reader for every round: at most READ_BYTES of payloads are read and not yet handed to
+        # the agents' streams, however many rounds placed large tasks meanwhile.
         self._reading: dict[int, int] = {}
-        self._readers: set[asyncio.Task[None]] = set()
+        self._unread: collections.deque[tuple[Entry, WorkerConn, int]] = collections.deque()
+        self._reader: asyncio.Task[None] | None = None
         # Who waits for the next round's assignments to be on their streams (after_next_round).
         self._round_waiters: list[asyncio.Future[None]] = []
         self.fleet: Fleet
@@ -92,8 +92,8 @@ class Dispatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for reading in list(self._readers):
-            reading.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
         self._deadline_alarm.cancel()
         self._locality_alarm.cancel()
         self._steal_alarm.cancel()
@@ -164,43 +164,51 @@ class Dispatcher:
         if stored:
             for entry, _, attempt in stored:
                 self._reading[entry.rec.handle] = attempt
-            reading = asyncio.create_task(self._send_stored(stored))
-            self._readers.add(reading)
-            reading.add_done_callback(self._read)
+            self._unread.extend(stored)
+            if self._reader is None:
+                self._reader = asyncio.create_task(self._send_stored())
+                self._reader.add_done_callback(self._read)
 
-    async def _send_stored(self, assigned: list[tuple[Entry, WorkerConn, int]]) -> None:
-        """Send assignments whose payloads were left to the store, read back READ_BYTES at a time.
+    async def _send_stored(self) -> None:
+        """Send the assignments whose payloads were left to the store, read back a run of at most
+        READ_BYTES at a time (those placed while one run is read go in the next).
 
         After each read the attempt must still be current: the task may have been cancelled or
         lost with its worker meanwhile. One whose payload cannot be read goes back to the queue
         with the reason: an accepted task is never failed for the store's trouble.
         """
-        for chunk in _chunks(assigned, READ_BYTES):
-            why = "its payload is not in the store"
-            try:
-                payloads = await self.store.payloads([entry.rec.handle for entry, _, _ in chunk])
-            except self.store.errors as exc:
-                payloads, why = {}, f"its payload could not be read from the store ({exc})"
-            ready, unread = [], []
-            for entry, conn, attempt in chunk:
-                if self._reading.get(entry.rec.handle) == attempt:  # not a later attempt's read
-                    del self._reading[entry.rec.handle]
-                if not _current(entry, attempt):
-                    continue
-                payload = payloads.get(entry.rec.handle)
-                if payload is None:
-                    unread.append(entry)
-                else:
-                    ready.append((entry, conn, payload))
-            if unread:
-                log.error("%d assigned tasks go back to the queue: %s", len(unread), why)
-                self.store.save([entry.rec for entry in self.tasks.store_failed(unread, why, UNREAD_RETRY_S)])
-            self._send(ready)
+        try:
+            while self._unread:
+                await self._send_read(next_read(self._unread, lambda item: item[0].rec.stored_payload))
+        finally:
+            self._reader = None  # with no await since the queue was seen empty: nothing is left behind
+
+    async def _send_read(self, chunk: list[tuple[Entry, WorkerConn, int]]) -> None:
+        why = "its payload is not in the store"
+        try:
+            payloads = await self.store.payloads([entry.rec.handle for entry, _, _ in chunk])
+        except self.store.errors as exc:
+            payloads, why = {}, f"its payload could not be read from the store ({exc})"
+        ready, unread = [], []
+        for entry, conn, attempt in chunk:
+            if self._reading.get(entry.rec.handle) == attempt:  # not a later attempt's read
+                del self._reading[entry.rec.handle]
+            if not _current(entry, attempt):
+                continue
+            payload = payloads.get(entry.rec.handle)
+            if payload is None:
+                unread.append(entry)
+            else:
+                ready.append((entry, conn, payload))
+        if unread:
+            log.error("%d assigned tasks go back to the queue: %s", len(unread), why)
+            self.store.save([entry.rec for entry in self.tasks.store_failed(unread, why, UNREAD_RETRY_S)])
+        self._send(ready)
 
     def _read(self, reading: asyncio.Task[None]) -> None:
-        self._readers.discard(reading)
         if not reading.cancelled() and reading.exception() is not None:
-            # Its tasks stay assigned unsent until their deadlines requeue them: say why.
+            # Its run stays assigned unsent until the deadlines requeue it (those after it go with
+            # the next reader): say why.
             log.error("sending assignments read back from the store failed", exc_info=reading.exception())
 
     def _send(self, ready: list[tuple[Entry, WorkerConn, bytes]]) -> None:
@@ -289,22 +297,6 @@ class Dispatcher:
 def _current(entry: Entry, attempt: int) -> bool:
     """Whether `attempt` is still the task's assigned one (not cancelled, lost or placed again)."""
     return entry.rec.state == ASSIGNED and entry.rec.attempt == attempt
-
-
-def _chunks(
-    assigned: list[tuple[Entry, WorkerConn, int]], limit: int
-) -> Iterator[list[tuple[Entry, WorkerConn, int]]]:
-    """`assigned` in runs whose stored payloads add up to at most `limit` bytes (or one task)."""
-    chunk: list[tuple[Entry, WorkerConn, int]] = []
-    size = 0
-    for item in assigned:
-        if chunk and size + item[0].rec.stored_payload > limit:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += item[0].rec.stored_payload
-    if chunk:
-        yield chunk
 
 
 def _resolve(waiters: list[asyncio.Future[None]], _: object = None) -> None:

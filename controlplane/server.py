@@ -27,7 +27,7 @@ from controlplane.config import ServerConfig
 from controlplane.control import ControlPlane
 from controlplane.metrics import Metrics
 from controlplane.replicas import Gate, Replica
-from controlplane.services import AdminService, SchedulerService, WorkersService
+from controlplane.services import AdminService, SchedulerService, WorkersService, add_scheduler
 from controlplane.store import Store, is_postgres_url, open_store
 from controlplane.tracing import server_interceptors
 from controlplane.web import HttpApi
@@ -35,7 +35,7 @@ from gpucp import __version__, tracing
 from gpucp.auth import AGENT_TOKEN_ENV
 from gpucp.limits import MAX_MESSAGE_BYTES, MAX_TASK_CONTENT_BYTES
 from gpucp.tls import read_pem
-from gpucp.v1 import admin_pb2, admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, workers_pb2, workers_pb2_grpc
+from gpucp.v1 import admin_pb2, admin_pb2_grpc, scheduler_pb2, workers_pb2, workers_pb2_grpc
 
 log = logging.getLogger("gpucp.controlplane")
 
@@ -192,7 +192,7 @@ async def start(config: ServerConfig) -> Running:
     http = HttpApi(control, metrics, authority) if http_sock is not None else None
     if http is not None and http_sock is not None:
         await http.start(http_sock, http_tls(config))
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(control, authority), server)
+    add_scheduler(SchedulerService(control, authority), server)
     workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(control, authority), server)
     admin = AdminService(control, authority)
     admin_pb2_grpc.add_AdminServicer_to_server(admin, server)

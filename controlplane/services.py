@@ -204,7 +204,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self,
         request: scheduler_pb2.WatchTasksRequest,
         context: ServicerContext[scheduler_pb2.WatchTasksRequest, scheduler_pb2.TaskEvent],
-    ) -> AsyncIterator[scheduler_pb2.TaskEvent]:
+    ) -> AsyncIterator[bytes]:
+        """TaskEvents, serialised once for every watch that wants them (add_scheduler writes them as they are)."""
         principal = await caller(self.authority, context, Permission.READ)
         allowed = None if principal.all_tenants else frozenset(await self._tenants(context, principal, request.tenant))
         try:
@@ -215,8 +216,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             # Headers go out once the watcher is recording: a client that waits for them
             # misses no event of what it submits next.
             await context.send_initial_metadata(())
-            async for event in watcher.events():
-                yield event
+            while batch := await watcher.take():
+                for item in batch:
+                    yield item.wire()
         except ControlError as exc:
             await context.abort(exc.code, str(exc))
         finally:
@@ -250,6 +252,33 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         except Denied as exc:
             self.authority.refuse(exc, Permission.READ.value, principal, context.peer())
             await context.abort(exc.code, str(exc))
+
+
+class _WatchWritesBytes:
+    """The server as add_SchedulerServicer_to_server sees it: it takes the generated handlers and
+    adds them with WatchTasks' serializer taken out, since SchedulerService.WatchTasks yields bytes."""
+
+    def __init__(self, server: grpc.aio.Server, service: SchedulerService) -> None:
+        self._server = server
+        self._service = service
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """Nothing: the same handlers come next, by name, and are added there."""
+
+    def add_registered_method_handlers(
+        self, name: str, handlers: dict[str, grpc.RpcMethodHandler[object, object]]
+    ) -> None:
+        handlers = dict(handlers)
+        handlers["WatchTasks"] = grpc.unary_stream_rpc_method_handler(
+            self._service.WatchTasks, request_deserializer=scheduler_pb2.WatchTasksRequest.FromString
+        )
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        self._server.add_registered_method_handlers(name, handlers)
+
+
+def add_scheduler(service: SchedulerService, server: grpc.aio.Server) -> None:
+    """Serve Scheduler on `server`."""
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, _WatchWritesBytes(server, service))
 
 
 class WorkersService(workers_pb2_grpc.WorkersServicer):

@@ -27,6 +27,7 @@ from controlplane.book import Event
 from controlplane.control import ControlPlane
 from controlplane.errors import ControlError, InvalidArgument
 from controlplane.record import TaskRecord
+from controlplane.store import next_read
 from controlplane.tracing import parent_of
 from gpucp import hops, tracing
 from gpucp.v1 import common_pb2, scheduler_pb2
@@ -74,8 +75,11 @@ class SessionStream:
         self._room.set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._handlers: set[asyncio.Task[None]] = set()
-        # Outcomes whose payloads are being read back from the store, and why one could not be.
-        self._reading: set[asyncio.Task[None]] = set()
+        # Outcomes whose payloads were left to the store, in the order they finished, and the one
+        # reader that reads them back a run at a time (those finishing meanwhile go in its next
+        # run); why a read failed.
+        self._unread: collections.deque[TaskRecord] = collections.deque()
+        self._reading: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
         # Accepteds held to ride with their task's outcome (answer_with_outcome_ms), by task id: the
         # submit's seq and the timer that sends it alone; then, once the outcome is queued, the seq.
@@ -103,16 +107,18 @@ class SessionStream:
                     continue
                 if reader.done():
                     reader.result()  # its error ends the call
-                    if not self.waiting and not self._handlers and not self._reading:
+                    if not self.waiting and not self._handlers and self._reading is None:
                         return
                 self._wake.clear()
                 await self._wake.wait()
         finally:
             reader.cancel()
-            for handler in [*self._handlers, *self._reading]:
+            for handler in self._handlers:
                 handler.cancel()
             for _, timer in self._held.values():
                 timer.cancel()
+            if self._reading is not None:
+                self._reading.cancel()
             for task_id in self.waiting:
                 self.cp.notifier.unfollow(task_id, self)
             self.waiting.clear()
@@ -312,19 +318,24 @@ class SessionStream:
 
     def _deliver(self, rec: TaskRecord) -> None:
         if rec.stored_payload:
-            reading = asyncio.create_task(self._deliver_stored(rec))
-            self._reading.add(reading)
-            reading.add_done_callback(self._read_back_done)
+            self._unread.append(rec)
+            if self._reading is None:
+                self._reading = asyncio.create_task(self._deliver_stored())
+                self._reading.add_done_callback(self._read_back_done)
             return
         self._queue_outcome(self.cp.views.describe(rec))
 
-    async def _deliver_stored(self, rec: TaskRecord) -> None:
-        """An outcome whose payload was left to the store: queued once it is read back."""
-        [task] = await self.cp.describe([rec])
-        self._queue_outcome(task)
+    async def _deliver_stored(self) -> None:
+        """Outcomes whose payloads were left to the store, queued in runs read back in one read
+        each (Store.payloads, at most READ_BYTES of payloads a read)."""
+        try:
+            while self._unread:
+                for task in await self.cp.describe(next_read(self._unread, lambda rec: rec.stored_payload)):
+                    self._queue_outcome(task)
+        finally:
+            self._reading = None  # with no await since the queue was seen empty: nothing is left behind
 
     def _read_back_done(self, reading: asyncio.Task[None]) -> None:
-        self._reading.discard(reading)
         self._wake.set()
         if not reading.cancelled() and reading.exception() is not None:
             self._failed = reading.exception()  # the call ends with it; the client resumes and follows again

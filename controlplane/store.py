@@ -23,11 +23,12 @@ the task (`add_event`, `trim_event`) and deleted with it by a trigger, in the sa
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from controlplane.record import TaskRecord, record_from_row
 from gpucp import hops
@@ -36,6 +37,8 @@ from gpucp.states import TERMINAL_STATES
 from gpucp.v1 import common_pb2
 
 log = logging.getLogger("gpucp.store")
+
+T = TypeVar("T")
 
 COLUMNS = (
     "handle, id, tenant, idempotency_key, spec, state, attempt, worker_id, gpu_indices, result, "
@@ -73,8 +76,22 @@ _INSERT_EVENT = f"INSERT INTO task_events (handle, {_EVENT_COLUMNS}) VALUES ({',
 _TRIM_EVENT = "DELETE FROM task_events WHERE handle = ? AND seq = ?"
 # Handles one statement of `_payloads` asks for (SQLite allows 32,766 parameters).
 _PAYLOADS_READ = 500
+# Payloads that one call of `payloads` is asked for add up to this many bytes at most (or are one
+# task's): thousands of large payloads to dispatch or show are not all held in memory at once.
+READ_BYTES = 64 * 1024 * 1024
 # Rows one read of `_expired` looks at.
 _EXPIRED_PAGE = 1000
+
+
+def next_read(queued: collections.deque[T], stored_bytes: Callable[[T], int]) -> list[T]:
+    """Take the first of `queued` (not empty) whose payloads left to the store add up to READ_BYTES
+    at most (at least one): what one call of `Store.payloads` is asked for."""
+    run = [queued.popleft()]
+    size = stored_bytes(run[0])
+    while queued and size + stored_bytes(queued[0]) <= READ_BYTES:
+        size += stored_bytes(queued[0])
+        run.append(queued.popleft())
+    return run
 
 
 # (statement, its rows, the future resolved at the commit that contains them)

@@ -452,10 +452,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_pki(directory: Path, clients: Sequence[str] = (), *, ca: str = "ca") -> None:
-    """Write a test CA (CA.pem, CA.key), a server certificate for loopback (server.pem/.key, when
-    none is there yet) and a client certificate NAME.pem/.key for each of `clients` (its common
-    name), all signed by that CA. Needs the cryptography package (a dev dependency)."""
+def make_pki(directory: Path, clients: Sequence[str] = (), *, ca: str = "ca", hosts: Sequence[str] = ()) -> None:
+    """Write a test CA (CA.pem, CA.key), a server certificate for loopback and `hosts` (IP addresses;
+    server.pem/.key, when none is there yet) and a client certificate NAME.pem/.key for each of
+    `clients` (its common name), all signed by that CA. Needs the cryptography package (a dev dependency)."""
     import datetime
     import ipaddress
 
@@ -482,8 +482,10 @@ def make_pki(directory: Path, clients: Sequence[str] = (), *, ca: str = "ca") ->
             .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
         )
         if issuer is not None:
-            loopback = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            builder = builder.add_extension(x509.SubjectAlternativeName(loopback), critical=False)
+            names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+            server_hosts = hosts if stem == "server" else ()
+            names += [x509.IPAddress(ipaddress.ip_address(host)) for host in ("127.0.0.1", *server_hosts)]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
         (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         private = key.private_bytes(

@@ -168,6 +168,37 @@ def test_a_watch_sees_only_its_tenants(secured: ControlPlaneProcess) -> None:
     probe("WatchTasks across tenants", "own events only", "own events only" if theirs not in seen else "leaked")
 
 
+def test_watches_by_tenant_and_by_task_get_their_events_and_no_other_tenants(tmp_path: Path) -> None:
+    cp = start_secured(tmp_path)
+    try:
+        with client_as(cp, "submitter-a") as a, client_as(cp, "submitter-b") as b, client_as(cp, "operator") as op:
+            a1, a2 = a.submit("noop"), a.submit("noop")
+            b1, b2 = b.submit("noop", tenant="team-b"), b.submit("noop", tenant="team-b2")
+            # Each watch's last event comes after every event it must not get: had it got one,
+            # it would have read it by then.
+            watches = {
+                "everything (operator)": (op.watch(), {a1, b1, a2, b2}, b2),
+                "its tenants (submitter)": (b.watch(), {b1, b2}, b2),
+                "one tenant": (b.watch(tenant="team-b2"), {b2}, b2),
+                "task ids, one another tenant's": (b.watch(task_ids=[a1, b1]), {b1}, b1),
+                "its task ids": (a.watch(task_ids=[a1, a2]), {a1, a2}, a2),
+            }
+            for task_id, client in ((a1, a), (b1, b), (a2, a), (b2, b)):
+                client.cancel(task_id)
+            for name, (events, expected, last) in watches.items():
+                seen = set()
+                for event in events:
+                    if event.state == S.TASK_STATE_CANCELLED:
+                        seen.add(event.task_id)
+                        if event.task_id == last:
+                            break
+                events.close()
+                probe(f"a watch of {name}", "its events only", "its events only" if seen == expected else
+                      f"missing {sorted(expected - seen)}, extra {sorted(seen - expected)}")
+    finally:
+        cp.kill()
+
+
 def test_idempotency_keys_are_per_tenant(secured: ControlPlaneProcess) -> None:
     with client_as(secured, "submitter-a") as a, client_as(secured, "submitter-b") as b:
         first = a.submit("noop", idempotency_key="order-17")

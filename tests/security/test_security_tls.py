@@ -61,12 +61,17 @@ def as_cert(pki: Path, stem: str, ca: str = "ca") -> grpc.ChannelCredentials:
     return creds
 
 
-def outcome(client: Client) -> str:
+def answer(client: Client) -> tuple[str, str]:
+    """The status of an Admin call and its sentence ("" when it passed)."""
     try:
         client.stats()
     except GpucpError as exc:
-        return exc.code.name
-    return "OK"
+        return exc.code.name, exc.message
+    return "OK", ""
+
+
+def outcome(client: Client) -> str:
+    return answer(client)[0]
 
 
 def test_mtls_names_agents_and_clients_by_their_certificates(mtls: ControlPlaneProcess, pki: Path) -> None:
@@ -113,18 +118,46 @@ def _outward_address() -> str | None:
 def test_a_token_over_plaintext_from_another_machine_is_refused(tmp_path: Path) -> None:
     outward = _outward_address()
     if outward is None:
-        pytest.skip("this machine has no non-loopback address to call itself on")
+        pytest.skip("this machine has no non-loopback IPv4 address to call itself on (only loopback is up)")
     auth = auth_file(tmp_path / "auth.toml")
+    # --auth lets the server listen beyond loopback (without it, that would need --insecure).
     cp = ControlPlaneProcess(tmp_path, "--listen", "0.0.0.0:0", "--auth", str(auth)).start()
     try:
         with Client(f"{outward}:{cp.port}", token=token("admin"), tls=channel_credentials(""), timeout_s=10) as far:
-            observed = outcome(far)
+            code, sentence = answer(far)
         with Client(cp.address, token=token("admin"), tls=channel_credentials(""), timeout_s=10) as near:
-            local = outcome(near)
+            local, _ = answer(near)
+        scrape = urllib.request.Request(f"http://127.0.0.1:{cp.http_port}/metrics",
+                                        headers={"authorization": f"Bearer {token('operator')}"})
+        with urllib.request.urlopen(scrape, timeout=10) as reply:
+            metrics = reply.read().decode()
+        log = cp.log(200_000)
     finally:
         cp.kill()
-    probe("a token over plaintext from a non-loopback address", "UNAUTHENTICATED", observed)
+    probe("a token over plaintext from a non-loopback address", "UNAUTHENTICATED, use TLS",
+          code + (", use TLS" if "serve with --tls-cert and --tls-key" in sentence else f": {sentence}"))
+    probe("that refusal in /metrics (plaintext) and the log", "counted, logged",
+          ("counted" if 'gpucp_auth_refused_total{reason="plaintext"} 1.0' in metrics else "not counted")
+          + (", logged" if any("refused" in line and f"'ipv4:{outward}:" in line for line in log.splitlines())
+             else ", not logged"))
     probe("a token over plaintext on loopback", "OK", local)
+
+
+def test_a_token_over_tls_from_another_machine_is_taken(tmp_path: Path) -> None:
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to call itself on (only loopback is up)")
+    make_pki(tmp_path, hosts=[outward])
+    auth = auth_file(tmp_path / "auth.toml")
+    tls_flags = ["--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key")]
+    cp = ControlPlaneProcess(tmp_path, "--listen", "0.0.0.0:0", "--auth", str(auth), *tls_flags).start()
+    try:
+        tls = channel_credentials(str(tmp_path / "ca.pem"))
+        with Client(f"{outward}:{cp.port}", token=token("admin"), tls=tls, timeout_s=10) as far:
+            code, sentence = answer(far)
+    finally:
+        cp.kill()
+    probe("a token over TLS from a non-loopback address", "OK", code + (f": {sentence}" if sentence else ""))
 
 
 def test_the_http_listener_speaks_https_and_names_callers_by_their_certificates(
