@@ -29,6 +29,7 @@ from gpucp.errors import GpucpError, NotFound, Unfinished, rpc_error, went_away
 from gpucp.requests import (
     WAIT_GRACE_S,
     SpecFields,
+    batch,
     cancel_request,
     cancelled_state,
     events_of,
@@ -105,7 +106,7 @@ class AsyncClient:
 
     async def submit_many(self, specs: Iterable[common_pb2.TaskSpec]) -> builtins.list[str]:
         """Submit a batch: all are stored, or none (the first bad spec is named in the error)."""
-        reply = await self._call(self._scheduler.SubmitTasks, scheduler_pb2.SubmitTasksRequest(specs=list(specs)))
+        reply = await self._call(self._scheduler.SubmitTasks, scheduler_pb2.SubmitTasksRequest(specs=batch(specs)))
         return list(reply.task_ids)
 
     async def get(self, task_id: str) -> common_pb2.Task:

@@ -16,6 +16,7 @@ from gpucp.limits import MAX_MESSAGE_BYTES
 from gpucp.requests import (
     WAIT_GRACE_S,
     SpecFields,
+    batch,
     cancel_request,
     cancelled_state,
     events_of,
@@ -159,7 +160,7 @@ class Client:
         if session is not None:
             return session.submit(list(specs))
         reply = self._call(
-            self._scheduler.SubmitTasks, scheduler_pb2.SubmitTasksRequest(specs=list(specs))
+            self._scheduler.SubmitTasks, scheduler_pb2.SubmitTasksRequest(specs=batch(specs))
         )
         return list(reply.task_ids)
 

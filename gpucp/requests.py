@@ -7,15 +7,19 @@ made before sending, and the values they return are built here, so the two canno
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TypedDict
 
-from gpucp.errors import Timeout
+import grpc
+
+from gpucp.errors import InvalidArgument, Timeout
+from gpucp.limits import MAX_MESSAGE_BYTES
 from gpucp.states import TERMINAL_STATES, TaskState
 from gpucp.v1 import common_pb2, scheduler_pb2
 
 __all__ = [
     "SpecFields",
+    "batch",
     "cancel_request",
     "cancelled_state",
     "events_of",
@@ -32,6 +36,9 @@ __all__ = [
 # A call that waits on the server (WaitTask, RunTask) gets this long beyond its wait before its
 # deadline, so the server's answer "still running" arrives instead of DEADLINE_EXCEEDED.
 WAIT_GRACE_S = 10.0
+# What a submit message carries besides its specs (a sequence number, flags, trace context),
+# with room to spare: the specs of one submit get the rest of a message.
+SUBMIT_ENVELOPE_BYTES = 64 * 1024
 
 
 class SpecFields(TypedDict, total=False):
@@ -139,6 +146,22 @@ def task_spec(
     if max_retries is not None:
         spec.max_retries = max_retries
     return spec
+
+
+def batch(specs: Iterable[common_pb2.TaskSpec]) -> list[common_pb2.TaskSpec]:
+    """The specs of one submit, refused here when together they are more than one message may
+    carry: sent, gRPC would refuse the message in words about lengths, and on a session stream
+    the stream would break and the same message be sent again until the deadline."""
+    specs = list(specs)
+    size = sum(spec.ByteSize() for spec in specs)
+    if size > MAX_MESSAGE_BYTES - SUBMIT_ENVELOPE_BYTES:
+        raise InvalidArgument(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"these {len(specs)} spec(s) are {size} bytes serialized, over the "
+            f"{MAX_MESSAGE_BYTES - SUBMIT_ENVELOPE_BYTES} bytes one submit may carry: submit them in "
+            "smaller batches (each batch is stored whole or not at all)",
+        )
+    return specs
 
 
 def _wait_ms(seconds: float, name: str) -> int:

@@ -27,6 +27,7 @@ import grpc
 from gpucp import hops, tracing
 from gpucp.client import Client, GpucpError, Unfinished, rpc_error
 from gpucp.errors import error_for
+from gpucp.requests import batch
 from gpucp.v1 import common_pb2, scheduler_pb2
 from gpucp.watch import RESUBSCRIBE_MAX_DELAY_S, RESUMABLE
 
@@ -116,6 +117,7 @@ class Session:
         """Submit a batch (all stored or none); its ids once durable. With on_outcome, each
         task's outcome is handed to it as it finishes; with answer_hold_s too (one spec), the ids
         may come with the outcome, if it comes within that time."""
+        specs = batch(specs)  # one too big would break the stream, and be sent again on the next
         ack: Future[builtins.list[str]] = Future()
         if on_outcome is not None:
             # Registered by the reader thread as the ack arrives, before any outcome it precedes.

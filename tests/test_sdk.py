@@ -143,6 +143,26 @@ class _RateLimited(scheduler_pb2_grpc.SchedulerServicer):
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down")
 
 
+def test_a_batch_over_one_message_is_refused_with_a_sentence_and_the_session_goes_on(client: Client) -> None:
+    """Ten specs of 2 MB do not fit in one 16 MiB message: refused at once, on the session stream,
+    on unary calls and by the AsyncClient alike, and the session still takes the next submit."""
+    big = [gpucp.task_spec("noop", b"x" * (2 << 20), tenant="oversize") for _ in range(10)]
+    with pytest.raises(gpucp.InvalidArgument, match="smaller batches"):
+        client.submit_many(big)
+    with Client(client.server, session=False) as unary, pytest.raises(gpucp.InvalidArgument, match="smaller batches"):
+        unary.submit_many(big)
+
+    async def from_async() -> None:
+        async with AsyncClient(client.server) as aio:
+            await aio.submit_many(big)
+
+    with pytest.raises(gpucp.InvalidArgument, match="smaller batches"):
+        asyncio.run(from_async())
+    ids = client.submit_many([gpucp.task_spec("noop", tenant="oversize")] * 2)
+    assert len(ids) == 2
+    assert {t.id for t in client.list(tenant="oversize")} == set(ids)  # none of the big ones was stored
+
+
 def test_resource_exhausted_carries_the_retry_delay_the_server_sent() -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(_RateLimited(), server)
