@@ -35,6 +35,10 @@
 //! per candidate check, T_w = tasks on it (at most slots + prefetch depth). Planning a round hold
 //! is O(M_s T_w) over the shape's members, at most once per shape per round.
 
+use std::cell::OnceCell;
+
+use smallvec::SmallVec;
+
 use crate::filters::{choose_gpus_where, Gpus, Share};
 use crate::id_hash::IdHashMap;
 use crate::learning::KindId;
@@ -43,13 +47,17 @@ use crate::shape_index::{Member, ShapeIndex};
 use crate::workers::{Worker, WorkerTable};
 use crate::{ShapeId, TaskId, WorkerId};
 
+/// Per-GPU values of one worker, inline up to the 8 GPUs of a large box, so planning and
+/// checking a hold allocate nothing on the placement path.
+type PerGpu<T> = SmallVec<[T; 8]>;
+
 /// GPUs of one worker kept for a multi-GPU task of `shape` during a placement round.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hold {
     pub shape: ShapeId,
     pub worker: WorkerId,
-    /// Sorted.
-    pub gpus: Vec<u32>,
+    /// Sorted. Inline, as a kept hold is copied into every round.
+    pub gpus: PerGpu<u32>,
     /// When they are predicted to be free together, on the caller's clock.
     pub usable_ms: f64,
     /// Every task on them has a prediction; else `usable_ms` counts the others only.
@@ -57,6 +65,7 @@ pub struct Hold {
 }
 
 /// A hold as seen from one worker: its GPUs and when they are usable, relative to now.
+#[derive(Clone, Copy)]
 struct Held<'a> {
     gpus: &'a [u32],
     usable: f64,
@@ -93,10 +102,10 @@ impl<'a> Forecast<'a> {
     /// ones in turn) and whether each of them had a prediction (one without counts 0); and the
     /// queued gangs, each with when its GPUs are usable counting only the tasks placed before
     /// it, and its own runtime.
-    fn timeline(&self, w: &Worker) -> (Vec<f64>, Vec<bool>, Vec<Held<'a>>) {
-        let mut busy = vec![0.0; w.gpus.len()];
-        let mut known = vec![true; w.gpus.len()];
-        let mut gangs = Vec::new();
+    fn timeline(&self, w: &Worker) -> (PerGpu<f64>, PerGpu<bool>, SmallVec<[Held<'a>; 2]>) {
+        let mut busy: PerGpu<f64> = smallvec::smallvec![0.0; w.gpus.len()];
+        let mut known: PerGpu<bool> = smallvec::smallvec![true; w.gpus.len()];
+        let mut gangs = SmallVec::new();
         for task in &w.tasks {
             let Some(p) = self.placed.get(task) else {
                 continue;
@@ -151,15 +160,19 @@ impl<'a> Forecast<'a> {
             // A queued gang holds its GPUs, so GPUs nobody holds are outside every hold.
             return Some(chosen);
         }
-        let (busy, _, gangs) = self.timeline(w);
+        // The per-GPU totals are needed for the queued gangs and for a backfill check alone: a
+        // worker with only a round hold is refused or given other GPUs without them.
+        let timeline = OnceCell::new();
+        let timeline = || timeline.get_or_init(|| self.timeline(w));
         let now = self.now_ms as f64;
-        let held: Vec<Held<'_>> = round
+        let gangs = (w.queued_gangs > 0).then(|| timeline().2.iter().copied());
+        let held: SmallVec<[Held<'_>; 4]> = round
             .map(|h| Held {
                 gpus: &h.gpus,
                 usable: h.usable_ms - now,
                 gang: None,
             })
-            .chain(gangs)
+            .chain(gangs.into_iter().flatten())
             .collect();
         if !held.iter().any(|h| overlaps(&chosen, h.gpus)) {
             return Some(chosen);
@@ -178,15 +191,19 @@ impl<'a> Forecast<'a> {
                 return true;
             }
             // Its GPUs are done with what was placed before it, but for a queued gang, which
-            // cannot start before all of its own GPUs are free.
-            let begins = chosen
-                .iter()
-                .map(|&g| {
-                    let gang = h.gang.filter(|_| h.gpus.contains(&g)).unwrap_or(0.0);
-                    busy[g as usize] - gang
-                })
-                .fold(0.0, f64::max);
-            runtime.is_some_and(|ms| begins + ms <= h.usable)
+            // cannot start before all of its own GPUs are free. It begins at 0 or later, so a
+            // runtime longer than the gap refuses it without the totals.
+            let begins = || {
+                let busy = &timeline().0;
+                chosen
+                    .iter()
+                    .map(|&g| {
+                        let gang = h.gang.filter(|_| h.gpus.contains(&g)).unwrap_or(0.0);
+                        busy[g as usize] - gang
+                    })
+                    .fold(0.0, f64::max)
+            };
+            runtime.is_some_and(|ms| ms <= h.usable && begins() + ms <= h.usable)
         });
         backfills.then_some(chosen)
     }
@@ -198,7 +215,7 @@ impl<'a> Forecast<'a> {
         if !w.accepting() {
             return None;
         }
-        let mut gpus: Vec<u32> = member
+        let mut gpus: PerGpu<u32> = member
             .gpus
             .iter()
             .copied()
@@ -378,7 +395,7 @@ impl<'a> Forecast<'a> {
 struct Seen {
     /// When its `n` qualifying GPUs are predicted free together, and those GPUs.
     usable: f64,
-    gpus: Vec<u32>,
+    gpus: PerGpu<u32>,
     /// Every task on those GPUs had a prediction.
     estimated: bool,
     /// When a running task is predicted to give back `n` of them at once (see

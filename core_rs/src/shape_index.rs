@@ -451,7 +451,8 @@ impl ShapeIndex {
             }
         };
         // The usual case, without a walk: the best entry takes it and the runner-up is the best
-        // of its children.
+        // of its children. A best entry `take` refused (its GPUs held) is not asked again.
+        let mut refused = None;
         if let Some(((Reverse(rank), id), slot)) = self.ready.first() {
             check(slot)?;
             let second = self.ready.second();
@@ -469,6 +470,7 @@ impl ShapeIndex {
                         skipped: false,
                     });
                 }
+                refused = Some(slot);
             }
         }
         let mut ready = Ready::default();
@@ -482,6 +484,8 @@ impl ShapeIndex {
                 // Every ready member has the shape's GPUs free: the next one could take it.
                 ready.runner_up = Some(id);
                 break;
+            } else if refused == Some(slot) {
+                continue;
             } else if let Some(gpus) =
                 Self::take(listed(&self.members, slot), shape, workers, packing, admit)
             {
