@@ -226,9 +226,11 @@ impl<'a> Forecast<'a> {
         }
         let (busy, known, _) = self.timeline(w);
         let natural = self.released_at_once(w, &gpus, &busy, n);
-        // Stable: among GPUs free at the same time, the smallest stay first.
-        gpus.sort_by(|&a, &b| busy[a as usize].total_cmp(&busy[b as usize]));
-        gpus.truncate(n);
+        if gpus.len() > n {
+            // Stable: among GPUs free at the same time, the smallest stay first.
+            gpus.sort_by(|&a, &b| busy[a as usize].total_cmp(&busy[b as usize]));
+            gpus.truncate(n);
+        }
         let usable = gpus.iter().map(|&g| busy[g as usize]).fold(0.0, f64::max);
         let estimated = gpus.iter().all(|&g| known[g as usize]);
         gpus.sort_unstable();
@@ -323,15 +325,20 @@ impl<'a> Forecast<'a> {
     ) -> Option<Hold> {
         let now = self.now_ms as f64;
         if taken.is_empty() {
-            if let Some(plan) = index.plan.take() {
+            if let Some(mut plan) = index.plan.take() {
                 // A time that nothing predicted cannot pass; members' changes still reach it.
                 let due = |h: &Hold| h.estimated && h.usable_ms <= now;
                 let fresh = !plan.stale
                     && !plan.outlook.hold.as_ref().is_some_and(due)
                     && !plan.outlook.natural.is_some_and(|(at, _)| at <= now);
-                if let Some(outlook) = fresh.then(|| self.follow(shape, index, plan)).flatten() {
+                let kept = std::mem::take(&mut plan.outlook);
+                let followed = fresh.then(|| self.follow(shape, index, kept, &plan.changed));
+                if let Some(outlook) = followed.flatten() {
                     let hold = outlook.worth_holding();
-                    index.plan = Some(Plan::kept(outlook));
+                    // The list of changes keeps its capacity for the next rounds.
+                    plan.changed.clear();
+                    plan.outlook = outlook;
+                    index.plan = Some(plan);
                     return hold;
                 }
             }
@@ -346,14 +353,20 @@ impl<'a> Forecast<'a> {
 
     /// The kept outlook brought up to date with the members that changed: Some(outlook) or None
     /// when every member must be planned again.
-    fn follow(&self, shape: ShapeId, index: &ShapeIndex, plan: Plan) -> Option<Outlook> {
+    fn follow(
+        &self,
+        shape: ShapeId,
+        index: &ShapeIndex,
+        outlook: Outlook,
+        changed: &[WorkerId],
+    ) -> Option<Outlook> {
         let now = self.now_ms as f64;
         let n = index.gpus as usize;
         let Outlook {
             hold: mut best,
             mut natural,
-        } = plan.outlook;
-        for id in plan.changed {
+        } = outlook;
+        for &id in changed {
             let held = best.as_ref().is_some_and(|b| b.worker == id);
             let freeing = natural.is_some_and(|(_, w)| w == id);
             let seen = index.member(id).and_then(|m| self.member_hold(m, n));

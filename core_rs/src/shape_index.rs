@@ -545,6 +545,11 @@ impl ShapeIndex {
     /// rose, else left above its truth as `lowered` leaves it. O(S_w) for the rank, O(log W)
     /// only for a rise.
     pub(crate) fn shifted(&mut self, slot: u32, worker: &Worker, ctx: &Context<'_>) {
+        if self.ready.get(slot).is_none() {
+            // It was not ready here (an absent entry is never above its truth), and taking a
+            // task does not make it ready: nothing to rank, as for the 8-GPU index of a busy box.
+            return;
+        }
         let key = self.key_of(slot, worker, ctx);
         if rose(self.ready.get(slot), key) {
             self.set_key(slot, key);
