@@ -35,7 +35,7 @@
 //! per candidate check, T_w = tasks on it (at most slots + prefetch depth). Planning a round hold
 //! is O(M_s T_w) over the shape's members, at most once per shape per round.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 
 use smallvec::SmallVec;
 
@@ -74,11 +74,19 @@ struct Held<'a> {
     gang: Option<f64>,
 }
 
+/// What `Forecast::admit` refused in one placement round: (worker, shape, affinity key, the
+/// worker's tick then). A refusal stands until a task goes to that worker (which moves its
+/// tick): within a round holds are only added and predictions do not move. So the tasks of a
+/// shape whose best worker is held do not each check the hold again.
+pub type Refusals = RefCell<SmallVec<[(WorkerId, ShapeId, u64, u64); 4]>>;
+
 /// What the worker's placed tasks are predicted to keep busy, as of `now_ms`.
 pub struct Forecast<'a> {
     pub placed: &'a IdHashMap<TaskId, Placed>,
     pub workers: &'a WorkerTable,
     pub now_ms: u64,
+    /// This round's refusals.
+    pub refused: &'a Refusals,
 }
 
 fn overlaps(a: &[u32], b: &[u32]) -> bool {
@@ -138,14 +146,14 @@ impl<'a> Forecast<'a> {
         (busy, known, gangs)
     }
 
-    /// The GPUs a task of `kind` with `affinity` may use on worker `id`: `chosen` if no hold is
-    /// in the way, else other qualifying GPUs that no hold keeps, else `chosen` if it backfills
-    /// every hold it touches; None if it may not go to this worker now.
+    /// The GPUs a task of `shape` (of `kind`) with `affinity` may use on worker `id`: `chosen`
+    /// if no hold is in the way, else other qualifying GPUs that no hold keeps, else `chosen`
+    /// if it backfills every hold it touches; None if it may not go to this worker now.
     pub fn admit(
         &self,
         id: WorkerId,
         holds: &[Hold],
-        (kind, affinity): (KindId, u64),
+        (shape, kind, affinity): (ShapeId, KindId, u64),
         share: Share,
         qualifying: &[u32],
         chosen: Gpus,
@@ -159,6 +167,10 @@ impl<'a> Forecast<'a> {
         {
             // A queued gang holds its GPUs, so GPUs nobody holds are outside every hold.
             return Some(chosen);
+        }
+        let seen = (id, shape, affinity, w.last_tick);
+        if self.refused.borrow().contains(&seen) {
+            return None;
         }
         // The per-GPU totals are needed for the queued gangs and for a backfill check alone: a
         // worker with only a round hold is refused or given other GPUs without them.
@@ -205,6 +217,9 @@ impl<'a> Forecast<'a> {
             };
             runtime.is_some_and(|ms| ms <= h.usable && begins() + ms <= h.usable)
         });
+        if !backfills {
+            self.refused.borrow_mut().push(seen);
+        }
         backfills.then_some(chosen)
     }
 

@@ -3,7 +3,7 @@
 
 use super::tracking::Facts;
 use super::{Placement, Scheduler};
-use crate::backfill::Forecast;
+use crate::backfill::{Forecast, Refusals};
 use crate::decisions::{Decision, Snapshot};
 use crate::filters::Gpus;
 use crate::learning::KindId;
@@ -48,6 +48,7 @@ impl Scheduler {
         let mut holds = std::mem::take(&mut self.holds);
         holds.clear();
         let mut placements = Vec::new();
+        let refused = Refusals::default();
         while placements.len() < max_tasks && self.workers.free_capacity() > 0 {
             let Some((task, pending)) = self.queue.next(&mut self.round) else {
                 break;
@@ -70,13 +71,14 @@ impl Scheduler {
                 placed: &self.placed,
                 workers: &self.workers,
                 now_ms,
+                refused: &refused,
             };
             let share = shape.share;
             let admit = |id: WorkerId, qualifying: &[u32], gpus: Gpus| {
                 forecast.admit(
                     id,
                     &holds,
-                    (kind, pending.affinity),
+                    (sid, kind, pending.affinity),
                     share,
                     qualifying,
                     gpus,
