@@ -49,7 +49,7 @@ fn bench_queue(c: &mut Criterion) {
             while let Some((task, _)) = q.next(&mut round) {
                 black_box(q.take(task, false));
             }
-            q.end_round(round);
+            q.end_round(&mut round);
             q
         });
     });

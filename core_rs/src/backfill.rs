@@ -35,6 +35,10 @@
 //! per candidate check, T_w = tasks on it (at most slots + prefetch depth). Planning a round hold
 //! is O(M_s T_w) over the shape's members, at most once per shape per round.
 
+use std::cell::{OnceCell, RefCell};
+
+use smallvec::SmallVec;
+
 use crate::filters::{choose_gpus_where, Gpus, Share};
 use crate::id_hash::IdHashMap;
 use crate::learning::KindId;
@@ -43,13 +47,17 @@ use crate::shape_index::{Member, ShapeIndex};
 use crate::workers::{Worker, WorkerTable};
 use crate::{ShapeId, TaskId, WorkerId};
 
+/// Per-GPU values of one worker, inline up to the 8 GPUs of a large box, so planning and
+/// checking a hold allocate nothing on the placement path.
+type PerGpu<T> = SmallVec<[T; 8]>;
+
 /// GPUs of one worker kept for a multi-GPU task of `shape` during a placement round.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hold {
     pub shape: ShapeId,
     pub worker: WorkerId,
-    /// Sorted.
-    pub gpus: Vec<u32>,
+    /// Sorted. Inline, as a kept hold is copied into every round.
+    pub gpus: PerGpu<u32>,
     /// When they are predicted to be free together, on the caller's clock.
     pub usable_ms: f64,
     /// Every task on them has a prediction; else `usable_ms` counts the others only.
@@ -57,6 +65,7 @@ pub struct Hold {
 }
 
 /// A hold as seen from one worker: its GPUs and when they are usable, relative to now.
+#[derive(Clone, Copy)]
 struct Held<'a> {
     gpus: &'a [u32],
     usable: f64,
@@ -65,11 +74,19 @@ struct Held<'a> {
     gang: Option<f64>,
 }
 
+/// What `Forecast::admit` refused in one placement round: (worker, shape, affinity key, the
+/// worker's tick then). A refusal stands until a task goes to that worker (which moves its
+/// tick): within a round holds are only added and predictions do not move. So the tasks of a
+/// shape whose best worker is held do not each check the hold again.
+pub type Refusals = RefCell<SmallVec<[(WorkerId, ShapeId, u64, u64); 4]>>;
+
 /// What the worker's placed tasks are predicted to keep busy, as of `now_ms`.
 pub struct Forecast<'a> {
     pub placed: &'a IdHashMap<TaskId, Placed>,
     pub workers: &'a WorkerTable,
     pub now_ms: u64,
+    /// This round's refusals.
+    pub refused: &'a Refusals,
 }
 
 fn overlaps(a: &[u32], b: &[u32]) -> bool {
@@ -93,10 +110,10 @@ impl<'a> Forecast<'a> {
     /// ones in turn) and whether each of them had a prediction (one without counts 0); and the
     /// queued gangs, each with when its GPUs are usable counting only the tasks placed before
     /// it, and its own runtime.
-    fn timeline(&self, w: &Worker) -> (Vec<f64>, Vec<bool>, Vec<Held<'a>>) {
-        let mut busy = vec![0.0; w.gpus.len()];
-        let mut known = vec![true; w.gpus.len()];
-        let mut gangs = Vec::new();
+    fn timeline(&self, w: &Worker) -> (PerGpu<f64>, PerGpu<bool>, SmallVec<[Held<'a>; 2]>) {
+        let mut busy: PerGpu<f64> = smallvec::smallvec![0.0; w.gpus.len()];
+        let mut known: PerGpu<bool> = smallvec::smallvec![true; w.gpus.len()];
+        let mut gangs = SmallVec::new();
         for task in &w.tasks {
             let Some(p) = self.placed.get(task) else {
                 continue;
@@ -129,14 +146,14 @@ impl<'a> Forecast<'a> {
         (busy, known, gangs)
     }
 
-    /// The GPUs a task of `kind` with `affinity` may use on worker `id`: `chosen` if no hold is
-    /// in the way, else other qualifying GPUs that no hold keeps, else `chosen` if it backfills
-    /// every hold it touches; None if it may not go to this worker now.
+    /// The GPUs a task of `shape` (of `kind`) with `affinity` may use on worker `id`: `chosen`
+    /// if no hold is in the way, else other qualifying GPUs that no hold keeps, else `chosen`
+    /// if it backfills every hold it touches; None if it may not go to this worker now.
     pub fn admit(
         &self,
         id: WorkerId,
         holds: &[Hold],
-        (kind, affinity): (KindId, u64),
+        (shape, kind, affinity): (ShapeId, KindId, u64),
         share: Share,
         qualifying: &[u32],
         chosen: Gpus,
@@ -151,15 +168,23 @@ impl<'a> Forecast<'a> {
             // A queued gang holds its GPUs, so GPUs nobody holds are outside every hold.
             return Some(chosen);
         }
-        let (busy, _, gangs) = self.timeline(w);
+        let seen = (id, shape, affinity, w.last_tick);
+        if self.refused.borrow().contains(&seen) {
+            return None;
+        }
+        // The per-GPU totals are needed for the queued gangs and for a backfill check alone: a
+        // worker with only a round hold is refused or given other GPUs without them.
+        let timeline = OnceCell::new();
+        let timeline = || timeline.get_or_init(|| self.timeline(w));
         let now = self.now_ms as f64;
-        let held: Vec<Held<'_>> = round
+        let gangs = (w.queued_gangs > 0).then(|| timeline().2.iter().copied());
+        let held: SmallVec<[Held<'_>; 4]> = round
             .map(|h| Held {
                 gpus: &h.gpus,
                 usable: h.usable_ms - now,
                 gang: None,
             })
-            .chain(gangs)
+            .chain(gangs.into_iter().flatten())
             .collect();
         if !held.iter().any(|h| overlaps(&chosen, h.gpus)) {
             return Some(chosen);
@@ -178,16 +203,23 @@ impl<'a> Forecast<'a> {
                 return true;
             }
             // Its GPUs are done with what was placed before it, but for a queued gang, which
-            // cannot start before all of its own GPUs are free.
-            let begins = chosen
-                .iter()
-                .map(|&g| {
-                    let gang = h.gang.filter(|_| h.gpus.contains(&g)).unwrap_or(0.0);
-                    busy[g as usize] - gang
-                })
-                .fold(0.0, f64::max);
-            runtime.is_some_and(|ms| begins + ms <= h.usable)
+            // cannot start before all of its own GPUs are free. It begins at 0 or later, so a
+            // runtime longer than the gap refuses it without the totals.
+            let begins = || {
+                let busy = &timeline().0;
+                chosen
+                    .iter()
+                    .map(|&g| {
+                        let gang = h.gang.filter(|_| h.gpus.contains(&g)).unwrap_or(0.0);
+                        busy[g as usize] - gang
+                    })
+                    .fold(0.0, f64::max)
+            };
+            runtime.is_some_and(|ms| ms <= h.usable && begins() + ms <= h.usable)
         });
+        if !backfills {
+            self.refused.borrow_mut().push(seen);
+        }
         backfills.then_some(chosen)
     }
 
@@ -198,7 +230,7 @@ impl<'a> Forecast<'a> {
         if !w.accepting() {
             return None;
         }
-        let mut gpus: Vec<u32> = member
+        let mut gpus: PerGpu<u32> = member
             .gpus
             .iter()
             .copied()
@@ -209,9 +241,11 @@ impl<'a> Forecast<'a> {
         }
         let (busy, known, _) = self.timeline(w);
         let natural = self.released_at_once(w, &gpus, &busy, n);
-        // Stable: among GPUs free at the same time, the smallest stay first.
-        gpus.sort_by(|&a, &b| busy[a as usize].total_cmp(&busy[b as usize]));
-        gpus.truncate(n);
+        if gpus.len() > n {
+            // Stable: among GPUs free at the same time, the smallest stay first.
+            gpus.sort_by(|&a, &b| busy[a as usize].total_cmp(&busy[b as usize]));
+            gpus.truncate(n);
+        }
         let usable = gpus.iter().map(|&g| busy[g as usize]).fold(0.0, f64::max);
         let estimated = gpus.iter().all(|&g| known[g as usize]);
         gpus.sort_unstable();
@@ -306,15 +340,20 @@ impl<'a> Forecast<'a> {
     ) -> Option<Hold> {
         let now = self.now_ms as f64;
         if taken.is_empty() {
-            if let Some(plan) = index.plan.take() {
+            if let Some(mut plan) = index.plan.take() {
                 // A time that nothing predicted cannot pass; members' changes still reach it.
                 let due = |h: &Hold| h.estimated && h.usable_ms <= now;
                 let fresh = !plan.stale
                     && !plan.outlook.hold.as_ref().is_some_and(due)
                     && !plan.outlook.natural.is_some_and(|(at, _)| at <= now);
-                if let Some(outlook) = fresh.then(|| self.follow(shape, index, plan)).flatten() {
+                let kept = std::mem::take(&mut plan.outlook);
+                let followed = fresh.then(|| self.follow(shape, index, kept, &plan.changed));
+                if let Some(outlook) = followed.flatten() {
                     let hold = outlook.worth_holding();
-                    index.plan = Some(Plan::kept(outlook));
+                    // The list of changes keeps its capacity for the next rounds.
+                    plan.changed.clear();
+                    plan.outlook = outlook;
+                    index.plan = Some(plan);
                     return hold;
                 }
             }
@@ -329,14 +368,20 @@ impl<'a> Forecast<'a> {
 
     /// The kept outlook brought up to date with the members that changed: Some(outlook) or None
     /// when every member must be planned again.
-    fn follow(&self, shape: ShapeId, index: &ShapeIndex, plan: Plan) -> Option<Outlook> {
+    fn follow(
+        &self,
+        shape: ShapeId,
+        index: &ShapeIndex,
+        outlook: Outlook,
+        changed: &[WorkerId],
+    ) -> Option<Outlook> {
         let now = self.now_ms as f64;
         let n = index.gpus as usize;
         let Outlook {
             hold: mut best,
             mut natural,
-        } = plan.outlook;
-        for id in plan.changed {
+        } = outlook;
+        for &id in changed {
             let held = best.as_ref().is_some_and(|b| b.worker == id);
             let freeing = natural.is_some_and(|(_, w)| w == id);
             let seen = index.member(id).and_then(|m| self.member_hold(m, n));
@@ -378,7 +423,7 @@ impl<'a> Forecast<'a> {
 struct Seen {
     /// When its `n` qualifying GPUs are predicted free together, and those GPUs.
     usable: f64,
-    gpus: Vec<u32>,
+    gpus: PerGpu<u32>,
     /// Every task on those GPUs had a prediction.
     estimated: bool,
     /// When a running task is predicted to give back `n` of them at once (see

@@ -52,6 +52,13 @@ pub fn gpu_qualifies(shape: &Shape, gpu: &Gpu) -> bool {
                 .any(|m| gpu_names::matches(&gpu.name_words, m)))
 }
 
+/// Do two GPUs look the same to `gpu_qualifies`?
+fn same_model(a: &Gpu, b: &Gpu) -> bool {
+    a.memory_total_mb == b.memory_total_mb
+        && a.compute_capability == b.compute_capability
+        && a.name_words == b.name_words
+}
+
 /// The static filter. Some(qualifying GPU indices, smallest memory first) if the worker could
 /// ever run the shape; None if it never can.
 pub fn static_fit(shape: &Shape, w: &Worker) -> Option<Box<[u32]>> {
@@ -64,8 +71,21 @@ pub fn static_fit(shape: &Shape, w: &Worker) -> Option<Box<[u32]>> {
     if shape.gpus == 0 {
         return Some(Box::default());
     }
+    // A worker's GPUs are mostly of one model: a GPU like the one before it has its verdict,
+    // which spares a name search per GPU when an index is built over the fleet.
+    let mut last: Option<(&Gpu, bool)> = None;
     let mut qualifying: Vec<u32> = (0..w.gpus.len() as u32)
-        .filter(|&i| gpu_qualifies(shape, &w.gpus[i as usize]))
+        .filter(|&i| {
+            let gpu = &w.gpus[i as usize];
+            match last {
+                Some((before, verdict)) if same_model(before, gpu) => verdict,
+                _ => {
+                    let verdict = gpu_qualifies(shape, gpu);
+                    last = Some((gpu, verdict));
+                    verdict
+                }
+            }
+        })
         .collect();
     if qualifying.len() < shape.gpus as usize {
         return None;

@@ -275,7 +275,8 @@ impl Tenant {
     }
 }
 
-/// What a placement round has set aside, to restore at its end.
+/// What a placement round has set aside, to restore at its end. `end_round` empties it and
+/// keeps its capacity, so the next round sets aside without allocating.
 #[derive(Debug, Default)]
 pub struct Round {
     dead: IdHashSet<ShapeId>,
@@ -683,21 +684,22 @@ impl PendingQueue {
     }
 
     /// Restore everything the round set aside.
-    pub fn end_round(&mut self, round: Round) {
-        for (fk, slot, head) in round.heads {
+    pub fn end_round(&mut self, round: &mut Round) {
+        round.dead.clear();
+        for (fk, slot, head) in round.heads.drain(..) {
             if let Some(flow) = self.flows.get_mut(&fk) {
                 flow.heads.set(slot, Some(head));
             }
         }
-        for (tenant, ckey) in round.classes {
+        for (tenant, ckey) in round.classes.drain(..) {
             if let Some(t) = self.tenants.get_mut(&tenant) {
                 t.classes.insert(ckey);
             }
         }
-        for (slot, entry) in round.tenants {
+        for (slot, entry) in round.tenants.drain(..) {
             self.active.set(slot, Some(entry));
         }
-        for (task, p, class) in round.tasks {
+        for (task, p, class) in round.tasks.drain(..) {
             self.insert(task, p, class, true);
         }
     }
@@ -763,7 +765,7 @@ mod tests {
                 q.take(t, false);
                 out.push(t);
             }
-            q.end_round(round);
+            q.end_round(&mut round);
             if next.is_none() {
                 return out;
             }
@@ -809,7 +811,7 @@ mod tests {
         assert_eq!(q.next(&mut round).map(|x| x.0), Some(2));
         q.take(2, false);
         assert_eq!(q.next(&mut round), None);
-        q.end_round(round);
+        q.end_round(&mut round);
         assert_eq!(order(&mut q), vec![1, 3]);
     }
 
@@ -854,7 +856,7 @@ mod tests {
             q.take(t, false);
             out.push(t);
         }
-        q.end_round(round);
+        q.end_round(&mut round);
         out
     }
 
@@ -982,7 +984,7 @@ mod tests {
         assert_eq!(q.next(&mut round).map(|x| x.0), Some(3));
         q.take(3, false);
         assert_eq!(q.next(&mut round), None);
-        q.end_round(round);
+        q.end_round(&mut round);
         assert_eq!(q.len(), 2);
         assert_eq!(q.by_priority(), [0, 1, 0, 1]);
         assert_eq!(order(&mut q), vec![1, 2]);

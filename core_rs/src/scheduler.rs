@@ -24,7 +24,7 @@ use crate::learning::Start;
 use crate::placed::Placed;
 use crate::placement::PlacementIndex;
 use crate::policy::{Policy, Weights};
-use crate::queue::{Fairness, PendingQueue, PendingTask, TenantId};
+use crate::queue::{Fairness, PendingQueue, PendingTask, Round, TenantId};
 use crate::shapes::{ShapeSpec, ShapeTable};
 use crate::workers::{GpuSpec, Worker, WorkerOptions, WorkerTable};
 use crate::{ShapeId, TaskId, WorkerId, PRIORITY_CLASSES};
@@ -78,6 +78,8 @@ pub struct Scheduler {
     locality_until: Option<u64>,
     /// The reservations the last `place` made (see `backfill`), kept for `explain`.
     holds: Vec<Hold>,
+    /// A placement round's set-aside state, kept empty between rounds for its capacity.
+    round: Round,
 }
 
 impl Scheduler {
@@ -108,6 +110,7 @@ impl Scheduler {
             decisions: Decisions::new(config.explain_memory),
             locality_until: None,
             holds: Vec::new(),
+            round: Round::default(),
         })
     }
 

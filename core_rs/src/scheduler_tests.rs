@@ -2012,7 +2012,12 @@ proptest::proptest! {
             let Some(index) = s.placement.built(gang) else {
                 continue;
             };
-            let forecast = crate::backfill::Forecast { placed: &s.placed, workers: &s.workers, now_ms: 0 };
+            let forecast = crate::backfill::Forecast {
+                placed: &s.placed,
+                workers: &s.workers,
+                now_ms: 0,
+                refused: &Default::default(),
+            };
             let fresh = forecast.outlook(gang, index, &[]).worth_holding().map(|h| h.usable_ms);
             if kept.is_some() || fresh.is_none() {
                 proptest::prop_assert_eq!(kept, fresh);

@@ -451,7 +451,8 @@ impl ShapeIndex {
             }
         };
         // The usual case, without a walk: the best entry takes it and the runner-up is the best
-        // of its children.
+        // of its children. A best entry `take` refused (its GPUs held) is not asked again.
+        let mut refused = None;
         if let Some(((Reverse(rank), id), slot)) = self.ready.first() {
             check(slot)?;
             let second = self.ready.second();
@@ -469,6 +470,7 @@ impl ShapeIndex {
                         skipped: false,
                     });
                 }
+                refused = Some(slot);
             }
         }
         let mut ready = Ready::default();
@@ -482,6 +484,8 @@ impl ShapeIndex {
                 // Every ready member has the shape's GPUs free: the next one could take it.
                 ready.runner_up = Some(id);
                 break;
+            } else if refused == Some(slot) {
+                continue;
             } else if let Some(gpus) =
                 Self::take(listed(&self.members, slot), shape, workers, packing, admit)
             {
@@ -541,6 +545,11 @@ impl ShapeIndex {
     /// rose, else left above its truth as `lowered` leaves it. O(S_w) for the rank, O(log W)
     /// only for a rise.
     pub(crate) fn shifted(&mut self, slot: u32, worker: &Worker, ctx: &Context<'_>) {
+        if self.ready.get(slot).is_none() {
+            // It was not ready here (an absent entry is never above its truth), and taking a
+            // task does not make it ready: nothing to rank, as for the 8-GPU index of a busy box.
+            return;
+        }
         let key = self.key_of(slot, worker, ctx);
         if rose(self.ready.get(slot), key) {
             self.set_key(slot, key);

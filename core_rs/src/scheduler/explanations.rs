@@ -80,7 +80,7 @@ impl Scheduler {
                 .find(|h| h.shape == shape)
                 .map(|hold| explain::Reservation {
                     worker: hold.worker,
-                    gpus: hold.gpus.clone(),
+                    gpus: hold.gpus.to_vec(),
                     free_in_ms: hold
                         .estimated
                         .then(|| (hold.usable_ms - self.now_ms as f64).max(0.0)),

@@ -3,12 +3,12 @@
 
 use super::tracking::Facts;
 use super::{Placement, Scheduler};
-use crate::backfill::Forecast;
+use crate::backfill::{Forecast, Refusals};
 use crate::decisions::{Decision, Snapshot};
 use crate::filters::Gpus;
 use crate::learning::KindId;
 use crate::policy::Context;
-use crate::queue::{PendingQueue, PendingTask, Round};
+use crate::queue::{PendingQueue, PendingTask};
 use crate::shape_index::{Choice, Need, Pick};
 use crate::{ShapeId, TaskId, WorkerId};
 
@@ -43,11 +43,14 @@ impl Scheduler {
         self.observe_clock(now_ms);
         self.queue.promote(now_ms);
         self.locality_until = None;
-        let mut holds = Vec::new();
+        // The last round's holds are replaced and its set-aside state is empty: both buffers
+        // are reused, so a round allocates nothing for them.
+        let mut holds = std::mem::take(&mut self.holds);
+        holds.clear();
         let mut placements = Vec::new();
-        let mut round = Round::default();
+        let refused = Refusals::default();
         while placements.len() < max_tasks && self.workers.free_capacity() > 0 {
-            let Some((task, pending)) = self.queue.next(&mut round) else {
+            let Some((task, pending)) = self.queue.next(&mut self.round) else {
                 break;
             };
             let sid = pending.shape;
@@ -68,13 +71,14 @@ impl Scheduler {
                 placed: &self.placed,
                 workers: &self.workers,
                 now_ms,
+                refused: &refused,
             };
             let share = shape.share;
             let admit = |id: WorkerId, qualifying: &[u32], gpus: Gpus| {
                 forecast.admit(
                     id,
                     &holds,
-                    (kind, pending.affinity),
+                    (sid, kind, pending.affinity),
                     share,
                     qualifying,
                     gpus,
@@ -87,7 +91,7 @@ impl Scheduler {
                         .then(|| self.locality_deadline(task, &pending, kind, now_ms))
                         .flatten();
                     if let Some(until) = wait {
-                        self.queue.hold(&mut round, task, now_ms);
+                        self.queue.hold(&mut self.round, task, now_ms);
                         self.locality_until =
                             Some(self.locality_until.map_or(until, |u| u.min(until)));
                         continue;
@@ -118,12 +122,12 @@ impl Scheduler {
                         let index = self.placement.built_mut(sid).expect("just built");
                         holds.extend(forecast.plan_kept(sid, index, &holds));
                     }
-                    PendingQueue::shape_dead(&mut round, sid);
+                    PendingQueue::shape_dead(&mut self.round, sid);
                 }
-                Pick::NoneForTask => self.queue.set_aside(&mut round, task),
+                Pick::NoneForTask => self.queue.set_aside(&mut self.round, task),
             }
         }
-        self.queue.end_round(round);
+        self.queue.end_round(&mut self.round);
         self.holds = holds;
         placements
     }
