@@ -32,6 +32,10 @@ sample's GPUs as one pool, with the waiting tasks served in arrival order with b
 first, what is left of its wait is decided by the order of service, not by placement. The pool
 knows no GPU models, so on gpuspec33 it is no reference.
 
+One node sample can flatter or wrong a policy (which nodes of a scarce GPU model it holds, how many
+8-GPU nodes): --seeds N replays samples 1..N and sums, per variant and fraction, each policy's
+mean waits over the samples against round-robin's, beside the worst sample's ratio.
+
 Tasks without GPUs are left out (they use no GPU, so no GPU placement decides them), as are tasks
 no node of the sample could ever run (counted in the table's header). In the time replay and the
 first saturation a share of a GPU is placed as a whole GPU. Ratios are against round_robin.
@@ -39,6 +43,7 @@ first saturation a share of a GPU is placed as a whole GPU. Ratios are against r
     python benches/replay.py                          # all variants, 5%, 10%, 15% and 20% of the nodes
     python benches/replay.py --variants gpuspec33 --fractions 0.1 --policies round_robin,fragmentation
     python benches/replay.py --tasks 3000 --no-saturation   # a quicker look
+    python benches/replay.py --seeds 5 --no-saturation      # node samples 1-5: per sample and summed
 """
 
 from __future__ import annotations
@@ -58,6 +63,16 @@ from typing import Any
 
 from controlplane._core import Scheduler
 from controlplane.config import SchedulerConfig
+from replay_report import (
+    GPU_BUCKETS,
+    plot,
+    print_replay,
+    print_samples,
+    print_saturation,
+    print_shares,
+    print_summary,
+    summarise,
+)
 
 TRACE = Path(__file__).resolve().parent.parent.parent / "shared" / "traces" / "openb"
 VARIANTS = ("default", "gpuspec33", "multigpu50")
@@ -75,7 +90,6 @@ POLICIES: dict[str, SchedulerConfig] = {
 # GPU memory by model (MB); the trace names the models only. Tasks ask for no memory, so this
 # only makes the workers look like GPU servers.
 MEMORY_MB = {"V100M32": 32768, "A10": 24576}
-GPU_BUCKETS = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -366,6 +380,12 @@ def main() -> None:
         help="policies also replayed with runtime hints (the runtime's decade as runtime class)",
     )
     parser.add_argument("--seed", type=int, default=1, help="node sample and saturation order")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=0,
+        help="replay node samples 1..N and summarise the ratios over them (saturation keeps --seed)",
+    )
     parser.add_argument("--no-saturation", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).parent / "out"))
     args = parser.parse_args()
@@ -373,33 +393,23 @@ def main() -> None:
     policies = {p: POLICIES[p] for p in args.policies.split(",")}
     hinted = [p for p in args.hinted.split(",") if p]
     policies.update({p: POLICIES[p] for p in hinted})
+    if args.seeds and "round_robin" not in policies:
+        parser.error("--seeds summarises ratios against round_robin: add it to --policies")
     nodes = load_nodes(trace)
+    seeds = list(range(1, args.seeds + 1)) if args.seeds else [args.seed]
     report: dict[str, Any] = {"load": args.load, "compress": {}, "seed": args.seed, "replay": {}, "saturation": {}}
+    samples: dict[int, dict[str, dict[str, dict[str, Any]]]] = {seed: {} for seed in seeds}
+    compress: dict[int, dict[str, float]] = {seed: {} for seed in seeds}
     for variant in args.variants.split(","):
         tasks = load_tasks(trace, variant)
         if args.tasks:
             tasks = tasks[: args.tasks]
         for fraction in [float(x) for x in args.fractions.split(",")]:
-            sample = random.Random(args.seed).sample(nodes, max(1, round(fraction * len(nodes))))
-            probe = Cluster(policies[next(iter(policies))], sample)
-            runnable = [t for t in tasks if probe.could_run(t)]
-            span = runnable[-1].arrival_s - runnable[0].arrival_s
-            compress = args.load * probe.gpus * span / sum(t.gpus * t.runtime_s for t in runnable)
-            rows = {}
-            runs = [(name, config, False) for name, config in policies.items()]
-            runs += [(f"{name}+hints", policies[name], True) for name in hinted]
-            for name, config, hints in runs:
-                t0 = time.perf_counter()
-                rows[name] = replay(config, sample, runnable, compress, hints)
-                rows[name]["wall_s"] = time.perf_counter() - t0
-            for name, order in POOL_ORDERS.items():
-                t0 = time.perf_counter()
-                rows[name] = pooled(probe.gpus, runnable, compress, order)
-                rows[name]["wall_s"] = time.perf_counter() - t0
             key = f"{variant}@{fraction:g}"
-            report["replay"][key] = rows
-            report["compress"][key] = compress
-            print_replay(key, len(sample), probe.gpus, len(runnable), len(tasks), compress, rows)
+            for seed in seeds:
+                title = f"{key} (sample {seed})" if args.seeds else key
+                run = replay_sample(nodes, tasks, fraction, seed, policies, hinted, args.load, title)
+                samples[seed][key], compress[seed][key] = run
         if not args.no_saturation:
             rows = {name: saturate(config, nodes, tasks, args.seed) for name, config in policies.items()}
             rows["(bound)"] = saturation_bound(nodes, tasks, args.seed)
@@ -408,82 +418,53 @@ def main() -> None:
             rows = {name: saturate_shares(config, nodes, tasks, args.seed) for name, config in policies.items()}
             report.setdefault("shares", {})[variant] = rows
             print_shares(variant, rows)
+    if args.seeds:
+        report["samples"] = samples
+        report["compress"] = compress
+        report["summary"] = summarise(samples)
+        print_samples(samples)
+        print_summary(seeds, report["summary"])
+    else:
+        report["replay"] = samples[args.seed]
+        report["compress"] = compress[args.seed]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "replay.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {out / 'replay.json'}")
-    plot(report, out / "replay.png")
+    if not args.seeds:
+        plot(report, out / "replay.png")
 
 
-def print_replay(
-    key: str, nodes: int, gpus: int, runnable: int, tasks: int, compress: float, rows: dict[str, dict[str, Any]]
-) -> None:
-    base = rows.get("round_robin", next(iter(rows.values())))
-    print(
-        f"\n{key}: time replay on {nodes} nodes, {gpus} GPUs; {runnable} of {tasks} GPU tasks "
-        f"(the rest fit no node here); arrivals x{compress:.1f}"
-    )
-    header = f"{'policy':<18} {'mean wait':>10} {'vs rr':>6} {'p99 wait':>10} {'util':>6}"
-    header += "".join(f" {f'{b}-GPU mean/p99':>20}" for b in GPU_BUCKETS) + f" {'wall':>6}"
-    print(header)
-    for name, r in rows.items():
-        ratio = r["all_mean_s"] / base["all_mean_s"] if base["all_mean_s"] else float("nan")
-        line = f"{name:<18} {r['all_mean_s']:>9.0f}s {ratio:>6.2f} {r['all_p99_s']:>9.0f}s {r['utilisation']:>6.1%}"
-        for b in GPU_BUCKETS:
-            cell = f"{r[f'{b}gpu_mean_s']:.0f}/{r[f'{b}gpu_p99_s']:.0f}s" if r[f"{b}gpu_n"] else "-"
-            line += f" {cell:>20}"
-        print(line + f" {r['wall_s']:>5.1f}s")
-
-
-def print_saturation(variant: str, nodes: int, gpus: int, rows: dict[str, dict[str, Any]]) -> None:
-    print(f"\n{variant}: saturation on {nodes} nodes, {gpus} GPUs (tasks arrive, none leave)")
-    print(f"{'policy':<13} {'GPUs requested at first refusal':>32} {'tasks placed':>13}")
-    for name, r in rows.items():
-        print(f"{name:<13} {r['requested_share']:>32.1%} {r['placed_tasks']:>13}")
-
-
-def print_shares(variant: str, rows: dict[str, dict[str, Any]]) -> None:
-    print(f"\n{variant}: saturation with shares (arrivals until they asked for every GPU; refused ones skipped)")
-    base = rows.get("best_fit")
-    print(
-        f"{'policy':<13} {'GPUs unallocated':>17} {'vs best_fit':>12} {'refused':>8} {'GPUs split':>11}"
-        f" {'floor for its shares':>21}"
-    )
-    for name, r in rows.items():
-        left = r["unallocated_share"]
-        ratio = left / base["unallocated_share"] if base and base["unallocated_share"] else float("nan")
-        line = f"{name:<13} {left:>17.1%} {ratio:>12.2f} {r['refused_tasks']:>8} {r['gpus_split']:>11}"
-        print(line + f" {r['rests_floor_share']:>21.1%}")
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot)")
-        return
-    runs = report["replay"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    policies = list(next(iter(runs.values())))
-    width = 0.8 / len(policies)
-    for j, policy in enumerate(policies):
-        ratios = [rows[policy]["all_mean_s"] / max(rows["round_robin"]["all_mean_s"], 1e-9) for rows in runs.values()]
-        axes[0].bar([i + j * width for i in range(len(runs))], ratios, width=width, label=policy)
-    axes[0].set_xticks([i + 0.4 for i in range(len(runs))], list(runs), rotation=30)
-    axes[0].set_title("mean wait / round_robin's")
-    axes[0].legend()
-    sat = report["saturation"]
-    for j, policy in enumerate([*policies, "(bound)"]):
-        shares = [rows[policy]["requested_share"] for rows in sat.values() if policy in rows]
-        axes[1].bar([i + j * width for i in range(len(shares))], shares, width=width, label=policy)
-    axes[1].set_xticks([i + 0.4 for i in range(len(sat))], list(sat))
-    axes[1].set_title("GPUs requested at the first refusal")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+def replay_sample(
+    nodes: list[Node],
+    tasks: list[Task],
+    fraction: float,
+    seed: int,
+    policies: dict[str, SchedulerConfig],
+    hinted: list[str],
+    load: float,
+    title: str,
+) -> tuple[dict[str, dict[str, Any]], float]:
+    """The time replay of every policy and pool order on the seed's sample of the nodes, and the
+    arrivals' compression."""
+    sample = random.Random(seed).sample(nodes, max(1, round(fraction * len(nodes))))
+    probe = Cluster(policies[next(iter(policies))], sample)
+    runnable = [t for t in tasks if probe.could_run(t)]
+    span = runnable[-1].arrival_s - runnable[0].arrival_s
+    compress = load * probe.gpus * span / sum(t.gpus * t.runtime_s for t in runnable)
+    rows = {}
+    runs = [(name, config, False) for name, config in policies.items()]
+    runs += [(f"{name}+hints", policies[name], True) for name in hinted]
+    for name, config, hints in runs:
+        t0 = time.perf_counter()
+        rows[name] = replay(config, sample, runnable, compress, hints)
+        rows[name]["wall_s"] = time.perf_counter() - t0
+    for name, order in POOL_ORDERS.items():
+        t0 = time.perf_counter()
+        rows[name] = pooled(probe.gpus, runnable, compress, order)
+        rows[name]["wall_s"] = time.perf_counter() - t0
+    print_replay(title, len(sample), probe.gpus, len(runnable), len(tasks), compress, rows)
+    return rows, compress
 
 
 if __name__ == "__main__":
