@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::types::PyList;
 use pyo3::IntoPyObjectExt;
 
 use crate::decisions::Explanation;
@@ -600,21 +601,23 @@ impl PyScheduler {
     }
 
     /// Place up to max_tasks queued tasks: [(task, worker, gpu_indices)]. Releases the GIL.
-    fn place(
+    fn place<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         now_ms: u64,
         max_tasks: i64,
-    ) -> PyResult<Vec<(TaskId, WorkerId, Vec<u32>)>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         // A negative max places nothing, like max_tasks=0.
         let max_tasks = usize::try_from(max_tasks).unwrap_or(0);
-        self.detached(py, move |engine| {
-            Ok(engine
-                .place(now_ms, max_tasks)
-                .into_iter()
-                .map(|p| (p.task, p.worker, p.gpus.to_vec()))
-                .collect())
-        })
+        let placements = self.detached(py, move |engine| Ok(engine.place(now_ms, max_tasks)))?;
+        // The list is built from the placements as they are: no second Vec of tuples, and no
+        // heap copy of each placement's GPUs on the way.
+        PyList::new(
+            py,
+            placements
+                .iter()
+                .map(|p| (p.task, p.worker, p.gpus.as_slice())),
+        )
     }
 
     /// Record a task already running on a worker (re-attached after a reconnect or restart).
