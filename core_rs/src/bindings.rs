@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyList, PyTuple};
 use pyo3::IntoPyObjectExt;
 
 use crate::decisions::Explanation;
@@ -610,14 +610,16 @@ impl PyScheduler {
         // A negative max places nothing, like max_tasks=0.
         let max_tasks = usize::try_from(max_tasks).unwrap_or(0);
         let placements = self.detached(py, move |engine| Ok(engine.place(now_ms, max_tasks)))?;
-        // The list is built from the placements as they are: no second Vec of tuples, and no
-        // heap copy of each placement's GPUs on the way.
-        PyList::new(
-            py,
-            placements
-                .iter()
-                .map(|p| (p.task, p.worker, p.gpus.as_slice())),
-        )
+        // Tuples of ints all through: Python's collector untracks such a tuple the first time it
+        // meets it, so a batch's 20,000 placements are gone from its view after one young-
+        // generation pass, where lists of GPUs stayed tracked and made the collector walk every
+        // object of the process again and again (a fifth of a batch's instructions). A task
+        // without GPUs shares the one empty tuple.
+        let items = placements
+            .iter()
+            .map(|p| Ok((p.task, p.worker, PyTuple::new(py, p.gpus.iter())?)))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
     }
 
     /// Record a task already running on a worker (re-attached after a reconnect or restart).
