@@ -96,3 +96,19 @@ def test_a_negative_handle_or_time_is_refused_not_read_as_none() -> None:
     with pytest.raises(InvalidArgument, match="now_ms out of range: -1"):
         s.mark_started(1, now_ms=-1)
     s.mark_started(1, now_ms=None)
+
+
+def test_a_batch_gives_each_placement_its_own_gpus_as_a_tuple() -> None:
+    """place() builds each distinct set of GPUs once per batch and shares it: sharing must never
+    hand two tasks one GPU, nor a task GPUs of another worker."""
+    s = Scheduler()
+    workers = [s.add_worker(4, [A10] * 4, "cuda", [], [], 0) for _ in range(3)]
+    one, two = s.shape("infer", 1, 0, [], "", [], 0.0), s.shape("train", 2, 0, [], "", [], 0.0)
+    tasks = list(range(1, 10))
+    s.push_many(tasks, [one] * 6 + [two] * 3, [1] * 9, tasks, [0] * 9)
+    placed = s.place(0, 100)
+    assert sorted(task for task, _, _ in placed) == tasks, "12 GPUs hold 6 tasks of one and 3 of two"
+    given = [(worker, gpu) for _, worker, gpus in placed for gpu in gpus]
+    assert len(given) == len(set(given)) == 12, "no GPU is given twice"
+    assert {worker for worker, _ in given} <= set(workers)
+    assert all(type(gpus) is tuple and len(gpus) == (1 if task <= 6 else 2) for task, _, gpus in placed)

@@ -4,6 +4,7 @@
 //! held: long calls (place, push_many) release the GIL and lock inside `py.detach`; short ones
 //! lock directly (nothing holding the lock ever waits for the GIL, so this cannot deadlock).
 
+use std::collections::hash_map::Entry;
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::create_exception;
@@ -15,6 +16,7 @@ use pyo3::IntoPyObjectExt;
 use crate::decisions::Explanation;
 use crate::error::CoreError as EngineError;
 use crate::explain::PendingReason as EnginePendingReason;
+use crate::id_hash::IdHashMap;
 use crate::policy::Policy;
 use crate::queue::PriorityMode;
 use crate::scheduler::{Scheduler, SchedulerConfig, TaskOptions, WorkerStats as EngineWorkerStats};
@@ -613,12 +615,19 @@ impl PyScheduler {
         // Tuples of ints all through: Python's collector untracks such a tuple the first time it
         // meets it, so a batch's 20,000 placements are gone from its view after one young-
         // generation pass, where lists of GPUs stayed tracked and made the collector walk every
-        // object of the process again and again (a fifth of a batch's instructions). A task
-        // without GPUs shares the one empty tuple.
-        let items = placements
-            .iter()
-            .map(|p| Ok((p.task, p.worker, PyTuple::new(py, p.gpus.iter())?)))
-            .collect::<PyResult<Vec<_>>>()?;
+        // object of the process again and again (a fifth of a batch's instructions). The GPU
+        // sets of a batch repeat (a worker has a handful of GPUs): each distinct set is built
+        // once and shared, as Python shares its small ints, so a batch allocates about half
+        // the objects and sets off half the collector's passes.
+        let mut sets: IdHashMap<&[u32], Bound<'py, PyTuple>> = IdHashMap::default();
+        let mut items = Vec::with_capacity(placements.len());
+        for p in &placements {
+            let gpus = match sets.entry(p.gpus.as_slice()) {
+                Entry::Occupied(set) => set.get().clone(),
+                Entry::Vacant(set) => set.insert(PyTuple::new(py, p.gpus.iter())?).clone(),
+            };
+            items.push((p.task, p.worker, gpus));
+        }
         PyList::new(py, items)
     }
 
