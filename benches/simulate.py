@@ -206,7 +206,7 @@ class Simulation:
         for _ in range(2):
             for task_id, worker, gpus in self.core.place(int(self.now), 1_000_000):
                 task = self.tasks[task_id]
-                task.worker, task.gpus = worker, gpus
+                task.worker, task.gpus = worker, list(gpus)
                 self.workers[worker].queue.append(task_id)
                 touched.add(worker)
             moves = self.core.steal_candidates(256)

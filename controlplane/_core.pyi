@@ -334,7 +334,7 @@ class Scheduler:
         thousandths the shares hold). Walks every GPU: for metrics, not per placement."""
 
     # -- placement
-    def place(self, now_ms: int, max_tasks: int) -> list[tuple[int, int, list[int]]]:
+    def place(self, now_ms: int, max_tasks: int) -> list[tuple[int, int, tuple[int, ...]]]:
         """Place up to max_tasks queued tasks: [(task, worker, gpu_indices)]. Releases the GIL."""
     def attach(self, task: int, worker: int, gpu_indices: list[int], shape: int, timeout_ms: int, now_ms: int) -> None:
         """Record a task already running on a worker (re-attached after a reconnect or restart)."""

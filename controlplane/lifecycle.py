@@ -120,7 +120,7 @@ class Lifecycle:
 
     # -- placement ------------------------------------------------------------------------------
 
-    def assigned(self, placements: Sequence[tuple[int, int, list[int]]]) -> list[tuple[Entry, WorkerConn, int]]:
+    def assigned(self, placements: Sequence[tuple[int, int, tuple[int, ...]]]) -> list[tuple[Entry, WorkerConn, int]]:
         """The core placed these tasks: each gets its next attempt, on its worker."""
         now = wall_ms()
         placed_ms = mono_ms()
@@ -136,7 +136,7 @@ class Lifecycle:
             entry.placed_ms = placed_ms if tuned else 0
             rec.attempt += 1
             rec.worker_id = conn.worker_id
-            rec.gpu_indices = gpus
+            rec.gpu_indices = list(gpus)
             rec.started_at_ms = now
             rec.error = ""
             rec.progress = 0.0

@@ -18,11 +18,11 @@ def test_unhealthy_gpu_is_never_given_but_cpu_work_still_runs() -> None:
     s.set_gpu_healthy(w, 1, False)
     s.push(1, one_gpu, 1, 1, 0)
     s.push(2, cpu, 1, 2, 0)
-    assert s.place(0, 10) == [(2, w, [])], "only the CPU task may run"
+    assert s.place(0, 10) == [(2, w, ())], "only the CPU task may run"
     assert "healthy GPUs" in s.explain(one_gpu, 1).reason
     assert s.worker_stats(w).unhealthy_gpus == 2
     s.set_gpu_healthy(w, 1, True)
-    assert s.place(0, 10) == [(1, w, [1])]
+    assert s.place(0, 10) == [(1, w, (1,))]
     with pytest.raises(InvalidArgument):
         s.set_gpu_healthy(w, 5, False)
 
@@ -60,7 +60,7 @@ def test_quarantine_does_not_undo_a_drain_and_shows_in_worker_stats() -> None:
     assert (stats.quarantined, stats.draining) == (True, False)
     assert s.slots() == (0, 0)
     s.set_quarantined(w, False)
-    assert s.place(0, 10) == [(1, w, [])]
+    assert s.place(0, 10) == [(1, w, ())]
 
 
 def test_avoid_worker_waits_for_another_eligible_worker() -> None:
@@ -68,19 +68,19 @@ def test_avoid_worker_waits_for_another_eligible_worker() -> None:
     shape = s.shape("k", 0, 0, [], "", [], 0.0)
     a = s.add_worker(1, [], "", [], [], 0)
     s.push(1, shape, 1, 1, 0, avoid_worker=a)
-    assert s.place(0, 10) == [(1, a, [])], "the only worker is used even when avoided"
+    assert s.place(0, 10) == [(1, a, ())], "the only worker is used even when avoided"
     s.finish(1, False, 5)
     b = s.add_worker(1, [], "", [], [], 0)
     s.push_many([3, 4], [shape, shape], [1, 1], [3, 4], [0, 0], avoid_workers=[b, a])
     placed = sorted(s.place(0, 10))
-    assert placed == [(3, a, []), (4, b, [])], "each task avoids the worker it was told to"
+    assert placed == [(3, a, ()), (4, b, ())], "each task avoids the worker it was told to"
     s.push(5, shape, 1, 5, 0, avoid_worker=b)
     s.finish(4, True, 5)
     assert s.place(0, 10) == [], "task 5 waits for a rather than run on b"
     with pytest.raises(InvalidArgument):
         s.push_many([6], [shape], [1], [6], [0], avoid_workers=[])
     s.push_many([6, 7], [shape, shape], [1, 1], [6, 7], [0, 0], avoid_workers=[None, b])
-    assert s.place(0, 10) == [(6, b, [])], "a None entry avoids no worker; task 7 waits for a, as 5 does"
+    assert s.place(0, 10) == [(6, b, ())], "a None entry avoids no worker; task 7 waits for a, as 5 does"
 
 
 def test_a_negative_handle_or_time_is_refused_not_read_as_none() -> None:
@@ -96,3 +96,19 @@ def test_a_negative_handle_or_time_is_refused_not_read_as_none() -> None:
     with pytest.raises(InvalidArgument, match="now_ms out of range: -1"):
         s.mark_started(1, now_ms=-1)
     s.mark_started(1, now_ms=None)
+
+
+def test_a_batch_gives_each_placement_its_own_gpus_as_a_tuple() -> None:
+    """place() builds each distinct set of GPUs once per batch and shares it: sharing must never
+    hand two tasks one GPU, nor a task GPUs of another worker."""
+    s = Scheduler()
+    workers = [s.add_worker(4, [A10] * 4, "cuda", [], [], 0) for _ in range(3)]
+    one, two = s.shape("infer", 1, 0, [], "", [], 0.0), s.shape("train", 2, 0, [], "", [], 0.0)
+    tasks = list(range(1, 10))
+    s.push_many(tasks, [one] * 6 + [two] * 3, [1] * 9, tasks, [0] * 9)
+    placed = s.place(0, 100)
+    assert sorted(task for task, _, _ in placed) == tasks, "12 GPUs hold 6 tasks of one and 3 of two"
+    given = [(worker, gpu) for _, worker, gpus in placed for gpu in gpus]
+    assert len(given) == len(set(given)) == 12, "no GPU is given twice"
+    assert {worker for worker, _ in given} <= set(workers)
+    assert all(type(gpus) is tuple and len(gpus) == (1 if task <= 6 else 2) for task, _, gpus in placed)

@@ -47,7 +47,10 @@ impl Scheduler {
         // are reused, so a round allocates nothing for them.
         let mut holds = std::mem::take(&mut self.holds);
         holds.clear();
-        let mut placements = Vec::new();
+        // No round places more than it may, than are queued, or than the fleet can take: sized
+        // once, the list is never copied as it grows (a batch of 20,000 was, fifteen times).
+        let bound = usize::try_from(self.workers.free_capacity()).unwrap_or(usize::MAX);
+        let mut placements = Vec::with_capacity(max_tasks.min(self.queue.len()).min(bound));
         let refused = Refusals::default();
         while placements.len() < max_tasks && self.workers.free_capacity() > 0 {
             let Some((task, pending)) = self.queue.next(&mut self.round) else {
