@@ -50,7 +50,7 @@ from common import (
 from controlplane.control import SWEEP_BATCH
 from controlplane.record import TaskRecord, new_task_id
 from controlplane.sqlitestore import SqliteStore as Store
-from gpucp import Client, task_spec, testing
+from gpucp import Client, task_spec, testdb, testing
 from gpucp.v1 import common_pb2
 
 BATCH = 1_000
@@ -121,7 +121,7 @@ async def run(tasks: int, every: int) -> tuple[list[dict[str, float]], dict[str,
     return rows, swept
 
 
-def durable_burst(n: int, agents: int, slots: int, postgres: testing.PostgresServer) -> list[dict[str, Any]]:
+def durable_burst(n: int, agents: int, slots: int, postgres: testdb.PostgresServer) -> list[dict[str, Any]]:
     """Accepted/s and done/s of a burst of n noop tasks, per store (one control plane each, in turn)."""
     rows: list[dict[str, Any]] = []
     stores: list[tuple[str, list[str], str | None]] = [
@@ -145,7 +145,7 @@ def durable_burst(n: int, agents: int, slots: int, postgres: testing.PostgresSer
     return rows
 
 
-def pending(n: int, postgres: testing.PostgresServer) -> list[dict[str, Any]]:
+def pending(n: int, postgres: testdb.PostgresServer) -> list[dict[str, Any]]:
     """Per store: RSS with n tasks pending, and the start time of a restart after SIGKILL with them
     (and of the first, empty, start)."""
     rows: list[dict[str, Any]] = []
@@ -219,7 +219,7 @@ def main() -> None:
     if args.tasks:
         out["table"] = table(args.tasks)
     if args.burst or args.pending:
-        with testing.PostgresServer(durable=True) as postgres:
+        with testdb.PostgresServer(durable=True) as postgres:
             if args.burst:
                 out["burst"] = durable_burst(args.burst, args.agents, args.slots, postgres)
                 print(f"burst of {args.burst:,} noop tasks, end to end on loopback, {args.agents} agents x "

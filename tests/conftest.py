@@ -10,7 +10,8 @@ import pytest
 import cluster
 from cluster import ControlPlaneProcess
 from gpucp import Client
-from gpucp.testing import AgentProcess, LocalCluster, PostgresServer
+from gpucp.testdb import PostgresServer
+from gpucp.testing import AgentProcess, LocalCluster
 
 if cluster.TEST_DB not in cluster.STORES:
     raise pytest.UsageError(f"GPUCP_TEST_DB={cluster.TEST_DB!r}: give one of {', '.join(cluster.STORES)}")

@@ -16,7 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cluster import PYTHONPATH, eventually, run_sql, wait_for_workers
 from gpucp import Client, GpucpError
-from gpucp.testing import AgentProcess, ControlPlaneProcess, PostgresServer
+from gpucp.testdb import PostgresServer
+from gpucp.testing import AgentProcess, ControlPlaneProcess
 from gpucp.v1 import common_pb2
 
 pytestmark = pytest.mark.parametrize("store_kind", ["postgresql"], indirect=True)

@@ -21,7 +21,8 @@ from cluster import FAULT_REPORT, PYTHONPATH, AgentProcess, eventually, wait_for
 from faults.proxy import Proxy
 from faults.watch import EventLog
 from gpucp import Client, GpucpError, Unavailable, task_spec
-from gpucp.testing import ControlPlaneProcess, PostgresServer
+from gpucp.testdb import PostgresServer
+from gpucp.testing import ControlPlaneProcess
 from gpucp.v1 import common_pb2
 
 pytestmark = pytest.mark.parametrize("store_kind", ["postgresql"], indirect=True)
