@@ -152,26 +152,24 @@ def test_killed_leaders_lose_nothing_ten_times(tmp_path, own_postgres):
     run_kills(tmp_path, own_postgres.database(), tasks=5000, kills=10)
 
 
-def test_a_leader_stopped_by_sigterm_hands_over_without_waiting_for_its_lease(tmp_path, own_postgres):
-    replicas = Replicas(tmp_path, own_postgres.database())
+def signal_the_leader(tmp_path: Path, db: str, sig: signal.Signals, seed: int, row: str, exits: int = 1) -> None:
+    """A standby takes over from a leader sent `sig` under load; the leader then exits with `exits`."""
+    replicas = Replicas(tmp_path, db)
     try:
-        replicas.submit(1000, random.Random(22))
+        replicas.submit(1000, random.Random(seed))
         time.sleep(0.5)
-        took = failover(replicas, lambda cp: cp.process.send_signal(signal.SIGTERM), exits=0)
-        replicas.report("leader SIGTERM (handover)", 1, [took])
+        took = failover(replicas, lambda cp: cp.process.send_signal(sig), exits=exits)
+        replicas.report(row, 1, [took])
     finally:
         replicas.close()
+
+
+def test_a_leader_stopped_by_sigterm_hands_over_without_waiting_for_its_lease(tmp_path, own_postgres):
+    signal_the_leader(tmp_path, own_postgres.database(), signal.SIGTERM, 22, "leader SIGTERM (handover)", exits=0)
 
 
 def test_a_frozen_leader_is_replaced_and_on_resuming_stops(tmp_path, own_postgres):
-    replicas = Replicas(tmp_path, own_postgres.database())
-    try:
-        replicas.submit(1000, random.Random(19))
-        time.sleep(0.5)
-        took = failover(replicas, lambda cp: cp.process.send_signal(signal.SIGSTOP))
-        replicas.report("leader SIGSTOP, resumed", 1, [took])
-    finally:
-        replicas.close()
+    signal_the_leader(tmp_path, own_postgres.database(), signal.SIGSTOP, 19, "leader SIGSTOP, resumed")
 
 
 def test_a_leader_cut_from_postgresql_stops_and_a_standby_takes_over(tmp_path, own_postgres):
