@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg import conninfo
+from psycopg import conninfo, pq
 
 from controlplane.store import Store, _Write, check_schema_version, log
 
@@ -315,12 +315,26 @@ class PostgresStore(Store):
             except psycopg.Error as exc:
                 if exc.sqlstate == DEPOSED:
                     self._depose(self._reason(exc))
+                self._drop_if_stuck()
                 # A session lost before COMMIT was sent committed nothing: the batch is made again
                 # on a new one. Lost during COMMIT, it may or may not have: refused, as any error.
                 if sent or attempt == 2 or not self._write.closed:
                     self._cut = self._write.closed
                     raise
                 log.warning("lost the session to %s before a commit (%s): reconnecting", self._where, exc)
+
+    def _drop_if_stuck(self) -> None:
+        """Close the write session when a failed transaction left it unusable: cut by the server
+        in the middle of a pipeline, libpq can keep it open but busy, its rollback failing, so that
+        every later commit would fail on it too. Closed, the next commit makes a new one (with the
+        lock), as for a session the server closed."""
+        conn = self._write
+        if not conn.closed and (
+            conn.pgconn.pipeline_status != pq.PipelineStatus.OFF
+            or conn.info.transaction_status != pq.TransactionStatus.IDLE
+        ):
+            log.warning("the session to %s is unusable after a failed commit: closing it", self._where)
+            conn.close()
 
     def _connected(self) -> None:
         """The write connection, made again (with the lock) if it broke; raises if it cannot be."""
