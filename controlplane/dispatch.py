@@ -157,7 +157,7 @@ class Dispatcher:
         current = [(entry, conn, attempt) for entry, conn, attempt in assigned if _current(entry, attempt)]
         if fut.cancelled() or fut.exception() is not None:
             log.error("could not persist %d assignments (%s); requeueing them", len(assigned), fut.exception())
-            self.tasks.store_failed(entry for entry, _, _ in current)
+            self._unsent([entry for entry, _, _ in current])
             return
         stored = [item for item in current if item[0].rec.stored_payload]
         self._send([(entry, conn, b"") for entry, conn, _ in current if not entry.rec.stored_payload])
@@ -202,8 +202,18 @@ class Dispatcher:
                 ready.append((entry, conn, payload))
         if unread:
             log.error("%d assigned tasks go back to the queue: %s", len(unread), why)
-            self.store.save([entry.rec for entry in self.tasks.store_failed(unread, why, UNREAD_RETRY_S)])
+            self.store.save([entry.rec for entry in self._unsent(unread, why, UNREAD_RETRY_S)])
         self._send(ready)
+
+    def _unsent(
+        self, entries: list[Entry], why: str = "its assignment could not be stored", retry_in_s: float = 0.0
+    ) -> list[Entry]:
+        """Assignments no agent will hear of go back to the queue, unless the server is stopping:
+        then their workers are already retired (the core holds no placement of theirs to release)
+        and each task stays as the store has it, read back by the next start."""
+        if not self.fleet.accepting:
+            return []
+        return self.tasks.store_failed(entries, why, retry_in_s)
 
     def _read(self, reading: asyncio.Task[None]) -> None:
         if not reading.cancelled() and reading.exception() is not None:
