@@ -183,6 +183,16 @@ def rpc_error(exc: grpc.RpcError, server: str) -> GpucpError:
     return error_for(code, details)
 
 
+def cut_loose(exc: grpc.RpcError) -> None:
+    """Let a blocking stream that ended in error be freed as soon as it is let go of.
+
+    Such a call raises itself, and its traceback's frames refer back to it: a cycle only the
+    collector frees, perhaps at interpreter exit, where grpc's finaliser of the call can wait
+    forever on a lock held by one of grpc's daemon threads already stopped (the process then
+    never exits). Without the traceback, it goes with its last reference."""
+    exc.__traceback__ = None
+
+
 def went_away(server: str, give_up_s: float) -> Unavailable:
     """What a watch raises when the control plane it followed did not come back."""
     return Unavailable(

@@ -26,7 +26,7 @@ import grpc
 # client.py imports this module only when a Client first needs its session.
 from gpucp import hops, tracing
 from gpucp.client import Client, GpucpError, Unfinished, rpc_error
-from gpucp.errors import error_for
+from gpucp.errors import cut_loose, error_for
 from gpucp.requests import batch
 from gpucp.v1 import common_pb2, scheduler_pb2
 from gpucp.watch import RESUBSCRIBE_MAX_DELAY_S, RESUMABLE
@@ -108,6 +108,9 @@ class Session:
         reader = self._reader
         if reader is not None and reader is not threading.current_thread():
             reader.join(CLOSE_WAIT_S)
+        # This session and its client refer to each other: let go of here, the call is finalised
+        # now, while grpc's threads run, not by the collector at exit (see cut_loose).
+        self._call = None
 
     # -- calls ----------------------------------------------------------------------------------
 
@@ -255,6 +258,7 @@ class Session:
                 for response in self._call:
                     self._handle(response)
             except grpc.RpcError as exc:
+                cut_loose(exc)
                 if self._closed:
                     return
                 if exc.code() not in RESUMABLE:

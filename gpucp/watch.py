@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
-from gpucp.errors import GpucpError, Unfinished, rpc_error, went_away
+from gpucp.errors import GpucpError, Unfinished, cut_loose, rpc_error, went_away
 from gpucp.states import TERMINAL_STATES
 from gpucp.v1 import common_pb2, scheduler_pb2
 
@@ -95,6 +95,7 @@ class TaskWatch(Iterator[scheduler_pb2.TaskEvent]):
                 if self._ended():
                     raise
             except grpc.RpcError as exc:
+                cut_loose(exc)
                 if self._ended():
                     raise StopIteration from None
                 if exc.code() not in RESUMABLE:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -88,6 +90,23 @@ def test_run_submit_and_gather_go_through_one_session_stream(client, start_agent
     assert session is not None and session.session_id, "the client fell back to unary calls"
     # A spec without an idempotency key gets the session's, which makes a resend safe.
     assert client.get(ids[0]).spec.idempotency_key.startswith(f"session:{session.session_id}:")
+
+
+def test_closing_a_client_ends_its_stream_then_and_not_when_the_process_exits(controlplane, start_agent):
+    # A stream left for the collector is ended by grpc's finaliser at interpreter exit, where it can
+    # wait forever on a lock a stopped grpc thread holds: `gpucp submit --wait` then never exits.
+    start_agent("close-box")
+    client = Client(controlplane.address)
+    assert client.run("noop", "x").state == SUCCEEDED
+    session = client._session_obj
+    assert session is not None and session._call is not None, "the client fell back to unary calls"
+    stream = weakref.ref(session._call)
+    gc.disable()  # the collector must not be what ends it
+    try:
+        client.close()
+        assert stream() is None, "the closed client's stream is left for the collector to end"
+    finally:
+        gc.enable()
 
 
 def test_a_bad_submit_is_refused_by_its_seq_and_the_session_goes_on(controlplane, start_agent):
