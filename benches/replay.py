@@ -352,10 +352,12 @@ def packing_floor(shares: list[int]) -> float | None:
         lp = linprog([1.0] * len(patterns), A_ub=columns, b_ub=[-n for n in need], method="highs")
         duals = [-y for y in lp.ineqlin.marginals]
         value, pattern = knapsack(sizes, duals)
-        if value <= 1 + 1e-9:  # no GPU's worth of shares is worth more than a GPU: optimal
+        if value <= 1 + 1e-6:  # no GPU's worth of shares is worth more than a GPU: the LP is solved
             break
         patterns.append(pattern)
-    return math.ceil(lp.fun - 1e-9) - sum(shares) / WHOLE_MILLI
+    # Farley's bound: the GPUs the LP needs are at least its value over the best pattern's, so
+    # the tolerance cannot lift the floor above the truth.
+    return math.ceil(lp.fun / max(value, 1.0) - 1e-9) - sum(shares) / WHOLE_MILLI
 
 
 def knapsack(sizes: list[int], values: list[float]) -> tuple[float, list[int]]:
