@@ -23,7 +23,8 @@ constraints on a third of the tasks, multigpu50 with more multi-GPU tasks) and p
   ask for part of a GPU placed as shares of one (gpu_milli), a task no node can take now refused
   and the next one tried, until the arrivals have asked for all of the cluster's GPUs; the GPUs
   left unallocated then (the cluster's GPUs less the GPUs and shares placed), against best fit's,
-  and beside it the floor any packing of the same placed shares leaves (see packing_floor).
+  and beside it what the same placed shares leave packed offline, all known at once (see
+  offline_packing), and the floor any packing of them leaves (see packing_floor).
 
 Beside the policies, the time replay prints two references no placement policy can be given: the
 sample's GPUs as one pool, with the waiting tasks served in arrival order with backfill
@@ -49,6 +50,7 @@ first saturation a share of a GPU is placed as a whole GPU. Ratios are against r
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import heapq
 import json
@@ -319,14 +321,31 @@ def saturate_shares(config: SchedulerConfig, nodes: list[Node], tasks: list[Task
             cluster.core.remove(i)
             refused += 1
     whole, split, _ = cluster.core.gpu_allocation()
-    floor = packing_floor([m for m in placed if m])
+    shares = [m for m in placed if m]
+    floor = packing_floor(shares)
     return {
         "unallocated_share": 1 - allocated / cluster.gpus,
+        "offline_share": offline_packing(shares) / cluster.gpus,
         "packing_floor_share": None if floor is None else floor / cluster.gpus,
         "refused_tasks": refused,
         "gpus_split": split,
         "gpus_whole": whole,
     }
+
+
+def offline_packing(shares: list[int]) -> float:
+    """GPUs left unallocated on the GPUs these shares split when all of them are known at once:
+    best fit decreasing (each share, largest first, on the GPU it leaves least room on), within
+    a few percent of the best packing; what an online policy cannot know is the difference. GPU
+    models are ignored here and in packing_floor, which can only lower both."""
+    rests: list[int] = []  # the split GPUs' free thousandths, sorted
+    for m in sorted(shares, reverse=True):
+        i = bisect.bisect_left(rests, m)
+        if i == len(rests):
+            bisect.insort(rests, WHOLE_MILLI - m)
+        else:
+            bisect.insort(rests, rests.pop(i) - m)
+    return sum(rests) / WHOLE_MILLI
 
 
 def packing_floor(shares: list[int]) -> float | None:
