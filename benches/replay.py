@@ -23,7 +23,8 @@ constraints on a third of the tasks, multigpu50 with more multi-GPU tasks) and p
   ask for part of a GPU placed as shares of one (gpu_milli), a task no node can take now refused
   and the next one tried, until the arrivals have asked for all of the cluster's GPUs; the GPUs
   left unallocated then (the cluster's GPUs less the GPUs and shares placed), against best fit's,
-  and beside it the floor any packing of the same placed shares leaves (see rests_floor).
+  and beside it what the same placed shares leave packed offline, all known at once (see
+  offline_packing), and the floor any packing of them leaves (see packing_floor).
 
 Beside the policies, the time replay prints two references no placement policy can be given: the
 sample's GPUs as one pool, with the waiting tasks served in arrival order with backfill
@@ -49,6 +50,7 @@ first saturation a share of a GPU is placed as a whole GPU. Ratios are against r
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import heapq
 import json
@@ -87,6 +89,8 @@ POLICIES: dict[str, SchedulerConfig] = {
     "fragmentation": SchedulerConfig(policy="fragmentation"),
     "default": SchedulerConfig(),
 }
+# A GPU's compute in thousandths, as the core counts shares.
+WHOLE_MILLI = 1000
 # GPU memory by model (MB); the trace names the models only. Tasks ask for no memory, so this
 # only makes the workers look like GPU servers.
 MEMORY_MB = {"V100M32": 32768, "A10": 24576}
@@ -317,31 +321,83 @@ def saturate_shares(config: SchedulerConfig, nodes: list[Node], tasks: list[Task
             cluster.core.remove(i)
             refused += 1
     whole, split, _ = cluster.core.gpu_allocation()
+    shares = [m for m in placed if m]
+    floor = packing_floor(shares)
     return {
         "unallocated_share": 1 - allocated / cluster.gpus,
-        "rests_floor_share": rests_floor([m for m in placed if m]) / cluster.gpus,
+        "offline_share": offline_packing(shares) / cluster.gpus,
+        "packing_floor_share": None if floor is None else floor / cluster.gpus,
         "refused_tasks": refused,
         "gpus_split": split,
         "gpus_whole": whole,
     }
 
 
-def rests_floor(shares: list[int]) -> float:
-    """GPUs any packing of these shares leaves unallocated: two shares over half never share a
-    GPU, and the rest of one's GPU takes only shares no larger than it. Filling the smallest rests
-    first with the smallest shares fills the most (fractional filling, so a floor)."""
-    rests = sorted(1000 - m for m in shares if m > 500)
-    small = sorted(m for m in shares if m <= 500)
-    left = pool = 0.0
-    j = 0
-    for rest in rests:
-        while j < len(small) and small[j] <= rest:
-            pool += small[j]
-            j += 1
-        fill = min(rest, pool)
-        pool -= fill
-        left += rest - fill
-    return left / 1000
+def offline_packing(shares: list[int]) -> float:
+    """GPUs left unallocated on the GPUs these shares split when all of them are known at once:
+    best fit decreasing (each share, largest first, on the GPU it leaves least room on), within
+    a few percent of the best packing; what an online policy cannot know is the difference. GPU
+    models are ignored here and in packing_floor, which can only lower both."""
+    rests: list[int] = []  # the split GPUs' free thousandths, sorted
+    for m in sorted(shares, reverse=True):
+        i = bisect.bisect_left(rests, m)
+        if i == len(rests):
+            bisect.insort(rests, WHOLE_MILLI - m)
+        else:
+            bisect.insort(rests, rests.pop(i) - m)
+    return sum(rests) / WHOLE_MILLI
+
+
+def packing_floor(shares: list[int]) -> float | None:
+    """GPUs any packing of these shares leaves unallocated on the GPUs they split, at least: the
+    GPUs bin packing needs by its linear relaxation (the cutting-stock LP, solved by column
+    generation: a new GPU's worth of shares priced by a knapsack over the LP's duals), rounded
+    up, less the GPUs the shares use. None without scipy."""
+    try:
+        from scipy.optimize import linprog
+    except ImportError:
+        return None
+    if not shares:
+        return 0.0
+    count: dict[int, int] = {}
+    for m in shares:
+        count[m] = count.get(m, 0) + 1
+    sizes = sorted(count)
+    need = [float(count[m]) for m in sizes]
+    # Start from one size per GPU, as many as fit.
+    patterns = [[WHOLE_MILLI // m if j == i else 0 for j in range(len(sizes))] for i, m in enumerate(sizes)]
+    while True:
+        columns = [[-float(p[i]) for p in patterns] for i in range(len(sizes))]
+        lp = linprog([1.0] * len(patterns), A_ub=columns, b_ub=[-n for n in need], method="highs")
+        duals = [-y for y in lp.ineqlin.marginals]
+        value, pattern = knapsack(sizes, duals)
+        if value <= 1 + 1e-6:  # no GPU's worth of shares is worth more than a GPU: the LP is solved
+            break
+        patterns.append(pattern)
+    # Farley's bound: the GPUs the LP needs are at least its value over the best pattern's, so
+    # the tolerance cannot lift the floor above the truth.
+    return math.ceil(lp.fun / max(value, 1.0) - 1e-9) - sum(shares) / WHOLE_MILLI
+
+
+def knapsack(sizes: list[int], values: list[float]) -> tuple[float, list[int]]:
+    """The most value one GPU holds, shares of `sizes` (thousandths) worth `values` each, any
+    number of each, and how many of each."""
+    best = [0.0] * (WHOLE_MILLI + 1)
+    last = [-1] * (WHOLE_MILLI + 1)
+    for room in range(1, WHOLE_MILLI + 1):
+        best[room], last[room] = best[room - 1], -1
+        for i, m in enumerate(sizes):
+            if m <= room and best[room - m] + values[i] > best[room] + 1e-12:
+                best[room], last[room] = best[room - m] + values[i], i
+    pattern = [0] * len(sizes)
+    room = WHOLE_MILLI
+    while room > 0:
+        if last[room] < 0:
+            room -= 1
+        else:
+            pattern[last[room]] += 1
+            room -= sizes[last[room]]
+    return best[WHOLE_MILLI], pattern
 
 
 def saturation_bound(nodes: list[Node], tasks: list[Task], seed: int) -> dict[str, Any]:

@@ -42,13 +42,22 @@ def print_shares(variant: str, rows: dict[str, dict[str, Any]]) -> None:
     base = rows.get("best_fit")
     print(
         f"{'policy':<13} {'GPUs unallocated':>17} {'vs best_fit':>12} {'refused':>8} {'GPUs split':>11}"
-        f" {'floor for its shares':>21}"
+        f" {'its shares offline':>19} {'their floor':>12}"
     )
+    floors = [r["packing_floor_share"] for r in rows.values()]
     for name, r in rows.items():
         left = r["unallocated_share"]
         ratio = left / base["unallocated_share"] if base and base["unallocated_share"] else float("nan")
-        line = f"{name:<13} {left:>17.1%} {ratio:>12.2f} {r['refused_tasks']:>8} {r['gpus_split']:>11}"
-        print(line + f" {r['rests_floor_share']:>21.1%}")
+        line = f"{name:<13} {left:>17.2%} {ratio:>12.2f} {r['refused_tasks']:>8} {r['gpus_split']:>11}"
+        floor = r["packing_floor_share"]
+        line += f" {r['offline_share']:>19.2%}"
+        print(line + (f" {floor:>12.2%}" if floor is not None else f" {'(no scipy)':>12}"))
+    if base and None not in floors:
+        half = base["unallocated_share"] / 2
+        print(
+            f"half of best_fit's: {half:.2%}; the rests of the GPUs the placed shares split are, however they are"
+            f" packed, at least {min(floors):.2%} of the GPUs (the least of the policies')"
+        )
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
