@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from cluster import ControlPlaneProcess, eventually
+from cluster import ROOT, ControlPlaneProcess, _env, eventually
 from gpucp import AsyncClient, Client
 from gpucp.testing import LocalCluster
 from gpucp.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
@@ -176,3 +178,33 @@ def test_an_untraced_submission_adds_no_spans_downstream(
         20, "the traced task's run span",
     )
     assert not [s for s in collector.spans if s.attributes.get("gpucp.task_id") == untraced.id]
+
+
+# A service with no tracer provider of its own that carries a trace it was handed (from the
+# request it serves, say): its run() makes no span, and the control plane's spans join that trace.
+# In a process of its own: this one set a provider for the tests above.
+UPSTREAM_TRACE, UPSTREAM_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+_CARRIED = f"""
+import sys
+from opentelemetry import context, propagate
+from gpucp import Client
+context.attach(propagate.extract({{"traceparent": "00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"}}))
+with Client(sys.argv[1]) as client:
+    print(client.run("noop", wait_s=30).id)
+"""
+
+
+def test_a_run_without_a_tracer_provider_carries_the_trace_it_is_in(
+    traced: tuple[LocalCluster, Collector],
+) -> None:
+    cluster, collector = traced
+    done = subprocess.run(
+        [sys.executable, "-c", _CARRIED, cluster.address], env=_env(), cwd=ROOT, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+    assert done.returncode == 0, f"the run failed: {done.stderr}"
+    submit = eventually(lambda: collector.named("gpucp.submit", UPSTREAM_TRACE), 20,
+                        f"the control plane's submit span in the carried trace: got {collector.spans}")
+    assert submit.parent_id == UPSTREAM_SPAN, "the submit span is not a child of the span the caller was in"
+    run = eventually(lambda: collector.named("gpucp.run", UPSTREAM_TRACE), 20, "the agent's run span in that trace")
+    assert run.attributes["gpucp.task_id"] == done.stdout.strip()
