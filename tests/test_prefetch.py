@@ -142,11 +142,14 @@ def test_by_default_short_tasks_are_prefetched_once_learned_and_an_idle_agent_st
             assert states(client, quick) == {S.TASK_STATE_PENDING: 4}, "a task of unknown runtime was prefetched"
             client.gather([slow, *quick], timeout_s=60)
             # Learned: a quick task is over in a dispatch round trip, so it waits on the agent instead.
-            slow, *quick = client.submit_many([kind_spec("slow", 4), *(kind_spec("quick", 0) for _ in range(6))])
+            # The slow task outlasts any start of the thief (seconds on a loaded machine): the quick
+            # ones can only finish before it by being handed to the thief.
+            slow, *quick = client.submit_many([kind_spec("slow", 60), *(kind_spec("quick", 0) for _ in range(6))])
             eventually(lambda: states(client, quick)[S.TASK_STATE_ASSIGNED] >= 1, 20, "quick tasks prefetched by solo")
             thief = AgentProcess(tmp_path, cp.address, "thief", "--slots", "1", *TWO_KINDS, env=env)
             tasks = client.gather(quick, timeout_s=60)
             assert client.get(slow).state == S.TASK_STATE_RUNNING, "the quick tasks waited for the slow one"
+            client.cancel(slow)
         assert all(t.state == S.TASK_STATE_SUCCEEDED for t in tasks)
         stolen = [t for t in tasks if t.worker_id == "thief" and t.attempt >= 2]
         assert stolen, "no task prefetched by solo was handed to the idle thief"
