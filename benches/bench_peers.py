@@ -19,7 +19,10 @@ that claim one GPU slot each:
   the same four hops with nothing between them (`relay.py`): how much of gpucp's latency is its
   layout (client -> control plane -> agent stream and back) rather than its work. `relay` makes
   a unary call per task (gpucp's --unary path), `relay-s` sends each on one session stream read
-  by a thread of its own (gpucp.Client's default path). `relay-d` is Ray's layout instead: the
+  by a thread of its own (gpucp.Client's default path). `relay-sd` is relay-s made as durable as a
+  central scheduler must be and no more: three SQLite commits per task (the task before it goes
+  anywhere, its assignment before it goes down an agent stream, its result before the caller hears
+  it), with gpucp's pragmas, on the event loop. `relay-d` is Ray's layout instead: the
   caller's one round trip to the process that runs the task (Ray's driver pushes each task to a
   worker it leased once), answered by the relay itself.
 
@@ -65,7 +68,7 @@ from common import (
     write_json,
 )
 
-SYSTEMS = ("gpucp", "relay", "relay-s", "relay-d", "ray", "dask")
+SYSTEMS = ("gpucp", "relay", "relay-s", "relay-sd", "relay-d", "ray", "dask")
 WARMUP_SEQUENTIAL = 50
 WARMUP_BURST = 200
 BURST_BATCH = 1000
@@ -168,7 +171,9 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
 # ----- the relay ------------------------------------------------------------------------------
 
 
-def run_relay(args: argparse.Namespace, session: bool = False, direct: bool = False) -> dict[str, Any]:
+def run_relay(
+    args: argparse.Namespace, session: bool = False, direct: bool = False, durable: bool = False
+) -> dict[str, Any]:
     import grpc
 
     import relay
@@ -176,8 +181,9 @@ def run_relay(args: argparse.Namespace, session: bool = False, direct: bool = Fa
     script = Path(__file__).with_name("relay.py")
     with tempfile.TemporaryDirectory(prefix="gpucp-bench-relay-") as tmp:
         port_file = Path(tmp) / "port"
+        db = ("--db", str(Path(tmp) / "relay.db")) if durable else ()
         server = subprocess.Popen(
-            [sys.executable, str(script), "serve", "--port-file", str(port_file)], env=child_env()
+            [sys.executable, str(script), "serve", "--port-file", str(port_file), *db], env=child_env()
         )
         agents: list[subprocess.Popen[bytes]] = []
         try:
@@ -211,7 +217,9 @@ def run_relay(args: argparse.Namespace, session: bool = False, direct: bool = Fa
     else:
         result["setup"] = (
             f"bare grpc.aio relay ({control_plane_loop()}), {args.workers} agent streams, "
-            f"{'a session stream' if session else 'unary calls'}: no store, queue or placement"
+            f"{'a session stream' if session else 'unary calls'}: "
+            + ("3 SQLite commits a task (WAL, synchronous=NORMAL), no queue or placement" if durable
+               else "no store, queue or placement")
         )
     return result
 
@@ -325,6 +333,7 @@ RUNNERS = {
     "gpucp": run_gpucp,
     "relay": run_relay,
     "relay-s": functools.partial(run_relay, session=True),
+    "relay-sd": functools.partial(run_relay, session=True, durable=True),
     "relay-d": functools.partial(run_relay, direct=True),
     "ray": run_ray,
     "dask": run_dask,
@@ -384,6 +393,46 @@ def rate(per_s: float | None) -> str:
     return "-" if per_s is None else f"{per_s:,.0f}"
 
 
+def ran(results: dict[str, dict[str, Any]], system: str) -> dict[str, Any] | None:
+    """The system's result if it was run and did not fail."""
+    r = results.get(system)
+    return r if r and "error" not in r else None
+
+
+def floor_lines(
+    results: dict[str, dict[str, Any]], ray: dict[str, Any], g: dict[str, Any] | None, unary: bool
+) -> list[str]:
+    """Each relay that ran as a fraction of Ray's p50, and what the work on top of it adds."""
+    lines = []
+    # The floor of the path gpucp ran: its unary calls, or its session stream.
+    bare = ran(results, "relay" if unary else "relay-s")
+    if bare:
+        adds = f"; gpucp's own work adds {g['p50_ms'] - bare['p50_ms']:.2f} ms to it" if g else ""
+        lines.append(
+            f"  the layout's floor, a bare relay ({'unary' if unary else 'session stream'}): "
+            f"{ratio(bare['p50_ms'], ray['p50_ms']):.2f}x Ray's p50{adds}"
+        )
+    durable = ran(results, "relay-sd")
+    if durable:
+        adds = ""
+        if session := ran(results, "relay-s"):
+            adds += f"; the commits add {durable['p50_ms'] - session['p50_ms']:.2f} ms to relay-s"
+        if g and not unary:
+            adds += f"; gpucp's own work adds {g['p50_ms'] - durable['p50_ms']:.2f} ms to it"
+        lines.append(
+            f"  a durable relay (three SQLite commits per task, nothing else): "
+            f"{ratio(durable['p50_ms'], ray['p50_ms']):.2f}x Ray's p50{adds}"
+        )
+    direct = ran(results, "relay-d")
+    if direct:
+        lines.append(
+            f"  Ray's layout's floor, one round trip to the worker (relay-d): "
+            f"{ratio(direct['p50_ms'], ray['p50_ms']):.2f}x Ray's p50; "
+            f"Ray's own work adds {ray['p50_ms'] - direct['p50_ms']:.2f} ms to it"
+        )
+    return lines
+
+
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: dict[str, Any]) -> str:
     lines = [
         f"end to end against peers: {args.workers} workers x {args.slots} GPU slots, no-op tasks claiming 1 GPU, "
@@ -391,51 +440,38 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: d
         f"closed loop: {args.latency_tasks} sequential tasks after warm-up; burst: {args.burst_tasks} tasks; "
         f"median of {args.rounds} round(s)",
         "",
-        f"{'system':<7} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'burst accept/s':>15} {'burst done/s':>13}  setup",
+        f"{'system':<8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'burst accept/s':>15} {'burst done/s':>13}  setup",
     ]
     for system, r in results.items():
         if "error" in r:
             last_line = r["error"].strip().splitlines()[-1] if r["error"].strip() else r["error"]
-            lines.append(f"{system:<7} FAILED: {last_line}")
+            lines.append(f"{system:<8} FAILED: {last_line}")
             continue
         lines.append(
-            f"{system:<7} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_ms']:>8.2f} "
+            f"{system:<8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_ms']:>8.2f} "
             f"{rate(r['burst_accept_per_s']):>15} {rate(r['burst_done_per_s']):>13}  {r['setup']}"
         )
-    g = results.get("gpucp", {})
-    if "error" not in g and g:
+    g, ray = ran(results, "gpucp"), ran(results, "ray")
+    if g or ray:
         lines.append("")
+    if g:
         for peer in ("ray", "dask"):
-            p = results.get(peer)
-            if not p or "error" in p:
-                continue
-            lines.append(
-                f"gpucp / {peer:<4}  p50 {ratio(g['p50_ms'], p['p50_ms']):5.2f}x   "
-                f"p99 {ratio(g['p99_ms'], p['p99_ms']):5.2f}x   "
-                f"burst done/s {ratio(g['burst_done_per_s'], p['burst_done_per_s']):5.2f}x"
-            )
-        if "ray" in results and "error" not in results["ray"]:
-            ray = results["ray"]
+            p = ran(results, peer)
+            if p:
+                lines.append(
+                    f"gpucp / {peer:<4}  p50 {ratio(g['p50_ms'], p['p50_ms']):5.2f}x   "
+                    f"p99 {ratio(g['p99_ms'], p['p99_ms']):5.2f}x   "
+                    f"burst done/s {ratio(g['burst_done_per_s'], p['burst_done_per_s']):5.2f}x"
+                )
+        if ray:
             r50, r99 = ratio(g["p50_ms"], ray["p50_ms"]), ratio(g["p99_ms"], ray["p99_ms"])
             burst = ratio(g["burst_done_per_s"], ray["burst_done_per_s"])
             lines.append(f"target p50 <= 0.5 x Ray's:          {'met' if r50 <= 0.5 else 'NOT met'} ({r50:.2f}x)")
             lines.append(f"target p99 <= 0.5 x Ray's:          {'met' if r99 <= 0.5 else 'NOT met'} ({r99:.2f}x)")
             lines.append(f"target burst done/s >= 5 x Ray's:   {'met' if burst >= 5 else 'NOT met'} ({burst:.2f}x)")
-            # The floor of the path gpucp ran: its unary calls, or its session stream.
-            floor = results.get("relay" if args.unary else "relay-s")
-            if floor and "error" not in floor:
-                lines.append(
-                    f"  the layout's floor, a bare relay ({'unary' if args.unary else 'session stream'}): "
-                    f"{ratio(floor['p50_ms'], results['ray']['p50_ms']):.2f}x Ray's p50; "
-                    f"gpucp's own work adds {g['p50_ms'] - floor['p50_ms']:.2f} ms to it"
-                )
-            direct = results.get("relay-d")
-            if direct and "error" not in direct:
-                lines.append(
-                    f"  Ray's layout's floor, one round trip to the worker (relay-d): "
-                    f"{ratio(direct['p50_ms'], ray['p50_ms']):.2f}x Ray's p50; "
-                    f"Ray's own work adds {ray['p50_ms'] - direct['p50_ms']:.2f} ms to it"
-                )
+    if ray:
+        lines += floor_lines(results, ray, g, args.unary)
+    if g:
         lines.append(
             f"gpucp burst: {g['burst_done_per_s']:,.0f} tasks/s done; "
             f"accepted durably at {g['burst_accept_per_s']:,.0f}/s"
