@@ -19,7 +19,10 @@ that claim one GPU slot each:
   the same four hops with nothing between them (`relay.py`): how much of gpucp's latency is its
   layout (client -> control plane -> agent stream and back) rather than its work. `relay` makes
   a unary call per task (gpucp's --unary path), `relay-s` sends each on one session stream read
-  by a thread of its own (gpucp.Client's default path). `relay-d` is Ray's layout instead: the
+  by a thread of its own (gpucp.Client's default path). `relay-sd` is relay-s made as durable as a
+  central scheduler must be and no more: three SQLite commits per task (the task before it goes
+  anywhere, its assignment before it goes down an agent stream, its result before the caller hears
+  it), with gpucp's pragmas, on the event loop. `relay-d` is Ray's layout instead: the
   caller's one round trip to the process that runs the task (Ray's driver pushes each task to a
   worker it leased once), answered by the relay itself.
 
@@ -53,8 +56,6 @@ from common import (
     machine,
     percentile,
     print_profile,
-    pyplot,
-    save_figure,
     start_agents,
     start_control_plane,
     start_profiler,
@@ -64,8 +65,9 @@ from common import (
     wait_for_workers,
     write_json,
 )
+from peers_report import plot, report
 
-SYSTEMS = ("gpucp", "relay", "relay-s", "relay-d", "ray", "dask")
+SYSTEMS = ("gpucp", "relay", "relay-s", "relay-sd", "relay-d", "ray", "dask")
 WARMUP_SEQUENTIAL = 50
 WARMUP_BURST = 200
 BURST_BATCH = 1000
@@ -168,7 +170,9 @@ def run_gpucp(args: argparse.Namespace) -> dict[str, Any]:
 # ----- the relay ------------------------------------------------------------------------------
 
 
-def run_relay(args: argparse.Namespace, session: bool = False, direct: bool = False) -> dict[str, Any]:
+def run_relay(
+    args: argparse.Namespace, session: bool = False, direct: bool = False, durable: bool = False
+) -> dict[str, Any]:
     import grpc
 
     import relay
@@ -176,8 +180,9 @@ def run_relay(args: argparse.Namespace, session: bool = False, direct: bool = Fa
     script = Path(__file__).with_name("relay.py")
     with tempfile.TemporaryDirectory(prefix="gpucp-bench-relay-") as tmp:
         port_file = Path(tmp) / "port"
+        db = ("--db", str(Path(tmp) / "relay.db")) if durable else ()
         server = subprocess.Popen(
-            [sys.executable, str(script), "serve", "--port-file", str(port_file)], env=child_env()
+            [sys.executable, str(script), "serve", "--port-file", str(port_file), *db], env=child_env()
         )
         agents: list[subprocess.Popen[bytes]] = []
         try:
@@ -211,7 +216,9 @@ def run_relay(args: argparse.Namespace, session: bool = False, direct: bool = Fa
     else:
         result["setup"] = (
             f"bare grpc.aio relay ({control_plane_loop()}), {args.workers} agent streams, "
-            f"{'a session stream' if session else 'unary calls'}: no store, queue or placement"
+            f"{'a session stream' if session else 'unary calls'}: "
+            + ("3 SQLite commits a task (WAL, synchronous=NORMAL), no queue or placement" if durable
+               else "no store, queue or placement")
         )
     return result
 
@@ -325,6 +332,7 @@ RUNNERS = {
     "gpucp": run_gpucp,
     "relay": run_relay,
     "relay-s": functools.partial(run_relay, session=True),
+    "relay-sd": functools.partial(run_relay, session=True, durable=True),
     "relay-d": functools.partial(run_relay, direct=True),
     "ray": run_ray,
     "dask": run_dask,
@@ -374,105 +382,6 @@ def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = values[len(values) // 2]
     out["rounds"] = len(ok)
     return out
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
-
-
-def rate(per_s: float | None) -> str:
-    return "-" if per_s is None else f"{per_s:,.0f}"
-
-
-def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, info: dict[str, Any]) -> str:
-    lines = [
-        f"end to end against peers: {args.workers} workers x {args.slots} GPU slots, no-op tasks claiming 1 GPU, "
-        f"loopback, {info['cores']} cores (load avg {info['load_average_1m']} at start)",
-        f"closed loop: {args.latency_tasks} sequential tasks after warm-up; burst: {args.burst_tasks} tasks; "
-        f"median of {args.rounds} round(s)",
-        "",
-        f"{'system':<7} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'burst accept/s':>15} {'burst done/s':>13}  setup",
-    ]
-    for system, r in results.items():
-        if "error" in r:
-            last_line = r["error"].strip().splitlines()[-1] if r["error"].strip() else r["error"]
-            lines.append(f"{system:<7} FAILED: {last_line}")
-            continue
-        lines.append(
-            f"{system:<7} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_ms']:>8.2f} "
-            f"{rate(r['burst_accept_per_s']):>15} {rate(r['burst_done_per_s']):>13}  {r['setup']}"
-        )
-    g = results.get("gpucp", {})
-    if "error" not in g and g:
-        lines.append("")
-        for peer in ("ray", "dask"):
-            p = results.get(peer)
-            if not p or "error" in p:
-                continue
-            lines.append(
-                f"gpucp / {peer:<4}  p50 {ratio(g['p50_ms'], p['p50_ms']):5.2f}x   "
-                f"p99 {ratio(g['p99_ms'], p['p99_ms']):5.2f}x   "
-                f"burst done/s {ratio(g['burst_done_per_s'], p['burst_done_per_s']):5.2f}x"
-            )
-        if "ray" in results and "error" not in results["ray"]:
-            ray = results["ray"]
-            r50, r99 = ratio(g["p50_ms"], ray["p50_ms"]), ratio(g["p99_ms"], ray["p99_ms"])
-            burst = ratio(g["burst_done_per_s"], ray["burst_done_per_s"])
-            lines.append(f"target p50 <= 0.5 x Ray's:          {'met' if r50 <= 0.5 else 'NOT met'} ({r50:.2f}x)")
-            lines.append(f"target p99 <= 0.5 x Ray's:          {'met' if r99 <= 0.5 else 'NOT met'} ({r99:.2f}x)")
-            lines.append(f"target burst done/s >= 5 x Ray's:   {'met' if burst >= 5 else 'NOT met'} ({burst:.2f}x)")
-            # The floor of the path gpucp ran: its unary calls, or its session stream.
-            floor = results.get("relay" if args.unary else "relay-s")
-            if floor and "error" not in floor:
-                lines.append(
-                    f"  the layout's floor, a bare relay ({'unary' if args.unary else 'session stream'}): "
-                    f"{ratio(floor['p50_ms'], results['ray']['p50_ms']):.2f}x Ray's p50; "
-                    f"gpucp's own work adds {g['p50_ms'] - floor['p50_ms']:.2f} ms to it"
-                )
-            direct = results.get("relay-d")
-            if direct and "error" not in direct:
-                lines.append(
-                    f"  Ray's layout's floor, one round trip to the worker (relay-d): "
-                    f"{ratio(direct['p50_ms'], ray['p50_ms']):.2f}x Ray's p50; "
-                    f"Ray's own work adds {ray['p50_ms'] - direct['p50_ms']:.2f} ms to it"
-                )
-        lines.append(
-            f"gpucp burst: {g['burst_done_per_s']:,.0f} tasks/s done; "
-            f"accepted durably at {g['burst_accept_per_s']:,.0f}/s"
-        )
-        if "burst_controlplane_cpu_s" in g:
-            lines.append(
-                f"gpucp burst CPU: control plane {g['burst_controlplane_cpu_s']:.1f} s "
-                f"({g['burst_controlplane_cpu_s'] / args.burst_tasks * 1e6:.0f} us a task), agents "
-                f"{g['burst_agents_cpu_s']:.1f} s over {g['burst_wall_s']:.1f} s wall; closed loop: "
-                f"control plane {g['loop_controlplane_cpu_us']:.0f} us a task"
-            )
-    return "\n".join(lines)
-
-
-def plot(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> Path:
-    plt = pyplot()
-    ok = {s: r for s, r in results.items() if "error" not in r}
-    names = list(ok)
-    fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 4))
-    x = range(len(names))
-    lat.bar([i - 0.2 for i in x], [ok[s]["p50_ms"] for s in names], 0.4, label="p50")
-    lat.bar([i + 0.2 for i in x], [ok[s]["p99_ms"] for s in names], 0.4, label="p99")
-    lat.set_xticks(list(x), names)
-    lat.set_ylabel("submit -> result, ms (lower is better)")
-    lat.set_title(f"closed loop, {args.latency_tasks} sequential no-op tasks")
-    lat.legend()
-    thr.bar([i - 0.2 for i in x], [ok[s]["burst_accept_per_s"] or 0 for s in names], 0.4, label="accepted")
-    thr.bar([i + 0.2 for i in x], [ok[s]["burst_done_per_s"] or 0 for s in names], 0.4, label="done")
-    if "ray" in ok:
-        thr.axhline(5 * (ok["ray"]["burst_done_per_s"] or 0), color="grey", linestyle="--", linewidth=1,
-                    label="gpucp target: 5 x Ray (done)")
-    thr.set_xticks(list(x), names)
-    thr.set_ylabel("tasks/s (higher is better)")
-    thr.set_title(f"burst of {args.burst_tasks} tasks")
-    thr.legend()
-    fig.suptitle(f"{args.workers} workers x {args.slots} GPU slots on loopback, {os.cpu_count()} cores")
-    return save_figure(fig, "peers.png")
 
 
 def parse_args() -> argparse.Namespace:

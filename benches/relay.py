@@ -11,12 +11,20 @@ thread of its own as gpucp.Client's session is. No implementation of a layout in
 answer faster on the same machine, so `bench_peers.py` runs both beside gpucp and its peers to
 show how much of gpucp's latency is the layout itself.
 
+With `--db PATH` the relay is durable as a central scheduler must be, and no more: per task one
+SQLite commit of the task (id, payload) before it goes anywhere, one of its assignment before it
+goes down an agent stream, and one of its result before the caller hears it. One table with no
+secondary index, one connection with the pragmas of gpucp's SQLite store (WAL, synchronous=NORMAL),
+each commit made on the event loop thread, as gpucp's store makes them by default. The floor of a
+durable relay, not gpucp's store.
+
 `Echo` is the layout of Ray's closed loop instead: Ray's driver pushes a task straight to a
 worker it leased once (max_calls=0 keeps it) and the worker answers it, two hops with no
 scheduler and no store between them; here the relay answers the call itself.
 
-    python benches/relay.py serve --port-file F     # the relay
-    python benches/relay.py agent --server H:P      # one agent stream, echoing what it receives
+    python benches/relay.py serve --port-file F          # the relay
+    python benches/relay.py serve --port-file F --db D   # the relay, committing each task's steps to D
+    python benches/relay.py agent --server H:P           # one agent stream, echoing what it receives
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import asyncio
 import functools
 import itertools
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -37,8 +46,35 @@ import grpc
 SERVICE = "relay.Relay"
 
 
-async def serve(port_file: Path) -> None:
-    """Relay each Call down one of the connected agent streams (in turn) and answer with the reply."""
+class Ledger:
+    """A task's three durable steps, one SQLite commit each (autocommit: each statement is its own
+    transaction), made on the calling thread, the relay's event loop, before the task goes on."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # Survives a crash of this process, as gpucp's store does by default; no fsync per commit.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        # gpucp's store checkpoints from a thread of its own, off the path; a bench run's few thousand
+        # tasks fit in the log, so the floor leaves checkpoints out.
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self.db.execute(
+            "CREATE TABLE tasks (id INTEGER PRIMARY KEY, payload BLOB NOT NULL, worker INTEGER, result BLOB)"
+        )
+
+    def accepted(self, task: int, payload: bytes) -> None:
+        self.db.execute("INSERT INTO tasks (id, payload) VALUES (?, ?)", (task, payload))
+
+    def assigned(self, task: int, worker: int) -> None:
+        self.db.execute("UPDATE tasks SET worker = ? WHERE id = ?", (worker, task))
+
+    def finished(self, task: int, result: bytes) -> None:
+        self.db.execute("UPDATE tasks SET result = ? WHERE id = ?", (result, task))
+
+
+async def serve(port_file: Path, ledger: Ledger | None = None) -> None:
+    """Relay each Call down one of the connected agent streams (in turn) and answer with the reply;
+    with a ledger, commit the task, its assignment and its result on the way."""
     outboxes: list[asyncio.Queue[bytes]] = []
     waiting: dict[int, asyncio.Future[bytes]] = {}
     ids = itertools.count()
@@ -48,7 +84,11 @@ async def serve(port_file: Path) -> None:
         n = next(ids)
         reply = asyncio.get_running_loop().create_future()
         waiting[n] = reply
-        outboxes[next(turn) % len(outboxes)].put_nowait(n.to_bytes(8, "little") + request)
+        worker = next(turn) % len(outboxes)
+        if ledger:
+            ledger.accepted(n, request)
+            ledger.assigned(n, worker)
+        outboxes[worker].put_nowait(n.to_bytes(8, "little") + request)
         return reply
 
     async def call(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
@@ -81,7 +121,10 @@ async def serve(port_file: Path) -> None:
 
         async def read() -> None:
             async for message in replies:
-                waiting.pop(int.from_bytes(message[:8], "little")).set_result(message[8:])
+                n = int.from_bytes(message[:8], "little")
+                if ledger:
+                    ledger.finished(n, message[8:])
+                waiting.pop(n).set_result(message[8:])
 
         reader = asyncio.create_task(read())
         try:
@@ -179,12 +222,14 @@ def main() -> None:
     parser.add_argument("role", choices=("serve", "agent"))
     parser.add_argument("--port-file", type=Path)
     parser.add_argument("--server")
+    parser.add_argument("--db", type=Path, help="serve: commit each task's steps to this new SQLite file")
     args = parser.parse_args()
     if args.role == "serve":
         from controlplane.server import loop_factory
 
+        ledger = Ledger(args.db) if args.db else None
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(args.port_file))
+            runner.run(serve(args.port_file, ledger))
     else:
         asyncio.run(agent(args.server))
 
