@@ -548,7 +548,11 @@ impl PendingQueue {
     fn leave(&mut self, task: TaskId, placed: Option<bool>) -> Option<PendingTask> {
         let (p, _) = self.detach_as(task, placed)?;
         self.by_priority[usize::from(p.priority)] -= 1;
-        if let Some(n) = self.by_affinity.get_mut(&p.affinity) {
+        // Key 0 (none) is never counted: no lookup for it.
+        if let Some(n) = (p.affinity != 0)
+            .then(|| self.by_affinity.get_mut(&p.affinity))
+            .flatten()
+        {
             *n -= 1;
             if *n == 0 {
                 self.by_affinity.remove(&p.affinity);
