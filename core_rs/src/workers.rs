@@ -97,24 +97,30 @@ struct Profile {
     kinds: Vec<String>,
     backend: String,
     labels: Vec<String>,
-    /// Per GPU, in order: memory, compute capability bits, name words.
-    gpus: Vec<(u64, u64, String)>,
+    /// The GPUs in order, as runs of like ones (a node's GPUs are mostly of one model): (how
+    /// many, memory, compute capability bits, name words).
+    gpus: Vec<(usize, u64, u64, String)>,
 }
 
 impl Profile {
     fn of(w: &Worker) -> Profile {
+        let mut gpus: Vec<(usize, u64, u64, String)> = Vec::new();
+        for g in &w.gpus {
+            let cc = g.compute_capability.to_bits();
+            match gpus.last_mut() {
+                Some((n, mb, c, name))
+                    if (*mb, *c) == (g.memory_total_mb, cc) && *name == g.name_words =>
+                {
+                    *n += 1;
+                }
+                _ => gpus.push((1, g.memory_total_mb, cc, g.name_words.clone())),
+            }
+        }
         Profile {
             kinds: w.kinds.clone(),
             backend: w.backend.clone(),
             labels: w.labels.clone(),
-            gpus: w
-                .gpus
-                .iter()
-                .map(|g| {
-                    let cc = g.compute_capability.to_bits();
-                    (g.memory_total_mb, cc, g.name_words.clone())
-                })
-                .collect(),
+            gpus,
         }
     }
 }
