@@ -6,6 +6,7 @@ the core (workers). The core makes decisions only; it never does I/O.
 Priorities are 0..3 = LOW, NORMAL, HIGH, URGENT. Times are milliseconds on the caller's clock.
 """
 
+from collections.abc import Iterator
 from typing import final
 
 from controlplane.config import SchedulerConfig
@@ -20,6 +21,16 @@ class UnknownHandle(CoreError):
 
 class InvalidArgument(CoreError):
     """An argument outside its range (e.g. a priority above 3, a weight below 0)."""
+
+@final
+class Placements:
+    """The placements of one Scheduler.place() call, in the order they were made: a read-only
+    sequence of (task, worker, gpu_indices). It holds the core's own list; each placement becomes
+    a tuple when read, so a batch costs Python one object until it is read."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> tuple[int, int, tuple[int, ...]]: ...
+    def __iter__(self) -> Iterator[tuple[int, int, tuple[int, ...]]]: ...
 
 @final
 class WorkerStats:
@@ -334,8 +345,9 @@ class Scheduler:
         thousandths the shares hold). Walks every GPU: for metrics, not per placement."""
 
     # -- placement
-    def place(self, now_ms: int, max_tasks: int) -> list[tuple[int, int, tuple[int, ...]]]:
-        """Place up to max_tasks queued tasks: [(task, worker, gpu_indices)]. Releases the GIL."""
+    def place(self, now_ms: int, max_tasks: int) -> Placements:
+        """Place up to max_tasks queued tasks: (task, worker, gpu_indices) each, as Placements.
+        Releases the GIL."""
     def attach(self, task: int, worker: int, gpu_indices: list[int], shape: int, timeout_ms: int, now_ms: int) -> None:
         """Record a task already running on a worker (re-attached after a reconnect or restart)."""
     def finish(self, task: int, succeeded: bool, runtime_ms: int) -> int:

@@ -120,7 +120,7 @@ class Lifecycle:
 
     # -- placement ------------------------------------------------------------------------------
 
-    def assigned(self, placements: Sequence[tuple[int, int, tuple[int, ...]]]) -> list[tuple[Entry, WorkerConn, int]]:
+    def assigned(self, placements: Iterable[tuple[int, int, tuple[int, ...]]]) -> list[tuple[Entry, WorkerConn, int]]:
         """The core placed these tasks: each gets its next attempt, on its worker."""
         now = wall_ms()
         placed_ms = mono_ms()

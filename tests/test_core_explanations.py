@@ -77,7 +77,7 @@ def test_a_pending_gang_names_the_worker_reserved_for_it() -> None:
         s.finish(task, True, ms)
     s.push(1, long, 1, 1, 0)
     s.push(2, gang, 1, 2, 0)
-    assert s.place(0, 10) == [(1, big, (0,))]
+    assert list(s.place(0, 10)) == [(1, big, (0,))]
     why = s.explain(gang, 1)
     assert (why.reserved_worker, why.reserved_gpus, why.reserved_free_in_ms) == (big, [0, 1], 20_000)
     assert pending_sentence(why, "gang", namer({big: "gpu-big"})) == (
@@ -94,7 +94,7 @@ def test_a_gang_behind_tasks_nobody_can_time_says_there_is_no_estimate_yet() -> 
     unknown = s.shape("unknown", 1, 0, [], "", [], 0.0)
     s.push(1, unknown, 1, 1, 0)
     s.push(2, gang, 1, 2, 0)
-    assert s.place(0, 10) == [(1, big, (0,))]
+    assert list(s.place(0, 10)) == [(1, big, (0,))]
     why = s.explain(gang, 1)
     assert (why.runtime_ms, why.no_estimate, why.reserved_free_in_ms) == (None, True, None)
     assert pending_sentence(why, "gang", namer({big: "gpu-big"})) == (

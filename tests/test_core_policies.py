@@ -70,7 +70,7 @@ def test_affinity_keeps_a_model_warm_and_explain_placement_says_why() -> None:
     s.push(1, shape, 1, 1, 0, affinity=42)
     [(_, warm, _)] = s.place(0, 1)
     s.push(2, shape, 1, 2, 0, affinity=42)
-    assert s.place(0, 1) == [(2, warm, ())], "the warm worker keeps the model"
+    assert list(s.place(0, 1)) == [(2, warm, ())], "the warm worker keeps the model"
     why = s.explain_placement(2)
     assert (why.policy, why.worker, why.warm, why.affinity) == ("affinity", warm, True, 42), why
     with pytest.raises(UnknownHandle):

@@ -4,25 +4,26 @@
 //! held: long calls (place, push_many) release the GIL and lock inside `py.detach`; short ones
 //! lock directly (nothing holding the lock ever waits for the GIL, so this cannot deadlock).
 
-use std::collections::hash_map::Entry;
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
 use pyo3::IntoPyObjectExt;
 
 use crate::decisions::Explanation;
 use crate::error::CoreError as EngineError;
 use crate::explain::PendingReason as EnginePendingReason;
-use crate::id_hash::IdHashMap;
 use crate::policy::Policy;
 use crate::queue::PriorityMode;
 use crate::scheduler::{Scheduler, SchedulerConfig, TaskOptions, WorkerStats as EngineWorkerStats};
 use crate::shapes::ShapeSpec;
 use crate::workers::GpuSpec;
 use crate::{ShapeId, TaskId, WorkerId};
+
+mod placements;
+
+use placements::PyPlacements;
 
 create_exception!(
     controlplane._core,
@@ -602,33 +603,13 @@ impl PyScheduler {
         Ok(self.engine()?.gpu_allocation())
     }
 
-    /// Place up to max_tasks queued tasks: [(task, worker, gpu_indices)]. Releases the GIL.
-    fn place<'py>(
-        &self,
-        py: Python<'py>,
-        now_ms: u64,
-        max_tasks: i64,
-    ) -> PyResult<Bound<'py, PyList>> {
+    /// Place up to max_tasks queued tasks: a sequence of (task, worker, gpu_indices), each
+    /// made a tuple when read (see `placements`). Releases the GIL.
+    fn place(&self, py: Python<'_>, now_ms: u64, max_tasks: i64) -> PyResult<PyPlacements> {
         // A negative max places nothing, like max_tasks=0.
         let max_tasks = usize::try_from(max_tasks).unwrap_or(0);
         let placements = self.detached(py, move |engine| Ok(engine.place(now_ms, max_tasks)))?;
-        // Tuples of ints all through: Python's collector untracks such a tuple the first time it
-        // meets it, so a batch's 20,000 placements are gone from its view after one young-
-        // generation pass, where lists of GPUs stayed tracked and made the collector walk every
-        // object of the process again and again (a fifth of a batch's instructions). The GPU
-        // sets of a batch repeat (a worker has a handful of GPUs): each distinct set is built
-        // once and shared, as Python shares its small ints, so a batch allocates about half
-        // the objects and sets off half the collector's passes.
-        let mut sets: IdHashMap<&[u32], Bound<'py, PyTuple>> = IdHashMap::default();
-        let mut items = Vec::with_capacity(placements.len());
-        for p in &placements {
-            let gpus = match sets.entry(p.gpus.as_slice()) {
-                Entry::Occupied(set) => set.get().clone(),
-                Entry::Vacant(set) => set.insert(PyTuple::new(py, p.gpus.iter())?).clone(),
-            };
-            items.push((p.task, p.worker, gpus));
-        }
-        PyList::new(py, items)
+        Ok(PyPlacements::new(placements))
     }
 
     /// Record a task already running on a worker (re-attached after a reconnect or restart).
@@ -696,7 +677,7 @@ impl PyScheduler {
 mod _core {
     #[pymodule_export]
     use super::{
-        CoreError, InvalidArgument, PendingReason, PlacementExplanation, PyScheduler,
+        CoreError, InvalidArgument, PendingReason, PlacementExplanation, PyPlacements, PyScheduler,
         UnknownHandle, WorkerStats,
     };
 

@@ -11,13 +11,26 @@ use crate::{ShapeId, TaskId, WorkerId};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Snapshot {
     pub worker: WorkerId,
-    pub inputs: Inputs,
+    /// Its score inputs, under the policies whose explanations weigh them (see `weighs_inputs`).
+    pub inputs: Option<Inputs>,
     pub warm: bool,
 }
 
+/// Whether an explanation under `policy` shows score inputs. Round-robin and fragmentation rank
+/// by no weighed input, so their decisions are recorded without taking them: a sixth of a
+/// placement's work, for numbers no explanation would show.
+pub fn weighs_inputs(policy: Policy) -> bool {
+    !matches!(policy, Policy::RoundRobin | Policy::Fragmentation)
+}
+
 impl Snapshot {
+    fn inputs(&self) -> Inputs {
+        self.inputs
+            .expect("the decisions of policies that weigh inputs keep them")
+    }
+
     fn terms(&self, weights: &Weights) -> Terms {
-        let mut terms = self.inputs.terms(weights);
+        let mut terms = self.inputs().terms(weights);
         terms.affinity = if self.warm { weights.affinity } else { 0.0 };
         terms
     }
@@ -81,14 +94,17 @@ impl Decision {
             Policy::RoundRobin | Policy::Fragmentation => vec![],
             Policy::Affinity if w.warm => vec![],
             Policy::LeastLoaded | Policy::Affinity => {
-                vec![("availability", w.inputs.availability)]
+                vec![("availability", w.inputs().availability)]
             }
-            Policy::Performance => vec![("speed", w.inputs.speed)],
-            Policy::Cost => vec![
-                ("cost_per_hour", w.inputs.cost_per_hour),
-                ("share", w.inputs.share),
-                ("speed", w.inputs.speed),
-            ],
+            Policy::Performance => vec![("speed", w.inputs().speed)],
+            Policy::Cost => {
+                let i = w.inputs();
+                vec![
+                    ("cost_per_hour", i.cost_per_hour),
+                    ("share", i.share),
+                    ("speed", i.speed),
+                ]
+            }
         };
         Explanation {
             policy: self.policy,
@@ -107,9 +123,9 @@ impl Decision {
     fn score(&self, candidate: &Snapshot, weights: &Weights) -> Option<f64> {
         match self.policy {
             Policy::Composite => Some(candidate.terms(weights).total()),
-            Policy::LeastLoaded => Some(candidate.inputs.availability),
-            Policy::Performance => Some(candidate.inputs.speed),
-            Policy::Cost => Some(candidate.inputs.relative_cost()),
+            Policy::LeastLoaded => Some(candidate.inputs().availability),
+            Policy::Performance => Some(candidate.inputs().speed),
+            Policy::Cost => Some(candidate.inputs().relative_cost()),
             Policy::RoundRobin | Policy::Affinity | Policy::Fragmentation => None,
         }
     }

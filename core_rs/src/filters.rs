@@ -74,19 +74,20 @@ pub fn static_fit(shape: &Shape, w: &Worker) -> Option<Box<[u32]>> {
     // A worker's GPUs are mostly of one model: a GPU like the one before it has its verdict,
     // which spares a name search per GPU when an index is built over the fleet.
     let mut last: Option<(&Gpu, bool)> = None;
-    let mut qualifying: Vec<u32> = (0..w.gpus.len() as u32)
-        .filter(|&i| {
-            let gpu = &w.gpus[i as usize];
-            match last {
-                Some((before, verdict)) if same_model(before, gpu) => verdict,
-                _ => {
-                    let verdict = gpu_qualifies(shape, gpu);
-                    last = Some((gpu, verdict));
-                    verdict
-                }
+    // Sized for every GPU at once: a filter's collect grows from nothing, a reallocation per
+    // doubling, for each (shape, worker) an index build checks.
+    let mut qualifying: Vec<u32> = Vec::with_capacity(w.gpus.len());
+    qualifying.extend((0..w.gpus.len() as u32).filter(|&i| {
+        let gpu = &w.gpus[i as usize];
+        match last {
+            Some((before, verdict)) if same_model(before, gpu) => verdict,
+            _ => {
+                let verdict = gpu_qualifies(shape, gpu);
+                last = Some((gpu, verdict));
+                verdict
             }
-        })
-        .collect();
+        }
+    }));
     if qualifying.len() < shape.gpus as usize {
         return None;
     }

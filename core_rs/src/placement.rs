@@ -28,12 +28,17 @@ use std::collections::HashMap;
 use crate::affinity::{Touch, WarmIndex};
 use crate::error::CoreResult;
 use crate::filters::static_fit;
+use crate::id_hash::IdHashMap;
 use crate::learning::Learning;
 use crate::policy::{fit, Context, Policy, Weights};
 use crate::shape_index::ShapeIndex;
 use crate::shapes::{Shape, ShapeTable};
 use crate::workers::{Worker, WorkerTable};
 use crate::{ShapeId, WorkerId};
+
+/// What the static filter says of a worker profile for a shape: its qualifying GPUs and fit, or
+/// None if it can never run the shape.
+type Verdict = Option<(Box<[u32]>, f64)>;
 
 /// The weights, the policies and one lazily built `ShapeIndex` per shape.
 #[derive(Debug)]
@@ -107,10 +112,19 @@ impl PlacementIndex {
             let mut index =
                 ShapeIndex::new(kind, shape.gpus, shape.share, self.policy_for(&shape.kind));
             let mut listed = Vec::new();
+            // Workers of one profile pass or fail alike (see `workers::Profile`): each profile
+            // is checked once.
+            let mut verdicts: IdHashMap<u32, Verdict> = IdHashMap::default();
             for (wid, worker) in workers.iter() {
-                if let Some(gpus) = static_fit(shape, worker) {
-                    let fit = fit(shape, worker, &gpus);
-                    listed.push((wid, index.admit_member(wid, worker, gpus, fit)));
+                let verdict = verdicts.entry(worker.profile).or_insert_with(|| {
+                    static_fit(shape, worker).map(|gpus| {
+                        let fit = fit(shape, worker, &gpus);
+                        (gpus, fit)
+                    })
+                });
+                if let Some((gpus, fit)) = verdict {
+                    let member = index.admit_member(wid, worker, gpus.clone(), *fit);
+                    listed.push((wid, member));
                 }
             }
             let ctx = Context {

@@ -30,6 +30,7 @@
 //! (flow, shape) queue out of the round the same way, so the tasks behind it never overtake it.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, BinaryHeap};
 
 use std::str::FromStr;
@@ -374,10 +375,14 @@ impl PendingQueue {
     /// Count `gpus` GPUs of a placed task against `tenant` (a task placed by `take` is counted
     /// there; this is for one placed otherwise, such as re-attached). Once per task.
     pub fn charge(&mut self, task: TaskId, tenant: TenantId, gpus: u32) {
-        if gpus == 0 || self.charged.contains_key(&task) {
+        if gpus == 0 {
             return;
         }
-        self.charged.insert(task, (tenant, gpus));
+        // One probe for the check and the insert.
+        let Entry::Vacant(entry) = self.charged.entry(task) else {
+            return;
+        };
+        entry.insert((tenant, gpus));
         let t = Tenant::get(&mut self.tenants, &mut self.active, tenant);
         t.gpus = t.gpus.saturating_add(gpus);
     }
@@ -548,7 +553,11 @@ impl PendingQueue {
     fn leave(&mut self, task: TaskId, placed: Option<bool>) -> Option<PendingTask> {
         let (p, _) = self.detach_as(task, placed)?;
         self.by_priority[usize::from(p.priority)] -= 1;
-        if let Some(n) = self.by_affinity.get_mut(&p.affinity) {
+        // Key 0 (none) is never counted: no lookup for it.
+        if let Some(n) = (p.affinity != 0)
+            .then(|| self.by_affinity.get_mut(&p.affinity))
+            .flatten()
+        {
             *n -= 1;
             if *n == 0 {
                 self.by_affinity.remove(&p.affinity);

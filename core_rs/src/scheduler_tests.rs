@@ -2156,3 +2156,70 @@ fn runtimes_are_learned_per_runtime_class() {
         "what was learned wins over what was expected"
     );
 }
+
+#[test]
+fn an_index_tells_apart_workers_that_differ_in_one_static_part_only() {
+    // A shape's index checks each static profile once: a worker differing from one that fits
+    // in a single label, GPU model, memory, compute capability, backend or kind must still be
+    // refused, and its twin and a worker that fits another way accepted.
+    let mut s = sched();
+    let h100 = gpu(81920, 9.0, "NVIDIA H100");
+    let add = |s: &mut Scheduler, g: GpuSpec, backend: &str, zone: &str, kinds: &[&str]| {
+        let kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
+        s.add_worker(4, vec![g; 2], backend, vec![zone.into()], kinds, 0)
+            .unwrap()
+    };
+    let fits = add(&mut s, h100.clone(), "cuda", "zone=eu", &[]);
+    let others = [
+        add(&mut s, h100.clone(), "cuda", "zone=us", &[]),
+        add(
+            &mut s,
+            gpu(81920, 9.0, "NVIDIA A100"),
+            "cuda",
+            "zone=eu",
+            &[],
+        ),
+        add(
+            &mut s,
+            gpu(40960, 9.0, "NVIDIA H100"),
+            "cuda",
+            "zone=eu",
+            &[],
+        ),
+        add(
+            &mut s,
+            gpu(81920, 7.0, "NVIDIA H100"),
+            "cuda",
+            "zone=eu",
+            &[],
+        ),
+        add(&mut s, h100.clone(), "rocm", "zone=eu", &[]),
+        add(&mut s, h100.clone(), "cuda", "zone=eu", &["train"]),
+    ];
+    let twin = add(&mut s, h100.clone(), "cuda", "zone=eu", &[]);
+    let also = add(&mut s, h100, "cuda", "zone=eu", &["infer", "train"]);
+    let shape = s
+        .shape(ShapeSpec {
+            kind: "infer".into(),
+            gpus: 1,
+            min_gpu_memory_mb: 80_000,
+            gpu_models: vec!["h100".into()],
+            backend: "cuda".into(),
+            labels: vec!["zone=eu".into()],
+            min_compute_capability: 8.0,
+            ..ShapeSpec::default()
+        })
+        .unwrap();
+    for t in 1..=8 {
+        s.push(t, shape, 1, t, 0).unwrap();
+    }
+    let mut used: Vec<WorkerId> = s.place(0, 100).iter().map(|p| p.worker).collect();
+    used.sort_unstable();
+    used.dedup();
+    assert_eq!(
+        used,
+        vec![fits, twin, also],
+        "only the three that fit, never {others:?}"
+    );
+    assert_eq!(s.pending(), 2, "two GPUs each on the three that fit");
+}

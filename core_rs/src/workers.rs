@@ -1,5 +1,7 @@
 //! The worker table: capabilities, slots, GPU allocation and the learned success/speed EWMAs.
 
+use std::collections::HashMap;
+
 use crate::error::{invalid, unknown, CoreResult};
 use crate::filters::Share;
 use crate::gpu_names;
@@ -82,6 +84,45 @@ pub struct Worker {
     /// Shapes whose placement index lists this worker, with its member slot in each, so a
     /// change of score updates just those, without a search.
     pub(crate) shapes: Vec<(ShapeId, u32)>,
+    /// Its static profile (see `Profile`), given by `WorkerTable::add`: workers with the same
+    /// one pass or fail every static filter alike.
+    pub(crate) profile: u32,
+}
+
+/// Everything the static filter (`filters::static_fit`) and the fit measure (`policy::fit`) read
+/// of a worker, none of which changes while it is connected. A fleet is mostly a few kinds of
+/// node, so an index built over 10,000 workers checks a handful of profiles, not 10,000 workers.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Profile {
+    kinds: Vec<String>,
+    backend: String,
+    labels: Vec<String>,
+    /// The GPUs in order, as runs of like ones (a node's GPUs are mostly of one model): (how
+    /// many, memory, compute capability bits, name words).
+    gpus: Vec<(usize, u64, u64, String)>,
+}
+
+impl Profile {
+    fn of(w: &Worker) -> Profile {
+        let mut gpus: Vec<(usize, u64, u64, String)> = Vec::new();
+        for g in &w.gpus {
+            let cc = g.compute_capability.to_bits();
+            match gpus.last_mut() {
+                Some((n, mb, c, name))
+                    if (*mb, *c) == (g.memory_total_mb, cc) && *name == g.name_words =>
+                {
+                    *n += 1;
+                }
+                _ => gpus.push((1, g.memory_total_mb, cc, g.name_words.clone())),
+            }
+        }
+        Profile {
+            kinds: w.kinds.clone(),
+            backend: w.backend.clone(),
+            labels: w.labels.clone(),
+            gpus,
+        }
+    }
 }
 
 /// The capacity-related parts of a new worker.
@@ -152,6 +193,7 @@ impl Worker {
             heartbeat_gen: 0,
             queued_gangs: 0,
             shapes: Vec::new(),
+            profile: 0,
         })
     }
 
@@ -315,10 +357,15 @@ pub struct WorkerTable {
     /// Tasks those workers can still take, prefetch included.
     free_capacity: u64,
     pub learning: Learning,
+    /// Each static profile seen, and its number. Never shrinks: a profile is a few strings,
+    /// and a fleet has few.
+    profiles: HashMap<Profile, u32>,
 }
 
 impl WorkerTable {
-    pub fn add(&mut self, worker: Worker) -> WorkerId {
+    pub fn add(&mut self, mut worker: Worker) -> WorkerId {
+        let known = self.profiles.len() as u32;
+        worker.profile = *self.profiles.entry(Profile::of(&worker)).or_insert(known);
         let id = self.workers.len() as WorkerId;
         self.live += 1;
         self.account(&worker, true);

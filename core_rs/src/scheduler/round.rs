@@ -4,7 +4,7 @@
 use super::tracking::Facts;
 use super::{Placement, Scheduler};
 use crate::backfill::{Forecast, Refusals};
-use crate::decisions::{Decision, Snapshot};
+use crate::decisions::{weighs_inputs, Decision, Snapshot};
 use crate::filters::Gpus;
 use crate::learning::KindId;
 use crate::policy::Context;
@@ -209,12 +209,16 @@ impl Scheduler {
             .built(sid)
             .expect("placed shapes are indexed");
         let ctx: Context<'_> = self.placement.context(index, &self.workers.learning);
+        let weighed = weighs_inputs(index.policy);
         let snapshot = |id: WorkerId, warm: bool| {
-            let w = self.workers.get(id).expect("candidates are live");
-            let fit = index.member(id).map_or(0.0, |m| m.fit);
+            let inputs = weighed.then(|| {
+                let w = self.workers.get(id).expect("candidates are live");
+                let fit = index.member(id).map_or(0.0, |m| m.fit);
+                ctx.inputs(w, fit)
+            });
             Snapshot {
                 worker: id,
-                inputs: ctx.inputs(w, fit),
+                inputs,
                 warm,
             }
         };
