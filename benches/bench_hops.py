@@ -5,7 +5,8 @@ Starts `gpucp serve` on its defaults and K agents (as bench_peers.py does), runs
 control plane and the agents note when each touches the task (gpucp/hops.py: one monotonic
 clock for all of them). Tasks run one at a time, so a task's marks are those between its c.run
 and the next. Printed: for the order of marks most tasks followed, the median time of each mark
-after c.run and the median step from the mark before, with what the step is. Marks cost a
+after c.run and the median step from the mark before, with what the step is, and beside it the
+mean of that step over the slowest 1% of those tasks (where the tail's time goes). Marks cost a
 little themselves (a line written per mark): compare steps with each other, and the total with
 bench_peers.py's p50 measured without them.
 
@@ -82,15 +83,18 @@ def report(tasks: list[list[tuple[int, str]]]) -> str:
     orders = collections.Counter(tuple(name for _, name in task) for task in tasks)
     order, count = orders.most_common(1)[0]
     same = [task for task in tasks if tuple(name for _, name in task) == order]
+    # The tail: the slowest 1% of those tasks (at least one), each step's mean over them.
+    slow = sorted(same, key=lambda task: task[-1][0] - task[0][0])[-max(1, len(same) // 100) :]
     lines = [
         f"{len(tasks)} sequential tasks; the order of marks most of them followed ({count} tasks):",
         "",
-        f"{'mark':<24} {'at us':>7} {'step us':>8}  the step that ends there",
+        f"{'mark':<24} {'at us':>7} {'step us':>8} {'slow 1%':>8}  the step that ends there",
     ]
     for i, name in enumerate(order):
         at = statistics.median((task[i][0] - task[0][0]) / 1000 for task in same)
         step = statistics.median((task[i][0] - task[i - 1][0]) / 1000 for task in same) if i else 0.0
-        lines.append(f"{name:<24} {at:>7.0f} {step:>8.0f}  {STEPS.get(name, '')}")
+        tail = statistics.mean((task[i][0] - task[i - 1][0]) / 1000 for task in slow) if i else 0.0
+        lines.append(f"{name:<24} {at:>7.0f} {step:>8.0f} {tail:>8.0f}  {STEPS.get(name, '')}")
     lines.append("")
     lines.append("other orders (how many tasks): " + "; ".join(
         f"{n}: {' '.join(o)}" for o, n in orders.most_common(3)[1:]
