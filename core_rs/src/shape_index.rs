@@ -563,6 +563,13 @@ impl ShapeIndex {
             // task does not make it ready: nothing to rank, as for the 8-GPU index of a busy box.
             return;
         }
+        if self.gpus == 0 && self.share.is_whole() {
+            // A task of no GPU strands none: its rank weighs the worker's load alone (see
+            // `Demand::score`), which a task taken only raises, so the rank cannot rise. Every
+            // worker serves such shapes; most placements go to other ones.
+            self.lowered(slot);
+            return;
+        }
         let key = self.key_of(slot, worker, ctx, ranks);
         if rose(self.ready.get(slot), key) {
             self.set_key(slot, key);
