@@ -375,15 +375,25 @@ impl PendingQueue {
     /// Count `gpus` GPUs of a placed task against `tenant` (a task placed by `take` is counted
     /// there; this is for one placed otherwise, such as re-attached). Once per task.
     pub fn charge(&mut self, task: TaskId, tenant: TenantId, gpus: u32) {
+        let t = Tenant::get(&mut self.tenants, &mut self.active, tenant);
+        Self::charge_to(&mut self.charged, t, (task, tenant), gpus);
+    }
+
+    /// charge() once the tenant is in hand (`take` has it from taking the task out).
+    fn charge_to(
+        charged: &mut IdHashMap<TaskId, (TenantId, u32)>,
+        t: &mut Tenant,
+        (task, tenant): (TaskId, TenantId),
+        gpus: u32,
+    ) {
         if gpus == 0 {
             return;
         }
         // One probe for the check and the insert.
-        let Entry::Vacant(entry) = self.charged.entry(task) else {
+        let Entry::Vacant(entry) = charged.entry(task) else {
             return;
         };
         entry.insert((tenant, gpus));
-        let t = Tenant::get(&mut self.tenants, &mut self.active, tenant);
         t.gpus = t.gpus.saturating_add(gpus);
     }
 
@@ -501,6 +511,8 @@ impl PendingQueue {
             .expect("a pending task's flow exists");
         let tenant = self.tenants.get_mut(&p.tenant).expect("flows have tenants");
         if placed.is_some() {
+            // Its GPUs count against its tenant's cap until `discharge`.
+            Self::charge_to(&mut self.charged, tenant, (task, p.tenant), p.gpus);
             let work = f64::from(p.work.max(1));
             let class_weight = self.fairness.class_weights[usize::from(class)];
             tenant.class_clock = flow.vt;
@@ -545,9 +557,7 @@ impl PendingQueue {
     /// (and a warm placement makes the queue wait for warm workers again), and it is dropped.
     /// Its GPUs count against its tenant's cap until `discharge`.
     pub fn take(&mut self, task: TaskId, warm: bool) -> Option<PendingTask> {
-        let p = self.leave(task, Some(warm))?;
-        self.charge(task, p.tenant, p.gpus);
-        Some(p)
+        self.leave(task, Some(warm))
     }
 
     fn leave(&mut self, task: TaskId, placed: Option<bool>) -> Option<PendingTask> {
