@@ -36,7 +36,7 @@ use std::collections::{BTreeSet, BinaryHeap};
 use std::str::FromStr;
 
 use crate::error::{invalid, CoreError, CoreResult};
-use crate::id_hash::{IdHashMap, IdHashSet};
+use crate::id_hash::IdHashMap;
 use crate::ranked::Ranked;
 use crate::{ShapeId, TaskId, WorkerId, PRIORITY_CLASSES};
 
@@ -280,7 +280,9 @@ impl Tenant {
 /// keeps its capacity, so the next round sets aside without allocating.
 #[derive(Debug, Default)]
 pub struct Round {
-    dead: IdHashSet<ShapeId>,
+    /// Shapes no worker can take for the rest of the round, a bit per shape (shape ids are
+    /// indices): every step of a round asks, so a bit test, not a hash probe.
+    dead: Vec<u64>,
     /// (flow, slot in its heads, the head).
     heads: Vec<(FlowKey, u32, Fifo)>,
     classes: Vec<(TenantId, ClassKey)>,
@@ -288,6 +290,19 @@ pub struct Round {
     tenants: Vec<(u32, (u64, TenantId))>,
     /// Set aside with the class aging had given them.
     tasks: Vec<(TaskId, PendingTask, u8)>,
+}
+
+impl Round {
+    /// The word of `dead` a shape's bit is in, and the bit.
+    fn bit(shape: ShapeId) -> (usize, u64) {
+        let i = usize::try_from(shape).expect("shape ids are vector indices");
+        (i / 64, 1 << (i % 64))
+    }
+
+    fn is_dead(&self, shape: ShapeId) -> bool {
+        let (word, bit) = Round::bit(shape);
+        self.dead.get(word).is_some_and(|w| w & bit != 0)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -628,7 +643,7 @@ impl PendingQueue {
                 round.classes.push((tenant_id, ckey));
                 continue;
             };
-            if round.dead.contains(&flow.shapes[slot as usize]) {
+            if round.is_dead(flow.shapes[slot as usize]) {
                 flow.heads.set(slot, None);
                 round.heads.push((fk, slot, head));
                 continue;
@@ -648,7 +663,11 @@ impl PendingQueue {
 
     /// No worker can take this shape for the rest of the round.
     pub fn shape_dead(round: &mut Round, shape: ShapeId) {
-        round.dead.insert(shape);
+        let (word, bit) = Round::bit(shape);
+        if round.dead.len() <= word {
+            round.dead.resize(word + 1, 0);
+        }
+        round.dead[word] |= bit;
     }
 
     fn shape_queue(&mut self, task: TaskId) -> Option<&mut ShapeQueue> {
