@@ -30,7 +30,7 @@ use crate::error::CoreResult;
 use crate::filters::static_fit;
 use crate::id_hash::IdHashMap;
 use crate::learning::Learning;
-use crate::policy::{fit, Context, Policy, Weights};
+use crate::policy::{fit, Context, Policy, Ranks, Weights};
 use crate::shape_index::ShapeIndex;
 use crate::shapes::{Shape, ShapeTable};
 use crate::workers::{Worker, WorkerTable};
@@ -136,7 +136,7 @@ impl PlacementIndex {
             };
             for &(wid, member) in &listed {
                 let w = workers.get(wid).expect("listed workers are live");
-                index.rekey(member, w, &ctx);
+                index.rekey(member, w, &ctx, &mut Ranks::default());
             }
             for (wid, member) in listed {
                 workers
@@ -241,6 +241,7 @@ impl PlacementIndex {
             Ok(x) => x,
             Err(_) => return,
         };
+        let mut ranks = Ranks::default();
         for &(sid, member) in &worker.shapes {
             let index = self.shapes[slot(sid)]
                 .as_mut()
@@ -258,11 +259,11 @@ impl PlacementIndex {
                 share: index.share,
             };
             if now(sid) {
-                index.rekey(member, worker, &ctx);
+                index.rekey(member, worker, &ctx, &mut ranks);
             } else if index.policy == Policy::Fragmentation {
                 // A fragmentation rank may rise when the worker's free GPUs fall (it may strand
                 // fewer GPUs now), and a stale entry must never sit below its truth.
-                index.shifted(member, worker, &ctx);
+                index.shifted(member, worker, &ctx, &mut ranks);
             } else {
                 index.lowered(member);
             }

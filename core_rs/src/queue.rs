@@ -36,7 +36,7 @@ use std::collections::{BTreeSet, BinaryHeap};
 use std::str::FromStr;
 
 use crate::error::{invalid, CoreError, CoreResult};
-use crate::id_hash::{IdHashMap, IdHashSet};
+use crate::id_hash::IdHashMap;
 use crate::ranked::Ranked;
 use crate::{ShapeId, TaskId, WorkerId, PRIORITY_CLASSES};
 
@@ -280,7 +280,9 @@ impl Tenant {
 /// keeps its capacity, so the next round sets aside without allocating.
 #[derive(Debug, Default)]
 pub struct Round {
-    dead: IdHashSet<ShapeId>,
+    /// Shapes no worker can take for the rest of the round, a bit per shape (shape ids are
+    /// indices): every step of a round asks, so a bit test, not a hash probe.
+    dead: Vec<u64>,
     /// (flow, slot in its heads, the head).
     heads: Vec<(FlowKey, u32, Fifo)>,
     classes: Vec<(TenantId, ClassKey)>,
@@ -288,6 +290,19 @@ pub struct Round {
     tenants: Vec<(u32, (u64, TenantId))>,
     /// Set aside with the class aging had given them.
     tasks: Vec<(TaskId, PendingTask, u8)>,
+}
+
+impl Round {
+    /// The word of `dead` a shape's bit is in, and the bit.
+    fn bit(shape: ShapeId) -> (usize, u64) {
+        let i = usize::try_from(shape).expect("shape ids are vector indices");
+        (i / 64, 1 << (i % 64))
+    }
+
+    fn is_dead(&self, shape: ShapeId) -> bool {
+        let (word, bit) = Round::bit(shape);
+        self.dead.get(word).is_some_and(|w| w & bit != 0)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -375,15 +390,25 @@ impl PendingQueue {
     /// Count `gpus` GPUs of a placed task against `tenant` (a task placed by `take` is counted
     /// there; this is for one placed otherwise, such as re-attached). Once per task.
     pub fn charge(&mut self, task: TaskId, tenant: TenantId, gpus: u32) {
+        let t = Tenant::get(&mut self.tenants, &mut self.active, tenant);
+        Self::charge_to(&mut self.charged, t, (task, tenant), gpus);
+    }
+
+    /// charge() once the tenant is in hand (`take` has it from taking the task out).
+    fn charge_to(
+        charged: &mut IdHashMap<TaskId, (TenantId, u32)>,
+        t: &mut Tenant,
+        (task, tenant): (TaskId, TenantId),
+        gpus: u32,
+    ) {
         if gpus == 0 {
             return;
         }
         // One probe for the check and the insert.
-        let Entry::Vacant(entry) = self.charged.entry(task) else {
+        let Entry::Vacant(entry) = charged.entry(task) else {
             return;
         };
         entry.insert((tenant, gpus));
-        let t = Tenant::get(&mut self.tenants, &mut self.active, tenant);
         t.gpus = t.gpus.saturating_add(gpus);
     }
 
@@ -501,6 +526,8 @@ impl PendingQueue {
             .expect("a pending task's flow exists");
         let tenant = self.tenants.get_mut(&p.tenant).expect("flows have tenants");
         if placed.is_some() {
+            // Its GPUs count against its tenant's cap until `discharge`.
+            Self::charge_to(&mut self.charged, tenant, (task, p.tenant), p.gpus);
             let work = f64::from(p.work.max(1));
             let class_weight = self.fairness.class_weights[usize::from(class)];
             tenant.class_clock = flow.vt;
@@ -545,9 +572,7 @@ impl PendingQueue {
     /// (and a warm placement makes the queue wait for warm workers again), and it is dropped.
     /// Its GPUs count against its tenant's cap until `discharge`.
     pub fn take(&mut self, task: TaskId, warm: bool) -> Option<PendingTask> {
-        let p = self.leave(task, Some(warm))?;
-        self.charge(task, p.tenant, p.gpus);
-        Some(p)
+        self.leave(task, Some(warm))
     }
 
     fn leave(&mut self, task: TaskId, placed: Option<bool>) -> Option<PendingTask> {
@@ -618,7 +643,7 @@ impl PendingQueue {
                 round.classes.push((tenant_id, ckey));
                 continue;
             };
-            if round.dead.contains(&flow.shapes[slot as usize]) {
+            if round.is_dead(flow.shapes[slot as usize]) {
                 flow.heads.set(slot, None);
                 round.heads.push((fk, slot, head));
                 continue;
@@ -638,7 +663,11 @@ impl PendingQueue {
 
     /// No worker can take this shape for the rest of the round.
     pub fn shape_dead(round: &mut Round, shape: ShapeId) {
-        round.dead.insert(shape);
+        let (word, bit) = Round::bit(shape);
+        if round.dead.len() <= word {
+            round.dead.resize(word + 1, 0);
+        }
+        round.dead[word] |= bit;
     }
 
     fn shape_queue(&mut self, task: TaskId) -> Option<&mut ShapeQueue> {

@@ -24,7 +24,7 @@ use crate::demand::Demand;
 use crate::filters::{choose_gpus, has_gpus, Gpus, Share};
 use crate::id_hash::{IdHashMap, IdHashSet};
 use crate::learning::KindId;
-use crate::policy::{score_of, Context, Policy, Weights};
+use crate::policy::{score_of, Context, Policy, Ranks, Weights};
 use crate::ranked::{Ranked, ReadyKey};
 use crate::shapes::Shape;
 use crate::workers::{Worker, WorkerTable};
@@ -508,7 +508,7 @@ impl ShapeIndex {
         for slot in 0..self.members.len() as u32 {
             let id = self.members[slot as usize].as_ref().map(|m| m.id);
             if let Some(w) = id.and_then(|id| workers.get(id).ok()) {
-                self.rekey(slot, w, &ctx);
+                self.rekey(slot, w, &ctx, &mut Ranks::default());
             }
         }
     }
@@ -524,7 +524,7 @@ impl ShapeIndex {
             gpus: self.gpus,
             share: self.share,
         };
-        self.rekey(slot, worker, &ctx);
+        self.rekey(slot, worker, &ctx, &mut Ranks::default());
     }
 
     /// A task of another shape went to the member in `slot` and its rank here fell (less
@@ -535,8 +535,15 @@ impl ShapeIndex {
     }
 
     /// Rank the member in `slot` again, in the ready heap and in its warm keys' heaps.
-    pub(crate) fn rekey(&mut self, slot: u32, worker: &Worker, ctx: &Context<'_>) {
-        let key = self.key_of(slot, worker, ctx);
+    /// `ranks`: the worker's ranks so far in this pass over its indexes (see `Ranks`).
+    pub(crate) fn rekey(
+        &mut self,
+        slot: u32,
+        worker: &Worker,
+        ctx: &Context<'_>,
+        ranks: &mut Ranks,
+    ) {
+        let key = self.key_of(slot, worker, ctx, ranks);
         self.set_key(slot, key);
     }
 
@@ -544,13 +551,26 @@ impl ShapeIndex {
     /// that may raise its rank here (it strands fewer GPUs now): ranked again at once if it
     /// rose, else left above its truth as `lowered` leaves it. O(S_w) for the rank, O(log W)
     /// only for a rise.
-    pub(crate) fn shifted(&mut self, slot: u32, worker: &Worker, ctx: &Context<'_>) {
+    pub(crate) fn shifted(
+        &mut self,
+        slot: u32,
+        worker: &Worker,
+        ctx: &Context<'_>,
+        ranks: &mut Ranks,
+    ) {
         if self.ready.get(slot).is_none() {
             // It was not ready here (an absent entry is never above its truth), and taking a
             // task does not make it ready: nothing to rank, as for the 8-GPU index of a busy box.
             return;
         }
-        let key = self.key_of(slot, worker, ctx);
+        if self.gpus == 0 && self.share.is_whole() {
+            // A task of no GPU strands none: its rank weighs the worker's load alone (see
+            // `Demand::score`), which a task taken only raises, so the rank cannot rise. Every
+            // worker serves such shapes; most placements go to other ones.
+            self.lowered(slot);
+            return;
+        }
+        let key = self.key_of(slot, worker, ctx, ranks);
         if rose(self.ready.get(slot), key) {
             self.set_key(slot, key);
         } else {
@@ -559,13 +579,18 @@ impl ShapeIndex {
     }
 
     /// The member's ready entry as it stands: None unless it can take a task of the shape now.
-    fn key_of(&self, slot: u32, worker: &Worker, ctx: &Context<'_>) -> Option<ReadyKey> {
+    fn key_of(
+        &self,
+        slot: u32,
+        worker: &Worker,
+        ctx: &Context<'_>,
+        ranks: &mut Ranks,
+    ) -> Option<ReadyKey> {
         let member = listed(&self.members, slot);
         (worker.is_ready() && has_gpus(worker, &member.gpus, self.gpus, self.share)).then(|| {
-            (
-                Reverse(ctx.rank(self.policy, worker, member.fit, &member.gpus)),
-                member.id,
-            )
+            let inputs = (member.fit, &*member.gpus);
+            let rank = ctx.rank_shared(self.policy, worker, inputs, ranks);
+            (Reverse(rank), member.id)
         })
     }
 
