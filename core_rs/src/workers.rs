@@ -357,15 +357,26 @@ pub struct WorkerTable {
     /// Tasks those workers can still take, prefetch included.
     free_capacity: u64,
     pub learning: Learning,
-    /// Each static profile seen, and its number. Never shrinks: a profile is a few strings,
-    /// and a fleet has few.
-    profiles: HashMap<Profile, u32>,
+    /// Each static profile of a live worker: its number and how many live workers have it. A
+    /// profile goes with its last worker: a RunPod pod's `pod=ID` label makes one per pod, and
+    /// pods come and go for as long as the control plane runs.
+    profiles: HashMap<Profile, (u32, usize)>,
+    /// The number the next new profile gets (numbers tell apart the profiles of live workers).
+    next_profile: u32,
 }
 
 impl WorkerTable {
     pub fn add(&mut self, mut worker: Worker) -> WorkerId {
-        let known = self.profiles.len() as u32;
-        worker.profile = *self.profiles.entry(Profile::of(&worker)).or_insert(known);
+        let next = self.next_profile;
+        let (number, workers) = self
+            .profiles
+            .entry(Profile::of(&worker))
+            .or_insert((next, 0));
+        *workers += 1;
+        worker.profile = *number;
+        if *number == next {
+            self.next_profile = next.wrapping_add(1);
+        }
         let id = self.workers.len() as WorkerId;
         self.live += 1;
         self.account(&worker, true);
@@ -408,6 +419,13 @@ impl WorkerTable {
             .ok_or_else(|| unknown_worker(id))?;
         self.live -= 1;
         self.account(&worker, false);
+        let profile = Profile::of(&worker);
+        if let Some((_, workers)) = self.profiles.get_mut(&profile) {
+            *workers -= 1;
+            if *workers == 0 {
+                self.profiles.remove(&profile);
+            }
+        }
         let gpus = worker.gpus.len();
         self.learning
             .demand
@@ -582,6 +600,28 @@ fn unknown_worker(id: WorkerId) -> crate::CoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profile_goes_with_the_last_worker_that_has_it() {
+        let mut table = WorkerTable::default();
+        let pod = |id: u32| Worker::new(1, vec![], "", vec![format!("pod={id}")], vec![]).unwrap();
+        let twin = |table: &mut WorkerTable| {
+            table.add(Worker::new(1, vec![], "", vec![], vec![]).unwrap())
+        };
+        let (a, b) = (twin(&mut table), twin(&mut table));
+        assert_eq!(table.get(a).unwrap().profile, table.get(b).unwrap().profile);
+        // Pods that come and go, each with a label of its own, leave no profile behind.
+        for id in 0..100 {
+            let w = table.add(pod(id));
+            assert_ne!(table.get(w).unwrap().profile, table.get(a).unwrap().profile);
+            table.remove(w).unwrap();
+        }
+        assert_eq!(table.profiles.len(), 1);
+        table.remove(a).unwrap();
+        assert_eq!(table.profiles.len(), 1, "b still has it");
+        table.remove(b).unwrap();
+        assert!(table.profiles.is_empty());
+    }
 
     #[test]
     fn speed_compares_a_worker_with_the_fleet() {
