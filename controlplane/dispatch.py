@@ -156,7 +156,7 @@ class Dispatcher:
         # placed again: only attempts that are still current go out (or back to the queue).
         current = [(entry, conn, attempt) for entry, conn, attempt in assigned if _current(entry, attempt)]
         if fut.cancelled() or fut.exception() is not None:
-            log.error("could not persist %d assignments (%s); requeueing them", len(assigned), fut.exception())
+            log.error("could not persist %d assignments (%s)", len(assigned), fut.exception())
             self._unsent([entry for entry, _, _ in current])
             return
         stored = [item for item in current if item[0].rec.stored_payload]
